@@ -1,0 +1,131 @@
+"""Command line: move checkpoints between PyTorch (.pth) and jaxkd (Orbax model checkpoints).
+
+    python -m convert import wrn40_2.pth --out checkpoints/wrn40_2 [--arch NAME] [--layout auto]
+    python -m convert export checkpoints/wrn40_2 --out wrn40_2_jax.pth [--layout pytorch-kd] [--verify]
+
+User mistakes print one line starting with "error:" and exit with status 2; nothing is written then.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from jaxkd.errors import UserError
+
+VERIFY_BATCH = 8
+VERIFY_TOLERANCE = 1e-4  # max |diff| relative to max |logit|; fp32 on CPU gives ~1e-6
+
+
+def _count_parameters(variables) -> int:
+    import jax
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(variables["params"]))
+
+
+def run_import(args) -> None:
+    from convert.converter import import_torch
+    from convert.torch_files import sha256_of
+    from jaxkd import __version__
+    from jaxkd.model_checkpoint import save_model_checkpoint
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise UserError(f"{out}: already exists (pass --force to replace it)")
+    imported = import_torch(args.src, arch=args.arch, layout=args.layout)
+    how = "inferred from the tensor shapes" if imported.arch_inferred else "as given by --arch"
+    print(f"read {args.src} ({imported.layout} layout): {imported.arch} ({how}), {imported.num_classes} classes, "
+          f"{_count_parameters(imported.variables):,} parameters")
+    metadata = {
+        "arch": imported.arch,
+        "num_classes": imported.num_classes,
+        "source": str(Path(args.src).absolute()),
+        "source_sha256": sha256_of(args.src),
+        "source_layout": imported.layout,
+        "written_by": f"jaxkd {__version__} convert import",
+    }
+    path = save_model_checkpoint(out, imported.variables, metadata, force=args.force)
+    print(f"wrote {path}")
+
+
+def verify_export(state_dict, variables, arch: str, num_classes: int) -> tuple[float, float]:
+    """Loads `state_dict` strictly into the PyTorch reference model and compares its eval logits with JAX's
+    on a random batch; returns (max |diff|, max |PyTorch logit|)."""
+    import jax
+    import numpy as np
+    import torch
+
+    from convert.torch_models import get_torch_model
+    from jaxkd.models import get_model
+
+    torch_model = get_torch_model(arch, num_classes)
+    torch_model.load_state_dict(state_dict, strict=True)
+    torch_model.eval()
+    images = np.random.default_rng().standard_normal((VERIFY_BATCH, 32, 32, 3), dtype=np.float32)
+    with torch.no_grad():
+        _, reference = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+    with jax.default_matmul_precision("highest"):
+        _, logits = get_model(arch, num_classes).apply(variables, images, train=False)
+    reference = reference.numpy()
+    return float(np.max(np.abs(np.asarray(logits) - reference))), float(np.max(np.abs(reference)))
+
+
+def run_export(args) -> None:
+    from convert.converter import flax_to_torch
+    from convert.torch_files import write_torch_file
+    from jaxkd.model_checkpoint import load_model_checkpoint
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise UserError(f"{out}: already exists (pass --force to replace it)")
+    variables, metadata = load_model_checkpoint(args.src)
+    arch, num_classes = metadata["arch"], int(metadata["num_classes"])
+    state_dict = flax_to_torch(variables, arch, layout=args.layout)
+    if args.verify:
+        if args.layout != "pytorch-kd":
+            raise UserError("--verify loads the export into the seed's PyTorch model: use --layout pytorch-kd")
+        diff, scale = verify_export(state_dict, variables, arch, num_classes)
+        ok = diff <= VERIFY_TOLERANCE * scale
+        print(f"verify: strict load into the PyTorch {arch} ok; eval logits on a random batch of "
+              f"{VERIFY_BATCH}: max |diff| = {diff:.3g} (max |logit| {scale:.3g}) "
+              f"{'ok' if ok else 'TOO LARGE'}")
+        if not ok:
+            raise UserError(f"verification failed: max |diff| {diff:.3g} exceeds {VERIFY_TOLERANCE:g} x "
+                            f"{scale:.3g}; {out} not written")
+    write_torch_file(state_dict, out, force=args.force)
+    print(f"wrote {out} ({args.layout} layout, {arch}, {len(state_dict)} tensors)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    importer = commands.add_parser("import", help="a .pth state_dict -> an Orbax model checkpoint directory")
+    importer.add_argument("src", help="the .pth file (seed or RepDistiller layout, plain or wrapped)")
+    importer.add_argument("--out", required=True, help="the checkpoint directory to write")
+    importer.add_argument("--arch", help="architecture name (default: inferred from the tensor shapes)")
+    importer.add_argument("--layout", default="auto", choices=("auto", "pytorch-kd", "repdistiller"))
+    importer.add_argument("--force", action="store_true", help="replace an existing --out")
+    importer.set_defaults(run=run_import)
+
+    exporter = commands.add_parser("export", help="an Orbax model checkpoint -> a .pth state_dict")
+    exporter.add_argument("src", help="the checkpoint directory (from `convert import` or training)")
+    exporter.add_argument("--out", required=True, help="the .pth file to write")
+    exporter.add_argument("--layout", default="pytorch-kd", choices=("pytorch-kd", "repdistiller"))
+    exporter.add_argument("--verify", action="store_true",
+                          help="load the export strictly into the PyTorch reference and compare logits with JAX")
+    exporter.add_argument("--force", action="store_true", help="replace an existing --out")
+    exporter.set_defaults(run=run_export)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Reading and writing `.pth` files safely.
+
+Reading never runs code from a checkpoint: `torch.load(weights_only=True)`, with one addition to the allowed
+types, `argparse.Namespace` (RepDistiller's `*_last.pth` stores its options as one; rebuilding it only sets
+attributes). Tensors saved on a GPU are mapped to the CPU. The weights may sit at the top level (the seed's
+`model.state_dict()`), or under `model` / `state_dict` (RepDistiller / mdistiller teacher files), with or
+without DataParallel's `module.` prefix.
+"""
+
+import argparse
+import hashlib
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from jaxkd.errors import UserError
+
+WRAPPER_KEYS = ("model", "state_dict")
+
+
+def sha256_of(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_torch_file(path) -> object:
+    """`torch.load` with weights only, on the CPU, with errors a user can act on."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a .pth file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error) or "Unsupported global" in str(error):
+            raise UserError(f"{path}: refused, it holds pickled Python objects beyond tensors and plain "
+                            f"containers, and loading them could run code; re-save just the model's "
+                            f"state_dict with torch.save") from None
+        raise UserError(f"{path}: not a PyTorch checkpoint ({_first_line(error)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def extract_state_dict(obj, source: str = "checkpoint") -> dict:
+    """The tensor mapping inside a loaded checkpoint, unwrapped from `model`/`state_dict` and `module.`."""
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{source}: expected a state_dict (a mapping of names to tensors), "
+                        f"found {type(obj).__name__}")
+    for wrapper in WRAPPER_KEYS:
+        if wrapper in obj and isinstance(obj[wrapper], Mapping):
+            obj = obj[wrapper]
+            break
+    tensors = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor; expected a "
+                            f"state_dict, or a dict holding one under 'model' or 'state_dict'")
+        key = str(key)
+        tensors[key[len("module."):] if key.startswith("module.") else key] = value.detach().cpu()
+    if not tensors:
+        raise UserError(f"{source}: holds no tensors")
+    return tensors
+
+
+def write_torch_file(state_dict, path, force: bool = False) -> None:
+    """`torch.save` to a temporary file beside `path`, then rename it into place (never a half-written file)."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise UserError(f"{path}: already exists (pass --force to replace it)")
+    if not path.parent.is_dir():
+        raise UserError(f"{path.parent}: no such directory")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state_dict, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,75 @@
+"""A model on disk: an Orbax checkpoint directory holding its Flax variables and a JSON metadata item.
+
+Written by `python -m convert import` (and by training's final export), read by evaluation, distillation
+(teachers) and `python -m convert export`. The metadata names the architecture and number of classes, so the
+model can be rebuilt without the user repeating them, and records where the weights came from.
+
+Writes never leave a half-written or lost directory: Orbax writes into a fresh temporary directory beside the
+target, which is renamed into place only once complete; an existing target is kept unless `force` is given,
+and even then it is replaced only after the new one is complete.
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxkd.errors import UserError
+
+VARIABLES_ITEM = "variables"
+METADATA_ITEM = "metadata"
+REQUIRED_METADATA = ("arch", "num_classes")
+
+
+def is_model_checkpoint(path) -> bool:
+    path = Path(path)
+    return (path / VARIABLES_ITEM).is_dir() and (path / METADATA_ITEM).exists()
+
+
+def save_model_checkpoint(directory, variables: dict, metadata: dict, force: bool = False) -> Path:
+    """Writes `variables` and `metadata` (JSON-serializable, with `arch` and `num_classes`) to `directory`."""
+    directory = Path(directory).absolute()
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ValueError(f"model metadata lacks {missing}")
+    if directory.exists() and not force:
+        raise UserError(f"{directory}: already exists (pass --force to replace it)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        arrays = jax.tree.map(np.asarray, variables)
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            checkpointer.save(staging / "checkpoint", ocp.args.Composite(**{
+                VARIABLES_ITEM: ocp.args.StandardSave(arrays),
+                METADATA_ITEM: ocp.args.JsonSave(dict(metadata)),
+            }))
+        if directory.exists():
+            previous = staging / "previous"
+            directory.rename(previous)
+        (staging / "checkpoint").rename(directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def load_model_checkpoint(directory) -> tuple[dict, dict]:
+    """(variables as numpy arrays, metadata) from a directory written by `save_model_checkpoint`."""
+    directory = Path(directory).absolute()
+    if not directory.exists():
+        raise UserError(f"{directory}: no such checkpoint directory")
+    if not is_model_checkpoint(directory):
+        raise UserError(f"{directory}: not a jaxkd model checkpoint (expected the '{VARIABLES_ITEM}' and "
+                        f"'{METADATA_ITEM}' items written by `python -m convert import` or by training)")
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        restored = checkpointer.restore(directory, ocp.args.Composite(**{
+            VARIABLES_ITEM: ocp.args.StandardRestore(),
+            METADATA_ITEM: ocp.args.JsonRestore(),
+        }))
+    metadata = dict(restored[METADATA_ITEM])
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise UserError(f"{directory}: its metadata lacks {', '.join(missing)}")
+    return jax.tree.map(np.asarray, restored[VARIABLES_ITEM]), metadata

@@ -1,0 +1,92 @@
+"""The seed's pre-activation ResNet / WideResNet family (pytorch-kd `models/resnet.py`), in Flax.
+
+Every model is `ResNet(blocks_per_stage=n, width=k)`: a 3x3 stem conv to 16 channels, three stages of n
+pre-activation basic blocks with 16k, 32k and 64k channels (strides 1, 2, 2), a final BN-ReLU, global average
+pooling and a linear classifier. WideResNet-d-k has n = (d - 4) / 6; the seed's "resnet{6n+2}" are WRN-(6n+4)-1
+(METHODS.md section 10.2: they are not RepDistiller's post-activation resnets).
+
+Layout is NHWC. Submodule names follow the seed's state_dict (`layer0`, `layer{g}_{i}` for `layer{g}.{i}`,
+`finalact`, `linear`) so the converter's key map stays a simple rename. Initialization is the seed's: convs
+kaiming-normal with fan_out, BN weight 1 / bias 0, linear weight as PyTorch's default, linear bias 0.
+"""
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxkd.models.batchnorm import BatchNorm
+
+STAGE_CHANNELS = (16, 32, 64)
+STAGE_STRIDES = (1, 2, 2)
+
+# torch.nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu"): N(0, 2 / (kh * kw * C_out)).
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# PyTorch's default nn.Linear weight init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def conv3x3(features: int, stride: int, name: str, dtype: Any) -> nn.Conv:
+    """3x3 conv with PyTorch's symmetric padding of 1 (Flax 'SAME' pads (0, 1) for stride 2 on even sizes)."""
+    return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=False,
+                   kernel_init=conv_init, dtype=dtype, name=name)
+
+
+class PreActBlock(nn.Module):
+    """out = conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut, the shortcut taken from relu(bn1(x)) when it
+    is a 1x1 conv (stride or width change) and from x itself otherwise."""
+
+    features: int
+    stride: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        activated = nn.relu(BatchNorm(name="bn1")(x, use_running_average=not train))
+        if self.stride != 1 or x.shape[-1] != self.features:
+            shortcut = nn.Conv(self.features, (1, 1), strides=(self.stride, self.stride), padding="VALID",
+                               use_bias=False, kernel_init=conv_init, dtype=self.dtype, name="shortcut")(activated)
+        else:
+            shortcut = x
+        out = conv3x3(self.features, self.stride, "conv1", self.dtype)(activated)
+        out = nn.relu(BatchNorm(name="bn2")(out, use_running_average=not train))
+        out = conv3x3(self.features, 1, "conv2", self.dtype)(out)
+        return out + shortcut
+
+
+class ModelOutput(NamedTuple):
+    """Everything a distillation method may read from one forward pass."""
+
+    features: list  # the three stage outputs (pre-activation residual sums), NHWC
+    pooled: Any  # the penultimate vector: global average of relu(finalact BN(stage 3)), shape (B, 64k)
+    logits: Any
+
+
+class ResNet(nn.Module):
+    """Pre-activation ResNet with `blocks_per_stage` blocks per stage and width multiplier `width`."""
+
+    blocks_per_stage: int
+    width: int
+    num_classes: int = 100
+    dtype: Any = jnp.float32  # compute dtype; parameters and BN statistics stay float32
+
+    def __call__(self, x, train: bool = False):
+        """Returns `(features, logits)` like the seed's `forward`: features = [layer1, layer2, layer3]."""
+        out = self.forward(x, train)
+        return out.features, out.logits
+
+    @nn.compact
+    def forward(self, x, train: bool = False) -> ModelOutput:
+        """The full forward pass, also exposing the pooled penultimate vector (used by CRD)."""
+        x = conv3x3(STAGE_CHANNELS[0], 1, "layer0", self.dtype)(x.astype(self.dtype))
+        features = []
+        for stage, (channels, stride) in enumerate(zip(STAGE_CHANNELS, STAGE_STRIDES), start=1):
+            for i in range(self.blocks_per_stage):
+                x = PreActBlock(channels * self.width, stride if i == 0 else 1, self.dtype,
+                                name=f"layer{stage}_{i}")(x, train)
+            features.append(x)
+        x = nn.relu(BatchNorm(name="finalact")(x, use_running_average=not train))
+        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        logits = nn.Dense(self.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
+                          dtype=self.dtype, name="linear")(pooled)
+        return ModelOutput(features, pooled, logits.astype(jnp.float32))

@@ -67,12 +67,12 @@ def _fits_hint(tensors, requested: str) -> str:
 
 
 def _torch_to_flax_array(tensor: torch.Tensor, kind: str) -> np.ndarray:
-    array = tensor.detach().cpu().float().numpy()
+    array = tensor.detach().cpu().float().numpy()  # shares memory with the tensor: copied below
     if kind == "conv":
-        return np.ascontiguousarray(array.transpose(2, 3, 1, 0))  # OIHW -> HWIO
-    if kind == "linear":
-        return np.ascontiguousarray(array.T)  # (out, in) -> (in, out)
-    return array
+        array = array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    elif kind == "linear":
+        array = array.T  # (out, in) -> (in, out)
+    return np.array(array, dtype=np.float32, order="C", copy=True)
 
 
 def _flax_to_torch_tensor(array, kind: str) -> torch.Tensor:
@@ -81,7 +81,7 @@ def _flax_to_torch_tensor(array, kind: str) -> torch.Tensor:
         array = array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
     elif kind == "linear":
         array = array.T
-    return torch.from_numpy(np.ascontiguousarray(array))
+    return torch.from_numpy(np.array(array, order="C", copy=True))  # never aliases the caller's arrays
 
 
 def _set_path(tree: dict, path: tuple, value) -> None:
@@ -100,8 +100,10 @@ def import_torch(src, arch: str | None = None, layout: str = "auto", source: str
     else:
         source = source or str(src)
         tensors = extract_state_dict(read_torch_file(src), source)
-    if layout == "auto":
-        layout = detect_layout(tensors)
+    detected = detect_layout(tensors)
+    if layout not in ("auto", detected):
+        raise UserError(f"{source}: layout {layout} was asked for, but its keys are in the {detected} layout")
+    layout = detected
     if layout == "repdistiller":
         tensors = {rename_repdistiller_key(k): v for k, v in tensors.items()}
 

@@ -23,6 +23,9 @@ ALIASES = {name.replace("wideresnet", "wrn"): name for name in ARCHITECTURES if 
 def canonical_name(name: str) -> str:
     """The full architecture name for `name` or one of its short aliases (`wrn40_2` -> `wideresnet40_2`)."""
     key = name.strip().lower().replace("-", "_")
+    for prefix in ("wrn_", "wideresnet_"):  # also accept wrn-40-2, wrn_40_2, wideresnet_40_2
+        if key.startswith(prefix):
+            key = prefix[:-1] + key[len(prefix):]
     key = ALIASES.get(key, key)
     if key not in ARCHITECTURES:
         raise UserError(f"unknown model {name!r}; known models: {', '.join(ARCHITECTURES)} "

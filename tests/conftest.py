@@ -1,0 +1,45 @@
+"""Shared test helpers: randomized PyTorch reference models and layout conversions."""
+
+import numpy as np
+import pytest
+import torch
+
+from convert.torch_models import get_torch_model
+
+
+def randomized_torch_model(arch: str, num_classes: int = 100, seed: int = 0):
+    """The PyTorch reference model with random weights and non-trivial BN parameters and running statistics
+    (not 1/0), and a non-zero classifier bias, so that every tensor's mapping matters."""
+    torch.manual_seed(seed)
+    model = get_torch_model(arch, num_classes)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.num_batches_tracked.fill_(1000)
+        model.linear.bias.uniform_(-0.1, 0.1)
+    return model
+
+
+def nchw(images_nhwc: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
+
+
+def nhwc(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def assert_close_scaled(actual, reference, rel: float, what: str = ""):
+    """max |actual - reference| <= rel * max |reference|: the parity criterion of the converter tests."""
+    actual, reference = np.asarray(actual), np.asarray(reference)
+    assert actual.shape == reference.shape, f"{what}: shape {actual.shape} vs {reference.shape}"
+    diff, scale = float(np.max(np.abs(actual - reference))), float(np.max(np.abs(reference)))
+    assert diff <= rel * scale, f"{what}: max|diff| {diff:.3g} > {rel:g} * max|ref| {scale:.3g}"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng()

@@ -63,7 +63,7 @@ def _fits_hint(tensors, requested: str) -> str:
         inferred, _ = infer_architecture(tensors)
     except UserError:
         return ""
-    return f"; its shapes fit {inferred}" if inferred != requested else ""
+    return f" (its shapes fit {inferred})" if inferred != requested else ""
 
 
 def _torch_to_flax_array(tensor: torch.Tensor, kind: str) -> np.ndarray:
@@ -122,11 +122,12 @@ def import_torch(src, arch: str | None = None, layout: str = "auto", source: str
     if missing or unexpected:
         parts = ([f"missing keys: {_listing(missing)}"] if missing else []) + (
             [f"unexpected keys: {_listing(unexpected)}"] if unexpected else [])
-        raise UserError(f"{source}: does not fit {arch}: {'; '.join(parts)}{_fits_hint(tensors, arch)}")
+        raise UserError(f"{source}: does not fit {arch}{_fits_hint(tensors, arch)}: {'; '.join(parts)}")
     mismatched = [f"{e.key} is {tuple(tensors[e.key].shape)}, {arch} expects {e.shape}"
                   for e in entries if e.key in tensors and tuple(tensors[e.key].shape) != e.shape]
     if mismatched:
-        raise UserError(f"{source}: shape mismatch: {_listing(mismatched)}{_fits_hint(tensors, arch)}")
+        raise UserError(f"{source}: does not fit {arch}{_fits_hint(tensors, arch)}: shape mismatch: "
+                        f"{_listing(mismatched)}")
 
     variables: dict = {"params": {}, "batch_stats": {}}
     for entry in entries:

@@ -12,7 +12,6 @@ import hashlib
 import os
 import pickle
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import torch
 from jaxkd.errors import UserError
 
 WRAPPER_KEYS = ("model", "state_dict")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+PICKLE_PROTO = pickle.PROTO  # first byte of a protocol-2+ pickle (the legacy torch.save format)
 
 
 def sha256_of(path) -> str:
@@ -38,6 +39,10 @@ def read_torch_file(path) -> object:
         raise UserError(f"{path}: no such file")
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a .pth file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head == ZIP_MAGIC or head[:1] == PICKLE_PROTO):
+        raise UserError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -46,9 +51,10 @@ def read_torch_file(path) -> object:
             raise UserError(f"{path}: refused, it holds pickled Python objects beyond tensors and plain "
                             f"containers, and loading them could run code; re-save just the model's "
                             f"state_dict with torch.save") from None
-        raise UserError(f"{path}: not a PyTorch checkpoint ({_first_line(error)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from None
+    except Exception as error:  # a damaged file fails in many ways inside torch.load; all mean the same here
+        raise UserError(f"{path}: not a readable PyTorch checkpoint, truncated or damaged "
+                        f"({type(error).__name__}: {_first_line(error)})") from None
 
 
 def _first_line(error: Exception) -> str:

@@ -1,0 +1,166 @@
+"""`python -m convert import/export`: outputs, metadata, and every bad input (clear message, exit 2, nothing
+written)."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import convert
+from convert.__main__ import main
+from convert.torch_models import get_torch_model
+from jaxkd.model_checkpoint import load_model_checkpoint
+from tests.conftest import randomized_torch_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Unsafe:
+    """A custom class: unpickling it would mean importing and running code named by the file."""
+
+
+@pytest.fixture
+def seed_pth(tmp_path):
+    path = tmp_path / "resnet8.pth"
+    torch.save(randomized_torch_model("resnet8", 10, seed=1).state_dict(), path)
+    return path
+
+
+def _run_error(argv, capsys):
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def _listing(directory):
+    return sorted(p.name for p in Path(directory).iterdir())
+
+
+def test_import_writes_variables_and_metadata(seed_pth, tmp_path, capsys):
+    out = tmp_path / "imported"
+    assert main(["import", str(seed_pth), "--out", str(out)]) == 0
+    assert "resnet8 (inferred from the tensor shapes), 10 classes" in capsys.readouterr().out
+    variables, metadata = load_model_checkpoint(out)
+    assert metadata["arch"] == "resnet8" and metadata["num_classes"] == 10
+    assert metadata["source_sha256"] == hashlib.sha256(seed_pth.read_bytes()).hexdigest()
+    assert metadata["source"] == str(seed_pth.absolute()) and metadata["source_layout"] == "pytorch-kd"
+    expected = convert.torch_to_flax(seed_pth)
+    kernel = ("params", "layer1_0", "conv1", "kernel")
+    np.testing.assert_array_equal(variables[kernel[0]][kernel[1]][kernel[2]][kernel[3]],
+                                  expected[kernel[0]][kernel[1]][kernel[2]][kernel[3]])
+
+
+def test_export_with_verify_loads_strictly_in_the_seed_model(seed_pth, tmp_path, capsys):
+    model_dir, out = tmp_path / "imported", tmp_path / "exported.pth"
+    assert main(["import", str(seed_pth), "--out", str(model_dir)]) == 0
+    assert main(["export", str(model_dir), "--out", str(out), "--verify"]) == 0
+    printed = capsys.readouterr().out
+    assert "strict load into the PyTorch resnet8 ok" in printed and "max |diff| = " in printed
+    exported = torch.load(out, weights_only=True)
+    model = get_torch_model("resnet8", 10)
+    model.load_state_dict(exported, strict=True)
+    original = torch.load(seed_pth, weights_only=True)
+    for key, tensor in original.items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(exported[key], tensor), key
+    assert _listing(tmp_path) == ["exported.pth", "imported", "resnet8.pth"]  # no temporary files left
+
+
+def test_force_replaces_existing_outputs(seed_pth, tmp_path, capsys):
+    model_dir, out = tmp_path / "imported", tmp_path / "exported.pth"
+    out.write_bytes(b"old")
+    model_dir.mkdir()
+    assert main(["import", str(seed_pth), "--out", str(model_dir), "--force"]) == 0
+    assert main(["export", str(model_dir), "--out", str(out), "--force"]) == 0
+    assert load_model_checkpoint(model_dir)[1]["arch"] == "resnet8"
+    assert "linear.weight" in torch.load(out, weights_only=True)
+
+
+def _edit_state_dict(edit, path):
+    state_dict = randomized_torch_model("resnet8", 10).state_dict()
+    edit(state_dict)
+    torch.save(state_dict, path)
+
+
+def _bad_input(name, tmp_path):
+    """Writes the bad input called `name` into tmp_path; returns (argv before --out, expected message)."""
+    src = tmp_path / "bad.pth"
+    if name == "missing_file":
+        return ["import", tmp_path / "nope.pth"], "nope.pth: no such file"
+    if name == "not_a_checkpoint":
+        src.write_text("hello, I am a text file\n")
+        return ["import", src], "not a PyTorch checkpoint"
+    if name == "truncated":
+        torch.save(randomized_torch_model("resnet8", 10).state_dict(), src)
+        src.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+        return ["import", src], "not a readable PyTorch checkpoint"
+    if name == "not_a_state_dict":
+        torch.save([1, 2, 3], src)
+        return ["import", src], "expected a state_dict (a mapping of names to tensors), found list"
+    if name == "pickled_object":
+        torch.save({"model": randomized_torch_model("resnet8", 10).state_dict(), "extra": Unsafe()}, src)
+        return ["import", src], "refused, it holds pickled Python objects"
+    if name == "missing_keys":
+        _edit_state_dict(lambda sd: [sd.pop(k) for k in ("layer2.0.conv2.weight", "finalact.0.bias")], src)
+        return ["import", src, "--arch", "resnet8"], "missing keys: layer2.0.conv2.weight, finalact.0.bias"
+    if name == "unexpected_keys":
+        _edit_state_dict(lambda sd: sd.update({"extra.head.weight": torch.zeros(3)}), src)
+        return ["import", src, "--arch", "resnet8"], "unexpected keys: extra.head.weight"
+    if name == "shape_mismatch":
+        _edit_state_dict(lambda sd: sd.update({"layer3.0.conv1.weight": torch.zeros(64, 32, 1, 1)}), src)
+        return ["import", src], "layer3.0.conv1.weight is (64, 32, 1, 1), resnet8 expects (64, 32, 3, 3)"
+    if name == "wrong_arch":
+        torch.save(randomized_torch_model("resnet8", 10).state_dict(), src)
+        return ["import", src, "--arch", "wideresnet16_2"], "does not fit wideresnet16_2 (its shapes fit resnet8)"
+    if name == "unknown_arch":
+        torch.save(randomized_torch_model("resnet8", 10).state_dict(), src)
+        return ["import", src, "--arch", "resnet110"], "unknown model 'resnet110'"
+    if name == "export_not_a_checkpoint":
+        (tmp_path / "empty_dir").mkdir()
+        return ["export", tmp_path / "empty_dir"], "not a jaxkd model checkpoint"
+    raise ValueError(name)
+
+
+BAD_INPUTS = ["missing_file", "not_a_checkpoint", "truncated", "not_a_state_dict", "pickled_object", "missing_keys",
+              "unexpected_keys", "shape_mismatch", "wrong_arch", "unknown_arch", "export_not_a_checkpoint"]
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_is_one_clear_line_and_writes_nothing(name, tmp_path, capsys):
+    argv, expected = _bad_input(name, tmp_path)
+    before = _listing(tmp_path)
+    out = tmp_path / ("out.pth" if argv[0] == "export" else "out")
+    err = _run_error(argv + ["--out", out], capsys)
+    assert expected in err
+    assert _listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["import", "export"])
+def test_existing_output_is_refused_and_kept(command, seed_pth, tmp_path, capsys):
+    src = seed_pth
+    if command == "export":
+        src = tmp_path / "model"
+        assert main(["import", str(seed_pth), "--out", str(src)]) == 0
+    out = tmp_path / "existing"
+    out.mkdir() if command == "import" else out.write_bytes(b"keep me")
+    (out / "precious.txt").write_text("keep me") if command == "import" else None
+    before = _listing(tmp_path)
+    err = _run_error([command, src, "--out", out], capsys)
+    assert "already exists (pass --force to replace it)" in err
+    assert _listing(tmp_path) == before
+    assert (out / "precious.txt").read_text() == "keep me" if command == "import" else out.read_bytes() == b"keep me"
+
+
+def test_module_entry_point_exits_2_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "convert", "import", str(tmp_path / "missing.pth"),
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'missing.pth'}: no such file"
+    assert not (tmp_path / "out").exists()

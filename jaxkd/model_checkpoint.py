@@ -73,3 +73,27 @@ def load_model_checkpoint(directory) -> tuple[dict, dict]:
     if missing:
         raise UserError(f"{directory}: its metadata lacks {', '.join(missing)}")
     return jax.tree.map(np.asarray, restored[VARIABLES_ITEM]), metadata
+
+
+def load_model(path, arch: str | None = None) -> tuple[dict, str, int]:
+    """(variables, architecture, num_classes) from a jaxkd model checkpoint directory or a `.pth` file.
+
+    A `.pth` (seed or RepDistiller layout) is converted in memory, its architecture inferred from the shapes
+    unless `arch` is given; for a checkpoint directory the architecture comes from its metadata, and an `arch`
+    that disagrees is an error.
+    """
+    from jaxkd.models import canonical_name
+
+    path = Path(path)
+    if path.is_dir():
+        variables, metadata = load_model_checkpoint(path)
+        stored = metadata["arch"]
+        if arch is not None and canonical_name(arch) != canonical_name(stored):
+            raise UserError(f"{path}: holds a {stored}, not a {canonical_name(arch)}")
+        return variables, stored, int(metadata["num_classes"])
+    if not path.exists():
+        raise UserError(f"{path}: no such file or checkpoint directory")
+    from convert.converter import import_torch  # needs torch, only for .pth files
+
+    imported = import_torch(path, arch=arch)
+    return imported.variables, imported.arch, imported.num_classes

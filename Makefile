@@ -19,5 +19,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 test: setup
 	$(PY) -m pytest -q
 
+DEMO := workdirs/demo
 demo: setup
-	$(PY) -m jaxkd.demo
+	mkdir -p $(DEMO)
+	$(PY) -c "import torch; from convert.torch_models import get_torch_model; \
+	torch.save(get_torch_model('wideresnet40_2').state_dict(), '$(DEMO)/wrn40_2.pth')"
+	$(PY) -m convert import $(DEMO)/wrn40_2.pth --out $(DEMO)/wrn40_2 --force
+	$(PY) -m convert export $(DEMO)/wrn40_2 --out $(DEMO)/wrn40_2_roundtrip.pth --verify --force

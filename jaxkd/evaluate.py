@@ -1,0 +1,381 @@
+"""Evaluation: clean test accuracy and CIFAR-100-C robustness of a model checkpoint.
+
+    python -m jaxkd.evaluate --checkpoint CKPT [--arch NAME] [--cifar100c DIR] [--out results.json]
+                             [--source tfds|cifar100-python|digits] [--data-dir DIR] [--batch-size 500] [--force]
+
+CKPT is a jaxkd model checkpoint directory (`python -m convert import`, training) or a `.pth` (seed or
+RepDistiller layout, converted in memory). Prints a markdown table (clean top-1/top-5, the CIFAR-100-C mean,
+then every corruption x severity) and writes the same numbers as JSON to --out. User mistakes print one line
+starting with "error:" and exit with status 2; nothing is written then.
+
+Library use (e.g. from training): `evaluate_split(model, variables, images_uint8, labels, batch_size)` and
+`evaluate_cifar100c(model, variables, opened_cifar100c, batch_size)`.
+
+How it runs: one jitted step per (model, mesh), `(variables, uint8 batch, labels, mask, counts) -> counts`, is
+reused for every batch of every dataset, so it compiles once. The uint8 batch is what crosses to the device
+(normalization happens inside the step); the last partial batch is padded and masked, so every image counts
+exactly once; counts accumulate on the device and are fetched once per dataset (per corruption for CIFAR-100-C).
+With several devices the batch is split over a `data` mesh axis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxkd.data.augment import normalize
+from jaxkd.data.cifar100c import SEVERITIES, Cifar100C
+from jaxkd.errors import UserError
+
+DEFAULT_BATCH_SIZE = 500
+TOP_K = 5
+CIFAR100C_CLASSES = 100
+# Order of the entries of the on-device counts vector.
+CORRECT_TOP1, CORRECT_TOPK, COUNTED = range(3)
+
+Progress = Callable[[int], None]  # called with the number of real images in each dispatched batch
+
+
+# ------------------------------------------------------------------------------------------- the jitted step
+
+
+@functools.cache
+def data_mesh(devices: tuple | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh with a `data` axis over `devices` (default: all devices)."""
+    devices = tuple(jax.devices()) if devices is None else devices
+    return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def _replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _batch_sharded(mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def eval_step_for(model, mesh: jax.sharding.Mesh | None = None):
+    """The evaluation step of `model` on `mesh` (default `data_mesh()`), jitted once and cached.
+
+    step(variables, images uint8 (B, 32, 32, 3), labels int32 (B,), mask bool (B,), counts int32 (3,))
+      -> counts + (top-1 correct, top-5 correct, images counted), masked examples excluded.
+    Variables and counts are replicated, the batch is split over the `data` axis; the shardings are fixed so
+    that the counts it returns feed the next call without a recompile.
+    """
+    return _jitted_eval_step(model, data_mesh() if mesh is None else mesh)
+
+
+@functools.cache
+def _jitted_eval_step(model, mesh: jax.sharding.Mesh):
+    replicated, sharded = _replicated(mesh), _batch_sharded(mesh)
+
+    def eval_step(variables, images, labels, mask, counts):
+        _, logits = model.apply(variables, normalize(images), train=False)
+        top1 = jnp.argmax(logits, axis=-1) == labels
+        _, top_classes = jax.lax.top_k(logits, min(TOP_K, logits.shape[-1]))
+        topk = jnp.any(top_classes == labels[:, None], axis=-1)
+        batch_counts = jnp.stack([jnp.sum(top1 & mask), jnp.sum(topk & mask), jnp.sum(mask)])
+        return counts + batch_counts.astype(counts.dtype)
+
+    return jax.jit(eval_step, in_shardings=(replicated, sharded, sharded, sharded, replicated),
+                   out_shardings=replicated)
+
+
+# ---------------------------------------------------------------------------------------- library functions
+
+
+def place_variables(variables, mesh: jax.sharding.Mesh | None = None):
+    """The variables replicated on the mesh's devices; do this once and pass the result to every evaluation
+    (already placed variables are returned without a copy)."""
+    return jax.device_put(variables, _replicated(data_mesh() if mesh is None else mesh))
+
+
+def _num_classes(model) -> int:
+    return int(model.num_classes)
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(f"{what} has labels {int(labels.min())}..{int(labels.max())}, but the model has "
+                        f"{num_classes} classes")
+
+
+def _round_batch_size(batch_size: int, mesh) -> int:
+    """`batch_size` rounded up to a multiple of the number of devices (the extra rows are padding)."""
+    if batch_size < 1:
+        raise UserError(f"batch size must be positive, got {batch_size}")
+    devices = mesh.devices.size
+    return -(-batch_size // devices) * devices
+
+
+def _accumulate(step, variables, images, labels, batch_size: int, mesh, progress: Progress | None) -> jax.Array:
+    """Dispatches the step over all of `images` (padded, masked last batch) and returns the device counts
+    without waiting for them. `images` may be a memory map: each batch is read when it is sent."""
+    sharded = _batch_sharded(mesh)
+    counts = jax.device_put(np.zeros(3, np.int32), _replicated(mesh))
+    labels = np.asarray(labels, dtype=np.int32)
+    for start in range(0, len(labels), batch_size):
+        batch_images = np.asarray(images[start:start + batch_size], dtype=np.uint8)
+        batch_labels = labels[start:start + batch_size]
+        real = len(batch_labels)
+        mask = np.arange(batch_size) < real
+        if real < batch_size:
+            batch_images = np.concatenate([batch_images, np.zeros((batch_size - real,) + batch_images.shape[1:],
+                                                                  np.uint8)])
+            batch_labels = np.concatenate([batch_labels, np.zeros(batch_size - real, np.int32)])
+        batch = jax.device_put((batch_images, batch_labels, mask), sharded)
+        counts = step(variables, *batch, counts)
+        if progress is not None:
+            progress(real)
+    return counts
+
+
+def _summary(counts) -> dict:
+    """Accuracies in percent from fetched counts."""
+    counts = np.asarray(counts)
+    total = int(counts[COUNTED])
+    correct1, correct5 = int(counts[CORRECT_TOP1]), int(counts[CORRECT_TOPK])
+    return {
+        "top1": 100.0 * correct1 / total if total else float("nan"),
+        "top5": 100.0 * correct5 / total if total else float("nan"),
+        "correct1": correct1,
+        "correct5": correct5,
+        "count": total,
+    }
+
+
+def evaluate_split(model, variables, images: np.ndarray, labels: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+                   *, mesh: jax.sharding.Mesh | None = None, progress: Progress | None = None) -> dict:
+    """Top-1 and top-5 accuracy (percent) of `model` on uint8 NHWC `images` with int `labels`, every image
+    counted once. Returns dict(top1, top5, correct1, correct5, count). top-5 is top-k with k = min(5, classes).
+
+    `variables` may be host arrays or, cheaper when evaluating several sets, the result of `place_variables`.
+    """
+    mesh = data_mesh() if mesh is None else mesh
+    labels = np.asarray(labels)
+    if len(images) != len(labels):
+        raise UserError(f"{len(images)} images but {len(labels)} labels")
+    _check_labels(labels, _num_classes(model), "the dataset")
+    batch_size = _round_batch_size(batch_size, mesh)
+    counts = _accumulate(eval_step_for(model, mesh), place_variables(variables, mesh), images, labels,
+                         batch_size, mesh, progress)
+    return _summary(jax.device_get(counts))
+
+
+def readable_corruptions(c100c: Cifar100C) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(corruptions whose files open with the right shape and dtype, {corruption: why not} for the others)."""
+    readable, unreadable = [], {}
+    for corruption in c100c.available:
+        try:
+            c100c.images(corruption)
+            readable.append(corruption)
+        except UserError as error:
+            unreadable[corruption] = str(error)
+    return tuple(readable), unreadable
+
+
+def evaluate_cifar100c(model, variables, c100c: Cifar100C, batch_size: int = DEFAULT_BATCH_SIZE, *,
+                       mesh: jax.sharding.Mesh | None = None, progress: Progress | None = None) -> dict:
+    """Accuracy on every available CIFAR-100-C corruption x severity, per-corruption means and the overall mean.
+
+    Returns dict(top1, top5: means over every evaluated corruption x severity (percent),
+    corruptions: {name: dict(top1, top5: means over its severities, severities: {"1".."5": evaluate_split-like
+    dict})}, evaluated, missing: names without a file, unreadable: {name: reason}, directory).
+    Missing and unreadable corruptions are left out of the means; the others are all evaluated.
+    """
+    mesh = data_mesh() if mesh is None else mesh
+    num_classes = _num_classes(model)
+    if num_classes != CIFAR100C_CLASSES:
+        raise UserError(f"CIFAR-100-C has {CIFAR100C_CLASSES} classes, but the model has {num_classes}")
+    _check_labels(c100c.labels, num_classes, f"CIFAR-100-C {c100c.directory}")
+    batch_size = _round_batch_size(batch_size, mesh)
+    step, variables = eval_step_for(model, mesh), place_variables(variables, mesh)
+    evaluated, unreadable = readable_corruptions(c100c)
+    corruptions = {}
+    for corruption in evaluated:
+        device_counts = [_accumulate(step, variables, part.images, part.labels, batch_size, mesh, progress)
+                         for part in (c100c.severity(corruption, severity) for severity in SEVERITIES)]
+        severities = {str(s): _summary(c) for s, c in zip(SEVERITIES, jax.device_get(device_counts))}
+        corruptions[corruption] = {
+            "top1": float(np.mean([r["top1"] for r in severities.values()])),
+            "top5": float(np.mean([r["top5"] for r in severities.values()])),
+            "severities": severities,
+        }
+    every = [r for c in corruptions.values() for r in c["severities"].values()]
+    return {
+        "top1": float(np.mean([r["top1"] for r in every])) if every else None,
+        "top5": float(np.mean([r["top5"] for r in every])) if every else None,
+        "corruptions": corruptions,
+        "evaluated": list(evaluated),
+        "missing": list(c100c.missing),
+        "unreadable": unreadable,
+        "directory": str(c100c.directory),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_report(results: dict) -> str:
+    """The markdown tables printed by the command: clean and CIFAR-100-C mean, then corruption x severity."""
+    clean = results["clean"]
+    lines = [f"{results['checkpoint']}: {results['arch']}, {results['num_classes']} classes", "",
+             "| test set | top-1 | top-5 | images |", "|---|---:|---:|---:|",
+             f"| {results['dataset']} | {_pct(clean['top1'])} | {_pct(clean['top5'])} | {clean['count']} |"]
+    c100c = results.get("cifar100c")
+    if c100c is None:
+        return "\n".join(lines)
+    evaluated = c100c["evaluated"]
+    images = sum(r["count"] for c in c100c["corruptions"].values() for r in c["severities"].values())
+    lines.append(f"| CIFAR-100-C mean ({len(evaluated)} corruptions x {len(SEVERITIES)} severities) | "
+                 f"{_pct(c100c['top1'])} | {_pct(c100c['top5'])} | {images} |")
+    skipped = c100c["missing"] + list(c100c["unreadable"])
+    if skipped:
+        lines.append(f"\nCIFAR-100-C mean leaves out {len(skipped)} corruption(s) not evaluated: {', '.join(skipped)}")
+    lines += ["", "| corruption (top-1) | " + " | ".join(f"s{s}" for s in SEVERITIES) + " | mean |",
+              "|---|" + "---:|" * (len(SEVERITIES) + 1)]
+    for name, result in c100c["corruptions"].items():
+        cells = [_pct(result["severities"][str(s)]["top1"]) for s in SEVERITIES]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pct(result['top1'])} |")
+    return "\n".join(lines)
+
+
+def write_json(results: dict, out: Path, force: bool) -> None:
+    """Writes `results` to a temporary file beside `out` and renames it into place; never replaces an existing
+    `out` unless `force`."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            with os.fdopen(handle, "w") as file:
+                json.dump(results, file, indent=2)
+                file.write("\n")
+                file.flush()
+                os.fsync(file.fileno())
+            if out.exists() and not force:
+                raise UserError(f"{out}: already exists (pass --force to replace it)")
+            os.replace(staging, out)
+        finally:
+            if os.path.exists(staging):
+                os.unlink(staging)
+    except OSError as error:
+        raise UserError(f"{out}: cannot write the results: {error.strerror or error}") from None
+
+
+# ------------------------------------------------------------------------------------------- command line
+
+
+def run(args) -> dict:
+    """Loads, checks every input, evaluates and reports; returns the results written as JSON."""
+    from tqdm import tqdm
+
+    from jaxkd import __version__
+    from jaxkd.data.cifar100c import open_cifar100c
+    from jaxkd.data.sources import load_split
+    from jaxkd.model_checkpoint import load_model
+    from jaxkd.models import get_model
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:
+        raise UserError(f"{out}: already exists (pass --force to replace it)")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    variables, arch, num_classes = load_model(args.checkpoint, arch=args.arch)
+    model = get_model(arch, num_classes)
+
+    c100c, evaluated = None, ()
+    if args.cifar100c:
+        c100c = open_cifar100c(args.cifar100c)
+        if num_classes != CIFAR100C_CLASSES:
+            raise UserError(f"{args.checkpoint}: the model has {num_classes} classes; CIFAR-100-C has "
+                            f"{CIFAR100C_CLASSES}")
+        _check_labels(c100c.labels, num_classes, f"CIFAR-100-C {c100c.directory}")
+        evaluated, unreadable = readable_corruptions(c100c)
+        if c100c.missing:
+            print(f"warning: CIFAR-100-C: no file for {len(c100c.missing)} corruption(s) in {c100c.directory}: "
+                  f"{', '.join(c100c.missing)}; evaluating the others", file=sys.stderr)
+        for name, reason in unreadable.items():
+            print(f"warning: CIFAR-100-C: skipping {name}: {reason}", file=sys.stderr)
+        if not evaluated:
+            raise UserError(f"CIFAR-100-C folder {c100c.directory} has no readable corruption file")
+
+    split = load_split(args.source, "test", args.data_dir, download=args.download)
+    if split.num_classes != num_classes:
+        raise UserError(f"{args.checkpoint}: the model has {num_classes} classes, but the {args.source} test split "
+                        f"has {split.num_classes}")
+
+    mesh = data_mesh()
+    placed = place_variables(variables, mesh)
+    total = len(split) + (len(c100c.labels) * len(evaluated) if c100c is not None else 0)
+    with tqdm(total=total, unit="img", desc="evaluating", leave=False, dynamic_ncols=True,
+              disable=True if args.quiet else None) as bar:
+        clean = evaluate_split(model, placed, split.images, split.labels, args.batch_size, mesh=mesh,
+                               progress=bar.update)
+        robust = None
+        if c100c is not None:
+            robust = evaluate_cifar100c(model, placed, c100c, args.batch_size, mesh=mesh, progress=bar.update)
+
+    results = {
+        "checkpoint": str(args.checkpoint),
+        "arch": arch,
+        "num_classes": num_classes,
+        "dataset": f"{args.source} test",
+        "batch_size": args.batch_size,
+        "devices": f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
+        "clean": clean,
+        "cifar100c": robust,
+        "written_by": f"jaxkd {__version__} evaluate",
+    }
+    print(format_report(results))
+    if out is not None:
+        write_json(results, out, args.force)
+        print(f"\nwrote {out}")
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jaxkd.data.sources import SOURCES
+
+    parser = argparse.ArgumentParser(prog="python -m jaxkd.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True,
+                        help="a model checkpoint directory (convert import, training) or a .pth file")
+    parser.add_argument("--arch", help="architecture name (default: from the checkpoint or the .pth shapes)")
+    parser.add_argument("--cifar100c", metavar="DIR", help="the CIFAR-100-C folder (labels.npy, <corruption>.npy)")
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    parser.add_argument("--source", default="tfds", choices=SOURCES, help="where the clean test split comes from")
+    parser.add_argument("--data-dir", help="the source's data directory (see docs/data.md)")
+    parser.add_argument("--download", action="store_true", help="fetch or prepare the clean data if absent")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Evaluation: accuracies against the PyTorch reference model, CIFAR-100-C bookkeeping, one compile for every
+dataset, and the command line's outputs and bad inputs (one line, exit 2, nothing written)."""
+
+import json
+import logging
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+import convert
+from jaxkd import evaluate
+from jaxkd.data import cifar100c
+from jaxkd.data.sources import load_split
+from jaxkd.errors import UserError
+from jaxkd.model_checkpoint import save_model_checkpoint
+from jaxkd.models import get_model
+from tests.conftest import nchw, randomized_torch_model
+
+BATCH = 64  # one batch size for the whole file: the step compiles once per (model, batch size)
+BLOCK = 7  # CIFAR-100-C images per severity here (10,000 in the release); not a multiple of BATCH
+WRITTEN_CORRUPTIONS = ("brightness", "fog", "zoom_blur")
+# torchvision's ToTensor + Normalize with the seed's constants, written out independently of jaxkd.
+MEAN = torch.tensor([129.3 / 255, 124.07 / 255, 112.43 / 255], dtype=torch.float32)
+STD = torch.tensor([68.17 / 255, 65.39 / 255, 70.42 / 255], dtype=torch.float32)
+
+
+def torch_logits(model, images_uint8) -> np.ndarray:
+    x = nchw(images_uint8).float().div(255)
+    x = (x - MEAN[:, None, None]) / STD[:, None, None]
+    model.eval()
+    with torch.no_grad():
+        return model(x)[1].numpy()
+
+
+def random_images(rng, n: int) -> np.ndarray:
+    """Noise around a random colour, of random strength: a randomized network tells these apart better than
+    uniform noise, which it maps to one class."""
+    base = rng.integers(0, 256, (n, 1, 1, 3))
+    strength = rng.uniform(0, 128, (n, 1, 1, 1))
+    return np.clip(base + strength * rng.standard_normal((n, 32, 32, 3)), 0, 255).astype(np.uint8)
+
+
+def spread_predictions(torch_model, images_uint8):
+    """Re-centres the randomized model's classifier on `images` (bias -W mean, weights / std of the pooled
+    features) so that its predictions spread over many classes instead of collapsing onto one."""
+    pooled = []
+    hook = torch_model.linear.register_forward_hook(lambda module, inputs, output: pooled.append(inputs[0]))
+    torch_logits(torch_model, images_uint8)
+    hook.remove()
+    mean, std = pooled[0].mean(0), pooled[0].std(0) + 1e-6
+    with torch.no_grad():
+        torch_model.linear.weight.div_(std)
+        torch_model.linear.bias.copy_(-torch_model.linear.weight @ mean)
+    return torch_model
+
+
+def spread_model(num_classes: int, seed: int, images_uint8=None):
+    """A randomized resnet8 whose predictions on `images` (default: random_images) are spread out."""
+    images = random_images(np.random.default_rng(seed), 256) if images_uint8 is None else images_uint8
+    return spread_predictions(randomized_torch_model("resnet8", num_classes, seed=seed), images)
+
+
+def reference_counts(logits, labels) -> tuple[int, int, int]:
+    """(top-1 correct, top-5 correct, near ties): a near tie is an example whose top-1 or top-5 decision turns
+    on logits closer than 1e-4 x max|logit| (float32 CPU differences between frameworks are ~1e-6 of that)."""
+    order = np.argsort(-logits, axis=1, kind="stable")
+    top1 = int(np.sum(order[:, 0] == labels))
+    top5 = int(np.sum(np.any(order[:, :5] == labels[:, None], axis=1)))
+    ranked = np.take_along_axis(logits, order, axis=1)
+    tolerance = 1e-4 * np.abs(logits).max()
+    ties = (ranked[:, 0] - ranked[:, 1] < tolerance) | (ranked[:, 4] - ranked[:, 5] < tolerance)
+    return top1, top5, int(np.sum(ties))
+
+
+def assert_matches_reference(result, logits, labels):
+    top1, top5, ties = reference_counts(logits, labels)
+    assert result["count"] == len(labels)
+    assert abs(result["correct1"] - top1) <= ties and abs(result["correct5"] - top5) <= ties, (result, top1, top5)
+    np.testing.assert_allclose(result["top1"], 100 * result["correct1"] / len(labels), rtol=1e-12)
+
+
+def labels_half_right(rng, logits, num_classes) -> np.ndarray:
+    """The model's own prediction for every other example and a random label elsewhere, so accuracy is far
+    from both 0 and 100 and a miscounted batch shows."""
+    labels = rng.integers(0, num_classes, len(logits)).astype(np.int32)
+    labels[::2] = logits[::2].argmax(1)
+    return labels
+
+
+@pytest.fixture(scope="module")
+def model100():
+    torch_model = spread_model(100, seed=3)
+    return torch_model, convert.torch_to_flax(torch_model.state_dict()), get_model("resnet8", 100)
+
+
+# ------------------------------------------------------------------------------------------ library: clean
+
+
+def test_evaluate_split_matches_pytorch_on_a_set_that_is_not_a_multiple_of_the_batch(rng):
+    torch_model = spread_model(10, seed=int(rng.integers(1000)))
+    images = random_images(rng, 3 * BATCH + 11)
+    logits = torch_logits(torch_model, images)
+    labels = labels_half_right(rng, logits, 10)
+    result = evaluate.evaluate_split(get_model("resnet8", 10), convert.torch_to_flax(torch_model.state_dict()),
+                                     images, labels, BATCH)
+    assert_matches_reference(result, logits, labels)
+    assert 10 < result["top1"] < 90 and len(np.unique(logits.argmax(1))) > 1
+
+
+def test_labels_outside_the_models_classes_are_a_user_error():
+    images = np.zeros((3, 32, 32, 3), np.uint8)
+    with pytest.raises(UserError, match=r"labels 0\.\.12, but the model has 10 classes"):
+        evaluate.evaluate_split(get_model("resnet8", 10), None, images, np.array([0, 12, 3]), BATCH)
+
+
+# ------------------------------------------------------------------------------------------ CIFAR-100-C
+
+
+def write_cifar100c(folder: Path, torch_model, rng, corruptions=WRITTEN_CORRUPTIONS) -> dict:
+    """A folder in the release's layout: labels.npy (the same BLOCK labels repeated for each severity) and a
+    (5 * BLOCK, 32, 32, 3) uint8 <corruption>.npy for each of `corruptions`. Each block holds a random number of
+    images the model gets right (so accuracies differ between severities) and random images for the rest.
+    Returns {corruption: images}."""
+    pool = random_images(rng, BLOCK + 40)
+    labels = torch_logits(torch_model, pool[:BLOCK]).argmax(1).astype(np.int64)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "labels.npy", np.tile(labels, 5))
+    written = {}
+    for corruption in corruptions:
+        blocks = []
+        for _ in range(5):
+            right = int(rng.integers(0, BLOCK + 1))
+            blocks.append(np.concatenate([pool[:right], pool[rng.choice(np.arange(BLOCK, len(pool)), BLOCK - right)]]))
+        written[corruption] = np.concatenate(blocks)
+        np.save(folder / f"{corruption}.npy", written[corruption])
+    return written
+
+
+def test_cifar100c_splits_severities_and_averages_like_an_independent_computation(model100, tmp_path, rng):
+    torch_model, variables, model = model100
+    written = write_cifar100c(tmp_path, torch_model, rng)
+    opened = cifar100c.open_cifar100c(tmp_path)
+    result = evaluate.evaluate_cifar100c(model, variables, opened, BATCH)
+
+    labels = np.load(tmp_path / "labels.npy")
+    assert result["evaluated"] == list(WRITTEN_CORRUPTIONS) and result["unreadable"] == {}
+    assert result["missing"] == [c for c in cifar100c.CORRUPTIONS if c not in WRITTEN_CORRUPTIONS]
+    every = []
+    for corruption, images in written.items():
+        per_severity = []
+        for severity in range(1, 6):
+            rows = slice((severity - 1) * BLOCK, severity * BLOCK)
+            logits = torch_logits(torch_model, images[rows])
+            got = result["corruptions"][corruption]["severities"][str(severity)]
+            assert_matches_reference(got, logits, labels[rows])
+            per_severity.append(got["top1"])
+        np.testing.assert_allclose(result["corruptions"][corruption]["top1"], np.mean(per_severity), rtol=1e-12)
+        every += per_severity
+    np.testing.assert_allclose(result["top1"], np.mean(every), rtol=1e-12)
+    assert len(set(every)) > 2  # the severities really differ, so a wrong block split would show
+
+
+def test_an_unreadable_corruption_file_is_skipped_and_the_others_complete(model100, tmp_path, rng):
+    torch_model, variables, model = model100
+    write_cifar100c(tmp_path, torch_model, rng)
+    np.save(tmp_path / "fog.npy", np.zeros((5 * BLOCK, 16, 16, 3), np.uint8))  # wrong shape
+    result = evaluate.evaluate_cifar100c(model, variables, cifar100c.open_cifar100c(tmp_path), BATCH)
+    assert result["evaluated"] == ["brightness", "zoom_blur"] and list(result["corruptions"]) == result["evaluated"]
+    assert "fog.npy holds uint8 (35, 16, 16, 3)" in result["unreadable"]["fog"]
+
+
+def test_cifar100c_needs_a_100_class_model(tmp_path, rng):
+    write_cifar100c(tmp_path, randomized_torch_model("resnet8", 100), rng, corruptions=("fog",))
+    with pytest.raises(UserError, match="CIFAR-100-C has 100 classes, but the model has 10"):
+        evaluate.evaluate_cifar100c(get_model("resnet8", 10), None, cifar100c.open_cifar100c(tmp_path), BATCH)
+
+
+# --------------------------------------------------------------------------------------- one compile
+
+
+def test_one_compile_for_every_batch_and_every_dataset(model100, tmp_path, rng, caplog):
+    torch_model, variables, model = model100
+    write_cifar100c(tmp_path, torch_model, rng)
+    opened = cifar100c.open_cifar100c(tmp_path)
+    clean_images = random_images(rng, 2 * BATCH + 5)
+    clean_labels = rng.integers(0, 100, len(clean_images))
+    step = evaluate.eval_step_for(model)
+    step.clear_cache()
+
+    def compilations():
+        with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles():
+            caplog.clear()
+            placed = evaluate.place_variables(variables)
+            evaluate.evaluate_split(model, placed, clean_images, clean_labels, BATCH)
+            evaluate.evaluate_cifar100c(model, placed, opened, BATCH)
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling ")]
+
+    # 3 clean batches (the last one partial) and 15 corruption x severity sets: one compile of the step.
+    first = compilations()
+    steps = [message for message in first if message.startswith("Compiling jit(eval_step)")]
+    assert len(steps) == 1 and step._cache_size() == 1, first
+    assert f"uint8[{BATCH},32,32,3]" in steps[0]  # the uint8 batch is what goes to the device
+    # Again, with the same shapes: nothing at all compiles.
+    assert compilations() == []
+
+
+# -------------------------------------------------------------------------------------------- command line
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    code = evaluate.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_cifar100_python(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """A cifar-100-python folder with a `test` file as the CIFAR page documents it (Python 3 pickle, bytes keys,
+    rows of R, G, B planes)."""
+    folder.mkdir(parents=True)
+    rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+    (folder / "test").write_bytes(pickle.dumps({b"data": rows, b"fine_labels": [int(v) for v in labels]}))
+    return folder
+
+
+@pytest.mark.parametrize("form", ["pth", "checkpoint_dir"])
+def test_cli_on_digits_agrees_with_the_pytorch_model(form, tmp_path, capsys):
+    test = load_split("digits", "test")
+    torch_model = spread_model(10, seed=5, images_uint8=test.images)
+    checkpoint = tmp_path / "resnet8.pth"
+    torch.save(torch_model.state_dict(), checkpoint)
+    if form == "checkpoint_dir":
+        checkpoint = save_model_checkpoint(tmp_path / "model", convert.torch_to_flax(checkpoint),
+                                           {"arch": "resnet8", "num_classes": 10})
+    out = tmp_path / "results" / "digits.json"
+    code, stdout, err = run_cli(["--checkpoint", checkpoint, "--source", "digits", "--batch-size", BATCH,
+                                 "--out", out], capsys)
+    assert code == 0, err
+    logits = torch_logits(torch_model, test.images)
+    assert len(np.unique(logits.argmax(1))) > 1 and len(test) % BATCH != 0
+    results = json.loads(out.read_text())
+    assert results["arch"] == "resnet8" and results["num_classes"] == 10 and results["cifar100c"] is None
+    assert_matches_reference(results["clean"], logits, test.labels)
+    assert f"| digits test | {results['clean']['top1']:.2f} |" in stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == ["digits.json"]  # no temporary file left
+
+
+def test_cli_with_cifar100c_reports_missing_corruptions_and_writes_every_number(model100, tmp_path, rng, capsys):
+    torch_model, _, _ = model100
+    checkpoint = tmp_path / "resnet8_100.pth"
+    torch.save(torch_model.state_dict(), checkpoint)
+    clean_images = random_images(rng, BATCH + 9)
+    clean_logits = torch_logits(torch_model, clean_images)
+    clean_labels = labels_half_right(rng, clean_logits, 100)
+    data = write_cifar100_python(tmp_path / "cifar-100-python", clean_images, clean_labels)
+    written = write_cifar100c(tmp_path / "CIFAR-100-C", torch_model, rng)
+    out = tmp_path / "results.json"
+
+    code, stdout, err = run_cli(["--checkpoint", checkpoint, "--source", "cifar100-python", "--data-dir", data,
+                                 "--cifar100c", tmp_path / "CIFAR-100-C", "--batch-size", BATCH, "--out", out],
+                                capsys)
+    assert code == 0, err
+    missing = [c for c in cifar100c.CORRUPTIONS if c not in written]
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and all(name in warnings[0] for name in missing)
+    results = json.loads(out.read_text())
+    assert_matches_reference(results["clean"], clean_logits, clean_labels)
+    c100c = results["cifar100c"]
+    assert c100c["missing"] == missing and c100c["evaluated"] == list(written)
+    labels = np.load(tmp_path / "CIFAR-100-C" / "labels.npy")
+    for corruption, images in written.items():
+        for severity in range(1, 6):
+            rows = slice((severity - 1) * BLOCK, severity * BLOCK)
+            assert_matches_reference(c100c["corruptions"][corruption]["severities"][str(severity)],
+                                     torch_logits(torch_model, images[rows]), labels[rows])
+    # The table: clean, the mean over what was evaluated, then one row per corruption with its severities.
+    assert f"| CIFAR-100-C mean (3 corruptions x 5 severities) | {c100c['top1']:.2f} |" in stdout
+    fog = c100c["corruptions"]["fog"]
+    assert ("| fog | " + " | ".join(f"{fog['severities'][str(s)]['top1']:.2f}" for s in range(1, 6))
+            + f" | {fog['top1']:.2f} |") in stdout
+
+
+@pytest.fixture
+def pth10(tmp_path):
+    path = tmp_path / "resnet8_10.pth"
+    torch.save(randomized_torch_model("resnet8", 10, seed=1).state_dict(), path)
+    return path
+
+
+def assert_one_line_error(code, stdout, err, expected):
+    assert code == 2 and stdout == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert expected in err, err
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code, stdout, err = run_cli(["--checkpoint", tmp_path / "nothing.pth", "--source", "digits", "--out", out], capsys)
+    assert_one_line_error(code, stdout, err, "nothing.pth: no such file or checkpoint directory")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_class_count_mismatch(model100, tmp_path, capsys):
+    torch_model, _, _ = model100
+    checkpoint = tmp_path / "resnet8_100.pth"
+    torch.save(torch_model.state_dict(), checkpoint)
+    code, stdout, err = run_cli(["--checkpoint", checkpoint, "--source", "digits", "--out", tmp_path / "r.json"],
+                                capsys)
+    assert_one_line_error(code, stdout, err, "the model has 100 classes, but the digits test split has 10")
+    assert [p.name for p in tmp_path.iterdir()] == ["resnet8_100.pth"]
+
+
+def test_cifar100c_with_a_10_class_model(pth10, tmp_path, rng, capsys):
+    write_cifar100c(tmp_path / "c", randomized_torch_model("resnet8", 100), rng, corruptions=("fog",))
+    code, stdout, err = run_cli(["--checkpoint", pth10, "--source", "digits", "--cifar100c", tmp_path / "c",
+                                 "--out", tmp_path / "r.json"], capsys)
+    assert_one_line_error(code, stdout, err, "the model has 10 classes; CIFAR-100-C has 100")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_existing_out_is_kept_unless_force(pth10, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    out.write_text("earlier results\n")
+    argv = ["--checkpoint", pth10, "--source", "digits", "--batch-size", BATCH, "--out", out]
+    assert_one_line_error(*run_cli(argv, capsys), "r.json: already exists (pass --force to replace it)")
+    assert out.read_text() == "earlier results\n"
+    code, _, err = run_cli(argv + ["--force", "--quiet"], capsys)
+    assert code == 0, err
+    assert json.loads(out.read_text())["clean"]["count"] == 364
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "resnet8_10.pth"]
+
+
+def test_cifar100c_folder_without_any_corruption_file(tmp_path, capsys):
+    (tmp_path / "c").mkdir()
+    np.save(tmp_path / "c" / "labels.npy", np.zeros(5 * BLOCK, np.int64))
+    torch.save(randomized_torch_model("resnet8", 100).state_dict(), tmp_path / "m.pth")
+    code, stdout, err = run_cli(["--checkpoint", tmp_path / "m.pth", "--source", "digits", "--cifar100c",
+                                 tmp_path / "c"], capsys)
+    assert code == 2 and "has no readable corruption file" in err.splitlines()[-1]
+
+
+# ------------------------------------------------------------------------------------------- several devices
+
+EIGHT_DEVICES = """
+import sys, jax, numpy as np
+from jaxkd import evaluate
+from jaxkd.models import get_model
+data = np.load(sys.argv[1], allow_pickle=True)
+assert jax.device_count() == 8
+model = get_model("resnet8", 10)
+result = evaluate.evaluate_split(model, data["variables"].item(), data["images"], data["labels"], 20)
+print(result["correct1"], result["correct5"], result["count"], evaluate.eval_step_for(model)._cache_size())
+"""
+
+
+def test_eight_devices_count_the_same_as_one(tmp_path, rng):
+    """The batch is split over a `data` mesh axis (batch 20 is rounded up to 24, 3 per device)."""
+    torch_model = spread_model(10, seed=7)
+    images = random_images(rng, 3 * 24 + 5)
+    labels = labels_half_right(rng, torch_logits(torch_model, images), 10)
+    variables = convert.torch_to_flax(torch_model.state_dict())
+    np.savez(tmp_path / "data.npz", images=images, labels=labels, variables=np.array(variables, dtype=object))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", EIGHT_DEVICES, str(tmp_path / "data.npz")], env=env,
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0, done.stderr
+    one = evaluate.evaluate_split(get_model("resnet8", 10), variables, images, labels, 20)
+    assert done.stdout.split() == [str(one["correct1"]), str(one["correct5"]), str(len(labels)), "1"]

@@ -19,10 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 test: setup
 	$(PY) -m pytest -q
 
-DEMO := workdirs/demo
+# The offline demo on scikit-learn's digits: a resnet20 teacher, then a resnet8 KD student (configs/demo.py).
 demo: setup
-	mkdir -p $(DEMO)
-	$(PY) -c "import torch; from convert.torch_models import get_torch_model; \
-	torch.save(get_torch_model('wideresnet40_2').state_dict(), '$(DEMO)/wrn40_2.pth')"
-	$(PY) -m convert import $(DEMO)/wrn40_2.pth --out $(DEMO)/wrn40_2 --force
-	$(PY) -m convert export $(DEMO)/wrn40_2 --out $(DEMO)/wrn40_2_roundtrip.pth --verify --force
+	$(PY) -m jaxkd.train --config configs/demo.py:teacher --workdir workdirs/demo/teacher
+	$(PY) -m jaxkd.train --config configs/demo.py:student --workdir workdirs/demo/student

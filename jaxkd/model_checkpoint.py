@@ -22,6 +22,7 @@ from jaxkd.errors import UserError
 VARIABLES_ITEM = "variables"
 METADATA_ITEM = "metadata"
 REQUIRED_METADATA = ("arch", "num_classes")
+TRAINED_MODEL_DIR = "model"  # where training writes the final student inside its workdir
 
 
 def is_model_checkpoint(path) -> bool:
@@ -76,7 +77,8 @@ def load_model_checkpoint(directory) -> tuple[dict, dict]:
 
 
 def load_model(path, arch: str | None = None) -> tuple[dict, str, int]:
-    """(variables, architecture, num_classes) from a jaxkd model checkpoint directory or a `.pth` file.
+    """(variables, architecture, num_classes) from a model checkpoint directory, a training workdir (its final
+    `model/`) or a `.pth` file.
 
     A `.pth` (seed or RepDistiller layout) is converted in memory, its architecture inferred from the shapes
     unless `arch` is given; for a checkpoint directory the architecture comes from its metadata, and an `arch`
@@ -85,6 +87,8 @@ def load_model(path, arch: str | None = None) -> tuple[dict, str, int]:
     from jaxkd.models import canonical_name
 
     path = Path(path)
+    if path.is_dir() and not is_model_checkpoint(path) and is_model_checkpoint(path / TRAINED_MODEL_DIR):
+        path = path / TRAINED_MODEL_DIR  # a training workdir: its final student
     if path.is_dir():
         variables, metadata = load_model_checkpoint(path)
         stored = metadata["arch"]

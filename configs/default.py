@@ -1,0 +1,49 @@
+"""The seed's recipe (CRD's), the base of every config: 240 epochs, batch 64, SGD lr 0.05 momentum 0.9,
+weight decay 5e-4, lr x0.1 after epochs 150, 180 and 210; plain cross-entropy (method "none").
+
+    python -m jaxkd.train --config configs/default.py --workdir workdirs/wrn40_2 --config.model=wideresnet40_2
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+    config = ConfigDict()
+    config.seed = 0
+    config.model = "wideresnet40_2"  # the student (the trained model); any name of jaxkd.models
+    config.method = "none"  # a name of jaxkd.methods.METHODS
+
+    config.data = ConfigDict()
+    config.data.source = "tfds"  # tfds | cifar100-python | digits (docs/data.md)
+    config.data.data_dir = ""  # "" = the source's default location
+    config.data.download = False  # let the source fetch and prepare the data if it is missing
+
+    config.batch_size = 64  # global batch, split over the devices; the last partial batch is dropped
+    config.eval_batch_size = 500
+    config.epochs = 240
+
+    config.optimizer = ConfigDict()
+    config.optimizer.lr = 0.05
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = False
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.lr_decay_epochs = (150, 180, 210)
+    config.optimizer.lr_decay_rate = 0.1
+
+    # total = gamma * CE + alpha * KD(T) + beta * method term (RepDistiller's -r/-a/-b).
+    config.loss = ConfigDict()
+    config.loss.gamma = 1.0
+    config.loss.alpha = 0.0
+    config.loss.beta = 0.0
+    config.loss.kd_temperature = 4.0
+
+    config.teacher = ConfigDict()
+    config.teacher.checkpoint = ""  # a .pth (seed or RepDistiller layout), a model checkpoint, or a workdir
+    config.teacher.arch = ""  # "" = from the checkpoint (metadata or tensor shapes)
+
+    config.log_every_steps = 100
+    config.eval_every_epochs = 1
+    config.checkpoint_every_epochs = 10
+    config.keep_checkpoints = 2
+    config.progress_bar = True
+    return config

@@ -1,0 +1,23 @@
+"""KD (Hinton) from a WRN40-2 teacher into a WRN16-2 student, RepDistiller's KD recipe:
+loss = 0.1 * CE + 0.9 * KL at T = 4 (times T^2), 240 epochs of the seed's SGD schedule.
+
+    python -m jaxkd.train --config configs/kd_wrn.py --workdir workdirs/kd_wrn40_2_wrn16_2 \
+        --config.teacher.checkpoint=wrn40_2.pth
+
+The teacher may be the seed's released `wrn40_2.pth`, a RepDistiller teacher file, a `convert import`
+directory or a jaxkd training workdir. Reference: RepDistiller reports 74.92 for KD wrn_40_2 -> wrn_16_2.
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model = "wideresnet16_2"
+    config.method = "kd"
+    config.teacher.arch = "wideresnet40_2"
+    config.loss.gamma = 0.1
+    config.loss.alpha = 0.9
+    config.loss.beta = 0.0
+    config.loss.kd_temperature = 4.0
+    return config

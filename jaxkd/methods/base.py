@@ -1,0 +1,66 @@
+"""The method interface: what a distillation method adds to the student's training.
+
+The engine computes, every step, `gamma * CE(student) + alpha * KD(student, teacher) + beta * term`
+(RepDistiller's -r/-a/-b). A method supplies `term` and whatever it needs:
+- trainable modules (FitNets' regressor, CRD's embeddings, BYOT's heads, DML's peers): their variables are
+  returned by `init`, trained and weight-decayed with the student, checkpointed with it;
+- non-trainable device state (CRD's memory banks): returned by `init`, threaded through every step, donated
+  and checkpointed with the train state;
+- whether it needs a pretrained teacher (`uses_teacher`), whose eval-mode outputs the engine then computes.
+A new method is one file in `jaxkd/methods/` registered in `jaxkd/methods/__init__.py`; the engine does not
+change.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+
+from jaxkd.models import ModelOutput
+
+
+class Batch(NamedTuple):
+    """One training batch as the step sees it, after augmentation."""
+
+    images: jax.Array  # float32 NHWC, the same images the student and the teacher see
+    labels: jax.Array  # int32 (B,)
+    index: jax.Array  # int32 (B,): dataset indices of the examples (CRD's memory bank rows)
+    rng: jax.Array  # a key for the method's own sampling this step
+
+
+class Probe(NamedTuple):
+    """What `init` may use to size its modules and state: outputs on a sample batch, and the dataset."""
+
+    student: ModelOutput
+    teacher: ModelOutput | None
+    batch: Batch
+    train_labels: Any  # numpy int array (N,): every training label, for per-class sampling tables
+    num_classes: int
+
+
+class MethodInit(NamedTuple):
+    variables: dict  # {"params": ..., "batch_stats": ...} of the method's trainable modules ({} if none)
+    state: Any  # non-trainable device state (a pytree; {} if none)
+
+
+class TermOutput(NamedTuple):
+    term: jax.Array  # the scalar weighted by beta
+    batch_stats: dict  # updated batch statistics of the method's modules (those given if unchanged)
+    state: Any  # updated method state
+    metrics: dict  # extra scalars to log (names without the method prefix)
+
+
+class Method:
+    """Base class: a method with no term, no modules and no state (the plain baseline)."""
+
+    name = "none"
+    uses_teacher = False
+
+    def __init__(self, config):
+        self.config = config
+
+    def init(self, rng: jax.Array, probe: Probe) -> MethodInit:
+        return MethodInit({}, {})
+
+    def term(self, variables: dict, state, student: ModelOutput, teacher: ModelOutput | None, batch: Batch,
+             train: bool) -> TermOutput:
+        return TermOutput(jax.numpy.zeros((), jax.numpy.float32), variables.get("batch_stats", {}), state, {})

@@ -1,0 +1,415 @@
+"""Training: `python -m jaxkd.train --config configs/NAME.py --workdir DIR [--config.key=value ...]`.
+
+One jitted step does all per-example work on the device: it gathers the batch from the training set held on
+the device, augments it, runs the teacher (eval mode) and the student (train mode), composes
+`gamma * CE + alpha * KD + beta * method term`, and applies SGD; the train state is donated. The host only
+decides when to log, evaluate and checkpoint. Re-running the same command resumes from the workdir's latest
+checkpoint, exactly: the data order, random numbers, optimizer state and BN statistics continue as if never
+stopped. SIGTERM (preemption) saves a checkpoint before exiting.
+
+The workdir receives `config.json`, `metrics.jsonl`, `tensorboard/`, `checkpoints/` (train state), and at the
+end `model/` (the student as a model checkpoint, usable as a teacher or by `jaxkd.evaluate`) and
+`student.pth` (seed layout).
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxkd.data import augment_batch, batch_indices, epoch_permutation, load_split, steps_per_epoch
+from jaxkd.errors import UserError
+from jaxkd.evaluate import data_mesh, evaluate_split
+from jaxkd.losses import cross_entropy, kd_divergence
+from jaxkd.methods import Batch, Method, Probe, get_method
+from jaxkd.metric_log import MetricLog
+from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, load_model, save_model_checkpoint
+from jaxkd.models import canonical_name, get_model
+from jaxkd.optimizer import make_optimizer
+from jaxkd.run_checkpoint import RunCheckpoints
+from jaxkd.train_state import TrainState
+
+METRIC_NAMES = ("loss", "ce", "kd", "term", "correct")  # summed on the device between two fetches
+
+
+@dataclasses.dataclass
+class Teacher:
+    model: object
+    variables: dict
+    arch: str
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything `train_and_evaluate` builds from the config before the first compile."""
+
+    student: object
+    method: Method
+    teacher: Teacher | None
+    optimizer: optax.GradientTransformation
+    train: object  # jaxkd.data.Split
+    test: object
+    steps_per_epoch: int
+    mesh: jax.sharding.Mesh
+
+
+def check_config(config) -> None:
+    """Config mistakes that can be seen without loading anything, as one clear line each."""
+    canonical_name(config.model)
+    if config.batch_size < 1 or config.epochs < 1:
+        raise UserError(f"batch_size and epochs must be positive (got {config.batch_size}, {config.epochs})")
+    devices = jax.device_count()
+    if config.batch_size % devices:
+        raise UserError(f"batch_size {config.batch_size} is not divisible by the {devices} devices")
+
+
+def load_teacher(config, method: Method, num_classes: int) -> Teacher | None:
+    if not method.uses_teacher:
+        return None
+    if not config.teacher.checkpoint:
+        raise UserError(f"method {method.name!r} needs a teacher: set --config.teacher.checkpoint to a .pth, "
+                        f"a model checkpoint directory or a training workdir")
+    variables, arch, teacher_classes = load_model(config.teacher.checkpoint, config.teacher.arch or None)
+    if teacher_classes != num_classes:
+        raise UserError(f"the teacher {config.teacher.checkpoint} has {teacher_classes} classes, the dataset "
+                        f"{num_classes}")
+    return Teacher(get_model(arch, num_classes), variables, arch)
+
+
+def build(config) -> Setup:
+    check_config(config)
+    method = get_method(config.method, config)
+    data_dir = config.data.data_dir or None
+    train = load_split(config.data.source, "train", data_dir, download=config.data.download)
+    test = load_split(config.data.source, "test", data_dir, download=config.data.download)
+    teacher = load_teacher(config, method, train.num_classes)
+    spe = steps_per_epoch(len(train), config.batch_size)
+    if spe < 1:
+        raise UserError(f"batch_size {config.batch_size} exceeds the {len(train)} training examples")
+    return Setup(student=get_model(config.model, train.num_classes), method=method, teacher=teacher,
+                 optimizer=make_optimizer(config, spe), train=train, test=test, steps_per_epoch=spe,
+                 mesh=data_mesh())
+
+
+def _forward(model, variables, images, train: bool):
+    """ModelOutput (and the updated batch statistics when training)."""
+    if train:
+        return model.apply(variables, images, train=True, mutable=["batch_stats"], method=model.forward)
+    return model.apply(variables, images, train=False, method=model.forward)
+
+
+def create_train_state(setup: Setup, config) -> TrainState:
+    """Initial state: the seed's init for the student, the method's modules and state from a shape probe."""
+    init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    student_rng, method_rng, probe_rng = jax.random.split(init_rng, 3)
+    sample = jnp.asarray(augment_batch(probe_rng, setup.train.images[: config.batch_size]))
+    student_variables = setup.student.init(student_rng, sample, train=False)
+    student_out, _ = _forward(setup.student, student_variables, sample, train=True)
+    teacher_out = (_forward(setup.teacher.model, setup.teacher.variables, sample, train=False)
+                   if setup.teacher else None)
+    batch = Batch(sample, jnp.asarray(setup.train.labels[: config.batch_size]),
+                  jnp.asarray(setup.train.index[: config.batch_size]), method_rng)
+    method_init = setup.method.init(method_rng, Probe(student_out, teacher_out, batch, setup.train.labels,
+                                                      setup.train.num_classes))
+    params = {"student": student_variables["params"], "method": method_init.variables.get("params", {})}
+    batch_stats = {"student": student_variables["batch_stats"],
+                   "method": method_init.variables.get("batch_stats", {})}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=setup.optimizer.init(params), method_state=method_init.state, rng=step_rng)
+
+
+def make_update(setup: Setup, config):
+    """update(state, batch, teacher_variables) -> (state, metrics): one SGD step on a prepared batch.
+
+    The loss is `gamma * CE + alpha * KD + beta * method term`; the teacher runs in eval mode and gets no
+    gradient. Pure and unjitted: `make_train_step` wraps it, and the parity tests call it on fixed batches."""
+    student, method, teacher = setup.student, setup.method, setup.teacher
+    loss_weights = config.loss
+
+    def update(state: TrainState, batch: Batch, teacher_variables):
+        teacher_out = _forward(teacher.model, teacher_variables, batch.images, False) if teacher else None
+
+        def loss_fn(params):
+            student_out, student_updates = _forward(
+                student, {"params": params["student"], "batch_stats": state.batch_stats["student"]},
+                batch.images, train=True)
+            ce = cross_entropy(student_out.logits, batch.labels)
+            kd = (kd_divergence(student_out.logits, teacher_out.logits, loss_weights.kd_temperature)
+                  if teacher else jnp.zeros((), jnp.float32))
+            method_out = method.term({"params": params["method"], "batch_stats": state.batch_stats["method"]},
+                                     state.method_state, student_out, teacher_out, batch, train=True)
+            loss = loss_weights.gamma * ce + loss_weights.alpha * kd + loss_weights.beta * method_out.term
+            correct = jnp.sum(jnp.argmax(student_out.logits, -1) == batch.labels)
+            batch_stats = {"student": student_updates["batch_stats"], "method": method_out.batch_stats}
+            return loss, (batch_stats, method_out.state, dict(loss=loss, ce=ce, kd=kd, term=method_out.term,
+                                                              correct=correct))
+
+        grads, (batch_stats, method_state, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
+        state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              batch_stats=batch_stats, opt_state=opt_state, method_state=method_state)
+        return state, metrics
+
+    return update
+
+
+def make_train_step(setup: Setup, config):
+    """step(state, sums, teacher_variables, images, labels, index, permutation) -> (state, sums), jitted.
+
+    `images/labels/index` are the whole training set on the device and `permutation` the current epoch's
+    order: the step gathers its batch (step `state.step % steps_per_epoch` of the epoch), augments it with the
+    step's key, and applies `make_update`. `sums` accumulates METRIC_NAMES on the device until the host fetches
+    them. State and sums are donated."""
+    update = make_update(setup, config)
+    spe, batch_size = setup.steps_per_epoch, config.batch_size
+    replicated = NamedSharding(setup.mesh, PartitionSpec())
+    batch_sharding = NamedSharding(setup.mesh, PartitionSpec("data"))
+
+    def train_step(state: TrainState, sums, teacher_variables, images, labels, index, permutation):
+        indices = batch_indices(permutation, state.step % spe, batch_size)
+        augment_rng, method_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        augmented = augment_batch(augment_rng, images[indices])
+        batch = Batch(jax.lax.with_sharding_constraint(augmented, batch_sharding),
+                      jax.lax.with_sharding_constraint(labels[indices], batch_sharding),
+                      index[indices], method_rng)
+        state, metrics = update(state, batch, teacher_variables)
+        sums = {name: sums[name] + metrics[name].astype(jnp.float32) for name in METRIC_NAMES}
+        return state, sums
+
+    return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
+
+
+def zero_sums(mesh):
+    return jax.device_put({name: jnp.zeros((), jnp.float32) for name in METRIC_NAMES},
+                          NamedSharding(mesh, PartitionSpec()))
+
+
+class StopRequest:
+    """Turns SIGTERM into a flag the loop checks between steps (without touching the device)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def save_config(config, workdir: Path) -> None:
+    """Writes `config.json`; a workdir that already holds a different run is refused (resume must be exact)."""
+    path = workdir / "config.json"
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if path.exists():
+        previous = json.loads(path.read_text())
+        current = json.loads(text)
+        ignored = {"log_every_steps", "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
+                   "progress_bar", "epochs"}
+        changed = sorted(k for k in set(previous) | set(current)
+                         if k not in ignored and previous.get(k) != current.get(k))
+        if changed:
+            raise UserError(f"{workdir} holds a run with another config (differs in: {', '.join(changed)}); "
+                            f"use a new --workdir to start a different run")
+    path.write_text(text)
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    """Trains (or resumes) the run in `workdir`; returns the final evaluation."""
+    setup = build(config)  # every user error surfaces here, before any compile
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_config(config, workdir)
+    log = MetricLog(workdir)
+    checkpoints = RunCheckpoints(workdir, config.keep_checkpoints)
+    stop = StopRequest()
+    try:
+        return _run(setup, config, workdir, log, checkpoints, stop)
+    finally:
+        stop.restore()
+        checkpoints.close()
+        log.close()
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCheckpoints, stop: StopRequest):
+    mesh, spe = setup.mesh, setup.steps_per_epoch
+    replicated = NamedSharding(mesh, PartitionSpec())
+    total_steps = spe * config.epochs
+
+    state = jax.device_put(create_train_state(setup, config), replicated)
+    progress = {"best_top1": 0.0, "best_epoch": 0}
+    if checkpoints.latest_step() is not None:
+        state, progress = checkpoints.restore(state)
+        _say(f"resumed from {checkpoints.directory} at step {int(state.step)} "
+             f"(epoch {int(state.step) // spe + 1} of {config.epochs})")
+
+    teacher_variables = None
+    if setup.teacher:
+        teacher_variables = jax.device_put(setup.teacher.variables, replicated)
+        if int(state.step) == 0:
+            result = evaluate_split(setup.teacher.model, teacher_variables, setup.test.images,
+                                    setup.test.labels, config.eval_batch_size, mesh=mesh)
+            _say(f"teacher {setup.teacher.arch}: test top-1 {result['top1']:.2f}")
+            log.write(0, "teacher", {"top1": result["top1"], "top5": result["top5"]})
+
+    images, labels, index = jax.device_put((setup.train.images, setup.train.labels, setup.train.index),
+                                           replicated)
+    train_step = make_train_step(setup, config)
+    permutation_of = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
+                             out_shardings=replicated)
+    base_key = jax.random.PRNGKey(config.seed)
+    sums = zero_sums(mesh)
+    step = int(state.step)
+    last_fetch_step, last_fetch_time = step, time.perf_counter()
+    result = None
+
+    def fetch_and_log(sums, step):
+        nonlocal last_fetch_step, last_fetch_time
+        values = jax.device_get(sums)
+        count = step - last_fetch_step
+        now = time.perf_counter()
+        if count == 0:
+            return zero_sums(mesh), None
+        means = {name: float(values[name]) / count for name in METRIC_NAMES if name != "correct"}
+        means["accuracy"] = 100.0 * float(values["correct"]) / (count * config.batch_size)
+        means["lr"] = float(optax_lr(setup, config, step - 1))
+        means["images_per_s"] = count * config.batch_size / max(now - last_fetch_time, 1e-9)
+        if not math.isfinite(means["loss"]):
+            last = checkpoints.latest_step()
+            raise UserError(f"the loss became {means['loss']} before step {step}; stopping. The last good "
+                            f"checkpoint ({'step ' + str(last) if last is not None else 'none'}) is kept")
+        log.write(step, "train", means)
+        last_fetch_step, last_fetch_time = step, now
+        return zero_sums(mesh), means
+
+    bar = None
+    while step < total_steps:
+        epoch = step // spe  # 0-based
+        permutation = permutation_of(base_key, epoch)
+        if config.progress_bar:
+            from tqdm import tqdm
+            bar = tqdm(total=spe, initial=step % spe, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                       dynamic_ncols=True, file=sys.stdout, disable=None)  # off when not a TTY
+        means = None
+        while step < (epoch + 1) * spe and not stop.requested:
+            state, sums = train_step(state, sums, teacher_variables, images, labels, index, permutation)
+            step += 1
+            if bar is not None:
+                bar.update(1)
+            if step % config.log_every_steps == 0 or step % spe == 0:
+                sums, means = fetch_and_log(sums, step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.1f}",
+                                    img_s=f"{means['images_per_s']:.0f}")
+        if bar is not None:
+            bar.close()
+        if stop.requested:
+            if step > last_fetch_step:
+                sums, _ = fetch_and_log(sums, step)  # also refuses to save a diverged state
+            checkpoints.save(state, progress)
+            _say(f"SIGTERM: saved a checkpoint at step {step}; run the same command to resume")
+            raise SystemExit(143)
+
+        epoch_done = step // spe
+        if epoch_done % config.eval_every_epochs == 0 or epoch_done == config.epochs:
+            result = evaluate_split(setup.student, state.student_variables(), setup.test.images,
+                                    setup.test.labels, config.eval_batch_size, mesh=mesh)
+            if result["top1"] > progress["best_top1"]:
+                progress = {"best_top1": result["top1"], "best_epoch": epoch_done}
+            log.write(step, "eval", {"epoch": epoch_done, "top1": result["top1"], "top5": result["top5"],
+                                     "best_top1": progress["best_top1"]})
+            train_text = f"train loss {means['loss']:.4f} acc {means['accuracy']:.2f}, " if means else ""
+            _say(f"epoch {epoch_done}/{config.epochs}: {train_text}test top-1 {result['top1']:.2f} "
+                 f"(best {progress['best_top1']:.2f} at epoch {progress['best_epoch']})")
+        if epoch_done % config.checkpoint_every_epochs == 0 or epoch_done == config.epochs:
+            checkpoints.save(state, progress)
+
+    if result is None:  # resumed after the last epoch had finished
+        result = evaluate_split(setup.student, state.student_variables(), setup.test.images, setup.test.labels,
+                                config.eval_batch_size, mesh=mesh)
+    export_student(setup, config, state, workdir, result, progress)
+    return {"last_top1": result["top1"], "best_top1": progress["best_top1"], "step": step}
+
+
+def optax_lr(setup: Setup, config, step: int) -> float:
+    from jaxkd.optimizer import learning_rate_schedule
+    opt = config.optimizer
+    return learning_rate_schedule(opt.lr, opt.lr_decay_epochs, opt.lr_decay_rate, setup.steps_per_epoch)(step)
+
+
+def export_student(setup: Setup, config, state: TrainState, workdir: Path, result: dict, progress: dict) -> None:
+    """The final student as `model/` (model checkpoint) and `student.pth` (seed layout, loads strictly)."""
+    variables = jax.device_get(state.student_variables())
+    arch = canonical_name(config.model)
+    metadata = {"arch": arch, "num_classes": setup.train.num_classes, "method": config.method,
+                "step": int(state.step), "test_top1": result["top1"], "best_top1": progress["best_top1"],
+                "written_by": "jaxkd.train"}
+    save_model_checkpoint(workdir / TRAINED_MODEL_DIR, variables, metadata, force=True)
+    try:
+        from convert.converter import flax_to_torch
+        from convert.torch_files import write_torch_file
+    except ImportError:
+        _say(f"wrote {workdir / TRAINED_MODEL_DIR} (PyTorch is not installed: no student.pth)")
+        return
+    write_torch_file(flax_to_torch(variables, arch, num_batches_tracked=int(state.step)),
+                     workdir / "student.pth", force=True)
+    _say(f"final test top-1 {result['top1']:.2f} (best {progress['best_top1']:.2f}); "
+         f"wrote {workdir / TRAINED_MODEL_DIR} and {workdir / 'student.pth'}")
+
+
+def _config_error_line(error: Exception) -> str:
+    """One line out of absl / ml_collections errors, which carry tracebacks and escaped newlines."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    text = text.replace("\\n", "\n").replace("\\'", "'")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errno_lines = [line for line in lines if line.startswith("[Errno")]
+    if errno_lines:
+        return errno_lines[0]
+    if any(line.startswith("Traceback") for line in lines):
+        return lines[-1]  # the exception the config file raised
+    return " ".join(lines)
+
+
+def main(argv=None) -> int:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    argv = sys.argv if argv is None else argv
+    flags_ = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "a config file: configs/NAME.py[:ARG]", flag_values=flags_,
+                                    lock_config=True, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "where checkpoints, metrics and exports go", flag_values=flags_)
+    try:
+        try:
+            flags_(argv)
+            if flags_.config is not None:
+                flags_.config.keys()  # a config file that failed to load raises only when first used
+        except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as error:
+            raise UserError(f"bad command line or config: {_config_error_line(error)}") from None
+        if flags_.config is None or not flags_.workdir:
+            raise UserError("usage: python -m jaxkd.train --config configs/NAME.py --workdir DIR "
+                            "[--config.key=value ...]")
+        train_and_evaluate(flags_.config, flags_.workdir)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

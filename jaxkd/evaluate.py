@@ -32,11 +32,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxkd.data.augment import normalize
 from jaxkd.data.cifar100c import SEVERITIES, Cifar100C
 from jaxkd.errors import UserError
+from jaxkd.mesh import batch_sharded, data_mesh, replicated
 
 DEFAULT_BATCH_SIZE = 500
 TOP_K = 5
@@ -48,21 +48,6 @@ Progress = Callable[[int], None]  # called with the number of real images in eac
 
 
 # ------------------------------------------------------------------------------------------- the jitted step
-
-
-@functools.cache
-def data_mesh(devices: tuple | None = None) -> jax.sharding.Mesh:
-    """A 1-D mesh with a `data` axis over `devices` (default: all devices)."""
-    devices = tuple(jax.devices()) if devices is None else devices
-    return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
-
-
-def _replicated(mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def _batch_sharded(mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec("data"))
 
 
 def eval_step_for(model, mesh: jax.sharding.Mesh | None = None):
@@ -78,7 +63,7 @@ def eval_step_for(model, mesh: jax.sharding.Mesh | None = None):
 
 @functools.cache
 def _jitted_eval_step(model, mesh: jax.sharding.Mesh):
-    replicated, sharded = _replicated(mesh), _batch_sharded(mesh)
+    whole, sharded = replicated(mesh), batch_sharded(mesh)
 
     def eval_step(variables, images, labels, mask, counts):
         _, logits = model.apply(variables, normalize(images), train=False)
@@ -88,8 +73,8 @@ def _jitted_eval_step(model, mesh: jax.sharding.Mesh):
         batch_counts = jnp.stack([jnp.sum(top1 & mask), jnp.sum(topk & mask), jnp.sum(mask)])
         return counts + batch_counts.astype(counts.dtype)
 
-    return jax.jit(eval_step, in_shardings=(replicated, sharded, sharded, sharded, replicated),
-                   out_shardings=replicated)
+    return jax.jit(eval_step, in_shardings=(whole, sharded, sharded, sharded, whole),
+                   out_shardings=whole)
 
 
 # ---------------------------------------------------------------------------------------- library functions
@@ -98,7 +83,7 @@ def _jitted_eval_step(model, mesh: jax.sharding.Mesh):
 def place_variables(variables, mesh: jax.sharding.Mesh | None = None):
     """The variables replicated on the mesh's devices; do this once and pass the result to every evaluation
     (already placed variables are returned without a copy)."""
-    return jax.device_put(variables, _replicated(data_mesh() if mesh is None else mesh))
+    return jax.device_put(variables, replicated(data_mesh() if mesh is None else mesh))
 
 
 def _num_classes(model) -> int:
@@ -122,8 +107,8 @@ def _round_batch_size(batch_size: int, mesh) -> int:
 def _accumulate(step, variables, images, labels, batch_size: int, mesh, progress: Progress | None) -> jax.Array:
     """Dispatches the step over all of `images` (padded, masked last batch) and returns the device counts
     without waiting for them. `images` may be a memory map: each batch is read when it is sent."""
-    sharded = _batch_sharded(mesh)
-    counts = jax.device_put(np.zeros(3, np.int32), _replicated(mesh))
+    sharded = batch_sharded(mesh)
+    counts = jax.device_put(np.zeros(3, np.int32), replicated(mesh))
     labels = np.asarray(labels, dtype=np.int32)
     for start in range(0, len(labels), batch_size):
         batch_images = np.asarray(images[start:start + batch_size], dtype=np.uint8)

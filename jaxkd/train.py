@@ -25,12 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxkd.data import augment_batch, batch_indices, epoch_permutation, load_split, steps_per_epoch
 from jaxkd.errors import UserError
-from jaxkd.evaluate import data_mesh, evaluate_split
+from jaxkd.evaluate import evaluate_split
 from jaxkd.losses import cross_entropy, kd_divergence
+from jaxkd.mesh import batch_sharded, data_mesh, replicated
 from jaxkd.methods import Batch, Method, Probe, get_method
 from jaxkd.metric_log import MetricLog
 from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, load_model, save_model_checkpoint
@@ -63,14 +63,13 @@ class Setup:
     mesh: jax.sharding.Mesh
 
 
-def check_config(config) -> None:
+def check_config(config, mesh) -> None:
     """Config mistakes that can be seen without loading anything, as one clear line each."""
     canonical_name(config.model)
     if config.batch_size < 1 or config.epochs < 1:
         raise UserError(f"batch_size and epochs must be positive (got {config.batch_size}, {config.epochs})")
-    devices = jax.device_count()
-    if config.batch_size % devices:
-        raise UserError(f"batch_size {config.batch_size} is not divisible by the {devices} devices")
+    if config.batch_size % mesh.devices.size:
+        raise UserError(f"batch_size {config.batch_size} is not divisible by the {mesh.devices.size} devices")
 
 
 def load_teacher(config, method: Method, num_classes: int) -> Teacher | None:
@@ -86,8 +85,10 @@ def load_teacher(config, method: Method, num_classes: int) -> Teacher | None:
     return Teacher(get_model(arch, num_classes), variables, arch)
 
 
-def build(config) -> Setup:
-    check_config(config)
+def build(config, devices=None) -> Setup:
+    """Loads data, teacher and method for `config` on `devices` (default: all)."""
+    mesh = data_mesh(None if devices is None else tuple(devices))
+    check_config(config, mesh)
     method = get_method(config.method, config)
     data_dir = config.data.data_dir or None
     train = load_split(config.data.source, "train", data_dir, download=config.data.download)
@@ -98,7 +99,7 @@ def build(config) -> Setup:
         raise UserError(f"batch_size {config.batch_size} exceeds the {len(train)} training examples")
     return Setup(student=get_model(config.model, train.num_classes), method=method, teacher=teacher,
                  optimizer=make_optimizer(config, spe), train=train, test=test, steps_per_epoch=spe,
-                 mesh=data_mesh())
+                 mesh=mesh)
 
 
 def _forward(model, variables, images, train: bool):
@@ -172,8 +173,8 @@ def make_train_step(setup: Setup, config):
     them. State and sums are donated."""
     update = make_update(setup, config)
     spe, batch_size = setup.steps_per_epoch, config.batch_size
-    replicated = NamedSharding(setup.mesh, PartitionSpec())
-    batch_sharding = NamedSharding(setup.mesh, PartitionSpec("data"))
+    state_sharding = replicated(setup.mesh)
+    batch_sharding = batch_sharded(setup.mesh)
 
     def train_step(state: TrainState, sums, teacher_variables, images, labels, index, permutation):
         indices = batch_indices(permutation, state.step % spe, batch_size)
@@ -186,12 +187,12 @@ def make_train_step(setup: Setup, config):
         sums = {name: sums[name] + metrics[name].astype(jnp.float32) for name in METRIC_NAMES}
         return state, sums
 
-    return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
+    return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(state_sharding, state_sharding))
 
 
 def zero_sums(mesh):
     return jax.device_put({name: jnp.zeros((), jnp.float32) for name in METRIC_NAMES},
-                          NamedSharding(mesh, PartitionSpec()))
+                          replicated(mesh))
 
 
 class StopRequest:
@@ -248,19 +249,20 @@ def _say(text: str) -> None:
 
 def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCheckpoints, stop: StopRequest):
     mesh, spe = setup.mesh, setup.steps_per_epoch
-    replicated = NamedSharding(mesh, PartitionSpec())
+    on_all_devices = replicated(mesh)
     total_steps = spe * config.epochs
 
-    state = jax.device_put(create_train_state(setup, config), replicated)
+    state = jax.device_put(create_train_state(setup, config), on_all_devices)
     progress = {"best_top1": 0.0, "best_epoch": 0}
     if checkpoints.latest_step() is not None:
         state, progress = checkpoints.restore(state)
-        _say(f"resumed from {checkpoints.directory} at step {int(state.step)} "
-             f"(epoch {int(state.step) // spe + 1} of {config.epochs})")
+        done = int(state.step)
+        where = f"epoch {done // spe + 1} of {config.epochs}" if done < total_steps else "training already complete"
+        _say(f"resumed from {checkpoints.directory} at step {done} ({where})")
 
     teacher_variables = None
     if setup.teacher:
-        teacher_variables = jax.device_put(setup.teacher.variables, replicated)
+        teacher_variables = jax.device_put(setup.teacher.variables, on_all_devices)
         if int(state.step) == 0:
             result = evaluate_split(setup.teacher.model, teacher_variables, setup.test.images,
                                     setup.test.labels, config.eval_batch_size, mesh=mesh)
@@ -268,10 +270,10 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
             log.write(0, "teacher", {"top1": result["top1"], "top5": result["top5"]})
 
     images, labels, index = jax.device_put((setup.train.images, setup.train.labels, setup.train.index),
-                                           replicated)
+                                           on_all_devices)
     train_step = make_train_step(setup, config)
     permutation_of = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
-                             out_shardings=replicated)
+                             out_shardings=on_all_devices)
     base_key = jax.random.PRNGKey(config.seed)
     sums = zero_sums(mesh)
     step = int(state.step)

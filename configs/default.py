@@ -16,7 +16,7 @@ def get_config() -> ConfigDict:
     config.data = ConfigDict()
     config.data.source = "tfds"  # tfds | cifar100-python | digits (docs/data.md)
     config.data.data_dir = ""  # "" = the source's default location
-    config.data.download = False  # let the source fetch and prepare the data if it is missing
+    config.data.download = True  # fetch (and for tfds prepare) the data when it is missing
 
     config.batch_size = 64  # global batch, split over the devices; the last partial batch is dropped
     config.eval_batch_size = 500

@@ -35,7 +35,7 @@ from jaxkd.methods import Batch, Method, Probe, get_method
 from jaxkd.metric_log import MetricLog
 from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, load_model, save_model_checkpoint
 from jaxkd.models import canonical_name, get_model
-from jaxkd.optimizer import make_optimizer
+from jaxkd.optimizer import learning_rate_schedule, make_optimizer
 from jaxkd.run_checkpoint import RunCheckpoints
 from jaxkd.train_state import TrainState
 
@@ -275,6 +275,8 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
     permutation_of = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
                              out_shardings=on_all_devices)
     base_key = jax.random.PRNGKey(config.seed)
+    opt = config.optimizer
+    lr_at = learning_rate_schedule(opt.lr, opt.lr_decay_epochs, opt.lr_decay_rate, spe)
     sums = zero_sums(mesh)
     step = int(state.step)
     last_fetch_step, last_fetch_time = step, time.perf_counter()
@@ -289,7 +291,7 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
             return zero_sums(mesh), None
         means = {name: float(values[name]) / count for name in METRIC_NAMES if name != "correct"}
         means["accuracy"] = 100.0 * float(values["correct"]) / (count * config.batch_size)
-        means["lr"] = float(optax_lr(setup, config, step - 1))
+        means["lr"] = float(lr_at(step - 1))
         means["images_per_s"] = count * config.batch_size / max(now - last_fetch_time, 1e-9)
         if not math.isfinite(means["loss"]):
             last = checkpoints.latest_step()
@@ -346,12 +348,6 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
                                 config.eval_batch_size, mesh=mesh)
     export_student(setup, config, state, workdir, result, progress)
     return {"last_top1": result["top1"], "best_top1": progress["best_top1"], "step": step}
-
-
-def optax_lr(setup: Setup, config, step: int) -> float:
-    from jaxkd.optimizer import learning_rate_schedule
-    opt = config.optimizer
-    return learning_rate_schedule(opt.lr, opt.lr_decay_epochs, opt.lr_decay_rate, setup.steps_per_epoch)(step)
 
 
 def export_student(setup: Setup, config, state: TrainState, workdir: Path, result: dict, progress: dict) -> None:

@@ -1,0 +1,27 @@
+"""FitNets (hint) from a WRN40-2 teacher into a WRN16-2 student, RepDistiller's recipe: loss = CE + 100 * MSE
+between ConvReg(student stage-2 output) and the teacher's stage-2 output; the regressor is trained and
+weight-decayed with the student from the first step; 240 epochs of the seed's SGD schedule.
+
+    python -m jaxkd.train --config configs/fitnet_wrn.py --workdir workdirs/fitnet_wrn40_2_wrn16_2 \
+        --config.teacher.checkpoint=wrn40_2.pth
+
+Reference: RepDistiller reports 73.58 for FitNet wrn_40_2 -> wrn_16_2 (CIFAR-100 top-1).
+"""
+
+from ml_collections import ConfigDict
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model = "wideresnet16_2"
+    config.method = "fitnet"
+    config.teacher.arch = "wideresnet40_2"
+    config.loss.gamma = 1.0
+    config.loss.alpha = 0.0
+    config.loss.beta = 100.0
+    config.loss.kd_temperature = 4.0
+    config.fitnet = ConfigDict()
+    config.fitnet.hint_layer = 1  # index into the 3 stage outputs: the 2nd stage (RepDistiller's --hint_layer 2)
+    return config

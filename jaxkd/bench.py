@@ -1,0 +1,573 @@
+"""Throughput benchmark: `python -m jaxkd.bench --config configs/NAME.py [--config.key=value ...] [--methods=all]
+[--steps N] [--repeats R] [--out benchmarks/results]`.
+
+For a method config and its student/teacher pair, one run times, on the same device and batch size:
+  (a) `jaxkd step`: the engine's real jitted `make_train_step` (batch gather, augmentation, teacher forward,
+      student forward/backward, method term, SGD, metric sums), N steps per repeat;
+  (b) `torch step`: the same step in PyTorch eager with the seed's models (`convert.torch_models`): teacher in
+      eval mode under no_grad, gamma * CE + alpha * KD (DistillKL), SGD momentum/weight decay from the config,
+      on pre-normalized batches (the seed augments in DataLoader workers, off the training thread);
+  (c) `jaxkd epoch`: an epoch as `jaxkd.train` runs it (epoch permutation, steps, metric fetches every
+      `log_every_steps` and at the end), on `--epoch_images` images.
+Compilation and warm-up are excluded; every repeat ends with `block_until_ready` (CUDA: synchronize); the parts
+are interleaved repeat by repeat so that load from other processes hits them alike; medians are reported.
+
+No dataset is needed: the training set is random uint8 images with random labels (100 classes), and a teacher
+without `config.teacher.checkpoint` gets random weights -- the bench measures speed, not accuracy.
+FLOPs are XLA's count for the compiled train step (`Compiled.cost_analysis()["flops"]`, HloCostAnalysis:
+a multiply-add is 2 FLOPs; forward, backward, teacher forward, optimizer and augmentation all included).
+The PyTorch FLOP/s divides the same count by PyTorch's time (the same arithmetic, minus augmentation).
+
+It prints a table and writes one JSON record per method to `--out` as `<date>-<device>-<method>.json` (a
+`-2`, `-3`... suffix when that name exists: nothing is ever overwritten). benchmarks/README.md has the results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxkd.data import Split, epoch_permutation, steps_per_epoch
+from jaxkd.data.augment import MEAN, STD
+from jaxkd.errors import UserError
+from jaxkd.mesh import data_mesh, replicated
+from jaxkd.methods import METHODS, get_method
+from jaxkd.models import canonical_name, get_model
+from jaxkd.optimizer import make_optimizer
+from jaxkd.train import (METRIC_NAMES, Setup, Teacher, check_config, create_train_state, load_teacher,
+                         make_train_step)
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 100  # CIFAR-100's classifier size
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+RECORD_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------- configs
+def _recipe_configs() -> dict:
+    """{config module name: config} for every recipe in configs/ that loads without arguments."""
+    recipes = {}
+    for path in sorted((REPO / "configs").glob("*.py")):
+        if path.stem.startswith("_"):
+            continue
+        try:
+            recipes[path.stem] = importlib.import_module(f"configs.{path.stem}").get_config()
+        except Exception:  # a recipe that needs an argument or is being written: not a candidate
+            continue
+    return recipes
+
+
+def method_config(base, method: str):
+    """`base` with `config.method = method`, taking the method's recipe from configs/ (the one with the same
+    student if several): its loss weights, its teacher architecture when `base` has none, and the sections
+    `base` lacks (e.g. `fitnet`). The model pair, batch size and optimizer stay `base`'s. Returns (config,
+    note)."""
+    if method == base.method:
+        return base, ""
+    config = base.copy_and_resolve_references()
+    candidates = [(name, c) for name, c in _recipe_configs().items() if c.get("method") == method]
+    candidates.sort(key=lambda item: item[1].get("model") != base.model)
+    with config.unlocked():
+        config.method = method
+        if not candidates:
+            return config, f"no recipe for {method!r} in configs/: loss weights of the base config"
+        name, recipe = candidates[0]
+        config.loss = recipe.loss.copy_and_resolve_references()
+        if not config.teacher.arch and recipe.teacher.arch:
+            config.teacher.arch = recipe.teacher.arch
+        for key in recipe.keys():
+            if key not in config:
+                config[key] = recipe[key].copy_and_resolve_references() if hasattr(recipe[key], "keys") \
+                    else recipe[key]
+    return config, f"loss weights and method sections from configs/{name}.py"
+
+
+def method_available(method: str) -> str | None:
+    """None when the method's module imports, else why not (a method registered before its module exists)."""
+    module_name = METHODS[method].split(":")[0]
+    try:
+        importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            return f"{module_name} does not exist yet"
+        raise
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- setup
+def synthetic_split(num_examples: int, num_classes: int = NUM_CLASSES, seed: int = 0) -> Split:
+    """Random uint8 CIFAR-shaped images with random labels: the bench's training set (no download)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (num_examples, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, num_examples, dtype=np.int32)
+    return Split(images, labels, np.arange(num_examples, dtype=np.int32), num_classes)
+
+
+def bench_setup(config, train: Split, devices, dtype=jnp.float32) -> Setup:
+    """What `jaxkd.train.build` makes, from a given training split and with a random teacher when no
+    checkpoint is configured; `dtype` is the models' compute dtype."""
+    mesh = data_mesh(tuple(devices))
+    check_config(config, mesh)
+    method = get_method(config.method, config)
+    teacher = None
+    if method.uses_teacher:
+        if config.teacher.checkpoint:
+            loaded = load_teacher(config, method, train.num_classes)
+            teacher = Teacher(get_model(loaded.arch, train.num_classes, dtype=dtype), loaded.variables, loaded.arch)
+        else:
+            if not config.teacher.arch:
+                raise UserError(f"method {config.method!r} needs a teacher: set --config.teacher.arch (random "
+                                f"weights) or --config.teacher.checkpoint")
+            arch = canonical_name(config.teacher.arch)
+            model = get_model(arch, train.num_classes, dtype=dtype)
+            variables = model.init(jax.random.PRNGKey(config.seed + 1), jnp.zeros((1, 32, 32, 3)), train=False)
+            teacher = Teacher(model, variables, arch)
+    spe = steps_per_epoch(len(train), config.batch_size)
+    if spe < 1:
+        raise UserError(f"batch_size {config.batch_size} exceeds the {len(train)} bench images")
+    return Setup(student=get_model(config.model, train.num_classes, dtype=dtype), method=method, teacher=teacher,
+                 optimizer=make_optimizer(config, spe), train=train, test=train, steps_per_epoch=spe, mesh=mesh)
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def zero_sums(setup: Setup):
+    """The step's metric sums at zero: the engine's metrics, and the method's own where the engine sums them."""
+    names = getattr(setup, "metric_names", METRIC_NAMES)
+    return jax.device_put({name: jnp.zeros((), jnp.float32) for name in names}, replicated(setup.mesh))
+
+
+@dataclasses.dataclass
+class Part:
+    """One timed thing: `run()` does `images` images of work and returns its duration in seconds."""
+
+    name: str
+    images: int
+    run: Callable[[], float]
+    flops_per_image: float | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+    seconds: list = dataclasses.field(default_factory=list)
+
+    def summary(self) -> dict:
+        median = statistics.median(self.seconds)
+        rates = sorted(self.images / s for s in self.seconds)
+        out = {"images_per_s": self.images / median, "images_per_s_min": rates[0], "images_per_s_max": rates[-1],
+               "seconds": self.seconds, "images_per_repeat": self.images, **self.info}
+        if self.flops_per_image:
+            out["flops_per_s"] = self.flops_per_image * self.images / median
+        return out
+
+
+def jax_parts(setup: Setup, config, steps: int, warmup_steps: int) -> tuple[Part, Part]:
+    """(a) the train step and (c) the epoch, sharing one compiled step, compiled and warmed up here."""
+    on_all = replicated(setup.mesh)
+    state = jax.device_put(create_train_state(setup, config), on_all)
+    teacher_variables = jax.device_put(setup.teacher.variables, on_all) if setup.teacher else None
+    data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), on_all)
+    train_step = make_train_step(setup, config)
+    permutation_of = jax.jit(lambda key, epoch: epoch_permutation(key, epoch, len(setup.train)),
+                             out_shardings=on_all)
+    base_key = jax.random.PRNGKey(config.seed)
+    permutation = permutation_of(base_key, 0)
+    carry = {"state": state, "sums": zero_sums(setup)}
+
+    start = time.perf_counter()
+    compiled = train_step.lower(carry["state"], carry["sums"], teacher_variables, *data, permutation).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+    def step_once():
+        carry["state"], carry["sums"] = train_step(carry["state"], carry["sums"], teacher_variables, *data,
+                                                   permutation)
+
+    start = time.perf_counter()
+    for _ in range(max(warmup_steps, 1)):
+        step_once()
+    jax.block_until_ready(carry)
+    first_steps_s = time.perf_counter() - start
+
+    def run_steps():
+        start = time.perf_counter()
+        for _ in range(steps):
+            step_once()
+        jax.block_until_ready(carry)
+        return time.perf_counter() - start
+
+    spe, log_every = setup.steps_per_epoch, config.log_every_steps
+
+    def run_epoch():
+        """An epoch as jaxkd.train's loop runs it; the state's step need not be at an epoch boundary (the
+        step reads its batch position from the state), which changes nothing in the work done."""
+        start = time.perf_counter()
+        epoch_permutation_ = permutation_of(base_key, 1)
+        state, sums = carry["state"], carry["sums"]
+        for step in range(1, spe + 1):
+            state, sums = train_step(state, sums, teacher_variables, *data, epoch_permutation_)
+            if step % log_every == 0 or step == spe:
+                jax.device_get(sums)
+                sums = zero_sums(setup)
+        jax.block_until_ready(state)
+        carry["state"], carry["sums"] = state, sums
+        return time.perf_counter() - start
+
+    permutation_of(base_key, 1).block_until_ready()  # compiled before timing
+    jax.device_get(carry["sums"])
+    batch = config.batch_size
+    step_part = Part("jaxkd step", steps * batch, run_steps, flops / batch if flops else None,
+                     {"compile_s": compile_s, "warmup_s": first_steps_s, "steps": steps,
+                      "flops_per_step": flops, "bytes_accessed_per_step": float(cost.get("bytes accessed", 0.0))})
+    epoch_part = Part("jaxkd epoch", spe * batch, run_epoch, flops / batch if flops else None,
+                      {"steps": spe, "log_every_steps": log_every})
+    return step_part, epoch_part
+
+
+def torch_device_for(platform_name: str) -> str | None:
+    """PyTorch's device matching JAX's, or None when this PyTorch cannot run there."""
+    import torch
+
+    if platform_name == "cpu":
+        return "cpu"
+    if platform_name == "gpu" and torch.cuda.is_available():
+        return "cuda"
+    return None
+
+
+def torch_part(config, setup: Setup, steps: int, warmup_steps: int, device: str, dtype_name: str) -> Part:
+    """(b) the train step in PyTorch eager with the seed's models, teacher in eval mode under no_grad."""
+    import torch
+    import torch.nn.functional as F
+
+    from convert.torch_models import get_torch_model
+
+    torch.manual_seed(config.seed)
+    num_classes = setup.train.num_classes
+    student = get_torch_model(config.model, num_classes).to(device).train()
+    teacher = get_torch_model(setup.teacher.arch, num_classes).to(device).eval() if setup.teacher else None
+    opt = config.optimizer
+    optimizer = torch.optim.SGD(student.parameters(), lr=opt.lr, momentum=opt.momentum,
+                                weight_decay=opt.weight_decay, nesterov=opt.nesterov)
+    loss = config.loss
+    temperature = loss.kd_temperature
+    batch = config.batch_size
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    num_batches = min(4, setup.steps_per_epoch)
+    images = setup.train.images[: num_batches * batch].astype(np.float32) / 255.0
+    images = ((images - MEAN) / STD).transpose(0, 3, 1, 2).reshape(num_batches, batch, 3, 32, 32)
+    batches = [(torch.from_numpy(np.ascontiguousarray(images[i])).to(device),
+                torch.from_numpy(setup.train.labels[i * batch:(i + 1) * batch].astype(np.int64)).to(device))
+               for i in range(num_batches)]
+    autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if dtype_name == "bfloat16"
+                else torch.autocast(device_type=device, enabled=False))
+
+    def step(x, y):
+        with autocast:
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)[1].float()
+            logits = student(x)[1].float()
+            total = loss.gamma * F.cross_entropy(logits, y)
+            if teacher is not None:
+                kd = F.kl_div(F.log_softmax(logits / temperature, dim=1),
+                              F.softmax(teacher_logits / temperature, dim=1),
+                              reduction="sum") * temperature**2 / logits.shape[0]
+                total = total + loss.alpha * kd
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    for i in range(max(warmup_steps, 1)):
+        step(*batches[i % num_batches])
+    sync()
+    warmup_s = time.perf_counter() - start
+
+    def run_steps():
+        start = time.perf_counter()
+        for i in range(steps):
+            step(*batches[i % num_batches])
+        sync()
+        return time.perf_counter() - start
+
+    losses = "gamma*CE + alpha*KD" if teacher is not None else "gamma*CE"
+    return Part("torch step", steps * batch, run_steps, None,
+                {"warmup_s": warmup_s, "steps": steps, "loss": losses, "device": device,
+                 "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()})
+
+
+# ---------------------------------------------------------------------------------------------- environment
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(devices) -> dict:
+    device = devices[0]
+    return {"platform": device.platform, "device_kind": device.device_kind, "num_devices": len(devices),
+            "cpu_model": cpu_model(), "host_cpus": os.cpu_count(),
+            "host_cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+
+
+def device_slug(info: dict) -> str:
+    name = f"cpu-{info['cpu_model']}" if info["platform"] == "cpu" else info["device_kind"]
+    name = re.sub(r"\s*@.*", "", re.sub(r"\(r\)|\(tm\)", "", name.lower()))  # no trademarks, no clock
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-")[:48]
+
+
+def thread_settings() -> dict:
+    settings = {name: os.environ.get(name) for name in
+                ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                 "TF_NUM_INTEROP_THREADS")}
+    settings = {name: value for name, value in settings.items() if value is not None}
+    try:
+        import torch
+
+        settings["torch_num_threads"] = torch.get_num_threads()
+        settings["torch_num_interop_threads"] = torch.get_num_interop_threads()
+    except ImportError:
+        pass
+    return settings
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "jax": jax.__version__}
+    for module in ("jaxlib", "flax", "optax", "torch"):
+        try:
+            out[module] = importlib.import_module(module).__version__
+        except ImportError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit or None
+
+
+def write_record(record: dict, out_dir) -> Path:
+    """Writes `record` as `<date>-<device>-<method>[-k].json` in `out_dir`, never replacing a file: the JSON
+    goes to a temporary name and is hard-linked to the first free name (atomic, fails if the name exists)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{record['date']}-{device_slug(record['device'])}-{record['method']}"
+    temporary = out_dir / f".{stem}.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    try:
+        for k in range(1, 10000):
+            path = out_dir / (f"{stem}.json" if k == 1 else f"{stem}-{k}.json")
+            try:
+                os.link(temporary, path)
+                return path
+            except FileExistsError:
+                continue
+        raise UserError(f"{out_dir}: too many records named {stem}")
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_images: int, dtype_name: str,
+                 devices, with_torch: bool, notes: list[str]) -> dict:
+    """Times (a), (b) and (c) for one method config; returns the JSON record."""
+    batch = config.batch_size
+    train = synthetic_split(max(epoch_images, batch), seed=config.seed)
+    setup = bench_setup(config, train, devices, DTYPES[dtype_name])
+    info = device_info(devices)
+    load_before = os.getloadavg()
+    step_part, epoch_part = jax_parts(setup, config, steps, warmup_steps)
+    parts = [step_part]
+    if with_torch:
+        torch_device = torch_device_for(info["platform"])
+        if torch_device is None:
+            notes.append(f"PyTorch step skipped: this PyTorch cannot run on {info['platform']}")
+        else:
+            parts.append(torch_part(config, setup, steps, warmup_steps, torch_device, dtype_name))
+            if config.method not in ("none", "kd"):
+                notes.append(f"the PyTorch step has the teacher forward and gamma*CE + alpha*KD only, not the "
+                             f"{config.method} term: its ratio flatters PyTorch")
+    parts.append(epoch_part)
+    for _ in range(repeats):  # interleaved, so that load from other processes hits every part alike
+        for part in parts:
+            part.seconds.append(part.run())
+    load_after = os.getloadavg()
+
+    results = {part.name: part.summary() for part in parts}
+    if "torch step" in results:
+        torch_seconds = results["torch step"]["seconds"]
+        # per-repeat ratios of neighbouring measurements, then their median: robust to slow drifts in load
+        ratios = [t / j for j, t in zip(step_part.seconds, torch_seconds)]
+        results["ratio_jaxkd_over_torch"] = statistics.median(ratios)
+        results["ratio_jaxkd_over_torch_per_repeat"] = ratios
+        if step_part.flops_per_image:
+            results["torch step"]["flops_per_s_same_count"] = (step_part.flops_per_image * batch /
+                                                               (statistics.median(torch_seconds) / steps))
+    teacher = setup.teacher.arch if setup.teacher else None
+    return {
+        "version": RECORD_VERSION,
+        "date": datetime.date.today().isoformat(),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "method": config.method, "student": canonical_name(config.model), "teacher": teacher,
+        "teacher_weights": "checkpoint" if config.teacher.checkpoint else ("random" if teacher else None),
+        "batch_size": batch, "compute_dtype": dtype_name, "steps": steps, "repeats": repeats,
+        "warmup_steps": warmup_steps, "epoch_images": len(train),
+        "loss": {"gamma": config.loss.gamma, "alpha": config.loss.alpha, "beta": config.loss.beta,
+                 "kd_temperature": config.loss.kd_temperature},
+        "data": "synthetic uint8, 100 classes",
+        "flops_count": "XLA HloCostAnalysis 'flops' of the compiled jaxkd train step (multiply-add = 2)",
+        "results": results,
+        "device": info, "threads": thread_settings(), "versions": versions(), "git_commit": git_commit(),
+        "load_average_before": load_before, "load_average_after": load_after,
+        "notes": notes,
+    }
+
+
+def format_table(record: dict) -> str:
+    results = record["results"]
+    teacher = f"{record['teacher']} -> " if record["teacher"] else ""
+    lines = [f"{record['method']}: {teacher}{record['student']}, batch {record['batch_size']}, "
+             f"{record['compute_dtype']}, {record['device']['device_kind']} ({record['device']['cpu_model']}), "
+             f"median of {record['repeats']}",
+             f"  {'part':<12} {'images/s':>10} {'(min-max)':>17} {'ms/step':>9} {'GFLOP/s':>9}"]
+    for name in ("jaxkd step", "torch step", "jaxkd epoch"):
+        if name not in results:
+            continue
+        part = results[name]
+        ms = 1000 * record["batch_size"] / part["images_per_s"]
+        gflops = part.get("flops_per_s", part.get("flops_per_s_same_count"))
+        lines.append(f"  {name:<12} {part['images_per_s']:>10.1f} "
+                     f"{part['images_per_s_min']:>8.1f}-{part['images_per_s_max']:<8.1f} {ms:>9.1f} "
+                     f"{gflops / 1e9 if gflops else float('nan'):>9.1f}")
+    if "ratio_jaxkd_over_torch" in results:
+        lines.append(f"  jaxkd / torch (images/s): {results['ratio_jaxkd_over_torch']:.3f}")
+    for note in record["notes"]:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+def run(config, *, methods: str = "", steps: int = 20, repeats: int = 5, warmup_steps: int = 2,
+        epoch_images: int = 0, dtype_name: str = "float32", num_devices: int = 1, with_torch: bool = True,
+        torch_threads: int = 0, out: str | None = "benchmarks/results", note: str = "") -> list[dict]:
+    """Benchmarks every method of `methods` ("" = the config's, "all" = every registered one, or a comma
+    list); returns the records (and writes them to `out` unless it is empty)."""
+    if steps < 1 or repeats < 1:
+        raise UserError(f"--steps and --repeats must be positive (got {steps}, {repeats})")
+    if dtype_name not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype_name!r}; choose one of {', '.join(DTYPES)}")
+    names = ([config.method] if not methods else list(METHODS) if methods == "all"
+             else [m.strip() for m in methods.split(",") if m.strip()])
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method {unknown[0]!r}; known methods: {', '.join(METHODS)}")
+    devices = jax.devices() if num_devices == 0 else jax.devices()[:num_devices]
+    if num_devices > len(jax.devices()):
+        raise UserError(f"--num_devices {num_devices}: only {len(jax.devices())} devices")
+    epoch_images = epoch_images or 20 * config.batch_size
+    if with_torch and torch_threads:
+        import torch
+
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(torch_threads)
+    try:
+        return [record for method in names
+                for record in _run_method(config, method, steps=steps, repeats=repeats, warmup_steps=warmup_steps,
+                                          epoch_images=epoch_images, dtype_name=dtype_name, devices=devices,
+                                          with_torch=with_torch, out=out, note=note)]
+    finally:
+        if with_torch and torch_threads:
+            torch.set_num_threads(previous_threads)  # the setting is process-wide (matters inside test runs)
+
+
+def _run_method(config, method: str, *, out, note: str, **kwargs) -> list[dict]:
+    """[record] of one method, printed and written; [] (with a line saying why) when its module is missing."""
+    missing = method_available(method)
+    if missing:
+        print(f"{method}: skipped ({missing})", flush=True)
+        return []
+    method_cfg, how = method_config(config, method)
+    record = bench_method(method_cfg, notes=[n for n in (how, note) if n], **kwargs)
+    print(format_table(record), flush=True)
+    if out:
+        print(f"  wrote {write_record(record, out)}", flush=True)
+    return [record]
+
+
+def main(argv=None) -> int:
+    from absl import flags
+    from ml_collections import config_flags
+
+    from jaxkd.train import _config_error_line
+
+    argv = sys.argv if argv is None else argv
+    flags_ = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "a config file: configs/NAME.py[:ARG]", flag_values=flags_,
+                                    lock_config=True, sys_argv=argv)
+    flags.DEFINE_string("methods", "", "'' = the config's method; 'all' = every registered method; or a comma "
+                        "list. Other methods take their loss weights and sections from their recipe in configs/",
+                        flag_values=flags_)
+    flags.DEFINE_integer("steps", 20, "train steps per timed repeat", flag_values=flags_)
+    flags.DEFINE_integer("repeats", 5, "timed repeats (the median is reported)", flag_values=flags_)
+    flags.DEFINE_integer("warmup_steps", 2, "untimed steps after compilation", flag_values=flags_)
+    flags.DEFINE_integer("epoch_images", 0, "images in the timed epoch (0 = 20 batches; 50000 = CIFAR's)",
+                         flag_values=flags_)
+    flags.DEFINE_enum("dtype", "float32", list(DTYPES), "compute dtype of both models (PyTorch: autocast)",
+                      flag_values=flags_)
+    flags.DEFINE_integer("num_devices", 1, "devices for the jaxkd step (0 = all)", flag_values=flags_)
+    flags.DEFINE_boolean("torch", True, "also time the PyTorch step", flag_values=flags_)
+    flags.DEFINE_integer("torch_threads", 0, "PyTorch intra-op threads (0 = PyTorch's default, one per core)",
+                         flag_values=flags_)
+    flags.DEFINE_string("out", "benchmarks/results", "folder for the JSON records ('' = do not write)",
+                        flag_values=flags_)
+    flags.DEFINE_string("note", "", "a free-text note stored in the records (e.g. the XLA_FLAGS tried)",
+                        flag_values=flags_)
+    try:
+        try:
+            flags_(argv)
+            if flags_.config is not None:
+                flags_.config.keys()
+        except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as error:
+            raise UserError(f"bad command line or config: {_config_error_line(error)}") from None
+        if flags_.config is None:
+            raise UserError("usage: python -m jaxkd.bench --config configs/NAME.py [--config.key=value ...] "
+                            "[--methods=all] [--steps N] [--repeats R] [--out DIR]")
+        run(flags_.config, methods=flags_.methods, steps=flags_.steps, repeats=flags_.repeats,
+            warmup_steps=flags_.warmup_steps, epoch_images=flags_.epoch_images, dtype_name=flags_.dtype,
+            num_devices=flags_.num_devices, with_torch=flags_.torch, torch_threads=flags_.torch_threads,
+            out=flags_.out, note=flags_.note)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

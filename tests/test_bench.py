@@ -1,0 +1,74 @@
+"""jaxkd.bench at a tiny size (resnet8, batch 16, a few steps): records for `none` and `kd` with all three
+parts timed, written only where asked (a temporary folder), never over an existing file."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from configs import kd_wrn
+from jaxkd import bench
+from jaxkd.methods import METHODS
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--config.model=resnet8", "--config.teacher.arch=resnet8", "--config.batch_size=16", "--steps=2",
+        "--repeats=1", "--warmup_steps=1", "--epoch_images=64", "--torch_threads=1"]
+
+
+def test_tiny_bench_writes_a_record_per_method(tmp_path, capsys):
+    results_before = sorted((REPO / "benchmarks" / "results").glob("*"))
+    argv = ["bench", f"--config={REPO / 'configs' / 'kd_wrn.py'}", "--methods=none,kd", f"--out={tmp_path}",
+            "--note=test", *TINY]
+    assert bench.main(argv) == 0
+    records = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+    assert sorted(records) == ["kd", "none"]
+    for method, record in records.items():
+        assert record["student"] == "resnet8" and record["batch_size"] == 16
+        assert record["teacher"] == ("resnet8" if method == "kd" else None)
+        assert record["device"]["device_kind"] and record["device"]["platform"]
+        for part in ("jaxkd step", "torch step", "jaxkd epoch"):
+            assert record["results"][part]["images_per_s"] > 0, (method, part)
+        assert record["results"]["jaxkd step"]["flops_per_step"] > 0
+        assert record["results"]["ratio_jaxkd_over_torch"] > 0
+        assert record["threads"]["torch_num_threads"] == 1
+        assert "test" in record["notes"]
+    # the teacher forward adds FLOPs: XLA's count sees it
+    assert (records["kd"]["results"]["jaxkd step"]["flops_per_step"]
+            > records["none"]["results"]["jaxkd step"]["flops_per_step"])
+    assert "jaxkd / torch" in capsys.readouterr().out
+    assert sorted((REPO / "benchmarks" / "results").glob("*")) == results_before  # nothing written in the repo
+
+
+def test_records_are_never_overwritten(tmp_path):
+    record = {"date": "2025-01-01", "method": "kd",
+              "device": {"platform": "cpu", "cpu_model": "Some CPU(R) @ 2.0GHz", "device_kind": "cpu"}}
+    first = bench.write_record(record, tmp_path)
+    second = bench.write_record({**record, "run": 2}, tmp_path)
+    assert first != second and first.name == "2025-01-01-cpu-some-cpu-kd.json"  # no (R), no clock
+    assert "run" not in json.loads(first.read_text()) and json.loads(second.read_text())["run"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, second.name])  # no temporaries left
+
+
+def test_a_method_without_its_module_is_skipped(monkeypatch, capsys):
+    monkeypatch.setitem(METHODS, "ghost", "jaxkd.methods.ghost_method_not_written:Ghost")
+    assert bench.run(kd_wrn.get_config(), methods="ghost", out="") == []
+    assert "ghost: skipped" in capsys.readouterr().out
+
+
+def test_other_methods_take_their_recipe():
+    config = kd_wrn.get_config()
+    config.lock()
+    none_config, note = bench.method_config(config, "none")
+    assert none_config.method == "none" and none_config.loss.alpha == 0.0 and none_config.model == config.model
+    assert "configs/" in note and config.method == "kd"  # the base config is left alone
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods=nope"], "unknown method 'nope'"),
+    (["--steps=0"], "--steps and --repeats must be positive"),
+    (["--config.modle=x"], "bad command line or config"),
+])
+def test_bad_command_lines_are_one_line_errors(argv, message, capsys):
+    assert bench.main(["bench", f"--config={REPO / 'configs' / 'kd_wrn.py'}", "--out=", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

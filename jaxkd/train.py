@@ -62,6 +62,11 @@ class Setup:
     steps_per_epoch: int
     mesh: jax.sharding.Mesh
 
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """What the step sums on the device: the engine's metrics, then the method's own."""
+        return METRIC_NAMES + tuple(f"{self.method.name}_{name}" for name in self.method.metric_names)
+
 
 def check_config(config, mesh) -> None:
     """Config mistakes that can be seen without loading anything, as one clear line each."""
@@ -112,14 +117,14 @@ def _forward(model, variables, images, train: bool):
 def create_train_state(setup: Setup, config) -> TrainState:
     """Initial state: the seed's init for the student, the method's modules and state from a shape probe."""
     init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    student_rng, method_rng, probe_rng = jax.random.split(init_rng, 3)
+    student_rng, method_rng, probe_rng, probe_batch_rng = jax.random.split(init_rng, 4)
     sample = jnp.asarray(augment_batch(probe_rng, setup.train.images[: config.batch_size]))
     student_variables = setup.student.init(student_rng, sample, train=False)
     student_out, _ = _forward(setup.student, student_variables, sample, train=True)
     teacher_out = (_forward(setup.teacher.model, setup.teacher.variables, sample, train=False)
                    if setup.teacher else None)
     batch = Batch(sample, jnp.asarray(setup.train.labels[: config.batch_size]),
-                  jnp.asarray(setup.train.index[: config.batch_size]), method_rng)
+                  jnp.asarray(setup.train.index[: config.batch_size]), probe_batch_rng)
     method_init = setup.method.init(method_rng, Probe(student_out, teacher_out, batch, setup.train.labels,
                                                       setup.train.num_classes))
     params = {"student": student_variables["params"], "method": method_init.variables.get("params", {})}
@@ -152,8 +157,9 @@ def make_update(setup: Setup, config):
             loss = loss_weights.gamma * ce + loss_weights.alpha * kd + loss_weights.beta * method_out.term
             correct = jnp.sum(jnp.argmax(student_out.logits, -1) == batch.labels)
             batch_stats = {"student": student_updates["batch_stats"], "method": method_out.batch_stats}
-            return loss, (batch_stats, method_out.state, dict(loss=loss, ce=ce, kd=kd, term=method_out.term,
-                                                              correct=correct))
+            metrics = dict(loss=loss, ce=ce, kd=kd, term=method_out.term, correct=correct)
+            metrics.update({f"{method.name}_{name}": value for name, value in method_out.metrics.items()})
+            return loss, (batch_stats, method_out.state, metrics)
 
         grads, (batch_stats, method_state, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
@@ -169,7 +175,7 @@ def make_train_step(setup: Setup, config):
 
     `images/labels/index` are the whole training set on the device and `permutation` the current epoch's
     order: the step gathers its batch (step `state.step % steps_per_epoch` of the epoch), augments it with the
-    step's key, and applies `make_update`. `sums` accumulates METRIC_NAMES on the device until the host fetches
+    step's key, and applies `make_update`. `sums` accumulates `setup.metric_names` on the device until the host fetches
     them. State and sums are donated."""
     update = make_update(setup, config)
     spe, batch_size = setup.steps_per_epoch, config.batch_size
@@ -184,15 +190,15 @@ def make_train_step(setup: Setup, config):
                       jax.lax.with_sharding_constraint(labels[indices], batch_sharding),
                       index[indices], method_rng)
         state, metrics = update(state, batch, teacher_variables)
-        sums = {name: sums[name] + metrics[name].astype(jnp.float32) for name in METRIC_NAMES}
+        sums = {name: sums[name] + metrics[name].astype(jnp.float32) for name in setup.metric_names}
         return state, sums
 
     return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(state_sharding, state_sharding))
 
 
-def zero_sums(mesh):
-    return jax.device_put({name: jnp.zeros((), jnp.float32) for name in METRIC_NAMES},
-                          replicated(mesh))
+def zero_sums(setup: Setup):
+    return jax.device_put({name: jnp.zeros((), jnp.float32) for name in setup.metric_names},
+                          replicated(setup.mesh))
 
 
 class StopRequest:
@@ -277,7 +283,7 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
     base_key = jax.random.PRNGKey(config.seed)
     opt = config.optimizer
     lr_at = learning_rate_schedule(opt.lr, opt.lr_decay_epochs, opt.lr_decay_rate, spe)
-    sums = zero_sums(mesh)
+    sums = zero_sums(setup)
     step = int(state.step)
     last_fetch_step, last_fetch_time = step, time.perf_counter()
     result = None
@@ -288,8 +294,8 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
         count = step - last_fetch_step
         now = time.perf_counter()
         if count == 0:
-            return zero_sums(mesh), None
-        means = {name: float(values[name]) / count for name in METRIC_NAMES if name != "correct"}
+            return zero_sums(setup), None
+        means = {name: float(values[name]) / count for name in setup.metric_names if name != "correct"}
         means["accuracy"] = 100.0 * float(values["correct"]) / (count * config.batch_size)
         means["lr"] = float(lr_at(step - 1))
         means["images_per_s"] = count * config.batch_size / max(now - last_fetch_time, 1e-9)
@@ -299,7 +305,7 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
                             f"checkpoint ({'step ' + str(last) if last is not None else 'none'}) is kept")
         log.write(step, "train", means)
         last_fetch_step, last_fetch_time = step, now
-        return zero_sums(mesh), means
+        return zero_sums(setup), means
 
     bar = None
     while step < total_steps:

@@ -331,3 +331,7 @@ def test_at_config_learns_on_digits(teachers, tmp_path):
     assert result["step"] == 44
     train = train_records(tmp_path)
     assert train[-1]["loss"] < train[0]["loss"] and train[-1]["term"] < train[0]["term"]
+    # The method's own metrics (one loss per stage) are summed on the device and logged; they add up to the term.
+    for record in train:
+        stages = record["at_stage1"] + record["at_stage2"] + record["at_stage3"]
+        assert stages == pytest.approx(record["term"], rel=1e-5)

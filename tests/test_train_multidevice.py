@@ -39,7 +39,7 @@ for method in ("none", "kd"):
         data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
         permutation = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
                               out_shardings=whole)(jax.random.PRNGKey(config.seed), 0)
-        step, sums = train.make_train_step(setup, config), train.zero_sums(setup.mesh)
+        step, sums = train.make_train_step(setup, config), train.zero_sums(setup)
         for _ in range(STEPS):
             state, sums = step(state, sums, teacher, *data, permutation)
         finals[devices] = jax.device_get((state.params, state.batch_stats, sums))

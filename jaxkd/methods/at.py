@@ -53,6 +53,7 @@ def attention_loss(student_feature: jax.Array, teacher_feature: jax.Array) -> ja
 class AT(Method):
     name = "at"
     uses_teacher = True
+    metric_names = ("stage1", "stage2", "stage3")
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
         losses = [attention_loss(s, t) for s, t in zip(student.features, teacher.features)]

@@ -54,6 +54,7 @@ class Method:
 
     name = "none"
     uses_teacher = False
+    metric_names: tuple[str, ...] = ()  # the keys of TermOutput.metrics, logged as "<name>_<key>"
 
     def __init__(self, config):
         self.config = config

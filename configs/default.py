@@ -18,6 +18,12 @@ def get_config() -> ConfigDict:
     config.data.data_dir = ""  # "" = the source's default location
     config.data.download = True  # fetch (and for tfds prepare) the data when it is missing
 
+    # SaliencyMix (Uddin et al. 2021) on every batch with probability saliencymix_prob; the teacher sees the same
+    # mixed images. Per-example boxes (each centred on its own source's saliency peak) are an extension.
+    config.saliencymix = False
+    config.saliencymix_prob = 0.5
+    config.saliencymix_per_example = False
+
     config.batch_size = 64  # global batch, split over the devices; the last partial batch is dropped
     config.eval_batch_size = 500
     config.epochs = 240

@@ -27,6 +27,8 @@ import numpy as np
 import optax
 
 from jaxkd.data import augment_batch, batch_indices, epoch_permutation, load_split, steps_per_epoch
+from jaxkd.data.augment import crop_flip, normalize, sample_crop_flip
+from jaxkd.data.saliencymix import mixed_cross_entropy, saliencymix
 from jaxkd.errors import UserError
 from jaxkd.evaluate import evaluate_split
 from jaxkd.losses import cross_entropy, kd_divergence
@@ -73,6 +75,8 @@ def check_config(config, mesh) -> None:
     canonical_name(config.model)
     if config.batch_size < 1 or config.epochs < 1:
         raise UserError(f"batch_size and epochs must be positive (got {config.batch_size}, {config.epochs})")
+    if not 0.0 <= config.saliencymix_prob <= 1.0:
+        raise UserError(f"saliencymix_prob must be in [0, 1], got {config.saliencymix_prob}")
     if config.batch_size % mesh.devices.size:
         raise UserError(f"batch_size {config.batch_size} is not divisible by the {mesh.devices.size} devices")
 
@@ -149,7 +153,8 @@ def make_update(setup: Setup, config):
             student_out, student_updates = _forward(
                 student, {"params": params["student"], "batch_stats": state.batch_stats["student"]},
                 batch.images, train=True)
-            ce = cross_entropy(student_out.logits, batch.labels)
+            ce = (mixed_cross_entropy(student_out.logits, batch.labels, batch.partners, batch.lam)
+                  if config.saliencymix else cross_entropy(student_out.logits, batch.labels))
             kd = (kd_divergence(student_out.logits, teacher_out.logits, loss_weights.kd_temperature)
                   if teacher else jnp.zeros((), jnp.float32))
             method_out = method.term({"params": params["method"], "batch_stats": state.batch_stats["method"]},
@@ -175,7 +180,7 @@ def make_train_step(setup: Setup, config):
 
     `images/labels/index` are the whole training set on the device and `permutation` the current epoch's
     order: the step gathers its batch (step `state.step % steps_per_epoch` of the epoch), augments it with the
-    step's key, and applies `make_update`. `sums` accumulates `setup.metric_names` on the device until the host fetches
+    step's key (crop, flip, SaliencyMix when on, normalize), and applies `make_update`. `sums` accumulates `setup.metric_names` on the device until the host fetches
     them. State and sums are donated."""
     update = make_update(setup, config)
     spe, batch_size = setup.steps_per_epoch, config.batch_size
@@ -184,11 +189,15 @@ def make_train_step(setup: Setup, config):
 
     def train_step(state: TrainState, sums, teacher_variables, images, labels, index, permutation):
         indices = batch_indices(permutation, state.step % spe, batch_size)
-        augment_rng, method_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        augmented = augment_batch(augment_rng, images[indices])
-        batch = Batch(jax.lax.with_sharding_constraint(augmented, batch_sharding),
+        augment_rng, method_rng, mix_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+        pixels = crop_flip(images[indices], *sample_crop_flip(augment_rng, batch_size))  # still uint8
+        partners, lam = None, 1.0
+        if config.saliencymix:
+            pixels, partners, lam = saliencymix(mix_rng, pixels, config.saliencymix_prob,
+                                                per_example=config.saliencymix_per_example)
+        batch = Batch(jax.lax.with_sharding_constraint(normalize(pixels), batch_sharding),
                       jax.lax.with_sharding_constraint(labels[indices], batch_sharding),
-                      index[indices], method_rng)
+                      index[indices], method_rng, partners, lam)
         state, metrics = update(state, batch, teacher_variables)
         sums = {name: sums[name] + metrics[name].astype(jnp.float32) for name in setup.metric_names}
         return state, sums

@@ -19,12 +19,16 @@ from jaxkd.models import ModelOutput
 
 
 class Batch(NamedTuple):
-    """One training batch as the step sees it, after augmentation."""
+    """One training batch as the step sees it, after augmentation (and SaliencyMix, when on)."""
 
     images: jax.Array  # float32 NHWC, the same images the student and the teacher see
     labels: jax.Array  # int32 (B,)
     index: jax.Array  # int32 (B,): dataset indices of the examples (CRD's memory bank rows)
     rng: jax.Array  # a key for the method's own sampling this step
+    # SaliencyMix: example i shows images[i] with a box pasted from example partners[i]; lam is the fraction of
+    # the original kept. Without mixing: None and 1.0.
+    partners: jax.Array | None = None
+    lam: jax.Array | float = 1.0
 
 
 class Probe(NamedTuple):

@@ -370,6 +370,7 @@ def export_student(setup: Setup, config, state: TrainState, workdir: Path, resul
     variables = jax.device_get(state.student_variables())
     arch = canonical_name(config.model)
     metadata = {"arch": arch, "num_classes": setup.train.num_classes, "method": config.method,
+                "saliencymix": bool(config.saliencymix),
                 "step": int(state.step), "test_top1": result["top1"], "best_top1": progress["best_top1"],
                 "written_by": "jaxkd.train"}
     save_model_checkpoint(workdir / TRAINED_MODEL_DIR, variables, metadata, force=True)

@@ -1,0 +1,310 @@
+"""The robustness table: clean CIFAR-100 and CIFAR-100-C top-1 of several checkpoints, one row each.
+
+    python -m jaxkd.robustness CHECKPOINT [CHECKPOINT ...] --cifar100c DIR [--label CHECKPOINT=TEXT ...]
+                               [--out table.md] [--json results.json] [--force]
+                               [--source tfds|cifar100-python|digits] [--data-dir DIR] [--download]
+                               [--batch-size 500] [--quiet]
+
+A CHECKPOINT is a model checkpoint directory, a training workdir (its final `model/`) or a `.pth`. Each row's
+model is the architecture (WRN40-2, ResNet56) and its method comes from the checkpoint's metadata (KD, FitNets,
+"... + SaliencyMix"); a `.pth` has no metadata and is named by its file stem. `--label CHECKPOINT=TEXT` replaces
+the method cell of the checkpoint given as CHECKPOINT. Prints the markdown table (the seed's robustness table,
+percentages with 2 decimals) and writes it to --out, and every number (per checkpoint: what `jaxkd.evaluate`
+writes) to --json. Every input is checked before anything is evaluated; user mistakes print one line starting
+with "error:" and exit with status 2, and nothing is written then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from jaxkd.errors import UserError
+from jaxkd.evaluate import (CIFAR100C_CLASSES, DEFAULT_BATCH_SIZE, _check_labels, _pct, evaluate_cifar100c,
+                            evaluate_split, place_variables, readable_corruptions, write_json)
+
+# Method names in the metadata training writes (`config.method`) -> the names the seed's tables use.
+METHOD_NAMES = {"none": "Baseline", "kd": "KD", "fitnet": "FitNets", "at": "AT", "crd": "CRD", "dml": "DML",
+                "byot": "BYOT"}
+COLUMNS = ("model", "method", "CIFAR100", "CIFAR100C")
+
+
+@dataclasses.dataclass
+class Entry:
+    """One checkpoint given on the command line, loaded: what its row needs and what its evaluation needs."""
+
+    argument: str  # as typed
+    variables: dict
+    arch: str
+    num_classes: int
+    metadata: dict | None  # None for a .pth
+    method: str
+    loaded: Path  # what was read: the .pth, the checkpoint directory or the workdir's model/
+
+
+# ------------------------------------------------------------------------------------------------ naming
+
+
+def display_arch(arch: str) -> str:
+    """The seed's name for an architecture: wideresnet40_2 -> WRN40-2, resnet56 -> ResNet56."""
+    from jaxkd.models import canonical_name
+
+    name = canonical_name(arch)
+    if name.startswith("wideresnet"):
+        return "WRN" + name[len("wideresnet"):].replace("_", "-")
+    if name.startswith("resnet"):
+        return "ResNet" + name[len("resnet"):]
+    return name
+
+
+def method_name(metadata: dict | None, path: Path) -> str:
+    """The method cell of a checkpoint: from training's metadata (`method`, `saliencymix`); for a `.pth` its file
+    stem; for a directory without a method (`convert import`) the stem of the `.pth` it came from, else its name."""
+    if metadata is None:
+        return path.stem
+    method = metadata.get("method")
+    if method is None:
+        source = metadata.get("source")
+        return Path(source).stem if source else path.name
+    name = METHOD_NAMES.get(str(method), str(method))
+    return name + " + SaliencyMix" if metadata.get("saliencymix") else name
+
+
+def parse_labels(labels: list[str], checkpoints: list[str]) -> dict[str, str]:
+    """{checkpoint argument: text} from `--label CHECKPOINT=TEXT` values. CHECKPOINT is one of the checkpoints
+    as given or the same path written differently; it is split at the '=' that makes it one (paths and texts may
+    hold '=' too)."""
+    resolved = {}
+    for argument in checkpoints:
+        resolved.setdefault(Path(argument).expanduser().absolute().resolve(), []).append(argument)
+    chosen: dict[str, str] = {}
+    for value in labels:
+        matches = []
+        for at in (i for i, char in enumerate(value) if char == "="):
+            key, text = value[:at], value[at + 1:]
+            if key and Path(key).expanduser().absolute().resolve() in resolved:
+                matches.append((key, text))
+        if not matches:
+            raise UserError(f"--label {value}: expected CHECKPOINT=TEXT with CHECKPOINT one of the checkpoints given")
+        if len(matches) > 1:
+            raise UserError(f"--label {value}: ambiguous, several '=' split it into a checkpoint and a text")
+        key, text = matches[0]
+        if not text.strip():
+            raise UserError(f"--label {value}: the text is empty")
+        if "|" in text or "\n" in text:
+            raise UserError(f"--label {value}: the text cannot hold '|' or a line break (it is a table cell)")
+        for argument in resolved[Path(key).expanduser().absolute().resolve()]:
+            if argument in chosen:
+                raise UserError(f"--label: {argument} is labelled twice")
+            chosen[argument] = text.strip()
+    return chosen
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_entry(argument: str, label: str | None = None) -> Entry:
+    """Loads a checkpoint argument (model checkpoint directory, training workdir, .pth) with its metadata."""
+    from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, is_model_checkpoint, load_model, load_model_checkpoint
+    from jaxkd.models import canonical_name
+
+    path = Path(argument).expanduser()
+    if path.is_dir():
+        # As load_model does, but keeping the metadata (it names the method).
+        if not is_model_checkpoint(path) and is_model_checkpoint(path / TRAINED_MODEL_DIR):
+            path = path / TRAINED_MODEL_DIR
+        variables, metadata = load_model_checkpoint(path)
+        arch, num_classes = canonical_name(metadata["arch"]), int(metadata["num_classes"])
+        named = path.parent if path.name == TRAINED_MODEL_DIR else path
+    else:
+        variables, arch, num_classes = load_model(path)
+        metadata, named = None, path
+    return Entry(argument, variables, arch, num_classes, metadata, label or method_name(metadata, named),
+                 path.absolute())
+
+
+# --------------------------------------------------------------------------------------------- reporting
+
+
+def table_rows(rows: list[dict]) -> list[str]:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|---|---|---:|---:|"]
+    lines += [f"| {row['model']} | {row['method']} | {_pct(row['CIFAR100'])} | {_pct(row['CIFAR100C'])} |"
+              for row in rows]
+    return lines
+
+
+def format_table(report: dict) -> str:
+    """The markdown written to --out: the table, then one line saying what its columns measure."""
+    c100c = report["cifar100c"]
+    evaluated, skipped = c100c["evaluated"], c100c["missing"] + list(c100c["unreadable"])
+    note = (f"Top-1 accuracy (%). CIFAR100: the {report['dataset']} split ({report['clean_images']} images); "
+            f"CIFAR100C: the mean over {len(evaluated)} corruptions x 5 severities ({c100c['images']} images)")
+    if skipped:
+        note += f", leaving out {len(skipped)} without a readable file: {', '.join(skipped)}"
+    return "\n".join(table_rows(report["rows"]) + ["", note + "."]) + "\n"
+
+
+def write_text(text: str, out: Path, force: bool) -> None:
+    """Writes `text` to a temporary file beside `out` and renames it into place; never replaces an existing
+    `out` unless `force` (as evaluate.write_json does for JSON)."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            with os.fdopen(handle, "w") as file:
+                file.write(text)
+                file.flush()
+                os.fsync(file.fileno())
+            if out.exists() and not force:
+                raise UserError(f"{out}: already exists (pass --force to replace it)")
+            os.replace(staging, out)
+        finally:
+            if os.path.exists(staging):
+                os.unlink(staging)
+    except OSError as error:
+        raise UserError(f"{out}: cannot write the table: {error.strerror or error}") from None
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def _check_outputs(args) -> list[Path]:
+    outputs = [Path(p) for p in (args.out, args.json) if p]
+    if len(outputs) == 2 and outputs[0].absolute().resolve() == outputs[1].absolute().resolve():
+        raise UserError(f"--out and --json name the same file {outputs[0]}")
+    for out in outputs:
+        if out.is_dir():
+            raise UserError(f"{out}: is a directory (give a file name)")
+        if out.exists() and not args.force:
+            raise UserError(f"{out}: already exists (pass --force to replace it)")
+    return outputs
+
+
+def run(args) -> dict:
+    """Checks every input, evaluates every checkpoint, prints the table and writes it; returns the JSON report."""
+    import jax
+    from tqdm import tqdm
+
+    from jaxkd import __version__
+    from jaxkd.data.cifar100c import SEVERITIES, open_cifar100c
+    from jaxkd.data.sources import load_split
+    from jaxkd.mesh import data_mesh
+    from jaxkd.models import get_model
+
+    # Every input first: outputs, options, checkpoints, CIFAR-100-C, the clean split. Nothing is evaluated yet.
+    _check_outputs(args)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    labels = parse_labels(args.label, args.checkpoints)
+    c100c = open_cifar100c(args.cifar100c)
+    _check_labels(c100c.labels, CIFAR100C_CLASSES, f"CIFAR-100-C {c100c.directory}")
+    evaluated, unreadable = readable_corruptions(c100c)
+    if not evaluated:
+        raise UserError(f"CIFAR-100-C folder {c100c.directory} has no readable corruption file")
+    entries = [load_entry(argument, labels.get(argument)) for argument in args.checkpoints]
+    for entry in entries:
+        if entry.num_classes != CIFAR100C_CLASSES:
+            raise UserError(f"{entry.argument}: the model has {entry.num_classes} classes; CIFAR-100-C has "
+                            f"{CIFAR100C_CLASSES}")
+    split = load_split(args.source, "test", args.data_dir, download=args.download)
+    for entry in entries:
+        if split.num_classes != entry.num_classes:
+            raise UserError(f"{entry.argument}: the model has {entry.num_classes} classes, but the {args.source} "
+                            f"test split has {split.num_classes}")
+    if c100c.missing:
+        print(f"warning: CIFAR-100-C: no file for {len(c100c.missing)} corruption(s) in {c100c.directory}: "
+              f"{', '.join(c100c.missing)}; the CIFAR100C column is the mean over the others", file=sys.stderr)
+    for name, reason in unreadable.items():
+        print(f"warning: CIFAR-100-C: skipping {name}: {reason}", file=sys.stderr)
+
+    mesh = data_mesh()
+    devices = f"{mesh.devices.size} x {jax.devices()[0].device_kind}"
+    per_model = len(split) + len(c100c.labels) * len(evaluated)
+    rows = []
+    with tqdm(total=per_model * len(entries), unit="img", leave=False, dynamic_ncols=True,
+              disable=True if args.quiet else None) as bar:
+        for entry in entries:
+            bar.set_description(entry.argument)
+            model = get_model(entry.arch, entry.num_classes)
+            placed = place_variables(entry.variables, mesh)
+            clean = evaluate_split(model, placed, split.images, split.labels, args.batch_size, mesh=mesh,
+                                   progress=bar.update)
+            robust = evaluate_cifar100c(model, placed, c100c, args.batch_size, mesh=mesh, progress=bar.update)
+            entry.variables = None  # evaluated: let it go
+            results = {  # the same record `python -m jaxkd.evaluate --out` writes
+                "checkpoint": entry.argument,
+                "arch": entry.arch,
+                "num_classes": entry.num_classes,
+                "dataset": f"{args.source} test",
+                "batch_size": args.batch_size,
+                "devices": devices,
+                "clean": clean,
+                "cifar100c": robust,
+                "written_by": f"jaxkd {__version__} robustness",
+            }
+            rows.append({"model": display_arch(entry.arch), "method": entry.method, "CIFAR100": clean["top1"],
+                         "CIFAR100C": robust["top1"], "checkpoint": entry.argument, "loaded": str(entry.loaded),
+                         "metadata": entry.metadata,
+                         "results": results})
+
+    report = {
+        "columns": list(COLUMNS),
+        "dataset": f"{args.source} test",
+        "clean_images": len(split),
+        "cifar100c": {"directory": str(c100c.directory), "evaluated": list(evaluated),
+                      "missing": list(c100c.missing), "unreadable": unreadable,
+                      "images": len(c100c.labels) * len(evaluated), "severities": list(SEVERITIES)},
+        "rows": rows,
+        "written_by": f"jaxkd {__version__} robustness",
+    }
+    table = format_table(report)
+    print(table, end="")
+    if args.json:
+        write_json(report, Path(args.json), args.force)
+    if args.out:
+        write_text(table, Path(args.out), args.force)
+    for out in (args.out, args.json):
+        if out:
+            print(f"wrote {out}")
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jaxkd.data.sources import SOURCES
+
+    parser = argparse.ArgumentParser(prog="python -m jaxkd.robustness", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                        help="a model checkpoint directory, a training workdir or a .pth; one table row each")
+    parser.add_argument("--cifar100c", metavar="DIR", required=True,
+                        help="the CIFAR-100-C folder (labels.npy, <corruption>.npy)")
+    parser.add_argument("--label", action="append", default=[], metavar="CHECKPOINT=TEXT",
+                        help="the method cell for CHECKPOINT (as given above) instead of its metadata or file stem; "
+                             "repeat for several")
+    parser.add_argument("--out", metavar="FILE", help="write the markdown table to this file")
+    parser.add_argument("--json", metavar="FILE", help="write every number (per checkpoint: evaluate's record) as JSON")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out or --json")
+    parser.add_argument("--source", default="tfds", choices=SOURCES, help="where the clean test split comes from")
+    parser.add_argument("--data-dir", help="the source's data directory (see docs/data.md)")
+    parser.add_argument("--download", action="store_true", help="fetch or prepare the clean data if absent")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

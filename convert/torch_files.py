@@ -9,15 +9,14 @@ without DataParallel's `module.` prefix.
 
 import argparse
 import hashlib
-import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from jaxkd.errors import UserError
+from jaxkd.safe_write import write_atomically
 
 WRAPPER_KEYS = ("model", "state_dict")
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
@@ -85,16 +84,4 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict:
 
 def write_torch_file(state_dict, path, force: bool = False) -> None:
     """`torch.save` to a temporary file beside `path`, then rename it into place (never a half-written file)."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise UserError(f"{path}: already exists (pass --force to replace it)")
-    if not path.parent.is_dir():
-        raise UserError(f"{path.parent}: no such directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state_dict, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda file: torch.save(state_dict, file), force, "the state_dict")

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from jaxkd.data.augment import normalize
 from jaxkd.data.cifar100c import SEVERITIES, Cifar100C
 from jaxkd.errors import UserError
 from jaxkd.mesh import batch_sharded, data_mesh, replicated
+from jaxkd.safe_write import write_text_atomically
 
 DEFAULT_BATCH_SIZE = 500
 TOP_K = 5
@@ -241,26 +240,9 @@ def format_report(results: dict) -> str:
 
 
 def write_json(results: dict, out: Path, force: bool) -> None:
-    """Writes `results` to a temporary file beside `out` and renames it into place; never replaces an existing
-    `out` unless `force`."""
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(handle, "w") as file:
-                json.dump(results, file, indent=2)
-                file.write("\n")
-                file.flush()
-                os.fsync(file.fileno())
-            if out.exists() and not force:
-                raise UserError(f"{out}: already exists (pass --force to replace it)")
-            os.replace(staging, out)
-        finally:
-            if os.path.exists(staging):
-                os.unlink(staging)
-    except OSError as error:
-        raise UserError(f"{out}: cannot write the results: {error.strerror or error}") from None
+    """Writes `results` as JSON beside-then-into `out` (see `jaxkd.safe_write`); an existing `out` is replaced
+    only with `force`."""
+    write_text_atomically(json.dumps(results, indent=2) + "\n", out, force, "the results")
 
 
 # ------------------------------------------------------------------------------------------- command line

@@ -76,6 +76,14 @@ def load_model_checkpoint(directory) -> tuple[dict, dict]:
     return jax.tree.map(np.asarray, restored[VARIABLES_ITEM]), metadata
 
 
+def resolve_model_dir(path) -> Path:
+    """The model checkpoint a directory stands for: itself, or a training workdir's final `model/`."""
+    path = Path(path)
+    if not is_model_checkpoint(path) and is_model_checkpoint(path / TRAINED_MODEL_DIR):
+        return path / TRAINED_MODEL_DIR
+    return path
+
+
 def load_model(path, arch: str | None = None) -> tuple[dict, str, int]:
     """(variables, architecture, num_classes) from a model checkpoint directory, a training workdir (its final
     `model/`) or a `.pth` file.
@@ -87,9 +95,8 @@ def load_model(path, arch: str | None = None) -> tuple[dict, str, int]:
     from jaxkd.models import canonical_name
 
     path = Path(path)
-    if path.is_dir() and not is_model_checkpoint(path) and is_model_checkpoint(path / TRAINED_MODEL_DIR):
-        path = path / TRAINED_MODEL_DIR  # a training workdir: its final student
     if path.is_dir():
+        path = resolve_model_dir(path)
         variables, metadata = load_model_checkpoint(path)
         stored = metadata["arch"]
         if arch is not None and canonical_name(arch) != canonical_name(stored):

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from jaxkd.errors import UserError
 from jaxkd.evaluate import (CIFAR100C_CLASSES, DEFAULT_BATCH_SIZE, _check_labels, _pct, evaluate_cifar100c,
                             evaluate_split, place_variables, readable_corruptions, write_json)
+from jaxkd.safe_write import write_text_atomically
 
 # Method names in the metadata training writes (`config.method`) -> the names the seed's tables use.
 METHOD_NAMES = {"none": "Baseline", "kd": "KD", "fitnet": "FitNets", "at": "AT", "crd": "CRD", "dml": "DML",
@@ -109,14 +108,12 @@ def parse_labels(labels: list[str], checkpoints: list[str]) -> dict[str, str]:
 
 def load_entry(argument: str, label: str | None = None) -> Entry:
     """Loads a checkpoint argument (model checkpoint directory, training workdir, .pth) with its metadata."""
-    from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, is_model_checkpoint, load_model, load_model_checkpoint
+    from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, load_model, load_model_checkpoint, resolve_model_dir
     from jaxkd.models import canonical_name
 
     path = Path(argument).expanduser()
     if path.is_dir():
-        # As load_model does, but keeping the metadata (it names the method).
-        if not is_model_checkpoint(path) and is_model_checkpoint(path / TRAINED_MODEL_DIR):
-            path = path / TRAINED_MODEL_DIR
+        path = resolve_model_dir(path)  # as load_model does, but keeping the metadata (it names the method)
         variables, metadata = load_model_checkpoint(path)
         arch, num_classes = canonical_name(metadata["arch"]), int(metadata["num_classes"])
         named = path.parent if path.name == TRAINED_MODEL_DIR else path
@@ -149,25 +146,7 @@ def format_table(report: dict) -> str:
 
 
 def write_text(text: str, out: Path, force: bool) -> None:
-    """Writes `text` to a temporary file beside `out` and renames it into place; never replaces an existing
-    `out` unless `force` (as evaluate.write_json does for JSON)."""
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(handle, "w") as file:
-                file.write(text)
-                file.flush()
-                os.fsync(file.fileno())
-            if out.exists() and not force:
-                raise UserError(f"{out}: already exists (pass --force to replace it)")
-            os.replace(staging, out)
-        finally:
-            if os.path.exists(staging):
-                os.unlink(staging)
-    except OSError as error:
-        raise UserError(f"{out}: cannot write the table: {error.strerror or error}") from None
+    write_text_atomically(text, out, force, "the table")
 
 
 # ------------------------------------------------------------------------------------------ command line

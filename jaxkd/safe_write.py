@@ -1,0 +1,34 @@
+"""Writing an output file so that nothing is lost: a temporary file beside the target, synced, then renamed
+into place. An existing target is replaced only with `force`, and a failed write leaves it untouched."""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, BinaryIO
+
+from jaxkd.errors import UserError
+
+
+def write_atomically(out, write: Callable[[BinaryIO], None], force: bool, what: str = "the output") -> None:
+    """Calls `write(binary_file)` on a temporary file beside `out`, then renames it to `out`."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out}: already exists (pass --force to replace it)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                write(file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(staging, out)
+        finally:
+            if os.path.exists(staging):
+                os.unlink(staging)
+    except OSError as error:
+        raise UserError(f"{out}: cannot write {what}: {error.strerror or error}") from None
+
+
+def write_text_atomically(text: str, out, force: bool, what: str = "the output") -> None:
+    write_atomically(out, lambda file: file.write(text.encode()), force, what)

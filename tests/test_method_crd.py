@@ -1,0 +1,281 @@
+"""CRD: parity with a PyTorch re-implementation of RepDistiller's CRD (loss, gradients, Z, banks, three
+consecutive steps), the negative sampler's guarantees and distribution, and CRD end to end through the training
+engine on digits (learning, exact resume with the banks)."""
+
+import contextlib
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import scipy.stats
+import torch
+from ml_collections import ConfigDict
+
+from configs import crd_kd_wrn, crd_wrn, default
+from convert.torch_models import get_torch_model
+from jaxkd.errors import UserError
+from jaxkd.methods import Batch, Probe, get_method
+from jaxkd.methods.crd import (DEFAULTS, counts_from_indices, init_state, sample_contrast_indices,
+                               sample_negative_counts, top_k_mask)
+from jaxkd.model_checkpoint import load_model_checkpoint
+from jaxkd.models import ModelOutput
+from jaxkd.train import train_and_evaluate
+from tests.conftest import assert_close_scaled
+from tests.reference.repdistiller_crd import CRDLoss, InstanceSampler
+
+UNEQUAL_CLASS_SIZES = [50, 70, 40, 80, 60]  # N = 300; other-class pools of 220..260 examples
+
+
+def shuffled_labels(sizes, rng):
+    labels = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
+    rng.shuffle(labels)
+    return labels
+
+
+def pooled(array):
+    return ModelOutput([], jnp.asarray(array), None)
+
+
+def crd_config(**settings):
+    return ConfigDict({"crd": dict(DEFAULTS, **settings)})
+
+
+def test_configs_hold_repdistiller_recipes():
+    crd, crd_kd = crd_wrn.get_config(), crd_kd_wrn.get_config()
+    assert (crd.method, crd.model, crd.teacher.arch) == ("crd", "wideresnet16_2", "wideresnet40_2")
+    assert (crd.loss.gamma, crd.loss.alpha, crd.loss.beta) == (1.0, 0.0, 0.8)
+    assert (crd_kd.loss.gamma, crd_kd.loss.alpha, crd_kd.loss.beta, crd_kd.loss.kd_temperature) == (1, 1, 0.8, 4)
+    assert dict(crd.crd) == {"nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "feat_dim": 128}
+    assert get_method("crd", default.get_config()).settings == DEFAULTS  # no crd section: the defaults
+    with pytest.raises(UserError, match="unknown config.crd keys"):
+        get_method("crd", ConfigDict({"crd": {"nce_kk": 5}}))
+
+
+@pytest.mark.parametrize("k", [64, 400])  # 400 > every class's pool: RepDistiller draws with replacement
+def test_three_steps_match_repdistiller(k, rng):
+    """Loss, embedding gradients, Z and both banks after each of 3 consecutive steps, for the same contrast
+    indices (RepDistiller's sampler); tolerance 1e-5 relative to the largest reference value."""
+    labels = shuffled_labels(UNEQUAL_CLASS_SIZES, rng)
+    n, batch_size, s_dim, t_dim = len(labels), 16, 32, 48
+    method = get_method("crd", crd_config(nce_k=k))
+    features = lambda dim: np.abs(rng.standard_normal((batch_size, dim))).astype(np.float32)  # post-ReLU-like
+    with pytest.warns(UserWarning, match="with replacement") if k > 220 else contextlib.nullcontext():
+        init = method.init(jax.random.PRNGKey(int(rng.integers(1 << 30))),
+                           Probe(pooled(features(s_dim)), pooled(features(t_dim)), None, labels, 5))
+    params, state = init.variables["params"], init.state
+    assert (state["bank_student"].shape, state["z_student"]) == ((n, 128), -1)
+
+    reference = CRDLoss(s_dim, t_dim, 128, n, k)
+    with torch.no_grad():  # the same starting point: JAX's embedding weights and banks
+        for name, embed in (("embed_student", reference.embed_s), ("embed_teacher", reference.embed_t)):
+            embed.linear.weight.copy_(torch.tensor(np.asarray(params[name]["linear"]["kernel"]).T))
+            embed.linear.bias.copy_(torch.tensor(np.asarray(params[name]["linear"]["bias"])))
+        reference.contrast.memory_v1.copy_(torch.tensor(np.asarray(state["bank_student"])))
+        reference.contrast.memory_v2.copy_(torch.tensor(np.asarray(state["bank_teacher"])))
+    sampler = InstanceSampler(labels, k)
+
+    @jax.jit
+    def step(params, state, f_s, f_t, batch, contrast_idx):
+        def term(params):
+            out = method.term_with_indices({"params": params}, state, pooled(f_s), pooled(f_t), batch, contrast_idx)
+            return out.term, out.state
+        return jax.value_and_grad(term, has_aux=True)(params)
+
+    for _ in range(3):
+        f_s, f_t = features(s_dim), features(t_dim)
+        index = rng.choice(n, batch_size, replace=False)
+        contrast_idx = sampler.contrast_indices(index, rng)
+        assert (k > 220) == any(len(set(row[1:])) < k for row in contrast_idx)  # duplicates iff replacement
+        batch = Batch(None, jnp.asarray(labels[index]), jnp.asarray(index, jnp.int32), None)
+        (loss, state), grads = step(params, state, f_s, f_t, batch, jnp.asarray(contrast_idx, jnp.int32))
+
+        reference.zero_grad()
+        reference_loss = reference(torch.tensor(f_s), torch.tensor(f_t), torch.tensor(index),
+                                   torch.tensor(contrast_idx))
+        reference_loss.backward()
+        assert_close_scaled(loss, reference_loss.detach().numpy()[0], 1e-5, "loss")
+        assert_close_scaled(state["z_student"], reference.contrast.params[2].item(), 1e-5, "Z_v1")
+        assert_close_scaled(state["z_teacher"], reference.contrast.params[3].item(), 1e-5, "Z_v2")
+        assert_close_scaled(state["bank_student"], reference.contrast.memory_v1.numpy(), 1e-5, "memory_v1")
+        assert_close_scaled(state["bank_teacher"], reference.contrast.memory_v2.numpy(), 1e-5, "memory_v2")
+        for name, embed in (("embed_student", reference.embed_s), ("embed_teacher", reference.embed_t)):
+            assert_close_scaled(np.asarray(grads[name]["linear"]["kernel"]).T, embed.linear.weight.grad.numpy(),
+                                1e-5, f"{name} weight grad")
+            assert_close_scaled(grads[name]["linear"]["bias"], embed.linear.bias.grad.numpy(), 1e-5,
+                                f"{name} bias grad")
+
+
+def test_embed_and_bank_initialization(rng):
+    """Embed: PyTorch's default Linear init, unit-norm output; banks U(-s, s), s = 1/sqrt(128/3), unnormalized."""
+    method = get_method("crd", crd_config())
+    f_s = np.abs(rng.standard_normal((8, 64))).astype(np.float32)
+    init = method.init(jax.random.PRNGKey(0), Probe(pooled(f_s), pooled(f_s[:, :32]), None,
+                                                    np.arange(20000, dtype=np.int32) % 100, 100))
+    linear = init.variables["params"]["embed_student"]["linear"]
+    assert linear["kernel"].shape == (64, 128) and init.variables["params"]["embed_teacher"]["linear"]["kernel"].shape == (32, 128)
+    assert 0.99 / 8 < np.abs(linear["kernel"]).max() <= 1 / 8  # U(-1/sqrt(64), 1/sqrt(64))
+    assert 0 < np.abs(linear["bias"]).max() <= 1 / 8 and np.unique(linear["bias"]).size == 128
+    embedding = method.embeddings(init.variables, pooled(f_s), pooled(f_s[:, :32]))[0]
+    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1, rtol=1e-6)
+    bank, s = np.asarray(init.state["bank_student"]), 1 / np.sqrt(128 / 3)
+    assert bank.shape == (20000, 128) and np.abs(bank).max() <= s and np.abs(bank).max() > 0.999 * s
+    assert abs(np.mean(np.sum(bank**2, axis=1)) - 1) < 0.01  # expected squared norm 1, rows not normalized
+    assert not np.array_equal(bank, init.state["bank_teacher"])
+
+
+def test_top_k_mask_is_exact_with_ties():
+    keys = jnp.asarray([[5, 9, 9, 9, 1, 9, 0], [3, 3, 3, 3, 3, 3, 3], [7, 6, 5, 4, 3, 2, 1]], jnp.uint32)
+    allowed = jnp.asarray([[1, 1, 1, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 0]], bool)
+    mask = np.asarray(top_k_mask(keys, allowed, 2))
+    np.testing.assert_array_equal(mask, [[0, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0]])
+
+
+def draw_many(labels, k, anchors, draws):
+    """`draws` steps of the sampler for the batch `anchors`: (contrast indices, counts), both (draws, B, ...)."""
+    state = init_state(jax.random.PRNGKey(0), labels, 8, k)
+    index = jnp.asarray(anchors, jnp.int32)
+    anchor_labels = jnp.asarray(labels[anchors])
+
+    @jax.jit
+    def draw(rng):
+        return (sample_contrast_indices(rng, anchor_labels, index, state, k),
+                sample_negative_counts(rng, anchor_labels, state, k))
+
+    rngs = jax.random.split(jax.random.PRNGKey(np.random.default_rng().integers(1 << 30)), draws)
+    return jax.device_get(jax.lax.map(draw, rngs))
+
+
+def uniformity_p_value(totals, draws, k, with_replacement):
+    """How often each of the M pool members was drawn in `draws` rows of k, against uniformity: Pearson's
+    statistic for the multinomial (with replacement), or, for uniform k-subsets, the same sum of squares over
+    draws p (1 - p) M / (M - 1), p = k / M (the covariance of the inclusion counts); chi2 with M - 1 dof."""
+    m = len(totals)
+    expected = draws * k / m
+    scale = expected if with_replacement else expected * (1 - k / m) * m / (m - 1)
+    return scipy.stats.chi2.sf(np.sum((totals - expected) ** 2) / scale, m - 1)
+
+
+@pytest.mark.parametrize("k", [40, 100])  # 100: class 1's pool (90) is smaller than K, its rows replace
+def test_sampler_draws_other_classes_uniformly(k):
+    """Every negative has another class than its anchor; no duplicates within a row drawn without replacement;
+    the positive (the example itself) in column 0; the counts the loss uses are the same draws; and over
+    many draws every allowed example is drawn equally often (chi-square, p > 1e-6: a false alarm once in
+    10^5 runs at most)."""
+    labels = shuffled_labels([30, 50, 20, 40], np.random.default_rng(0))  # N = 140, pools of 90..120
+    n, pools = len(labels), len(labels) - np.bincount(labels)
+    anchors = np.concatenate([np.where(labels == c)[0][:2] for c in range(4)])  # two anchors per class
+    draws = 1500
+    indices, counts = draw_many(labels, k, anchors, draws)
+    assert indices.shape == (draws, len(anchors), k + 1) and counts.shape == (draws, len(anchors), n)
+    np.testing.assert_array_equal(indices[:, :, 0], np.broadcast_to(anchors, (draws, len(anchors))))
+    for row, anchor in enumerate(anchors):
+        negatives = indices[:, row, 1:]
+        anchor_class, pool = labels[anchor], pools[labels[anchor]]
+        assert np.all(labels[negatives] != anchor_class)
+        rebuilt = np.apply_along_axis(np.bincount, 1, negatives, minlength=n)
+        np.testing.assert_array_equal(rebuilt, counts[:, row])
+        allowed = labels != anchor_class
+        totals = counts[:, row].sum(axis=0)[allowed]
+        if k == pool:  # the whole pool, every time
+            assert np.all(totals == draws)
+            continue
+        if k < pool:
+            assert np.all(np.sort(negatives, axis=1)[:, 1:] != np.sort(negatives, axis=1)[:, :-1])
+        else:
+            assert k == 100 and anchor_class == 1
+            assert any(len(set(row_draw)) < k for row_draw in negatives)  # with replacement
+        p_value = uniformity_p_value(totals, draws, k, with_replacement=k > pool)
+        assert p_value > 1e-6, (anchor, k, p_value)
+
+
+def test_sampled_term_equals_the_term_of_its_contrast_indices(rng):
+    """CRD.term (sampler + counts) and CRD.term_with_indices on the same draws give the same loss and state."""
+    labels = shuffled_labels(UNEQUAL_CLASS_SIZES, rng)
+    method = get_method("crd", crd_config(nce_k=100))
+    f_s, f_t = (np.abs(rng.standard_normal((16, d))).astype(np.float32) for d in (32, 48))
+    init = method.init(jax.random.PRNGKey(3), Probe(pooled(f_s), pooled(f_t), None, labels, 5))
+    index = jnp.asarray(rng.choice(len(labels), 16, replace=False), jnp.int32)
+    batch = Batch(None, jnp.asarray(labels)[index], index, jax.random.PRNGKey(7))
+    sampled = method.term(init.variables, init.state, pooled(f_s), pooled(f_t), batch, train=True)
+    contrast_idx = sample_contrast_indices(batch.rng, batch.labels, index, init.state, 100)
+    explicit = method.term_with_indices(init.variables, init.state, pooled(f_s), pooled(f_t), batch, contrast_idx)
+    np.testing.assert_allclose(sampled.term, explicit.term, rtol=1e-6)
+    for name in sampled.state:
+        np.testing.assert_allclose(sampled.state[name], explicit.state[name], rtol=1e-6, err_msg=name)
+    assert sampled.state["z_student"] > 0 and sampled.state["z_teacher"] > 0
+
+
+def test_counts_from_indices_counts_repeats():
+    counts = counts_from_indices(jnp.asarray([[0, 2, 2], [1, 1, 1]]), 4)
+    np.testing.assert_array_equal(counts, [[1, 0, 2, 0], [0, 3, 0, 0]])
+
+
+# --- end to end through the engine -------------------------------------------------------------------------
+
+def digits_crd_config(teacher_path, epochs=2):
+    """The CRD recipe on digits: resnet8 student, random resnet20 teacher, K = 256."""
+    config = crd_wrn.get_config()
+    config.data.source = "digits"
+    config.model = "resnet8"
+    config.teacher.checkpoint, config.teacher.arch = str(teacher_path), "resnet20"
+    config.crd.nce_k = 256
+    config.epochs = epochs
+    config.optimizer.lr_decay_epochs = (10,)
+    config.eval_every_epochs = config.checkpoint_every_epochs = 1
+    config.log_every_steps = 2
+    config.progress_bar = False
+    return config
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "resnet20.pth"
+    torch.manual_seed(0)
+    torch.save(get_torch_model("resnet20", 10).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight_run(teacher_file, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("crd_straight")
+    return workdir, train_and_evaluate(digits_crd_config(teacher_file), workdir)
+
+
+def method_state(workdir, step):
+    restored = ocp.StandardCheckpointer().restore(Path(workdir) / "checkpoints" / str(step) / "state")
+    return restored["method_state"]
+
+
+def test_crd_trains_on_digits_and_its_term_decreases(straight_run):
+    """The term falls within each epoch. It jumps at the start of epoch 2, when the negatives' bank rows hold
+    embeddings (similar to each other early on) instead of the random init that Z was set from: CRD's own
+    dynamics, RepDistiller's too."""
+    workdir, result = straight_run
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    terms = [r["term"] for r in records if r["kind"] == "train"]  # every 2 steps, 11 per epoch
+    assert len(terms) == 22 and all(np.isfinite(terms))
+    for epoch in (terms[:11], terms[11:]):
+        assert np.mean(epoch[-3:]) < np.mean(epoch[:3]) - 0.5, terms
+    state = method_state(workdir, 44)
+    assert state["z_student"] > 0 and state["z_teacher"] > 0  # set on the first step
+    norms = np.linalg.norm(state["bank_student"], axis=1)
+    assert np.sum(np.isclose(norms, 1, atol=1e-5)) >= 0.95 * len(norms)  # ~all rows updated in 2 epochs
+    assert result["last_top1"] > 20  # chance is 10%
+
+
+def test_crd_resume_after_an_epoch_is_bitwise_exact(straight_run, teacher_file, tmp_path):
+    train_and_evaluate(digits_crd_config(teacher_file, epochs=1), tmp_path)
+    result = train_and_evaluate(digits_crd_config(teacher_file, epochs=2), tmp_path)
+    assert result["step"] == 44
+    straight = straight_run[0]
+    resumed_state, straight_state = method_state(tmp_path, 44), method_state(straight, 44)
+    assert sorted(resumed_state) == ["bank_student", "bank_teacher", "labels", "z_student", "z_teacher"]
+    for name in resumed_state:
+        assert np.array_equal(resumed_state[name], straight_state[name]), name
+    for a, b in zip(jax.tree.leaves(load_model_checkpoint(tmp_path / "model")[0]),
+                    jax.tree.leaves(load_model_checkpoint(straight / "model")[0])):
+        assert np.array_equal(a, b)

@@ -69,3 +69,16 @@ class Method:
     def term(self, variables: dict, state, student: ModelOutput, teacher: ModelOutput | None, batch: Batch,
              train: bool) -> TermOutput:
         return TermOutput(jax.numpy.zeros((), jax.numpy.float32), variables.get("batch_stats", {}), state, {})
+
+    def eval_logits(self, variables: dict, student: ModelOutput, images: jax.Array) -> dict:
+        """Extra classifiers to evaluate beside the student, name -> logits (B, classes), in eval mode (running
+        statistics): DML's peers, BYOT's shallow heads. The engine reports each one's test accuracy, and with
+        any present also the ensemble's (the mean of all softmaxes, the student's included). Pure and jittable;
+        `images` are the normalized eval images the student saw."""
+        return {}
+
+    def exports(self, variables: dict) -> dict:
+        """Extra models to export at the end of training, name -> (architecture, Flax variables of the seed
+        family): written as `{name}.pth` (seed layout) and `{name}/` (model checkpoint) in the workdir, beside
+        the student's `student.pth` and `model/`. DML's peers."""
+        return {}

@@ -66,14 +66,30 @@ def _jitted_eval_step(model, mesh: jax.sharding.Mesh):
 
     def eval_step(variables, images, labels, mask, counts):
         _, logits = model.apply(variables, normalize(images), train=False)
-        top1 = jnp.argmax(logits, axis=-1) == labels
-        _, top_classes = jax.lax.top_k(logits, min(TOP_K, logits.shape[-1]))
-        topk = jnp.any(top_classes == labels[:, None], axis=-1)
-        batch_counts = jnp.stack([jnp.sum(top1 & mask), jnp.sum(topk & mask), jnp.sum(mask)])
-        return counts + batch_counts.astype(counts.dtype)
+        return counts + _batch_counts(logits, labels, mask).astype(counts.dtype)
 
     return jax.jit(eval_step, in_shardings=(whole, sharded, sharded, sharded, whole),
                    out_shardings=whole)
+
+
+def _batch_counts(logits, labels, mask) -> jax.Array:
+    """(top-1 correct, top-k correct, images counted) of one batch, masked examples excluded."""
+    top1 = jnp.argmax(logits, axis=-1) == labels
+    _, top_classes = jax.lax.top_k(logits, min(TOP_K, logits.shape[-1]))
+    topk = jnp.any(top_classes == labels[:, None], axis=-1)
+    return jnp.stack([jnp.sum(top1 & mask), jnp.sum(topk & mask), jnp.sum(mask)])
+
+
+@functools.cache
+def _jitted_classifiers_step(logits_fn, names: tuple, mesh: jax.sharding.Mesh):
+    whole, sharded = replicated(mesh), batch_sharded(mesh)
+
+    def eval_step(variables, images, labels, mask, counts):
+        logits = logits_fn(variables, normalize(images))
+        rows = [_batch_counts(logits[name], labels, mask) for name in names]
+        return counts + jnp.stack(rows).astype(counts.dtype)
+
+    return jax.jit(eval_step, in_shardings=(whole, sharded, sharded, sharded, whole), out_shardings=whole)
 
 
 # ---------------------------------------------------------------------------------------- library functions
@@ -103,11 +119,13 @@ def _round_batch_size(batch_size: int, mesh) -> int:
     return -(-batch_size // devices) * devices
 
 
-def _accumulate(step, variables, images, labels, batch_size: int, mesh, progress: Progress | None) -> jax.Array:
+def _accumulate(step, variables, images, labels, batch_size: int, mesh, progress: Progress | None,
+                rows: int | None = None) -> jax.Array:
     """Dispatches the step over all of `images` (padded, masked last batch) and returns the device counts
-    without waiting for them. `images` may be a memory map: each batch is read when it is sent."""
+    (3,), or (rows, 3) for a step that counts several classifiers, without waiting for them. `images` may be a
+    memory map: each batch is read when it is sent."""
     sharded = batch_sharded(mesh)
-    counts = jax.device_put(np.zeros(3, np.int32), replicated(mesh))
+    counts = jax.device_put(np.zeros(3 if rows is None else (rows, 3), np.int32), replicated(mesh))
     labels = np.asarray(labels, dtype=np.int32)
     for start in range(0, len(labels), batch_size):
         batch_images = np.asarray(images[start:start + batch_size], dtype=np.uint8)
@@ -155,6 +173,25 @@ def evaluate_split(model, variables, images: np.ndarray, labels: np.ndarray, bat
     counts = _accumulate(eval_step_for(model, mesh), place_variables(variables, mesh), images, labels,
                          batch_size, mesh, progress)
     return _summary(jax.device_get(counts))
+
+
+def evaluate_classifiers(logits_fn, variables, images: np.ndarray, labels: np.ndarray,
+                         batch_size: int = DEFAULT_BATCH_SIZE, *, mesh: jax.sharding.Mesh | None = None) -> dict:
+    """Accuracy of several classifiers computed by one forward pass, e.g. a student and a method's extra heads:
+    `logits_fn(variables, normalized_images) -> {name: logits}` (pure; the same function object across calls
+    reuses the compiled step). Returns {name: evaluate_split-style summary}; every image counted once."""
+    mesh = data_mesh() if mesh is None else mesh
+    labels = np.asarray(labels)
+    batch_size = _round_batch_size(batch_size, mesh)
+    variables = place_variables(variables, mesh)
+    shapes = jax.eval_shape(logits_fn, variables, jax.ShapeDtypeStruct((batch_size,) + images.shape[1:],
+                                                                        jnp.float32))
+    names = tuple(shapes)
+    for name in names:
+        _check_labels(labels, shapes[name].shape[-1], "the dataset")
+    step = _jitted_classifiers_step(logits_fn, names, mesh)
+    counts = jax.device_get(_accumulate(step, variables, images, labels, batch_size, mesh, None, len(names)))
+    return {name: _summary(row) for name, row in zip(names, counts)}
 
 
 def readable_corruptions(c100c: Cifar100C) -> tuple[tuple[str, ...], dict[str, str]]:

@@ -30,7 +30,7 @@ from jaxkd.data import augment_batch, batch_indices, epoch_permutation, load_spl
 from jaxkd.data.augment import crop_flip, normalize, sample_crop_flip
 from jaxkd.data.saliencymix import mixed_cross_entropy, saliencymix
 from jaxkd.errors import UserError
-from jaxkd.evaluate import evaluate_split
+from jaxkd.evaluate import evaluate_classifiers, evaluate_split
 from jaxkd.losses import cross_entropy, kd_divergence
 from jaxkd.mesh import batch_sharded, data_mesh, replicated
 from jaxkd.methods import Batch, Method, Probe, get_method
@@ -205,6 +205,29 @@ def make_train_step(setup: Setup, config):
     return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(state_sharding, state_sharding))
 
 
+def make_eval_logits(setup: Setup):
+    """logits_fn(variables, images) -> {"student": ..., the method's extra classifiers, "ensemble"} for
+    `evaluate_classifiers`; variables = `eval_variables(state)`. The ensemble (mean of every classifier's
+    softmax) is reported only when the method has extra classifiers."""
+    student, method = setup.student, setup.method
+
+    def eval_logits(variables, images):
+        out = student.apply(variables["student"], images, train=False, method=student.forward)
+        extra = method.eval_logits(variables["method"], out, images)
+        logits = {"student": out.logits, **extra}
+        if extra:
+            probabilities = jnp.mean(jnp.stack([jax.nn.softmax(z) for z in logits.values()]), axis=0)
+            logits["ensemble"] = jnp.log(probabilities)
+        return logits
+
+    return eval_logits
+
+
+def eval_variables(state: TrainState) -> dict:
+    return {"student": state.student_variables(),
+            "method": {"params": state.params["method"], "batch_stats": state.batch_stats["method"]}}
+
+
 def zero_sums(setup: Setup):
     return jax.device_put({name: jnp.zeros((), jnp.float32) for name in setup.metric_names},
                           replicated(setup.mesh))
@@ -293,6 +316,7 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
     opt = config.optimizer
     lr_at = learning_rate_schedule(opt.lr, opt.lr_decay_epochs, opt.lr_decay_rate, spe)
     sums = zero_sums(setup)
+    eval_logits = make_eval_logits(setup)
     step = int(state.step)
     last_fetch_step, last_fetch_time = step, time.perf_counter()
     result = None
@@ -346,44 +370,61 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
 
         epoch_done = step // spe
         if epoch_done % config.eval_every_epochs == 0 or epoch_done == config.epochs:
-            result = evaluate_split(setup.student, state.student_variables(), setup.test.images,
-                                    setup.test.labels, config.eval_batch_size, mesh=mesh)
+            results = evaluate_classifiers(eval_logits, eval_variables(state), setup.test.images,
+                                           setup.test.labels, config.eval_batch_size, mesh=mesh)
+            result = results.pop("student")
             if result["top1"] > progress["best_top1"]:
                 progress = {"best_top1": result["top1"], "best_epoch": epoch_done}
+            extra = {f"{name}_top1": r["top1"] for name, r in results.items()}
             log.write(step, "eval", {"epoch": epoch_done, "top1": result["top1"], "top5": result["top5"],
-                                     "best_top1": progress["best_top1"]})
+                                     "best_top1": progress["best_top1"], **extra})
             train_text = f"train loss {means['loss']:.4f} acc {means['accuracy']:.2f}, " if means else ""
+            extra_text = "".join(f", {name} {r['top1']:.2f}" for name, r in results.items())
             _say(f"epoch {epoch_done}/{config.epochs}: {train_text}test top-1 {result['top1']:.2f} "
-                 f"(best {progress['best_top1']:.2f} at epoch {progress['best_epoch']})")
+                 f"(best {progress['best_top1']:.2f} at epoch {progress['best_epoch']}){extra_text}")
         if epoch_done % config.checkpoint_every_epochs == 0 or epoch_done == config.epochs:
             checkpoints.save(state, progress)
 
     if result is None:  # resumed after the last epoch had finished
         result = evaluate_split(setup.student, state.student_variables(), setup.test.images, setup.test.labels,
                                 config.eval_batch_size, mesh=mesh)
-    export_student(setup, config, state, workdir, result, progress)
+    export_models(setup, config, state, workdir, result, progress)
     return {"last_top1": result["top1"], "best_top1": progress["best_top1"], "step": step}
 
 
-def export_student(setup: Setup, config, state: TrainState, workdir: Path, result: dict, progress: dict) -> None:
-    """The final student as `model/` (model checkpoint) and `student.pth` (seed layout, loads strictly)."""
-    variables = jax.device_get(state.student_variables())
-    arch = canonical_name(config.model)
-    metadata = {"arch": arch, "num_classes": setup.train.num_classes, "method": config.method,
-                "saliencymix": bool(config.saliencymix),
-                "step": int(state.step), "test_top1": result["top1"], "best_top1": progress["best_top1"],
-                "written_by": "jaxkd.train"}
-    save_model_checkpoint(workdir / TRAINED_MODEL_DIR, variables, metadata, force=True)
+RESERVED_EXPORT_NAMES = {TRAINED_MODEL_DIR, "checkpoints", "tensorboard", "student"}
+
+
+def export_models(setup: Setup, config, state: TrainState, workdir: Path, result: dict, progress: dict) -> None:
+    """The final student as `model/` (model checkpoint) and `student.pth` (seed layout, loads strictly), and
+    each extra model of the method (DML's peers) as `{name}/` and `{name}.pth`."""
+    common = {"num_classes": setup.train.num_classes, "method": config.method,
+              "saliencymix": bool(config.saliencymix), "step": int(state.step), "written_by": "jaxkd.train"}
+    models = {"student": (canonical_name(config.model), state.student_variables(),
+                          {"test_top1": result["top1"], "best_top1": progress["best_top1"]})}
+    method_variables = eval_variables(state)["method"]
+    for name, (arch, variables) in setup.method.exports(method_variables).items():
+        if name in RESERVED_EXPORT_NAMES:
+            raise ValueError(f"method {config.method} exports a model named {name!r}, a reserved workdir name")
+        models[name] = (canonical_name(arch), variables, {})
     try:
         from convert.converter import flax_to_torch
         from convert.torch_files import write_torch_file
     except ImportError:
-        _say(f"wrote {workdir / TRAINED_MODEL_DIR} (PyTorch is not installed: no student.pth)")
-        return
-    write_torch_file(flax_to_torch(variables, arch, num_batches_tracked=int(state.step)),
-                     workdir / "student.pth", force=True)
-    _say(f"final test top-1 {result['top1']:.2f} (best {progress['best_top1']:.2f}); "
-         f"wrote {workdir / TRAINED_MODEL_DIR} and {workdir / 'student.pth'}")
+        flax_to_torch = None
+    written = []
+    for name, (arch, variables, extra) in models.items():
+        variables = jax.device_get(variables)
+        directory = workdir / (TRAINED_MODEL_DIR if name == "student" else name)
+        save_model_checkpoint(directory, variables, {"arch": arch, **common, **extra}, force=True)
+        written.append(directory)
+        if flax_to_torch is not None:
+            write_torch_file(flax_to_torch(variables, arch, num_batches_tracked=int(state.step)),
+                             workdir / f"{name}.pth", force=True)
+            written.append(workdir / f"{name}.pth")
+    missing_torch = "" if flax_to_torch else " (PyTorch is not installed: no .pth files)"
+    _say(f"final test top-1 {result['top1']:.2f} (best {progress['best_top1']:.2f}); wrote "
+         f"{', '.join(str(path) for path in written)}{missing_torch}")
 
 
 def _config_error_line(error: Exception) -> str:

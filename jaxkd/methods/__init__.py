@@ -14,6 +14,8 @@ METHODS = {
     "fitnet": "jaxkd.methods.fitnets:FitNets",  # Romero et al. 2015, hint on the second stage
     "at": "jaxkd.methods.at:AT",  # Zagoruyko & Komodakis 2017, attention transfer
     "crd": "jaxkd.methods.crd:CRD",  # Tian et al. 2020, contrastive representation distillation
+    "dml": "jaxkd.methods.dml:DML",  # Zhang et al. 2018, deep mutual learning (peers trained together)
+    "byot": "jaxkd.methods.byot:BYOT",  # Zhang et al. 2019, be your own teacher (self-distillation heads)
 }
 
 

@@ -96,3 +96,41 @@ class ConvReg(nn.Module):
                         kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in), name="conv")(x)
         x = BatchNorm(name="bn")(x, use_running_average=not train)
         return nn.relu(x) if self.use_relu else x
+
+
+class BYOTHead(nn.Module):
+    """A shallow classifier of BYOT (Zhang et al., "Be Your Own Teacher", ICCV 2019), BYOT-U's
+    `branchBottleNeck` + `avgpool` + `middle_fc` (METHODS.md sections 7.1 and 7.3):
+
+        1x1 conv (-> bottleneck) -> BN -> ReLU -> k x k conv, stride k, no padding -> BN -> ReLU
+        -> 1x1 conv (-> features) -> BN -> ReLU -> global average pool -> linear (-> num_classes)
+
+    Every conv has a bias. Init as BYOT-U: conv weights kaiming-normal (fan_out, relu), conv biases PyTorch's
+    default U(+-1/sqrt(fan_in)), BN 1/0, the linear layer PyTorch's default (weight and bias U(+-1/sqrt(fan_in))).
+    Returns `(logits, feature)`: the feature is the pooled vector the linear layer reads (BYOT's F_s), which the
+    feature loss pulls towards the network's own pooled feature. Computes in float32.
+
+    Parameter layout against BYOT-U's `bottleneck{s}_1.{0,1,3,4,6,7}` and `middle_fc{s}`: conv{1,2,3}/kernel =
+    weight.transpose(2, 3, 1, 0), bias; bn{1,2,3}/scale, bias (batch_stats mean, var); fc/kernel = weight.T, bias.
+    """
+
+    bottleneck: int  # channels of the two inner convs (BYOT: features // 4)
+    features: int  # channels of the last conv = size of the pooled feature
+    stride: int  # k: the middle conv's kernel size and stride
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = x.astype(jnp.float32)
+        layers = ((self.bottleneck, 1, "1"), (self.bottleneck, self.stride, "2"), (self.features, 1, "3"))
+        for channels, k, index in layers:
+            fan_in = x.shape[-1] * k * k
+            x = nn.Conv(channels, (k, k), strides=(k, k), padding="VALID", use_bias=True,
+                        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                        bias_init=torch_uniform(fan_in), name=f"conv{index}")(x)
+            x = nn.relu(BatchNorm(name=f"bn{index}")(x, use_running_average=not train))
+        feature = jnp.mean(x, axis=(1, 2))
+        fan_in = feature.shape[-1]
+        logits = nn.Dense(self.num_classes, kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in),
+                          name="fc")(feature)
+        return logits, feature

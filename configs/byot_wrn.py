@@ -1,0 +1,36 @@
+"""BYOT (self-distillation, no teacher) on WRN16-2 with the seed's recipe: 240 epochs, batch 64, SGD lr 0.05
+momentum 0.9, weight decay 5e-4 (the heads included), lr x0.1 after epochs 150, 180 and 210.
+
+    python -m jaxkd.train --config configs/byot_wrn.py --workdir workdirs/byot_wrn16_2
+
+Two bottleneck heads (BYOT-U style, METHODS.md 7.3) on stages 1 and 2; the network's own classifier is the
+deepest. Loss (METHODS.md 7.1), alpha 0.1, T 3, lambda 1e-6:
+    (1 - alpha) * [CE(deepest) + CE(head1) + CE(head2)]
+    + alpha * T^2 * [softCE(head1) + softCE(head2)]          (targets: sg(softmax(deepest / T)))
+    + lambda * [||F1 - sg(F)||^2 + ||F2 - sg(F)||^2]          (summed over batch and channels)
+The engine computes gamma * CE(deepest) + beta * term, so gamma = 1 - alpha = 0.9 and beta = 1, with the
+heads' (1 - alpha) factor inside the term: the total is the formula exactly. Evaluation reports the deepest
+classifier (the exported `student.pth`, the plain WRN16-2 in the seed layout), each head and their ensemble.
+
+Why WRN16-2: it is the student of every distillation recipe here (kd_wrn, fitnet_wrn, at_wrn, crd_wrn), so
+BYOT's self-distilled WRN16-2 compares directly with the seed's baseline (74.03) and the teacher-based
+students, and its heads (64k = 128 channels) are cheap next to the backbone.
+"""
+
+from ml_collections import ConfigDict
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model = "wideresnet16_2"
+    config.method = "byot"
+    config.byot = ConfigDict()
+    config.byot.alpha = 0.1  # weight of the soft-CE; the CE of every classifier gets 1 - alpha
+    config.byot.temperature = 3.0
+    config.byot.feature_weight = 1e-6  # lambda, on the batch-summed squared L2 feature distance
+    config.loss.gamma = 1.0 - config.byot.alpha  # the deepest classifier's CE, (1 - alpha) as in BYOT-U
+    config.loss.alpha = 0.0  # no teacher, no KD term
+    config.loss.beta = 1.0  # the term already carries its weights
+    return config

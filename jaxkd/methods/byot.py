@@ -1,0 +1,141 @@
+"""BYOT (Zhang et al., "Be Your Own Teacher: Improve the Performance of Convolutional Neural Networks via Self
+Distillation", ICCV 2019) on the seed's 3-stage family, as METHODS.md sections 7.1 and 7.3 define it.
+
+Self-distillation without a teacher: shallow classifiers (`BYOTHead`, BYOT-U's bottleneck heads) read the
+student's first two stage outputs, and the network's own classifier is the deepest one. With alpha 0.1, T 3,
+lambda 1e-6 (BYOT-U's defaults) the loss is
+
+    (1 - alpha) * sum over all classifiers of CE
+    + alpha * T^2 * sum over the shallow heads of soft-CE(head logits / T, sg(softmax(deepest logits / T)))
+    + lambda * sum over the shallow heads of sum over batch and channels (head feature - sg(deepest pooled))^2
+
+The deepest CE is the engine's `gamma * CE` term, so a BYOT config sets gamma = 1 - alpha and beta = 1, and
+`term` returns the rest: the heads' CE with the (1 - alpha) factor, the soft-CE and the feature loss. The
+feature loss sums over the batch, so it depends on the batch size (as in BYOT-U). Under SaliencyMix the heads'
+CE is the same mixed CE the engine uses for the deepest classifier.
+
+Head shapes come from the probe, so every model of the family works: head s reads stage s (s < the last stage);
+its middle conv's kernel and stride k is the stage's spatial size over the last stage's (4 and 2 on CIFAR), its
+output has the pooled feature's channels (64k) and its bottleneck a quarter of that. Only modules used in the
+forward pass are built (BYOT-U's unused `downsample*_1` are not), so weight decay touches only trained tensors.
+Hyperparameters: `config.byot.alpha`, `temperature`, `feature_weight` (lambda); defaults when absent.
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+from jaxkd.data.saliencymix import mixed_cross_entropy
+from jaxkd.errors import UserError
+from jaxkd.losses import cross_entropy
+from jaxkd.methods.base import Method, MethodInit, TermOutput
+from jaxkd.models.heads import BYOTHead
+
+DEFAULTS = {"alpha": 0.1, "temperature": 3.0, "feature_weight": 1e-6}  # BYOT-U's train.py
+NUM_HEADS = 2  # heads on stages 1 and 2 of the 3-stage family
+HEAD_NAMES = tuple(f"head{s}" for s in range(1, NUM_HEADS + 1))
+
+
+def byot_settings(config) -> dict:
+    """`config.byot` over the defaults (a config without a `byot` section gets the defaults)."""
+    section = config.get("byot", None) if config is not None else None
+    settings = dict(DEFAULTS)
+    if section is not None:
+        unknown = sorted(set(section.keys()) - set(DEFAULTS))
+        if unknown:
+            raise UserError(f"unknown config.byot keys {unknown}; known: {sorted(DEFAULTS)}")
+        settings.update({name: float(section[name]) for name in section.keys()})
+    if not 0.0 <= settings["alpha"] <= 1.0 or settings["temperature"] <= 0 or settings["feature_weight"] < 0:
+        raise UserError(f"config.byot needs 0 <= alpha <= 1, temperature > 0 and feature_weight >= 0 "
+                        f"(got {settings})")
+    return settings
+
+
+def soft_cross_entropy(logits, target_logits, temperature: float):
+    """BYOT-U's `kd_loss_function`: -mean_b sum_c softmax(target / T) * log_softmax(logits / T), the target
+    without gradient (the caller multiplies by T^2)."""
+    targets = jax.nn.softmax(jax.lax.stop_gradient(target_logits.astype(jnp.float32)) / temperature, axis=-1)
+    log_probabilities = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    return -jnp.mean(jnp.sum(targets * log_probabilities, axis=-1))
+
+
+def feature_loss(feature, target_feature):
+    """BYOT-U's `feature_loss_function`: the squared L2 distance summed over batch and channels, the target
+    without gradient. BYOT-U masks it with (F > 0) | (F_target > 0); both are post-ReLU means here, so where the
+    mask is 0 both are 0 and the mask changes nothing."""
+    target_feature = jax.lax.stop_gradient(target_feature.astype(jnp.float32))
+    return jnp.sum(jnp.square(feature.astype(jnp.float32) - target_feature))
+
+
+class BYOT(Method):
+    name = "byot"
+    uses_teacher = False
+    metric_names = tuple(f"{head}_{loss}" for head in HEAD_NAMES for loss in ("ce", "soft_ce", "feature"))
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.settings = byot_settings(config)
+        loss = config.get("loss", None) if config is not None else None
+        if loss is not None and (abs(loss.gamma - (1 - self.settings["alpha"])) > 1e-12 or loss.beta != 1):
+            warnings.warn(f"BYOT's loss weights the deepest CE by 1 - alpha = {1 - self.settings['alpha']:g} and "
+                          f"its term by 1; this config has gamma {loss.gamma:g}, beta {loss.beta:g}", stacklevel=2)
+
+    def heads(self, features, pooled, num_classes: int) -> list[BYOTHead]:
+        """The heads for these stage outputs (NHWC) and pooled feature: fixed by the shapes, so `init`, `term`
+        and `eval_logits` build the same ones."""
+        if len(features) != NUM_HEADS + 1:
+            raise UserError(f"BYOT needs a model with {NUM_HEADS + 1} stages, this one has {len(features)}")
+        last_size, channels = features[-1].shape[1], pooled.shape[-1]
+        heads = []
+        for feature in features[:NUM_HEADS]:
+            size = feature.shape[1]
+            if size % last_size or feature.shape[2] != size:
+                raise UserError(f"BYOT's heads need square stage outputs whose size is a multiple of the last "
+                                f"stage's ({last_size}); got {tuple(feature.shape)} (NHWC)")
+            heads.append(BYOTHead(channels // 4, channels, size // last_size, num_classes))
+        return heads
+
+    def init(self, rng, probe) -> MethodInit:
+        student = probe.student
+        heads = self.heads(student.features, student.pooled, probe.num_classes)
+        params, batch_stats = {}, {}
+        for name, head, feature, head_rng in zip(HEAD_NAMES, heads, student.features,
+                                                 jax.random.split(rng, NUM_HEADS)):
+            variables = head.init(head_rng, feature, train=False)
+            params[name], batch_stats[name] = variables["params"], variables["batch_stats"]
+        return MethodInit({"params": params, "batch_stats": batch_stats}, {})
+
+    def _apply_heads(self, variables, student, train: bool):
+        """[(logits, feature)] of every head, and the heads' updated batch statistics."""
+        heads = self.heads(student.features, student.pooled, student.logits.shape[-1])
+        outputs, batch_stats = [], {}
+        for name, head, feature in zip(HEAD_NAMES, heads, student.features):
+            head_variables = {"params": variables["params"][name], "batch_stats": variables["batch_stats"][name]}
+            if train:
+                out, updates = head.apply(head_variables, feature, train=True, mutable=["batch_stats"])
+                batch_stats[name] = updates["batch_stats"]
+            else:
+                out = head.apply(head_variables, feature, train=False)
+                batch_stats[name] = head_variables["batch_stats"]
+            outputs.append(out)
+        return outputs, batch_stats
+
+    def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
+        alpha, temperature = self.settings["alpha"], self.settings["temperature"]
+        outputs, batch_stats = self._apply_heads(variables, student, train)
+        total, metrics = jnp.zeros((), jnp.float32), {}
+        for name, (logits, feature) in zip(HEAD_NAMES, outputs):
+            ce = (cross_entropy(logits, batch.labels) if batch.partners is None
+                  else mixed_cross_entropy(logits, batch.labels, batch.partners, batch.lam))
+            soft_ce = soft_cross_entropy(logits, student.logits, temperature)
+            distance = feature_loss(feature, student.pooled)
+            total = total + ((1 - alpha) * ce + alpha * temperature ** 2 * soft_ce
+                             + self.settings["feature_weight"] * distance)
+            metrics.update({f"{name}_ce": ce, f"{name}_soft_ce": soft_ce, f"{name}_feature": distance})
+        return TermOutput(total, batch_stats, state, metrics)
+
+    def eval_logits(self, variables, student, images) -> dict:
+        """The shallow heads' logits in eval mode (running statistics): {"head1": ..., "head2": ...}."""
+        outputs, _ = self._apply_heads(variables, student, train=False)
+        return {name: logits for name, (logits, _) in zip(HEAD_NAMES, outputs)}

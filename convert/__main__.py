@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jaxkd.errors import UserError
+from jaxkd.errors import UserError, run_command
 
 VERIFY_BATCH = 8
 VERIFY_TOLERANCE = 1e-4  # max |diff| relative to max |logit|; fp32 on CPU gives ~1e-6
@@ -119,12 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(args.run, args)
 
 
 if __name__ == "__main__":

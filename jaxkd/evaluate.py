@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxkd.data.augment import normalize
 from jaxkd.data.cifar100c import SEVERITIES, Cifar100C
-from jaxkd.errors import UserError
+from jaxkd.errors import UserError, run_command
 from jaxkd.mesh import batch_sharded, data_mesh, replicated
 from jaxkd.safe_write import write_text_atomically
 
@@ -354,7 +354,6 @@ def run(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxkd.data.sources import SOURCES
 
     parser = argparse.ArgumentParser(prog="python -m jaxkd.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True,
@@ -363,22 +362,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cifar100c", metavar="DIR", help="the CIFAR-100-C folder (labels.npy, <corruption>.npy)")
     parser.add_argument("--out", help="write the results as JSON to this file")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    add_data_arguments(parser)
+    return parser
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every evaluation command shares: where the clean test split comes from, batch, progress."""
+    from jaxkd.data.sources import SOURCES
+
     parser.add_argument("--source", default="tfds", choices=SOURCES, help="where the clean test split comes from")
     parser.add_argument("--data-dir", help="the source's data directory (see docs/data.md)")
     parser.add_argument("--download", action="store_true", help="fetch or prepare the clean data if absent")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(run, args)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from jaxkd.errors import UserError
-from jaxkd.evaluate import (CIFAR100C_CLASSES, DEFAULT_BATCH_SIZE, _check_labels, _pct, evaluate_cifar100c,
+from jaxkd.errors import UserError, run_command
+from jaxkd.evaluate import (CIFAR100C_CLASSES, _check_labels, _pct, add_data_arguments, evaluate_cifar100c,
                             evaluate_split, place_variables, readable_corruptions, write_json)
 from jaxkd.safe_write import write_text_atomically
 
@@ -254,8 +254,6 @@ def run(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxkd.data.sources import SOURCES
-
     parser = argparse.ArgumentParser(prog="python -m jaxkd.robustness", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                         help="a model checkpoint directory, a training workdir or a .pth; one table row each")
@@ -267,22 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="FILE", help="write the markdown table to this file")
     parser.add_argument("--json", metavar="FILE", help="write every number (per checkpoint: evaluate's record) as JSON")
     parser.add_argument("--force", action="store_true", help="replace an existing --out or --json")
-    parser.add_argument("--source", default="tfds", choices=SOURCES, help="where the clean test split comes from")
-    parser.add_argument("--data-dir", help="the source's data directory (see docs/data.md)")
-    parser.add_argument("--download", action="store_true", help="fetch or prepare the clean data if absent")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_data_arguments(parser)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(run, args)
 
 
 if __name__ == "__main__":

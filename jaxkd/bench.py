@@ -15,7 +15,8 @@ are interleaved repeat by repeat so that load from other processes hits them ali
 No dataset is needed: the training set is random uint8 images with random labels (100 classes), and a teacher
 without `config.teacher.checkpoint` gets random weights -- the bench measures speed, not accuracy.
 FLOPs are XLA's count for the compiled train step (`Compiled.cost_analysis()["flops"]`, HloCostAnalysis:
-a multiply-add is 2 FLOPs; forward, backward, teacher forward, optimizer and augmentation all included).
+a multiply-add is 2 FLOPs; forward, backward, teacher forward, optimizer and augmentation all included; one
+device's program, so it is multiplied by the number of devices).
 The PyTorch FLOP/s divides the same count by PyTorch's time (the same arithmetic, minus augmentation).
 
 It prints a table and writes one JSON record per method to `--out` as `<date>-<device>-<method>.json` (a
@@ -190,7 +191,9 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int) -> tuple[Part
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    # XLA counts one device's program: times the devices, for the whole step (the replicated optimizer
+    # update is then counted once per device, as it is computed)
+    flops = float(cost.get("flops", 0.0)) * setup.mesh.devices.size if cost else 0.0
 
     def step_once():
         carry["state"], carry["sums"] = train_step(carry["state"], carry["sums"], teacher_variables, *data,
@@ -341,9 +344,10 @@ def device_slug(info: dict) -> str:
 
 
 def thread_settings() -> dict:
+    """Threads, XLA flags and allocator settings in effect (the CPU affinity is in `device_info`)."""
     settings = {name: os.environ.get(name) for name in
-                ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-                 "TF_NUM_INTEROP_THREADS")}
+                ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GLIBC_TUNABLES",
+                 "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")}
     settings = {name: value for name, value in settings.items() if value is not None}
     try:
         import torch
@@ -443,7 +447,8 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         "loss": {"gamma": config.loss.gamma, "alpha": config.loss.alpha, "beta": config.loss.beta,
                  "kd_temperature": config.loss.kd_temperature},
         "data": "synthetic uint8, 100 classes",
-        "flops_count": "XLA HloCostAnalysis 'flops' of the compiled jaxkd train step (multiply-add = 2)",
+        "flops_count": "XLA HloCostAnalysis 'flops' of the compiled jaxkd train step (multiply-add = 2), "
+                       "times the number of devices",
         "results": results,
         "device": info, "threads": thread_settings(), "versions": versions(), "git_commit": git_commit(),
         "load_average_before": load_before, "load_average_after": load_after,

@@ -6,7 +6,8 @@ For a method config and its student/teacher pair, one run times, on the same dev
       student forward/backward, method term, SGD, metric sums), N steps per repeat;
   (b) `torch step`: the same step in PyTorch eager with the seed's models (`convert.torch_models`): teacher in
       eval mode under no_grad, gamma * CE + alpha * KD (DistillKL), SGD momentum/weight decay from the config,
-      on pre-normalized batches (the seed augments in DataLoader workers, off the training thread);
+      on pre-normalized batches (the seed augments in DataLoader workers, off the training thread); for
+      methods other than none and kd only this CE + KD step is timed, without the method's term (noted);
   (c) `jaxkd epoch`: an epoch as `jaxkd.train` runs it (epoch permutation, steps, metric fetches every
       `log_every_steps` and at the end), on `--epoch_images` images.
 Compilation and warm-up are excluded; every repeat ends with `block_until_ready` (CUDA: synchronize); the parts
@@ -417,8 +418,9 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         else:
             parts.append(torch_part(config, setup, steps, warmup_steps, torch_device, dtype_name))
             if config.method not in ("none", "kd"):
-                notes.append(f"the PyTorch step has the teacher forward and gamma*CE + alpha*KD only, not the "
-                             f"{config.method} term: its ratio flatters PyTorch")
+                notes.append(f"the PyTorch step is the seed's CE + KD step (with the teacher forward where there "
+                             f"is a teacher), without the {config.method} term and modules: the ratio flatters "
+                             f"PyTorch")
     parts.append(epoch_part)
     for _ in range(repeats):  # interleaved, so that load from other processes hits every part alike
         for part in parts:

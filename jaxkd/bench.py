@@ -130,7 +130,8 @@ def bench_setup(config, train: Split, devices, dtype=jnp.float32) -> Setup:
     if method.uses_teacher:
         if config.teacher.checkpoint:
             loaded = load_teacher(config, method, train.num_classes)
-            teacher = Teacher(get_model(loaded.arch, train.num_classes, dtype=dtype), loaded.variables, loaded.arch)
+            teacher = Teacher(get_model(loaded.arch, train.num_classes, dtype=dtype), loaded.variables,
+                              loaded.arch)
         else:
             if not config.teacher.arch:
                 raise UserError(f"method {config.method!r} needs a teacher: set --config.teacher.arch (random "

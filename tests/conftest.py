@@ -12,6 +12,12 @@ def randomized_torch_model(arch: str, num_classes: int = 100, seed: int = 0):
     (not 1/0), and a non-zero classifier bias, so that every tensor's mapping matters."""
     torch.manual_seed(seed)
     model = get_torch_model(arch, num_classes)
+    randomize_batchnorm_and_bias(model, model.linear)
+    return model
+
+
+def randomize_batchnorm_and_bias(model: torch.nn.Module, classifier: torch.nn.Linear) -> None:
+    """Gives every BatchNorm2d non-trivial parameters and running statistics and the classifier a bias."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -20,8 +26,7 @@ def randomized_torch_model(arch: str, num_classes: int = 100, seed: int = 0):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
                 module.num_batches_tracked.fill_(1000)
-        model.linear.bias.uniform_(-0.1, 0.1)
-    return model
+        classifier.bias.uniform_(-0.1, 0.1)
 
 
 def nchw(images_nhwc: np.ndarray) -> torch.Tensor:

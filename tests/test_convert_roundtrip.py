@@ -12,7 +12,7 @@ import convert
 from convert.torch_models import get_torch_model
 from jaxkd.errors import UserError
 from jaxkd.models import get_model
-from tests.conftest import assert_close_scaled, nchw, randomized_torch_model
+from tests.conftest import assert_close_scaled, nchw, randomize_batchnorm_and_bias, randomized_torch_model
 from tests.reference.repdistiller_wrn import WideResNet as RepDistillerWRN
 
 
@@ -63,14 +63,7 @@ def test_export_of_import_gives_back_the_original_tensors(rng):
 def _randomized_repdistiller_wrn(depth, width, num_classes, seed):
     torch.manual_seed(seed)
     model = RepDistillerWRN(depth, num_classes, width)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.3, 0.3)
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-        model.fc.bias.uniform_(-0.1, 0.1)
+    randomize_batchnorm_and_bias(model, model.fc)
     return model.eval()
 
 

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxkd.compile_options import compiler_options
 from jaxkd.data.augment import normalize
 from jaxkd.data.cifar100c import SEVERITIES, Cifar100C
 from jaxkd.errors import UserError, run_command
@@ -55,13 +56,20 @@ def eval_step_for(model, mesh: jax.sharding.Mesh | None = None):
     step(variables, images uint8 (B, 32, 32, 3), labels int32 (B,), mask bool (B,), counts int32 (3,))
       -> counts + (top-1 correct, top-5 correct, images counted), masked examples excluded.
     Variables and counts are replicated, the batch is split over the `data` axis; the shardings are fixed so
-    that the counts it returns feed the next call without a recompile.
+    that the counts it returns feed the next call without a recompile. Compiled with jaxkd's compiler options
+    for the mesh's platform (`jaxkd.compile_options`: YNN fusions on CPU unless JAXKD_CPU_YNN=0).
     """
-    return _jitted_eval_step(model, data_mesh() if mesh is None else mesh)
+    mesh = data_mesh() if mesh is None else mesh
+    return _jitted_eval_step(model, mesh, _options_key(mesh))
+
+
+def _options_key(mesh) -> tuple:
+    """The compiler options for `mesh` as a hashable cache key (a changed JAXKD_CPU_YNN gets a new step)."""
+    return tuple(sorted((compiler_options(mesh) or {}).items()))
 
 
 @functools.cache
-def _jitted_eval_step(model, mesh: jax.sharding.Mesh):
+def _jitted_eval_step(model, mesh: jax.sharding.Mesh, options: tuple):
     whole, sharded = replicated(mesh), batch_sharded(mesh)
 
     def eval_step(variables, images, labels, mask, counts):
@@ -69,7 +77,7 @@ def _jitted_eval_step(model, mesh: jax.sharding.Mesh):
         return counts + _batch_counts(logits, labels, mask).astype(counts.dtype)
 
     return jax.jit(eval_step, in_shardings=(whole, sharded, sharded, sharded, whole),
-                   out_shardings=whole)
+                   out_shardings=whole, compiler_options=dict(options) or None)
 
 
 def _batch_counts(logits, labels, mask) -> jax.Array:
@@ -81,7 +89,7 @@ def _batch_counts(logits, labels, mask) -> jax.Array:
 
 
 @functools.cache
-def _jitted_classifiers_step(logits_fn, names: tuple, mesh: jax.sharding.Mesh):
+def _jitted_classifiers_step(logits_fn, names: tuple, mesh: jax.sharding.Mesh, options: tuple):
     whole, sharded = replicated(mesh), batch_sharded(mesh)
 
     def eval_step(variables, images, labels, mask, counts):
@@ -89,7 +97,8 @@ def _jitted_classifiers_step(logits_fn, names: tuple, mesh: jax.sharding.Mesh):
         rows = [_batch_counts(logits[name], labels, mask) for name in names]
         return counts + jnp.stack(rows).astype(counts.dtype)
 
-    return jax.jit(eval_step, in_shardings=(whole, sharded, sharded, sharded, whole), out_shardings=whole)
+    return jax.jit(eval_step, in_shardings=(whole, sharded, sharded, sharded, whole), out_shardings=whole,
+                   compiler_options=dict(options) or None)
 
 
 # ---------------------------------------------------------------------------------------- library functions
@@ -189,7 +198,7 @@ def evaluate_classifiers(logits_fn, variables, images: np.ndarray, labels: np.nd
     names = tuple(shapes)
     for name in names:
         _check_labels(labels, shapes[name].shape[-1], "the dataset")
-    step = _jitted_classifiers_step(logits_fn, names, mesh)
+    step = _jitted_classifiers_step(logits_fn, names, mesh, _options_key(mesh))
     counts = jax.device_get(_accumulate(step, variables, images, labels, batch_size, mesh, None, len(names)))
     return {name: _summary(row) for name, row in zip(names, counts)}
 

@@ -41,6 +41,7 @@ import torch
 import convert
 from configs import default
 from convert.torch_models import get_torch_model
+from jaxkd.compile_options import compiler_options
 from jaxkd.data import Split
 from jaxkd.evaluate import data_mesh
 from jaxkd.methods import Batch, get_method
@@ -158,7 +159,8 @@ def _run_jax(config, student_init: dict, teacher_variables, images, labels):
         with nn.intercept_methods(_record_preactivations):
             return engine_update(state, batch, teacher_variables)
 
-    update = jax.jit(update)  # compiled once, all steps have the same shapes
+    # compiled once (all steps have the same shapes), with the engine's compiler options (YNN fusions on CPU)
+    update = jax.jit(update, compiler_options=compiler_options(setup.mesh))
     schedule = learning_rate_schedule(config.optimizer.lr, config.optimizer.lr_decay_epochs,
                                       config.optimizer.lr_decay_rate, STEPS_PER_EPOCH)
     history, masks = [], []

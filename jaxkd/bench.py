@@ -12,6 +12,14 @@ For a method config and its student/teacher pair, one run times, on the same dev
       `log_every_steps` and at the end), on `--epoch_images` images.
 Compilation and warm-up are excluded; every repeat ends with `block_until_ready` (CUDA: synchronize); the parts
 are interleaved repeat by repeat so that load from other processes hits them alike; medians are reported.
+The jaxkd step is compiled with the engine's compiler options (`jaxkd.compile_options`: the YNN fusions on CPU
+unless JAXKD_CPU_YNN=0); the record says which.
+
+`--ab=KEY` times two variants of (a) in one process, with (b) unless --notorch and without (c), interleaved
+repeat by repeat (the two variants alternate which goes first), and reports the median of the per-repeat speed
+ratios B/A:
+  `--ab=ynn`: the step compiled without (A) and with (B) the CPU YNN option (CPU only);
+  `--ab=saliencymix` (any boolean config key, dotted for sections): the config with KEY=False (A) and True (B).
 
 No dataset is needed: the training set is random uint8 images with random labels (100 classes), and a teacher
 without `config.teacher.checkpoint` gets random weights -- the bench measures speed, not accuracy.
@@ -20,8 +28,9 @@ a multiply-add is 2 FLOPs; forward, backward, teacher forward, optimizer and aug
 device's program, so it is multiplied by the number of devices).
 The PyTorch FLOP/s divides the same count by PyTorch's time (the same arithmetic, minus augmentation).
 
-It prints a table and writes one JSON record per method to `--out` as `<date>-<device>-<method>.json` (a
-`-2`, `-3`... suffix when that name exists: nothing is ever overwritten). benchmarks/README.md has the results.
+It prints a table and writes one JSON record per method to `--out` as `<date>-<device>-<method>.json`
+(`...-<method>-ab-<key>.json` for an A/B; a `-2`, `-3`... suffix when that name exists: nothing is ever
+overwritten). benchmarks/README.md has the results.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxkd.compile_options import CPU_YNN_OFF_OPTIONS, CPU_YNN_OPTIONS, YNN_OPTION, compiler_options
 from jaxkd.data import Split, epoch_permutation, steps_per_epoch
 from jaxkd.data.augment import MEAN, STD
 from jaxkd.errors import UserError
@@ -57,7 +67,8 @@ from jaxkd.train import (METRIC_NAMES, Setup, Teacher, check_config, create_trai
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: compiler options, cpu_ynn, saliencymix, A/B runs
+AB_YNN = "ynn"
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -175,8 +186,18 @@ class Part:
         return out
 
 
-def jax_parts(setup: Setup, config, steps: int, warmup_steps: int) -> tuple[Part, Part]:
-    """(a) the train step and (c) the epoch, sharing one compiled step, compiled and warmed up here."""
+def ynn_in_effect(options: dict | None) -> bool:
+    """Whether XLA:CPU runs with YNN fusions: asked by `options` or by an XLA_FLAGS entry."""
+    if options is not None and YNN_OPTION in options:
+        return bool(options[YNN_OPTION])
+    match = re.search(YNN_OPTION + r"=(\S*)", os.environ.get("XLA_FLAGS", ""))
+    return bool(match and match.group(1).strip("'\""))
+
+
+def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, options: dict | None = None,
+              name: str = "jaxkd step") -> tuple[Part, Part]:
+    """(a) the train step and (c) the epoch, sharing one compiled step, compiled (with XLA `options`, which
+    override any the engine's jit has) and warmed up here."""
     on_all = replicated(setup.mesh)
     state = jax.device_put(create_train_state(setup, config), on_all)
     teacher_variables = jax.device_put(setup.teacher.variables, on_all) if setup.teacher else None
@@ -189,9 +210,11 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int) -> tuple[Part
     carry = {"state": state, "sums": zero_sums(setup)}
 
     start = time.perf_counter()
-    compiled = train_step.lower(carry["state"], carry["sums"], teacher_variables, *data, permutation).compile()
+    # from here on train_step is the compiled executable (with `options`): every call below runs it
+    train_step = train_step.lower(carry["state"], carry["sums"], teacher_variables, *data,
+                                  permutation).compile(compiler_options=options)
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
+    cost = train_step.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     # XLA counts one device's program: times the devices, for the whole step (the replicated optimizer
     # update is then counted once per device, as it is computed)
@@ -234,9 +257,11 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int) -> tuple[Part
     permutation_of(base_key, 1).block_until_ready()  # compiled before timing
     jax.device_get(carry["sums"])
     batch = config.batch_size
-    step_part = Part("jaxkd step", steps * batch, run_steps, flops / batch if flops else None,
+    step_part = Part(name, steps * batch, run_steps, flops / batch if flops else None,
                      {"compile_s": compile_s, "warmup_s": first_steps_s, "steps": steps,
-                      "flops_per_step": flops, "bytes_accessed_per_step": float(cost.get("bytes accessed", 0.0))})
+                      "flops_per_step": flops, "bytes_accessed_per_step": float(cost.get("bytes accessed", 0.0)),
+                      "compiler_options": options, "cpu_ynn": setup.mesh.devices.flat[0].platform == "cpu"
+                      and ynn_in_effect(options)})
     epoch_part = Part("jaxkd epoch", spe * batch, run_epoch, flops / batch if flops else None,
                       {"steps": spe, "log_every_steps": log_every})
     return step_part, epoch_part
@@ -381,11 +406,14 @@ def git_commit() -> str | None:
 
 
 def write_record(record: dict, out_dir) -> Path:
-    """Writes `record` as `<date>-<device>-<method>[-k].json` in `out_dir`, never replacing a file: the JSON
-    goes to a temporary name and is hard-linked to the first free name (atomic, fails if the name exists)."""
+    """Writes `record` as `<date>-<device>-<method>[-ab-<key>][-k].json` in `out_dir`, never replacing a file:
+    the JSON goes to a temporary name and is hard-linked to the first free name (atomic, fails if the name
+    exists)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{record['date']}-{device_slug(record['device'])}-{record['method']}"
+    if record.get("ab"):
+        stem += "-ab-" + re.sub(r"[^a-z0-9]+", "-", record["ab"].lower()).strip("-")
     temporary = out_dir / f".{stem}.{os.getpid()}.tmp"
     temporary.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     try:
@@ -402,42 +430,100 @@ def write_record(record: dict, out_dir) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- run
+def _config_path(config, key: str):
+    """(the ConfigDict holding dotted `key`, its last name), or a UserError naming the key."""
+    *sections, name = key.split(".")
+    holder = config
+    for section in sections:
+        if section not in holder or not hasattr(holder[section], "keys"):
+            raise UserError(f"--ab={key}: the config has no section {section!r}")
+        holder = holder[section]
+    if name not in holder:
+        raise UserError(f"--ab={key}: the config has no key {key!r}")
+    return holder, name
+
+
+def ab_variants(config, ab: str, platform_name: str) -> list[tuple[str, object, dict | None]]:
+    """[(part name, config, XLA compiler options)] of the jaxkd steps to time: the config with the engine's
+    options when `ab` is empty; else variant A and variant B (see the module docstring)."""
+    options = compiler_options(platform_name)
+    if not ab:
+        return [("jaxkd step", config, options)]
+    if ab == AB_YNN:
+        if platform_name != "cpu":
+            raise UserError(f"--ab={AB_YNN} compares an XLA:CPU option; the devices here are {platform_name}")
+        return [(f"jaxkd step [{AB_YNN}=off]", config, dict(CPU_YNN_OFF_OPTIONS)),
+                (f"jaxkd step [{AB_YNN}=on]", config, dict(CPU_YNN_OPTIONS))]
+    holder, name = _config_path(config, ab)
+    if not isinstance(holder[name], bool):
+        raise UserError(f"--ab={ab}: {ab} is {holder[name]!r}; --ab takes '{AB_YNN}' or a boolean config key")
+    variants = []
+    for value in (False, True):
+        variant = config.copy_and_resolve_references()
+        holder, name = _config_path(variant, ab)
+        with variant.unlocked():
+            holder[name] = value
+        variants.append((f"jaxkd step [{ab}={value}]", variant, options))
+    return variants
+
+
+def _same_or_none(values: list):
+    return values[0] if all(v == values[0] for v in values) else None
+
+
 def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_images: int, dtype_name: str,
-                 devices, with_torch: bool, notes: list[str]) -> dict:
-    """Times (a), (b) and (c) for one method config; returns the JSON record."""
+                 devices, with_torch: bool, notes: list[str], ab: str = "") -> dict:
+    """Times (a), (b) and (c) for one method config, or with `ab` the two variants of (a) and (b); returns the
+    JSON record."""
     batch = config.batch_size
     train = synthetic_split(max(epoch_images, batch), seed=config.seed)
-    setup = bench_setup(config, train, devices, DTYPES[dtype_name])
     info = device_info(devices)
     load_before = os.getloadavg()
-    step_part, epoch_part = jax_parts(setup, config, steps, warmup_steps)
-    parts = [step_part]
+    step_parts, setup, epoch_part = [], None, None
+    for name, variant, options in ab_variants(config, ab, info["platform"]):
+        variant_setup = bench_setup(variant, train, devices, DTYPES[dtype_name])
+        step_part, epoch_part = jax_parts(variant_setup, variant, steps, warmup_steps, options, name)
+        step_parts.append(step_part)
+        setup = setup or variant_setup
+    others = []
     if with_torch:
         torch_device = torch_device_for(info["platform"])
         if torch_device is None:
             notes.append(f"PyTorch step skipped: this PyTorch cannot run on {info['platform']}")
         else:
-            parts.append(torch_part(config, setup, steps, warmup_steps, torch_device, dtype_name))
+            others.append(torch_part(config, setup, steps, warmup_steps, torch_device, dtype_name))
             if config.method not in ("none", "kd"):
                 notes.append(f"the PyTorch step is the seed's CE + KD step (with the teacher forward where there "
                              f"is a teacher), without the {config.method} term and modules: the ratio flatters "
                              f"PyTorch")
-    parts.append(epoch_part)
-    for _ in range(repeats):  # interleaved, so that load from other processes hits every part alike
-        for part in parts:
+    if ab:
+        notes.append(f"A/B of {ab}: the two jaxkd steps interleaved, alternating which runs first; no epoch part")
+    else:
+        others.append(epoch_part)
+    for repeat in range(repeats):  # interleaved, so that load from other processes hits every part alike
+        for part in (step_parts if repeat % 2 == 0 else step_parts[::-1]) + others:
             part.seconds.append(part.run())
     load_after = os.getloadavg()
 
+    parts = step_parts + others
     results = {part.name: part.summary() for part in parts}
     if "torch step" in results:
         torch_seconds = results["torch step"]["seconds"]
-        # per-repeat ratios of neighbouring measurements, then their median: robust to slow drifts in load
-        ratios = [t / j for j, t in zip(step_part.seconds, torch_seconds)]
-        results["ratio_jaxkd_over_torch"] = statistics.median(ratios)
-        results["ratio_jaxkd_over_torch_per_repeat"] = ratios
-        if step_part.flops_per_image:
-            results["torch step"]["flops_per_s_same_count"] = (step_part.flops_per_image * batch /
+        for step_part in step_parts:
+            # per-repeat ratios of neighbouring measurements, then their median: robust to slow drifts in load
+            ratios = [t / j for j, t in zip(step_part.seconds, torch_seconds)]
+            where = results if not ab else results[step_part.name]
+            where["ratio_jaxkd_over_torch"] = statistics.median(ratios)
+            where["ratio_jaxkd_over_torch_per_repeat"] = ratios
+        if step_parts[0].flops_per_image:
+            results["torch step"]["flops_per_s_same_count"] = (step_parts[0].flops_per_image * batch /
                                                                (statistics.median(torch_seconds) / steps))
+    if ab:
+        a, b = step_parts
+        speed = [sa / sb for sa, sb in zip(a.seconds, b.seconds)]
+        results["ab"] = {"key": ab, "a": a.name, "b": b.name, "speed_ratio_b_over_a": statistics.median(speed),
+                         "speed_ratio_b_over_a_per_repeat": speed,
+                         "time_change_b_over_a_percent": 100 * (statistics.median([1 / r for r in speed]) - 1)}
     teacher = setup.teacher.arch if setup.teacher else None
     return {
         "version": RECORD_VERSION,
@@ -447,6 +533,9 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         "teacher_weights": "checkpoint" if config.teacher.checkpoint else ("random" if teacher else None),
         "batch_size": batch, "compute_dtype": dtype_name, "steps": steps, "repeats": repeats,
         "warmup_steps": warmup_steps, "epoch_images": len(train),
+        "saliencymix": bool(config.get("saliencymix", False)), "ab": ab or None,
+        "compiler_options": _same_or_none([p.info["compiler_options"] for p in step_parts]),
+        "cpu_ynn": _same_or_none([p.info["cpu_ynn"] for p in step_parts]),
         "loss": {"gamma": config.loss.gamma, "alpha": config.loss.alpha, "beta": config.loss.beta,
                  "kd_temperature": config.loss.kd_temperature},
         "data": "synthetic uint8, 100 classes",
@@ -462,21 +551,27 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
 def format_table(record: dict) -> str:
     results = record["results"]
     teacher = f"{record['teacher']} -> " if record["teacher"] else ""
+    ynn = {True: ", YNN on", False: ", YNN off"}.get(record.get("cpu_ynn"), "")
+    parts = [name for name, value in results.items() if isinstance(value, dict) and "images_per_s" in value]
+    width = max(12, *map(len, parts))
     lines = [f"{record['method']}: {teacher}{record['student']}, batch {record['batch_size']}, "
-             f"{record['compute_dtype']}, {record['device']['device_kind']} ({record['device']['cpu_model']}), "
+             f"{record['compute_dtype']}{ynn}, {record['device']['device_kind']} ({record['device']['cpu_model']}), "
              f"median of {record['repeats']}",
-             f"  {'part':<12} {'images/s':>10} {'(min-max)':>17} {'ms/step':>9} {'GFLOP/s':>9}"]
-    for name in ("jaxkd step", "torch step", "jaxkd epoch"):
-        if name not in results:
-            continue
+             f"  {'part':<{width}} {'images/s':>10} {'(min-max)':>17} {'ms/step':>9} {'GFLOP/s':>9}"]
+    for name in parts:
         part = results[name]
         ms = 1000 * record["batch_size"] / part["images_per_s"]
         gflops = part.get("flops_per_s", part.get("flops_per_s_same_count"))
-        lines.append(f"  {name:<12} {part['images_per_s']:>10.1f} "
+        ratio = f"  jaxkd / torch {part['ratio_jaxkd_over_torch']:.3f}" if "ratio_jaxkd_over_torch" in part else ""
+        lines.append(f"  {name:<{width}} {part['images_per_s']:>10.1f} "
                      f"{part['images_per_s_min']:>8.1f}-{part['images_per_s_max']:<8.1f} {ms:>9.1f} "
-                     f"{gflops / 1e9 if gflops else float('nan'):>9.1f}")
+                     f"{gflops / 1e9 if gflops else float('nan'):>9.1f}{ratio}")
     if "ratio_jaxkd_over_torch" in results:
         lines.append(f"  jaxkd / torch (images/s): {results['ratio_jaxkd_over_torch']:.3f}")
+    if "ab" in results:
+        ab = results["ab"]
+        lines.append(f"  A/B {ab['key']}: B/A speed {ab['speed_ratio_b_over_a']:.3f} (median of per-repeat ratios), "
+                     f"step time {ab['time_change_b_over_a_percent']:+.1f}%")
     for note in record["notes"]:
         lines.append(f"  note: {note}")
     return "\n".join(lines)
@@ -484,9 +579,9 @@ def format_table(record: dict) -> str:
 
 def run(config, *, methods: str = "", steps: int = 20, repeats: int = 5, warmup_steps: int = 2,
         epoch_images: int = 0, dtype_name: str = "float32", num_devices: int = 1, with_torch: bool = True,
-        torch_threads: int = 0, out: str | None = "benchmarks/results", note: str = "") -> list[dict]:
+        torch_threads: int = 0, out: str | None = "benchmarks/results", note: str = "", ab: str = "") -> list[dict]:
     """Benchmarks every method of `methods` ("" = the config's, "all" = every registered one, or a comma
-    list); returns the records (and writes them to `out` unless it is empty)."""
+    list); returns the records (and writes them to `out` unless it is empty). `ab`: see the module docstring."""
     if steps < 1 or repeats < 1:
         raise UserError(f"--steps and --repeats must be positive (got {steps}, {repeats})")
     if dtype_name not in DTYPES:
@@ -509,7 +604,7 @@ def run(config, *, methods: str = "", steps: int = 20, repeats: int = 5, warmup_
         return [record for method in names
                 for record in _run_method(config, method, steps=steps, repeats=repeats, warmup_steps=warmup_steps,
                                           epoch_images=epoch_images, dtype_name=dtype_name, devices=devices,
-                                          with_torch=with_torch, out=out, note=note)]
+                                          with_torch=with_torch, out=out, note=note, ab=ab)]
     finally:
         if with_torch and torch_threads:
             torch.set_num_threads(previous_threads)  # the setting is process-wide (matters inside test runs)
@@ -555,6 +650,9 @@ def main(argv=None) -> int:
                          flag_values=flags_)
     flags.DEFINE_string("out", "benchmarks/results", "folder for the JSON records ('' = do not write)",
                         flag_values=flags_)
+    flags.DEFINE_string("ab", "", f"'' = no A/B; '{AB_YNN}' = the jaxkd step without vs with the CPU YNN compiler "
+                        "option; a boolean config key (e.g. saliencymix) = the config with it False vs True. "
+                        "The two steps are timed interleaved in this process", flag_values=flags_)
     flags.DEFINE_string("note", "", "a free-text note stored in the records (e.g. the XLA_FLAGS tried)",
                         flag_values=flags_)
     try:
@@ -570,7 +668,7 @@ def main(argv=None) -> int:
         run(flags_.config, methods=flags_.methods, steps=flags_.steps, repeats=flags_.repeats,
             warmup_steps=flags_.warmup_steps, epoch_images=flags_.epoch_images, dtype_name=flags_.dtype,
             num_devices=flags_.num_devices, with_torch=flags_.torch, torch_threads=flags_.torch_threads,
-            out=flags_.out, note=flags_.note)
+            out=flags_.out, note=flags_.note, ab=flags_.ab)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -4,10 +4,13 @@ parts timed, written only where asked (a temporary folder), never over an existi
 import json
 from pathlib import Path
 
+import jax
 import pytest
 
 from configs import kd_wrn
 from jaxkd import bench
+from jaxkd.compile_options import CPU_YNN_OPTIONS, ENV_VAR
+from jaxkd.errors import UserError
 from jaxkd.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,11 +35,45 @@ def test_tiny_bench_writes_a_record_per_method(tmp_path, capsys):
         assert record["results"]["ratio_jaxkd_over_torch"] > 0
         assert record["threads"]["torch_num_threads"] == 1
         assert "test" in record["notes"]
+        on_cpu = record["device"]["platform"] == "cpu"  # the engine's compiler options, recorded
+        assert record["cpu_ynn"] is on_cpu and (record["compiler_options"] == CPU_YNN_OPTIONS) is on_cpu
     # the teacher forward adds FLOPs: XLA's count sees it
     assert (records["kd"]["results"]["jaxkd step"]["flops_per_step"]
             > records["none"]["results"]["jaxkd step"]["flops_per_step"])
     assert "jaxkd / torch" in capsys.readouterr().out
     assert sorted((REPO / "benchmarks" / "results").glob("*")) == results_before  # nothing written in the repo
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="--ab=ynn compares an XLA:CPU option")
+def test_ab_of_the_ynn_option_times_both_steps_in_one_process(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    argv = ["bench", f"--config={REPO / 'configs' / 'kd_wrn.py'}", "--methods=none", "--ab=ynn", "--notorch",
+            f"--out={tmp_path}", *TINY, "--repeats=2"]
+    assert bench.main(argv) == 0
+    [path] = tmp_path.glob("*.json")
+    record = json.loads(path.read_text())
+    assert path.name.endswith("-none-ab-ynn.json") and record["ab"] == "ynn" and record["cpu_ynn"] is None
+    off, on = record["results"]["jaxkd step [ynn=off]"], record["results"]["jaxkd step [ynn=on]"]
+    assert (off["cpu_ynn"], on["cpu_ynn"]) == (False, True) and on["compiler_options"] == CPU_YNN_OPTIONS
+    assert len(off["seconds"]) == len(on["seconds"]) == 2 and "jaxkd epoch" not in record["results"]
+    ab = record["results"]["ab"]
+    assert ab["speed_ratio_b_over_a"] > 0 and len(ab["speed_ratio_b_over_a_per_repeat"]) == 2
+    assert "A/B ynn" in capsys.readouterr().out
+
+
+def test_ab_of_a_boolean_config_key():
+    config = kd_wrn.get_config()
+    config.lock()
+    variants = bench.ab_variants(config, "saliencymix", "cpu")
+    assert [name for name, _, _ in variants] == ["jaxkd step [saliencymix=False]", "jaxkd step [saliencymix=True]"]
+    assert [c.saliencymix for _, c, _ in variants] == [False, True] and not config.saliencymix
+    assert variants[0][2] == variants[1][2]  # the same compiler options for both
+    with pytest.raises(UserError, match="boolean config key"):
+        bench.ab_variants(config, "loss.alpha", "cpu")
+    with pytest.raises(UserError, match="no key 'loss.nope'"):
+        bench.ab_variants(config, "loss.nope", "cpu")
+    with pytest.raises(UserError, match="needs|compares an XLA:CPU option"):
+        bench.ab_variants(config, "ynn", "gpu")
 
 
 def test_records_are_never_overwritten(tmp_path):

@@ -35,6 +35,9 @@ def get_config() -> ConfigDict:
     config.optimizer.weight_decay = 5e-4
     config.optimizer.lr_decay_epochs = (150, 180, 210)
     config.optimizer.lr_decay_rate = 0.1
+    # "linear": lr * batch_size / lr_reference_batch, for large global batches on many devices (docs/scale_out.md).
+    config.optimizer.lr_scaling = "none"
+    config.optimizer.lr_reference_batch = 64
 
     # total = gamma * CE + alpha * KD(T) + beta * method term (RepDistiller's -r/-a/-b).
     config.loss = ConfigDict()

@@ -1,5 +1,6 @@
 """Where a run's numbers go: one JSON object per line in `WORKDIR/metrics.jsonl`, and TensorBoard event files in
-`WORKDIR/tensorboard` (written with tensorboardX, no TensorFlow needed)."""
+`WORKDIR/tensorboard` (written with tensorboardX, no TensorFlow needed). In a multi-process run only process 0
+writes (`active`); the others' logs record nothing."""
 
 import json
 import math
@@ -9,13 +10,17 @@ from tensorboardX import SummaryWriter
 
 
 class MetricLog:
-    def __init__(self, workdir):
-        workdir = Path(workdir)
-        self.jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
-        self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+    def __init__(self, workdir, active: bool = True):
+        self.active = active
+        if active:
+            workdir = Path(workdir)
+            self.jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
+            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, kind: str, values: dict) -> None:
         """Records `values` (name -> number) at `step`; `kind` groups them (train, eval, teacher)."""
+        if not self.active:
+            return
         record = {"step": int(step), "kind": kind}
         record.update({k: (float(v) if isinstance(v, float) or hasattr(v, "dtype") else v)
                        for k, v in values.items()})
@@ -27,5 +32,7 @@ class MetricLog:
                     self.tensorboard.add_scalar(f"{kind}/{name}", value, int(step))
 
     def close(self) -> None:
+        if not self.active:
+            return
         self.jsonl.close()
         self.tensorboard.close()

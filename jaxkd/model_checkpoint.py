@@ -6,17 +6,19 @@ model can be rebuilt without the user repeating them, and records where the weig
 
 Writes never leave a half-written or lost directory: Orbax writes into a fresh temporary directory beside the
 target, which is renamed into place only once complete; an existing target is kept unless `force` is given,
-and even then it is replaced only after the new one is complete.
+and even then it is replaced only after the new one is complete. In a multi-process run every process takes
+part in the write (Orbax's protocol) and process 0 moves directories.
 """
 
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxkd import distributed
 from jaxkd.errors import UserError
 
 VARIABLES_ITEM = "variables"
@@ -38,8 +40,11 @@ def save_model_checkpoint(directory, variables: dict, metadata: dict, force: boo
         raise ValueError(f"model metadata lacks {missing}")
     if directory.exists() and not force:
         raise UserError(f"{directory}: already exists (pass --force to replace it)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    primary = distributed.is_primary()
+    staging = directory.parent / f".{directory.name}.{distributed.agree(secrets.randbits(62)):016x}.tmp"
+    if primary:
+        staging.mkdir(parents=True)
+    distributed.barrier(f"model checkpoint {staging.name} staged")
     try:
         arrays = jax.tree.map(np.asarray, variables)
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
@@ -47,12 +52,14 @@ def save_model_checkpoint(directory, variables: dict, metadata: dict, force: boo
                 VARIABLES_ITEM: ocp.args.StandardSave(arrays),
                 METADATA_ITEM: ocp.args.JsonSave(dict(metadata)),
             }))
-        if directory.exists():
-            previous = staging / "previous"
-            directory.rename(previous)
-        (staging / "checkpoint").rename(directory)
+        if primary:
+            if directory.exists():
+                directory.rename(staging / "previous")
+            (staging / "checkpoint").rename(directory)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if primary:
+            shutil.rmtree(staging, ignore_errors=True)
+    distributed.barrier(f"model checkpoint {staging.name} written")
     return directory
 
 

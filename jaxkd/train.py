@@ -29,6 +29,7 @@ import optax
 from jaxkd.data import augment_batch, batch_indices, epoch_permutation, load_split, steps_per_epoch
 from jaxkd.data.augment import crop_flip, normalize, sample_crop_flip
 from jaxkd.data.saliencymix import mixed_cross_entropy, saliencymix
+from jaxkd import distributed
 from jaxkd.errors import UserError
 from jaxkd.evaluate import evaluate_classifiers, evaluate_split
 from jaxkd.losses import cross_entropy, kd_divergence
@@ -37,7 +38,7 @@ from jaxkd.methods import Batch, Method, Probe, get_method
 from jaxkd.metric_log import MetricLog
 from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, load_model, save_model_checkpoint
 from jaxkd.models import canonical_name, get_model
-from jaxkd.optimizer import learning_rate_schedule, make_optimizer
+from jaxkd.optimizer import base_learning_rate, learning_rate_schedule, make_optimizer
 from jaxkd.run_checkpoint import RunCheckpoints
 from jaxkd.train_state import TrainState
 
@@ -79,6 +80,7 @@ def check_config(config, mesh) -> None:
         raise UserError(f"saliencymix_prob must be in [0, 1], got {config.saliencymix_prob}")
     if config.batch_size % mesh.devices.size:
         raise UserError(f"batch_size {config.batch_size} is not divisible by the {mesh.devices.size} devices")
+    base_learning_rate(config)  # checks the lr scaling settings
 
 
 def load_teacher(config, method: Method, num_classes: int) -> Teacher | None:
@@ -188,7 +190,9 @@ def make_train_step(setup: Setup, config):
     batch_sharding = batch_sharded(setup.mesh)
 
     def train_step(state: TrainState, sums, teacher_variables, images, labels, index, permutation):
-        indices = batch_indices(permutation, state.step % spe, batch_size)
+        # Each device gathers and augments only its rows of the global batch.
+        indices = jax.lax.with_sharding_constraint(batch_indices(permutation, state.step % spe, batch_size),
+                                                   batch_sharding)
         augment_rng, method_rng, mix_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
         pixels = crop_flip(images[indices], *sample_crop_flip(augment_rng, batch_size))  # still uint8
         partners, lam = None, 1.0
@@ -234,21 +238,33 @@ def zero_sums(setup: Setup):
 
 
 class StopRequest:
-    """Turns SIGTERM into a flag the loop checks between steps (without touching the device)."""
+    """SIGTERM (preemption) as a decision the loop takes between steps, without touching the device.
+
+    One process: a signal handler sets a flag. Several processes: JAX's preemption sync point, which tells every
+    process to stop after the same step whichever of them got the signal (its notifier handles SIGTERM)."""
 
     def __init__(self):
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._multiprocess = distributed.is_multiprocess()
+        self._previous = None if self._multiprocess else signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
 
+    def before_step(self, step: int) -> bool:
+        """Whether to stop instead of running `step` (call once per step, in order)."""
+        if self._multiprocess and not self.requested:
+            self.requested = distributed.preemption_requested(step)
+        return self.requested
+
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def save_config(config, workdir: Path) -> None:
-    """Writes `config.json`; a workdir that already holds a different run is refused (resume must be exact)."""
+    """Writes `config.json` (process 0); a workdir that already holds a different run is refused (resume must
+    be exact)."""
     path = workdir / "config.json"
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     if path.exists():
@@ -261,7 +277,8 @@ def save_config(config, workdir: Path) -> None:
         if changed:
             raise UserError(f"{workdir} holds a run with another config (differs in: {', '.join(changed)}); "
                             f"use a new --workdir to start a different run")
-    path.write_text(text)
+    if distributed.is_primary():
+        path.write_text(text)
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -270,7 +287,7 @@ def train_and_evaluate(config, workdir) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     save_config(config, workdir)
-    log = MetricLog(workdir)
+    log = MetricLog(workdir, active=distributed.is_primary())
     checkpoints = RunCheckpoints(workdir, config.keep_checkpoints)
     stop = StopRequest()
     try:
@@ -282,7 +299,9 @@ def train_and_evaluate(config, workdir) -> dict:
 
 
 def _say(text: str) -> None:
-    print(text, flush=True)
+    """A message for the user, printed once (by process 0)."""
+    if distributed.is_primary():
+        print(text, flush=True)
 
 
 def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCheckpoints, stop: StopRequest):
@@ -314,7 +333,7 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
                              out_shardings=on_all_devices)
     base_key = jax.random.PRNGKey(config.seed)
     opt = config.optimizer
-    lr_at = learning_rate_schedule(opt.lr, opt.lr_decay_epochs, opt.lr_decay_rate, spe)
+    lr_at = learning_rate_schedule(base_learning_rate(config), opt.lr_decay_epochs, opt.lr_decay_rate, spe)
     sums = zero_sums(setup)
     eval_logits = make_eval_logits(setup)
     step = int(state.step)
@@ -344,12 +363,12 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
     while step < total_steps:
         epoch = step // spe  # 0-based
         permutation = permutation_of(base_key, epoch)
-        if config.progress_bar:
+        if config.progress_bar and distributed.is_primary():
             from tqdm import tqdm
             bar = tqdm(total=spe, initial=step % spe, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                        dynamic_ncols=True, file=sys.stdout, disable=None)  # off when not a TTY
         means = None
-        while step < (epoch + 1) * spe and not stop.requested:
+        while step < (epoch + 1) * spe and not stop.before_step(step):
             state, sums = train_step(state, sums, teacher_variables, images, labels, index, permutation)
             step += 1
             if bar is not None:
@@ -397,7 +416,8 @@ RESERVED_EXPORT_NAMES = {TRAINED_MODEL_DIR, "checkpoints", "tensorboard", "stude
 
 def export_models(setup: Setup, config, state: TrainState, workdir: Path, result: dict, progress: dict) -> None:
     """The final student as `model/` (model checkpoint) and `student.pth` (seed layout, loads strictly), and
-    each extra model of the method (DML's peers) as `{name}/` and `{name}.pth`."""
+    each extra model of the method (DML's peers) as `{name}/` and `{name}.pth`. Every process takes part in
+    the Orbax writes; process 0 writes the `.pth` files."""
     common = {"num_classes": setup.train.num_classes, "method": config.method,
               "saliencymix": bool(config.saliencymix), "step": int(state.step), "written_by": "jaxkd.train"}
     models = {"student": (canonical_name(config.model), state.student_variables(),
@@ -418,7 +438,7 @@ def export_models(setup: Setup, config, state: TrainState, workdir: Path, result
         directory = workdir / (TRAINED_MODEL_DIR if name == "student" else name)
         save_model_checkpoint(directory, variables, {"arch": arch, **common, **extra}, force=True)
         written.append(directory)
-        if flax_to_torch is not None:
+        if flax_to_torch is not None and distributed.is_primary():
             write_torch_file(flax_to_torch(variables, arch, num_batches_tracked=int(state.step)),
                              workdir / f"{name}.pth", force=True)
             written.append(workdir / f"{name}.pth")
@@ -449,6 +469,11 @@ def main(argv=None) -> int:
     config_flags.DEFINE_config_file("config", None, "a config file: configs/NAME.py[:ARG]", flag_values=flags_,
                                     lock_config=True, sys_argv=argv)
     flags.DEFINE_string("workdir", None, "where checkpoints, metrics and exports go", flag_values=flags_)
+    flags.DEFINE_string("coordinator_address", None, "multi-process runs: host:port of process 0 (docs/scale_out.md)",
+                        flag_values=flags_)
+    flags.DEFINE_integer("num_processes", None, "multi-process runs: how many processes", flag_values=flags_)
+    flags.DEFINE_integer("process_id", None, "multi-process runs: this process's id, 0..num_processes-1",
+                         flag_values=flags_)
     try:
         try:
             flags_(argv)
@@ -459,6 +484,7 @@ def main(argv=None) -> int:
         if flags_.config is None or not flags_.workdir:
             raise UserError("usage: python -m jaxkd.train --config configs/NAME.py --workdir DIR "
                             "[--config.key=value ...]")
+        distributed.initialize(flags_.coordinator_address, flags_.num_processes, flags_.process_id)
         train_and_evaluate(flags_.config, flags_.workdir)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

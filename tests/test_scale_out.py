@@ -1,0 +1,195 @@
+"""Multi-process runs: `python -m jaxkd.train` on 2 processes x 4 simulated CPU devices, joined by
+`jax.distributed` through a loopback coordinator, trains like one process on one device; only process 0
+writes metrics, messages and exports; its checkpoint restores on one device; SIGTERM to one process stops
+both at the same step.
+
+The run is CRD + KD (configs/crd_kd_wrn.py) on digits with a resnet8 student: the step has the CE, KD and CRD
+terms and CRD's replicated memory banks. Batch 512 makes an epoch 2 steps (1,433 training digits).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from configs import crd_kd_wrn
+from convert.torch_models import get_torch_model
+from jaxkd import train
+from jaxkd.mesh import replicated
+from jaxkd.model_checkpoint import load_model_checkpoint
+from jaxkd.run_checkpoint import RunCheckpoints
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH = 512
+STEPS_PER_EPOCH = 1433 // BATCH
+
+
+def overrides(teacher) -> list[str]:
+    return ["--config.data.source=digits", "--config.model=resnet8", f"--config.teacher.checkpoint={teacher}",
+            "--config.teacher.arch=resnet8", "--config.crd.nce_k=256", f"--config.batch_size={BATCH}",
+            "--config.progress_bar=False"]
+
+
+def config_of(teacher):
+    """The config the command line of `overrides` builds, for restoring its checkpoints here."""
+    config = crd_kd_wrn.get_config()
+    config.data.source, config.model, config.batch_size, config.progress_bar = "digits", "resnet8", BATCH, False
+    config.teacher.checkpoint, config.teacher.arch, config.crd.nce_k = str(teacher), "resnet8", 256
+    return config
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def start(workdir, teacher, *extra, processes: int = 1, devices_per_process: int = 1):
+    """Starts the training command: one process, or `processes` joined through a loopback coordinator."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+    command = [sys.executable, "-m", "jaxkd.train", "--config", "configs/crd_kd_wrn.py", "--workdir",
+               str(workdir), *overrides(teacher), *extra]
+    if processes == 1:
+        return [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)]
+    port = free_port()
+    return [subprocess.Popen(command + [f"--coordinator_address=localhost:{port}", f"--num_processes={processes}",
+                                        f"--process_id={rank}"],
+                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for rank in range(processes)]
+
+
+def finish(processes, timeout=600):
+    """[(returncode, stdout, stderr)] of each process."""
+    results = []
+    for process in processes:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise
+        results.append((process.returncode, stdout, stderr))
+    return results
+
+
+def assert_ok(results):
+    for rank, (code, stdout, stderr) in enumerate(results):
+        assert code == 0, f"process {rank} exited {code}: {stdout[-1500:]}\n{stderr[-3000:]}"
+
+
+def worst_ratio(reference: dict, other: dict) -> float:
+    """Per tensor max|diff| / (1e-4 * max|reference| + 1e-5), the worst over the tree (> 1 fails)."""
+    worst = 0.0
+    for (path, a), (path_b, b) in zip(jax.tree_util.tree_leaves_with_path(reference),
+                                      jax.tree_util.tree_leaves_with_path(other), strict=True):
+        assert path == path_b
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        worst = max(worst, float(np.max(np.abs(a - b))) / (1e-4 * float(np.max(np.abs(a))) + 1e-5))
+    return worst
+
+
+def restore_on_one_device(workdir, teacher):
+    """The latest train state of `workdir`, restored onto this process's single device."""
+    config = config_of(teacher)
+    setup = train.build(config, jax.devices()[:1])
+    template = jax.device_put(train.create_train_state(setup, config), replicated(setup.mesh))
+    checkpoints = RunCheckpoints(workdir, keep=2)
+    try:
+        state, _ = checkpoints.restore(template)
+    finally:
+        checkpoints.close()
+    return state
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "resnet8.pth"
+    torch.manual_seed(0)
+    torch.save(get_torch_model("resnet8", 10).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(teacher, tmp_path_factory):
+    """One epoch (2 steps) on one device, and on 2 processes x 4 devices, run side by side."""
+    one, two = tmp_path_factory.mktemp("one_device"), tmp_path_factory.mktemp("two_processes")
+    single = start(one, teacher, "--config.epochs=1")
+    pair = start(two, teacher, "--config.epochs=1", processes=2, devices_per_process=4)
+    single_results, pair_results = finish(single), finish(pair)
+    assert_ok(single_results)
+    assert_ok(pair_results)
+    return {"one": one, "two": two, "one_results": single_results, "two_results": pair_results}
+
+
+def test_two_processes_train_like_one_device(runs, teacher):
+    one_model, _ = load_model_checkpoint(runs["one"] / "model")
+    two_model, _ = load_model_checkpoint(runs["two"] / "model")
+    # Same tolerance as the 8-device step test: only the order of floating-point reductions differs.
+    assert worst_ratio(one_model, two_model) <= 1, worst_ratio(one_model, two_model)
+    one_state, two_state = restore_on_one_device(runs["one"], teacher), restore_on_one_device(runs["two"], teacher)
+    assert int(two_state.step) == STEPS_PER_EPOCH
+    crd_one, crd_two = (jax.device_get(state.method_state) for state in (one_state, two_state))
+    banks = ("bank_student", "bank_teacher", "z_student", "z_teacher")
+    assert worst_ratio({k: crd_one[k] for k in banks}, {k: crd_two[k] for k in banks}) <= 1
+    # The memory banks really moved (the comparison is not between two initial banks).
+    initial = train.create_train_state(train.build(config_of(teacher), jax.devices()[:1]), config_of(teacher))
+    moved = np.abs(np.asarray(crd_two["bank_student"]) - np.asarray(initial.method_state["bank_student"]))
+    assert np.count_nonzero(moved.max(axis=1) > 1e-3) >= BATCH
+
+
+def test_only_process_0_writes_metrics_messages_and_exports(runs):
+    one_records = [json.loads(line) for line in (runs["one"] / "metrics.jsonl").read_text().splitlines()]
+    two_records = [json.loads(line) for line in (runs["two"] / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["kind"]) for r in two_records] == [(r["step"], r["kind"]) for r in one_records]
+    assert len(list((runs["two"] / "tensorboard").iterdir())) == 1  # one event file: one writer
+    (_, stdout_0, _), (_, stdout_1, _) = runs["two_results"]
+    assert stdout_0.count("final test top-1") == 1 and stdout_0.count("epoch 1/1") == 1
+    assert "top-1" not in stdout_1 and "wrote" not in stdout_1
+    names = sorted(path.name for path in runs["two"].iterdir())
+    assert names == ["checkpoints", "config.json", "metrics.jsonl", "model", "student.pth", "tensorboard"], names
+    exported = torch.load(runs["two"] / "student.pth", weights_only=True)
+    model = get_torch_model("resnet8", 10)
+    model.load_state_dict(exported)  # strict
+
+
+def test_checkpoint_of_two_processes_restores_on_one_device(runs, teacher, tmp_path):
+    state = restore_on_one_device(runs["two"], teacher)
+    model, _ = load_model_checkpoint(runs["two"] / "model")  # written from the same final state
+    restored = jax.device_get(state.student_variables())
+    for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(model),
+                                 jax.tree_util.tree_leaves_with_path(restored), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    assert all(leaf.sharding.device_set == {jax.devices()[0]} for leaf in jax.tree.leaves(state))
+    # And the command resumes it on one device, for a second epoch.
+    code, stdout, stderr = finish(start(runs["two"], teacher, "--config.epochs=2"))[0]
+    assert code == 0, stderr[-3000:]
+    assert f"resumed from {runs['two'] / 'checkpoints'} at step {STEPS_PER_EPOCH} (epoch 2 of 2)" in stdout
+    assert restore_on_one_device(runs["two"], teacher).step == 2 * STEPS_PER_EPOCH
+
+
+def test_sigterm_to_one_process_stops_both_after_the_same_step(teacher, tmp_path):
+    epochs = 30
+    pair = start(tmp_path, teacher, f"--config.epochs={epochs}", "--config.log_every_steps=1",
+                 "--config.eval_every_epochs=100", processes=2, devices_per_process=4)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and '"train"' in metrics.read_text()):  # training has started
+        assert time.monotonic() < deadline and all(p.poll() is None for p in pair), "training did not start"
+        time.sleep(0.2)
+    pair[1].send_signal(signal.SIGTERM)  # the preemption notice reaches process 1 only
+    results = finish(pair)
+    assert [code for code, _, _ in results] == [143, 143], [r[2][-2000:] for r in results]
+    steps = [int(path.name) for path in (tmp_path / "checkpoints").iterdir() if path.name.isdigit()]
+    assert len(steps) == 1 and 0 < steps[0] < epochs * STEPS_PER_EPOCH, steps
+    assert f"SIGTERM: saved a checkpoint at step {steps[0]}" in results[0][1]

@@ -26,6 +26,7 @@ from convert.torch_models import get_torch_model
 from jaxkd import train
 from jaxkd.mesh import replicated
 from jaxkd.model_checkpoint import load_model_checkpoint
+from jaxkd.optimizer import make_optimizer
 from jaxkd.run_checkpoint import RunCheckpoints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,3 +194,15 @@ def test_sigterm_to_one_process_stops_both_after_the_same_step(teacher, tmp_path
     steps = [int(path.name) for path in (tmp_path / "checkpoints").iterdir() if path.name.isdigit()]
     assert len(steps) == 1 and 0 < steps[0] < epochs * STEPS_PER_EPOCH, steps
     assert f"SIGTERM: saved a checkpoint at step {steps[0]}" in results[0][1]
+
+
+@pytest.mark.parametrize("scaling, batch, expected_lr", [("none", 512, 0.05), ("linear", 512, 0.4),
+                                                         ("linear", 64, 0.05), ("linear", 32, 0.025)])
+def test_linear_lr_scaling_multiplies_the_lr_by_the_batch_ratio(scaling, batch, expected_lr):
+    config = crd_kd_wrn.get_config()
+    config.optimizer.lr_scaling, config.batch_size = scaling, batch
+    config.optimizer.weight_decay, config.optimizer.momentum = 0.0, 0.0
+    optimizer = make_optimizer(config, steps_per_epoch=10)
+    params = {"w": np.ones(3, np.float32)}
+    updates, _ = optimizer.update({"w": np.full(3, 2.0, np.float32)}, optimizer.init(params), params)
+    np.testing.assert_allclose(updates["w"], -2.0 * expected_lr, rtol=1e-6)

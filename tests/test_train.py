@@ -126,6 +126,8 @@ def test_kd_demo_learns_digits(tmp_path):
     ("--config.epochs=abc", "flag --config.epochs=abc: invalid literal for int()"),
     ("--config.method=kd", "method 'kd' needs a teacher"),
     ("--config.teacher.checkpoint=/nonexistent/wrn40_2.pth", "no such file or checkpoint directory"),
+    ("--config.optimizer.lr_scaling=sqrt", "optimizer.lr_scaling must be one of none, linear, got 'sqrt'"),
+    ("--num_processes=2", "a multi-process run needs the coordinator address"),
 ])
 def test_bad_config_is_one_line_before_any_compile(override, message, tmp_path, capsys):
     compiled = []

@@ -460,30 +460,36 @@ def _config_error_line(error: Exception) -> str:
     return " ".join(lines)
 
 
-def main(argv=None) -> int:
-    from absl import app, flags
+def parse_command_line(argv):
+    """The parsed flags of `python -m jaxkd.train` (`config`, `workdir` and the multi-process settings); a bad
+    command line or config raises UserError."""
+    from absl import flags
     from ml_collections import config_flags
 
-    argv = sys.argv if argv is None else argv
     flags_ = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "a config file: configs/NAME.py[:ARG]", flag_values=flags_,
                                     lock_config=True, sys_argv=argv)
     flags.DEFINE_string("workdir", None, "where checkpoints, metrics and exports go", flag_values=flags_)
-    flags.DEFINE_string("coordinator_address", None, "multi-process runs: host:port of process 0 (docs/scale_out.md)",
-                        flag_values=flags_)
+    flags.DEFINE_string("coordinator_address", None, "multi-process runs: host:port of process 0 "
+                        "(docs/scale_out.md)", flag_values=flags_)
     flags.DEFINE_integer("num_processes", None, "multi-process runs: how many processes", flag_values=flags_)
     flags.DEFINE_integer("process_id", None, "multi-process runs: this process's id, 0..num_processes-1",
                          flag_values=flags_)
     try:
-        try:
-            flags_(argv)
-            if flags_.config is not None:
-                flags_.config.keys()  # a config file that failed to load raises only when first used
-        except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as error:
-            raise UserError(f"bad command line or config: {_config_error_line(error)}") from None
-        if flags_.config is None or not flags_.workdir:
-            raise UserError("usage: python -m jaxkd.train --config configs/NAME.py --workdir DIR "
-                            "[--config.key=value ...]")
+        flags_(argv)
+        if flags_.config is not None:
+            flags_.config.keys()  # a config file that failed to load raises only when first used
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as error:
+        raise UserError(f"bad command line or config: {_config_error_line(error)}") from None
+    if flags_.config is None or not flags_.workdir:
+        raise UserError("usage: python -m jaxkd.train --config configs/NAME.py --workdir DIR "
+                        "[--config.key=value ...]")
+    return flags_
+
+
+def main(argv=None) -> int:
+    try:
+        flags_ = parse_command_line(sys.argv if argv is None else argv)
         distributed.initialize(flags_.coordinator_address, flags_.num_processes, flags_.process_id)
         train_and_evaluate(flags_.config, flags_.workdir)
     except UserError as error:

@@ -9,6 +9,8 @@ terms and CRD's replicated memory banks. Batch 512 makes an epoch 2 steps (1,433
 
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -24,7 +26,7 @@ import torch
 from configs import crd_kd_wrn
 from convert.torch_models import get_torch_model
 from jaxkd import train
-from jaxkd.mesh import replicated
+from jaxkd.mesh import data_mesh, replicated
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.optimizer import make_optimizer
 from jaxkd.run_checkpoint import RunCheckpoints
@@ -206,3 +208,25 @@ def test_linear_lr_scaling_multiplies_the_lr_by_the_batch_ratio(scaling, batch, 
     params = {"w": np.ones(3, np.float32)}
     updates, _ = optimizer.update({"w": np.full(3, 2.0, np.float32)}, optimizer.init(params), params)
     np.testing.assert_allclose(updates["w"], -2.0 * expected_lr, rtol=1e-6)
+
+
+def documented_train_commands(markdown: str) -> list[list[str]]:
+    """The arguments of every `python -m jaxkd.train` command in the fenced code blocks of `markdown`."""
+    blocks = re.findall(r"```(?:sh|bash)?\n(.*?)```", markdown, flags=re.S)
+    commands = []
+    for block in blocks:
+        text = block.replace("\\\n", " ")
+        for match in re.finditer(r"python -m jaxkd\.train([^\n'&;]*)", text):
+            line = match.group(1).replace("$HOME", "/home/user").replace("$rank", "0")
+            commands.append(shlex.split(line, comments=True))
+    return commands
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/scale_out.md"])
+def test_documented_commands_parse_with_the_train_command_line(document, monkeypatch):
+    commands = documented_train_commands((REPO / document).read_text())
+    assert len(commands) >= {"README.md": 2, "docs/scale_out.md": 4}[document]
+    monkeypatch.chdir(REPO)  # config paths in the docs are relative to the repository
+    for arguments in commands:
+        flags_ = train.parse_command_line(["jaxkd.train", *arguments])
+        train.check_config(flags_.config, data_mesh(tuple(jax.devices()[:1])))

@@ -25,6 +25,9 @@ def get_config() -> ConfigDict:
     config.saliencymix_per_example = False
 
     config.batch_size = 64  # global batch, split over the devices; the last partial batch is dropped
+    # The models' compute dtype: "bfloat16" for accelerators (parameters, BN statistics and losses stay float32;
+    # on CPU it is slower, benchmarks/README.md).
+    config.dtype = "float32"
     config.eval_batch_size = 500
     config.epochs = 240
 

@@ -43,6 +43,8 @@ from jaxkd.run_checkpoint import RunCheckpoints
 from jaxkd.train_state import TrainState
 
 METRIC_NAMES = ("loss", "ce", "kd", "term", "correct")  # summed on the device between two fetches
+# config.dtype: the models' compute dtype. Parameters, BN statistics, losses and the optimizer stay float32.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass
@@ -76,6 +78,8 @@ def check_config(config, mesh) -> None:
     canonical_name(config.model)
     if config.batch_size < 1 or config.epochs < 1:
         raise UserError(f"batch_size and epochs must be positive (got {config.batch_size}, {config.epochs})")
+    if config.dtype not in COMPUTE_DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {config.dtype!r}")
     if not 0.0 <= config.saliencymix_prob <= 1.0:
         raise UserError(f"saliencymix_prob must be in [0, 1], got {config.saliencymix_prob}")
     if config.batch_size % mesh.devices.size:
@@ -93,7 +97,7 @@ def load_teacher(config, method: Method, num_classes: int) -> Teacher | None:
     if teacher_classes != num_classes:
         raise UserError(f"the teacher {config.teacher.checkpoint} has {teacher_classes} classes, the dataset "
                         f"{num_classes}")
-    return Teacher(get_model(arch, num_classes), variables, arch)
+    return Teacher(get_model(arch, num_classes, dtype=COMPUTE_DTYPES[config.dtype]), variables, arch)
 
 
 def build(config, devices=None) -> Setup:
@@ -108,7 +112,8 @@ def build(config, devices=None) -> Setup:
     spe = steps_per_epoch(len(train), config.batch_size)
     if spe < 1:
         raise UserError(f"batch_size {config.batch_size} exceeds the {len(train)} training examples")
-    return Setup(student=get_model(config.model, train.num_classes), method=method, teacher=teacher,
+    return Setup(student=get_model(config.model, train.num_classes, dtype=COMPUTE_DTYPES[config.dtype]),
+                 method=method, teacher=teacher,
                  optimizer=make_optimizer(config, spe), train=train, test=test, steps_per_epoch=spe,
                  mesh=mesh)
 

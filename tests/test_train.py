@@ -128,6 +128,7 @@ def test_kd_demo_learns_digits(tmp_path):
     ("--config.teacher.checkpoint=/nonexistent/wrn40_2.pth", "no such file or checkpoint directory"),
     ("--config.optimizer.lr_scaling=sqrt", "optimizer.lr_scaling must be one of none, linear, got 'sqrt'"),
     ("--num_processes=2", "a multi-process run needs the coordinator address"),
+    ("--config.dtype=float16", "dtype must be one of float32, bfloat16, got 'float16'"),
 ])
 def test_bad_config_is_one_line_before_any_compile(override, message, tmp_path, capsys):
     compiled = []
@@ -172,3 +173,31 @@ def test_teacher_of_another_architecture_is_refused_before_any_compile(tmp_path,
     err = capsys.readouterr().err.strip()
     assert "does not fit wideresnet40_2 (its shapes fit resnet8)" in err and "\n" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_bfloat16_compute_keeps_float32_parameters_statistics_and_loss():
+    from jaxkd import train
+    from jaxkd.data import epoch_permutation
+    from jaxkd.mesh import replicated
+
+    losses, hlo = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        config = small_config()
+        config.dtype = dtype
+        setup = train.build(config, jax.devices()[:1])
+        whole = replicated(setup.mesh)
+        state = jax.device_put(train.create_train_state(setup, config), whole)
+        data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
+        permutation = epoch_permutation(jax.random.PRNGKey(0), 0, num_examples=len(setup.train))
+        step = train.make_train_step(setup, config)
+        arguments = (state, train.zero_sums(setup), None, *data, permutation)
+        hlo[dtype] = step.lower(*arguments).as_text()
+        state, sums = step(*arguments)
+        losses[dtype] = float(sums["loss"])
+        assert {leaf.dtype for leaf in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
+                if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating)} == {jax.numpy.dtype("float32")}
+    # The convolutions run in bfloat16 only when asked; the loss is close to float32's.
+    assert "convolution" in hlo["bfloat16"] and "bf16" in hlo["bfloat16"] and "bf16" not in hlo["float32"]
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
+    assert losses["bfloat16"] != losses["float32"]
+

@@ -15,15 +15,18 @@ import scipy.stats
 import torch
 from ml_collections import ConfigDict
 
-from configs import crd_kd_wrn, crd_wrn, default
+from configs import crd_kd_wrn, crd_wrn, default, kd_wrn
 from convert.torch_models import get_torch_model
+from jaxkd.bench import bench_setup
+from jaxkd.data import Split
 from jaxkd.errors import UserError
 from jaxkd.methods import Batch, Probe, get_method
+from jaxkd.methods import crd
 from jaxkd.methods.crd import (DEFAULTS, counts_from_indices, init_state, sample_contrast_indices,
                                sample_negative_counts, top_k_mask)
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.models import ModelOutput
-from jaxkd.train import train_and_evaluate
+from jaxkd.train import create_train_state, make_train_step, train_and_evaluate, zero_sums
 from tests.conftest import assert_close_scaled
 from tests.reference.repdistiller_crd import CRDLoss, InstanceSampler
 
@@ -209,9 +212,81 @@ def test_sampled_term_equals_the_term_of_its_contrast_indices(rng):
     assert sampled.state["z_student"] > 0 and sampled.state["z_teacher"] > 0
 
 
+@pytest.mark.parametrize("k", [100, 400])  # 400 > every class's pool: with replacement
+def test_chunked_term_equals_the_term_in_one_chunk(k, rng, monkeypatch):
+    """The batch in 4 chunks of 4 rows gives the loss, embedding gradients, Z and banks of the batch in one chunk
+    (which test_three_steps_match_repdistiller checks against RepDistiller), on the first step (Z set from the
+    batch) and the next; the same negatives (an anchor's draws do not depend on the chunking)."""
+    labels = shuffled_labels(UNEQUAL_CLASS_SIZES, rng)
+    method = get_method("crd", crd_config(nce_k=k))
+    f_s, f_t = (np.abs(rng.standard_normal((16, d))).astype(np.float32) for d in (32, 48))
+    with pytest.warns(UserWarning, match="with replacement") if k > 220 else contextlib.nullcontext():
+        init = method.init(jax.random.PRNGKey(3), Probe(pooled(f_s), pooled(f_t), None, labels, 5))
+
+    def two_steps(chunk_rows):
+        monkeypatch.setattr(crd, "CHUNK_ELEMENTS", chunk_rows * len(labels))
+        assert crd.batch_chunks(16, len(labels), crd.CHUNK_ELEMENTS) == 16 // chunk_rows
+
+        @jax.jit
+        def step(params, state, batch):
+            def term(params):
+                out = method.term({"params": params}, state, pooled(f_s), pooled(f_t), batch, train=True)
+                return out.term, out.state
+            return jax.value_and_grad(term, has_aux=True)(params)
+
+        state, results = init.state, []
+        for seed in range(2):
+            index = jnp.asarray(np.random.default_rng(seed).choice(len(labels), 16, replace=False), jnp.int32)
+            (loss, state), grads = step(init.variables["params"], state,
+                                        Batch(None, jnp.asarray(labels)[index], index, jax.random.PRNGKey(seed)))
+            results.append((loss, grads, state))
+        return results
+
+    for (loss, grads, state), (loss_1, grads_1, state_1) in zip(two_steps(4), two_steps(16)):
+        np.testing.assert_allclose(loss, loss_1, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves((grads, state)), jax.tree.leaves((grads_1, state_1))):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_threefry_matches_the_published_test_vectors():
+    """The sampler's elementwise Threefry-2x32-20 against Random123's known-answer vectors (kat_vectors)."""
+    for key, counter, expected in [((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+                                   ((0xFFFFFFFF,) * 2, (0xFFFFFFFF,) * 2, (0x1CB996FC, 0xBB002BE7)),
+                                   ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0))]:
+        words = crd._threefry2x32(jnp.asarray(key, jnp.uint32), *(jnp.asarray([c], jnp.uint32) for c in counter))
+        assert [int(w[0]) for w in words] == list(expected)
+
+
 def test_counts_from_indices_counts_repeats():
     counts = counts_from_indices(jnp.asarray([[0, 2, 2], [1, 1, 1]]), 4)
     np.testing.assert_array_equal(counts, [[1, 0, 2, 0], [0, 3, 0, 0]])
+
+
+def compiled_step_memory(config, num_examples: int) -> int:
+    """Peak memory in bytes of the engine's compiled train step on one device (XLA's memory analysis:
+    arguments + outputs + temporaries - outputs aliased to donated arguments); compiled, never run."""
+    labels = np.arange(num_examples, dtype=np.int32) % 100
+    train = Split(np.zeros((num_examples, 32, 32, 3), np.uint8), labels, np.arange(num_examples, dtype=np.int32),
+                  100)
+    setup = bench_setup(config, train, jax.devices()[:1])
+    state = create_train_state(setup, config)
+    step = make_train_step(setup, config)
+    stats = step.lower(state, zero_sums(setup), setup.teacher.variables, train.images, train.labels, train.index,
+                       jnp.arange(num_examples, dtype=jnp.int32)).compile().memory_analysis()
+    return (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+            - stats.alias_size_in_bytes)
+
+
+def test_crd_step_memory_stays_within_100_mib_of_kd():
+    """Tracker issue 5: at batch 64, K 16384, N 50000 (CIFAR-100's training set) the CRD step needs at most
+    100 MiB more than the KD step (resnet8 <- resnet8; the gap is the method's, the models barely matter).
+    The two banks are 49 MiB of it; the (B, N) sampler and score temporaries must not add the rest."""
+    kd_recipe, crd_recipe = kd_wrn.get_config(), crd_wrn.get_config()
+    for config in (kd_recipe, crd_recipe):
+        config.model, config.teacher.arch, config.batch_size = "resnet8", "resnet8", 64
+    crd_recipe.crd.nce_k = 16384
+    kd_bytes, crd_bytes = compiled_step_memory(kd_recipe, 50000), compiled_step_memory(crd_recipe, 50000)
+    assert crd_bytes - kd_bytes <= 100 * 2**20, (kd_bytes / 2**20, crd_bytes / 2**20)
 
 
 # --- end to end through the engine -------------------------------------------------------------------------

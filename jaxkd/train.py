@@ -26,10 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxkd import distributed
+from jaxkd.compile_options import compiler_options
 from jaxkd.data import augment_batch, batch_indices, epoch_permutation, load_split, steps_per_epoch
 from jaxkd.data.augment import crop_flip, normalize, sample_crop_flip
 from jaxkd.data.saliencymix import mixed_cross_entropy, saliencymix
-from jaxkd import distributed
 from jaxkd.errors import UserError
 from jaxkd.evaluate import evaluate_classifiers, evaluate_split
 from jaxkd.losses import cross_entropy, kd_divergence
@@ -211,7 +212,8 @@ def make_train_step(setup: Setup, config):
         sums = {name: sums[name] + metrics[name].astype(jnp.float32) for name in setup.metric_names}
         return state, sums
 
-    return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(state_sharding, state_sharding))
+    return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(state_sharding, state_sharding),
+                   compiler_options=compiler_options(setup.mesh))
 
 
 def make_eval_logits(setup: Setup):

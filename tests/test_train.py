@@ -107,11 +107,11 @@ def test_kd_demo_learns_digits(tmp_path):
     assert teacher_result["last_top1"] >= 90.0
 
     student = small_config(epochs=3)
-    student.batch_size = 32
+    student.batch_size, student.optimizer.lr_decay_epochs = 32, (2,)  # the last epoch at lr 0.005: stable
     student.method, student.teacher.checkpoint = "kd", str(tmp_path / "teacher")
     student.loss.gamma, student.loss.alpha = 0.1, 0.9
     student_result = train_and_evaluate(student, tmp_path / "student")
-    assert student_result["last_top1"] >= 50.0  # chance is 10%
+    assert student_result["last_top1"] >= 50.0, student_result  # chance is 10%
     records = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
     teacher_record = next(r for r in records if r["kind"] == "teacher")
     assert teacher_record["top1"] == pytest.approx(teacher_result["last_top1"])

@@ -41,6 +41,7 @@ from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, load_model, save_model_che
 from jaxkd.models import canonical_name, get_model
 from jaxkd.optimizer import base_learning_rate, learning_rate_schedule, make_optimizer
 from jaxkd.run_checkpoint import RunCheckpoints
+from jaxkd.safe_write import write_text_atomically
 from jaxkd.train_state import TrainState
 
 METRIC_NAMES = ("loss", "ce", "kd", "term", "correct")  # summed on the device between two fetches
@@ -284,8 +285,9 @@ def save_config(config, workdir: Path) -> None:
         if changed:
             raise UserError(f"{workdir} holds a run with another config (differs in: {', '.join(changed)}); "
                             f"use a new --workdir to start a different run")
+    distributed.barrier("config.json checked")  # every process has read it before process 0 replaces it
     if distributed.is_primary():
-        path.write_text(text)
+        write_text_atomically(text, path, force=True, what="the run's config")
 
 
 def train_and_evaluate(config, workdir) -> dict:

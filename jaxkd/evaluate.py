@@ -35,7 +35,7 @@ from jaxkd.compile_options import compiler_options
 from jaxkd.data.augment import normalize
 from jaxkd.data.cifar100c import SEVERITIES, Cifar100C
 from jaxkd.errors import UserError, run_command
-from jaxkd.mesh import batch_sharded, data_mesh, replicated
+from jaxkd.mesh import batch_sharded, data_mesh, process_rows, replicated
 from jaxkd.safe_write import write_text_atomically
 
 DEFAULT_BATCH_SIZE = 500
@@ -132,20 +132,25 @@ def _accumulate(step, variables, images, labels, batch_size: int, mesh, progress
                 rows: int | None = None) -> jax.Array:
     """Dispatches the step over all of `images` (padded, masked last batch) and returns the device counts
     (3,), or (rows, 3) for a step that counts several classifiers, without waiting for them. `images` may be a
-    memory map: each batch is read when it is sent."""
+    memory map: each batch is read when it is sent, and in a multi-process run each process reads only the
+    rows its devices hold."""
     sharded = batch_sharded(mesh)
     counts = jax.device_put(np.zeros(3 if rows is None else (rows, 3), np.int32), replicated(mesh))
     labels = np.asarray(labels, dtype=np.int32)
+    mine = process_rows(sharded, batch_size)  # all rows, but in a multi-process run
+    local_size = mine.stop - mine.start
     for start in range(0, len(labels), batch_size):
-        batch_images = np.asarray(images[start:start + batch_size], dtype=np.uint8)
-        batch_labels = labels[start:start + batch_size]
-        real = len(batch_labels)
-        mask = np.arange(batch_size) < real
-        if real < batch_size:
-            batch_images = np.concatenate([batch_images, np.zeros((batch_size - real,) + batch_images.shape[1:],
-                                                                  np.uint8)])
-            batch_labels = np.concatenate([batch_labels, np.zeros(batch_size - real, np.int32)])
-        batch = jax.device_put((batch_images, batch_labels, mask), sharded)
+        real = min(batch_size, len(labels) - start)
+        first, last = min(start + mine.start, len(labels)), min(start + mine.stop, len(labels))
+        batch_images = np.asarray(images[first:last], dtype=np.uint8)
+        batch_labels = labels[first:last]
+        mask = np.arange(mine.start, mine.stop) < real
+        if last - first < local_size:
+            missing = local_size - (last - first)
+            batch_images = np.concatenate([batch_images, np.zeros((missing,) + tuple(images.shape[1:]), np.uint8)])
+            batch_labels = np.concatenate([batch_labels, np.zeros(missing, np.int32)])
+        batch = [jax.make_array_from_process_local_data(sharded, local, (batch_size,) + local.shape[1:])
+                 for local in (batch_images, batch_labels, mask)]
         counts = step(variables, *batch, counts)
         if progress is not None:
             progress(real)

@@ -24,3 +24,14 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def process_rows(sharding: NamedSharding, global_rows: int) -> slice:
+    """The rows of a `global_rows`-row batch sharded by `sharding` that this process's devices hold: the part of
+    each batch this process reads and passes to `jax.make_array_from_process_local_data`."""
+    spans = sorted({(index[0].start or 0, global_rows if index[0].stop is None else index[0].stop)
+                    for index in sharding.addressable_devices_indices_map((global_rows,)).values()})
+    start, stop = spans[0][0], spans[-1][1]
+    if sum(end - begin for begin, end in spans) != stop - start:
+        raise ValueError(f"this process's devices hold non-contiguous rows {spans} of the batch")
+    return slice(start, stop)

@@ -139,6 +139,10 @@ def runs(teacher, tmp_path_factory):
 
 
 def test_two_processes_train_like_one_device(runs, teacher):
+    # The teacher's evaluation (fixed weights; each process feeds only its rows of every test batch) is exact.
+    teacher_top1 = [next(json.loads(line)["top1"] for line in (runs[name] / "metrics.jsonl").read_text().splitlines()
+                         if json.loads(line)["kind"] == "teacher") for name in ("one", "two")]
+    assert teacher_top1[0] == teacher_top1[1]
     one_model, _ = load_model_checkpoint(runs["one"] / "model")
     two_model, _ = load_model_checkpoint(runs["two"] / "model")
     # Same tolerance as the 8-device step test: only the order of floating-point reductions differs.

@@ -114,7 +114,8 @@ def _num_classes(model) -> int:
     return int(model.num_classes)
 
 
-def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
+def check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
+    """A one-line error when `labels` (of `what`) fall outside the model's classes."""
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise UserError(f"{what} has labels {int(labels.min())}..{int(labels.max())}, but the model has "
                         f"{num_classes} classes")
@@ -182,7 +183,7 @@ def evaluate_split(model, variables, images: np.ndarray, labels: np.ndarray, bat
     labels = np.asarray(labels)
     if len(images) != len(labels):
         raise UserError(f"{len(images)} images but {len(labels)} labels")
-    _check_labels(labels, _num_classes(model), "the dataset")
+    check_labels(labels, _num_classes(model), "the dataset")
     batch_size = _round_batch_size(batch_size, mesh)
     counts = _accumulate(eval_step_for(model, mesh), place_variables(variables, mesh), images, labels,
                          batch_size, mesh, progress)
@@ -202,7 +203,7 @@ def evaluate_classifiers(logits_fn, variables, images: np.ndarray, labels: np.nd
                                                                         jnp.float32))
     names = tuple(shapes)
     for name in names:
-        _check_labels(labels, shapes[name].shape[-1], "the dataset")
+        check_labels(labels, shapes[name].shape[-1], "the dataset")
     step = _jitted_classifiers_step(logits_fn, names, mesh, _options_key(mesh))
     counts = jax.device_get(_accumulate(step, variables, images, labels, batch_size, mesh, None, len(names)))
     return {name: _summary(row) for name, row in zip(names, counts)}
@@ -233,7 +234,7 @@ def evaluate_cifar100c(model, variables, c100c: Cifar100C, batch_size: int = DEF
     num_classes = _num_classes(model)
     if num_classes != CIFAR100C_CLASSES:
         raise UserError(f"CIFAR-100-C has {CIFAR100C_CLASSES} classes, but the model has {num_classes}")
-    _check_labels(c100c.labels, num_classes, f"CIFAR-100-C {c100c.directory}")
+    check_labels(c100c.labels, num_classes, f"CIFAR-100-C {c100c.directory}")
     batch_size = _round_batch_size(batch_size, mesh)
     step, variables = eval_step_for(model, mesh), place_variables(variables, mesh)
     evaluated, unreadable = readable_corruptions(c100c)
@@ -262,7 +263,8 @@ def evaluate_cifar100c(model, variables, c100c: Cifar100C, batch_size: int = DEF
 # ---------------------------------------------------------------------------------------------- reporting
 
 
-def _pct(value) -> str:
+def percent(value) -> str:
+    """An accuracy for the markdown tables: two decimals, "-" when missing."""
     return "-" if value is None else f"{value:.2f}"
 
 
@@ -271,22 +273,22 @@ def format_report(results: dict) -> str:
     clean = results["clean"]
     lines = [f"{results['checkpoint']}: {results['arch']}, {results['num_classes']} classes", "",
              "| test set | top-1 | top-5 | images |", "|---|---:|---:|---:|",
-             f"| {results['dataset']} | {_pct(clean['top1'])} | {_pct(clean['top5'])} | {clean['count']} |"]
+             f"| {results['dataset']} | {percent(clean['top1'])} | {percent(clean['top5'])} | {clean['count']} |"]
     c100c = results.get("cifar100c")
     if c100c is None:
         return "\n".join(lines)
     evaluated = c100c["evaluated"]
     images = sum(r["count"] for c in c100c["corruptions"].values() for r in c["severities"].values())
     lines.append(f"| CIFAR-100-C mean ({len(evaluated)} corruptions x {len(SEVERITIES)} severities) | "
-                 f"{_pct(c100c['top1'])} | {_pct(c100c['top5'])} | {images} |")
+                 f"{percent(c100c['top1'])} | {percent(c100c['top5'])} | {images} |")
     skipped = c100c["missing"] + list(c100c["unreadable"])
     if skipped:
         lines.append(f"\nCIFAR-100-C mean leaves out {len(skipped)} corruption(s) not evaluated: {', '.join(skipped)}")
     lines += ["", "| corruption (top-1) | " + " | ".join(f"s{s}" for s in SEVERITIES) + " | mean |",
               "|---|" + "---:|" * (len(SEVERITIES) + 1)]
     for name, result in c100c["corruptions"].items():
-        cells = [_pct(result["severities"][str(s)]["top1"]) for s in SEVERITIES]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pct(result['top1'])} |")
+        cells = [percent(result["severities"][str(s)]["top1"]) for s in SEVERITIES]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {percent(result['top1'])} |")
     return "\n".join(lines)
 
 
@@ -323,7 +325,7 @@ def run(args) -> dict:
         if num_classes != CIFAR100C_CLASSES:
             raise UserError(f"{args.checkpoint}: the model has {num_classes} classes; CIFAR-100-C has "
                             f"{CIFAR100C_CLASSES}")
-        _check_labels(c100c.labels, num_classes, f"CIFAR-100-C {c100c.directory}")
+        check_labels(c100c.labels, num_classes, f"CIFAR-100-C {c100c.directory}")
         evaluated, unreadable = readable_corruptions(c100c)
         if c100c.missing:
             print(f"warning: CIFAR-100-C: no file for {len(c100c.missing)} corruption(s) in {c100c.directory}: "

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 from jaxkd.errors import UserError, run_command
-from jaxkd.evaluate import (CIFAR100C_CLASSES, _check_labels, _pct, add_data_arguments, evaluate_cifar100c,
-                            evaluate_split, place_variables, readable_corruptions, write_json)
+from jaxkd.evaluate import (CIFAR100C_CLASSES, add_data_arguments, check_labels, evaluate_cifar100c, evaluate_split,
+                            percent, place_variables, readable_corruptions, write_json)
 from jaxkd.safe_write import write_text_atomically
 
 # Method names in the metadata training writes (`config.method`) -> the names the seed's tables use.
@@ -129,7 +129,7 @@ def load_entry(argument: str, label: str | None = None) -> Entry:
 
 def table_rows(rows: list[dict]) -> list[str]:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|---|---|---:|---:|"]
-    lines += [f"| {row['model']} | {row['method']} | {_pct(row['CIFAR100'])} | {_pct(row['CIFAR100C'])} |"
+    lines += [f"| {row['model']} | {row['method']} | {percent(row['CIFAR100'])} | {percent(row['CIFAR100C'])} |"
               for row in rows]
     return lines
 
@@ -181,7 +181,7 @@ def run(args) -> dict:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     labels = parse_labels(args.label, args.checkpoints)
     c100c = open_cifar100c(args.cifar100c)
-    _check_labels(c100c.labels, CIFAR100C_CLASSES, f"CIFAR-100-C {c100c.directory}")
+    check_labels(c100c.labels, CIFAR100C_CLASSES, f"CIFAR-100-C {c100c.directory}")
     evaluated, unreadable = readable_corruptions(c100c)
     if not evaluated:
         raise UserError(f"CIFAR-100-C folder {c100c.directory} has no readable corruption file")

@@ -18,7 +18,7 @@ unless JAXKD_CPU_YNN=0); the record says which.
 `--ab=KEY` times two variants of (a) in one process, with (b) unless --notorch and without (c), interleaved
 repeat by repeat (the two variants alternate which goes first), and reports the median of the per-repeat speed
 ratios B/A:
-  `--ab=ynn`: the step compiled without (A) and with (B) the CPU YNN option (CPU only);
+  `--ab=ynn`: the step built with JAXKD_CPU_YNN=0 (A: XLA's defaults) and =1 (B: the YNN option; CPU only);
   `--ab=saliencymix` (any boolean config key, dotted for sections): the config with KEY=False (A) and True (B).
 
 No dataset is needed: the training set is random uint8 images with random labels (100 classes), and a teacher
@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.compile_options import CPU_YNN_OFF_OPTIONS, CPU_YNN_OPTIONS, YNN_OPTION, compiler_options
+from jaxkd.compile_options import compiler_options, cpu_ynn_setting
 from jaxkd.data import Split, epoch_permutation, steps_per_epoch
 from jaxkd.data.augment import MEAN, STD
 from jaxkd.errors import UserError
@@ -186,23 +186,17 @@ class Part:
         return out
 
 
-def ynn_in_effect(options: dict | None) -> bool:
-    """Whether XLA:CPU runs with YNN fusions: asked by `options` or by an XLA_FLAGS entry."""
-    if options is not None and YNN_OPTION in options:
-        return bool(options[YNN_OPTION])
-    match = re.search(YNN_OPTION + r"=(\S*)", os.environ.get("XLA_FLAGS", ""))
-    return bool(match and match.group(1).strip("'\""))
-
-
-def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, options: dict | None = None,
+def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool | None = None,
               name: str = "jaxkd step") -> tuple[Part, Part]:
-    """(a) the train step and (c) the epoch, sharing one compiled step, compiled (with XLA `options`, which
-    override any the engine's jit has) and warmed up here."""
+    """(a) the train step and (c) the epoch, sharing one compiled step, compiled and warmed up here; the step
+    is built with `JAXKD_CPU_YNN` saying `cpu_ynn` (None: as the environment says)."""
     on_all = replicated(setup.mesh)
     state = jax.device_put(create_train_state(setup, config), on_all)
     teacher_variables = jax.device_put(setup.teacher.variables, on_all) if setup.teacher else None
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), on_all)
-    train_step = make_train_step(setup, config)
+    with cpu_ynn_setting(cpu_ynn):
+        train_step = make_train_step(setup, config)
+        options = compiler_options(setup.mesh)  # what the engine's jit was given
     permutation_of = jax.jit(lambda key, epoch: epoch_permutation(key, epoch, len(setup.train)),
                              out_shardings=on_all)
     base_key = jax.random.PRNGKey(config.seed)
@@ -210,9 +204,8 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, options: dict
     carry = {"state": state, "sums": zero_sums(setup)}
 
     start = time.perf_counter()
-    # from here on train_step is the compiled executable (with `options`): every call below runs it
-    train_step = train_step.lower(carry["state"], carry["sums"], teacher_variables, *data,
-                                  permutation).compile(compiler_options=options)
+    # from here on train_step is the compiled executable: every call below runs it
+    train_step = train_step.lower(carry["state"], carry["sums"], teacher_variables, *data, permutation).compile()
     compile_s = time.perf_counter() - start
     cost = train_step.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -260,8 +253,7 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, options: dict
     step_part = Part(name, steps * batch, run_steps, flops / batch if flops else None,
                      {"compile_s": compile_s, "warmup_s": first_steps_s, "steps": steps,
                       "flops_per_step": flops, "bytes_accessed_per_step": float(cost.get("bytes accessed", 0.0)),
-                      "compiler_options": options, "cpu_ynn": setup.mesh.devices.flat[0].platform == "cpu"
-                      and ynn_in_effect(options)})
+                      "compiler_options": options, "cpu_ynn": options is not None})
     epoch_part = Part("jaxkd epoch", spe * batch, run_epoch, flops / batch if flops else None,
                       {"steps": spe, "log_every_steps": log_every})
     return step_part, epoch_part
@@ -443,17 +435,15 @@ def _config_path(config, key: str):
     return holder, name
 
 
-def ab_variants(config, ab: str, platform_name: str) -> list[tuple[str, object, dict | None]]:
-    """[(part name, config, XLA compiler options)] of the jaxkd steps to time: the config with the engine's
-    options when `ab` is empty; else variant A and variant B (see the module docstring)."""
-    options = compiler_options(platform_name)
+def ab_variants(config, ab: str, platform_name: str) -> list[tuple[str, object, bool | None]]:
+    """[(part name, config, cpu_ynn)] of the jaxkd steps to time (cpu_ynn None: the engine's setting): the
+    config when `ab` is empty; else variant A and variant B (see the module docstring)."""
     if not ab:
-        return [("jaxkd step", config, options)]
+        return [("jaxkd step", config, None)]
     if ab == AB_YNN:
         if platform_name != "cpu":
             raise UserError(f"--ab={AB_YNN} compares an XLA:CPU option; the devices here are {platform_name}")
-        return [(f"jaxkd step [{AB_YNN}=off]", config, dict(CPU_YNN_OFF_OPTIONS)),
-                (f"jaxkd step [{AB_YNN}=on]", config, dict(CPU_YNN_OPTIONS))]
+        return [(f"jaxkd step [{AB_YNN}=off]", config, False), (f"jaxkd step [{AB_YNN}=on]", config, True)]
     holder, name = _config_path(config, ab)
     if not isinstance(holder[name], bool):
         raise UserError(f"--ab={ab}: {ab} is {holder[name]!r}; --ab takes '{AB_YNN}' or a boolean config key")
@@ -463,7 +453,7 @@ def ab_variants(config, ab: str, platform_name: str) -> list[tuple[str, object, 
         holder, name = _config_path(variant, ab)
         with variant.unlocked():
             holder[name] = value
-        variants.append((f"jaxkd step [{ab}={value}]", variant, options))
+        variants.append((f"jaxkd step [{ab}={value}]", variant, None))
     return variants
 
 
@@ -480,9 +470,9 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
     info = device_info(devices)
     load_before = os.getloadavg()
     step_parts, setup, epoch_part = [], None, None
-    for name, variant, options in ab_variants(config, ab, info["platform"]):
+    for name, variant, cpu_ynn in ab_variants(config, ab, info["platform"]):
         variant_setup = bench_setup(variant, train, devices, DTYPES[dtype_name])
-        step_part, epoch_part = jax_parts(variant_setup, variant, steps, warmup_steps, options, name)
+        step_part, epoch_part = jax_parts(variant_setup, variant, steps, warmup_steps, cpu_ynn, name)
         step_parts.append(step_part)
         setup = setup or variant_setup
     others = []

@@ -1,8 +1,11 @@
 """XLA compiler options for jaxkd's jitted steps, per platform: `jax.jit(f, compiler_options=compiler_options(mesh))`.
 
-On CPU, XLA runs dots (and with them the convolutions), elementwise fusions and reductions through YNNPACK
-when asked to, which makes the train step 1.8-1.95x faster on CPU (benchmarks/README.md); the PyTorch parity
-tests pass unchanged with it. GPU and TPU get no options (an option a backend does not know fails the compile).
+On CPU, `xla_cpu_experimental_ynn_fusion_type` chooses what XLA hands to YNNPACK. XLA's default (jaxlib 0.10.2)
+is single dots, single convolutions and reductions (INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION, REDUCE); jaxkd asks
+for DOT, ELTWISE, REDUCE instead: dot fusions, elementwise fusions (BN, ReLU, the optimizer) and reductions
+go to YNNPACK and the convolutions stay with XLA's own kernels. That makes the train step about 1.7x faster on
+CPU (benchmarks/README.md); the PyTorch parity tests pass with it at the same margins. GPU and TPU get no
+options (an option a backend does not know fails the compile).
 
 Turning it off:
   - for a whole run: `JAXKD_CPU_YNN=0 python -m jaxkd.train ...` (also `false`, `off`, `no`; `1` or unset = on);
@@ -13,6 +16,7 @@ The option is experimental in XLA: if this jaxlib rejects it, jaxkd warns once a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -26,8 +30,6 @@ ENV_VAR = "JAXKD_CPU_YNN"
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # compiler_options takes the enum names; XLA_FLAGS the short ones (--xla_cpu_experimental_ynn_fusion_type=dot,...)
 CPU_YNN_OPTIONS = {YNN_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}
-# the same option at XLA's default (no YNN fusions): for A/B comparisons against a step compiled with the above
-CPU_YNN_OFF_OPTIONS = {YNN_OPTION: ""}
 _TRUE, _FALSE = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 
 
@@ -41,6 +43,24 @@ def cpu_ynn_enabled(cpu_ynn: bool | None = None) -> bool:
     if value in _FALSE:
         return False
     raise UserError(f"{ENV_VAR}={os.environ[ENV_VAR]!r}: use 1 (YNN fusions on CPU, the default) or 0 (off)")
+
+
+@contextlib.contextmanager
+def cpu_ynn_setting(cpu_ynn: bool | None):
+    """Within the block, `$JAXKD_CPU_YNN` says `cpu_ynn` (None: leaves it alone), so that steps built there (e.g.
+    `make_train_step`) are compiled with or without the option: for A/B comparisons."""
+    if cpu_ynn is None:
+        yield
+        return
+    previous = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = "1" if cpu_ynn else "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[ENV_VAR]
+        else:
+            os.environ[ENV_VAR] = previous
 
 
 def _platform_of(where) -> str:

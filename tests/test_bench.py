@@ -2,6 +2,7 @@
 parts timed, written only where asked (a temporary folder), never over an existing file."""
 
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -18,7 +19,8 @@ TINY = ["--config.model=resnet8", "--config.teacher.arch=resnet8", "--config.bat
         "--repeats=1", "--warmup_steps=1", "--epoch_images=64", "--torch_threads=1"]
 
 
-def test_tiny_bench_writes_a_record_per_method(tmp_path, capsys):
+def test_tiny_bench_writes_a_record_per_method(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
     results_before = sorted((REPO / "benchmarks" / "results").glob("*"))
     argv = ["bench", f"--config={REPO / 'configs' / 'kd_wrn.py'}", "--methods=none,kd", f"--out={tmp_path}",
             "--note=test", *TINY]
@@ -54,7 +56,9 @@ def test_ab_of_the_ynn_option_times_both_steps_in_one_process(tmp_path, capsys, 
     record = json.loads(path.read_text())
     assert path.name.endswith("-none-ab-ynn.json") and record["ab"] == "ynn" and record["cpu_ynn"] is None
     off, on = record["results"]["jaxkd step [ynn=off]"], record["results"]["jaxkd step [ynn=on]"]
-    assert (off["cpu_ynn"], on["cpu_ynn"]) == (False, True) and on["compiler_options"] == CPU_YNN_OPTIONS
+    assert (off["cpu_ynn"], on["cpu_ynn"]) == (False, True)
+    assert off["compiler_options"] is None and on["compiler_options"] == CPU_YNN_OPTIONS
+    assert ENV_VAR not in os.environ  # the A/B's setting does not outlive it
     assert len(off["seconds"]) == len(on["seconds"]) == 2 and "jaxkd epoch" not in record["results"]
     ab = record["results"]["ab"]
     assert ab["speed_ratio_b_over_a"] > 0 and len(ab["speed_ratio_b_over_a_per_repeat"]) == 2
@@ -67,7 +71,7 @@ def test_ab_of_a_boolean_config_key():
     variants = bench.ab_variants(config, "saliencymix", "cpu")
     assert [name for name, _, _ in variants] == ["jaxkd step [saliencymix=False]", "jaxkd step [saliencymix=True]"]
     assert [c.saliencymix for _, c, _ in variants] == [False, True] and not config.saliencymix
-    assert variants[0][2] == variants[1][2]  # the same compiler options for both
+    assert variants[0][2] is variants[1][2] is None  # both with the engine's compiler options
     with pytest.raises(UserError, match="boolean config key"):
         bench.ab_variants(config, "loss.alpha", "cpu")
     with pytest.raises(UserError, match="no key 'loss.nope'"):

@@ -55,6 +55,18 @@ def test_the_argument_turns_it_off(monkeypatch):
     assert compiler_options("cpu") == CPU_YNN_OPTIONS
 
 
+def test_a_block_with_its_own_setting_restores_the_environment(monkeypatch):
+    with compile_options.cpu_ynn_setting(False):
+        assert compiler_options("cpu") is None
+    assert ENV_VAR not in os.environ
+    monkeypatch.setenv(ENV_VAR, "0")
+    with compile_options.cpu_ynn_setting(True):
+        assert compiler_options("cpu") == CPU_YNN_OPTIONS
+    with compile_options.cpu_ynn_setting(None):
+        assert compiler_options("cpu") is None
+    assert os.environ[ENV_VAR] == "0"
+
+
 def test_a_bad_environment_value_is_a_user_error(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "maybe")
     with pytest.raises(UserError, match=f"{ENV_VAR}='maybe'"):

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkd.compile_options import compiler_options, cpu_ynn_setting
+from jaxkd.config_command_line import parse_config_command_line
 from jaxkd.data import Split, epoch_permutation, steps_per_epoch
 from jaxkd.data.augment import MEAN, STD
 from jaxkd.errors import UserError
@@ -614,47 +615,39 @@ def _run_method(config, method: str, *, out, note: str, **kwargs) -> list[dict]:
     return [record]
 
 
-def main(argv=None) -> int:
+BENCH_USAGE = ("usage: python -m jaxkd.bench --config configs/NAME.py [--config.key=value ...] [--methods=all] "
+               "[--steps N] [--repeats R] [--out DIR]")
+
+
+def _define_bench_flags(flag_values) -> None:
     from absl import flags
-    from ml_collections import config_flags
 
-    from jaxkd.train import _config_error_line
-
-    argv = sys.argv if argv is None else argv
-    flags_ = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "a config file: configs/NAME.py[:ARG]", flag_values=flags_,
-                                    lock_config=True, sys_argv=argv)
     flags.DEFINE_string("methods", "", "'' = the config's method; 'all' = every registered method; or a comma "
                         "list. Other methods take their loss weights and sections from their recipe in configs/",
-                        flag_values=flags_)
-    flags.DEFINE_integer("steps", 20, "train steps per timed repeat", flag_values=flags_)
-    flags.DEFINE_integer("repeats", 5, "timed repeats (the median is reported)", flag_values=flags_)
-    flags.DEFINE_integer("warmup_steps", 2, "untimed steps after compilation", flag_values=flags_)
+                        flag_values=flag_values)
+    flags.DEFINE_integer("steps", 20, "train steps per timed repeat", flag_values=flag_values)
+    flags.DEFINE_integer("repeats", 5, "timed repeats (the median is reported)", flag_values=flag_values)
+    flags.DEFINE_integer("warmup_steps", 2, "untimed steps after compilation", flag_values=flag_values)
     flags.DEFINE_integer("epoch_images", 0, "images in the timed epoch (0 = 20 batches; 50000 = CIFAR's)",
-                         flag_values=flags_)
+                         flag_values=flag_values)
     flags.DEFINE_enum("dtype", "float32", list(DTYPES), "compute dtype of both models (PyTorch: autocast)",
-                      flag_values=flags_)
-    flags.DEFINE_integer("num_devices", 1, "devices for the jaxkd step (0 = all)", flag_values=flags_)
-    flags.DEFINE_boolean("torch", True, "also time the PyTorch step", flag_values=flags_)
+                      flag_values=flag_values)
+    flags.DEFINE_integer("num_devices", 1, "devices for the jaxkd step (0 = all)", flag_values=flag_values)
+    flags.DEFINE_boolean("torch", True, "also time the PyTorch step", flag_values=flag_values)
     flags.DEFINE_integer("torch_threads", 0, "PyTorch intra-op threads (0 = PyTorch's default, one per core)",
-                         flag_values=flags_)
+                         flag_values=flag_values)
     flags.DEFINE_string("out", "benchmarks/results", "folder for the JSON records ('' = do not write)",
-                        flag_values=flags_)
+                        flag_values=flag_values)
     flags.DEFINE_string("ab", "", f"'' = no A/B; '{AB_YNN}' = the jaxkd step without vs with the CPU YNN compiler "
                         "option; a boolean config key (e.g. saliencymix) = the config with it False vs True. "
-                        "The two steps are timed interleaved in this process", flag_values=flags_)
+                        "The two steps are timed interleaved in this process", flag_values=flag_values)
     flags.DEFINE_string("note", "", "a free-text note stored in the records (e.g. the XLA_FLAGS tried)",
-                        flag_values=flags_)
+                        flag_values=flag_values)
+
+
+def main(argv=None) -> int:
     try:
-        try:
-            flags_(argv)
-            if flags_.config is not None:
-                flags_.config.keys()
-        except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as error:
-            raise UserError(f"bad command line or config: {_config_error_line(error)}") from None
-        if flags_.config is None:
-            raise UserError("usage: python -m jaxkd.bench --config configs/NAME.py [--config.key=value ...] "
-                            "[--methods=all] [--steps N] [--repeats R] [--out DIR]")
+        flags_ = parse_config_command_line(sys.argv if argv is None else argv, _define_bench_flags, BENCH_USAGE)
         run(flags_.config, methods=flags_.methods, steps=flags_.steps, repeats=flags_.repeats,
             warmup_steps=flags_.warmup_steps, epoch_images=flags_.epoch_images, dtype_name=flags_.dtype,
             num_devices=flags_.num_devices, with_torch=flags_.torch, torch_threads=flags_.torch_threads,

@@ -28,6 +28,7 @@ import optax
 
 from jaxkd import distributed
 from jaxkd.compile_options import compiler_options
+from jaxkd.config_command_line import parse_config_command_line
 from jaxkd.data import augment_batch, batch_indices, epoch_permutation, load_split, steps_per_epoch
 from jaxkd.data.augment import crop_flip, normalize, sample_crop_flip
 from jaxkd.data.saliencymix import mixed_cross_entropy, saliencymix
@@ -456,44 +457,27 @@ def export_models(setup: Setup, config, state: TrainState, workdir: Path, result
          f"{', '.join(str(path) for path in written)}{missing_torch}")
 
 
-def _config_error_line(error: Exception) -> str:
-    """One line out of absl / ml_collections errors, which carry tracebacks and escaped newlines."""
-    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    text = text.replace("\\n", "\n").replace("\\'", "'")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errno_lines = [line for line in lines if line.startswith("[Errno")]
-    if errno_lines:
-        return errno_lines[0]
-    if any(line.startswith("Traceback") for line in lines):
-        return lines[-1]  # the exception the config file raised
-    return " ".join(lines)
+TRAIN_USAGE = "usage: python -m jaxkd.train --config configs/NAME.py --workdir DIR [--config.key=value ...]"
+
+
+def _define_train_flags(flag_values) -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "where checkpoints, metrics and exports go", flag_values=flag_values)
+    flags.DEFINE_string("coordinator_address", None, "multi-process runs: host:port of process 0 "
+                        "(docs/scale_out.md)", flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "multi-process runs: how many processes", flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "multi-process runs: this process's id, 0..num_processes-1",
+                         flag_values=flag_values)
 
 
 def parse_command_line(argv):
     """The parsed flags of `python -m jaxkd.train` (`config`, `workdir` and the multi-process settings); a bad
     command line or config raises UserError."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    flags_ = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "a config file: configs/NAME.py[:ARG]", flag_values=flags_,
-                                    lock_config=True, sys_argv=argv)
-    flags.DEFINE_string("workdir", None, "where checkpoints, metrics and exports go", flag_values=flags_)
-    flags.DEFINE_string("coordinator_address", None, "multi-process runs: host:port of process 0 "
-                        "(docs/scale_out.md)", flag_values=flags_)
-    flags.DEFINE_integer("num_processes", None, "multi-process runs: how many processes", flag_values=flags_)
-    flags.DEFINE_integer("process_id", None, "multi-process runs: this process's id, 0..num_processes-1",
-                         flag_values=flags_)
-    try:
-        flags_(argv)
-        if flags_.config is not None:
-            flags_.config.keys()  # a config file that failed to load raises only when first used
-    except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as error:
-        raise UserError(f"bad command line or config: {_config_error_line(error)}") from None
-    if flags_.config is None or not flags_.workdir:
-        raise UserError("usage: python -m jaxkd.train --config configs/NAME.py --workdir DIR "
-                        "[--config.key=value ...]")
-    return flags_
+    flag_values = parse_config_command_line(argv, _define_train_flags, TRAIN_USAGE)
+    if not flag_values.workdir:
+        raise UserError(TRAIN_USAGE)
+    return flag_values
 
 
 def main(argv=None) -> int:

@@ -16,6 +16,14 @@ def randomized_torch_model(arch: str, num_classes: int = 100, seed: int = 0):
     return model
 
 
+def save_random_teacher(path, arch: str = "resnet8", num_classes: int = 10, seed: int = 0):
+    """Writes a freshly initialized PyTorch model of `arch` (seed layout) to `path`: a teacher file for runs
+    that need one but not a trained one. Returns `path`."""
+    torch.manual_seed(seed)
+    torch.save(get_torch_model(arch, num_classes).state_dict(), path)
+    return path
+
+
 def randomize_batchnorm_and_bias(model: torch.nn.Module, classifier: torch.nn.Linear) -> None:
     """Gives every BatchNorm2d non-trivial parameters and running statistics and the classifier a bias."""
     with torch.no_grad():

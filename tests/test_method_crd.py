@@ -16,7 +16,6 @@ import torch
 from ml_collections import ConfigDict
 
 from configs import crd_kd_wrn, crd_wrn, default, kd_wrn
-from convert.torch_models import get_torch_model
 from jaxkd.bench import bench_setup
 from jaxkd.data import Split
 from jaxkd.errors import UserError
@@ -27,7 +26,7 @@ from jaxkd.methods.crd import (DEFAULTS, counts_from_indices, init_state, sample
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.models import ModelOutput
 from jaxkd.train import create_train_state, make_train_step, train_and_evaluate, zero_sums
-from tests.conftest import assert_close_scaled
+from tests.conftest import assert_close_scaled, save_random_teacher
 from tests.reference.repdistiller_crd import CRDLoss, InstanceSampler
 
 UNEQUAL_CLASS_SIZES = [50, 70, 40, 80, 60]  # N = 300; other-class pools of 220..260 examples
@@ -308,10 +307,7 @@ def digits_crd_config(teacher_path, epochs=2):
 
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "resnet20.pth"
-    torch.manual_seed(0)
-    torch.save(get_torch_model("resnet20", 10).state_dict(), path)
-    return path
+    return save_random_teacher(tmp_path_factory.mktemp("teacher") / "resnet20.pth", "resnet20")
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from jaxkd.mesh import data_mesh, replicated
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.optimizer import make_optimizer
 from jaxkd.run_checkpoint import RunCheckpoints
+from tests.conftest import save_random_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 1024
@@ -120,10 +121,7 @@ def restore_on_one_device(workdir, teacher):
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "resnet8.pth"
-    torch.manual_seed(0)
-    torch.save(get_torch_model("resnet8", 10).state_dict(), path)
-    return path
+    return save_random_teacher(tmp_path_factory.mktemp("teacher") / "resnet8.pth", "resnet8")
 
 
 @pytest.fixture(scope="module")

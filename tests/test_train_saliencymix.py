@@ -6,13 +6,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import torch
 
 from configs import kd_saliencymix_wrn, saliencymix_wrn
-from convert.torch_models import get_torch_model
 from jaxkd.mesh import replicated
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.train import build, create_train_state, make_train_step, train_and_evaluate, zero_sums
+from tests.conftest import save_random_teacher
 from tests.test_train import small_config
 
 
@@ -43,8 +42,7 @@ def test_baseline_with_saliencymix_learns_and_differs_from_plain(tmp_path):
 
 
 def test_kd_with_saliencymix_runs_end_to_end(tmp_path):
-    torch.manual_seed(0)
-    torch.save(get_torch_model("resnet8", 10).state_dict(), tmp_path / "teacher.pth")
+    save_random_teacher(tmp_path / "teacher.pth", "resnet8")
     config = _on_digits(kd_saliencymix_wrn.get_config(), epochs=1)
     config.teacher.checkpoint, config.teacher.arch = str(tmp_path / "teacher.pth"), ""
     result = train_and_evaluate(config, tmp_path / "run")

@@ -15,7 +15,21 @@ from typing import Any, NamedTuple
 
 import jax
 
+from jaxkd.errors import UserError
 from jaxkd.models import ModelOutput
+
+
+def section_over_defaults(config, section_name: str, defaults: dict) -> dict:
+    """A method's settings: `config.<section_name>` over `defaults` (a config without the section gets the
+    defaults); a key the method does not know is a one-line UserError."""
+    section = config.get(section_name, None) if config is not None else None
+    settings = dict(defaults)
+    if section is not None:
+        unknown = sorted(set(section.keys()) - set(defaults))
+        if unknown:
+            raise UserError(f"unknown config.{section_name} keys {unknown}; known: {sorted(defaults)}")
+        settings.update({name: section[name] for name in section.keys()})
+    return settings
 
 
 class Batch(NamedTuple):

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.errors import UserError
 from jaxkd.losses import cross_entropy
-from jaxkd.methods.base import Method, MethodInit, TermOutput
+from jaxkd.methods.base import Method, MethodInit, TermOutput, section_over_defaults
 from jaxkd.models.heads import BYOTHead
 
 DEFAULTS = {"alpha": 0.1, "temperature": 3.0, "feature_weight": 1e-6}  # BYOT-U's train.py
@@ -39,13 +39,7 @@ HEAD_NAMES = tuple(f"head{s}" for s in range(1, NUM_HEADS + 1))
 
 def byot_settings(config) -> dict:
     """`config.byot` over the defaults (a config without a `byot` section gets the defaults)."""
-    section = config.get("byot", None) if config is not None else None
-    settings = dict(DEFAULTS)
-    if section is not None:
-        unknown = sorted(set(section.keys()) - set(DEFAULTS))
-        if unknown:
-            raise UserError(f"unknown config.byot keys {unknown}; known: {sorted(DEFAULTS)}")
-        settings.update({name: float(section[name]) for name in section.keys()})
+    settings = {name: float(value) for name, value in section_over_defaults(config, "byot", DEFAULTS).items()}
     if not 0.0 <= settings["alpha"] <= 1.0 or settings["temperature"] <= 0 or settings["feature_weight"] < 0:
         raise UserError(f"config.byot needs 0 <= alpha <= 1, temperature > 0 and feature_weight >= 0 "
                         f"(got {settings})")

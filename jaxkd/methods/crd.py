@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkd.errors import UserError
-from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput
+from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, section_over_defaults
 from jaxkd.models.resnet import linear_init
 
 DEFAULTS = {"nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "feat_dim": 128}  # RepDistiller's train_student.py
@@ -58,13 +58,7 @@ NCE_EPS = 1e-7
 
 def crd_settings(config) -> dict:
     """`config.crd` over RepDistiller's defaults (a config without a `crd` section gets the defaults)."""
-    section = config.get("crd", None) if config is not None else None
-    settings = dict(DEFAULTS)
-    if section is not None:
-        unknown = sorted(set(section.keys()) - set(DEFAULTS))
-        if unknown:
-            raise UserError(f"unknown config.crd keys {unknown}; known: {sorted(DEFAULTS)}")
-        settings.update({name: section[name] for name in section.keys()})
+    settings = section_over_defaults(config, "crd", DEFAULTS)
     if settings["nce_k"] < 1 or settings["feat_dim"] < 1 or settings["nce_t"] <= 0:
         raise UserError(f"config.crd needs nce_k >= 1, feat_dim >= 1 and nce_t > 0 (got {settings})")
     return settings

@@ -54,6 +54,12 @@ def get_config() -> ConfigDict:
     config.teacher.arch = ""  # "" = from the checkpoint (metadata or tensor shapes)
 
     config.log_every_steps = 100
+    # Train steps per host call (one lax.scan over them): fewer Python round trips, for when dispatching a step
+    # costs the host about as long as the device takes to run it (fast accelerators, small models). The same
+    # computation for every value, equal up to float rounding (XLA compiles a loop body differently); exact
+    # resume holds for a given value. Best a divisor of log_every_steps: the loop regains control at every
+    # metrics fetch and epoch end, and single steps fill what a whole chunk does not.
+    config.steps_per_dispatch = 1
     config.eval_every_epochs = 1
     config.checkpoint_every_epochs = 10
     config.keep_checkpoints = 2

@@ -2,8 +2,9 @@
 [--steps N] [--repeats R] [--out benchmarks/results]`.
 
 For a method config and its student/teacher pair, one run times, on the same device and batch size:
-  (a) `jaxkd step`: the engine's real jitted `make_train_step` (batch gather, augmentation, teacher forward,
-      student forward/backward, method term, SGD, metric sums), N steps per repeat;
+  (a) `jaxkd step`: the engine's real jitted train programs (batch gather, augmentation, teacher forward,
+      student forward/backward, method term, SGD, metric sums), N steps per repeat, dispatched as
+      `jaxkd.train` does (`config.steps_per_dispatch` steps per call where they fit);
   (b) `torch step`: the same step in PyTorch eager with the seed's models (`convert.torch_models`): teacher in
       eval mode under no_grad, gamma * CE + alpha * KD (DistillKL), SGD momentum/weight decay from the config,
       on pre-normalized batches (the seed augments in DataLoader workers, off the training thread); for
@@ -19,7 +20,8 @@ unless JAXKD_CPU_YNN=0); the record says which.
 repeat by repeat (the two variants alternate which goes first), and reports the median of the per-repeat speed
 ratios B/A:
   `--ab=ynn`: the step built with JAXKD_CPU_YNN=0 (A: XLA's defaults) and =1 (B: the YNN option; CPU only);
-  `--ab=saliencymix` (any boolean config key, dotted for sections): the config with KEY=False (A) and True (B).
+  `--ab=saliencymix` (any boolean config key, dotted for sections): the config with KEY=False (A) and True (B);
+  `--ab=steps_per_dispatch=1,16` (any config key): the config with KEY=1 (A) and KEY=16 (B).
 
 No dataset is needed: the training set is random uint8 images with random labels (100 classes), and a teacher
 without `config.teacher.checkpoint` gets random weights -- the bench measures speed, not accuracy.
@@ -62,8 +64,8 @@ from jaxkd.mesh import data_mesh, replicated
 from jaxkd.methods import METHODS, get_method
 from jaxkd.models import canonical_name, get_model
 from jaxkd.optimizer import make_optimizer
-from jaxkd.train import (METRIC_NAMES, Setup, Teacher, check_config, create_train_state, load_teacher,
-                         make_train_step)
+from jaxkd.train import (METRIC_NAMES, Setup, Teacher, TrainPrograms, check_config, create_train_state,
+                         dispatch_size, load_teacher, next_stop)
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
@@ -189,14 +191,16 @@ class Part:
 
 def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool | None = None,
               name: str = "jaxkd step") -> tuple[Part, Part]:
-    """(a) the train step and (c) the epoch, sharing one compiled step, compiled and warmed up here; the step
-    is built with `JAXKD_CPU_YNN` saying `cpu_ynn` (None: as the environment says)."""
+    """(a) the train step and (c) the epoch, sharing the engine's compiled train programs (one step per call,
+    and `config.steps_per_dispatch` steps per call where they fit, as `jaxkd.train` dispatches them), compiled
+    and warmed up here; they are built with `JAXKD_CPU_YNN` saying `cpu_ynn` (None: as the environment says)."""
     on_all = replicated(setup.mesh)
     state = jax.device_put(create_train_state(setup, config), on_all)
     teacher_variables = jax.device_put(setup.teacher.variables, on_all) if setup.teacher else None
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), on_all)
+    chunk = config.steps_per_dispatch
     with cpu_ynn_setting(cpu_ynn):
-        train_step = make_train_step(setup, config)
+        programs = TrainPrograms(setup, config)
         options = compiler_options(setup.mesh)  # what the engine's jit was given
     permutation_of = jax.jit(lambda key, epoch: epoch_permutation(key, epoch, len(setup.train)),
                              out_shardings=on_all)
@@ -204,59 +208,62 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
     permutation = permutation_of(base_key, 0)
     carry = {"state": state, "sums": zero_sums(setup)}
 
-    start = time.perf_counter()
-    # from here on train_step is the compiled executable: every call below runs it
-    train_step = train_step.lower(carry["state"], carry["sums"], teacher_variables, *data, permutation).compile()
-    compile_s = time.perf_counter() - start
-    cost = train_step.cost_analysis()
+    # from here on the compiled executables run: no call below can compile
+    compiled, compile_s = {}, {}
+    for num_steps in sorted({1, chunk}):
+        start = time.perf_counter()
+        compiled[num_steps] = programs[num_steps].lower(carry["state"], carry["sums"], teacher_variables, *data,
+                                                        permutation).compile()
+        compile_s[num_steps] = time.perf_counter() - start
+    cost = compiled[1].cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     # XLA counts one device's program: times the devices, for the whole step (the replicated optimizer
     # update is then counted once per device, as it is computed)
     flops = float(cost.get("flops", 0.0)) * setup.mesh.devices.size if cost else 0.0
 
-    def step_once():
-        carry["state"], carry["sums"] = train_step(carry["state"], carry["sums"], teacher_variables, *data,
-                                                   permutation)
+    def run_steps_until(stop_at, next_stop_after, permutation_):
+        """Steps 0..stop_at-1 of a segment, dispatched as the engine does (regaining control at
+        `next_stop_after(step)`); fetches the sums there as the engine does, when `next_stop_after` is given."""
+        state, sums, step = carry["state"], carry["sums"], 0
+        while step < stop_at:
+            stop = next_stop_after(step)
+            size = dispatch_size(step, stop, chunk)
+            state, sums = compiled[size](state, sums, teacher_variables, *data, permutation_)
+            step += size
+            if step == stop:
+                jax.device_get(sums)
+                sums = zero_sums(setup)
+        jax.block_until_ready(state)
+        carry["state"], carry["sums"] = state, sums
 
     start = time.perf_counter()
-    for _ in range(max(warmup_steps, 1)):
-        step_once()
-    jax.block_until_ready(carry)
+    for num_steps in compiled:  # every program runs once before timing
+        run_steps_until(max(warmup_steps, num_steps), lambda step: max(warmup_steps, num_steps), permutation)
     first_steps_s = time.perf_counter() - start
 
     def run_steps():
         start = time.perf_counter()
-        for _ in range(steps):
-            step_once()
-        jax.block_until_ready(carry)
+        run_steps_until(steps, lambda step: steps, permutation)
         return time.perf_counter() - start
 
     spe, log_every = setup.steps_per_epoch, config.log_every_steps
+    epoch_permutation_ = permutation_of(base_key, 1)
 
     def run_epoch():
         """An epoch as jaxkd.train's loop runs it; the state's step need not be at an epoch boundary (the
         step reads its batch position from the state), which changes nothing in the work done."""
         start = time.perf_counter()
-        epoch_permutation_ = permutation_of(base_key, 1)
-        state, sums = carry["state"], carry["sums"]
-        for step in range(1, spe + 1):
-            state, sums = train_step(state, sums, teacher_variables, *data, epoch_permutation_)
-            if step % log_every == 0 or step == spe:
-                jax.device_get(sums)
-                sums = zero_sums(setup)
-        jax.block_until_ready(state)
-        carry["state"], carry["sums"] = state, sums
+        run_steps_until(spe, lambda step: next_stop(step, spe, log_every), epoch_permutation_)
         return time.perf_counter() - start
 
-    permutation_of(base_key, 1).block_until_ready()  # compiled before timing
-    jax.device_get(carry["sums"])
     batch = config.batch_size
     step_part = Part(name, steps * batch, run_steps, flops / batch if flops else None,
-                     {"compile_s": compile_s, "warmup_s": first_steps_s, "steps": steps,
+                     {"compile_s": compile_s[1], "compile_s_chunk": compile_s.get(chunk) if chunk > 1 else None,
+                      "warmup_s": first_steps_s, "steps": steps, "steps_per_dispatch": chunk,
                       "flops_per_step": flops, "bytes_accessed_per_step": float(cost.get("bytes accessed", 0.0)),
                       "compiler_options": options, "cpu_ynn": options is not None})
     epoch_part = Part("jaxkd epoch", spe * batch, run_epoch, flops / batch if flops else None,
-                      {"steps": spe, "log_every_steps": log_every})
+                      {"steps": spe, "log_every_steps": log_every, "steps_per_dispatch": chunk})
     return step_part, epoch_part
 
 
@@ -436,6 +443,18 @@ def _config_path(config, key: str):
     return holder, name
 
 
+def _parse_like(text: str, current, key: str):
+    """`text` as a value of the type of `current` (the config's value of `key`)."""
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        return type(current)(text)
+    except (TypeError, ValueError):
+        raise UserError(f"--ab={key}=...: {text!r} is not a valid {type(current).__name__}, the type of {key}") from None
+
+
 def ab_variants(config, ab: str, platform_name: str) -> list[tuple[str, object, bool | None]]:
     """[(part name, config, cpu_ynn)] of the jaxkd steps to time (cpu_ynn None: the engine's setting): the
     config when `ab` is empty; else variant A and variant B (see the module docstring)."""
@@ -445,16 +464,26 @@ def ab_variants(config, ab: str, platform_name: str) -> list[tuple[str, object, 
         if platform_name != "cpu":
             raise UserError(f"--ab={AB_YNN} compares an XLA:CPU option; the devices here are {platform_name}")
         return [(f"jaxkd step [{AB_YNN}=off]", config, False), (f"jaxkd step [{AB_YNN}=on]", config, True)]
-    holder, name = _config_path(config, ab)
-    if not isinstance(holder[name], bool):
-        raise UserError(f"--ab={ab}: {ab} is {holder[name]!r}; --ab takes '{AB_YNN}' or a boolean config key")
+    key, _, values_text = ab.partition("=")
+    holder, name = _config_path(config, key)
+    current = holder[name]
+    if values_text:
+        texts = values_text.split(",")
+        if len(texts) != 2:
+            raise UserError(f"--ab={ab}: give two values, --ab={key}=A,B")
+        values = [_parse_like(text, current, key) for text in texts]
+    elif isinstance(current, bool):
+        values = [False, True]
+    else:
+        raise UserError(f"--ab={ab}: {key} is {current!r}; --ab takes '{AB_YNN}', a boolean config key, or "
+                        f"KEY=A,B")
     variants = []
-    for value in (False, True):
+    for value in values:
         variant = config.copy_and_resolve_references()
-        holder, name = _config_path(variant, ab)
+        holder, name = _config_path(variant, key)
         with variant.unlocked():
             holder[name] = value
-        variants.append((f"jaxkd step [{ab}={value}]", variant, None))
+        variants.append((f"jaxkd step [{key}={value}]", variant, None))
     return variants
 
 
@@ -471,7 +500,12 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
     info = device_info(devices)
     load_before = os.getloadavg()
     step_parts, setup, epoch_part = [], None, None
-    for name, variant, cpu_ynn in ab_variants(config, ab, info["platform"]):
+    variants = ab_variants(config, ab, info["platform"])
+    for _, variant, _ in variants:
+        if variant.steps_per_dispatch > steps:
+            raise UserError(f"--steps {steps} is less than steps_per_dispatch {variant.steps_per_dispatch}: the "
+                            f"timed steps would never run the {variant.steps_per_dispatch}-step program")
+    for name, variant, cpu_ynn in variants:
         variant_setup = bench_setup(variant, train, devices, DTYPES[dtype_name])
         step_part, epoch_part = jax_parts(variant_setup, variant, steps, warmup_steps, cpu_ynn, name)
         step_parts.append(step_part)
@@ -525,6 +559,7 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         "batch_size": batch, "compute_dtype": dtype_name, "steps": steps, "repeats": repeats,
         "warmup_steps": warmup_steps, "epoch_images": len(train),
         "saliencymix": bool(config.get("saliencymix", False)), "ab": ab or None,
+        "steps_per_dispatch": _same_or_none([p.info["steps_per_dispatch"] for p in step_parts]),
         "compiler_options": _same_or_none([p.info["compiler_options"] for p in step_parts]),
         "cpu_ynn": _same_or_none([p.info["cpu_ynn"] for p in step_parts]),
         "loss": {"gamma": config.loss.gamma, "alpha": config.loss.alpha, "beta": config.loss.beta,
@@ -639,8 +674,9 @@ def _define_bench_flags(flag_values) -> None:
     flags.DEFINE_string("out", "benchmarks/results", "folder for the JSON records ('' = do not write)",
                         flag_values=flag_values)
     flags.DEFINE_string("ab", "", f"'' = no A/B; '{AB_YNN}' = the jaxkd step without vs with the CPU YNN compiler "
-                        "option; a boolean config key (e.g. saliencymix) = the config with it False vs True. "
-                        "The two steps are timed interleaved in this process", flag_values=flag_values)
+                        "option; a boolean config key (e.g. saliencymix) = the config with it False vs True; "
+                        "KEY=A,B (e.g. steps_per_dispatch=1,16) = the config with KEY=A vs KEY=B. The two steps "
+                        "are timed interleaved in this process", flag_values=flag_values)
     flags.DEFINE_string("note", "", "a free-text note stored in the records (e.g. the XLA_FLAGS tried)",
                         flag_values=flag_values)
 

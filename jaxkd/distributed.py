@@ -92,10 +92,11 @@ def agree(value: int) -> int:
     return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
 
 
-def preemption_requested(step: int) -> bool:
-    """In a multi-process run, whether every process has reached the step at which to save and stop after a
-    preemption notice (SIGTERM) reached any of them: JAX's preemption sync point, the same step everywhere.
-    Call it once per step with increasing steps."""
+def preemption_requested(counter: int) -> bool:
+    """In a multi-process run, whether every process has reached the point at which to save and stop after a
+    preemption notice (SIGTERM) reached any of them: JAX's preemption sync point, the same point everywhere.
+    Call it with 0, 1, 2, ... at the same points of the program in every process (the sync point is a value
+    of `counter`, so it must not skip values)."""
     from jax.experimental import multihost_utils
 
-    return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+    return bool(multihost_utils.reached_preemption_sync_point(int(counter)))

@@ -2,8 +2,9 @@
 
 One jitted step does all per-example work on the device: it gathers the batch from the training set held on
 the device, augments it, runs the teacher (eval mode) and the student (train mode), composes
-`gamma * CE + alpha * KD + beta * method term`, and applies SGD; the train state is donated. The host only
-decides when to log, evaluate and checkpoint. Re-running the same command resumes from the workdir's latest
+`gamma * CE + alpha * KD + beta * method term`, and applies SGD; the train state is donated. One host call runs
+one step, or `config.steps_per_dispatch` of them (a `lax.scan`). The host only decides when to log, evaluate
+and checkpoint. Re-running the same command resumes from the workdir's latest
 checkpoint, exactly: the data order, random numbers, optimizer state and BN statistics continue as if never
 stopped. SIGTERM (preemption) saves a checkpoint before exiting.
 
@@ -79,6 +80,8 @@ class Setup:
 def check_config(config, mesh) -> None:
     """Config mistakes that can be seen without loading anything, as one clear line each."""
     canonical_name(config.model)
+    if config.steps_per_dispatch < 1:
+        raise UserError(f"steps_per_dispatch must be positive, got {config.steps_per_dispatch}")
     if config.batch_size < 1 or config.epochs < 1:
         raise UserError(f"batch_size and epochs must be positive (got {config.batch_size}, {config.epochs})")
     if config.dtype not in COMPUTE_DTYPES:
@@ -185,13 +188,14 @@ def make_update(setup: Setup, config):
     return update
 
 
-def make_train_step(setup: Setup, config):
-    """step(state, sums, teacher_variables, images, labels, index, permutation) -> (state, sums), jitted.
+def make_train_step(setup: Setup, config, num_steps: int = 1):
+    """steps(state, sums, teacher_variables, images, labels, index, permutation) -> (state, sums), jitted:
+    `num_steps` consecutive train steps in one call (a `lax.scan` when more than one), all in one epoch.
 
     `images/labels/index` are the whole training set on the device and `permutation` the current epoch's
-    order: the step gathers its batch (step `state.step % steps_per_epoch` of the epoch), augments it with the
-    step's key (crop, flip, SaliencyMix when on, normalize), and applies `make_update`. `sums` accumulates `setup.metric_names` on the device until the host fetches
-    them. State and sums are donated."""
+    order: each step gathers its batch (step `state.step % steps_per_epoch` of the epoch), augments it with the
+    step's key (crop, flip, SaliencyMix when on, normalize), and applies `make_update`. `sums` accumulates
+    `setup.metric_names` on the device until the host fetches them. State and sums are donated."""
     update = make_update(setup, config)
     spe, batch_size = setup.steps_per_epoch, config.batch_size
     state_sharding = replicated(setup.mesh)
@@ -214,8 +218,49 @@ def make_train_step(setup: Setup, config):
         sums = {name: sums[name] + metrics[name].astype(jnp.float32) for name in setup.metric_names}
         return state, sums
 
-    return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(state_sharding, state_sharding),
+    def train_steps(state: TrainState, sums, *inputs):
+        if num_steps == 1:
+            return train_step(state, sums, *inputs)
+
+        def body(carry, _):
+            return train_step(*carry, *inputs), None
+
+        (state, sums), _ = jax.lax.scan(body, (state, sums), length=num_steps)
+        return state, sums
+
+    return jax.jit(train_steps, donate_argnums=(0, 1), out_shardings=(state_sharding, state_sharding),
                    compiler_options=compiler_options(setup.mesh))
+
+
+class TrainPrograms:
+    """The jitted train programs the loop dispatches: one step per call, and `config.steps_per_dispatch` steps
+    per call wherever that many fit before the loop must stop (see `dispatch_size`). Each is compiled on first
+    use, so a run compiles at most these two."""
+
+    def __init__(self, setup: Setup, config):
+        self.steps_per_dispatch = config.steps_per_dispatch
+        self._make = functools.partial(make_train_step, setup, config)
+        self._programs = {}
+
+    def __getitem__(self, num_steps: int):
+        if num_steps not in (1, self.steps_per_dispatch):
+            raise ValueError(f"no train program of {num_steps} steps (1 or {self.steps_per_dispatch})")
+        if num_steps not in self._programs:
+            self._programs[num_steps] = self._make(num_steps)
+        return self._programs[num_steps]
+
+
+def dispatch_size(step: int, stop: int, steps_per_dispatch: int) -> int:
+    """How many steps the host runs in its next call at `step` when it must regain control at `stop` (the next
+    metrics fetch or the epoch's end): `steps_per_dispatch` if they fit, else 1."""
+    return steps_per_dispatch if stop - step >= steps_per_dispatch else 1
+
+
+def next_stop(step: int, steps_per_epoch: int, log_every_steps: int) -> int:
+    """The first step after `step` at which the loop fetches metrics: every `log_every_steps` and at the end of
+    each epoch."""
+    epoch_end = (step // steps_per_epoch + 1) * steps_per_epoch
+    return min(epoch_end, (step // log_every_steps + 1) * log_every_steps)
 
 
 def make_eval_logits(setup: Setup):
@@ -254,16 +299,19 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
+        self._dispatches = 0
         self._multiprocess = distributed.is_multiprocess()
         self._previous = None if self._multiprocess else signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
 
-    def before_step(self, step: int) -> bool:
-        """Whether to stop instead of running `step` (call once per step, in order)."""
+    def before_dispatch(self) -> bool:
+        """Whether to stop instead of running the next train program (call once before each). Every process
+        makes the same sequence of calls, so the sync point counts calls, not steps."""
         if self._multiprocess and not self.requested:
-            self.requested = distributed.preemption_requested(step)
+            self.requested = distributed.preemption_requested(self._dispatches)
+        self._dispatches += 1
         return self.requested
 
     def restore(self):
@@ -280,7 +328,7 @@ def save_config(config, workdir: Path) -> None:
         previous = json.loads(path.read_text())
         current = json.loads(text)
         ignored = {"log_every_steps", "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
-                   "progress_bar", "epochs"}
+                   "progress_bar", "epochs", "steps_per_dispatch"}
         changed = sorted(k for k in set(previous) | set(current)
                          if k not in ignored and previous.get(k) != current.get(k))
         if changed:
@@ -338,7 +386,7 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
 
     images, labels, index = jax.device_put((setup.train.images, setup.train.labels, setup.train.index),
                                            on_all_devices)
-    train_step = make_train_step(setup, config)
+    programs = TrainPrograms(setup, config)
     permutation_of = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
                              out_shardings=on_all_devices)
     base_key = jax.random.PRNGKey(config.seed)
@@ -378,12 +426,13 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
             bar = tqdm(total=spe, initial=step % spe, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                        dynamic_ncols=True, file=sys.stdout, disable=None)  # off when not a TTY
         means = None
-        while step < (epoch + 1) * spe and not stop.before_step(step):
-            state, sums = train_step(state, sums, teacher_variables, images, labels, index, permutation)
-            step += 1
+        while step < (epoch + 1) * spe and not stop.before_dispatch():
+            size = dispatch_size(step, next_stop(step, spe, config.log_every_steps), programs.steps_per_dispatch)
+            state, sums = programs[size](state, sums, teacher_variables, images, labels, index, permutation)
+            step += size
             if bar is not None:
-                bar.update(1)
-            if step % config.log_every_steps == 0 or step % spe == 0:
+                bar.update(size)
+            if step == next_stop(step - 1, spe, config.log_every_steps):
                 sums, means = fetch_and_log(sums, step)
                 if bar is not None:
                     bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.1f}",

@@ -80,6 +80,34 @@ def test_ab_of_a_boolean_config_key():
         bench.ab_variants(config, "ynn", "gpu")
 
 
+def test_ab_of_steps_per_dispatch_times_the_engine_chunks(tmp_path, capsys):
+    argv = ["bench", f"--config={REPO / 'configs' / 'kd_wrn.py'}", "--methods=none", "--ab=steps_per_dispatch=1,2",
+            "--notorch", f"--out={tmp_path}", *TINY, "--repeats=2"]
+    assert bench.main(argv) == 0
+    [path] = tmp_path.glob("*.json")
+    record = json.loads(path.read_text())
+    assert path.name.endswith("-none-ab-steps-per-dispatch-1-2.json") and record["steps_per_dispatch"] is None
+    one, two = (record["results"][f"jaxkd step [steps_per_dispatch={k}]"] for k in (1, 2))
+    assert (one["steps_per_dispatch"], two["steps_per_dispatch"]) == (1, 2)
+    assert one["compile_s_chunk"] is None and two["compile_s_chunk"] > 0  # the 2-step program was built
+    assert one["flops_per_step"] == two["flops_per_step"] > 0  # FLOPs are per step, from the 1-step program
+    assert "A/B steps_per_dispatch" in capsys.readouterr().out
+
+
+def test_ab_of_any_config_key_takes_two_values_of_its_type():
+    config = kd_wrn.get_config()
+    config.lock()
+    variants = bench.ab_variants(config, "steps_per_dispatch=1,16", "gpu")
+    assert [c.steps_per_dispatch for _, c, _ in variants] == [1, 16] and config.steps_per_dispatch == 1
+    assert [c.loss.alpha for _, c, _ in bench.ab_variants(config, "loss.alpha=0,0.5", "cpu")] == [0.0, 0.5]
+    assert [c.dtype for _, c, _ in bench.ab_variants(config, "dtype=float32,bfloat16", "cpu")] == ["float32",
+                                                                                                   "bfloat16"]
+    with pytest.raises(UserError, match="give two values"):
+        bench.ab_variants(config, "steps_per_dispatch=1,2,4", "cpu")
+    with pytest.raises(UserError, match="'x' is not a valid int"):
+        bench.ab_variants(config, "steps_per_dispatch=1,x", "cpu")
+
+
 def test_records_are_never_overwritten(tmp_path):
     record = {"date": "2025-01-01", "method": "kd",
               "device": {"platform": "cpu", "cpu_model": "Some CPU(R) @ 2.0GHz", "device_kind": "cpu"}}
@@ -107,6 +135,7 @@ def test_other_methods_take_their_recipe():
 @pytest.mark.parametrize("argv, message", [
     (["--methods=nope"], "unknown method 'nope'"),
     (["--steps=0"], "--steps and --repeats must be positive"),
+    (["--steps=4", "--config.steps_per_dispatch=8"], "would never run the 8-step program"),
     (["--config.modle=x"], "bad command line or config"),
 ])
 def test_bad_command_lines_are_one_line_errors(argv, message, capsys):

@@ -201,3 +201,93 @@ def test_bfloat16_compute_keeps_float32_parameters_statistics_and_loss():
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
     assert losses["bfloat16"] != losses["float32"]
 
+
+
+def test_dispatch_plan_runs_whole_chunks_and_stops_at_every_fetch_and_epoch_end():
+    from jaxkd.train import dispatch_size, next_stop
+
+    spe, log_every, chunk = 22, 5, 4  # small_config's epoch, log interval, and a chunk that divides neither
+    stops = set(range(log_every, 2 * spe, log_every)) | {spe, 2 * spe}  # fetches: every 5 steps, epoch ends
+    step, sizes, reached = 0, [], []
+    while step < 2 * spe:
+        stop = next_stop(step, spe, log_every)
+        assert stop in stops and step < stop
+        size = dispatch_size(step, stop, chunk)
+        assert step + size <= stop  # a dispatch never crosses a fetch or an epoch's end
+        step += size
+        sizes.append(size)
+        if step == stop:
+            reached.append(step)
+    assert reached == sorted(stops)  # the loop regains control at each of them
+    # a chunk where 4 steps fit before the stop, single steps for what is left: 5 = 4 + 1; 20..22 (epoch end),
+    # 22..25 and 40..44 (the run's end) as the fetches fall
+    assert sizes == [4, 1] * 4 + [1, 1] + [1, 1, 1] + [4, 1] * 3 + [4]
+
+
+def test_a_chunk_of_steps_in_one_call_equals_single_steps_up_to_rounding():
+    """steps_per_dispatch=2: one `lax.scan` call does the work of two single-step calls (same batches, keys and
+    updates); XLA compiles the loop body on its own, so only float rounding may differ."""
+    from jaxkd import train
+    from jaxkd.data import epoch_permutation
+    from jaxkd.mesh import replicated
+
+    config = small_config()
+    setup = train.build(config, jax.devices()[:1])
+    whole = replicated(setup.mesh)
+    data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
+    permutation = jax.device_put(epoch_permutation(jax.random.PRNGKey(0), 0, num_examples=len(setup.train)), whole)
+    results = {}
+    for chunk, calls in ((1, 2), (2, 1), (1, 1)):
+        state, sums = jax.device_put(train.create_train_state(setup, config), whole), train.zero_sums(setup)
+        step = train.make_train_step(setup, config, chunk)
+        for _ in range(calls):
+            state, sums = step(state, sums, None, *data, permutation)
+        results[chunk, calls] = jax.device_get((state, sums))
+    (single, single_sums), (chunked, chunked_sums) = results[1, 2], results[2, 1]
+    assert int(chunked.step) == int(single.step) == 2
+    for name in single_sums:
+        assert chunked_sums[name] == pytest.approx(single_sums[name], rel=1e-5), name
+    # Each tensor's difference is tiny next to what the second step changed (a wrong batch, key or update in
+    # the chunk would be of the order of that change; measured rounding: 5e-5 of it).
+    after_one = results[1, 1][0]
+    for tree in ("params", "batch_stats", "opt_state"):
+        for a, b, one in zip(*(jax.tree.leaves(getattr(s, tree)) for s in (single, chunked, after_one))):
+            assert np.max(np.abs(a - b)) <= 1e-3 * np.max(np.abs(a - one)) + 1e-7, tree
+
+
+def test_chunked_run_logs_like_single_steps_and_resumes_bitwise(tmp_path, monkeypatch):
+    """steps_per_dispatch=4 through the real loop: metrics at the same steps as one step per call, and a run
+    stopped between two calls (here after the first chunk, at step 4) resumes to the same final weights."""
+    import jaxkd.train as train_module
+
+    config = small_config(epochs=1)
+    config.steps_per_dispatch = 4
+    straight = train_and_evaluate(config, tmp_path / "straight")
+    assert straight["step"] == 22
+
+    calls = {"count": 0}
+    real_before_dispatch = train_module.StopRequest.before_dispatch
+
+    def stop_before_the_second_call(self):  # as if SIGTERM arrived during the first call
+        calls["count"] += 1
+        if calls["count"] == 2:
+            self._handle(signal.SIGTERM, None)
+        return real_before_dispatch(self)
+
+    monkeypatch.setattr(train_module.StopRequest, "before_dispatch", stop_before_the_second_call)
+    with pytest.raises(SystemExit) as stopped:
+        train_and_evaluate(config, tmp_path / "stopped")
+    assert stopped.value.code == 143
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir() if p.name.isdigit()) == ["4"]
+    assert train_and_evaluate(config, tmp_path / "stopped")["step"] == 22
+    assert_bitwise_equal(final_params(tmp_path / "stopped"), final_params(tmp_path / "straight"))
+
+    def logged(workdir):
+        return [(r["step"], r["kind"]) for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
+
+    # the same fetches as one step per call: every 5 steps and at the epoch's end (step 4's partial fetch on
+    # stopping aside)
+    expected = [(5, "train"), (10, "train"), (15, "train"), (20, "train"), (22, "train"), (22, "eval")]
+    assert logged(tmp_path / "straight") == expected
+    assert logged(tmp_path / "stopped") == [(4, "train")] + expected

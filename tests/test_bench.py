@@ -3,6 +3,7 @@ parts timed, written only where asked (a temporary folder), never over an existi
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 import jax
@@ -142,3 +143,49 @@ def test_bad_command_lines_are_one_line_errors(argv, message, capsys):
     assert bench.main(["bench", f"--config={REPO / 'configs' / 'kd_wrn.py'}", "--out=", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def gpu_script_commands() -> list[tuple[str, list[str]]]:
+    """(module, arguments) of every jaxkd command `benchmarks/gpu/run.sh` runs, with the script's variables
+    filled in."""
+    text = (REPO / "benchmarks" / "gpu" / "run.sh").read_text().replace("\\\n", " ")
+    variables = {"$python": "python3", "$out": "/tmp/out"}
+    lines = []
+    for line in text.splitlines():
+        for name, value in variables.items():
+            line = line.replace(f'"{name}"', value)
+        lines.append(line)
+    [bench_line] = [line for line in lines if line.startswith("bench=(")]
+    bench_prefix = shlex.split(bench_line[len("bench=("):].rstrip(")"))
+    commands = []
+    for line in lines:
+        if not line.startswith("part "):
+            continue
+        words = shlex.split(line)[2:]  # after `part SECONDS`
+        if words[0] == "${bench[@]}":
+            words = bench_prefix + words[1:]
+        if words[:2] == ["python3", "-m"] and words[2].startswith("jaxkd."):
+            commands.append((words[2], words[3:]))
+    return commands
+
+
+def test_gpu_script_runs_valid_bench_and_train_commands(monkeypatch):
+    """The prepared GPU run must not find a stale flag or config key on a machine that is lent for minutes."""
+    from jaxkd import train
+    from jaxkd.mesh import data_mesh
+
+    commands = gpu_script_commands()
+    modules = [module for module, _ in commands]
+    assert modules.count("jaxkd.bench") >= 5 and "jaxkd.train" in modules
+    monkeypatch.chdir(REPO)  # the script runs in the repository root
+    for module, arguments in commands:
+        if module == "jaxkd.train":
+            flags_ = train.parse_command_line(["jaxkd.train", *arguments])
+            train.check_config(flags_.config, data_mesh(tuple(jax.devices()[:1])))
+            continue
+        flags_ = bench.parse_config_command_line(["jaxkd.bench", *arguments], bench._define_bench_flags,
+                                                 bench.BENCH_USAGE)
+        for _, variant, _ in bench.ab_variants(flags_.config, flags_.ab, "gpu"):
+            assert variant.steps_per_dispatch <= flags_.steps
+        methods = flags_.methods
+        assert methods in ("", "all") or set(methods.split(",")) <= set(METHODS)

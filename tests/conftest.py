@@ -24,6 +24,18 @@ def save_random_teacher(path, arch: str = "resnet8", num_classes: int = 10, seed
     return path
 
 
+def on_digits(config, *, epochs: int, log_every_steps: int = 5, model: str = "resnet8"):
+    """`config` (a recipe from configs/) made a small real run: `model` on scikit-learn's digits, 22 steps per
+    epoch at batch 64, evaluated and checkpointed every epoch, no progress bar. Returns it."""
+    config.data.source = "digits"
+    config.model = model
+    config.epochs = epochs
+    config.eval_every_epochs = config.checkpoint_every_epochs = 1
+    config.log_every_steps = log_every_steps
+    config.progress_bar = False
+    return config
+
+
 def randomize_batchnorm_and_bias(model: torch.nn.Module, classifier: torch.nn.Linear) -> None:
     """Gives every BatchNorm2d non-trivial parameters and running statistics and the classifier a bias."""
     with torch.no_grad():

@@ -24,7 +24,7 @@ from jaxkd.methods.byot import BYOT, DEFAULTS, HEAD_NAMES
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import BYOTHead
 from jaxkd.train import train_and_evaluate
-from tests.conftest import assert_close_scaled, nchw, nhwc
+from tests.conftest import assert_close_scaled, nchw, nhwc, on_digits
 from tests.reference.byot_loss import ShallowHead, byot_total_loss
 from tests.test_train import assert_bitwise_equal, final_params
 
@@ -275,14 +275,7 @@ def test_config_and_settings():
 
 def digits_config(epochs=2):
     """The BYOT recipe with a resnet8 on digits: 22 steps per epoch."""
-    config = byot_wrn.get_config()
-    config.data.source = "digits"
-    config.model = "resnet8"
-    config.epochs = epochs
-    config.eval_every_epochs = config.checkpoint_every_epochs = 1
-    config.log_every_steps = 2
-    config.progress_bar = False
-    return config
+    return on_digits(byot_wrn.get_config(), epochs=epochs, log_every_steps=2)
 
 
 def records(workdir, kind):

@@ -26,7 +26,7 @@ from jaxkd.methods.crd import (DEFAULTS, counts_from_indices, init_state, sample
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.models import ModelOutput
 from jaxkd.train import create_train_state, make_train_step, train_and_evaluate, zero_sums
-from tests.conftest import assert_close_scaled, save_random_teacher
+from tests.conftest import assert_close_scaled, on_digits, save_random_teacher
 from tests.reference.repdistiller_crd import CRDLoss, InstanceSampler
 
 UNEQUAL_CLASS_SIZES = [50, 70, 40, 80, 60]  # N = 300; other-class pools of 220..260 examples
@@ -292,16 +292,10 @@ def test_crd_step_memory_stays_within_100_mib_of_kd():
 
 def digits_crd_config(teacher_path, epochs=2):
     """The CRD recipe on digits: resnet8 student, random resnet20 teacher, K = 256."""
-    config = crd_wrn.get_config()
-    config.data.source = "digits"
-    config.model = "resnet8"
+    config = on_digits(crd_wrn.get_config(), epochs=epochs, log_every_steps=2)
     config.teacher.checkpoint, config.teacher.arch = str(teacher_path), "resnet20"
     config.crd.nce_k = 256
-    config.epochs = epochs
     config.optimizer.lr_decay_epochs = (10,)
-    config.eval_every_epochs = config.checkpoint_every_epochs = 1
-    config.log_every_steps = 2
-    config.progress_bar = False
     return config
 
 

@@ -27,7 +27,7 @@ from jaxkd.methods.dml import DML, mutual_losses
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.models import get_model
 from jaxkd.train import train_and_evaluate
-from tests.conftest import assert_close_scaled, nchw
+from tests.conftest import assert_close_scaled, nchw, on_digits
 from tests.reference.dml_loss import dml_losses as torch_dml_losses
 from tests.test_train import assert_bitwise_equal
 
@@ -226,14 +226,8 @@ def test_config_recipe_defaults_and_errors():
 
 def tiny(peers, epochs: int):
     """configs/dml_wrn.py with resnet8 peers on digits, 22 steps per epoch."""
-    config = dml_wrn.get_config()
-    config.data.source = "digits"
-    config.model = "resnet8"
+    config = on_digits(dml_wrn.get_config(), epochs=epochs)
     config.dml.peers = tuple(peers)
-    config.epochs = epochs
-    config.eval_every_epochs = config.checkpoint_every_epochs = 1
-    config.log_every_steps = 5
-    config.progress_bar = False
     return config
 
 

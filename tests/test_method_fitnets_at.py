@@ -23,7 +23,7 @@ from jaxkd.methods.fitnets import FitNets
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import STRIDE2, TRANSPOSE, VALID, ConvReg, ConvTranspose4x4Stride2
 from jaxkd.train import train_and_evaluate
-from tests.conftest import assert_close_scaled, nchw, nhwc
+from tests.conftest import assert_close_scaled, nchw, nhwc, on_digits
 from tests.reference.repdistiller_losses import Attention, ConvReg as TorchConvReg, HintLoss
 from tests.test_train import assert_bitwise_equal, final_params
 
@@ -273,14 +273,8 @@ def teachers(tmp_path_factory):
 
 def tiny(config_module, teacher_pth: Path, teacher_arch: str, epochs: int):
     """The recipe's config file with resnet8 student, the given teacher, digits, 22 steps per epoch."""
-    config = config_module.get_config()
-    config.data.source = "digits"
-    config.model = "resnet8"
+    config = on_digits(config_module.get_config(), epochs=epochs)
     config.teacher.checkpoint, config.teacher.arch = str(teacher_pth), teacher_arch
-    config.epochs = epochs
-    config.eval_every_epochs = config.checkpoint_every_epochs = 1
-    config.log_every_steps = 5
-    config.progress_bar = False
     return config
 
 

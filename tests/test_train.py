@@ -2,7 +2,6 @@
 exports, bad configs and a diverging loss."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -223,9 +223,11 @@ def test_dispatch_plan_runs_whole_chunks_and_stops_at_every_fetch_and_epoch_end(
     assert sizes == [4, 1] * 4 + [1, 1] + [1, 1, 1] + [4, 1] * 3 + [4]
 
 
-def test_a_chunk_of_steps_in_one_call_equals_single_steps_up_to_rounding():
+@pytest.mark.parametrize("unroll", [True, False], ids=["unrolled", "loop"])
+def test_a_chunk_of_steps_in_one_call_equals_single_steps_up_to_rounding(unroll):
     """steps_per_dispatch=2: one `lax.scan` call does the work of two single-step calls (same batches, keys and
-    updates); XLA compiles the loop body on its own, so only float rounding may differ."""
+    updates), unrolled (the CPU default) or as a loop (elsewhere); XLA compiles the chunk on its own, so only
+    float rounding may differ."""
     from jaxkd import train
     from jaxkd.data import epoch_permutation
     from jaxkd.mesh import replicated
@@ -238,7 +240,7 @@ def test_a_chunk_of_steps_in_one_call_equals_single_steps_up_to_rounding():
     results = {}
     for chunk, calls in ((1, 2), (2, 1), (1, 1)):
         state, sums = jax.device_put(train.create_train_state(setup, config), whole), train.zero_sums(setup)
-        step = train.make_train_step(setup, config, chunk)
+        step = train.make_train_step(setup, config, chunk, unroll=unroll)
         for _ in range(calls):
             state, sums = step(state, sums, None, *data, permutation)
         results[chunk, calls] = jax.device_get((state, sums))

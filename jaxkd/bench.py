@@ -64,12 +64,11 @@ from jaxkd.mesh import data_mesh, replicated
 from jaxkd.methods import METHODS, get_method
 from jaxkd.models import canonical_name, get_model
 from jaxkd.optimizer import make_optimizer
-from jaxkd.train import (METRIC_NAMES, Setup, Teacher, TrainPrograms, check_config, create_train_state,
-                         dispatch_size, load_teacher, next_stop)
+from jaxkd.train import (COMPUTE_DTYPES, METRIC_NAMES, Setup, Teacher, TrainPrograms, check_config,
+                         create_train_state, dispatch_size, load_teacher, next_stop)
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RECORD_VERSION = 2  # 2: compiler options, cpu_ynn, saliencymix, A/B runs
 AB_YNN = "ynn"
 
@@ -134,11 +133,12 @@ def synthetic_split(num_examples: int, num_classes: int = NUM_CLASSES, seed: int
     return Split(images, labels, np.arange(num_examples, dtype=np.int32), num_classes)
 
 
-def bench_setup(config, train: Split, devices, dtype=jnp.float32) -> Setup:
+def bench_setup(config, train: Split, devices) -> Setup:
     """What `jaxkd.train.build` makes, from a given training split and with a random teacher when no
-    checkpoint is configured; `dtype` is the models' compute dtype."""
+    checkpoint is configured."""
     mesh = data_mesh(tuple(devices))
     check_config(config, mesh)
+    dtype = COMPUTE_DTYPES[config.dtype]
     method = get_method(config.method, config)
     teacher = None
     if method.uses_teacher:
@@ -222,8 +222,8 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
     flops = float(cost.get("flops", 0.0)) * setup.mesh.devices.size if cost else 0.0
 
     def run_steps_until(stop_at, next_stop_after, permutation_):
-        """Steps 0..stop_at-1 of a segment, dispatched as the engine does (regaining control at
-        `next_stop_after(step)`); fetches the sums there as the engine does, when `next_stop_after` is given."""
+        """Runs `stop_at` steps on the state in `carry` as the engine's loop does: dispatched in chunks that end
+        at or before `next_stop_after(step)` (step counted from 0 here), where the sums are fetched."""
         state, sums, step = carry["state"], carry["sums"], 0
         while step < stop_at:
             stop = next_stop_after(step)
@@ -247,13 +247,13 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
         return time.perf_counter() - start
 
     spe, log_every = setup.steps_per_epoch, config.log_every_steps
-    epoch_permutation_ = permutation_of(base_key, 1)
+    permutation_of(base_key, 1).block_until_ready()  # compiled before timing
 
     def run_epoch():
         """An epoch as jaxkd.train's loop runs it; the state's step need not be at an epoch boundary (the
         step reads its batch position from the state), which changes nothing in the work done."""
         start = time.perf_counter()
-        run_steps_until(spe, lambda step: next_stop(step, spe, log_every), epoch_permutation_)
+        run_steps_until(spe, lambda step: next_stop(step, spe, log_every), permutation_of(base_key, 1))
         return time.perf_counter() - start
 
     batch = config.batch_size
@@ -452,7 +452,8 @@ def _parse_like(text: str, current, key: str):
             return text.lower() == "true"
         return type(current)(text)
     except (TypeError, ValueError):
-        raise UserError(f"--ab={key}=...: {text!r} is not a valid {type(current).__name__}, the type of {key}") from None
+        raise UserError(f"--ab={key}=...: {text!r} is not a valid {type(current).__name__}, the type of "
+                        f"{key}") from None
 
 
 def ab_variants(config, ab: str, platform_name: str) -> list[tuple[str, object, bool | None]]:
@@ -491,7 +492,7 @@ def _same_or_none(values: list):
     return values[0] if all(v == values[0] for v in values) else None
 
 
-def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_images: int, dtype_name: str,
+def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_images: int,
                  devices, with_torch: bool, notes: list[str], ab: str = "") -> dict:
     """Times (a), (b) and (c) for one method config, or with `ab` the two variants of (a) and (b); returns the
     JSON record."""
@@ -506,7 +507,7 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
             raise UserError(f"--steps {steps} is less than steps_per_dispatch {variant.steps_per_dispatch}: the "
                             f"timed steps would never run the {variant.steps_per_dispatch}-step program")
     for name, variant, cpu_ynn in variants:
-        variant_setup = bench_setup(variant, train, devices, DTYPES[dtype_name])
+        variant_setup = bench_setup(variant, train, devices)
         step_part, epoch_part = jax_parts(variant_setup, variant, steps, warmup_steps, cpu_ynn, name)
         step_parts.append(step_part)
         setup = setup or variant_setup
@@ -516,7 +517,7 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         if torch_device is None:
             notes.append(f"PyTorch step skipped: this PyTorch cannot run on {info['platform']}")
         else:
-            others.append(torch_part(config, setup, steps, warmup_steps, torch_device, dtype_name))
+            others.append(torch_part(config, setup, steps, warmup_steps, torch_device, config.dtype))
             if config.method not in ("none", "kd"):
                 notes.append(f"the PyTorch step is the seed's CE + KD step (with the teacher forward where there "
                              f"is a teacher), without the {config.method} term and modules: the ratio flatters "
@@ -556,7 +557,8 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "method": config.method, "student": canonical_name(config.model), "teacher": teacher,
         "teacher_weights": "checkpoint" if config.teacher.checkpoint else ("random" if teacher else None),
-        "batch_size": batch, "compute_dtype": dtype_name, "steps": steps, "repeats": repeats,
+        "batch_size": batch, "compute_dtype": _same_or_none([variant.dtype for _, variant, _ in variants]),
+        "steps": steps, "repeats": repeats,
         "warmup_steps": warmup_steps, "epoch_images": len(train),
         "saliencymix": bool(config.get("saliencymix", False)), "ab": ab or None,
         "steps_per_dispatch": _same_or_none([p.info["steps_per_dispatch"] for p in step_parts]),
@@ -604,14 +606,18 @@ def format_table(record: dict) -> str:
 
 
 def run(config, *, methods: str = "", steps: int = 20, repeats: int = 5, warmup_steps: int = 2,
-        epoch_images: int = 0, dtype_name: str = "float32", num_devices: int = 1, with_torch: bool = True,
+        epoch_images: int = 0, dtype_name: str = "", num_devices: int = 1, with_torch: bool = True,
         torch_threads: int = 0, out: str | None = "benchmarks/results", note: str = "", ab: str = "") -> list[dict]:
     """Benchmarks every method of `methods` ("" = the config's, "all" = every registered one, or a comma
     list); returns the records (and writes them to `out` unless it is empty). `ab`: see the module docstring."""
     if steps < 1 or repeats < 1:
         raise UserError(f"--steps and --repeats must be positive (got {steps}, {repeats})")
-    if dtype_name not in DTYPES:
-        raise UserError(f"unknown --dtype {dtype_name!r}; choose one of {', '.join(DTYPES)}")
+    if dtype_name:  # the models' compute dtype for every method (else the config's `dtype`)
+        if dtype_name not in COMPUTE_DTYPES:
+            raise UserError(f"unknown --dtype {dtype_name!r}; choose one of {', '.join(COMPUTE_DTYPES)}")
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.dtype = dtype_name
     names = ([config.method] if not methods else list(METHODS) if methods == "all"
              else [m.strip() for m in methods.split(",") if m.strip()])
     unknown = [m for m in names if m not in METHODS]
@@ -629,7 +635,7 @@ def run(config, *, methods: str = "", steps: int = 20, repeats: int = 5, warmup_
     try:
         return [record for method in names
                 for record in _run_method(config, method, steps=steps, repeats=repeats, warmup_steps=warmup_steps,
-                                          epoch_images=epoch_images, dtype_name=dtype_name, devices=devices,
+                                          epoch_images=epoch_images, devices=devices,
                                           with_torch=with_torch, out=out, note=note, ab=ab)]
     finally:
         if with_torch and torch_threads:
@@ -665,8 +671,8 @@ def _define_bench_flags(flag_values) -> None:
     flags.DEFINE_integer("warmup_steps", 2, "untimed steps after compilation", flag_values=flag_values)
     flags.DEFINE_integer("epoch_images", 0, "images in the timed epoch (0 = 20 batches; 50000 = CIFAR's)",
                          flag_values=flag_values)
-    flags.DEFINE_enum("dtype", "float32", list(DTYPES), "compute dtype of both models (PyTorch: autocast)",
-                      flag_values=flag_values)
+    flags.DEFINE_enum("dtype", "", ["", *COMPUTE_DTYPES], "compute dtype of both models (PyTorch: autocast); "
+                      "'' = the config's `dtype`", flag_values=flag_values)
     flags.DEFINE_integer("num_devices", 1, "devices for the jaxkd step (0 = all)", flag_values=flag_values)
     flags.DEFINE_boolean("torch", True, "also time the PyTorch step", flag_values=flag_values)
     flags.DEFINE_integer("torch_threads", 0, "PyTorch intra-op threads (0 = PyTorch's default, one per core)",

@@ -4,9 +4,9 @@ One jitted step does all per-example work on the device: it gathers the batch fr
 the device, augments it, runs the teacher (eval mode) and the student (train mode), composes
 `gamma * CE + alpha * KD + beta * method term`, and applies SGD; the train state is donated. One host call runs
 one step, or `config.steps_per_dispatch` of them (a `lax.scan`). The host only decides when to log, evaluate
-and checkpoint. Re-running the same command resumes from the workdir's latest
-checkpoint, exactly: the data order, random numbers, optimizer state and BN statistics continue as if never
-stopped. SIGTERM (preemption) saves a checkpoint before exiting.
+and checkpoint. Re-running the same command resumes from the workdir's latest checkpoint, exactly: the data
+order, random numbers, optimizer state and BN statistics continue as if never stopped. SIGTERM (preemption)
+saves a checkpoint before exiting.
 
 The workdir receives `config.json`, `metrics.jsonl`, `tensorboard/`, `checkpoints/` (train state), and at the
 end `model/` (the student as a model checkpoint, usable as a teacher or by `jaxkd.evaluate`) and

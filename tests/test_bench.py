@@ -109,6 +109,18 @@ def test_ab_of_any_config_key_takes_two_values_of_its_type():
         bench.ab_variants(config, "steps_per_dispatch=1,x", "cpu")
 
 
+def test_models_compute_in_the_config_dtype_unless_the_flag_says_otherwise(monkeypatch):
+    config = kd_wrn.get_config()
+    config.model, config.teacher.arch, config.dtype = "resnet8", "resnet8", "bfloat16"
+    setup = bench.bench_setup(config, bench.synthetic_split(64), jax.devices()[:1])
+    assert setup.student.dtype == setup.teacher.model.dtype == jax.numpy.bfloat16
+    seen = []
+    monkeypatch.setattr(bench, "_run_method", lambda config, method, **kwargs: seen.append(config.dtype) or [])
+    bench.run(config, out="", with_torch=False)
+    bench.run(config, out="", with_torch=False, dtype_name="float32")
+    assert seen == ["bfloat16", "float32"] and config.dtype == "bfloat16"
+
+
 def test_records_are_never_overwritten(tmp_path):
     record = {"date": "2025-01-01", "method": "kd",
               "device": {"platform": "cpu", "cpu_model": "Some CPU(R) @ 2.0GHz", "device_kind": "cpu"}}

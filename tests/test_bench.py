@@ -161,7 +161,7 @@ def gpu_script_commands() -> list[tuple[str, list[str]]]:
     """(module, arguments) of every jaxkd command `benchmarks/gpu/run.sh` runs, with the script's variables
     filled in."""
     text = (REPO / "benchmarks" / "gpu" / "run.sh").read_text().replace("\\\n", " ")
-    variables = {"$python": "python3", "$out": "/tmp/out"}
+    variables = {"$python": "python3", "$records": "/tmp/records"}
     lines = []
     for line in text.splitlines():
         for name, value in variables.items():

@@ -201,7 +201,6 @@ def test_bfloat16_compute_keeps_float32_parameters_statistics_and_loss():
     assert losses["bfloat16"] != losses["float32"]
 
 
-
 def test_dispatch_plan_runs_whole_chunks_and_stops_at_every_fetch_and_epoch_end():
     from jaxkd.train import dispatch_size, next_stop
 

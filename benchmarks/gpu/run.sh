@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/README.md in one go, in the repository root of a GPU machine:
 #
-#     bash benchmarks/gpu/run.sh [OUT_DIR]        # default: benchmarks/results
+#     bash benchmarks/gpu/run.sh OUT_DIR
 #
 # In order of importance, each under its own time limit and all within JAXKD_GPU_BUDGET seconds (default 540: a
 # part gets at most what is left, and is skipped when under 30 s is left), so a slow or failing part cannot
 # starve the rest:
 # the KD step wrn40_2 -> wrn16_2 and the wrn16_2 baseline at batch 64 against PyTorch eager on the same card,
 # with a full 50,000-image epoch; KD in bfloat16; an A/B of steps_per_dispatch 1 vs 20; every method at a
-# shorter length; and a one-epoch digits training run as an end-to-end check. The bench records (JSON) and
-# gpu_run.log go to OUT_DIR, and after each part everything so far is packed into OUT_DIR/gpu_results.tgz.
+# shorter length; and a one-epoch digits training run as an end-to-end check. OUT_DIR receives two files:
+# gpu_run.log, and gpu_results.tgz with the log and every bench record (JSON) so far, repacked after each part
+# (unpack it into benchmarks/results/).
 # Wheels in .whl/ (benchmarks/gpu/fetch_wheels.sh) are installed first, for a machine without a package index.
 # PYTHON picks the interpreter (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-out=$(realpath -m "${1:-benchmarks/results}")
+if (($# != 1)); then
+    echo "usage: bash benchmarks/gpu/run.sh OUT_DIR" >&2
+    exit 2
+fi
+out=$(realpath -m "$1")
+records=$(mktemp -d /tmp/jaxkd-gpu-records.XXXX)
 mkdir -p "$out"
 log=$out/gpu_run.log
 python=${PYTHON:-python3}
@@ -36,7 +42,7 @@ part() {  # part SECONDS COMMAND...: runs it under a time limit, logs it, packs 
     echo "== $(date -u +%H:%M:%S) $*" | tee -a "$log"
     timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
     echo "== exit ${PIPESTATUS[0]}" | tee -a "$log"
-    tar czf "$out/gpu_results.tgz.tmp" -C "$out" --exclude='gpu_results.tgz*' . && \
+    cp "$log" "$records/" && tar czf "$out/gpu_results.tgz.tmp" -C "$records" . && \
         mv "$out/gpu_results.tgz.tmp" "$out/gpu_results.tgz"
 }
 
@@ -44,7 +50,7 @@ part 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --
 part 60 "$python" -c "import jax, flax, optax, orbax.checkpoint, torch; print('jax', jax.__version__, 'flax', \
 flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__); print(jax.devices()); \
 print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'torch: no CUDA')"
-bench=("$python" -m jaxkd.bench --out "$out" --steps 100 --repeats 5)
+bench=("$python" -m jaxkd.bench --out "$records" --steps 100 --repeats 5)
 part 150 "${bench[@]}" --config configs/kd_wrn.py --epoch_images 50000
 part 120 "${bench[@]}" --config configs/baseline.py --config.model=wideresnet16_2 --epoch_images 50000
 part 120 "${bench[@]}" --config configs/kd_wrn.py --dtype bfloat16 --epoch_images 50000

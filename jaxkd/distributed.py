@@ -66,6 +66,26 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return True
 
 
+def add_process_arguments(parser) -> None:
+    """The multi-process options of an argparse command (`jaxkd.evaluate`, `jaxkd.robustness`); pass them to
+    `initialize` as `args.coordinator_address, args.num_processes, args.process_id`."""
+    group = parser.add_argument_group("multi-process runs (docs/scale_out.md); also read from JAX_COORDINATOR_ADDRESS, "
+                                      "JAX_NUM_PROCESSES, JAX_PROCESS_ID or a detected cluster")
+    # both spellings: these commands' own (--num-processes) and jaxkd.train's (--num_processes)
+    group.add_argument("--coordinator-address", "--coordinator_address", dest="coordinator_address",
+                       help="host:port of process 0")
+    group.add_argument("--num-processes", "--num_processes", dest="num_processes", type=int,
+                       help="how many processes")
+    group.add_argument("--process-id", "--process_id", dest="process_id", type=int,
+                       help="this process's id, 0..num-processes-1")
+
+
+def print_once(*args, **kwargs) -> None:
+    """`print`, in process 0 only: a message for the user, printed once however many processes run."""
+    if is_primary():
+        print(*args, **kwargs)
+
+
 def is_multiprocess() -> bool:
     return jax.process_count() > 1
 

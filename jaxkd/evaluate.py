@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxkd import distributed
 from jaxkd.compile_options import compiler_options
 from jaxkd.data.augment import normalize
 from jaxkd.data.cifar100c import SEVERITIES, Cifar100C
@@ -311,6 +312,7 @@ def run(args) -> dict:
     from jaxkd.model_checkpoint import load_model
     from jaxkd.models import get_model
 
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.force:
         raise UserError(f"{out}: already exists (pass --force to replace it)")
@@ -328,10 +330,11 @@ def run(args) -> dict:
         check_labels(c100c.labels, num_classes, f"CIFAR-100-C {c100c.directory}")
         evaluated, unreadable = readable_corruptions(c100c)
         if c100c.missing:
-            print(f"warning: CIFAR-100-C: no file for {len(c100c.missing)} corruption(s) in {c100c.directory}: "
-                  f"{', '.join(c100c.missing)}; evaluating the others", file=sys.stderr)
+            distributed.print_once(f"warning: CIFAR-100-C: no file for {len(c100c.missing)} corruption(s) in "
+                                   f"{c100c.directory}: {', '.join(c100c.missing)}; evaluating the others",
+                                   file=sys.stderr)
         for name, reason in unreadable.items():
-            print(f"warning: CIFAR-100-C: skipping {name}: {reason}", file=sys.stderr)
+            distributed.print_once(f"warning: CIFAR-100-C: skipping {name}: {reason}", file=sys.stderr)
         if not evaluated:
             raise UserError(f"CIFAR-100-C folder {c100c.directory} has no readable corruption file")
 
@@ -344,7 +347,7 @@ def run(args) -> dict:
     placed = place_variables(variables, mesh)
     total = len(split) + (len(c100c.labels) * len(evaluated) if c100c is not None else 0)
     with tqdm(total=total, unit="img", desc="evaluating", leave=False, dynamic_ncols=True,
-              disable=True if args.quiet else None) as bar:
+              disable=True if args.quiet or not distributed.is_primary() else None) as bar:
         clean = evaluate_split(model, placed, split.images, split.labels, args.batch_size, mesh=mesh,
                                progress=bar.update)
         robust = None
@@ -362,8 +365,8 @@ def run(args) -> dict:
         "cifar100c": robust,
         "written_by": f"jaxkd {__version__} evaluate",
     }
-    print(format_report(results))
-    if out is not None:
+    distributed.print_once(format_report(results))
+    if out is not None and distributed.is_primary():
         write_json(results, out, args.force)
         print(f"\nwrote {out}")
     return results
@@ -383,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every evaluation command shares: where the clean test split comes from, batch, progress."""
+    """The options every evaluation command shares: where the clean test split comes from, batch, progress,
+    and the multi-process settings."""
     from jaxkd.data.sources import SOURCES
 
     parser.add_argument("--source", default="tfds", choices=SOURCES, help="where the clean test split comes from")
@@ -391,6 +395,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true", help="fetch or prepare the clean data if absent")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    distributed.add_process_arguments(parser)
 
 
 def main(argv=None) -> int:

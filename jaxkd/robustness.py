@@ -21,6 +21,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from jaxkd import distributed
 from jaxkd.errors import UserError, run_command
 from jaxkd.evaluate import (CIFAR100C_CLASSES, add_data_arguments, check_labels, evaluate_cifar100c, evaluate_split,
                             percent, place_variables, readable_corruptions, write_json)
@@ -175,6 +176,7 @@ def run(args) -> dict:
     from jaxkd.mesh import data_mesh
     from jaxkd.models import get_model
 
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     # Every input first: outputs, options, checkpoints, CIFAR-100-C, the clean split. Nothing is evaluated yet.
     _check_outputs(args)
     if args.batch_size < 1:
@@ -196,17 +198,18 @@ def run(args) -> dict:
             raise UserError(f"{entry.argument}: the model has {entry.num_classes} classes, but the {args.source} "
                             f"test split has {split.num_classes}")
     if c100c.missing:
-        print(f"warning: CIFAR-100-C: no file for {len(c100c.missing)} corruption(s) in {c100c.directory}: "
-              f"{', '.join(c100c.missing)}; the CIFAR100C column is the mean over the others", file=sys.stderr)
+        distributed.print_once(f"warning: CIFAR-100-C: no file for {len(c100c.missing)} corruption(s) in "
+                               f"{c100c.directory}: {', '.join(c100c.missing)}; the CIFAR100C column is the mean "
+                               f"over the others", file=sys.stderr)
     for name, reason in unreadable.items():
-        print(f"warning: CIFAR-100-C: skipping {name}: {reason}", file=sys.stderr)
+        distributed.print_once(f"warning: CIFAR-100-C: skipping {name}: {reason}", file=sys.stderr)
 
     mesh = data_mesh()
     devices = f"{mesh.devices.size} x {jax.devices()[0].device_kind}"
     per_model = len(split) + len(c100c.labels) * len(evaluated)
     rows = []
     with tqdm(total=per_model * len(entries), unit="img", leave=False, dynamic_ncols=True,
-              disable=True if args.quiet else None) as bar:
+              disable=True if args.quiet or not distributed.is_primary() else None) as bar:
         for entry in entries:
             bar.set_description(entry.argument)
             model = get_model(entry.arch, entry.num_classes)
@@ -242,7 +245,9 @@ def run(args) -> dict:
         "written_by": f"jaxkd {__version__} robustness",
     }
     table = format_table(report)
-    print(table, end="")
+    distributed.print_once(table, end="")
+    if not distributed.is_primary():  # process 0 writes the files
+        return report
     if args.json:
         write_json(report, Path(args.json), args.force)
     if args.out:

@@ -363,8 +363,7 @@ def train_and_evaluate(config, workdir) -> dict:
 
 def _say(text: str) -> None:
     """A message for the user, printed once (by process 0)."""
-    if distributed.is_primary():
-        print(text, flush=True)
+    distributed.print_once(text, flush=True)
 
 
 def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCheckpoints, stop: StopRequest):

@@ -60,12 +60,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(workdir, teacher, *extra, processes: int = 1, devices_per_process: int = 1):
-    """Starts the training command: one process, or `processes` joined through a loopback coordinator."""
+def launch(module: str, *arguments, processes: int = 1, devices_per_process: int = 1):
+    """Starts `python -m module arguments`: one process, or `processes` joined through a loopback coordinator."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
-    command = [sys.executable, "-m", "jaxkd.train", "--config", "configs/crd_kd_wrn.py", "--workdir",
-               str(workdir), *overrides(teacher), *extra]
+    command = [sys.executable, "-m", module, *map(str, arguments)]
     if processes == 1:
         return [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True)]
@@ -74,6 +73,12 @@ def start(workdir, teacher, *extra, processes: int = 1, devices_per_process: int
                                         f"--process_id={rank}"],
                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for rank in range(processes)]
+
+
+def start(workdir, teacher, *extra, processes: int = 1, devices_per_process: int = 1):
+    """Starts the training command (CRD + KD on digits) on one process or several."""
+    return launch("jaxkd.train", "--config", "configs/crd_kd_wrn.py", "--workdir", workdir, *overrides(teacher),
+                  *extra, processes=processes, devices_per_process=devices_per_process)
 
 
 def finish(processes, timeout=600):
@@ -203,6 +208,54 @@ def test_sigterm_to_one_process_stops_both_after_the_same_step(teacher, tmp_path
     steps = [int(path.name) for path in (tmp_path / "checkpoints").iterdir() if path.name.isdigit()]
     assert len(steps) == 1 and 0 < steps[0] < epochs * STEPS_PER_EPOCH, steps
     assert f"SIGTERM: saved a checkpoint at step {steps[0]}" in results[0][1]
+
+
+def own_output(stdout: str) -> str:
+    """A process's standard output without the lines of JAX's CPU collectives library (gloo) about its peers."""
+    return "".join(line for line in stdout.splitlines(keepends=True) if not line.startswith("[Gloo]"))
+
+
+def test_evaluation_commands_on_two_processes_report_like_one(tmp_path):
+    """`jaxkd.robustness` and `jaxkd.evaluate` on 2 processes x 2 devices: the same numbers as one process
+    (70 clean images and 35 per corruption: not multiples of the 4 devices' batch shares); process 0 alone
+    prints and writes."""
+    from tests.conftest import randomized_torch_model
+    from tests.test_evaluate import labels_half_right, random_images, torch_logits, write_cifar100_python, \
+        write_cifar100c
+
+    rng = np.random.default_rng(0)
+    torch_model = randomized_torch_model("resnet8", 100)
+    checkpoint = tmp_path / "resnet8_100.pth"
+    torch.save(torch_model.state_dict(), checkpoint)
+    images = random_images(rng, 70)
+    data = write_cifar100_python(tmp_path / "cifar-100-python", images,
+                                 labels_half_right(rng, torch_logits(torch_model, images), 100))
+    write_cifar100c(tmp_path / "CIFAR-100-C", torch_model, rng)
+    common = ["--cifar100c", tmp_path / "CIFAR-100-C", "--source", "cifar100-python", "--data-dir", data,
+              "--batch-size", 16, "--quiet"]
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    one = finish(launch("jaxkd.robustness", checkpoint, "--json", outputs / "one.json", *common))
+    two = finish(launch("jaxkd.robustness", checkpoint, "--json", outputs / "two.json", "--out",
+                        outputs / "two.md", *common, processes=2, devices_per_process=2))
+    evaluated = finish(launch("jaxkd.evaluate", "--checkpoint", checkpoint, "--out", outputs / "evaluate.json",
+                              *common, processes=2, devices_per_process=2))
+    for results in (one, two, evaluated):
+        assert_ok(results)
+    reference = json.loads((outputs / "one.json").read_text())["rows"][0]["results"]
+    row = json.loads((outputs / "two.json").read_text())["rows"][0]["results"]
+    evaluation = json.loads((outputs / "evaluate.json").read_text())
+    assert (reference["devices"], row["devices"], evaluation["devices"]) == ("1 x cpu", "4 x cpu", "4 x cpu")
+    for results in (row, evaluation):
+        assert results["clean"] == reference["clean"] and results["cifar100c"] == reference["cifar100c"]
+    assert reference["clean"]["count"] == 70 and reference["cifar100c"]["evaluated"]
+    # Process 0 prints the table and writes; process 1 prints nothing and writes nothing.
+    table = one[0][1].removesuffix(f"wrote {outputs / 'one.json'}\n")
+    assert "| ResNet8 | resnet8_100 |" in table
+    assert own_output(two[0][1]) == table + f"wrote {outputs / 'two.md'}\nwrote {outputs / 'two.json'}\n"
+    assert "CIFAR-100-C mean" in own_output(evaluated[0][1])
+    assert own_output(two[1][1]) == own_output(evaluated[1][1]) == ""
+    assert sorted(p.name for p in outputs.iterdir()) == ["evaluate.json", "one.json", "two.json", "two.md"]
 
 
 @pytest.mark.parametrize("scaling, batch, expected_lr", [("none", 512, 0.05), ("linear", 512, 0.4),

@@ -256,12 +256,13 @@ def test_a_chunk_of_steps_in_one_call_equals_single_steps_up_to_rounding(unroll)
 
 
 def test_chunked_run_logs_like_single_steps_and_resumes_bitwise(tmp_path, monkeypatch):
-    """steps_per_dispatch=4 through the real loop: metrics at the same steps as one step per call, and a run
-    stopped between two calls (here after the first chunk, at step 4) resumes to the same final weights."""
+    """steps_per_dispatch=2 through the real loop (calls of 2, 2, 1 steps between fetches every 5): metrics at
+    the same steps as one step per call, and a run stopped between two calls (here after the first chunk, at
+    step 2) resumes to the same final weights."""
     import jaxkd.train as train_module
 
     config = small_config(epochs=1)
-    config.steps_per_dispatch = 4
+    config.steps_per_dispatch = 2
     straight = train_and_evaluate(config, tmp_path / "straight")
     assert straight["step"] == 22
 
@@ -279,15 +280,15 @@ def test_chunked_run_logs_like_single_steps_and_resumes_bitwise(tmp_path, monkey
         train_and_evaluate(config, tmp_path / "stopped")
     assert stopped.value.code == 143
     monkeypatch.undo()
-    assert sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir() if p.name.isdigit()) == ["4"]
+    assert sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
     assert train_and_evaluate(config, tmp_path / "stopped")["step"] == 22
     assert_bitwise_equal(final_params(tmp_path / "stopped"), final_params(tmp_path / "straight"))
 
     def logged(workdir):
         return [(r["step"], r["kind"]) for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
 
-    # the same fetches as one step per call: every 5 steps and at the epoch's end (step 4's partial fetch on
+    # the same fetches as one step per call: every 5 steps and at the epoch's end (step 2's partial fetch on
     # stopping aside)
     expected = [(5, "train"), (10, "train"), (15, "train"), (20, "train"), (22, "train"), (22, "eval")]
     assert logged(tmp_path / "straight") == expected
-    assert logged(tmp_path / "stopped") == [(4, "train")] + expected
+    assert logged(tmp_path / "stopped") == [(2, "train")] + expected

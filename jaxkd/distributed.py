@@ -69,8 +69,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 def add_process_arguments(parser) -> None:
     """The multi-process options of an argparse command (`jaxkd.evaluate`, `jaxkd.robustness`); pass them to
     `initialize` as `args.coordinator_address, args.num_processes, args.process_id`."""
-    group = parser.add_argument_group("multi-process runs (docs/scale_out.md); also read from JAX_COORDINATOR_ADDRESS, "
-                                      "JAX_NUM_PROCESSES, JAX_PROCESS_ID or a detected cluster")
+    group = parser.add_argument_group("multi-process runs (docs/scale_out.md); also read from "
+                                      "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID or a detected "
+                                      "cluster")
     # both spellings: these commands' own (--num-processes) and jaxkd.train's (--num_processes)
     group.add_argument("--coordinator-address", "--coordinator_address", dest="coordinator_address",
                        help="host:port of process 0")

@@ -431,12 +431,13 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
                        dynamic_ncols=True, file=sys.stdout, disable=None)  # off when not a TTY
         means = None
         while step < (epoch + 1) * spe and not stop.before_dispatch():
-            size = dispatch_size(step, next_stop(step, spe, config.log_every_steps), programs.steps_per_dispatch)
+            fetch_at = next_stop(step, spe, config.log_every_steps)
+            size = dispatch_size(step, fetch_at, programs.steps_per_dispatch)
             state, sums = programs[size](state, sums, teacher_variables, images, labels, index, permutation)
             step += size
             if bar is not None:
                 bar.update(size)
-            if step == next_stop(step - 1, spe, config.log_every_steps):
+            if step == fetch_at:
                 sums, means = fetch_and_log(sums, step)
                 if bar is not None:
                     bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.1f}",

@@ -6,9 +6,12 @@
 # In order of importance, each under its own time limit and all within JAXKD_GPU_BUDGET seconds (default 540: a
 # part gets at most what is left, and is skipped when under 30 s is left), so a slow or failing part cannot
 # starve the rest:
-# the KD step wrn40_2 -> wrn16_2 and the wrn16_2 baseline at batch 64 against PyTorch eager on the same card,
-# with a full 50,000-image epoch; KD in bfloat16; an A/B of steps_per_dispatch 1 vs 20; every method at a
-# shorter length; and a one-epoch digits training run as an end-to-end check. OUT_DIR receives two files:
+# the KD step wrn40_2 -> wrn16_2 at batch 64 against PyTorch eager on the same card, with a full 50,000-image
+# epoch; the KD epoch at 20 steps per dispatch; the wrn16_2 baseline likewise; KD in bfloat16; an A/B of
+# steps_per_dispatch 1 vs 20; KD at batch 512 (is batch 64 bound by launches rather than arithmetic?); every
+# method at a shorter length; and a one-epoch digits training run as an end-to-end check.
+# The parts share a persistent JAX compilation cache, so a program compiled by an earlier part loads in a later
+# one: a record's compile_s then counts a cache load, not a compile. OUT_DIR receives two files:
 # gpu_run.log, and gpu_results.tgz with the log and every bench record (JSON) so far, repacked after each part
 # (unpack it into benchmarks/results/).
 # Wheels in .whl/ (benchmarks/gpu/fetch_wheels.sh) are installed first, for a machine without a package index.
@@ -29,6 +32,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     export PYTHONPATH=/tmp/jaxkd-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jaxkd-jax-cache}
 
 deadline=$((SECONDS + ${JAXKD_GPU_BUDGET:-540}))
 part() {  # part SECONDS COMMAND...: runs it under a time limit, logs it, packs the results so far
@@ -52,9 +56,11 @@ flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__); print
 print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'torch: no CUDA')"
 bench=("$python" -m jaxkd.bench --out "$records" --steps 100 --repeats 5)
 part 150 "${bench[@]}" --config configs/kd_wrn.py --epoch_images 50000
+part 100 "${bench[@]}" --config configs/kd_wrn.py --epoch_images 50000 --config.steps_per_dispatch=20 --notorch
 part 120 "${bench[@]}" --config configs/baseline.py --config.model=wideresnet16_2 --epoch_images 50000
 part 120 "${bench[@]}" --config configs/kd_wrn.py --dtype bfloat16 --epoch_images 50000
 part 120 "${bench[@]}" --config configs/kd_wrn.py --ab=steps_per_dispatch=1,20 --notorch
+part 90 "${bench[@]}" --config configs/kd_wrn.py --epoch_images 50000 --config.batch_size=512 --steps 40 --notorch
 part 240 "${bench[@]}" --config configs/kd_wrn.py --methods=all --steps 40 --repeats 3
 part 120 "$python" -m jaxkd.train --config configs/demo.py:teacher --workdir /tmp/jaxkd-demo-teacher \
     --config.epochs=1 --config.progress_bar=False

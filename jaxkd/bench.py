@@ -25,9 +25,10 @@ ratios B/A:
 
 No dataset is needed: the training set is random uint8 images with random labels (100 classes), and a teacher
 without `config.teacher.checkpoint` gets random weights -- the bench measures speed, not accuracy.
-FLOPs are XLA's count for the compiled train step (`Compiled.cost_analysis()["flops"]`, HloCostAnalysis:
-a multiply-add is 2 FLOPs; forward, backward, teacher forward, optimizer and augmentation all included; one
-device's program, so it is multiplied by the number of devices).
+FLOPs are XLA's count for the train step as lowered (`Lowered.cost_analysis()["flops"]`, HloCostAnalysis
+before the backend's rewrites, which on GPU turn convolutions into cuDNN calls the count skips: a multiply-add
+is 2 FLOPs; forward, backward, teacher forward, optimizer and augmentation all included; one device's
+program, so it is multiplied by the number of devices).
 The PyTorch FLOP/s divides the same count by PyTorch's time (the same arithmetic, minus augmentation).
 
 It prints a table and writes one JSON record per method to `--out` as `<date>-<device>-<method>.json`
@@ -65,11 +66,11 @@ from jaxkd.methods import METHODS, get_method
 from jaxkd.models import canonical_name, get_model
 from jaxkd.optimizer import make_optimizer
 from jaxkd.train import (COMPUTE_DTYPES, METRIC_NAMES, Setup, Teacher, TrainPrograms, check_config,
-                         create_train_state, dispatch_size, load_teacher, next_stop)
+                         create_train_state, dispatch_size, load_teacher, next_stop, steps_per_dispatch)
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
-RECORD_VERSION = 2  # 2: compiler options, cpu_ynn, saliencymix, A/B runs
+RECORD_VERSION = 3  # 2: compiler options, cpu_ynn, saliencymix, A/B runs; 3: FLOPs of the lowered step
 AB_YNN = "ynn"
 
 
@@ -198,10 +199,10 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
     state = jax.device_put(create_train_state(setup, config), on_all)
     teacher_variables = jax.device_put(setup.teacher.variables, on_all) if setup.teacher else None
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), on_all)
-    chunk = config.steps_per_dispatch
     with cpu_ynn_setting(cpu_ynn):
         programs = TrainPrograms(setup, config)
         options = compiler_options(setup.mesh)  # what the engine's jit was given
+    chunk = programs.steps_per_dispatch
     permutation_of = jax.jit(lambda key, epoch: epoch_permutation(key, epoch, len(setup.train)),
                              out_shardings=on_all)
     base_key = jax.random.PRNGKey(config.seed)
@@ -209,13 +210,16 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
     carry = {"state": state, "sums": zero_sums(setup)}
 
     # from here on the compiled executables run: no call below can compile
-    compiled, compile_s = {}, {}
+    compiled, compile_s, cost = {}, {}, None
     for num_steps in sorted({1, chunk}):
         start = time.perf_counter()
-        compiled[num_steps] = programs[num_steps].lower(carry["state"], carry["sums"], teacher_variables, *data,
-                                                        permutation).compile()
+        lowered = programs[num_steps].lower(carry["state"], carry["sums"], teacher_variables, *data, permutation)
+        compiled[num_steps] = lowered.compile()
         compile_s[num_steps] = time.perf_counter() - start
-    cost = compiled[1].cost_analysis()
+        if num_steps == 1:
+            # counted before the backend's rewrites: on GPU the compiled program's convolutions are cuDNN
+            # calls that HloCostAnalysis does not count (its count there is ~1% of the step's arithmetic)
+            cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     # XLA counts one device's program: times the devices, for the whole step (the replicated optimizer
     # update is then counted once per device, as it is computed)
@@ -260,7 +264,7 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
     step_part = Part(name, steps * batch, run_steps, flops / batch if flops else None,
                      {"compile_s": compile_s[1], "compile_s_chunk": compile_s.get(chunk) if chunk > 1 else None,
                       "warmup_s": first_steps_s, "steps": steps, "steps_per_dispatch": chunk,
-                      "flops_per_step": flops, "bytes_accessed_per_step": float(cost.get("bytes accessed", 0.0)),
+                      "flops_per_step": flops,
                       "compiler_options": options, "cpu_ynn": options is not None})
     epoch_part = Part("jaxkd epoch", spe * batch, run_epoch, flops / batch if flops else None,
                       {"steps": spe, "log_every_steps": log_every, "steps_per_dispatch": chunk})
@@ -503,9 +507,10 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
     step_parts, setup, epoch_part = [], None, None
     variants = ab_variants(config, ab, info["platform"])
     for _, variant, _ in variants:
-        if variant.steps_per_dispatch > steps:
-            raise UserError(f"--steps {steps} is less than steps_per_dispatch {variant.steps_per_dispatch}: the "
-                            f"timed steps would never run the {variant.steps_per_dispatch}-step program")
+        chunk = steps_per_dispatch(variant, info["platform"])
+        if chunk > steps:
+            raise UserError(f"--steps {steps} is less than steps_per_dispatch {chunk}: the timed steps would "
+                            f"never run the {chunk}-step program")
     for name, variant, cpu_ynn in variants:
         variant_setup = bench_setup(variant, train, devices)
         step_part, epoch_part = jax_parts(variant_setup, variant, steps, warmup_steps, cpu_ynn, name)
@@ -567,8 +572,8 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         "loss": {"gamma": config.loss.gamma, "alpha": config.loss.alpha, "beta": config.loss.beta,
                  "kd_temperature": config.loss.kd_temperature},
         "data": "synthetic uint8, 100 classes",
-        "flops_count": "XLA HloCostAnalysis 'flops' of the compiled jaxkd train step (multiply-add = 2), "
-                       "times the number of devices",
+        "flops_count": "XLA HloCostAnalysis 'flops' of the lowered jaxkd train step, before the backend's "
+                       "rewrites (multiply-add = 2), times the number of devices",
         "results": results,
         "device": info, "threads": thread_settings(), "versions": versions(), "git_commit": git_commit(),
         "load_average_before": load_before, "load_average_after": load_after,

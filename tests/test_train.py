@@ -128,6 +128,7 @@ def test_kd_demo_learns_digits(tmp_path):
     ("--config.optimizer.lr_scaling=sqrt", "optimizer.lr_scaling must be one of none, linear, got 'sqrt'"),
     ("--num_processes=2", "a multi-process run needs the coordinator address"),
     ("--config.dtype=float16", "dtype must be one of float32, bfloat16, got 'float16'"),
+    ("--config.steps_per_dispatch=-1", "steps_per_dispatch must be positive, or 0 for automatic; got -1"),
 ])
 def test_bad_config_is_one_line_before_any_compile(override, message, tmp_path, capsys):
     compiled = []
@@ -220,6 +221,20 @@ def test_dispatch_plan_runs_whole_chunks_and_stops_at_every_fetch_and_epoch_end(
     # a chunk where 4 steps fit before the stop, single steps for what is left: 5 = 4 + 1; 20..22 (epoch end),
     # 22..25 and 40..44 (the run's end) as the fetches fall
     assert sizes == [4, 1] * 4 + [1, 1] + [1, 1, 1] + [4, 1] * 3 + [4]
+
+
+def test_automatic_steps_per_dispatch_is_one_on_cpu_and_whole_chunks_between_fetches_elsewhere():
+    from jaxkd.train import AUTO_STEPS_PER_DISPATCH, steps_per_dispatch
+
+    config = demo.get_config()
+    assert config.steps_per_dispatch == 0  # the default: automatic
+    for log_every, on_gpu in [(100, AUTO_STEPS_PER_DISPATCH), (30, 15), (7, 7), (1, 1)]:
+        config.log_every_steps = log_every
+        assert steps_per_dispatch(config, "cpu") == 1
+        assert steps_per_dispatch(config, "gpu") == steps_per_dispatch(config, "tpu") == on_gpu
+        assert log_every % on_gpu == 0
+    config.steps_per_dispatch = 8  # a value set by hand is kept everywhere
+    assert steps_per_dispatch(config, "cpu") == steps_per_dispatch(config, "gpu") == 8
 
 
 @pytest.mark.parametrize("unroll", [True, False], ids=["unrolled", "loop"])

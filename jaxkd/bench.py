@@ -190,6 +190,24 @@ class Part:
         return out
 
 
+def lowered_flops(lowered: jax.stages.Lowered) -> float | None:
+    """XLA's FLOP count (HloCostAnalysis: a multiply-add is 2) of a lowered program, before the backend's
+    rewrites: by then a GPU program's convolutions are cuDNN calls that the count skips (a compiled KD step's
+    count on an H100 was 1% of its CPU count). Backends behind PJRT's plugin interface (GPU, TPU) cannot count a
+    lowered program, so the CPU backend counts the same HLO for them. None when no count can be had."""
+    cost = lowered.cost_analysis()
+    if cost is None:
+        try:
+            from jax._src.lib import _jax  # what Lowered.cost_analysis calls; there is no public route
+
+            cpu_backend = jax.local_devices(backend="cpu")[0].client
+            cost = _jax.hlo_module_cost_analysis(cpu_backend, lowered.compiler_ir("hlo").as_hlo_module())
+        except (ImportError, AttributeError, RuntimeError):  # no CPU backend (JAX_PLATFORMS), another jaxlib
+            return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
 def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool | None = None,
               name: str = "jaxkd step") -> tuple[Part, Part]:
     """(a) the train step and (c) the epoch, sharing the engine's compiled train programs (one step per call,
@@ -210,20 +228,17 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
     carry = {"state": state, "sums": zero_sums(setup)}
 
     # from here on the compiled executables run: no call below can compile
-    compiled, compile_s, cost = {}, {}, None
+    compiled, compile_s, step_flops = {}, {}, None
     for num_steps in sorted({1, chunk}):
         start = time.perf_counter()
         lowered = programs[num_steps].lower(carry["state"], carry["sums"], teacher_variables, *data, permutation)
         compiled[num_steps] = lowered.compile()
         compile_s[num_steps] = time.perf_counter() - start
         if num_steps == 1:
-            # counted before the backend's rewrites: on GPU the compiled program's convolutions are cuDNN
-            # calls that HloCostAnalysis does not count (its count there is ~1% of the step's arithmetic)
-            cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+            step_flops = lowered_flops(lowered)
     # XLA counts one device's program: times the devices, for the whole step (the replicated optimizer
     # update is then counted once per device, as it is computed)
-    flops = float(cost.get("flops", 0.0)) * setup.mesh.devices.size if cost else 0.0
+    flops = step_flops * setup.mesh.devices.size if step_flops else 0.0
 
     def run_steps_until(stop_at, next_stop_after, permutation_):
         """Runs `stop_at` steps on the state in `carry` as the engine's loop does: dispatched in chunks that end

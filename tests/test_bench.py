@@ -68,6 +68,25 @@ def test_tiny_bench_writes_a_record_per_method(tmp_path, capsys, monkeypatch):
     assert sorted((REPO / "benchmarks" / "results").glob("*")) == results_before  # nothing written in the repo
 
 
+def test_flops_of_a_step_lowered_for_gpu_are_counted_by_the_cpu_backend(monkeypatch):
+    """On GPU and TPU, `Lowered.cost_analysis()` gives None (plugin backends cannot count) and the compiled
+    program's count misses the cuDNN convolutions; the bench then counts the lowered HLO with the CPU backend.
+    Here the real KD step is lowered for CUDA and counted that way, against the CPU lowering's own count."""
+    from jaxkd.train import TrainPrograms, create_train_state
+
+    config = kd_wrn.get_config()
+    config.model, config.teacher.arch, config.batch_size = "resnet8", "resnet8", 16
+    train = bench.synthetic_split(64)
+    setup = bench.bench_setup(config, train, jax.devices()[:1])
+    args = (create_train_state(setup, config), bench.zero_sums(setup), setup.teacher.variables, train.images,
+            train.labels, train.index, jax.numpy.arange(64))
+    program = TrainPrograms(setup, config)[1]
+    on_cpu = bench.lowered_flops(program.trace(*args).lower(lowering_platforms=("cpu",)))
+    for_cuda = program.trace(*args).lower(lowering_platforms=("cuda",))
+    monkeypatch.setattr(type(for_cuda), "cost_analysis", lambda self: None)  # as on a plugin backend
+    assert on_cpu > 1e9 and bench.lowered_flops(for_cuda) == pytest.approx(on_cpu, rel=1e-4)
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="--ab=ynn compares an XLA:CPU option")
 def test_ab_of_the_ynn_option_times_both_steps_in_one_process(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)

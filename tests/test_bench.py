@@ -138,8 +138,9 @@ def test_ab_of_steps_per_dispatch_times_the_engine_chunks(tmp_path, capsys):
 def test_ab_of_any_config_key_takes_two_values_of_its_type():
     config = kd_wrn.get_config()
     config.lock()
+    before = config.steps_per_dispatch
     variants = bench.ab_variants(config, "steps_per_dispatch=1,16", "gpu")
-    assert [c.steps_per_dispatch for _, c, _ in variants] == [1, 16] and config.steps_per_dispatch == 1
+    assert [c.steps_per_dispatch for _, c, _ in variants] == [1, 16] and config.steps_per_dispatch == before
     assert [c.loss.alpha for _, c, _ in bench.ab_variants(config, "loss.alpha=0,0.5", "cpu")] == [0.0, 0.5]
     assert [c.dtype for _, c, _ in bench.ab_variants(config, "dtype=float32,bfloat16", "cpu")] == ["float32",
                                                                                                    "bfloat16"]

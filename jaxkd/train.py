@@ -83,6 +83,10 @@ def check_config(config, mesh) -> None:
         raise UserError(f"steps_per_dispatch must be positive, or 0 for automatic; got {config.steps_per_dispatch}")
     if config.batch_size < 1 or config.epochs < 1:
         raise UserError(f"batch_size and epochs must be positive (got {config.batch_size}, {config.epochs})")
+    intervals = ("log_every_steps", "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints")
+    not_positive = [f"{key} = {config[key]}" for key in intervals if config[key] < 1]
+    if not_positive:
+        raise UserError(f"{', '.join(not_positive)}: must be positive")
     if config.dtype not in COMPUTE_DTYPES:
         raise UserError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {config.dtype!r}")
     if not 0.0 <= config.saliencymix_prob <= 1.0:

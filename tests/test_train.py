@@ -129,6 +129,7 @@ def test_kd_demo_learns_digits(tmp_path):
     ("--num_processes=2", "a multi-process run needs the coordinator address"),
     ("--config.dtype=float16", "dtype must be one of float32, bfloat16, got 'float16'"),
     ("--config.steps_per_dispatch=-1", "steps_per_dispatch must be positive, or 0 for automatic; got -1"),
+    ("--config.log_every_steps=0", "log_every_steps = 0: must be positive"),
 ])
 def test_bad_config_is_one_line_before_any_compile(override, message, tmp_path, capsys):
     compiled = []

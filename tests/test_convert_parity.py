@@ -10,6 +10,10 @@ from jaxkd.models import ARCHITECTURES, get_model
 from tests.conftest import assert_close_scaled, nchw, nhwc, randomized_torch_model
 
 REL = 1e-5  # max|diff| <= 1e-5 * max|ref|, fp32 on both sides
+# Train mode normalizes with the statistics of 6 images, which amplifies float32 rounding with depth: resnet56's
+# last stage differs by 8e-6 of its scale at the median of 40 random models, 1.1e-5 at the worst (2-core AMD
+# EPYC); a BN mistake (biased vs unbiased variance, another eps) is 1e-3 or more.
+REL_TRAIN = 3e-5
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -34,9 +38,9 @@ def test_eval_and_train_forward_match_pytorch(arch, rng):
     with torch.no_grad():
         ref_features, ref_logits = torch_model(nchw(images))
     (features, logits), updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
-    assert_close_scaled(logits, ref_logits.numpy(), REL, f"{arch} train logits")
+    assert_close_scaled(logits, ref_logits.numpy(), REL_TRAIN, f"{arch} train logits")
     for i, (feature, ref) in enumerate(zip(features, ref_features)):
-        assert_close_scaled(feature, nhwc(ref), REL, f"{arch} train feature {i}")
+        assert_close_scaled(feature, nhwc(ref), REL_TRAIN, f"{arch} train feature {i}")
     updated = convert.torch_to_flax(torch_model.state_dict())["batch_stats"]
     for (path, ours), (_, theirs) in zip(jax.tree_util.tree_leaves_with_path(updates["batch_stats"]),
                                          jax.tree_util.tree_leaves_with_path(updated)):

@@ -65,8 +65,8 @@ from jaxkd.mesh import data_mesh, replicated
 from jaxkd.methods import METHODS, get_method
 from jaxkd.models import canonical_name, get_model
 from jaxkd.optimizer import make_optimizer
-from jaxkd.train import (COMPUTE_DTYPES, METRIC_NAMES, Setup, Teacher, TrainPrograms, check_config,
-                         create_train_state, dispatch_size, load_teacher, next_stop, steps_per_dispatch)
+from jaxkd.train import (COMPUTE_DTYPES, Setup, Teacher, TrainPrograms, check_config, create_train_state,
+                         dispatch_size, load_teacher, next_stop, steps_per_dispatch, zero_sums)
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
@@ -163,12 +163,6 @@ def bench_setup(config, train: Split, devices) -> Setup:
 
 
 # ------------------------------------------------------------------------------------------------ timing
-def zero_sums(setup: Setup):
-    """The step's metric sums at zero: the engine's metrics, and the method's own where the engine sums them."""
-    names = getattr(setup, "metric_names", METRIC_NAMES)
-    return jax.device_put({name: jnp.zeros((), jnp.float32) for name in names}, replicated(setup.mesh))
-
-
 @dataclasses.dataclass
 class Part:
     """One timed thing: `run()` does `images` images of work and returns its duration in seconds."""
@@ -415,13 +409,18 @@ def versions() -> dict:
     return out
 
 
-def git_commit() -> str | None:
+def git_commit(repo: Path = REPO) -> str | None:
+    """The checkout's commit (short hash), with "-dirty" when tracked files differ from it: the record then
+    says that the code it timed is not exactly that commit. None outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = commit and git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
-    return commit or None
+    return (commit + ("-dirty" if dirty else "")) or None
 
 
 def write_record(record: dict, out_dir) -> Path:

@@ -72,13 +72,13 @@ def test_flops_of_a_step_lowered_for_gpu_are_counted_by_the_cpu_backend(monkeypa
     """On GPU and TPU, `Lowered.cost_analysis()` gives None (plugin backends cannot count) and the compiled
     program's count misses the cuDNN convolutions; the bench then counts the lowered HLO with the CPU backend.
     Here the real KD step is lowered for CUDA and counted that way, against the CPU lowering's own count."""
-    from jaxkd.train import TrainPrograms, create_train_state
+    from jaxkd.train import TrainPrograms, create_train_state, zero_sums
 
     config = kd_wrn.get_config()
     config.model, config.teacher.arch, config.batch_size = "resnet8", "resnet8", 16
     train = bench.synthetic_split(64)
     setup = bench.bench_setup(config, train, jax.devices()[:1])
-    args = (create_train_state(setup, config), bench.zero_sums(setup), setup.teacher.variables, train.images,
+    args = (create_train_state(setup, config), zero_sums(setup), setup.teacher.variables, train.images,
             train.labels, train.index, jax.numpy.arange(64))
     program = TrainPrograms(setup, config)[1]
     on_cpu = bench.lowered_flops(program.trace(*args).lower(lowering_platforms=("cpu",)))
@@ -160,6 +160,26 @@ def test_models_compute_in_the_config_dtype_unless_the_flag_says_otherwise(monke
     bench.run(config, out="", with_torch=False)
     bench.run(config, out="", with_torch=False, dtype_name="float32")
     assert seen == ["bfloat16", "float32"] and config.dtype == "bfloat16"
+
+
+def test_a_record_names_its_commit_and_whether_the_code_differed_from_it(tmp_path):
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert bench.git_commit(tmp_path) is None  # not a checkout
+    git("init", "-q")
+    (tmp_path / "step.py").write_text("a = 1\n")
+    git("add", "step.py")
+    git("commit", "-qm", "first")
+    commit = git("rev-parse", "--short", "HEAD")
+    assert bench.git_commit(tmp_path) == commit
+    (tmp_path / "notes.txt").write_text("untracked files do not count\n")
+    assert bench.git_commit(tmp_path) == commit
+    (tmp_path / "step.py").write_text("a = 2\n")
+    assert bench.git_commit(tmp_path) == f"{commit}-dirty"
 
 
 def test_records_are_never_overwritten(tmp_path):

@@ -28,4 +28,7 @@ def get_config():
     config.crd.nce_t = 0.07  # temperature (used as float32(0.07))
     config.crd.nce_m = 0.5  # memory bank momentum
     config.crd.feat_dim = 128  # embedding size of both heads and of the banks
+    # (anchor, dataset row) pairs per chunk of the negative sampling and scoring: a memory bound, not part of
+    # the recipe (results change only by rounding); a large accelerator can take the whole batch (64 x 50000)
+    config.crd.chunk_elements = 1 << 19
     return config

@@ -342,18 +342,34 @@ class StopRequest:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+# Config keys a resumed run may change: logging, evaluation and checkpoint intervals, the run's length, and
+# settings that change results by float rounding at most (dotted: a key of a section).
+RESUME_MAY_CHANGE = ("log_every_steps", "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
+                     "progress_bar", "epochs", "steps_per_dispatch", "crd.chunk_elements")
+
+
+def _without_resume_settings(config: dict) -> dict:
+    """The `config.json` contents without the RESUME_MAY_CHANGE keys."""
+    config = json.loads(json.dumps(config))  # a deep copy
+    for key in RESUME_MAY_CHANGE:
+        *sections, name = key.split(".")
+        holder = config
+        for section in sections:
+            holder = holder.get(section) if isinstance(holder, dict) else None
+        if isinstance(holder, dict):
+            holder.pop(name, None)
+    return config
+
+
 def save_config(config, workdir: Path) -> None:
     """Writes `config.json` (process 0); a workdir that already holds a different run is refused (resume must
-    be exact)."""
+    be exact, up to RESUME_MAY_CHANGE)."""
     path = workdir / "config.json"
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     if path.exists():
-        previous = json.loads(path.read_text())
-        current = json.loads(text)
-        ignored = {"log_every_steps", "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
-                   "progress_bar", "epochs", "steps_per_dispatch"}
-        changed = sorted(k for k in set(previous) | set(current)
-                         if k not in ignored and previous.get(k) != current.get(k))
+        previous = _without_resume_settings(json.loads(path.read_text()))
+        current = _without_resume_settings(json.loads(text))
+        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         if changed:
             raise UserError(f"{workdir} holds a run with another config (differs in: {', '.join(changed)}); "
                             f"use a new --workdir to start a different run")

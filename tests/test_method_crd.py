@@ -21,7 +21,7 @@ from jaxkd.data import Split
 from jaxkd.errors import UserError
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods import crd
-from jaxkd.methods.crd import (DEFAULTS, counts_from_indices, init_state, sample_contrast_indices,
+from jaxkd.methods.crd import (CHUNK_ELEMENTS, DEFAULTS, counts_from_indices, init_state, sample_contrast_indices,
                                sample_negative_counts, top_k_mask)
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.models import ModelOutput
@@ -51,8 +51,10 @@ def test_configs_hold_repdistiller_recipes():
     assert (crd.method, crd.model, crd.teacher.arch) == ("crd", "wideresnet16_2", "wideresnet40_2")
     assert (crd.loss.gamma, crd.loss.alpha, crd.loss.beta) == (1.0, 0.0, 0.8)
     assert (crd_kd.loss.gamma, crd_kd.loss.alpha, crd_kd.loss.beta, crd_kd.loss.kd_temperature) == (1, 1, 0.8, 4)
-    assert dict(crd.crd) == {"nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "feat_dim": 128}
-    assert get_method("crd", default.get_config()).settings == DEFAULTS  # no crd section: the defaults
+    assert dict(crd.crd) == {"nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "feat_dim": 128,
+                             "chunk_elements": CHUNK_ELEMENTS}
+    # no crd section: RepDistiller's defaults and the default chunk bound
+    assert get_method("crd", default.get_config()).settings == dict(DEFAULTS, chunk_elements=CHUNK_ELEMENTS)
     with pytest.raises(UserError, match="unknown config.crd keys"):
         get_method("crd", ConfigDict({"crd": {"nce_kk": 5}}))
 
@@ -212,19 +214,18 @@ def test_sampled_term_equals_the_term_of_its_contrast_indices(rng):
 
 
 @pytest.mark.parametrize("k", [100, 400])  # 400 > every class's pool: with replacement
-def test_chunked_term_equals_the_term_in_one_chunk(k, rng, monkeypatch):
+def test_chunked_term_equals_the_term_in_one_chunk(k, rng):
     """The batch in 4 chunks of 4 rows gives the loss, embedding gradients, Z and banks of the batch in one chunk
     (which test_three_steps_match_repdistiller checks against RepDistiller), on the first step (Z set from the
     batch) and the next; the same negatives (an anchor's draws do not depend on the chunking)."""
     labels = shuffled_labels(UNEQUAL_CLASS_SIZES, rng)
-    method = get_method("crd", crd_config(nce_k=k))
     f_s, f_t = (np.abs(rng.standard_normal((16, d))).astype(np.float32) for d in (32, 48))
-    with pytest.warns(UserWarning, match="with replacement") if k > 220 else contextlib.nullcontext():
-        init = method.init(jax.random.PRNGKey(3), Probe(pooled(f_s), pooled(f_t), None, labels, 5))
 
     def two_steps(chunk_rows):
-        monkeypatch.setattr(crd, "CHUNK_ELEMENTS", chunk_rows * len(labels))
-        assert crd.batch_chunks(16, len(labels), crd.CHUNK_ELEMENTS) == 16 // chunk_rows
+        method = get_method("crd", crd_config(nce_k=k, chunk_elements=chunk_rows * len(labels)))
+        assert crd.batch_chunks(16, len(labels), method.settings["chunk_elements"]) == 16 // chunk_rows
+        with pytest.warns(UserWarning, match="with replacement") if k > 220 else contextlib.nullcontext():
+            init = method.init(jax.random.PRNGKey(3), Probe(pooled(f_s), pooled(f_t), None, labels, 5))
 
         @jax.jit
         def step(params, state, batch):

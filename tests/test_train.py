@@ -151,6 +151,23 @@ def test_bad_config_is_one_line_before_any_compile(override, message, tmp_path, 
     assert not compiled and not (tmp_path / "run").exists()
 
 
+def test_a_workdir_resumes_only_the_same_run_up_to_intervals_and_rounding_settings(tmp_path):
+    from configs import crd_wrn
+    from jaxkd.train import save_config
+
+    save_config(crd_wrn.get_config(), tmp_path)
+    same_run = crd_wrn.get_config()
+    same_run.epochs, same_run.log_every_steps, same_run.steps_per_dispatch = 300, 50, 4
+    same_run.crd.chunk_elements = 1 << 22
+    save_config(same_run, tmp_path)  # accepted, and written
+    assert json.loads((tmp_path / "config.json").read_text())["crd"]["chunk_elements"] == 1 << 22
+    other_run = crd_wrn.get_config()
+    other_run.crd.nce_k, other_run.optimizer.lr = 4096, 0.1
+    with pytest.raises(UserError, match=r"holds a run with another config \(differs in: crd, optimizer\)"):
+        save_config(other_run, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["crd"]["nce_k"] == 16384  # kept
+
+
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     train_and_evaluate(small_config(epochs=1), tmp_path)
     checkpoint = tmp_path / "checkpoints" / "22"

@@ -8,8 +8,9 @@
 # starve the rest:
 # the KD step wrn40_2 -> wrn16_2 at batch 64 against PyTorch eager on the same card, with a full 50,000-image
 # epoch; a one-epoch digits training run as an end-to-end check; the wrn16_2 baseline like KD; KD in bfloat16;
-# every method at a shorter length; an A/B of steps_per_dispatch 1 vs 20; and KD at batch 512 (is batch 64
-# bound by launches rather than arithmetic?). steps_per_dispatch is the config's automatic choice (20 on GPU).
+# every method at a shorter length; CRD's sampling and scoring in chunks of 8 rows vs the whole batch at once
+# (`crd.chunk_elements`); an A/B of steps_per_dispatch 1 vs 20; and KD at batch 512 (is batch 64 bound by
+# launches rather than arithmetic?). steps_per_dispatch is the config's automatic choice (20 on GPU).
 # The parts share a persistent JAX compilation cache, so a program compiled by an earlier part loads in a later
 # one: a record's compile_s then counts a cache load, not a compile. OUT_DIR receives two files:
 # gpu_run.log, and gpu_results.tgz with the log and every bench record (JSON) so far, repacked after each part
@@ -61,5 +62,7 @@ part 90 "$python" -m jaxkd.train --config configs/demo.py:teacher --workdir /tmp
 part 120 "${bench[@]}" --config configs/baseline.py --config.model=wideresnet16_2 --epoch_images 50000
 part 120 "${bench[@]}" --config configs/kd_wrn.py --dtype bfloat16 --epoch_images 50000
 part 240 "${bench[@]}" --config configs/kd_wrn.py --methods=all --steps 40 --repeats 3
+part 90 "${bench[@]}" --config configs/crd_kd_wrn.py --ab=crd.chunk_elements=524288,4194304 --notorch --steps 40 \
+    --repeats 3
 part 120 "${bench[@]}" --config configs/kd_wrn.py --ab=steps_per_dispatch=1,20 --notorch
 part 90 "${bench[@]}" --config configs/kd_wrn.py --epoch_images 50000 --config.batch_size=512 --steps 40 --notorch

@@ -26,7 +26,7 @@ How it is computed (times and XLA temporaries on 2 CPU cores at B 64, K 16384, N
   but take K sequential steps. Keys tied at the threshold (probability ~N / 2^32 per row) are taken in
   dataset order.
 - Memory: keys, mask, weights, scores and their gradients are (rows, N) arrays, so the batch goes through
-  sampling and scoring in chunks of rows (`lax.map`, `CHUNK_ELEMENTS`: 8 rows at N 50000), and the
+  sampling and scoring in chunks of rows (`lax.map`, `config.crd.chunk_elements`: 8 rows at N 50000), and the
   embeddings' gradients are computed in the same pass (a custom VJP), so that nothing (B, N) is kept for the
   backward pass. The banks are updated before scoring, the chunks score the updated banks and the batch's own
   rows are scored from their saved previous values: XLA then updates the donated banks in place, where loops
@@ -53,14 +53,20 @@ from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, sec
 from jaxkd.models.resnet import linear_init
 
 DEFAULTS = {"nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "feat_dim": 128}  # RepDistiller's train_student.py
+# config.crd.chunk_elements: at most this many (anchor, dataset row) pairs per chunk of the batch (8 rows at N
+# 50000). It bounds the sampler's and the scoring's memory and changes results only by float rounding.
+CHUNK_ELEMENTS = 1 << 19
 NCE_EPS = 1e-7
 
 
 def crd_settings(config) -> dict:
-    """`config.crd` over RepDistiller's defaults (a config without a `crd` section gets the defaults)."""
-    settings = section_over_defaults(config, "crd", DEFAULTS)
-    if settings["nce_k"] < 1 or settings["feat_dim"] < 1 or settings["nce_t"] <= 0:
-        raise UserError(f"config.crd needs nce_k >= 1, feat_dim >= 1 and nce_t > 0 (got {settings})")
+    """`config.crd` over RepDistiller's defaults and `chunk_elements` (a config without a `crd` section gets the
+    defaults)."""
+    settings = section_over_defaults(config, "crd", {**DEFAULTS, "chunk_elements": CHUNK_ELEMENTS})
+    if (settings["nce_k"] < 1 or settings["feat_dim"] < 1 or settings["nce_t"] <= 0
+            or settings["chunk_elements"] < 1):
+        raise UserError(f"config.crd needs nce_k >= 1, feat_dim >= 1, nce_t > 0 and chunk_elements >= 1 (got "
+                        f"{settings})")
     return settings
 
 
@@ -136,9 +142,6 @@ def top_k_mask(keys, allowed, k: int):
 
     has_ties = jnp.any(jnp.sum(at, axis=1) > needed)
     return jax.lax.cond(has_ties, break_ties, lambda _: above | at, None)
-
-
-CHUNK_ELEMENTS = 1 << 19  # at most this many (anchor, dataset row) pairs per chunk of the batch: 8 rows at N 50000
 
 
 def batch_chunks(batch: int, num_rows: int, chunk_elements: int) -> int:
@@ -452,7 +455,7 @@ class CRD(Method):
         loss, state, metrics = contrast_term(
             embed_student, embed_teacher, state, positive, negatives, batch.index,
             num_negatives=num_negatives, temperature=self.settings["nce_t"], momentum=self.settings["nce_m"],
-            update=train)
+            update=train, chunk_elements=self.settings["chunk_elements"])
         return TermOutput(loss, variables.get("batch_stats", {}), state, metrics)
 
     def term(self, variables, state, student, teacher, batch: Batch, train: bool) -> TermOutput:

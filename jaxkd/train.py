@@ -75,6 +75,11 @@ class Setup:
         """What the step sums on the device: the engine's metrics, then the method's own."""
         return METRIC_NAMES + tuple(f"{self.method.name}_{name}" for name in self.method.metric_names)
 
+    @property
+    def platform(self) -> str:
+        """The devices' platform: "cpu", "gpu" or "tpu"."""
+        return self.mesh.devices.flat[0].platform
+
 
 def check_config(config, mesh) -> None:
     """Config mistakes that can be seen without loading anything, as one clear line each."""
@@ -206,7 +211,7 @@ def make_train_step(setup: Setup, config, num_steps: int = 1, unroll: bool | Non
     update = make_update(setup, config)
     spe, batch_size = setup.steps_per_epoch, config.batch_size
     if unroll is None:
-        unroll = setup.mesh.devices.flat[0].platform == "cpu"
+        unroll = setup.platform == "cpu"
     state_sharding = replicated(setup.mesh)
     batch_sharding = batch_sharded(setup.mesh)
 
@@ -261,7 +266,7 @@ class TrainPrograms:
     first use, so a run compiles at most these two."""
 
     def __init__(self, setup: Setup, config):
-        self.steps_per_dispatch = steps_per_dispatch(config, setup.mesh.devices.flat[0].platform)
+        self.steps_per_dispatch = steps_per_dispatch(config, setup.platform)
         self._make = functools.partial(make_train_step, setup, config)
         self._programs = {}
 
@@ -348,9 +353,9 @@ RESUME_MAY_CHANGE = ("log_every_steps", "eval_every_epochs", "checkpoint_every_e
                      "progress_bar", "epochs", "steps_per_dispatch", "crd.chunk_elements")
 
 
-def _without_resume_settings(config: dict) -> dict:
-    """The `config.json` contents without the RESUME_MAY_CHANGE keys."""
-    config = json.loads(json.dumps(config))  # a deep copy
+def _run_defining(config_json: str) -> dict:
+    """A `config.json` text as a dict, without the RESUME_MAY_CHANGE keys."""
+    config = json.loads(config_json)
     for key in RESUME_MAY_CHANGE:
         *sections, name = key.split(".")
         holder = config
@@ -367,8 +372,7 @@ def save_config(config, workdir: Path) -> None:
     path = workdir / "config.json"
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     if path.exists():
-        previous = _without_resume_settings(json.loads(path.read_text()))
-        current = _without_resume_settings(json.loads(text))
+        previous, current = _run_defining(path.read_text()), _run_defining(text)
         changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         if changed:
             raise UserError(f"{workdir} holds a run with another config (differs in: {', '.join(changed)}); "

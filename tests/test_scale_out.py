@@ -210,9 +210,23 @@ def test_sigterm_to_one_process_stops_both_after_the_same_step(teacher, tmp_path
     assert f"SIGTERM: saved a checkpoint at step {steps[0]}" in results[0][1]
 
 
+GLOO_MESSAGES = re.compile(r"\[Gloo\] Rank(?:\[Gloo\] Rank|is connected to|peer ranks\."
+                           r"|Expected number of connected peer ranks is :|\d+| |\n)*")
+
+
 def own_output(stdout: str) -> str:
-    """A process's standard output without the lines of JAX's CPU collectives library (gloo) about its peers."""
-    return "".join(line for line in stdout.splitlines(keepends=True) if not line.startswith("[Gloo]"))
+    """A process's standard output without the messages of JAX's CPU collectives library (gloo) about its peers.
+
+    Gloo writes "[Gloo] Rank R is connected to N peer ranks. Expected number of connected peer ranks is : N" and
+    a newline in pieces, from one thread per local device, so the messages of two devices can interleave piece by
+    piece ("[Gloo] Rank 2 ...[Gloo] Rank 3 ... : 3\n\n"). A run of such pieces is removed, keeping the newlines
+    beyond one per message (those are the process's own).
+    """
+    def without_messages(run: re.Match) -> str:
+        text = run.group()
+        return "\n" * max(0, text.count("\n") - text.count("[Gloo] Rank"))
+
+    return GLOO_MESSAGES.sub(without_messages, stdout)
 
 
 def test_evaluation_commands_on_two_processes_report_like_one(tmp_path):

@@ -66,7 +66,7 @@ from jaxkd.methods import METHODS, get_method
 from jaxkd.models import canonical_name, get_model
 from jaxkd.optimizer import make_optimizer
 from jaxkd.train import (COMPUTE_DTYPES, Setup, Teacher, TrainPrograms, check_config, create_train_state,
-                         dispatch_size, load_teacher, next_stop, steps_per_dispatch, zero_sums)
+                         dispatch_plan, load_teacher, steps_per_dispatch, zero_sums)
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
@@ -234,16 +234,13 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
     # update is then counted once per device, as it is computed)
     flops = step_flops * setup.mesh.devices.size if step_flops else 0.0
 
-    def run_steps_until(stop_at, next_stop_after, permutation_):
-        """Runs `stop_at` steps on the state in `carry` as the engine's loop does: dispatched in chunks that end
-        at or before `next_stop_after(step)` (step counted from 0 here), where the sums are fetched."""
-        state, sums, step = carry["state"], carry["sums"], 0
-        while step < stop_at:
-            stop = next_stop_after(step)
-            size = dispatch_size(step, stop, chunk)
+    def run_plan(num_steps, steps_per_epoch, log_every_steps, permutation_):
+        """Runs `num_steps` steps on the state in `carry` by the engine's `dispatch_plan` (steps counted from 0
+        here), fetching the metric sums where it says."""
+        state, sums = carry["state"], carry["sums"]
+        for size, fetch in dispatch_plan(0, num_steps, steps_per_epoch, log_every_steps, chunk):
             state, sums = compiled[size](state, sums, teacher_variables, *data, permutation_)
-            step += size
-            if step == stop:
+            if fetch:
                 jax.device_get(sums)
                 sums = zero_sums(setup)
         jax.block_until_ready(state)
@@ -251,12 +248,13 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
 
     start = time.perf_counter()
     for num_steps in compiled:  # every program runs once before timing
-        run_steps_until(max(warmup_steps, num_steps), lambda step: max(warmup_steps, num_steps), permutation)
+        warm = max(warmup_steps, num_steps)
+        run_plan(warm, warm, warm, permutation)
     first_steps_s = time.perf_counter() - start
 
     def run_steps():
         start = time.perf_counter()
-        run_steps_until(steps, lambda step: steps, permutation)
+        run_plan(steps, steps, steps, permutation)
         return time.perf_counter() - start
 
     spe, log_every = setup.steps_per_epoch, config.log_every_steps
@@ -266,7 +264,7 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
         """An epoch as jaxkd.train's loop runs it; the state's step need not be at an epoch boundary (the
         step reads its batch position from the state), which changes nothing in the work done."""
         start = time.perf_counter()
-        run_steps_until(spe, lambda step: next_stop(step, spe, log_every), permutation_of(base_key, 1))
+        run_plan(spe, spe, log_every, permutation_of(base_key, 1))
         return time.perf_counter() - start
 
     batch = config.batch_size

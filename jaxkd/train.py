@@ -291,6 +291,17 @@ def next_stop(step: int, steps_per_epoch: int, log_every_steps: int) -> int:
     return min(epoch_end, (step // log_every_steps + 1) * log_every_steps)
 
 
+def dispatch_plan(step: int, end: int, steps_per_epoch: int, log_every_steps: int, steps_per_dispatch: int):
+    """The host's calls of train programs from `step` up to `end`: yields (size, fetch) for each, where `size`
+    steps run in one call and `fetch` says whether the metrics are fetched after it (at `next_stop`). The
+    engine's loop and the bench both run this plan."""
+    while step < end:
+        fetch_at = next_stop(step, steps_per_epoch, log_every_steps)
+        size = dispatch_size(step, fetch_at, steps_per_dispatch)
+        step += size
+        yield size, step == fetch_at
+
+
 def make_eval_logits(setup: Setup):
     """logits_fn(variables, images) -> {"student": ..., the method's extra classifiers, "ensemble"} for
     `evaluate_classifiers`; variables = `eval_variables(state)`. The ensemble (mean of every classifier's
@@ -468,14 +479,15 @@ def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCh
             bar = tqdm(total=spe, initial=step % spe, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                        dynamic_ncols=True, file=sys.stdout, disable=None)  # off when not a TTY
         means = None
-        while step < (epoch + 1) * spe and not stop.before_dispatch():
-            fetch_at = next_stop(step, spe, config.log_every_steps)
-            size = dispatch_size(step, fetch_at, programs.steps_per_dispatch)
+        for size, fetch in dispatch_plan(step, (epoch + 1) * spe, spe, config.log_every_steps,
+                                         programs.steps_per_dispatch):
+            if stop.before_dispatch():
+                break
             state, sums = programs[size](state, sums, teacher_variables, images, labels, index, permutation)
             step += size
             if bar is not None:
                 bar.update(size)
-            if step == fetch_at:
+            if fetch:
                 sums, means = fetch_and_log(sums, step)
                 if bar is not None:
                     bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.1f}",

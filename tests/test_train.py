@@ -221,24 +221,28 @@ def test_bfloat16_compute_keeps_float32_parameters_statistics_and_loss():
 
 
 def test_dispatch_plan_runs_whole_chunks_and_stops_at_every_fetch_and_epoch_end():
-    from jaxkd.train import dispatch_size, next_stop
+    from jaxkd.train import dispatch_plan
 
     spe, log_every, chunk = 22, 5, 4  # small_config's epoch, log interval, and a chunk that divides neither
     stops = set(range(log_every, 2 * spe, log_every)) | {spe, 2 * spe}  # fetches: every 5 steps, epoch ends
     step, sizes, reached = 0, [], []
-    while step < 2 * spe:
-        stop = next_stop(step, spe, log_every)
-        assert stop in stops and step < stop
-        size = dispatch_size(step, stop, chunk)
-        assert step + size <= stop  # a dispatch never crosses a fetch or an epoch's end
-        step += size
-        sizes.append(size)
-        if step == stop:
-            reached.append(step)
-    assert reached == sorted(stops)  # the loop regains control at each of them
+    for epoch in range(2):  # the engine plans an epoch at a time
+        for size, fetch in dispatch_plan(step, (epoch + 1) * spe, spe, log_every, chunk):
+            # a dispatch never crosses a fetch or an epoch's end
+            assert not any(step < stop < step + size for stop in stops)
+            step += size
+            sizes.append(size)
+            assert fetch == (step in stops)
+            if fetch:
+                reached.append(step)
+    assert step == 2 * spe and reached == sorted(stops)  # the loop regains control at each of them
     # a chunk where 4 steps fit before the stop, single steps for what is left: 5 = 4 + 1; 20..22 (epoch end),
     # 22..25 and 40..44 (the run's end) as the fetches fall
     assert sizes == [4, 1] * 4 + [1, 1] + [1, 1, 1] + [4, 1] * 3 + [4]
+    # resumed mid-epoch (step 13), and run to an end that is not a fetch (the bench's warm-up)
+    assert list(dispatch_plan(13, 22, spe, log_every, chunk)) == [(1, False), (1, True), (4, False), (1, True),
+                                                                   (1, False), (1, True)]
+    assert list(dispatch_plan(0, 9, 9, 9, chunk)) == [(4, False), (4, False), (1, True)]
 
 
 def test_automatic_steps_per_dispatch_is_one_on_cpu_and_whole_chunks_between_fetches_elsewhere():

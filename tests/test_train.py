@@ -122,6 +122,8 @@ def test_kd_demo_learns_digits(tmp_path):
     ("--config.method=distill_everything", "unknown method 'distill_everything'"),
     ("--config.optimiser.lr=0.1", 'Did you mean "optimizer" instead of "optimiser"'),
     ("--config.optimizer.lrr=0.1", 'Did you mean "lr" instead of "lrr"'),
+    ("--config.lr=0.1", "the config has no key 'lr' (--config.lr); did you mean --config.optimizer.lr?"),
+    ("--config.data.bogus.x=1", "the config has no key 'bogus' (--config.data.bogus.x)"),
     ("--config.epochs=abc", "flag --config.epochs=abc: invalid literal for int()"),
     ("--config.method=kd", "method 'kd' needs a teacher"),
     ("--config.teacher.checkpoint=/nonexistent/wrn40_2.pth", "no such file or checkpoint directory"),

@@ -1,6 +1,6 @@
 """The robustness table: clean CIFAR-100 and CIFAR-100-C top-1 of several checkpoints, one row each.
 
-    python -m jaxkd.robustness CHECKPOINT [CHECKPOINT ...] --cifar100c DIR [--label CHECKPOINT=TEXT ...]
+    python -m jaxkd.robustness CHECKPOINT [CHECKPOINT ...] [--cifar100c DIR] [--label CHECKPOINT=TEXT ...]
                                [--out table.md] [--json results.json] [--force]
                                [--source tfds|cifar100-python|digits] [--data-dir DIR] [--download]
                                [--batch-size 500] [--quiet]
@@ -10,7 +10,7 @@ model is the architecture (WRN40-2, ResNet56) and its method comes from the chec
 "... + SaliencyMix"); a `.pth` has no metadata and is named by its file stem. `--label CHECKPOINT=TEXT` replaces
 the method cell of the checkpoint given as CHECKPOINT. Prints the markdown table (the seed's robustness table,
 percentages with 2 decimals) and writes it to --out, and every number (per checkpoint: what `jaxkd.evaluate`
-writes) to --json. Every input is checked before anything is evaluated; user mistakes print one line starting
+writes) to --json. Without --cifar100c the table has the clean column alone: the seed's baseline tables. Every input is checked before anything is evaluated; user mistakes print one line starting
 with "error:" and exit with status 2, and nothing is written then.
 """
 
@@ -31,6 +31,7 @@ from jaxkd.safe_write import write_text_atomically
 METHOD_NAMES = {"none": "Baseline", "kd": "KD", "fitnet": "FitNets", "at": "AT", "crd": "CRD", "dml": "DML",
                 "byot": "BYOT"}
 COLUMNS = ("model", "method", "CIFAR100", "CIFAR100C")
+CLEAN_ONLY_COLUMNS = COLUMNS[:3]
 
 
 @dataclasses.dataclass
@@ -128,22 +129,24 @@ def load_entry(argument: str, label: str | None = None) -> Entry:
 # --------------------------------------------------------------------------------------------- reporting
 
 
-def table_rows(rows: list[dict]) -> list[str]:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|---|---|---:|---:|"]
-    lines += [f"| {row['model']} | {row['method']} | {percent(row['CIFAR100'])} | {percent(row['CIFAR100C'])} |"
+def table_rows(columns: list[str], rows: list[dict]) -> list[str]:
+    """The markdown table of `rows` (dicts holding every column), accuracies with 2 decimals, right-aligned."""
+    lines = ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
+    lines += ["| " + " | ".join([row["model"], row["method"], *(percent(row[c]) for c in columns[2:])]) + " |"
               for row in rows]
     return lines
 
 
 def format_table(report: dict) -> str:
     """The markdown written to --out: the table, then one line saying what its columns measure."""
+    note = f"Top-1 accuracy (%). CIFAR100: the {report['dataset']} split ({report['clean_images']} images)"
     c100c = report["cifar100c"]
-    evaluated, skipped = c100c["evaluated"], c100c["missing"] + list(c100c["unreadable"])
-    note = (f"Top-1 accuracy (%). CIFAR100: the {report['dataset']} split ({report['clean_images']} images); "
-            f"CIFAR100C: the mean over {len(evaluated)} corruptions x 5 severities ({c100c['images']} images)")
-    if skipped:
-        note += f", leaving out {len(skipped)} without a readable file: {', '.join(skipped)}"
-    return "\n".join(table_rows(report["rows"]) + ["", note + "."]) + "\n"
+    if c100c is not None:
+        evaluated, skipped = c100c["evaluated"], c100c["missing"] + list(c100c["unreadable"])
+        note += f"; CIFAR100C: the mean over {len(evaluated)} corruptions x 5 severities ({c100c['images']} images)"
+        if skipped:
+            note += f", leaving out {len(skipped)} without a readable file: {', '.join(skipped)}"
+    return "\n".join(table_rows(report["columns"], report["rows"]) + ["", note + "."]) + "\n"
 
 
 def write_text(text: str, out: Path, force: bool) -> None:
@@ -182,14 +185,16 @@ def run(args) -> dict:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     labels = parse_labels(args.label, args.checkpoints)
-    c100c = open_cifar100c(args.cifar100c)
-    check_labels(c100c.labels, CIFAR100C_CLASSES, f"CIFAR-100-C {c100c.directory}")
-    evaluated, unreadable = readable_corruptions(c100c)
-    if not evaluated:
-        raise UserError(f"CIFAR-100-C folder {c100c.directory} has no readable corruption file")
+    c100c, evaluated, unreadable = None, [], {}
+    if args.cifar100c:
+        c100c = open_cifar100c(args.cifar100c)
+        check_labels(c100c.labels, CIFAR100C_CLASSES, f"CIFAR-100-C {c100c.directory}")
+        evaluated, unreadable = readable_corruptions(c100c)
+        if not evaluated:
+            raise UserError(f"CIFAR-100-C folder {c100c.directory} has no readable corruption file")
     entries = [load_entry(argument, labels.get(argument)) for argument in args.checkpoints]
     for entry in entries:
-        if entry.num_classes != CIFAR100C_CLASSES:
+        if c100c is not None and entry.num_classes != CIFAR100C_CLASSES:
             raise UserError(f"{entry.argument}: the model has {entry.num_classes} classes; CIFAR-100-C has "
                             f"{CIFAR100C_CLASSES}")
     split = load_split(args.source, "test", args.data_dir, download=args.download)
@@ -197,7 +202,7 @@ def run(args) -> dict:
         if split.num_classes != entry.num_classes:
             raise UserError(f"{entry.argument}: the model has {entry.num_classes} classes, but the {args.source} "
                             f"test split has {split.num_classes}")
-    if c100c.missing:
+    if c100c is not None and c100c.missing:
         distributed.print_once(f"warning: CIFAR-100-C: no file for {len(c100c.missing)} corruption(s) in "
                                f"{c100c.directory}: {', '.join(c100c.missing)}; the CIFAR100C column is the mean "
                                f"over the others", file=sys.stderr)
@@ -206,7 +211,7 @@ def run(args) -> dict:
 
     mesh = data_mesh()
     devices = f"{mesh.devices.size} x {jax.devices()[0].device_kind}"
-    per_model = len(split) + len(c100c.labels) * len(evaluated)
+    per_model = len(split) + (len(c100c.labels) * len(evaluated) if c100c is not None else 0)
     rows = []
     with tqdm(total=per_model * len(entries), unit="img", leave=False, dynamic_ncols=True,
               disable=True if args.quiet or not distributed.is_primary() else None) as bar:
@@ -216,7 +221,8 @@ def run(args) -> dict:
             placed = place_variables(entry.variables, mesh)
             clean = evaluate_split(model, placed, split.images, split.labels, args.batch_size, mesh=mesh,
                                    progress=bar.update)
-            robust = evaluate_cifar100c(model, placed, c100c, args.batch_size, mesh=mesh, progress=bar.update)
+            robust = (evaluate_cifar100c(model, placed, c100c, args.batch_size, mesh=mesh, progress=bar.update)
+                      if c100c is not None else None)
             entry.variables = None  # evaluated: let it go
             results = {  # the same record `python -m jaxkd.evaluate --out` writes
                 "checkpoint": entry.argument,
@@ -230,17 +236,18 @@ def run(args) -> dict:
                 "written_by": f"jaxkd {__version__} robustness",
             }
             rows.append({"model": display_arch(entry.arch), "method": entry.method, "CIFAR100": clean["top1"],
-                         "CIFAR100C": robust["top1"], "checkpoint": entry.argument, "loaded": str(entry.loaded),
+                         "CIFAR100C": robust["top1"] if robust else None, "checkpoint": entry.argument,
+                         "loaded": str(entry.loaded),
                          "metadata": entry.metadata,
                          "results": results})
 
     report = {
-        "columns": list(COLUMNS),
+        "columns": list(COLUMNS if c100c is not None else CLEAN_ONLY_COLUMNS),
         "dataset": f"{args.source} test",
         "clean_images": len(split),
-        "cifar100c": {"directory": str(c100c.directory), "evaluated": list(evaluated),
-                      "missing": list(c100c.missing), "unreadable": unreadable,
-                      "images": len(c100c.labels) * len(evaluated), "severities": list(SEVERITIES)},
+        "cifar100c": None if c100c is None else {
+            "directory": str(c100c.directory), "evaluated": list(evaluated), "missing": list(c100c.missing),
+            "unreadable": unreadable, "images": len(c100c.labels) * len(evaluated), "severities": list(SEVERITIES)},
         "rows": rows,
         "written_by": f"jaxkd {__version__} robustness",
     }
@@ -262,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jaxkd.robustness", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                         help="a model checkpoint directory, a training workdir or a .pth; one table row each")
-    parser.add_argument("--cifar100c", metavar="DIR", required=True,
-                        help="the CIFAR-100-C folder (labels.npy, <corruption>.npy)")
+    parser.add_argument("--cifar100c", metavar="DIR",
+                        help="the CIFAR-100-C folder (labels.npy, <corruption>.npy); without it, clean top-1 only")
     parser.add_argument("--label", action="append", default=[], metavar="CHECKPOINT=TEXT",
                         help="the method cell for CHECKPOINT (as given above) instead of its metadata or file stem; "
                              "repeat for several")

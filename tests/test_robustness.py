@@ -122,6 +122,34 @@ def test_table_and_json_equal_evaluates_numbers_for_a_pth_a_checkpoint_dir_and_a
     assert sorted(p.name for p in results.iterdir()) == ["r.json", "table.md"]  # no temporary file left
 
 
+def test_without_cifar100c_the_table_has_the_clean_column_alone(tmp_path, rng, capsys):
+    """The seed's baseline tables: clean top-1 per checkpoint, equal to PyTorch's for a .pth."""
+    torch_models = [spread_model(100, seed=s) for s in (24, 25)]
+    pth = tmp_path / "resnet8_seed.pth"
+    torch.save(torch_models[0].state_dict(), pth)
+    workdir = tmp_path / "baseline_run"
+    save_model_checkpoint(workdir / "model", convert.torch_to_flax(torch_models[1].state_dict()), {
+        "arch": "resnet8", "num_classes": 100, "method": "none", "saliencymix": False, "written_by": "jaxkd.train"})
+    images = random_images(rng, BATCH + 3)
+    logits = [torch_logits(m, images) for m in torch_models]
+    labels = labels_half_right(rng, logits[0], 100)
+    data = write_cifar100_python(tmp_path / "cifar-100-python", images, labels)
+    code, stdout, err = run_cli([pth, workdir, "--source", "cifar100-python", "--data-dir", data, "--batch-size",
+                                 BATCH, "--json", tmp_path / "r.json", "--quiet"], capsys)
+    assert code == 0 and err == "", err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["columns"] == ["model", "method", "CIFAR100"] and report["cifar100c"] is None
+    for row, torch_logit in zip(report["rows"], logits):
+        assert_matches_reference(row["results"]["clean"], torch_logit, labels)
+        assert row["CIFAR100C"] is None and row["results"]["cifar100c"] is None
+    top1 = [row["CIFAR100"] for row in report["rows"]]
+    assert top1[0] != top1[1]  # two models, two numbers
+    assert stdout.splitlines()[:4] == ["| model | method | CIFAR100 |", "|---|---|---:|",
+                                       f"| ResNet8 | resnet8_seed | {top1[0]:.2f} |",
+                                       f"| ResNet8 | Baseline | {top1[1]:.2f} |"]
+    assert f"CIFAR100: the cifar100-python test split ({BATCH + 3} images)." in stdout and "CIFAR100C" not in stdout
+
+
 # -------------------------------------------------------------------------------------------- bad inputs
 
 
@@ -151,6 +179,8 @@ BAD = {  # name: (checkpoints, extra arguments, expected message); {o} is the ou
     "same outputs": (["good.pth"], ["--out", "{o}/a", "--json", "{o}/a"], "--out and --json name the same file"),
     "unknown label": (["good.pth"], ["--label", "other.pth=X"], "--label other.pth=X: expected CHECKPOINT=TEXT"),
     "batch size": (["good.pth"], ["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    "10 classes, clean only": (["ten.pth"], ["--cifar100c", ""],
+                               "ten.pth: the model has 10 classes, but the cifar100-python test split has 100"),
 }
 
 

@@ -10,8 +10,9 @@ model is the architecture (WRN40-2, ResNet56) and its method comes from the chec
 "... + SaliencyMix"); a `.pth` has no metadata and is named by its file stem. `--label CHECKPOINT=TEXT` replaces
 the method cell of the checkpoint given as CHECKPOINT. Prints the markdown table (the seed's robustness table,
 percentages with 2 decimals) and writes it to --out, and every number (per checkpoint: what `jaxkd.evaluate`
-writes) to --json. Without --cifar100c the table has the clean column alone: the seed's baseline tables. Every input is checked before anything is evaluated; user mistakes print one line starting
-with "error:" and exit with status 2, and nothing is written then.
+writes) to --json. Without --cifar100c the table has the clean column alone: the seed's baseline tables. Every
+input is checked before anything is evaluated; user mistakes print one line starting with "error:" and exit with
+status 2, and nothing is written then.
 """
 
 from __future__ import annotations
@@ -237,9 +238,7 @@ def run(args) -> dict:
             }
             rows.append({"model": display_arch(entry.arch), "method": entry.method, "CIFAR100": clean["top1"],
                          "CIFAR100C": robust["top1"] if robust else None, "checkpoint": entry.argument,
-                         "loaded": str(entry.loaded),
-                         "metadata": entry.metadata,
-                         "results": results})
+                         "loaded": str(entry.loaded), "metadata": entry.metadata, "results": results})
 
     report = {
         "columns": list(COLUMNS if c100c is not None else CLEAN_ONLY_COLUMNS),

@@ -393,11 +393,24 @@ def save_config(config, workdir: Path) -> None:
         write_text_atomically(text, path, force=True, what="the run's config")
 
 
+def check_workdir(workdir: Path) -> None:
+    """Refuses a workdir that is a file or lies under one, before anything is loaded or compiled (and without
+    creating it: a refused run leaves nothing behind)."""
+    existing = workdir if workdir.exists() else next(p for p in workdir.absolute().parents if p.exists())
+    if not existing.is_dir():
+        where = "exists" if existing == workdir else f"lies under {existing}, which exists"
+        raise UserError(f"--workdir {workdir}: {where} and is not a directory")
+
+
 def train_and_evaluate(config, workdir) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the final evaluation."""
-    setup = build(config)  # every user error surfaces here, before any compile
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    check_workdir(workdir)
+    setup = build(config)  # every user error surfaces here, before any compile
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--workdir {workdir}: cannot create it ({error.strerror})") from None
     save_config(config, workdir)
     log = MetricLog(workdir, active=distributed.is_primary())
     checkpoints = RunCheckpoints(workdir, config.keep_checkpoints)

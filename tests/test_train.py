@@ -15,6 +15,7 @@ import torch
 
 from configs import demo
 from convert.torch_models import get_torch_model
+from jaxkd import train
 from jaxkd.errors import UserError
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.train import main, train_and_evaluate
@@ -153,6 +154,23 @@ def test_bad_config_is_one_line_before_any_compile(override, message, tmp_path, 
     assert not compiled and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("workdir, message", [
+    ("notes.txt", "notes.txt: exists and is not a directory"),
+    ("notes.txt/run", "notes.txt/run: lies under {tmp}/notes.txt, which exists and is not a directory"),
+])
+def test_a_workdir_that_is_a_file_is_one_line_before_any_load(workdir, message, tmp_path, capsys, monkeypatch):
+    def no_build(config):
+        raise AssertionError("the data and models were loaded before the workdir was checked")
+
+    monkeypatch.setattr(train, "build", no_build)
+    (tmp_path / "notes.txt").write_text("kept\n")
+    argv = ["train", "--config", str(REPO / "configs/demo.py"), "--workdir", str(tmp_path / workdir)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --workdir ") and "\n" not in err and message.format(tmp=tmp_path) in err, err
+    assert (tmp_path / "notes.txt").read_text() == "kept\n" and sorted(tmp_path.iterdir()) == [tmp_path / "notes.txt"]
+
+
 def test_a_workdir_resumes_only_the_same_run_up_to_intervals_and_rounding_settings(tmp_path):
     from configs import crd_wrn
     from jaxkd.train import save_config
@@ -196,7 +214,6 @@ def test_teacher_of_another_architecture_is_refused_before_any_compile(tmp_path,
 
 
 def test_bfloat16_compute_keeps_float32_parameters_statistics_and_loss():
-    from jaxkd import train
     from jaxkd.data import epoch_permutation
     from jaxkd.mesh import replicated
 
@@ -266,7 +283,6 @@ def test_a_chunk_of_steps_in_one_call_equals_single_steps_up_to_rounding(unroll)
     """steps_per_dispatch=2: one `lax.scan` call does the work of two single-step calls (same batches, keys and
     updates), unrolled (the CPU default) or as a loop (elsewhere); XLA compiles the chunk on its own, so only
     float rounding may differ."""
-    from jaxkd import train
     from jaxkd.data import epoch_permutation
     from jaxkd.mesh import replicated
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from jaxkd.errors import UserError, run_command
+from jaxkd.safe_write import check_output
 
 VERIFY_BATCH = 8
 VERIFY_TOLERANCE = 1e-4  # max |diff| relative to max |logit|; fp32 on CPU gives ~1e-6
@@ -27,9 +28,7 @@ def run_import(args) -> None:
     from jaxkd import __version__
     from jaxkd.model_checkpoint import save_model_checkpoint
 
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UserError(f"{out}: already exists (pass --force to replace it)")
+    out = check_output(args.out, args.force, directory=True)
     imported = import_torch(args.src, arch=args.arch, layout=args.layout)
     how = "inferred from the tensor shapes" if imported.arch_inferred else "as given by --arch"
     print(f"read {args.src} ({imported.layout} layout): {imported.arch} ({how}), {imported.num_classes} classes, "
@@ -73,9 +72,7 @@ def run_export(args) -> None:
     from convert.torch_files import write_torch_file
     from jaxkd.model_checkpoint import load_model_checkpoint
 
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UserError(f"{out}: already exists (pass --force to replace it)")
+    out = check_output(args.out, args.force)
     variables, metadata = load_model_checkpoint(args.src)
     arch, num_classes = metadata["arch"], int(metadata["num_classes"])
     state_dict = flax_to_torch(variables, arch, layout=args.layout)

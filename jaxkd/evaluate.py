@@ -37,7 +37,7 @@ from jaxkd.data.augment import normalize
 from jaxkd.data.cifar100c import SEVERITIES, Cifar100C
 from jaxkd.errors import UserError, run_command
 from jaxkd.mesh import batch_sharded, data_mesh, process_rows, replicated
-from jaxkd.safe_write import write_text_atomically
+from jaxkd.safe_write import check_output, write_text_atomically
 
 DEFAULT_BATCH_SIZE = 500
 TOP_K = 5
@@ -313,9 +313,7 @@ def run(args) -> dict:
     from jaxkd.models import get_model
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.force:
-        raise UserError(f"{out}: already exists (pass --force to replace it)")
+    out = check_output(args.out, args.force) if args.out else None
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     variables, arch, num_classes = load_model(args.checkpoint, arch=args.arch)

@@ -26,7 +26,7 @@ from jaxkd import distributed
 from jaxkd.errors import UserError, run_command
 from jaxkd.evaluate import (CIFAR100C_CLASSES, add_data_arguments, check_labels, evaluate_cifar100c, evaluate_split,
                             percent, place_variables, readable_corruptions, write_json)
-from jaxkd.safe_write import write_text_atomically
+from jaxkd.safe_write import check_output, write_text_atomically
 
 # Method names in the metadata training writes (`config.method`) -> the names the seed's tables use.
 METHOD_NAMES = {"none": "Baseline", "kd": "KD", "fitnet": "FitNets", "at": "AT", "crd": "CRD", "dml": "DML",
@@ -162,10 +162,7 @@ def _check_outputs(args) -> list[Path]:
     if len(outputs) == 2 and outputs[0].absolute().resolve() == outputs[1].absolute().resolve():
         raise UserError(f"--out and --json name the same file {outputs[0]}")
     for out in outputs:
-        if out.is_dir():
-            raise UserError(f"{out}: is a directory (give a file name)")
-        if out.exists() and not args.force:
-            raise UserError(f"{out}: already exists (pass --force to replace it)")
+        check_output(out, args.force)
     return outputs
 
 

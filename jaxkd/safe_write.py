@@ -9,6 +9,25 @@ from typing import Callable, BinaryIO
 from jaxkd.errors import UserError
 
 
+def existing_ancestor(path: Path) -> Path:
+    """`path` if it exists, else its nearest parent that does."""
+    return path if path.exists() else next(p for p in path.absolute().parents if p.exists())
+
+
+def check_output(out, force: bool, directory: bool = False) -> Path:
+    """Refuses, before any work is done, an output that holds something to keep or that writing would fail on:
+    a directory where a file goes (unless `directory`), an existing output without `force`, a path under a file."""
+    out = Path(out)
+    if out.is_dir() and not directory:
+        raise UserError(f"{out}: is a directory (give a file name)")
+    if out.exists() and not force:
+        raise UserError(f"{out}: already exists (pass --force to replace it)")
+    existing = existing_ancestor(out.parent)
+    if not existing.is_dir():
+        raise UserError(f"{out}: lies under {existing}, which is not a directory")
+    return out
+
+
 def write_atomically(out, write: Callable[[BinaryIO], None], force: bool, what: str = "the output") -> None:
     """Calls `write(binary_file)` on a temporary file beside `out`, then renames it to `out`."""
     out = Path(out)

@@ -42,7 +42,7 @@ from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, load_model, save_model_che
 from jaxkd.models import canonical_name, get_model
 from jaxkd.optimizer import base_learning_rate, learning_rate_schedule, make_optimizer
 from jaxkd.run_checkpoint import RunCheckpoints
-from jaxkd.safe_write import write_text_atomically
+from jaxkd.safe_write import existing_ancestor, write_text_atomically
 from jaxkd.train_state import TrainState
 
 METRIC_NAMES = ("loss", "ce", "kd", "term", "correct")  # summed on the device between two fetches
@@ -396,7 +396,7 @@ def save_config(config, workdir: Path) -> None:
 def check_workdir(workdir: Path) -> None:
     """Refuses a workdir that is a file or lies under one, before anything is loaded or compiled (and without
     creating it: a refused run leaves nothing behind)."""
-    existing = workdir if workdir.exists() else next(p for p in workdir.absolute().parents if p.exists())
+    existing = existing_ancestor(workdir)
     if not existing.is_dir():
         where = "exists" if existing == workdir else f"lies under {existing}, which exists"
         raise UserError(f"--workdir {workdir}: {where} and is not a directory")

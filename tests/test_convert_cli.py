@@ -157,6 +157,15 @@ def test_existing_output_is_refused_and_kept(command, seed_pth, tmp_path, capsys
     assert (out / "precious.txt").read_text() == "keep me" if command == "import" else out.read_bytes() == b"keep me"
 
 
+@pytest.mark.parametrize("command", ["import", "export"])
+def test_output_under_a_file_is_refused_before_reading(command, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("kept")
+    # The source does not exist either: the output is checked first, so its error is the one reported.
+    err = _run_error([command, tmp_path / "missing", "--out", tmp_path / "notes.txt" / "out"], capsys)
+    assert f"lies under {tmp_path / 'notes.txt'}, which is not a directory" in err
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+
+
 def test_module_entry_point_exits_2_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "convert", "import", str(tmp_path / "missing.pth"),
                              "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO,

@@ -336,6 +336,18 @@ def test_existing_out_is_kept_unless_force(pth10, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "resnet8_10.pth"]
 
 
+def test_out_under_a_file_is_refused_before_evaluating(pth10, tmp_path, capsys, monkeypatch):
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated before the output was checked")
+
+    monkeypatch.setattr(evaluate, "evaluate_split", no_evaluation)
+    (tmp_path / "notes.txt").write_text("kept\n")
+    argv = ["--checkpoint", pth10, "--source", "digits", "--out", tmp_path / "notes.txt" / "r.json"]
+    assert_one_line_error(*run_cli(argv, capsys), f"r.json: lies under {tmp_path / 'notes.txt'}, which is not a "
+                                                  f"directory")
+    assert (tmp_path / "notes.txt").read_text() == "kept\n"
+
+
 def test_cifar100c_folder_without_any_corruption_file(tmp_path, capsys):
     (tmp_path / "c").mkdir()
     np.save(tmp_path / "c" / "labels.npy", np.zeros(5 * BLOCK, np.int64))

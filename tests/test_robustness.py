@@ -176,6 +176,8 @@ BAD = {  # name: (checkpoints, extra arguments, expected message); {o} is the ou
     "no corruption file": (["good.pth"], ["--cifar100c", "c_empty"], "has no readable corruption file"),
     "existing --out": (["good.pth"], ["--out", "{o}/kept.md"], "kept.md: already exists (pass --force"),
     "existing --json": (["good.pth"], ["--json", "{o}/kept.json"], "kept.json: already exists (pass --force"),
+    "--out under a file": (["good.pth"], ["--out", "{o}/kept.md/t.md"], "kept.md, which is not a directory"),
+    "--out a directory": (["good.pth"], ["--out", "{o}"], ": is a directory (give a file name)"),
     "same outputs": (["good.pth"], ["--out", "{o}/a", "--json", "{o}/a"], "--out and --json name the same file"),
     "unknown label": (["good.pth"], ["--label", "other.pth=X"], "--label other.pth=X: expected CHECKPOINT=TEXT"),
     "batch size": (["good.pth"], ["--batch-size", "0"], "--batch-size must be positive, got 0"),

@@ -367,6 +367,8 @@ RESUME_MAY_CHANGE = ("log_every_steps", "eval_every_epochs", "checkpoint_every_e
 def _run_defining(config_json: str) -> dict:
     """A `config.json` text as a dict, without the RESUME_MAY_CHANGE keys."""
     config = json.loads(config_json)
+    if not isinstance(config, dict):
+        raise ValueError("not a JSON object")
     for key in RESUME_MAY_CHANGE:
         *sections, name = key.split(".")
         holder = config
@@ -383,7 +385,12 @@ def save_config(config, workdir: Path) -> None:
     path = workdir / "config.json"
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     if path.exists():
-        previous, current = _run_defining(path.read_text()), _run_defining(text)
+        try:
+            previous = _run_defining(path.read_text())
+        except (OSError, ValueError):  # unreadable, not JSON (JSONDecodeError, UnicodeDecodeError), not an object
+            raise UserError(f"{path}: not a run config jaxkd can read (a JSON object); it identifies the run in "
+                            f"{workdir}: restore it or use a new --workdir") from None
+        current = _run_defining(text)
         changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         if changed:
             raise UserError(f"{workdir} holds a run with another config (differs in: {', '.join(changed)}); "

@@ -186,6 +186,12 @@ def test_a_workdir_resumes_only_the_same_run_up_to_intervals_and_rounding_settin
     with pytest.raises(UserError, match=r"holds a run with another config \(differs in: crd, optimizer\)"):
         save_config(other_run, tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["crd"]["nce_k"] == 16384  # kept
+    # A config.json that is not one (edited by hand, another program's) is refused, and kept.
+    for text in ("{not json", "[1, 2]", "\xff"):
+        (tmp_path / "config.json").write_text(text, encoding="latin-1")
+        with pytest.raises(UserError, match=r"config.json: not a run config jaxkd can read \(a JSON object\)"):
+            save_config(same_run, tmp_path)
+        assert (tmp_path / "config.json").read_text(encoding="latin-1") == text
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

@@ -68,6 +68,9 @@ def load_model_checkpoint(directory) -> tuple[dict, dict]:
     directory = Path(directory).absolute()
     if not directory.exists():
         raise UserError(f"{directory}: no such checkpoint directory")
+    if not is_model_checkpoint(directory) and (directory / "config.json").is_file():
+        raise UserError(f"{directory}: a training workdir without its final {TRAINED_MODEL_DIR}/ (written when the "
+                        f"run ends; running its command again resumes it)")
     if not is_model_checkpoint(directory):
         raise UserError(f"{directory}: not a jaxkd model checkpoint (expected the '{VARIABLES_ITEM}' and "
                         f"'{METADATA_ITEM}' items written by `python -m convert import` or by training)")

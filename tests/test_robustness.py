@@ -161,6 +161,8 @@ def inputs(tmp_path_factory):
     torch.save(torch_model.state_dict(), folder / "good.pth")
     torch.save(spread_model(10, seed=32).state_dict(), folder / "ten.pth")
     (folder / "not_a_checkpoint").mkdir()
+    (folder / "unfinished_run" / "checkpoints").mkdir(parents=True)  # a training workdir before its model/
+    (folder / "unfinished_run" / "config.json").write_text("{}\n")
     write_cifar100c(folder / "c", torch_model, rng, corruptions=("fog",))
     (folder / "c_empty").mkdir()
     np.save(folder / "c_empty" / "labels.npy", np.zeros(35, np.int64))
@@ -171,6 +173,8 @@ def inputs(tmp_path_factory):
 BAD = {  # name: (checkpoints, extra arguments, expected message); {o} is the output folder
     "missing checkpoint": (["good.pth", "nothing.pth"], [], "nothing.pth: no such file or checkpoint directory"),
     "not a checkpoint": (["good.pth", "not_a_checkpoint"], [], "not_a_checkpoint: not a jaxkd model checkpoint"),
+    "unfinished run": (["good.pth", "unfinished_run"], [],
+                       "unfinished_run: a training workdir without its final model/ (written when the run ends"),
     "10 classes": (["good.pth", "ten.pth"], [], "ten.pth: the model has 10 classes; CIFAR-100-C has 100"),
     "no CIFAR-100-C folder": (["good.pth"], ["--cifar100c", "nowhere"], "CIFAR-100-C folder nowhere does not exist"),
     "no corruption file": (["good.pth"], ["--cifar100c", "c_empty"], "has no readable corruption file"),

@@ -414,6 +414,10 @@ def train_and_evaluate(config, workdir) -> dict:
     workdir = Path(workdir)
     check_workdir(workdir)
     setup = build(config)  # every user error surfaces here, before any compile
+    # The method checks its settings against the models' shapes as the state is made (FitNets' hint layer):
+    # before the workdir exists, so that a refused run leaves nothing behind. `_run` takes the state out of
+    # the dict, so that no reference to the initial state outlives its placement on the devices.
+    initial = {"state": create_train_state(setup, config)}
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -423,7 +427,7 @@ def train_and_evaluate(config, workdir) -> dict:
     checkpoints = RunCheckpoints(workdir, config.keep_checkpoints)
     stop = StopRequest()
     try:
-        return _run(setup, config, workdir, log, checkpoints, stop)
+        return _run(setup, config, initial, workdir, log, checkpoints, stop)
     finally:
         stop.restore()
         checkpoints.close()
@@ -435,12 +439,13 @@ def _say(text: str) -> None:
     distributed.print_once(text, flush=True)
 
 
-def _run(setup: Setup, config, workdir: Path, log: MetricLog, checkpoints: RunCheckpoints, stop: StopRequest):
+def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, checkpoints: RunCheckpoints,
+         stop: StopRequest):
     mesh, spe = setup.mesh, setup.steps_per_epoch
     on_all_devices = replicated(mesh)
     total_steps = spe * config.epochs
 
-    state = jax.device_put(create_train_state(setup, config), on_all_devices)
+    state = jax.device_put(initial.pop("state"), on_all_devices)
     progress = {"best_top1": 0.0, "best_epoch": 0}
     if checkpoints.latest_step() is not None:
         state, progress = checkpoints.restore(state)

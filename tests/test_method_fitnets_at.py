@@ -290,6 +290,16 @@ def final_state(workdir):
     return ocp.StandardCheckpointer().restore(checkpoints / str(last) / "state")
 
 
+def test_a_hint_layer_out_of_range_is_refused_before_the_workdir_exists(teachers, tmp_path):
+    """The method's check needs the models' shapes, so it runs as the state is made: still before the workdir
+    is created, which would otherwise hold this run's config.json and refuse the corrected command."""
+    config = tiny(fitnet_wrn, teachers / "resnet8.pth", "resnet8", 1)
+    config.fitnet.hint_layer = 3
+    with pytest.raises(UserError, match="fitnet.hint_layer 3 is out of range"):
+        train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture(scope="module")
 def fitnet_run(teachers, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("fitnet")

@@ -65,6 +65,7 @@ from jaxkd.mesh import data_mesh, replicated
 from jaxkd.methods import METHODS, get_method
 from jaxkd.models import canonical_name, get_model
 from jaxkd.optimizer import make_optimizer
+from jaxkd.safe_write import check_output_directory
 from jaxkd.train import (COMPUTE_DTYPES, Setup, Teacher, TrainPrograms, check_config, create_train_state,
                          dispatch_plan, load_teacher, steps_per_dispatch, zero_sums)
 
@@ -629,6 +630,8 @@ def run(config, *, methods: str = "", steps: int = 20, repeats: int = 5, warmup_
     list); returns the records (and writes them to `out` unless it is empty). `ab`: see the module docstring."""
     if steps < 1 or repeats < 1:
         raise UserError(f"--steps and --repeats must be positive (got {steps}, {repeats})")
+    if out:
+        check_output_directory(out, "--out")
     if dtype_name:  # the models' compute dtype for every method (else the config's `dtype`)
         if dtype_name not in COMPUTE_DTYPES:
             raise UserError(f"unknown --dtype {dtype_name!r}; choose one of {', '.join(COMPUTE_DTYPES)}")

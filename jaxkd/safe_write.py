@@ -28,6 +28,17 @@ def check_output(out, force: bool, directory: bool = False) -> Path:
     return out
 
 
+def check_output_directory(directory, flag: str) -> Path:
+    """Refuses an output directory (given as `flag`) that is a file or lies under one, before any work is done,
+    without creating it: a refused command leaves nothing behind."""
+    directory = Path(directory)
+    existing = existing_ancestor(directory)
+    if not existing.is_dir():
+        where = "exists" if existing == directory else f"lies under {existing}, which exists"
+        raise UserError(f"{flag} {directory}: {where} and is not a directory")
+    return directory
+
+
 def write_atomically(out, write: Callable[[BinaryIO], None], force: bool, what: str = "the output") -> None:
     """Calls `write(binary_file)` on a temporary file beside `out`, then renames it to `out`."""
     out = Path(out)

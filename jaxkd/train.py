@@ -42,7 +42,7 @@ from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, load_model, save_model_che
 from jaxkd.models import canonical_name, get_model
 from jaxkd.optimizer import base_learning_rate, learning_rate_schedule, make_optimizer
 from jaxkd.run_checkpoint import RunCheckpoints
-from jaxkd.safe_write import existing_ancestor, write_text_atomically
+from jaxkd.safe_write import check_output_directory, write_text_atomically
 from jaxkd.train_state import TrainState
 
 METRIC_NAMES = ("loss", "ce", "kd", "term", "correct")  # summed on the device between two fetches
@@ -400,19 +400,9 @@ def save_config(config, workdir: Path) -> None:
         write_text_atomically(text, path, force=True, what="the run's config")
 
 
-def check_workdir(workdir: Path) -> None:
-    """Refuses a workdir that is a file or lies under one, before anything is loaded or compiled (and without
-    creating it: a refused run leaves nothing behind)."""
-    existing = existing_ancestor(workdir)
-    if not existing.is_dir():
-        where = "exists" if existing == workdir else f"lies under {existing}, which exists"
-        raise UserError(f"--workdir {workdir}: {where} and is not a directory")
-
-
 def train_and_evaluate(config, workdir) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the final evaluation."""
-    workdir = Path(workdir)
-    check_workdir(workdir)
+    workdir = check_output_directory(workdir, "--workdir")
     setup = build(config)  # every user error surfaces here, before any compile
     # The method checks its settings against the models' shapes as the state is made (FitNets' hint layer):
     # before the workdir exists, so that a refused run leaves nothing behind. `_run` takes the state out of

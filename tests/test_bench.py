@@ -211,11 +211,16 @@ def test_other_methods_take_their_recipe():
     (["--steps=0"], "--steps and --repeats must be positive"),
     (["--steps=4", "--config.steps_per_dispatch=8"], "would never run the 8-step program"),
     (["--config.modle=x"], "bad command line or config"),
+    (["--out={tmp}/notes.txt"], "--out {tmp}/notes.txt: exists and is not a directory"),
+    (["--out={tmp}/notes.txt/records"], "records: lies under {tmp}/notes.txt, which exists and is not a directory"),
 ])
-def test_bad_command_lines_are_one_line_errors(argv, message, capsys):
+def test_bad_command_lines_are_one_line_errors(argv, message, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("kept")
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
     assert bench.main(["bench", f"--config={REPO / 'configs' / 'kd_wrn.py'}", "--out=", *argv]) == 2
     err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
+    assert message.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "notes.txt").read_text() == "kept"
 
 
 def gpu_script_commands() -> list[tuple[str, list[str]]]:

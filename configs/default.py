@@ -1,5 +1,7 @@
-"""The seed's recipe (CRD's), the base of every config: 240 epochs, batch 64, SGD lr 0.05 momentum 0.9,
-weight decay 5e-4, lr x0.1 after epochs 150, 180 and 210; plain cross-entropy (method "none").
+"""The seed's recipe (pytorch-kd, whose hyperparameters are CRD's), the base of every config: 240 epochs, batch
+64, SGD lr 0.05 momentum 0.9, weight decay 5e-4, lr x0.1 after the first step of epochs 150, 180 and 210 (the
+seed's decay_lr); plain cross-entropy (method "none"). `repdistiller_recipe` turns it into RepDistiller's
+(train_student.py), the recipe behind the numbers quoted for KD, FitNets, AT and CRD.
 
     python -m jaxkd.train --config configs/default.py --workdir workdirs/wrn40_2 --config.model=wideresnet40_2
 """
@@ -38,6 +40,9 @@ def get_config() -> ConfigDict:
     config.optimizer.weight_decay = 5e-4
     config.optimizer.lr_decay_epochs = (150, 180, 210)
     config.optimizer.lr_decay_rate = 0.1
+    # When each decay starts (jaxkd/optimizer.py): "seed" = after the first step of the named 1-based epoch
+    # (pytorch-kd's decay_lr), "repdistiller" = from the first step of the next epoch (adjust_learning_rate).
+    config.optimizer.lr_decay_timing = "seed"
     # "linear": lr * batch_size / lr_reference_batch, for large global batches on many devices (docs/scale_out.md).
     config.optimizer.lr_scaling = "none"
     config.optimizer.lr_reference_batch = 64
@@ -59,10 +64,17 @@ def get_config() -> ConfigDict:
     # computation for every value, equal up to float rounding (XLA compiles a loop body differently); exact
     # resume holds for a given value. Best a divisor of log_every_steps: the loop regains control at every
     # metrics fetch and epoch end, and single steps fill what a whole chunk does not. 0 = automatic: 1 on CPU,
-    # 20 on GPU/TPU (the largest divisor of log_every_steps up to 20; see train.steps_per_dispatch).
+    # 20 on GPU/TPU (the largest divisor of log_every_steps up to 20; see jaxkd.dispatch.steps_per_dispatch).
     config.steps_per_dispatch = 0
     config.eval_every_epochs = 1
     config.checkpoint_every_epochs = 10
     config.keep_checkpoints = 2
     config.progress_bar = True
+    return config
+
+
+def repdistiller_recipe(config: ConfigDict) -> ConfigDict:
+    """RepDistiller's recipe on the same hyperparameters: the lr decays from the first step of epochs 151, 181
+    and 211 (adjust_learning_rate at the start of each epoch). Returns `config`, changed in place."""
+    config.optimizer.lr_decay_timing = "repdistiller"
     return config

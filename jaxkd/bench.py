@@ -58,16 +58,15 @@ import numpy as np
 
 from jaxkd.compile_options import compiler_options, cpu_ynn_setting
 from jaxkd.config_command_line import parse_config_command_line
-from jaxkd.data import Split, epoch_permutation, steps_per_epoch
+from jaxkd.data import Split, epoch_permutation
 from jaxkd.data.augment import MEAN, STD
-from jaxkd.errors import UserError
-from jaxkd.mesh import data_mesh, replicated
+from jaxkd.dispatch import dispatch_plan, steps_per_dispatch
+from jaxkd.errors import UserError, run_command
+from jaxkd.mesh import replicated
 from jaxkd.methods import METHODS, get_method
 from jaxkd.models import canonical_name, get_model
-from jaxkd.optimizer import make_optimizer
 from jaxkd.safe_write import check_output_directory
-from jaxkd.train import (COMPUTE_DTYPES, Setup, Teacher, TrainPrograms, check_config, create_train_state,
-                         dispatch_plan, load_teacher, steps_per_dispatch, zero_sums)
+from jaxkd.train import COMPUTE_DTYPES, Setup, Teacher, build, create_train_state, train_programs, zero_sums
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
@@ -114,18 +113,6 @@ def method_config(base, method: str):
     return config, f"loss weights and method sections from configs/{name}.py"
 
 
-def method_available(method: str) -> str | None:
-    """None when the method's module imports, else why not (a method registered before its module exists)."""
-    module_name = METHODS[method].split(":")[0]
-    try:
-        importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name and module_name.startswith(error.name):
-            return f"{module_name} does not exist yet"
-        raise
-    return None
-
-
 # ------------------------------------------------------------------------------------------------- setup
 def synthetic_split(num_examples: int, num_classes: int = NUM_CLASSES, seed: int = 0) -> Split:
     """Random uint8 CIFAR-shaped images with random labels: the bench's training set (no download)."""
@@ -135,32 +122,24 @@ def synthetic_split(num_examples: int, num_classes: int = NUM_CLASSES, seed: int
     return Split(images, labels, np.arange(num_examples, dtype=np.int32), num_classes)
 
 
+def random_teacher(config, num_classes: int) -> Teacher | None:
+    """A teacher of `config.teacher.arch` with random weights, for a method that needs one when the config names
+    no checkpoint (else None: `jaxkd.train.build` loads the configured one)."""
+    if not get_method(config.method, config).uses_teacher or config.teacher.checkpoint:
+        return None
+    if not config.teacher.arch:
+        raise UserError(f"method {config.method!r} needs a teacher: set --config.teacher.arch (random weights) "
+                        f"or --config.teacher.checkpoint")
+    arch = canonical_name(config.teacher.arch)
+    model = get_model(arch, num_classes, dtype=COMPUTE_DTYPES[config.dtype])
+    variables = model.init(jax.random.PRNGKey(config.seed + 1), jnp.zeros((1, 32, 32, 3)), train=False)
+    return Teacher(model, variables, arch)
+
+
 def bench_setup(config, train: Split, devices) -> Setup:
-    """What `jaxkd.train.build` makes, from a given training split and with a random teacher when no
+    """`jaxkd.train.build` on the bench's training split (also its test split), with a random teacher when no
     checkpoint is configured."""
-    mesh = data_mesh(tuple(devices))
-    check_config(config, mesh)
-    dtype = COMPUTE_DTYPES[config.dtype]
-    method = get_method(config.method, config)
-    teacher = None
-    if method.uses_teacher:
-        if config.teacher.checkpoint:
-            loaded = load_teacher(config, method, train.num_classes)
-            teacher = Teacher(get_model(loaded.arch, train.num_classes, dtype=dtype), loaded.variables,
-                              loaded.arch)
-        else:
-            if not config.teacher.arch:
-                raise UserError(f"method {config.method!r} needs a teacher: set --config.teacher.arch (random "
-                                f"weights) or --config.teacher.checkpoint")
-            arch = canonical_name(config.teacher.arch)
-            model = get_model(arch, train.num_classes, dtype=dtype)
-            variables = model.init(jax.random.PRNGKey(config.seed + 1), jnp.zeros((1, 32, 32, 3)), train=False)
-            teacher = Teacher(model, variables, arch)
-    spe = steps_per_epoch(len(train), config.batch_size)
-    if spe < 1:
-        raise UserError(f"batch_size {config.batch_size} exceeds the {len(train)} bench images")
-    return Setup(student=get_model(config.model, train.num_classes, dtype=dtype), method=method, teacher=teacher,
-                 optimizer=make_optimizer(config, spe), train=train, test=train, steps_per_epoch=spe, mesh=mesh)
+    return build(config, devices, data=(train, train), teacher=random_teacher(config, train.num_classes))
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -213,7 +192,7 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
     teacher_variables = jax.device_put(setup.teacher.variables, on_all) if setup.teacher else None
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), on_all)
     with cpu_ynn_setting(cpu_ynn):
-        programs = TrainPrograms(setup, config)
+        programs = train_programs(setup, config)
         options = compiler_options(setup.mesh)  # what the engine's jit was given
     chunk = programs.steps_per_dispatch
     permutation_of = jax.jit(lambda key, epoch: epoch_permutation(key, epoch, len(setup.train)),
@@ -663,11 +642,7 @@ def run(config, *, methods: str = "", steps: int = 20, repeats: int = 5, warmup_
 
 
 def _run_method(config, method: str, *, out, note: str, **kwargs) -> list[dict]:
-    """[record] of one method, printed and written; [] (with a line saying why) when its module is missing."""
-    missing = method_available(method)
-    if missing:
-        print(f"{method}: skipped ({missing})", flush=True)
-        return []
+    """[record] of one method, printed and written."""
     method_cfg, how = method_config(config, method)
     record = bench_method(method_cfg, notes=[n for n in (how, note) if n], **kwargs)
     print(format_table(record), flush=True)
@@ -707,17 +682,16 @@ def _define_bench_flags(flag_values) -> None:
                         flag_values=flag_values)
 
 
+def _bench_command(argv) -> None:
+    flags_ = parse_config_command_line(argv, _define_bench_flags, BENCH_USAGE)
+    run(flags_.config, methods=flags_.methods, steps=flags_.steps, repeats=flags_.repeats,
+        warmup_steps=flags_.warmup_steps, epoch_images=flags_.epoch_images, dtype_name=flags_.dtype,
+        num_devices=flags_.num_devices, with_torch=flags_.torch, torch_threads=flags_.torch_threads,
+        out=flags_.out, note=flags_.note, ab=flags_.ab)
+
+
 def main(argv=None) -> int:
-    try:
-        flags_ = parse_config_command_line(sys.argv if argv is None else argv, _define_bench_flags, BENCH_USAGE)
-        run(flags_.config, methods=flags_.methods, steps=flags_.steps, repeats=flags_.repeats,
-            warmup_steps=flags_.warmup_steps, epoch_images=flags_.epoch_images, dtype_name=flags_.dtype,
-            num_devices=flags_.num_devices, with_torch=flags_.torch, torch_threads=flags_.torch_threads,
-            out=flags_.out, note=flags_.note, ab=flags_.ab)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(_bench_command, sys.argv if argv is None else argv)
 
 
 if __name__ == "__main__":

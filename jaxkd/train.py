@@ -6,7 +6,8 @@ the device, augments it, runs the teacher (eval mode) and the student (train mod
 one step, or `config.steps_per_dispatch` of them (a `lax.scan`). The host only decides when to log, evaluate
 and checkpoint. Re-running the same command resumes from the workdir's latest checkpoint, exactly: the data
 order, random numbers, optimizer state and BN statistics continue as if never stopped. SIGTERM (preemption)
-saves a checkpoint before exiting.
+saves a checkpoint before exiting. Beside this file: `jaxkd.dispatch` (steps per host call and the loop's
+plan), `jaxkd.workdir` (config.json, the resume check, the final exports), `jaxkd.stop_request` (SIGTERM).
 
 The workdir receives `config.json`, `metrics.jsonl`, `tensorboard/`, `checkpoints/` (train state), and at the
 end `model/` (the student as a model checkpoint, usable as a teacher or by `jaxkd.evaluate`) and
@@ -15,9 +16,7 @@ end `model/` (the student as a model checkpoint, usable as a teacher or by `jaxk
 
 import dataclasses
 import functools
-import json
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -32,18 +31,21 @@ from jaxkd.config_command_line import parse_config_command_line
 from jaxkd.data import augment_batch, batch_indices, epoch_permutation, load_split, steps_per_epoch
 from jaxkd.data.augment import crop_flip, normalize, sample_crop_flip
 from jaxkd.data.saliencymix import mixed_cross_entropy, saliencymix
-from jaxkd.errors import UserError
+from jaxkd.dispatch import TrainPrograms, dispatch_plan, steps_per_dispatch
+from jaxkd.errors import UserError, run_command
 from jaxkd.evaluate import evaluate_classifiers, evaluate_split
 from jaxkd.losses import cross_entropy, kd_divergence
 from jaxkd.mesh import batch_sharded, data_mesh, replicated
 from jaxkd.methods import Batch, Method, Probe, get_method
 from jaxkd.metric_log import MetricLog
-from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, load_model, save_model_checkpoint
+from jaxkd.model_checkpoint import load_model
 from jaxkd.models import canonical_name, get_model
 from jaxkd.optimizer import base_learning_rate, learning_rate_schedule, make_optimizer
 from jaxkd.run_checkpoint import RunCheckpoints
-from jaxkd.safe_write import check_output_directory, write_text_atomically
+from jaxkd.safe_write import check_output_directory
+from jaxkd.stop_request import StopRequest
 from jaxkd.train_state import TrainState
+from jaxkd.workdir import create_workdir, export_models, save_config
 
 METRIC_NAMES = ("loss", "ce", "kd", "term", "correct")  # summed on the device between two fetches
 # config.dtype: the models' compute dtype. Parameters, BN statistics, losses and the optimizer stay float32.
@@ -114,15 +116,19 @@ def load_teacher(config, method: Method, num_classes: int) -> Teacher | None:
     return Teacher(get_model(arch, num_classes, dtype=COMPUTE_DTYPES[config.dtype]), variables, arch)
 
 
-def build(config, devices=None) -> Setup:
-    """Loads data, teacher and method for `config` on `devices` (default: all)."""
+def build(config, devices=None, *, data=None, teacher: Teacher | None = None) -> Setup:
+    """Loads data, teacher and method for `config` on `devices` (default: all). `data` = (train, test) splits
+    and `teacher` replace what the config names (the bench's synthetic data and random teacher)."""
     mesh = data_mesh(None if devices is None else tuple(devices))
     check_config(config, mesh)
     method = get_method(config.method, config)
-    data_dir = config.data.data_dir or None
-    train = load_split(config.data.source, "train", data_dir, download=config.data.download)
-    test = load_split(config.data.source, "test", data_dir, download=config.data.download)
-    teacher = load_teacher(config, method, train.num_classes)
+    if data is None:
+        data_dir = config.data.data_dir or None
+        data = tuple(load_split(config.data.source, split, data_dir, download=config.data.download)
+                     for split in ("train", "test"))
+    train, test = data
+    if teacher is None:
+        teacher = load_teacher(config, method, train.num_classes)
     spe = steps_per_epoch(len(train), config.batch_size)
     if spe < 1:
         raise UserError(f"batch_size {config.batch_size} exceeds the {len(train)} training examples")
@@ -246,62 +252,6 @@ def make_train_step(setup: Setup, config, num_steps: int = 1, unroll: bool | Non
                    compiler_options=compiler_options(setup.mesh))
 
 
-AUTO_STEPS_PER_DISPATCH = 20  # on GPU/TPU; H100, KD wrn40_2 -> wrn16_2 at batch 64: 1.17x over 1 (benchmarks/)
-
-
-def steps_per_dispatch(config, platform: str) -> int:
-    """Train steps per host call: `config.steps_per_dispatch`, or for 0 (automatic) 1 on CPU, where the chunk
-    gains nothing and its unrolled program multiplies compile time, and elsewhere the largest divisor of
-    `log_every_steps` up to AUTO_STEPS_PER_DISPATCH (so that whole chunks fill the steps between fetches)."""
-    if config.steps_per_dispatch:
-        return config.steps_per_dispatch
-    if platform == "cpu":
-        return 1
-    return max(n for n in range(1, AUTO_STEPS_PER_DISPATCH + 1) if config.log_every_steps % n == 0)
-
-
-class TrainPrograms:
-    """The jitted train programs the loop dispatches: one step per call, and `steps_per_dispatch(config, ...)`
-    steps per call wherever that many fit before the loop must stop (see `dispatch_size`). Each is compiled on
-    first use, so a run compiles at most these two."""
-
-    def __init__(self, setup: Setup, config):
-        self.steps_per_dispatch = steps_per_dispatch(config, setup.platform)
-        self._make = functools.partial(make_train_step, setup, config)
-        self._programs = {}
-
-    def __getitem__(self, num_steps: int):
-        if num_steps not in (1, self.steps_per_dispatch):
-            raise ValueError(f"no train program of {num_steps} steps (1 or {self.steps_per_dispatch})")
-        if num_steps not in self._programs:
-            self._programs[num_steps] = self._make(num_steps)
-        return self._programs[num_steps]
-
-
-def dispatch_size(step: int, stop: int, steps_per_dispatch: int) -> int:
-    """How many steps the host runs in its next call at `step` when it must regain control at `stop` (the next
-    metrics fetch or the epoch's end): `steps_per_dispatch` if they fit, else 1."""
-    return steps_per_dispatch if stop - step >= steps_per_dispatch else 1
-
-
-def next_stop(step: int, steps_per_epoch: int, log_every_steps: int) -> int:
-    """The first step after `step` at which the loop fetches metrics: every `log_every_steps` and at the end of
-    each epoch."""
-    epoch_end = (step // steps_per_epoch + 1) * steps_per_epoch
-    return min(epoch_end, (step // log_every_steps + 1) * log_every_steps)
-
-
-def dispatch_plan(step: int, end: int, steps_per_epoch: int, log_every_steps: int, steps_per_dispatch: int):
-    """The host's calls of train programs from `step` up to `end`: yields (size, fetch) for each, where `size`
-    steps run in one call and `fetch` says whether the metrics are fetched after it (at `next_stop`). The
-    engine's loop and the bench both run this plan."""
-    while step < end:
-        fetch_at = next_stop(step, steps_per_epoch, log_every_steps)
-        size = dispatch_size(step, fetch_at, steps_per_dispatch)
-        step += size
-        yield size, step == fetch_at
-
-
 def make_eval_logits(setup: Setup):
     """logits_fn(variables, images) -> {"student": ..., the method's extra classifiers, "ensemble"} for
     `evaluate_classifiers`; variables = `eval_variables(state)`. The ensemble (mean of every classifier's
@@ -321,83 +271,18 @@ def make_eval_logits(setup: Setup):
 
 
 def eval_variables(state: TrainState) -> dict:
-    return {"student": state.student_variables(),
-            "method": {"params": state.params["method"], "batch_stats": state.batch_stats["method"]}}
+    return {"student": state.student_variables(), "method": state.method_variables()}
+
+
+def train_programs(setup: Setup, config) -> TrainPrograms:
+    """The loop's train programs (one step per call, and `steps_per_dispatch` per call), built on first use."""
+    return TrainPrograms(functools.partial(make_train_step, setup, config),
+                         steps_per_dispatch(config, setup.platform))
 
 
 def zero_sums(setup: Setup):
     return jax.device_put({name: jnp.zeros((), jnp.float32) for name in setup.metric_names},
                           replicated(setup.mesh))
-
-
-class StopRequest:
-    """SIGTERM (preemption) as a decision the loop takes between steps, without touching the device.
-
-    One process: a signal handler sets a flag. Several processes: JAX's preemption sync point, which tells every
-    process to stop after the same step whichever of them got the signal (its notifier handles SIGTERM)."""
-
-    def __init__(self):
-        self.requested = False
-        self._dispatches = 0
-        self._multiprocess = distributed.is_multiprocess()
-        self._previous = None if self._multiprocess else signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def before_dispatch(self) -> bool:
-        """Whether to stop instead of running the next train program (call once before each). Every process
-        makes the same sequence of calls, so the sync point counts calls, not steps."""
-        if self._multiprocess and not self.requested:
-            self.requested = distributed.preemption_requested(self._dispatches)
-        self._dispatches += 1
-        return self.requested
-
-    def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-# Config keys a resumed run may change: logging, evaluation and checkpoint intervals, the run's length, and
-# settings that change results by float rounding at most (dotted: a key of a section).
-RESUME_MAY_CHANGE = ("log_every_steps", "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
-                     "progress_bar", "epochs", "steps_per_dispatch", "crd.chunk_elements")
-
-
-def _run_defining(config_json: str) -> dict:
-    """A `config.json` text as a dict, without the RESUME_MAY_CHANGE keys."""
-    config = json.loads(config_json)
-    if not isinstance(config, dict):
-        raise ValueError("not a JSON object")
-    for key in RESUME_MAY_CHANGE:
-        *sections, name = key.split(".")
-        holder = config
-        for section in sections:
-            holder = holder.get(section) if isinstance(holder, dict) else None
-        if isinstance(holder, dict):
-            holder.pop(name, None)
-    return config
-
-
-def save_config(config, workdir: Path) -> None:
-    """Writes `config.json` (process 0); a workdir that already holds a different run is refused (resume must
-    be exact, up to RESUME_MAY_CHANGE)."""
-    path = workdir / "config.json"
-    text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if path.exists():
-        try:
-            previous = _run_defining(path.read_text())
-        except (OSError, ValueError):  # unreadable, not JSON (JSONDecodeError, UnicodeDecodeError), not an object
-            raise UserError(f"{path}: not a run config jaxkd can read (a JSON object); it identifies the run in "
-                            f"{workdir}: restore it or use a new --workdir") from None
-        current = _run_defining(text)
-        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        if changed:
-            raise UserError(f"{workdir} holds a run with another config (differs in: {', '.join(changed)}); "
-                            f"use a new --workdir to start a different run")
-    distributed.barrier("config.json checked")  # every process has read it before process 0 replaces it
-    if distributed.is_primary():
-        write_text_atomically(text, path, force=True, what="the run's config")
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -408,10 +293,7 @@ def train_and_evaluate(config, workdir) -> dict:
     # before the workdir exists, so that a refused run leaves nothing behind. `_run` takes the state out of
     # the dict, so that no reference to the initial state outlives its placement on the devices.
     initial = {"state": create_train_state(setup, config)}
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"--workdir {workdir}: cannot create it ({error.strerror})") from None
+    create_workdir(workdir)
     save_config(config, workdir)
     log = MetricLog(workdir, active=distributed.is_primary())
     checkpoints = RunCheckpoints(workdir, config.keep_checkpoints)
@@ -454,7 +336,7 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
 
     images, labels, index = jax.device_put((setup.train.images, setup.train.labels, setup.train.index),
                                            on_all_devices)
-    programs = TrainPrograms(setup, config)
+    programs = train_programs(setup, config)
     permutation_of = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
                              out_shardings=on_all_devices)
     base_key = jax.random.PRNGKey(config.seed)
@@ -540,42 +422,6 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
     return {"last_top1": result["top1"], "best_top1": progress["best_top1"], "step": step}
 
 
-RESERVED_EXPORT_NAMES = {TRAINED_MODEL_DIR, "checkpoints", "tensorboard", "student"}
-
-
-def export_models(setup: Setup, config, state: TrainState, workdir: Path, result: dict, progress: dict) -> None:
-    """The final student as `model/` (model checkpoint) and `student.pth` (seed layout, loads strictly), and
-    each extra model of the method (DML's peers) as `{name}/` and `{name}.pth`. Every process takes part in
-    the Orbax writes; process 0 writes the `.pth` files."""
-    common = {"num_classes": setup.train.num_classes, "method": config.method,
-              "saliencymix": bool(config.saliencymix), "step": int(state.step), "written_by": "jaxkd.train"}
-    models = {"student": (canonical_name(config.model), state.student_variables(),
-                          {"test_top1": result["top1"], "best_top1": progress["best_top1"]})}
-    method_variables = eval_variables(state)["method"]
-    for name, (arch, variables) in setup.method.exports(method_variables).items():
-        if name in RESERVED_EXPORT_NAMES:
-            raise ValueError(f"method {config.method} exports a model named {name!r}, a reserved workdir name")
-        models[name] = (canonical_name(arch), variables, {})
-    try:
-        from convert.converter import flax_to_torch
-        from convert.torch_files import write_torch_file
-    except ImportError:
-        flax_to_torch = None
-    written = []
-    for name, (arch, variables, extra) in models.items():
-        variables = jax.device_get(variables)
-        directory = workdir / (TRAINED_MODEL_DIR if name == "student" else name)
-        save_model_checkpoint(directory, variables, {"arch": arch, **common, **extra}, force=True)
-        written.append(directory)
-        if flax_to_torch is not None and distributed.is_primary():
-            write_torch_file(flax_to_torch(variables, arch, num_batches_tracked=int(state.step)),
-                             workdir / f"{name}.pth", force=True)
-            written.append(workdir / f"{name}.pth")
-    missing_torch = "" if flax_to_torch else " (PyTorch is not installed: no .pth files)"
-    _say(f"final test top-1 {result['top1']:.2f} (best {progress['best_top1']:.2f}); wrote "
-         f"{', '.join(str(path) for path in written)}{missing_torch}")
-
-
 TRAIN_USAGE = "usage: python -m jaxkd.train --config configs/NAME.py --workdir DIR [--config.key=value ...]"
 
 
@@ -599,15 +445,14 @@ def parse_command_line(argv):
     return flag_values
 
 
+def _train_command(argv) -> None:
+    flags_ = parse_command_line(argv)
+    distributed.initialize(flags_.coordinator_address, flags_.num_processes, flags_.process_id)
+    train_and_evaluate(flags_.config, flags_.workdir)
+
+
 def main(argv=None) -> int:
-    try:
-        flags_ = parse_command_line(sys.argv if argv is None else argv)
-        distributed.initialize(flags_.coordinator_address, flags_.num_processes, flags_.process_id)
-        train_and_evaluate(flags_.config, flags_.workdir)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(_train_command, sys.argv if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -24,3 +24,7 @@ class TrainState:
     def student_variables(self) -> dict:
         """The student's Flax variables, as `model.apply` and the converter take them."""
         return {"params": self.params["student"], "batch_stats": self.batch_stats["student"]}
+
+    def method_variables(self) -> dict:
+        """The method's trainable modules' Flax variables (DML's peers, BYOT's heads; {} parts if none)."""
+        return {"params": self.params["method"], "batch_stats": self.batch_stats["method"]}

@@ -72,7 +72,7 @@ def test_flops_of_a_step_lowered_for_gpu_are_counted_by_the_cpu_backend(monkeypa
     """On GPU and TPU, `Lowered.cost_analysis()` gives None (plugin backends cannot count) and the compiled
     program's count misses the cuDNN convolutions; the bench then counts the lowered HLO with the CPU backend.
     Here the real KD step is lowered for CUDA and counted that way, against the CPU lowering's own count."""
-    from jaxkd.train import TrainPrograms, create_train_state, zero_sums
+    from jaxkd.train import create_train_state, train_programs, zero_sums
 
     config = kd_wrn.get_config()
     config.model, config.teacher.arch, config.batch_size = "resnet8", "resnet8", 16
@@ -80,7 +80,7 @@ def test_flops_of_a_step_lowered_for_gpu_are_counted_by_the_cpu_backend(monkeypa
     setup = bench.bench_setup(config, train, jax.devices()[:1])
     args = (create_train_state(setup, config), zero_sums(setup), setup.teacher.variables, train.images,
             train.labels, train.index, jax.numpy.arange(64))
-    program = TrainPrograms(setup, config)[1]
+    program = train_programs(setup, config)[1]
     on_cpu = bench.lowered_flops(program.trace(*args).lower(lowering_platforms=("cpu",)))
     for_cuda = program.trace(*args).lower(lowering_platforms=("cuda",))
     monkeypatch.setattr(type(for_cuda), "cost_analysis", lambda self: None)  # as on a plugin backend
@@ -250,6 +250,7 @@ def gpu_script_commands() -> list[tuple[str, list[str]]]:
 def test_gpu_script_runs_valid_bench_and_train_commands(monkeypatch):
     """The prepared GPU run must not find a stale flag or config key on a machine that is lent for minutes."""
     from jaxkd import train
+    from jaxkd.dispatch import steps_per_dispatch
     from jaxkd.mesh import data_mesh
 
     commands = gpu_script_commands()
@@ -264,6 +265,6 @@ def test_gpu_script_runs_valid_bench_and_train_commands(monkeypatch):
         flags_ = bench.parse_config_command_line(["jaxkd.bench", *arguments], bench._define_bench_flags,
                                                  bench.BENCH_USAGE)
         for _, variant, _ in bench.ab_variants(flags_.config, flags_.ab, "gpu"):
-            assert train.steps_per_dispatch(variant, "gpu") <= flags_.steps  # the chunk is timed
+            assert steps_per_dispatch(variant, "gpu") <= flags_.steps  # the chunk is timed
         methods = flags_.methods
         assert methods in ("", "all") or set(methods.split(",")) <= set(METHODS)

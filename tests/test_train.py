@@ -173,7 +173,7 @@ def test_a_workdir_that_is_a_file_is_one_line_before_any_load(workdir, message, 
 
 def test_a_workdir_resumes_only_the_same_run_up_to_intervals_and_rounding_settings(tmp_path):
     from configs import crd_wrn
-    from jaxkd.train import save_config
+    from jaxkd.workdir import save_config
 
     save_config(crd_wrn.get_config(), tmp_path)
     same_run = crd_wrn.get_config()
@@ -246,7 +246,7 @@ def test_bfloat16_compute_keeps_float32_parameters_statistics_and_loss():
 
 
 def test_dispatch_plan_runs_whole_chunks_and_stops_at_every_fetch_and_epoch_end():
-    from jaxkd.train import dispatch_plan
+    from jaxkd.dispatch import dispatch_plan
 
     spe, log_every, chunk = 22, 5, 4  # small_config's epoch, log interval, and a chunk that divides neither
     stops = set(range(log_every, 2 * spe, log_every)) | {spe, 2 * spe}  # fetches: every 5 steps, epoch ends
@@ -271,7 +271,7 @@ def test_dispatch_plan_runs_whole_chunks_and_stops_at_every_fetch_and_epoch_end(
 
 
 def test_automatic_steps_per_dispatch_is_one_on_cpu_and_whole_chunks_between_fetches_elsewhere():
-    from jaxkd.train import AUTO_STEPS_PER_DISPATCH, steps_per_dispatch
+    from jaxkd.dispatch import AUTO_STEPS_PER_DISPATCH, steps_per_dispatch
 
     config = demo.get_config()
     assert config.steps_per_dispatch == 0  # the default: automatic

@@ -1,0 +1,100 @@
+"""A training run's workdir: created once, identified by its `config.json`, and given the final models.
+
+`config.json` pins the run: re-running the same command resumes it, and a different config in the same workdir
+is refused (up to RESUME_MAY_CHANGE). At the end the student (and a method's extra models, DML's peers) are
+written as model checkpoints (`model/`, `{name}/`) and as `.pth` files in the seed's layout.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+
+from jaxkd import distributed
+from jaxkd.errors import UserError
+from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, save_model_checkpoint
+from jaxkd.models import canonical_name
+from jaxkd.safe_write import write_text_atomically
+from jaxkd.train_state import TrainState
+
+# Config keys a resumed run may change: logging, evaluation and checkpoint intervals, the run's length, and
+# settings that change results by float rounding at most (dotted: a key of a section).
+RESUME_MAY_CHANGE = ("log_every_steps", "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
+                     "progress_bar", "epochs", "steps_per_dispatch", "crd.chunk_elements")
+RESERVED_EXPORT_NAMES = {TRAINED_MODEL_DIR, "checkpoints", "tensorboard", "student"}
+
+
+def create_workdir(workdir: Path) -> None:
+    """Creates `workdir` (and its parents) if needed; one line if it cannot be created."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--workdir {workdir}: cannot create it ({error.strerror})") from None
+
+
+def _run_defining(config_json: str) -> dict:
+    """A `config.json` text as a dict, without the RESUME_MAY_CHANGE keys."""
+    config = json.loads(config_json)
+    if not isinstance(config, dict):
+        raise ValueError("not a JSON object")
+    for key in RESUME_MAY_CHANGE:
+        *sections, name = key.split(".")
+        holder = config
+        for section in sections:
+            holder = holder.get(section) if isinstance(holder, dict) else None
+        if isinstance(holder, dict):
+            holder.pop(name, None)
+    return config
+
+
+def save_config(config, workdir: Path) -> None:
+    """Writes `config.json` (process 0); a workdir that already holds a different run is refused (resume must
+    be exact, up to RESUME_MAY_CHANGE)."""
+    path = workdir / "config.json"
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if path.exists():
+        try:
+            previous = _run_defining(path.read_text())
+        except (OSError, ValueError):  # unreadable, not JSON (JSONDecodeError, UnicodeDecodeError), not an object
+            raise UserError(f"{path}: not a run config jaxkd can read (a JSON object); it identifies the run in "
+                            f"{workdir}: restore it or use a new --workdir") from None
+        current = _run_defining(text)
+        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        if changed:
+            raise UserError(f"{workdir} holds a run with another config (differs in: {', '.join(changed)}); "
+                            f"use a new --workdir to start a different run")
+    distributed.barrier("config.json checked")  # every process has read it before process 0 replaces it
+    if distributed.is_primary():
+        write_text_atomically(text, path, force=True, what="the run's config")
+
+
+def export_models(setup, config, state: TrainState, workdir: Path, result: dict, progress: dict) -> None:
+    """The final student as `model/` (model checkpoint) and `student.pth` (seed layout, loads strictly), and
+    each extra model of the method (DML's peers) as `{name}/` and `{name}.pth`. Every process takes part in
+    the Orbax writes; process 0 writes the `.pth` files. `setup` is the run's `jaxkd.train.Setup`."""
+    common = {"num_classes": setup.train.num_classes, "method": config.method,
+              "saliencymix": bool(config.saliencymix), "step": int(state.step), "written_by": "jaxkd.train"}
+    models = {"student": (canonical_name(config.model), state.student_variables(),
+                          {"test_top1": result["top1"], "best_top1": progress["best_top1"]})}
+    for name, (arch, variables) in setup.method.exports(state.method_variables()).items():
+        if name in RESERVED_EXPORT_NAMES:
+            raise ValueError(f"method {config.method} exports a model named {name!r}, a reserved workdir name")
+        models[name] = (canonical_name(arch), variables, {})
+    try:
+        from convert.converter import flax_to_torch
+        from convert.torch_files import write_torch_file
+    except ImportError:
+        flax_to_torch = None
+    written = []
+    for name, (arch, variables, extra) in models.items():
+        variables = jax.device_get(variables)
+        directory = workdir / (TRAINED_MODEL_DIR if name == "student" else name)
+        save_model_checkpoint(directory, variables, {"arch": arch, **common, **extra}, force=True)
+        written.append(directory)
+        if flax_to_torch is not None and distributed.is_primary():
+            write_torch_file(flax_to_torch(variables, arch, num_batches_tracked=int(state.step)),
+                             workdir / f"{name}.pth", force=True)
+            written.append(workdir / f"{name}.pth")
+    missing_torch = "" if flax_to_torch else " (PyTorch is not installed: no .pth files)"
+    distributed.print_once(f"final test top-1 {result['top1']:.2f} (best {progress['best_top1']:.2f}); wrote "
+                           f"{', '.join(str(path) for path in written)}{missing_torch}", flush=True)

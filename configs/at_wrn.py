@@ -1,6 +1,7 @@
 """AT (attention transfer, p = 2) from a WRN40-2 teacher into a WRN16-2 student, RepDistiller's recipe:
 loss = CE + 1000 * sum over the 3 stage outputs of the mean squared difference of normalized attention maps;
-240 epochs of the seed's SGD schedule.
+RepDistiller's schedule (the seed's hyperparameters, lr x0.1 from the first step of epochs 151, 181,
+211: configs/default.py repdistiller_recipe).
 
     python -m jaxkd.train --config configs/at_wrn.py --workdir workdirs/at_wrn40_2_wrn16_2 \
         --config.teacher.checkpoint=wrn40_2.pth
@@ -12,7 +13,7 @@ from configs import default
 
 
 def get_config():
-    config = default.get_config()
+    config = default.repdistiller_recipe(default.get_config())
     config.model = "wideresnet16_2"
     config.method = "at"
     config.teacher.arch = "wideresnet40_2"

@@ -1,5 +1,6 @@
 """BYOT (self-distillation, no teacher) on WRN16-2 with the seed's recipe: 240 epochs, batch 64, SGD lr 0.05
-momentum 0.9, weight decay 5e-4 (the heads included), lr x0.1 after epochs 150, 180 and 210.
+momentum 0.9, weight decay 5e-4 (the heads included), lr x0.1 after the first step of epochs 150, 180 and 210
+(the seed's decay_lr timing).
 
     python -m jaxkd.train --config configs/byot_wrn.py --workdir workdirs/byot_wrn16_2
 

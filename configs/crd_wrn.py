@@ -1,6 +1,7 @@
 """CRD from a WRN40-2 teacher into a WRN16-2 student, RepDistiller's CRD recipe: loss = 1 * CE + 0.8 * CRD
-(K = 16384 other-class negatives, T = 0.07, memory momentum 0.5, 128-d embeddings), 240 epochs of the seed's
-SGD schedule.
+(K = 16384 other-class negatives, T = 0.07, memory momentum 0.5, 128-d embeddings); RepDistiller's schedule
+(the seed's hyperparameters, lr x0.1 from the first step of epochs 151, 181, 211: configs/default.py
+repdistiller_recipe).
 
     python -m jaxkd.train --config configs/crd_wrn.py --workdir workdirs/crd_wrn40_2_wrn16_2 \
         --config.teacher.checkpoint=wrn40_2.pth
@@ -16,7 +17,7 @@ from configs import default
 
 
 def get_config():
-    config = default.get_config()
+    config = default.repdistiller_recipe(default.get_config())
     config.model = "wideresnet16_2"
     config.method = "crd"
     config.teacher.arch = "wideresnet40_2"

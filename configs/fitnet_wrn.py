@@ -1,6 +1,7 @@
 """FitNets (hint) from a WRN40-2 teacher into a WRN16-2 student, RepDistiller's recipe: loss = CE + 100 * MSE
 between ConvReg(student stage-2 output) and the teacher's stage-2 output; the regressor is trained and
-weight-decayed with the student from the first step; 240 epochs of the seed's SGD schedule.
+weight-decayed with the student from the first step; RepDistiller's schedule (the seed's hyperparameters, lr
+x0.1 from the first step of epochs 151, 181, 211: configs/default.py repdistiller_recipe).
 
     python -m jaxkd.train --config configs/fitnet_wrn.py --workdir workdirs/fitnet_wrn40_2_wrn16_2 \
         --config.teacher.checkpoint=wrn40_2.pth
@@ -14,7 +15,7 @@ from configs import default
 
 
 def get_config():
-    config = default.get_config()
+    config = default.repdistiller_recipe(default.get_config())
     config.model = "wideresnet16_2"
     config.method = "fitnet"
     config.teacher.arch = "wideresnet40_2"

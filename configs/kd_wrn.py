@@ -1,5 +1,6 @@
 """KD (Hinton) from a WRN40-2 teacher into a WRN16-2 student, RepDistiller's KD recipe:
-loss = 0.1 * CE + 0.9 * KL at T = 4 (times T^2), 240 epochs of the seed's SGD schedule.
+loss = 0.1 * CE + 0.9 * KL at T = 4 (times T^2); RepDistiller's schedule (the seed's hyperparameters, lr x0.1
+from the first step of epochs 151, 181, 211: configs/default.py repdistiller_recipe).
 
     python -m jaxkd.train --config configs/kd_wrn.py --workdir workdirs/kd_wrn40_2_wrn16_2 \
         --config.teacher.checkpoint=wrn40_2.pth
@@ -12,7 +13,7 @@ from configs import default
 
 
 def get_config():
-    config = default.get_config()
+    config = default.repdistiller_recipe(default.get_config())
     config.model = "wideresnet16_2"
     config.method = "kd"
     config.teacher.arch = "wideresnet40_2"

@@ -3,20 +3,59 @@
 PyTorch SGD computes d = g + wd * p, buf = momentum * buf + d (buf = d on the first step), p -= lr * buf.
 `add_decayed_weights` then `sgd(momentum)` is exactly that (optax's trace starts at zero, so its first value is
 d). Weight decay covers every trainable tensor, BN scales and biases included, as in the seed.
+
+When the lr drops (`config.optimizer.lr_decay_timing`) follows one of the two references, which differ:
+* "seed" (pytorch-kd `utils/optimizer.py` `stepwise_decay`, called after each `optimizer.step()` with the
+  1-based epoch): the lr is multiplied by the rate after the first step of each named epoch, so that epoch's
+  remaining steps already run at the lower lr (decay at 150: from 0-based step 149 * steps_per_epoch + 1).
+* "repdistiller" (RepDistiller `helper/util.py` `adjust_learning_rate`, called at the start of each 1-based
+  epoch): lr = base * rate ** (number of named epochs before the current one), so the decay at 150 starts
+  with the first step of epoch 151 (0-based step 150 * steps_per_epoch).
 """
 
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxkd.errors import UserError
 
 LR_SCALINGS = ("none", "linear")
+LR_DECAY_TIMINGS = ("seed", "repdistiller")
 
 
-def learning_rate_schedule(base_lr: float, decay_epochs, decay_rate: float, steps_per_epoch: int):
-    """lr = base_lr * decay_rate^k once k of `decay_epochs` are complete: the first step of epoch 151 (1-based)
-    already uses 0.005 for decay at 150, RepDistiller's semantics."""
-    return optax.piecewise_constant_schedule(
-        base_lr, {int(epoch) * steps_per_epoch: decay_rate for epoch in sorted(decay_epochs)})
+def decay_steps(decay_epochs, steps_per_epoch: int, timing: str) -> list[int]:
+    """The 0-based step from which each decay of `decay_epochs` (1-based epochs) applies, under `timing`."""
+    if timing not in LR_DECAY_TIMINGS:
+        raise UserError(f"optimizer.lr_decay_timing must be one of {', '.join(LR_DECAY_TIMINGS)}, got {timing!r}")
+    epochs = [int(epoch) for epoch in decay_epochs]
+    if any(epoch < 1 for epoch in epochs) or len(set(epochs)) != len(epochs):
+        raise UserError(f"optimizer.lr_decay_epochs must be distinct 1-based epochs, got {tuple(decay_epochs)}")
+    if timing == "seed":
+        return sorted((epoch - 1) * steps_per_epoch + 1 for epoch in epochs)
+    return sorted(epoch * steps_per_epoch for epoch in epochs)
+
+
+def decayed_learning_rates(base_lr: float, decay_rate: float, num_decays: int, timing: str) -> np.ndarray:
+    """float32 (num_decays + 1,): the lr after k decays, computed in float64 with each reference's arithmetic
+    (the seed multiplies the current lr by the rate, RepDistiller raises the rate to the power k), then held in
+    float32 like the parameters it scales."""
+    rates = [base_lr]
+    for k in range(1, num_decays + 1):
+        rates.append(rates[-1] * decay_rate if timing == "seed" else base_lr * decay_rate ** k)
+    return np.asarray(rates, np.float64).astype(np.float32)
+
+
+def learning_rate_schedule(base_lr: float, decay_epochs, decay_rate: float, steps_per_epoch: int,
+                           timing: str = "repdistiller"):
+    """schedule(step) -> float32 lr of the 0-based train step `step`, or of each step of an array of them
+    (jittable: a table lookup, no host sync)."""
+    boundaries = jnp.asarray(decay_steps(decay_epochs, steps_per_epoch, timing), jnp.int32)
+    rates = jnp.asarray(decayed_learning_rates(base_lr, decay_rate, len(boundaries), timing))
+
+    def schedule(step):
+        return rates[jnp.sum(jnp.asarray(step)[..., None] >= boundaries, axis=-1)]
+
+    return schedule
 
 
 def base_learning_rate(config) -> float:
@@ -33,13 +72,20 @@ def base_learning_rate(config) -> float:
     return opt.lr
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """SGD from `config.optimizer` (lr with its scaling, momentum, nesterov, weight_decay, lr_decay_epochs,
-    lr_decay_rate)."""
+def config_learning_rate_schedule(config, steps_per_epoch: int):
+    """The lr schedule of `config.optimizer` (lr with its scaling, lr_decay_epochs, lr_decay_rate,
+    lr_decay_timing) at `steps_per_epoch`; what the optimizer applies and what metrics.jsonl reports."""
     opt = config.optimizer
-    schedule = learning_rate_schedule(base_learning_rate(config), opt.lr_decay_epochs, opt.lr_decay_rate,
-                                      steps_per_epoch)
+    return learning_rate_schedule(base_learning_rate(config), opt.lr_decay_epochs, opt.lr_decay_rate,
+                                  steps_per_epoch, opt.lr_decay_timing)
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """SGD from `config.optimizer`: the schedule of `config_learning_rate_schedule`, momentum, nesterov and
+    weight_decay."""
+    opt = config.optimizer
     return optax.chain(
         optax.add_decayed_weights(opt.weight_decay),
-        optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov),
+        optax.sgd(config_learning_rate_schedule(config, steps_per_epoch), momentum=opt.momentum or None,
+                  nesterov=opt.nesterov),
     )

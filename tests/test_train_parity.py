@@ -47,7 +47,7 @@ from jaxkd.evaluate import data_mesh
 from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
 from jaxkd.models.batchnorm import BatchNorm
-from jaxkd.optimizer import learning_rate_schedule, make_optimizer
+from jaxkd.optimizer import config_learning_rate_schedule, make_optimizer
 from jaxkd.train import Setup, Teacher, create_train_state, make_update
 from jaxkd.train_state import TrainState
 from tests.conftest import nchw, randomized_torch_model
@@ -63,7 +63,7 @@ PREACT = "preact"  # the batch_stats entry the interceptor adds to each student 
 
 
 def _config(method: str):
-    config = default.get_config()
+    config = default.repdistiller_recipe(default.get_config())  # the reference steps RepDistiller's epoch loop
     config.model = STUDENT
     config.method = method
     config.batch_size = BATCH
@@ -161,8 +161,7 @@ def _run_jax(config, student_init: dict, teacher_variables, images, labels):
 
     # compiled once (all steps have the same shapes), with the engine's compiler options (YNN fusions on CPU)
     update = jax.jit(update, compiler_options=compiler_options(setup.mesh))
-    schedule = learning_rate_schedule(config.optimizer.lr, config.optimizer.lr_decay_epochs,
-                                      config.optimizer.lr_decay_rate, STEPS_PER_EPOCH)
+    schedule = config_learning_rate_schedule(config, STEPS_PER_EPOCH)
     history, masks = [], []
     for step in range(STEPS):
         batch = Batch(jnp.asarray(images[step]), jnp.asarray(labels[step]), jnp.arange(BATCH, dtype=jnp.int32),

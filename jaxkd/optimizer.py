@@ -45,8 +45,7 @@ def decayed_learning_rates(base_lr: float, decay_rate: float, num_decays: int, t
     return np.asarray(rates, np.float64).astype(np.float32)
 
 
-def learning_rate_schedule(base_lr: float, decay_epochs, decay_rate: float, steps_per_epoch: int,
-                           timing: str = "repdistiller"):
+def learning_rate_schedule(base_lr: float, decay_epochs, decay_rate: float, steps_per_epoch: int, timing: str):
     """schedule(step) -> float32 lr of the 0-based train step `step`, or of each step of an array of them
     (jittable: a table lookup, no host sync)."""
     boundaries = jnp.asarray(decay_steps(decay_epochs, steps_per_epoch, timing), jnp.int32)

@@ -40,7 +40,7 @@ from jaxkd.methods import Batch, Method, Probe, get_method
 from jaxkd.metric_log import MetricLog
 from jaxkd.model_checkpoint import load_model
 from jaxkd.models import canonical_name, get_model
-from jaxkd.optimizer import base_learning_rate, learning_rate_schedule, make_optimizer
+from jaxkd.optimizer import base_learning_rate, config_learning_rate_schedule, make_optimizer
 from jaxkd.run_checkpoint import RunCheckpoints
 from jaxkd.safe_write import check_output_directory
 from jaxkd.stop_request import StopRequest
@@ -340,8 +340,7 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
     permutation_of = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
                              out_shardings=on_all_devices)
     base_key = jax.random.PRNGKey(config.seed)
-    opt = config.optimizer
-    lr_at = learning_rate_schedule(base_learning_rate(config), opt.lr_decay_epochs, opt.lr_decay_rate, spe)
+    lr_at = config_learning_rate_schedule(config, spe)  # the optimizer's schedule: the lr each step used
     sums = zero_sums(setup)
     eval_logits = make_eval_logits(setup)
     step = int(state.step)

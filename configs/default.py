@@ -19,6 +19,11 @@ def get_config() -> ConfigDict:
     config.data.source = "tfds"  # tfds | cifar100-python | digits (docs/data.md)
     config.data.data_dir = ""  # "" = the source's default location
     config.data.download = True  # fetch (and for tfds prepare) the data when it is missing
+    # The training pipeline (jaxkd/data/pipeline.py), the seed's: reflect padding, its mean/std, full batches only
+    # (781 steps per epoch at 50,000 / 64). RepDistiller's: "zeros", "repdistiller", False (782, the last of 16).
+    config.data.padding = "reflect"  # reflect | zeros
+    config.data.normalization = "seed"  # seed | repdistiller (also used to evaluate)
+    config.data.drop_last = True
 
     # SaliencyMix (Uddin et al. 2021) on every batch with probability saliencymix_prob; the teacher sees the same
     # mixed images. Per-example boxes (each centred on its own source's saliency peak) are an extension.

@@ -192,12 +192,6 @@ def test_records_are_never_overwritten(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, second.name])  # no temporaries left
 
 
-def test_a_method_without_its_module_is_skipped(monkeypatch, capsys):
-    monkeypatch.setitem(METHODS, "ghost", "jaxkd.methods.ghost_method_not_written:Ghost")
-    assert bench.run(kd_wrn.get_config(), methods="ghost", out="") == []
-    assert "ghost: skipped" in capsys.readouterr().out
-
-
 def test_other_methods_take_their_recipe():
     config = kd_wrn.get_config()
     config.lock()

@@ -1,6 +1,12 @@
 """Where a run's numbers go: one JSON object per line in `WORKDIR/metrics.jsonl`, and TensorBoard event files in
 `WORKDIR/tensorboard` (written with tensorboardX, no TensorFlow needed). In a multi-process run only process 0
-writes (`active`); the others' logs record nothing."""
+writes (`active`); the others' logs record nothing.
+
+A run resumed from the checkpoint at step S (0: started anew) first drops what a killed run logged after S:
+`metrics.jsonl` keeps its rows up to S (none for a new start), rewritten atomically, and the new TensorBoard file
+starts with a purge marker at S + 1, which makes TensorBoard hide the older files' events from that step on.
+So every step is recorded once, however often the run was interrupted.
+"""
 
 import json
 import math
@@ -8,14 +14,38 @@ from pathlib import Path
 
 from tensorboardX import SummaryWriter
 
+from jaxkd.safe_write import write_text_atomically
+
+
+def rows_up_to(text: str, last_step: int | None) -> str:
+    """The lines of a metrics.jsonl text whose step is at most `last_step` (None: no line); a line that is not
+    a complete JSON row (the end of a killed write) goes too."""
+    kept = []
+    for line in text.splitlines():
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if last_step is not None and step <= last_step:
+            kept.append(line + "\n")
+    return "".join(kept)
+
 
 class MetricLog:
-    def __init__(self, workdir, active: bool = True):
+    def __init__(self, workdir, active: bool = True, resume_step: int = 0):
+        """`resume_step`: the step the run continues from (0 = from the start)."""
         self.active = active
         if active:
             workdir = Path(workdir)
-            self.jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
-            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+            path = workdir / "metrics.jsonl"
+            if path.exists():
+                text = path.read_text()
+                kept = rows_up_to(text, resume_step if resume_step > 0 else None)
+                if kept != text:
+                    write_text_atomically(kept, path, force=True, what="the metrics")
+            self.jsonl = open(path, "a", buffering=1)
+            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1
+                                             if resume_step > 0 else 0)
 
     def write(self, step: int, kind: str, values: dict) -> None:
         """Records `values` (name -> number) at `step`; `kind` groups them (train, eval, teacher)."""

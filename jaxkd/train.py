@@ -6,14 +6,16 @@ the device, augments it, runs the teacher (eval mode) and the student (train mod
 one step, or `config.steps_per_dispatch` of them (a `lax.scan`). The host only decides when to log, evaluate
 and checkpoint. Re-running the same command resumes from the workdir's latest checkpoint, exactly: the data
 order, random numbers, optimizer state and BN statistics continue as if never stopped. SIGTERM (preemption)
-saves a checkpoint before exiting. Beside this file: `jaxkd.dispatch` (steps per host call and the loop's
-plan), `jaxkd.workdir` (config.json, the resume check, the final exports), `jaxkd.stop_request` (SIGTERM).
+and Ctrl-C save a checkpoint before exiting. Beside this file: `jaxkd.dispatch` (steps per host call and the
+loop's plan), `jaxkd.workdir` (config.json, the resume check, the lock, the final exports),
+`jaxkd.stop_request` (SIGTERM, Ctrl-C).
 
 The workdir receives `config.json`, `metrics.jsonl`, `tensorboard/`, `checkpoints/` (train state), and at the
 end `model/` (the student as a model checkpoint, usable as a teacher or by `jaxkd.evaluate`) and
 `student.pth` (seed layout).
 """
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -45,7 +47,7 @@ from jaxkd.run_checkpoint import RunCheckpoints
 from jaxkd.safe_write import check_output_directory
 from jaxkd.stop_request import StopRequest
 from jaxkd.train_state import TrainState
-from jaxkd.workdir import create_workdir, export_models, save_config
+from jaxkd.workdir import WorkdirLock, create_workdir, export_models, save_config
 
 METRIC_NAMES = ("loss", "ce", "kd", "term", "correct")  # summed on the device between two fetches
 # config.dtype: the models' compute dtype. Parameters, BN statistics, losses and the optimizer stay float32.
@@ -288,22 +290,27 @@ def zero_sums(setup: Setup):
 def train_and_evaluate(config, workdir) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the final evaluation."""
     workdir = check_output_directory(workdir, "--workdir")
-    setup = build(config)  # every user error surfaces here, before any compile
-    # The method checks its settings against the models' shapes as the state is made (FitNets' hint layer):
-    # before the workdir exists, so that a refused run leaves nothing behind. `_run` takes the state out of
-    # the dict, so that no reference to the initial state outlives its placement on the devices.
-    initial = {"state": create_train_state(setup, config)}
-    create_workdir(workdir)
-    save_config(config, workdir)
-    log = MetricLog(workdir, active=distributed.is_primary())
-    checkpoints = RunCheckpoints(workdir, config.keep_checkpoints)
-    stop = StopRequest()
-    try:
+    with contextlib.ExitStack() as cleanup:  # undone in reverse order, however the run ends
+        lock = WorkdirLock(workdir, active=distributed.is_primary())
+        cleanup.callback(lock.release)
+        if workdir.is_dir():
+            lock.acquire()  # a second run on a live workdir is refused before it loads anything
+        setup = build(config)  # every user error surfaces here, before any compile
+        # The method checks its settings against the models' shapes as the state is made (FitNets' hint layer):
+        # before the workdir exists, so that a refused run leaves nothing behind. `_run` takes the state out of
+        # the dict, so that no reference to the initial state outlives its placement on the devices.
+        initial = {"state": create_train_state(setup, config)}
+        create_workdir(workdir)
+        lock.acquire()
+        save_config(config, workdir)
+        checkpoints = RunCheckpoints(workdir, config.keep_checkpoints)
+        cleanup.callback(checkpoints.close)
+        # metrics that a killed run logged after the checkpoint this run resumes from are dropped
+        log = MetricLog(workdir, active=distributed.is_primary(), resume_step=checkpoints.latest_step() or 0)
+        cleanup.callback(log.close)
+        stop = StopRequest()
+        cleanup.callback(stop.restore)
         return _run(setup, config, initial, workdir, log, checkpoints, stop)
-    finally:
-        stop.restore()
-        checkpoints.close()
-        log.close()
 
 
 def _say(text: str) -> None:
@@ -394,8 +401,8 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
             if step > last_fetch_step:
                 sums, _ = fetch_and_log(sums, step)  # also refuses to save a diverged state
             checkpoints.save(state, progress)
-            _say(f"SIGTERM: saved a checkpoint at step {step}; run the same command to resume")
-            raise SystemExit(143)
+            _say(f"{stop.signal.name}: saved a checkpoint at step {step}; run the same command to resume")
+            raise SystemExit(stop.exit_status)
 
         epoch_done = step // spe
         if epoch_done % config.eval_every_epochs == 0 or epoch_done == config.epochs:

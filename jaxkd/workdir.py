@@ -5,7 +5,11 @@ is refused (up to RESUME_MAY_CHANGE). At the end the student (and a method's ext
 written as model checkpoints (`model/`, `{name}/`) and as `.pth` files in the seed's layout.
 """
 
+import datetime
+import fcntl
 import json
+import os
+import socket
 from pathlib import Path
 
 import jax
@@ -30,6 +34,51 @@ def create_workdir(workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"--workdir {workdir}: cannot create it ({error.strerror})") from None
+
+
+class WorkdirLock:
+    """One live run per workdir: an exclusive `flock` on `WORKDIR/.lock`, held by process 0 while the run lives.
+
+    The operating system releases it when the holder exits, however it ends, so a lock file left by a dead run
+    is simply taken over; the file names the holder (host, pid, start time) for the message a second run gets.
+    `acquire` may be called again once held (no-op), and only once the workdir exists. Inactive (the other
+    processes of a multi-process run): does nothing."""
+
+    FILE = ".lock"
+
+    def __init__(self, workdir: Path, active: bool = True):
+        self.path = Path(workdir) / self.FILE
+        self.active = active
+        self._file = None
+
+    def acquire(self) -> None:
+        if self._file is not None or not self.active:
+            return
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"--workdir {self.path.parent}: a run is live in it ({holder}); wait for it to end, "
+                            f"or stop it (it resumes later), or use another --workdir") from None
+        except OSError as error:  # a filesystem without locks: run unguarded rather than not at all
+            handle.close()
+            distributed.print_once(f"warning: cannot lock {self.path} ({error.strerror}): nothing stops a second "
+                                   f"run in this workdir")
+            return
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock; the file stays, naming the last holder
+            self._file = None
 
 
 def _run_defining(config_json: str) -> dict:

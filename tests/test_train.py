@@ -1,5 +1,5 @@
-"""The training engine end to end on the real digits data: learning, exact resume (also after SIGTERM),
-exports, bad configs and a diverging loss."""
+"""The training engine end to end on the real digits data: learning, exact resume (also after Ctrl-C or SIGTERM,
+every step logged once), one run per workdir, exports, bad configs and a diverging loss."""
 
 import json
 import signal
@@ -54,14 +54,22 @@ def straight_run(tmp_path_factory):
     return workdir, result
 
 
+def logged_steps(workdir) -> list[tuple[int, str]]:
+    return [(r["step"], r["kind"]) for r in map(json.loads, (Path(workdir) / "metrics.jsonl").read_text().splitlines())]
+
+
 def test_resume_after_an_epoch_is_bitwise_exact(straight_run, tmp_path):
     train_and_evaluate(small_config(epochs=1), tmp_path)  # stops after epoch 1 (a finished run)
+    # as if a run had gone on after that checkpoint (step 22) and been killed mid-write: logged, never saved
+    with open(tmp_path / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"step": 25, "kind": "train", "loss": 9.0}\n{"step": 30, "kind": "tr')
     result = train_and_evaluate(small_config(epochs=2), tmp_path)  # the same run, extended: resumes at step 22
     assert result["step"] == 44
     assert_bitwise_equal(final_params(tmp_path), final_params(straight_run[0]))
+    assert logged_steps(tmp_path) == logged_steps(straight_run[0])  # every step logged once, the killed rows gone
 
 
-def test_sigterm_mid_epoch_saves_and_resume_is_bitwise_exact(straight_run, tmp_path):
+def test_ctrl_c_mid_epoch_saves_and_resume_is_bitwise_exact(straight_run, tmp_path):
     command = [sys.executable, "-m", "jaxkd.train", "--config", "configs/demo.py:teacher",
                "--workdir", str(tmp_path)] + SMALL
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -70,10 +78,10 @@ def test_sigterm_mid_epoch_saves_and_resume_is_bitwise_exact(straight_run, tmp_p
     while not (metrics.exists() and metrics.read_text().count("\n") >= 1):  # the first log, at step 5
         assert process.poll() is None and time.time() < deadline, process.communicate()
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 143, err
-    assert "SIGTERM: saved a checkpoint at step" in out
+    assert process.returncode == 130, err
+    assert "SIGINT: saved a checkpoint at step" in out and "Traceback" not in err
     saved_step = int(out.split("saved a checkpoint at step ")[1].split(";")[0])
     assert 5 <= saved_step < 22  # mid-epoch 1
     assert not (tmp_path / "model").exists()
@@ -81,6 +89,85 @@ def test_sigterm_mid_epoch_saves_and_resume_is_bitwise_exact(straight_run, tmp_p
     assert result.returncode == 0, result.stderr
     assert f"resumed from {tmp_path / 'checkpoints'} at step {saved_step}" in result.stdout
     assert_bitwise_equal(final_params(tmp_path), final_params(straight_run[0]))
+    # the straight run's rows, and the partial window logged at the stop
+    assert logged_steps(tmp_path) == sorted(logged_steps(straight_run[0]) + [(saved_step, "train")]) \
+        or saved_step % 5 == 0 and logged_steps(tmp_path) == logged_steps(straight_run[0])
+
+
+def test_sigterm_and_ctrl_c_stop_the_loop_with_their_exit_statuses_and_a_second_ctrl_c_interrupts():
+    """The loop's decision (the Ctrl-C test above runs it end to end): SIGTERM and SIGINT each request a stop
+    with the conventional status; after the first Ctrl-C, Python's own handler is back."""
+    import os
+
+    from jaxkd.stop_request import StopRequest
+
+    for signum, status in [(signal.SIGTERM, 143), (signal.SIGINT, 130)]:
+        stop = StopRequest()
+        try:
+            assert not stop.before_dispatch()
+            os.kill(os.getpid(), signum)
+            time.sleep(0.01)  # the handler runs between two bytecodes of this thread
+            assert stop.before_dispatch() and stop.exit_status == status
+            if signum == signal.SIGINT:
+                assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        finally:
+            stop.restore()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_run_on_a_live_workdir_is_one_line_and_a_dead_runs_lock_is_taken_over(tmp_path, capsys):
+    from jaxkd.workdir import WorkdirLock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from jaxkd.workdir import WorkdirLock; lock = WorkdirLock(Path(sys.argv[1])); lock.acquire(); "
+                               "print('locked', flush=True); time.sleep(120)", str(tmp_path)],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        start = time.perf_counter()
+        status = main(["train", "--config", str(REPO / "configs" / "demo.py") + ":teacher", "--workdir",
+                       str(tmp_path)] + SMALL)
+        seconds = time.perf_counter() - start
+        err = capsys.readouterr().err
+        assert status == 2 and err.count("\n") == 1, err
+        assert f"a run is live in it (pid {holder.pid} on " in err
+        assert seconds < 10, seconds  # refused before the data and the models load
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = WorkdirLock(tmp_path)  # the holder died; its lock file is still there
+    lock.acquire()
+    assert f"pid {__import__('os').getpid()} on" in (tmp_path / ".lock").read_text()
+    lock.release()
+
+
+def test_a_resumed_log_drops_what_was_logged_after_its_checkpoint(tmp_path):
+    from tensorboardX.proto.event_pb2 import Event
+
+    from jaxkd.metric_log import MetricLog
+
+    log = MetricLog(tmp_path)
+    for step in (0, 5, 10, 15):
+        log.write(step, "train", {"loss": float(step)})
+    log.close()
+    MetricLog(tmp_path, resume_step=10).close()
+    assert logged_steps(tmp_path) == [(0, "train"), (5, "train"), (10, "train")]
+
+    def events(path):  # TFRecord framing: length (8 bytes), its CRC (4), the record, its CRC (4)
+        data, out = path.read_bytes(), []
+        while data:
+            length = int.from_bytes(data[:8], "little")
+            out.append(Event.FromString(data[12:12 + length]))
+            data = data[12 + length + 4:]
+        return out
+
+    newest = max((tmp_path / "tensorboard").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    purges = [e.step for e in events(newest) if e.HasField("session_log") and e.session_log.status == 1]
+    assert purges == [11]  # TensorBoard hides the older files' events from step 11 on
+    MetricLog(tmp_path, resume_step=0).close()  # a run started anew (no checkpoint) keeps no row
+    assert logged_steps(tmp_path) == []
 
 
 def test_workdir_holds_config_metrics_tensorboard_and_exports(straight_run):

@@ -1,0 +1,46 @@
+"""The config-driven commands' command line as a new user meets it: `--help`, and configs loaded from any
+working directory (the project's by path, and a user's own config that builds on them)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_module(module: str, *arguments: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *arguments], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("module, flag", [("jaxkd.train", "--help"), ("jaxkd.bench", "-h")])
+def test_help_lists_the_flags_every_config_key_with_its_default_and_the_names(module, flag, tmp_path):
+    result = run_module(module, flag, cwd=tmp_path)  # any folder: no config given, the defaults are shown
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    out = result.stdout
+    assert out.startswith(f"usage: python -m {module} --config")
+    assert "  --config.optimizer.lr=0.05" in out and "--config.teacher.checkpoint=''  # a .pth" in out
+    assert "--workdir: where checkpoints" in out if module == "jaxkd.train" else "--steps: train steps" in out
+    assert "models (config.model, config.teacher.arch): resnet8, " in out and "wideresnet40_2" in out
+    assert "methods (config.method): none, kd, " in out
+
+
+def test_a_config_loads_from_any_folder_and_a_users_config_builds_on_the_projects(tmp_path):
+    by_path = run_module("jaxkd.train", "--config", str(REPO / "configs" / "kd_wrn.py"), "--help", cwd=tmp_path)
+    assert by_path.returncode == 0, by_path.stderr
+    assert "--config.method='kd'" in by_path.stdout and "--config.loss.alpha=0.9" in by_path.stdout
+    (tmp_path / "my_kd.py").write_text("from configs import kd_wrn\n\n\ndef get_config():\n"
+                                       "    config = kd_wrn.get_config()\n    config.model = 'resnet8'  # smaller\n"
+                                       "    return config\n")
+    own = run_module("jaxkd.train", "--config", "my_kd.py", "--config.epochs=3", "--help", cwd=tmp_path)
+    assert own.returncode == 0, own.stderr
+    assert "--config.model='resnet8'  # smaller" in own.stdout and "--config.method='kd'" in own.stdout
+
+
+def test_help_with_a_broken_config_is_the_runs_one_line_error(tmp_path):
+    (tmp_path / "broken.py").write_text("def get_config():\n    raise ValueError('no such recipe')\n")
+    result = run_module("jaxkd.train", "--config", "broken.py", "--help", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: bad command line or config:") and "no such recipe" in result.stderr

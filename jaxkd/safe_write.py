@@ -14,9 +14,21 @@ def existing_ancestor(path: Path) -> Path:
     return path if path.exists() else next(p for p in path.absolute().parents if p.exists())
 
 
+def check_writable(folder: Path, what: str) -> None:
+    """One line if nothing can be created in the existing `folder` (read-only filesystem, no permission): a
+    file is created there and removed, which is what the real write will need (root ignores permission bits,
+    so asking `os.access` would not do)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"{what}: cannot write in {folder} ({error.strerror or error})") from None
+
+
 def check_output(out, force: bool, directory: bool = False) -> Path:
     """Refuses, before any work is done, an output that holds something to keep or that writing would fail on:
-    a directory where a file goes (unless `directory`), an existing output without `force`, a path under a file."""
+    a directory where a file goes (unless `directory`), an existing output without `force`, a path under a file,
+    a place where nothing can be written."""
     out = Path(out)
     if out.is_dir() and not directory:
         raise UserError(f"{out}: is a directory (give a file name)")
@@ -25,17 +37,19 @@ def check_output(out, force: bool, directory: bool = False) -> Path:
     existing = existing_ancestor(out.parent)
     if not existing.is_dir():
         raise UserError(f"{out}: lies under {existing}, which is not a directory")
+    check_writable(existing, str(out))
     return out
 
 
 def check_output_directory(directory, flag: str) -> Path:
-    """Refuses an output directory (given as `flag`) that is a file or lies under one, before any work is done,
-    without creating it: a refused command leaves nothing behind."""
+    """Refuses an output directory (given as `flag`) that is a file, lies under one or cannot be written in,
+    before any work is done, without creating it: a refused command leaves nothing behind."""
     directory = Path(directory)
     existing = existing_ancestor(directory)
     if not existing.is_dir():
         where = "exists" if existing == directory else f"lies under {existing}, which exists"
         raise UserError(f"{flag} {directory}: {where} and is not a directory")
+    check_writable(existing, f"{flag} {directory}")
     return directory
 
 

@@ -44,3 +44,31 @@ def test_help_with_a_broken_config_is_the_runs_one_line_error(tmp_path):
     result = run_module("jaxkd.train", "--config", "broken.py", "--help", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("error: bad command line or config:") and "no such recipe" in result.stderr
+
+
+UNWRITABLE = Path("/sys")  # sysfs: no one, root included, can create a file there
+
+
+@pytest.mark.skipif(not UNWRITABLE.is_dir(), reason="needs Linux's /sys")
+@pytest.mark.parametrize("module, arguments", [
+    ("jaxkd.evaluate", ["--checkpoint", "missing.pth", "--out", "{out}/results.json"]),
+    ("jaxkd.robustness", ["missing.pth", "--out", "{out}/table.md"]),
+    ("convert.__main__", ["import", "missing.pth", "--out", "{out}/imported"]),
+    ("convert.__main__", ["export", "missing_dir", "--out", "{out}/student.pth"]),
+    # absl-style mains take the whole sys.argv, program name first
+    ("jaxkd.bench", ["bench", "--config", str(REPO / "configs" / "kd_wrn.py"), "--out", "{out}/records"]),
+    ("jaxkd.train", ["train", "--config", str(REPO / "configs" / "demo.py"), "--workdir", "{out}/run"]),
+])
+def test_an_output_that_cannot_be_written_is_one_line_before_any_work(module, arguments, capsys):
+    """The inputs do not exist: the error names the output, so it was checked before anything was read."""
+    import importlib
+    import time
+
+    main = importlib.import_module(module).main
+    start = time.perf_counter()
+    status = main([argument.format(out=UNWRITABLE / "new") for argument in arguments])
+    seconds = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert f"cannot write in {UNWRITABLE}" in err and err.startswith("error: ")
+    assert seconds < 5, seconds

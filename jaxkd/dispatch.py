@@ -53,11 +53,17 @@ def next_stop(step: int, steps_per_epoch: int, log_every_steps: int) -> int:
     return min(epoch_end, (step // log_every_steps + 1) * log_every_steps)
 
 
-def dispatch_plan(step: int, end: int, steps_per_epoch: int, log_every_steps: int, steps_per_dispatch: int):
+def dispatch_plan(step: int, end: int, steps_per_epoch: int, log_every_steps: int, steps_per_dispatch: int,
+                  last_step_alone: bool = False):
     """The host's calls of train programs from `step` up to `end`: yields (size, fetch) for each, where `size`
-    steps run in one call and `fetch` says whether the metrics are fetched after it (at `next_stop`)."""
+    steps run in one call and `fetch` says whether the metrics are fetched after it (at `next_stop`).
+    `last_step_alone`: each epoch's last step is a call of its own (the program of a kept partial batch)."""
     while step < end:
         fetch_at = next_stop(step, steps_per_epoch, log_every_steps)
-        size = dispatch_size(step, fetch_at, steps_per_dispatch)
+        limit = fetch_at
+        last_step = (step // steps_per_epoch + 1) * steps_per_epoch - 1
+        if last_step_alone and step < last_step:
+            limit = min(limit, last_step)
+        size = dispatch_size(step, limit, steps_per_dispatch)
         step += size
         yield size, step == fetch_at

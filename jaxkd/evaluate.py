@@ -51,8 +51,9 @@ Progress = Callable[[int], None]  # called with the number of real images in eac
 # ------------------------------------------------------------------------------------------- the jitted step
 
 
-def eval_step_for(model, mesh: jax.sharding.Mesh | None = None):
-    """The evaluation step of `model` on `mesh` (default `data_mesh()`), jitted once and cached.
+def eval_step_for(model, mesh: jax.sharding.Mesh | None = None, normalization: str = "seed"):
+    """The evaluation step of `model` on `mesh` (default `data_mesh()`), jitted once and cached; the images
+    are normalized with the constants of `normalization` (jaxkd.data.augment.NORMALIZATIONS: the recipe's).
 
     step(variables, images uint8 (B, 32, 32, 3), labels int32 (B,), mask bool (B,), counts int32 (3,))
       -> counts + (top-1 correct, top-5 correct, images counted), masked examples excluded.
@@ -61,7 +62,7 @@ def eval_step_for(model, mesh: jax.sharding.Mesh | None = None):
     for the mesh's platform (`jaxkd.compile_options`: YNN fusions on CPU unless JAXKD_CPU_YNN=0).
     """
     mesh = data_mesh() if mesh is None else mesh
-    return _jitted_eval_step(model, mesh, _options_key(mesh))
+    return _jitted_eval_step(model, mesh, _options_key(mesh), normalization)
 
 
 def _options_key(mesh) -> tuple:
@@ -70,11 +71,11 @@ def _options_key(mesh) -> tuple:
 
 
 @functools.cache
-def _jitted_eval_step(model, mesh: jax.sharding.Mesh, options: tuple):
+def _jitted_eval_step(model, mesh: jax.sharding.Mesh, options: tuple, normalization: str):
     whole, sharded = replicated(mesh), batch_sharded(mesh)
 
     def eval_step(variables, images, labels, mask, counts):
-        _, logits = model.apply(variables, normalize(images), train=False)
+        _, logits = model.apply(variables, normalize(images, normalization), train=False)
         return counts + _batch_counts(logits, labels, mask).astype(counts.dtype)
 
     return jax.jit(eval_step, in_shardings=(whole, sharded, sharded, sharded, whole),
@@ -90,11 +91,12 @@ def _batch_counts(logits, labels, mask) -> jax.Array:
 
 
 @functools.cache
-def _jitted_classifiers_step(logits_fn, names: tuple, mesh: jax.sharding.Mesh, options: tuple):
+def _jitted_classifiers_step(logits_fn, names: tuple, mesh: jax.sharding.Mesh, options: tuple,
+                             normalization: str):
     whole, sharded = replicated(mesh), batch_sharded(mesh)
 
     def eval_step(variables, images, labels, mask, counts):
-        logits = logits_fn(variables, normalize(images))
+        logits = logits_fn(variables, normalize(images, normalization))
         rows = [_batch_counts(logits[name], labels, mask) for name in names]
         return counts + jnp.stack(rows).astype(counts.dtype)
 
@@ -174,7 +176,8 @@ def _summary(counts) -> dict:
 
 
 def evaluate_split(model, variables, images: np.ndarray, labels: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
-                   *, mesh: jax.sharding.Mesh | None = None, progress: Progress | None = None) -> dict:
+                   *, mesh: jax.sharding.Mesh | None = None, progress: Progress | None = None,
+                   normalization: str = "seed") -> dict:
     """Top-1 and top-5 accuracy (percent) of `model` on uint8 NHWC `images` with int `labels`, every image
     counted once. Returns dict(top1, top5, correct1, correct5, count). top-5 is top-k with k = min(5, classes).
 
@@ -186,13 +189,14 @@ def evaluate_split(model, variables, images: np.ndarray, labels: np.ndarray, bat
         raise UserError(f"{len(images)} images but {len(labels)} labels")
     check_labels(labels, _num_classes(model), "the dataset")
     batch_size = _round_batch_size(batch_size, mesh)
-    counts = _accumulate(eval_step_for(model, mesh), place_variables(variables, mesh), images, labels,
+    counts = _accumulate(eval_step_for(model, mesh, normalization), place_variables(variables, mesh), images, labels,
                          batch_size, mesh, progress)
     return _summary(jax.device_get(counts))
 
 
 def evaluate_classifiers(logits_fn, variables, images: np.ndarray, labels: np.ndarray,
-                         batch_size: int = DEFAULT_BATCH_SIZE, *, mesh: jax.sharding.Mesh | None = None) -> dict:
+                         batch_size: int = DEFAULT_BATCH_SIZE, *, mesh: jax.sharding.Mesh | None = None,
+                         normalization: str = "seed") -> dict:
     """Accuracy of several classifiers computed by one forward pass, e.g. a student and a method's extra heads:
     `logits_fn(variables, normalized_images) -> {name: logits}` (pure; the same function object across calls
     reuses the compiled step). Returns {name: evaluate_split-style summary}; every image counted once."""
@@ -205,7 +209,7 @@ def evaluate_classifiers(logits_fn, variables, images: np.ndarray, labels: np.nd
     names = tuple(shapes)
     for name in names:
         check_labels(labels, shapes[name].shape[-1], "the dataset")
-    step = _jitted_classifiers_step(logits_fn, names, mesh, _options_key(mesh))
+    step = _jitted_classifiers_step(logits_fn, names, mesh, _options_key(mesh), normalization)
     counts = jax.device_get(_accumulate(step, variables, images, labels, batch_size, mesh, None, len(names)))
     return {name: _summary(row) for name, row in zip(names, counts)}
 

@@ -30,8 +30,8 @@ import optax
 from jaxkd import distributed
 from jaxkd.compile_options import compiler_options
 from jaxkd.config_command_line import parse_config_command_line
-from jaxkd.data import augment_batch, batch_indices, epoch_permutation, load_split, steps_per_epoch
-from jaxkd.data.augment import crop_flip, normalize, sample_crop_flip
+from jaxkd.data import batch_indices, epoch_permutation, load_split
+from jaxkd.data.pipeline import DataPipeline
 from jaxkd.data.saliencymix import mixed_cross_entropy, saliencymix
 from jaxkd.dispatch import TrainPrograms, dispatch_plan, steps_per_dispatch
 from jaxkd.errors import UserError, run_command
@@ -73,6 +73,13 @@ class Setup:
     test: object
     steps_per_epoch: int
     mesh: jax.sharding.Mesh
+    pipeline: DataPipeline = DataPipeline()  # the seed's: reflect padding, its constants, full batches only
+    last_batch_size: int = 0  # of each epoch's last step, when the pipeline keeps a partial batch; 0: none
+
+    @property
+    def partial_last_batch(self) -> bool:
+        """Whether each epoch ends with a smaller batch (its own compiled step): RepDistiller's drop_last=False."""
+        return self.last_batch_size > 0
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -131,13 +138,16 @@ def build(config, devices=None, *, data=None, teacher: Teacher | None = None) ->
     train, test = data
     if teacher is None:
         teacher = load_teacher(config, method, train.num_classes)
-    spe = steps_per_epoch(len(train), config.batch_size)
-    if spe < 1:
+    pipeline = DataPipeline.from_config(config)
+    spe = pipeline.steps_per_epoch(len(train), config.batch_size)
+    if spe < 1 or len(train) < config.batch_size:
         raise UserError(f"batch_size {config.batch_size} exceeds the {len(train)} training examples")
+    last_batch_size = pipeline.last_batch_size(len(train), config.batch_size)
     return Setup(student=get_model(config.model, train.num_classes, dtype=COMPUTE_DTYPES[config.dtype]),
                  method=method, teacher=teacher,
                  optimizer=make_optimizer(config, spe), train=train, test=test, steps_per_epoch=spe,
-                 mesh=mesh)
+                 mesh=mesh, pipeline=pipeline,
+                 last_batch_size=0 if last_batch_size == config.batch_size else last_batch_size)
 
 
 def _forward(model, variables, images, train: bool):
@@ -151,7 +161,7 @@ def create_train_state(setup: Setup, config) -> TrainState:
     """Initial state: the seed's init for the student, the method's modules and state from a shape probe."""
     init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     student_rng, method_rng, probe_rng, probe_batch_rng = jax.random.split(init_rng, 4)
-    sample = jnp.asarray(augment_batch(probe_rng, setup.train.images[: config.batch_size]))
+    sample = jnp.asarray(setup.pipeline.augment(probe_rng, setup.train.images[: config.batch_size]))
     student_variables = setup.student.init(student_rng, sample, train=False)
     student_out, _ = _forward(setup.student, student_variables, sample, train=True)
     teacher_out = (_forward(setup.teacher.model, setup.teacher.variables, sample, train=False)
@@ -204,9 +214,15 @@ def make_update(setup: Setup, config):
     return update
 
 
-def make_train_step(setup: Setup, config, num_steps: int = 1, unroll: bool | None = None):
+def make_train_step(setup: Setup, config, num_steps: int = 1, unroll: bool | None = None,
+                    batch_size: int | None = None):
     """steps(state, sums, teacher_variables, images, labels, index, permutation) -> (state, sums), jitted:
     `num_steps` consecutive train steps in one call (a `lax.scan` when more than one), all in one epoch.
+
+    `batch_size`: the size of the steps' batches, `config.batch_size` (None) or, for the program of each
+    epoch's last step when the pipeline keeps the partial batch, `setup.last_batch_size` (one step per call).
+    A batch that the devices do not divide (such a remainder) is computed replicated on every device: the same
+    result, without data parallelism for that one step.
 
     `unroll`: whether the scan is unrolled into `num_steps` copies of the step (None: on CPU only). XLA:CPU runs
     convolutions inside a loop body far slower than outside one (resnet8, 8 steps: 25 s in a 4-step loop
@@ -217,23 +233,24 @@ def make_train_step(setup: Setup, config, num_steps: int = 1, unroll: bool | Non
     step's key (crop, flip, SaliencyMix when on, normalize), and applies `make_update`. `sums` accumulates
     `setup.metric_names` on the device until the host fetches them. State and sums are donated."""
     update = make_update(setup, config)
-    spe, batch_size = setup.steps_per_epoch, config.batch_size
+    spe, pipeline = setup.steps_per_epoch, setup.pipeline
+    batch_size = config.batch_size if batch_size is None else batch_size
     if unroll is None:
         unroll = setup.platform == "cpu"
     state_sharding = replicated(setup.mesh)
-    batch_sharding = batch_sharded(setup.mesh)
+    batch_sharding = batch_sharded(setup.mesh) if batch_size % setup.mesh.devices.size == 0 else state_sharding
 
     def train_step(state: TrainState, sums, teacher_variables, images, labels, index, permutation):
         # Each device gathers and augments only its rows of the global batch.
-        indices = jax.lax.with_sharding_constraint(batch_indices(permutation, state.step % spe, batch_size),
-                                                   batch_sharding)
+        indices = jax.lax.with_sharding_constraint(
+            batch_indices(permutation, state.step % spe, config.batch_size, batch_size), batch_sharding)
         augment_rng, method_rng, mix_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
-        pixels = crop_flip(images[indices], *sample_crop_flip(augment_rng, batch_size))  # still uint8
+        pixels = pipeline.crop_flip(augment_rng, images[indices])  # still uint8
         partners, lam = None, 1.0
         if config.saliencymix:
             pixels, partners, lam = saliencymix(mix_rng, pixels, config.saliencymix_prob,
                                                 per_example=config.saliencymix_per_example)
-        batch = Batch(jax.lax.with_sharding_constraint(normalize(pixels), batch_sharding),
+        batch = Batch(jax.lax.with_sharding_constraint(pipeline.normalize(pixels), batch_sharding),
                       jax.lax.with_sharding_constraint(labels[indices], batch_sharding),
                       index[indices], method_rng, partners, lam)
         state, metrics = update(state, batch, teacher_variables)
@@ -337,13 +354,16 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
         teacher_variables = jax.device_put(setup.teacher.variables, on_all_devices)
         if int(state.step) == 0:
             result = evaluate_split(setup.teacher.model, teacher_variables, setup.test.images,
-                                    setup.test.labels, config.eval_batch_size, mesh=mesh)
+                                    setup.test.labels, config.eval_batch_size, mesh=mesh,
+                                    normalization=setup.pipeline.normalization)
             _say(f"teacher {setup.teacher.arch}: test top-1 {result['top1']:.2f}")
             log.write(0, "teacher", {"top1": result["top1"], "top5": result["top5"]})
 
     images, labels, index = jax.device_put((setup.train.images, setup.train.labels, setup.train.index),
                                            on_all_devices)
     programs = train_programs(setup, config)
+    last_batch_program = (make_train_step(setup, config, batch_size=setup.last_batch_size)
+                          if setup.partial_last_batch else None)
     permutation_of = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
                              out_shardings=on_all_devices)
     base_key = jax.random.PRNGKey(config.seed)
@@ -351,26 +371,26 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
     sums = zero_sums(setup)
     eval_logits = make_eval_logits(setup)
     step = int(state.step)
-    last_fetch_step, last_fetch_time = step, time.perf_counter()
+    last_fetch_step, last_fetch_time, examples_since_fetch = step, time.perf_counter(), 0
     result = None
 
     def fetch_and_log(sums, step):
-        nonlocal last_fetch_step, last_fetch_time
+        nonlocal last_fetch_step, last_fetch_time, examples_since_fetch
         values = jax.device_get(sums)
         count = step - last_fetch_step
         now = time.perf_counter()
         if count == 0:
             return zero_sums(setup), None
         means = {name: float(values[name]) / count for name in setup.metric_names if name != "correct"}
-        means["accuracy"] = 100.0 * float(values["correct"]) / (count * config.batch_size)
+        means["accuracy"] = 100.0 * float(values["correct"]) / examples_since_fetch
         means["lr"] = float(lr_at(step - 1))
-        means["images_per_s"] = count * config.batch_size / max(now - last_fetch_time, 1e-9)
+        means["images_per_s"] = examples_since_fetch / max(now - last_fetch_time, 1e-9)
         if not math.isfinite(means["loss"]):
             last = checkpoints.latest_step()
             raise UserError(f"the loss became {means['loss']} before step {step}; stopping. The last good "
                             f"checkpoint ({'step ' + str(last) if last is not None else 'none'}) is kept")
         log.write(step, "train", means)
-        last_fetch_step, last_fetch_time = step, now
+        last_fetch_step, last_fetch_time, examples_since_fetch = step, now, 0
         return zero_sums(setup), means
 
     bar = None
@@ -383,11 +403,16 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
                        dynamic_ncols=True, file=sys.stdout, disable=None)  # off when not a TTY
         means = None
         for size, fetch in dispatch_plan(step, (epoch + 1) * spe, spe, config.log_every_steps,
-                                         programs.steps_per_dispatch):
+                                         programs.steps_per_dispatch, last_step_alone=setup.partial_last_batch):
             if stop.before_dispatch():
                 break
-            state, sums = programs[size](state, sums, teacher_variables, images, labels, index, permutation)
+            if setup.partial_last_batch and step % spe == spe - 1:  # the epoch's last, partial batch
+                program, examples = last_batch_program, setup.last_batch_size
+            else:
+                program, examples = programs[size], size * config.batch_size
+            state, sums = program(state, sums, teacher_variables, images, labels, index, permutation)
             step += size
+            examples_since_fetch += examples
             if bar is not None:
                 bar.update(size)
             if fetch:
@@ -407,7 +432,8 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
         epoch_done = step // spe
         if epoch_done % config.eval_every_epochs == 0 or epoch_done == config.epochs:
             results = evaluate_classifiers(eval_logits, eval_variables(state), setup.test.images,
-                                           setup.test.labels, config.eval_batch_size, mesh=mesh)
+                                           setup.test.labels, config.eval_batch_size, mesh=mesh,
+                                           normalization=setup.pipeline.normalization)
             result = results.pop("student")
             if result["top1"] > progress["best_top1"]:
                 progress = {"best_top1": result["top1"], "best_epoch": epoch_done}
@@ -423,7 +449,7 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
 
     if result is None:  # resumed after the last epoch had finished
         result = evaluate_split(setup.student, state.student_variables(), setup.test.images, setup.test.labels,
-                                config.eval_batch_size, mesh=mesh)
+                                config.eval_batch_size, mesh=mesh, normalization=setup.pipeline.normalization)
     export_models(setup, config, state, workdir, result, progress)
     return {"last_top1": result["top1"], "best_top1": progress["best_top1"], "step": step}
 

@@ -43,7 +43,7 @@ STEPS_PER_EPOCH = 1433 // BATCH
 def overrides(teacher) -> list[str]:
     return ["--config.data.source=digits", "--config.model=resnet8", f"--config.teacher.checkpoint={teacher}",
             "--config.teacher.arch=resnet8", "--config.crd.nce_k=256", f"--config.batch_size={BATCH}",
-            "--config.progress_bar=False"]
+            "--config.progress_bar=False", "--config.data.drop_last=True"]  # one step per epoch (CRD's noise)
 
 
 def config_of(teacher):
@@ -51,6 +51,7 @@ def config_of(teacher):
     config = crd_kd_wrn.get_config()
     config.data.source, config.model, config.batch_size, config.progress_bar = "digits", "resnet8", BATCH, False
     config.teacher.checkpoint, config.teacher.arch, config.crd.nce_k = str(teacher), "resnet8", 256
+    config.data.drop_last = True
     return config
 
 

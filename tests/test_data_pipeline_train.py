@@ -1,0 +1,168 @@
+"""RepDistiller's data pipeline in training: each epoch's last partial batch is a step of its own (782 at
+50,000 / 64), CRD refreshes that batch's bank rows, resume is exact, and several devices step it like one."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from configs import default, demo
+from jaxkd.train import build, train_and_evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS_TRAIN = 1433  # digits' training images: at batch 256, 5 full batches and one of 153
+
+
+def repdistiller_digits(epochs: int):
+    config = default.repdistiller_recipe(demo.get_config("teacher"))
+    config.model, config.batch_size, config.epochs, config.progress_bar = "resnet8", 256, epochs, False
+    config.log_every_steps, config.eval_every_epochs, config.checkpoint_every_epochs = 4, 2, 1
+    return config
+
+
+def test_the_recipes_steps_per_epoch_at_cifar_size():
+    config = default.repdistiller_recipe(default.get_config())
+    assert (config.data.padding, config.data.normalization, config.data.drop_last) == ("zeros", "repdistiller",
+                                                                                       False)
+    from jaxkd.data.pipeline import DataPipeline
+
+    pipeline = DataPipeline.from_config(config)
+    assert pipeline.steps_per_epoch(50_000, 64) == 782 and pipeline.last_batch_size(50_000, 64) == 16
+    seed = DataPipeline.from_config(default.get_config())
+    assert seed.steps_per_epoch(50_000, 64) == 781 and seed.last_batch_size(50_000, 64) == 64
+
+
+def test_dispatch_plan_runs_each_epochs_last_step_alone():
+    from jaxkd.dispatch import dispatch_plan
+
+    def calls(last_step_alone):  # (first step, size, fetch) of each call over 2 epochs of 7 steps
+        step, out = 0, []
+        for size, fetch in dispatch_plan(0, 14, 7, 4, 3, last_step_alone=last_step_alone):
+            out.append((step, size, fetch))
+            step += size
+        return out
+
+    # without it a chunk of 3 (steps 4, 5, 6) covers epoch 1's last step; with it, steps 6 and 13 are
+    # calls of their own and the metrics are still fetched every 4 steps and at each epoch's end
+    assert calls(False)[:3] == [(0, 3, False), (3, 1, True), (4, 3, True)]
+    assert calls(True) == [(0, 3, False), (3, 1, True), (4, 1, False), (5, 1, False), (6, 1, True), (7, 1, True),
+                           (8, 3, False), (11, 1, True), (12, 1, False), (13, 1, True)]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("repdistiller_straight")
+    return workdir, train_and_evaluate(repdistiller_digits(epochs=2), workdir)
+
+
+def test_every_epoch_ends_with_its_partial_batch(straight_run):
+    workdir, result = straight_run
+    setup = build(repdistiller_digits(epochs=2))
+    assert (setup.steps_per_epoch, setup.last_batch_size) == (6, DIGITS_TRAIN - 5 * 256)
+    assert result["step"] == 12
+    # BN's batch counter: one per train step, the partial ones included
+    state_dict = torch.load(workdir / "student.pth", weights_only=True)
+    assert int(state_dict["finalact.0.num_batches_tracked"]) == 12
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in records if r["kind"] == "train"}
+    assert sorted(train) == [4, 6, 8, 12]  # every 4 steps and at each epoch's end
+    # accuracy over the examples the steps saw: steps 5-6 are 256 + 153 images, steps 9-12 3 * 256 + 153
+    for step, images in ((6, 256 + 153), (12, 3 * 256 + 153)):
+        correct = train[step]["accuracy"] * images / 100
+        assert correct == pytest.approx(round(correct), abs=1e-6)
+
+
+def test_the_loop_evaluates_with_the_recipes_normalization(straight_run):
+    from jaxkd.data import load_split
+    from jaxkd.evaluate import evaluate_split
+    from jaxkd.model_checkpoint import load_model_checkpoint
+    from jaxkd.models import get_model
+
+    workdir, result = straight_run
+    variables, _ = load_model_checkpoint(workdir / "model")
+    test = load_split("digits", "test")
+    ours = evaluate_split(get_model("resnet8", 10), variables, test.images, test.labels, 500,
+                          normalization="repdistiller")
+    assert ours["top1"] == result["last_top1"]
+
+
+def test_resume_after_an_epoch_is_bitwise_exact(straight_run, tmp_path):
+    train_and_evaluate(repdistiller_digits(epochs=1), tmp_path)  # ends with epoch 1's partial batch
+    result = train_and_evaluate(repdistiller_digits(epochs=2), tmp_path)  # the same run, extended
+    assert result["step"] == 12
+    from jaxkd.model_checkpoint import load_model_checkpoint
+
+    ours, straight = (load_model_checkpoint(Path(w) / "model")[0] for w in (tmp_path, straight_run[0]))
+    for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(ours),
+                                 jax.tree_util.tree_leaves_with_path(straight)):
+        assert np.array_equal(a, b), jax.tree_util.keystr(path)
+
+
+SCRIPT = r"""
+import functools, json, sys
+import jax, jax.numpy as jnp, numpy as np, torch
+from configs import crd_wrn
+from convert.torch_models import get_torch_model
+from jaxkd import train
+from jaxkd.data import epoch_permutation
+from jaxkd.mesh import replicated
+
+assert jax.device_count() == 8, jax.devices()
+torch.manual_seed(0)
+torch.save(get_torch_model("resnet8", 10).state_dict(), f"{sys.argv[1]}/teacher.pth")
+config = crd_wrn.get_config()  # RepDistiller's recipe: the last partial batch is kept
+config.data.source, config.model, config.crd.nce_k = "digits", "resnet8", 256
+config.teacher.checkpoint, config.teacher.arch = f"{sys.argv[1]}/teacher.pth", "resnet8"
+report, finals = {}, {}
+for devices in (1, 8):
+    setup = train.build(config, jax.devices()[:devices])
+    whole = replicated(setup.mesh)
+    report[f"{devices}:layout"] = [setup.steps_per_epoch, setup.last_batch_size]
+    state = train.create_train_state(setup, config)
+    state = jax.device_put(state.replace(step=jnp.asarray(setup.steps_per_epoch - 1, jnp.int32)), whole)
+    before = jax.device_get(state.method_state)
+    teacher = jax.device_put(setup.teacher.variables, whole)
+    data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
+    permutation = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
+                          out_shardings=whole)(jax.random.PRNGKey(config.seed), 0)
+    step = train.make_train_step(setup, config, batch_size=setup.last_batch_size)
+    state, sums = step(state, train.zero_sums(setup), teacher, *data, permutation)
+    after = jax.device_get(state.method_state)
+    last_rows = np.sort(np.asarray(setup.train.index)[np.asarray(permutation)[(setup.steps_per_epoch - 1) * 64:]])
+    for bank in ("bank_student", "bank_teacher"):
+        moved = np.flatnonzero(np.any(after[bank] != before[bank], axis=1))
+        report[f"{devices}:{bank} moved the last batch's rows"] = moved.tolist() == last_rows.tolist()
+    report[f"{devices}:step"] = int(state.step)
+    finals[devices] = jax.device_get((state.params, state.batch_stats, state.method_state, sums))
+# Per tensor: max |diff| over (1e-4 * max |value| + 1e-5); > 1 fails.
+worst = 0.0
+for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(finals[1]),
+                             jax.tree_util.tree_leaves_with_path(finals[8])):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    worst = max(worst, float(np.max(np.abs(a - b), initial=0)) / (1e-4 * float(np.max(np.abs(a), initial=0)) + 1e-5))
+report["worst"] = worst
+print(json.dumps(report))
+"""
+
+
+def test_crds_last_partial_batch_refreshes_its_rows_and_eight_devices_step_it_like_one(tmp_path):
+    """digits at batch 64: 22 full batches and one of 25, which 8 devices do not divide: that step runs
+    replicated on every device (the same result, no data parallelism for it), nothing dropped."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for devices in (1, 8):
+        assert report[f"{devices}:layout"] == [23, 25]
+        assert report[f"{devices}:step"] == 23
+        assert report[f"{devices}:bank_student moved the last batch's rows"]
+        assert report[f"{devices}:bank_teacher moved the last batch's rows"]
+    assert report["worst"] <= 1.0, report

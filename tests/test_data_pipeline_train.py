@@ -26,6 +26,23 @@ def repdistiller_digits(epochs: int):
     return config
 
 
+SEED_RECIPE = ("reflect", "seed", True, "seed")  # data.padding, data.normalization, data.drop_last, lr timing
+REPDISTILLER_RECIPE = ("zeros", "repdistiller", False, "repdistiller")
+
+
+@pytest.mark.parametrize("name, recipe", [
+    ("baseline", SEED_RECIPE), ("saliencymix_wrn", SEED_RECIPE), ("dml_wrn", SEED_RECIPE), ("byot_wrn", SEED_RECIPE),
+    ("demo", SEED_RECIPE), ("kd_wrn", REPDISTILLER_RECIPE), ("fitnet_wrn", REPDISTILLER_RECIPE),
+    ("at_wrn", REPDISTILLER_RECIPE), ("crd_wrn", REPDISTILLER_RECIPE), ("crd_kd_wrn", REPDISTILLER_RECIPE),
+    ("kd_saliencymix_wrn", REPDISTILLER_RECIPE)])
+def test_each_config_takes_one_references_whole_recipe(name, recipe):
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert (config.data.padding, config.data.normalization, config.data.drop_last,
+            config.optimizer.lr_decay_timing) == recipe
+
+
 def test_the_recipes_steps_per_epoch_at_cifar_size():
     config = default.repdistiller_recipe(default.get_config())
     assert (config.data.padding, config.data.normalization, config.data.drop_last) == ("zeros", "repdistiller",

@@ -1,7 +1,7 @@
 """Command line: move checkpoints between PyTorch (.pth) and jaxkd (Orbax model checkpoints).
 
     python -m convert import wrn40_2.pth --out checkpoints/wrn40_2 [--arch NAME] [--layout auto]
-    python -m convert export checkpoints/wrn40_2 --out wrn40_2_jax.pth [--layout pytorch-kd] [--verify]
+    python -m convert export checkpoints/wrn40_2 --out wrn40_2_jax.pth [--layout pytorch-kd|repdistiller] [--verify]
 
 User mistakes print one line starting with "error:" and exit with status 2; nothing is written then.
 """
@@ -60,7 +60,7 @@ def verify_export(state_dict, variables, arch: str, num_classes: int) -> tuple[f
     torch_model.eval()
     images = np.random.default_rng().standard_normal((VERIFY_BATCH, 32, 32, 3), dtype=np.float32)
     with torch.no_grad():
-        _, reference = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+        reference = torch_model.forward_all(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).logits
     with jax.default_matmul_precision("highest"):
         _, logits = get_model(arch, num_classes).apply(variables, images, train=False)
     reference = reference.numpy()
@@ -68,17 +68,19 @@ def verify_export(state_dict, variables, arch: str, num_classes: int) -> tuple[f
 
 
 def run_export(args) -> None:
-    from convert.converter import flax_to_torch
+    from convert.converter import flax_to_torch, native_layout
     from convert.torch_files import write_torch_file
     from jaxkd.model_checkpoint import load_model_checkpoint
 
     out = check_output(args.out, args.force)
     variables, metadata = load_model_checkpoint(args.src)
     arch, num_classes = metadata["arch"], int(metadata["num_classes"])
-    state_dict = flax_to_torch(variables, arch, layout=args.layout)
+    layout = args.layout or native_layout(arch)
+    state_dict = flax_to_torch(variables, arch, layout=layout)
     if args.verify:
-        if args.layout != "pytorch-kd":
-            raise UserError("--verify loads the export into the seed's PyTorch model: use --layout pytorch-kd")
+        if layout != native_layout(arch):
+            raise UserError(f"--verify loads the export into the PyTorch reference of {arch}, which has the "
+                            f"{native_layout(arch)} layout: use --layout {native_layout(arch)}")
         diff, scale = verify_export(state_dict, variables, arch, num_classes)
         ok = diff <= VERIFY_TOLERANCE * scale
         print(f"verify: strict load into the PyTorch {arch} ok; eval logits on a random batch of "
@@ -88,7 +90,7 @@ def run_export(args) -> None:
             raise UserError(f"verification failed: max |diff| {diff:.3g} exceeds {VERIFY_TOLERANCE:g} x "
                             f"{scale:.3g}; {out} not written")
     write_torch_file(state_dict, out, force=args.force)
-    print(f"wrote {out} ({args.layout} layout, {arch}, {len(state_dict)} tensors)")
+    print(f"wrote {out} ({layout} layout, {arch}, {len(state_dict)} tensors)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     exporter = commands.add_parser("export", help="an Orbax model checkpoint -> a .pth state_dict")
     exporter.add_argument("src", help="the checkpoint directory (from `convert import` or training)")
     exporter.add_argument("--out", required=True, help="the .pth file to write")
-    exporter.add_argument("--layout", default="pytorch-kd", choices=("pytorch-kd", "repdistiller"))
+    exporter.add_argument("--layout", choices=("pytorch-kd", "repdistiller"),
+                          help="default: the architecture's own (pytorch-kd for the seed's family, repdistiller "
+                               "for RepDistiller's other architectures)")
     exporter.add_argument("--verify", action="store_true",
                           help="load the export strictly into the PyTorch reference and compare logits with JAX")
     exporter.add_argument("--force", action="store_true", help="replace an existing --out")

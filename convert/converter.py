@@ -1,7 +1,9 @@
-"""PyTorch state_dicts <-> Flax variables for the seed's model family, in both directions, bit-exact.
+"""PyTorch state_dicts <-> Flax variables for every architecture, in both directions, bit-exact.
 
-Every tensor's place is given by `convert.layout.seed_layout`; convs are transposed OIHW <-> HWIO and linear
-weights (out, in) <-> (in, out), nothing else changes, so `torch_to_flax(flax_to_torch(v)) == v` bitwise.
+Every tensor's place is given by a layout: `convert.layout.seed_layout` for the seed's family (its own keys, or
+RepDistiller's WideResNet keys renamed onto them), `convert.module_paths.mirrored_layout` (one rule, derived from
+the Flax model) for RepDistiller's other architectures. Convs are transposed OIHW <-> HWIO and linear weights
+(out, in) <-> (in, out), nothing else changes, so `torch_to_flax(flax_to_torch(v)) == v` bitwise.
 """
 
 import re
@@ -12,10 +14,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from convert.layout import LAYOUTS, detect_layout, rename_repdistiller_key, seed_layout, to_repdistiller_key
+from convert.layout import (LAYOUTS, REPDISTILLER_WRN, detect_layout, rename_repdistiller_key, seed_layout,
+                            to_repdistiller_key)
+from convert.module_paths import mirrored_layout
 from convert.torch_files import extract_state_dict, read_torch_file
 from jaxkd.errors import UserError
-from jaxkd.models import ARCHITECTURES, canonical_name
+from jaxkd.models import ARCHITECTURES, REPDISTILLER_ARCHITECTURES, canonical_name
 from jaxkd.models.resnet import STAGE_CHANNELS
 
 SHOWN_KEYS = 6  # how many offending keys an error message lists before summarizing
@@ -35,7 +39,67 @@ def _listing(keys) -> str:
     return shown + (f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
 
 
+def layout_entries(arch: str, num_classes: int):
+    """Every tensor of `arch`'s PyTorch state_dict (seed keys for the seed family), in PyTorch's order."""
+    arch = canonical_name(arch)
+    return seed_layout(arch, num_classes) if arch in ARCHITECTURES else mirrored_layout(arch, num_classes)
+
+
+def _classifier(entries):
+    """The classifier's weight entry: the last linear layer of every architecture."""
+    return [e for e in entries if e.kind == "linear"][-1]
+
+
+def _num_classes(tensors: Mapping, arch: str, default: int = 100) -> int:
+    weight = tensors.get(_classifier(layout_entries(arch, 1)).key)
+    return tuple(weight.shape)[0] if weight is not None and weight.ndim == 2 else default
+
+
+def _misfit(tensors: Mapping, entries, arch: str) -> tuple[list, list, list]:
+    """(missing keys, unexpected keys, shape mismatches) of `tensors` against a layout."""
+    expected = {e.key for e in entries}
+    missing = [e.key for e in entries if e.key not in tensors and e.kind != "counter"]
+    unexpected = [k for k in tensors if k not in expected]
+    mismatched = [f"{e.key} is {tuple(tensors[e.key].shape)}, {arch} expects {e.shape}"
+                  for e in entries if e.key in tensors and tuple(tensors[e.key].shape) != e.shape]
+    return missing, unexpected, mismatched
+
+
 def infer_architecture(tensors: Mapping) -> tuple[str, int]:
+    """(architecture name, num_classes) described by the keys and shapes of a state_dict: the seed's layout
+    (RepDistiller's WideResNet keys renamed onto it) or one of RepDistiller's other architectures."""
+    if "layer0.weight" not in tensors:
+        return _infer_repdistiller_architecture(tensors)
+    return _infer_seed_architecture(tensors)
+
+
+def _infer_repdistiller_architecture(tensors: Mapping) -> tuple[str, int]:
+    """The architecture of REPDISTILLER_ARCHITECTURES whose state_dict keys and shapes `tensors` has exactly."""
+    closest = None
+    for arch in REPDISTILLER_ARCHITECTURES:
+        probe = layout_entries(arch, 1)
+        if not any(k in tensors for k in (probe[0].key, _classifier(probe).key)):
+            continue  # neither the first nor the classifier's key: nothing like it
+        missing, unexpected, mismatched = _misfit(tensors, layout_entries(arch, _num_classes(tensors, arch)), arch)
+        if not (missing or unexpected or mismatched):
+            return arch, _num_classes(tensors, arch)
+        distance = len(missing) + len(unexpected) + len(mismatched)
+        if closest is None or distance < closest[0]:
+            closest = (distance, arch, missing, unexpected, mismatched)
+    first = ", ".join(sorted(tensors)[:5])
+    if closest is None:
+        raise UserError(f"not a state_dict of an architecture jaxkd knows: no 'layer0.weight' (the seed's "
+                        f"layout), no 'conv1.weight' + 'block1.layer.*' (RepDistiller's WideResNet), and none of "
+                        f"RepDistiller's other architectures' keys (first keys: {first})")
+    _, arch, missing, unexpected, mismatched = closest
+    parts = ([f"missing keys: {_listing(missing)}"] if missing else []) + (
+        [f"unexpected keys: {_listing(unexpected)}"] if unexpected else []) + (
+        [f"shape mismatch: {_listing(mismatched)}"] if mismatched else [])
+    raise UserError(f"the keys and shapes fit none of jaxkd's architectures; the closest is {arch}: "
+                    f"{'; '.join(parts)}")
+
+
+def _infer_seed_architecture(tensors: Mapping) -> tuple[str, int]:
     """(architecture name, num_classes) described by the shapes of a seed-layout state_dict."""
     blocks = {}
     for stage in (1, 2, 3):
@@ -101,10 +165,11 @@ def import_torch(src, arch: str | None = None, layout: str = "auto", source: str
         source = source or str(src)
         tensors = extract_state_dict(read_torch_file(src), source)
     detected = detect_layout(tensors)
-    if layout not in ("auto", detected):
-        raise UserError(f"{source}: layout {layout} was asked for, but its keys are in the {detected} layout")
-    layout = detected
-    if layout == "repdistiller":
+    found = "repdistiller" if detected == REPDISTILLER_WRN else detected
+    if layout not in ("auto", found):
+        raise UserError(f"{source}: layout {layout} was asked for, but its keys are in the {found} layout")
+    layout = found
+    if detected == REPDISTILLER_WRN:
         tensors = {rename_repdistiller_key(k): v for k, v in tensors.items()}
 
     arch_inferred = arch is None
@@ -112,19 +177,14 @@ def import_torch(src, arch: str | None = None, layout: str = "auto", source: str
         arch, num_classes = infer_architecture(tensors)
     else:
         arch = canonical_name(arch)
-        weight = tensors.get("linear.weight")
-        num_classes = tuple(weight.shape)[0] if weight is not None and weight.ndim == 2 else 100
+        num_classes = _num_classes(tensors, arch)
 
-    entries = seed_layout(arch, num_classes)
-    expected = {e.key for e in entries}
-    missing = [e.key for e in entries if e.key not in tensors and e.kind != "counter"]
-    unexpected = [k for k in tensors if k not in expected]
+    entries = layout_entries(arch, num_classes)
+    missing, unexpected, mismatched = _misfit(tensors, entries, arch)
     if missing or unexpected:
         parts = ([f"missing keys: {_listing(missing)}"] if missing else []) + (
             [f"unexpected keys: {_listing(unexpected)}"] if unexpected else [])
         raise UserError(f"{source}: does not fit {arch}{_fits_hint(tensors, arch)}: {'; '.join(parts)}")
-    mismatched = [f"{e.key} is {tuple(tensors[e.key].shape)}, {arch} expects {e.shape}"
-                  for e in entries if e.key in tensors and tuple(tensors[e.key].shape) != e.shape]
     if mismatched:
         raise UserError(f"{source}: does not fit {arch}{_fits_hint(tensors, arch)}: shape mismatch: "
                         f"{_listing(mismatched)}")
@@ -150,18 +210,30 @@ def _leaf_paths(tree, prefix=()):
         yield prefix
 
 
-def flax_to_torch(variables: Mapping, arch: str, layout: str = "pytorch-kd",
+def native_layout(arch: str) -> str:
+    """The layout an architecture's own PyTorch code has: the seed's for its family, RepDistiller's otherwise."""
+    return "pytorch-kd" if canonical_name(arch) in ARCHITECTURES else "repdistiller"
+
+
+def flax_to_torch(variables: Mapping, arch: str, layout: str | None = None,
                   num_batches_tracked: int = 0) -> "OrderedDict[str, torch.Tensor]":
     """The state_dict the seed's (or RepDistiller's) code loads strictly, from Flax variables of `arch`.
 
+    `layout`: "pytorch-kd" or "repdistiller" for the seed's family (default "pytorch-kd"; RepDistiller's names
+    exist for its WideResNets), "repdistiller" (the default) for RepDistiller's other architectures.
     `num_batches_tracked` fills PyTorch's BN counters (unused by PyTorch with momentum 0.1; training passes
     its step count)."""
+    arch = canonical_name(arch)
+    layout = layout or native_layout(arch)
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; choose {', '.join(LAYOUTS)}")
-    arch = canonical_name(arch)
-    kernel = variables.get("params", {}).get("linear", {}).get("kernel")
-    num_classes = np.shape(kernel)[1] if kernel is not None else 100
-    entries = seed_layout(arch, num_classes)
+    if layout != native_layout(arch) and arch not in ARCHITECTURES:
+        raise UserError(f"{arch} has RepDistiller's layout only; use --layout repdistiller")
+    kernel = variables.get("params", {})
+    for part in _classifier(layout_entries(arch, 1)).path:
+        kernel = kernel.get(part, {}) if isinstance(kernel, Mapping) else {}
+    num_classes = np.shape(kernel)[1] if np.ndim(kernel) == 2 else 100
+    entries = layout_entries(arch, num_classes)
 
     expected = {(e.collection,) + e.path: e for e in entries if e.collection is not None}
     present = {path for collection in ("params", "batch_stats")
@@ -175,7 +247,7 @@ def flax_to_torch(variables: Mapping, arch: str, layout: str = "pytorch-kd",
 
     state_dict = OrderedDict()
     for entry in entries:
-        key = to_repdistiller_key(entry.key) if layout == "repdistiller" else entry.key
+        key = to_repdistiller_key(entry.key) if layout == "repdistiller" and arch in ARCHITECTURES else entry.key
         if entry.collection is None:
             state_dict[key] = torch.tensor(num_batches_tracked, dtype=torch.long)
             continue

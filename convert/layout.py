@@ -1,4 +1,5 @@
-"""The state_dict layouts of the seed family and how each tensor maps onto the Flax variables.
+"""The state_dict layouts of the seed family and how each tensor maps onto the Flax variables (RepDistiller's
+other architectures map by one rule instead: `convert.module_paths`).
 
 One table, `seed_layout(arch, num_classes)`, lists every key of the seed's `state_dict()` in PyTorch's order,
 with its shape and its place in the Flax tree; both directions of the converter read it. RepDistiller's
@@ -9,11 +10,11 @@ those names onto the seed's, bijectively.
 import re
 from typing import NamedTuple
 
-from jaxkd.errors import UserError
 from jaxkd.models import ARCHITECTURES, canonical_name
 from jaxkd.models.resnet import STAGE_CHANNELS
 
 LAYOUTS = ("pytorch-kd", "repdistiller")
+REPDISTILLER_WRN = "repdistiller-wrn"  # RepDistiller's names for the seed's WideResNets: the repdistiller layout
 
 BN_TENSORS = (  # torch name -> (Flax collection, Flax leaf); num_batches_tracked has no Flax counterpart
     ("weight", "params", "scale"),
@@ -106,16 +107,12 @@ def to_repdistiller_key(key: str) -> str:
 
 
 def detect_layout(keys) -> str:
-    """'pytorch-kd' or 'repdistiller' from the key names; a UserError for anything else."""
+    """'pytorch-kd' (the seed's keys), REPDISTILLER_WRN (RepDistiller's WideResNet keys, renamed onto the seed's
+    by `rename_repdistiller_key`) or 'repdistiller' (any other key set: RepDistiller's other architectures,
+    matched against each by `convert.module_paths`)."""
     keys = set(keys)
     if "layer0.weight" in keys:
         return "pytorch-kd"
     if "conv1.weight" in keys and any(k.startswith("block1.layer.") for k in keys):
-        return "repdistiller"
-    if any(".downsample." in k for k in keys) or ("conv1.weight" in keys and "layer1.0.conv1.weight" in keys):
-        raise UserError("this looks like a RepDistiller post-activation CIFAR ResNet (keys 'conv1.weight', "
-                        "'layer1.0...', 'downsample'); jaxkd implements the pre-activation family of pytorch-kd "
-                        "and RepDistiller's WideResNet only")
-    sample = ", ".join(sorted(keys)[:5]) or "none"
-    raise UserError(f"not a pytorch-kd or RepDistiller WideResNet state_dict (no 'layer0.weight' or "
-                    f"'conv1.weight' + 'block1.layer.*' keys; first keys: {sample})")
+        return REPDISTILLER_WRN
+    return "repdistiller"

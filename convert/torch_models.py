@@ -1,17 +1,37 @@
-"""PyTorch reference implementation of the seed's model family, in the released checkpoints' exact layout.
+"""PyTorch reference implementations: the seed's model family here, RepDistiller's others in `convert.torch_zoo`.
 
 Written from METHODS.md section 10.2 (pytorch-kd `models/resnet.py`): `ResNet(n, k)` with a 3x3 stem `layer0`,
 stages `layer1..3` of n pre-activation `BasicBlock`s (16k, 32k, 64k channels; strides 1, 2, 2), `finalact`
 (BN, ReLU), adaptive average pooling and `linear`. Its `state_dict()` keys are those of the released `.pth`
 files. It is the independent reference for the parity tests, for `python -m convert export --verify`, and for
-the PyTorch side of benchmarks.
+the PyTorch side of benchmarks. `get_torch_model` builds any architecture `jaxkd.models.get_model` knows.
 """
+
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from convert.torch_zoo import TorchOutput
+from convert.torch_zoo.mobilenetv2 import MobileNetV2
+from convert.torch_zoo.resnet import ResNet as PostActResNet
+from convert.torch_zoo.resnetv2 import ResNet50
+from convert.torch_zoo.shufflenet import ShuffleV1, ShuffleV2
+from convert.torch_zoo.vgg import VGG
 from jaxkd.models import ARCHITECTURES, canonical_name
+
+# RepDistiller's `model_dict` beyond its WideResNets (which are the seed's architecture), by jaxkd's names.
+REPDISTILLER_MODELS = {
+    **{f"rd_resnet{d}": partial(PostActResNet, d, (16, 16, 32, 64)) for d in (8, 14, 20, 32, 44, 56, 110)},
+    "rd_resnet8x4": partial(PostActResNet, 8, (32, 64, 128, 256)),
+    "rd_resnet32x4": partial(PostActResNet, 32, (32, 64, 128, 256)),
+    "ResNet50": ResNet50,
+    **{f"vgg{d}": partial(VGG, d) for d in (8, 11, 13, 16, 19)},
+    "MobileNetV2": MobileNetV2,
+    "ShuffleV1": ShuffleV1,
+    "ShuffleV2": ShuffleV2,
+}
 
 
 class BasicBlock(nn.Module):
@@ -28,9 +48,14 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False))
 
     def forward(self, x):
-        o = F.relu(self.bn1(x))
+        return self.forward_with_normalized_input(x)[0]
+
+    def forward_with_normalized_input(self, x):
+        """(output, bn1(x))."""
+        normalized = self.bn1(x)
+        o = F.relu(normalized)
         shortcut = self.shortcut(o) if self.shortcut is not None else x
-        return self.conv2(F.relu(self.bn2(self.conv1(o)))) + shortcut
+        return self.conv2(F.relu(self.bn2(self.conv1(o)))) + shortcut, normalized
 
 
 class ResNet(nn.Module):
@@ -70,12 +95,32 @@ class ResNet(nn.Module):
         pooled = torch.flatten(self.avgpool(self.finalact(f3)), 1)
         return [f1, f2, f3], pooled, self.linear(pooled)
 
+    def forward_all(self, x) -> TorchOutput:
+        """Every feature of one pass: the stem (layer0's output), the stage outputs, their pre-ReLU versions
+        (normalized by the BN that reads them next: the next stage's first bn1, finalact for the last), the
+        pooled vector and the logits."""
+        x = stem = self.layer0(x)
+        features, preacts = [], []
+        for stage in (self.layer1, self.layer2, self.layer3):
+            for i, block in enumerate(stage):
+                x, normalized = block.forward_with_normalized_input(x)
+                if i == 0 and stage is not self.layer1:
+                    preacts.append(normalized)
+            features.append(x)
+        preacts.append(self.finalact[0](x))
+        pooled = torch.flatten(self.avgpool(F.relu(preacts[-1])), 1)
+        return TorchOutput(stem, features, preacts, pooled, self.linear(pooled))
+
     def forward(self, x):
         features, _, logits = self.forward_with_pooled(x)
         return features, logits
 
 
-def get_torch_model(name: str, num_classes: int = 100) -> ResNet:
-    """The PyTorch reference model for architecture `name` (same names and aliases as `jaxkd.models`)."""
-    blocks_per_stage, width = ARCHITECTURES[canonical_name(name)]
-    return ResNet(blocks_per_stage, width, num_classes)
+def get_torch_model(name: str, num_classes: int = 100) -> nn.Module:
+    """The PyTorch reference model for architecture `name` (same names and aliases as `jaxkd.models`): the
+    seed's layout for the seed family (RepDistiller's WideResNets included), RepDistiller's for the others."""
+    name = canonical_name(name)
+    if name in ARCHITECTURES:
+        blocks_per_stage, width = ARCHITECTURES[name]
+        return ResNet(blocks_per_stage, width, num_classes)
+    return REPDISTILLER_MODELS[name](num_classes=num_classes)

@@ -134,7 +134,11 @@ def test_explicit_arch_and_layout_checks():
         convert.import_torch(state_dict, layout="repdistiller")
 
 
-def test_post_activation_resnet_is_named_as_unsupported():
-    keys = ["conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight", "fc.weight"]
-    with pytest.raises(UserError, match="post-activation"):
-        convert.import_torch({k: torch.zeros(1) for k in keys})
+def test_damaged_repdistiller_file_names_its_closest_architecture():
+    state_dict = get_torch_model("rd_resnet8", 10).state_dict()
+    del state_dict["layer2.0.downsample.1.running_var"]
+    with pytest.raises(UserError, match="fit none of jaxkd's architectures; the closest is rd_resnet8: missing "
+                                        "keys: layer2.0.downsample.1.running_var$"):
+        convert.import_torch(state_dict)
+    with pytest.raises(UserError, match="no 'layer0.weight'.*first keys: a.weight"):
+        convert.import_torch({"a.weight": torch.zeros(1)})

@@ -1,9 +1,28 @@
-"""The seed's model family by name: `get_model("wideresnet40_2", num_classes=100)`."""
+"""Every architecture by name: `get_model("wideresnet40_2", num_classes=100)`, `get_model("resnet32x4")`.
+
+Two sources (docs/models.md lists every name with its size):
+- the seed's pre-activation family (`jaxkd/models/resnet.py`): `resnet8/20/32/44/56` (pre-activation WRN-(6n+4)-1)
+  and `wideresnet{16_1,16_2,16_4,28_4,40_1,40_2}` (aliases `wrn40_2`, `wrn-40-2`, RepDistiller's `wrn_40_2`;
+  RepDistiller's WideResNet is this architecture under other state_dict names);
+- RepDistiller's `models/__init__.py` `model_dict`: its post-activation resnets as `rd_resnet{8,14,20,32,44,56,110}`,
+  `rd_resnet8x4`, `rd_resnet32x4` (RepDistiller's own `resnet8x4` and `resnet32x4` are accepted too; its
+  `resnet8`..`resnet110` are not, since the seed's `resnet8`..`resnet56` are another family), `ResNet50`,
+  `vgg8/11/13/16/19` (BN; also `vgg13_bn`), `MobileNetV2` (also `mobile_half`), `ShuffleV1`, `ShuffleV2`.
+Names are case-insensitive; `-` and `_` are interchangeable.
+"""
+
+from functools import partial
 
 from jaxkd.errors import UserError
-from jaxkd.models.resnet import ModelOutput, ResNet
+from jaxkd.models.mobilenetv2 import MobileNetV2
+from jaxkd.models.output import ModelOutput
+from jaxkd.models.postact_resnet import PostActResNet
+from jaxkd.models.resnet import ResNet
+from jaxkd.models.resnet50 import ResNet50
+from jaxkd.models.shufflenet import ShuffleNetV1, ShuffleNetV2
+from jaxkd.models.vgg import VGG
 
-# name -> (blocks per stage n, width k). WRN-d-k has n = (d - 4) / 6; the seed's resnet{6n+2} has width 1.
+# The seed family: name -> (blocks per stage n, width k). WRN-d-k has n = (d - 4) / 6; resnet{6n+2} has width 1.
 ARCHITECTURES = {
     "resnet8": (1, 1),
     "resnet20": (3, 1),
@@ -17,26 +36,61 @@ ARCHITECTURES = {
     "wideresnet40_1": (6, 1),
     "wideresnet40_2": (6, 2),
 }
-ALIASES = {name.replace("wideresnet", "wrn"): name for name in ARCHITECTURES if name.startswith("wideresnet")}
+_CIFAR_FILTERS, _X4_FILTERS = (16, 16, 32, 64), (32, 64, 128, 256)
+# RepDistiller's architectures other than its WideResNets: name -> the Flax module class with its settings.
+REPDISTILLER_ARCHITECTURES = {
+    **{f"rd_resnet{depth}": partial(PostActResNet, depth, _CIFAR_FILTERS) for depth in (8, 14, 20, 32, 44, 56, 110)},
+    "rd_resnet8x4": partial(PostActResNet, 8, _X4_FILTERS),
+    "rd_resnet32x4": partial(PostActResNet, 32, _X4_FILTERS),
+    "ResNet50": ResNet50,
+    **{f"vgg{depth}": partial(VGG, depth) for depth in (8, 11, 13, 16, 19)},
+    "MobileNetV2": MobileNetV2,
+    "ShuffleV1": ShuffleNetV1,
+    "ShuffleV2": ShuffleNetV2,
+}
+ALIASES = {
+    **{name.replace("wideresnet", "wrn"): name for name in ARCHITECTURES if name.startswith("wideresnet")},
+    "resnet8x4": "rd_resnet8x4",
+    "resnet32x4": "rd_resnet32x4",
+    **{f"vgg{depth}_bn": f"vgg{depth}" for depth in (8, 11, 13, 16, 19)},
+    "mobile_half": "MobileNetV2",
+}
+_BY_LOWER_NAME = {name.lower(): name for name in (*ARCHITECTURES, *REPDISTILLER_ARCHITECTURES)}
+_BY_LOWER_NAME.update({alias.lower(): name for alias, name in ALIASES.items()})
+
+
+def all_architectures() -> list[str]:
+    """Every canonical architecture name: the seed family, then RepDistiller's."""
+    return [*ARCHITECTURES, *REPDISTILLER_ARCHITECTURES]
 
 
 def canonical_name(name: str) -> str:
-    """The full architecture name for `name` or one of its short aliases (`wrn40_2` -> `wideresnet40_2`)."""
+    """The canonical architecture name for `name` or one of its aliases (`wrn_40_2` -> `wideresnet40_2`,
+    `resnet32x4` -> `rd_resnet32x4`, `resnet50` -> `ResNet50`)."""
     key = name.strip().lower().replace("-", "_")
     for prefix in ("wrn_", "wideresnet_"):  # also accept wrn-40-2, wrn_40_2, wideresnet_40_2
         if key.startswith(prefix):
             key = prefix[:-1] + key[len(prefix):]
-    key = ALIASES.get(key, key)
-    if key not in ARCHITECTURES:
-        raise UserError(f"unknown model {name!r}; known models: {', '.join(ARCHITECTURES)} "
+    if key not in _BY_LOWER_NAME:
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(all_architectures())} "
                         f"(aliases: {', '.join(ALIASES)})")
-    return key
+    return _BY_LOWER_NAME[key]
 
 
-def get_model(name: str, num_classes: int = 100, **kwargs) -> ResNet:
-    """The Flax module for architecture `name`; `apply(variables, x_nhwc, train=...)` -> (features, logits)."""
-    blocks_per_stage, width = ARCHITECTURES[canonical_name(name)]
-    return ResNet(blocks_per_stage=blocks_per_stage, width=width, num_classes=num_classes, **kwargs)
+def is_seed_architecture(name: str) -> bool:
+    """True for the seed's pre-activation family (its own state_dict layouts), False for RepDistiller's others."""
+    return canonical_name(name) in ARCHITECTURES
 
 
-__all__ = ["ARCHITECTURES", "ALIASES", "ModelOutput", "ResNet", "canonical_name", "get_model"]
+def get_model(name: str, num_classes: int = 100, **kwargs):
+    """The Flax module for architecture `name`: `apply(variables, x_nhwc, train=...)` -> (features, logits),
+    `apply(..., method=model.forward)` -> `ModelOutput`. `kwargs`: `dtype` (the compute dtype)."""
+    name = canonical_name(name)
+    if name in ARCHITECTURES:
+        blocks_per_stage, width = ARCHITECTURES[name]
+        return ResNet(blocks_per_stage=blocks_per_stage, width=width, num_classes=num_classes, **kwargs)
+    return REPDISTILLER_ARCHITECTURES[name](num_classes=num_classes, **kwargs)
+
+
+__all__ = ["ALIASES", "ARCHITECTURES", "REPDISTILLER_ARCHITECTURES", "ModelOutput", "ResNet", "all_architectures",
+           "canonical_name", "get_model", "is_seed_architecture"]

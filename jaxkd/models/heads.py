@@ -10,7 +10,6 @@ Parameter layout, so that RepDistiller's state_dict keys map by a rename and a t
 - `conv.bias` -> `conv/bias`; `bn.weight/bias` -> `bn/scale/bias`; `bn.running_mean/var` -> batch_stats `bn/mean/var`
 """
 
-import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -19,22 +18,12 @@ import jax.numpy as jnp
 
 from jaxkd.errors import UserError
 from jaxkd.models.batchnorm import BatchNorm
+from jaxkd.models.torch_layers import torch_uniform
 
 # The three ways RepDistiller's ConvReg maps a student feature (B, sH, sW, sC) onto a teacher's (B, tH, tW, tC).
 STRIDE2 = "conv3x3_stride2"  # sH == 2 tH: Conv2d(k=3, stride=2, pad=1)
 TRANSPOSE = "conv_transpose4x4_stride2"  # 2 sH == tH: ConvTranspose2d(k=4, stride=2, pad=1)
 VALID = "conv_valid"  # sH >= tH: Conv2d(k=(1 + sH - tH, 1 + sW - tW)), stride 1, no padding (1x1 if equal)
-
-
-def torch_uniform(fan_in: int):
-    """PyTorch's default conv init, for the weight (kaiming_uniform, a=sqrt(5)) and the bias alike:
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 class ConvTranspose4x4Stride2(nn.Module):

@@ -10,12 +10,13 @@ Layout is NHWC. Submodule names follow the seed's state_dict (`layer0`, `layer{g
 kaiming-normal with fan_out, BN weight 1 / bias 0, linear weight as PyTorch's default, linear bias 0.
 """
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxkd.models.batchnorm import BatchNorm
+from jaxkd.models.output import ModelOutput
 
 STAGE_CHANNELS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
@@ -34,7 +35,8 @@ def conv3x3(features: int, stride: int, name: str, dtype: Any) -> nn.Conv:
 
 class PreActBlock(nn.Module):
     """out = conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut, the shortcut taken from relu(bn1(x)) when it
-    is a 1x1 conv (stride or width change) and from x itself otherwise."""
+    is a 1x1 conv (stride or width change) and from x itself otherwise. Returns (out, bn1(x)): the latter is the
+    previous stage's pre-ReLU feature when this block starts a stage."""
 
     features: int
     stride: int
@@ -42,7 +44,8 @@ class PreActBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        activated = nn.relu(BatchNorm(name="bn1")(x, use_running_average=not train))
+        normalized = BatchNorm(name="bn1")(x, use_running_average=not train)
+        activated = nn.relu(normalized)
         if self.stride != 1 or x.shape[-1] != self.features:
             shortcut = nn.Conv(self.features, (1, 1), strides=(self.stride, self.stride), padding="VALID",
                                use_bias=False, kernel_init=conv_init, dtype=self.dtype, name="shortcut")(activated)
@@ -51,15 +54,7 @@ class PreActBlock(nn.Module):
         out = conv3x3(self.features, self.stride, "conv1", self.dtype)(activated)
         out = nn.relu(BatchNorm(name="bn2")(out, use_running_average=not train))
         out = conv3x3(self.features, 1, "conv2", self.dtype)(out)
-        return out + shortcut
-
-
-class ModelOutput(NamedTuple):
-    """Everything a distillation method may read from one forward pass."""
-
-    features: list  # the three stage outputs (pre-activation residual sums), NHWC
-    pooled: Any  # the penultimate vector: global average of relu(finalact BN(stage 3)), shape (B, 64k)
-    logits: Any
+        return out + shortcut, normalized
 
 
 class ResNet(nn.Module):
@@ -77,16 +72,23 @@ class ResNet(nn.Module):
 
     @nn.compact
     def forward(self, x, train: bool = False) -> ModelOutput:
-        """The full forward pass, also exposing the pooled penultimate vector (used by CRD)."""
+        """The full forward pass. `stem` is the layer0 conv's output; `features` are the stage outputs
+        (pre-activation residual sums); `preact_features` are those normalized by the BN that reads them next
+        (the next stage's first bn1, `finalact` for the last stage) but not yet ReLU'd, i.e. RepDistiller's
+        WideResNet `forward(preact=True)` features; `pooled` is the penultimate vector (used by CRD)."""
         x = conv3x3(STAGE_CHANNELS[0], 1, "layer0", self.dtype)(x.astype(self.dtype))
-        features = []
+        stem, features, preacts = x, [], []
         for stage, (channels, stride) in enumerate(zip(STAGE_CHANNELS, STAGE_STRIDES), start=1):
             for i in range(self.blocks_per_stage):
-                x = PreActBlock(channels * self.width, stride if i == 0 else 1, self.dtype,
-                                name=f"layer{stage}_{i}")(x, train)
+                x, normalized_input = PreActBlock(channels * self.width, stride if i == 0 else 1, self.dtype,
+                                                  name=f"layer{stage}_{i}")(x, train)
+                if stage > 1 and i == 0:
+                    preacts.append(normalized_input)
             features.append(x)
-        x = nn.relu(BatchNorm(name="finalact")(x, use_running_average=not train))
+        x = BatchNorm(name="finalact")(x, use_running_average=not train)
+        preacts.append(x)
+        x = nn.relu(x)
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         logits = nn.Dense(self.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
                           dtype=self.dtype, name="linear")(pooled)
-        return ModelOutput(features, pooled, logits.astype(jnp.float32))
+        return ModelOutput(features, pooled, logits.astype(jnp.float32), stem, preacts)

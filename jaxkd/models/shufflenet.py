@@ -1,0 +1,141 @@
+"""RepDistiller's ShuffleNets (`models/ShuffleNetv1.py` `ShuffleV1`, `models/ShuffleNetv2.py` `ShuffleV2`), in
+Flax, NHWC, with PyTorch's BatchNorm semantics.
+
+Both start with a 1x1 conv-BN-ReLU stem to 24 channels (stride 1), have three stages that each halve H and W,
+and end with global average pooling and a linear classifier. Stage outputs and their pre-activation versions
+are what RepDistiller's `forward(is_feat=True, preact=...)` returns:
+- V1 (groups 3, widths 240/480/960, 4/8/4 blocks): the pre-activation of the last block is its residual sum
+  (a concat with the 3x3 average-pooled input in the stride-2 block);
+- V2 (net size 1: widths 116/232/464, a 1x1 conv-BN-ReLU to 1024 before pooling): the pre-activation of the
+  last block is concat(x1, bn3(...)), before the ReLU and *before* the channel shuffle, as in RepDistiller.
+
+Module paths mirror RepDistiller's state_dict keys (`layer1.0/conv1`), so `convert` maps them by one rule.
+RepDistiller leaves both at PyTorch's default initialization, and so does this module.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxkd.models.batchnorm import BatchNorm
+from jaxkd.models.output import FeatureModel, ModelOutput, classify
+from jaxkd.models.torch_layers import channel_shuffle, conv
+
+STEM_CHANNELS = 24
+
+
+def avg_pool_3x3_stride2(x):
+    """`nn.AvgPool2d(3, stride=2, padding=1)` (count_include_pad=True: the zero padding counts in the mean)."""
+    return nn.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=True)
+
+
+class ShuffleV1Block(nn.Module):
+    """ShuffleNetV1's `Bottleneck`: grouped 1x1 - BN - ReLU - shuffle - depthwise 3x3 - BN - ReLU - grouped 1x1 -
+    BN, added to the input (stride 1) or concatenated with its 3x3 average pool (stride 2). Returns (output,
+    pre-ReLU sum or concat)."""
+
+    features: int  # conv3's channels (the block's output minus the concatenated input for stride 2)
+    stride: int
+    groups: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        norm = lambda name, y: BatchNorm(name=name)(y, use_running_average=not train)  # noqa: E731
+        mid = self.features // 4
+        first_groups = 1 if x.shape[-1] == STEM_CHANNELS else self.groups
+        out = nn.relu(norm("bn1", conv(x, mid, 1, "conv1", groups=first_groups, dtype=self.dtype)))
+        out = channel_shuffle(out, first_groups)
+        out = nn.relu(norm("bn2", conv(out, mid, 3, "conv2", stride=self.stride, padding=1, groups=mid,
+                                       dtype=self.dtype)))
+        out = norm("bn3", conv(out, self.features, 1, "conv3", groups=self.groups, dtype=self.dtype))
+        if self.stride == 2:
+            preact = jnp.concatenate([out, avg_pool_3x3_stride2(x)], axis=-1)
+        else:
+            preact = out + x
+        return nn.relu(preact), preact
+
+
+class ShuffleV2DownBlock(nn.Module):
+    """ShuffleNetV2's `DownBlock` (stride 2): two branches concatenated, then shuffled."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        norm = lambda name, y: BatchNorm(name=name)(y, use_running_average=not train)  # noqa: E731
+        mid, channels = self.features // 2, x.shape[-1]
+        left = norm("bn1", conv(x, channels, 3, "conv1", stride=2, padding=1, groups=channels, dtype=self.dtype))
+        left = nn.relu(norm("bn2", conv(left, mid, 1, "conv2", dtype=self.dtype)))
+        right = nn.relu(norm("bn3", conv(x, mid, 1, "conv3", dtype=self.dtype)))
+        right = norm("bn4", conv(right, mid, 3, "conv4", stride=2, padding=1, groups=mid, dtype=self.dtype))
+        right = nn.relu(norm("bn5", conv(right, mid, 1, "conv5", dtype=self.dtype)))
+        return channel_shuffle(jnp.concatenate([left, right], axis=-1), 2)
+
+
+class ShuffleV2Block(nn.Module):
+    """ShuffleNetV2's `BasicBlock`: split the channels in halves x1, x2; x2 -> 1x1 - BN - ReLU - depthwise 3x3 -
+    BN - 1x1 - BN - ReLU; concat with x1 and shuffle. Returns (output, concat(x1, pre-ReLU branch))."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        norm = lambda name, y: BatchNorm(name=name)(y, use_running_average=not train)  # noqa: E731
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        out = nn.relu(norm("bn1", conv(x2, half, 1, "conv1", dtype=self.dtype)))
+        out = norm("bn2", conv(out, half, 3, "conv2", padding=1, groups=half, dtype=self.dtype))
+        branch = norm("bn3", conv(out, half, 1, "conv3", dtype=self.dtype))
+        out = channel_shuffle(jnp.concatenate([x1, nn.relu(branch)], axis=-1), 2)
+        return out, jnp.concatenate([x1, branch], axis=-1)
+
+
+class ShuffleNetV1(FeatureModel):
+    """RepDistiller's `ShuffleV1`."""
+
+    num_classes: int = 100
+    widths: tuple = (240, 480, 960)
+    blocks: tuple = (4, 8, 4)
+    groups: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def forward(self, x, train: bool = False) -> ModelOutput:
+        x = conv(x.astype(self.dtype), STEM_CHANNELS, 1, "conv1", dtype=self.dtype)
+        x = nn.relu(BatchNorm(name="bn1")(x, use_running_average=not train))
+        stem, features, preacts = x, [], []
+        for stage, (width, blocks) in enumerate(zip(self.widths, self.blocks), start=1):
+            for i in range(blocks):
+                channels = width - x.shape[-1] if i == 0 else width  # stride 2 concatenates its input
+                x, preact = ShuffleV1Block(channels, 2 if i == 0 else 1, self.groups, self.dtype,
+                                           name=f"layer{stage}.{i}")(x, train)
+            features.append(x)
+            preacts.append(preact)
+        return classify(self, x, stem, features, preacts, "linear")
+
+
+class ShuffleNetV2(FeatureModel):
+    """RepDistiller's `ShuffleV2` (`ShuffleNetV2(net_size=1)`)."""
+
+    num_classes: int = 100
+    widths: tuple = (116, 232, 464)
+    blocks: tuple = (3, 7, 3)
+    last_channels: int = 1024
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def forward(self, x, train: bool = False) -> ModelOutput:
+        norm = lambda name, y: BatchNorm(name=name)(y, use_running_average=not train)  # noqa: E731
+        x = nn.relu(norm("bn1", conv(x.astype(self.dtype), STEM_CHANNELS, 1, "conv1", dtype=self.dtype)))
+        stem, features, preacts = x, [], []
+        for stage, (width, blocks) in enumerate(zip(self.widths, self.blocks), start=1):
+            x = ShuffleV2DownBlock(width, self.dtype, name=f"layer{stage}.0")(x, train)
+            for i in range(1, blocks + 1):
+                x, preact = ShuffleV2Block(self.dtype, name=f"layer{stage}.{i}")(x, train)
+            features.append(x)
+            preacts.append(preact)
+        x = nn.relu(norm("bn2", conv(x, self.last_channels, 1, "conv2", dtype=self.dtype)))
+        return classify(self, x, stem, features, preacts, "linear")

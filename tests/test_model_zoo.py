@@ -1,0 +1,145 @@
+"""RepDistiller's model zoo against the PyTorch reference (`convert.torch_zoo`), one test per architecture:
+every output of `forward` (stem, stage features and their pre-activation versions, pooled vector, logits) in
+eval and train mode, the updated BN statistics, the parameter count, and the converter both ways (import ->
+export bitwise, the export loading strictly into the reference)."""
+
+import copy
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+import convert
+from convert.torch_models import REPDISTILLER_MODELS, get_torch_model
+from jaxkd.models import canonical_name, get_model
+from tests.conftest import assert_close_scaled, nchw, nhwc, randomize_batchnorm_and_bias
+
+REL = 1e-5  # max|diff| <= 1e-5 * max|ref|, float32 on both sides
+# Train mode normalizes with the statistics of a small batch, which amplifies float32 rounding with depth:
+# MobileNetV2's last stage differs from a float64 run by ~3e-5 of its scale in PyTorch float32 and in JAX alike.
+# So train mode compares with PyTorch in float64: JAX (float32) must be within REL of it, or no farther from it
+# than ROUNDING_FACTOR x PyTorch's own float32 result. A BN mistake (biased variance, another eps) is 1e-3 or more.
+ROUNDING_FACTOR = 2.0
+BATCH, CLASSES = 3, 10
+
+# Published parameter counts (CRD, Tian et al. ICLR 2020, Table 1 and 2, in millions, 2 decimals); the exact
+# counts asserted are those of the PyTorch reference, whose state_dict keys and shapes are RepDistiller's.
+PUBLISHED_MILLIONS = {"rd_resnet56": 0.86, "rd_resnet110": 1.74, "rd_resnet32x4": 7.43, "vgg13": 9.46,
+                      "ResNet50": 23.71, "MobileNetV2": 0.81, "ShuffleV1": 0.95, "ShuffleV2": 1.36}
+
+
+def randomized_reference(arch: str, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = get_torch_model(arch, CLASSES)
+    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    randomize_batchnorm_and_bias(model, classifier)
+    return model
+
+
+def _named_arrays(out) -> dict:
+    """name -> NHWC / (B, C) numpy array of a ModelOutput or a TorchOutput."""
+    as_array = lambda x: nhwc(x) if isinstance(x, torch.Tensor) and x.ndim == 4 else np.asarray(x)  # noqa: E731
+    arrays = {"logits": out.logits, "pooled": out.pooled, "stem": out.stem}
+    arrays.update({f"feature {i}": f for i, f in enumerate(out.features)})
+    arrays.update({f"preact feature {i}": f for i, f in enumerate(out.preact_features)})
+    return {name: as_array(value) for name, value in arrays.items()}
+
+
+def assert_outputs_match(out, ref, rel: float, what: str):
+    ours, theirs = _named_arrays(out), _named_arrays(ref)
+    assert list(ours) == list(theirs), what
+    for name in ours:
+        assert_close_scaled(ours[name], theirs[name], rel, f"{what} {name}")
+
+
+def assert_as_close_to_float64_as_pytorch(ours: dict, single: dict, exact: dict, what: str):
+    """Each array of `ours` (JAX, float32) within REL of `exact` (PyTorch, float64), or no farther from it than
+    ROUNDING_FACTOR x `single` (PyTorch, float32)."""
+    assert list(ours) == list(exact), what
+    for name in ours:
+        scale = float(np.max(np.abs(exact[name])))
+        pytorch_error = float(np.max(np.abs(single[name] - exact[name]))) / scale
+        assert_close_scaled(ours[name], exact[name], max(REL, ROUNDING_FACTOR * pytorch_error),
+                            f"{what} {name} (PyTorch float32: {pytorch_error:.2g})")
+
+
+def _running_stats(reference) -> dict:
+    """name -> array of every BN running statistic of a PyTorch model, as float64 numpy."""
+    return {k: v.double().numpy() for k, v in reference.state_dict().items() if ".running_" in k}
+
+
+def _load(arch: str, variables) -> torch.nn.Module:
+    model = get_torch_model(arch, CLASSES)
+    model.load_state_dict(convert.flax_to_torch(variables, arch), strict=True)
+    return model
+
+
+def eval_and_train_forward(model, variables, images):
+    """(eval-mode ModelOutput, (train-mode ModelOutput, BN updates)), run op by op: the architectures of a family
+    share their layers' shapes, so each layer's kernel compiles once for the whole file (a whole-model compile
+    per architecture costs more than the file's target time)."""
+    return (model.apply(variables, images, train=False, method=model.forward),
+            model.apply(variables, images, train=True, method=model.forward, mutable=["batch_stats"]))
+
+
+@pytest.mark.parametrize("arch", list(REPDISTILLER_MODELS))
+def test_matches_the_pytorch_reference_and_converts_both_ways(arch, rng):
+    reference = randomized_reference(arch, int(rng.integers(1 << 30)))
+    state_dict = {k: v.clone() for k, v in reference.state_dict().items()}
+    imported = convert.import_torch(state_dict)  # the architecture detected from the keys and shapes
+    assert (imported.arch, imported.num_classes, imported.layout) == (arch, CLASSES, "repdistiller")
+    variables = imported.variables
+    count = sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
+    assert count == sum(p.numel() for p in reference.parameters())
+    if arch in PUBLISHED_MILLIONS:  # with 100 classes, as published
+        full = sum(p.numel() for p in get_torch_model(arch, 100).parameters())
+        assert round(full / 1e6, 2) == PUBLISHED_MILLIONS[arch]
+
+    exported = convert.flax_to_torch(variables, arch, layout="repdistiller")
+    assert list(exported) == list(state_dict)  # PyTorch's key order
+    for key, tensor in state_dict.items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(exported[key], tensor), key
+    get_torch_model(arch, CLASSES).load_state_dict(exported, strict=True)
+
+    images = rng.standard_normal((BATCH, 32, 32, 3), dtype=np.float32)
+    eval_out, (out, updates) = eval_and_train_forward(get_model(arch, CLASSES), variables, images)
+    reference.eval()
+    with torch.no_grad():
+        expected = reference.forward_all(nchw(images))
+    assert_outputs_match(eval_out, expected, REL, f"{arch} eval")
+
+    reference64 = copy.deepcopy(reference).double().train()
+    reference.train()
+    with torch.no_grad():
+        expected = reference.forward_all(nchw(images))
+        exact = reference64.forward_all(nchw(images).double())
+    assert_as_close_to_float64_as_pytorch(_named_arrays(out), _named_arrays(expected), _named_arrays(exact),
+                                          f"{arch} train")
+    updated = {**variables, "batch_stats": updates["batch_stats"]}
+    ours = _running_stats(_load(arch, updated))
+    assert_as_close_to_float64_as_pytorch(ours, _running_stats(reference), _running_stats(reference64),
+                                          f"{arch} train BN update")
+
+
+@pytest.mark.parametrize("arch", ["wideresnet16_2", "resnet8"])
+def test_seed_family_stem_and_preact_features_match_the_reference(arch, rng):
+    """The seed's pre-activation family (RepDistiller's WideResNets): stem = layer0's output, preact features =
+    the stage outputs normalized by the BN that reads them next, as RepDistiller's wrn.py preact=True."""
+    reference = randomized_reference(arch, int(rng.integers(1 << 30))).eval()
+    model = get_model(arch, CLASSES)
+    images = rng.standard_normal((BATCH, 32, 32, 3), dtype=np.float32)
+    with torch.no_grad():
+        expected = reference.forward_all(nchw(images))
+    out = model.apply(convert.torch_to_flax(reference.state_dict()), images, train=False, method=model.forward)
+    assert_outputs_match(out, expected, REL, f"{arch} eval")
+
+
+def test_names():
+    assert canonical_name("resnet32x4") == "rd_resnet32x4" and canonical_name("RESNET8X4") == "rd_resnet8x4"
+    assert canonical_name("resnet50") == "ResNet50" and canonical_name("mobile_half") == "MobileNetV2"
+    assert canonical_name("vgg13_bn") == "vgg13" and canonical_name("shufflev1") == "ShuffleV1"
+    assert canonical_name("wrn_40_2") == "wideresnet40_2"
+    assert canonical_name("resnet56") == "resnet56"  # the seed's pre-activation resnet keeps its name
+    assert canonical_name("rd_resnet56") == "rd_resnet56"

@@ -52,34 +52,46 @@ Progress = Callable[[int], None]  # called with the number of real images in eac
 
 
 def eval_step_for(model, mesh: jax.sharding.Mesh | None = None, normalization: str = "seed"):
-    """The evaluation step of `model` on `mesh` (default `data_mesh()`), jitted once and cached; the images
+    """The evaluation step of `model` on `mesh` (default `data_mesh()`), jitted once and cached: the step of
+    `classifiers_step_for` with the model as its one classifier.
+
+    step(variables, images uint8 (B, 32, 32, 3), labels int32 (B,), mask bool (B,), counts int32 (1, 3))
+      -> counts + (top-1 correct, top-5 correct, images counted), masked examples excluded.
+    """
+    return classifiers_step_for(_model_logits(model), ("model",), mesh, normalization)
+
+
+def classifiers_step_for(logits_fn, names: tuple, mesh: jax.sharding.Mesh | None = None,
+                         normalization: str = "seed"):
+    """The one evaluation step: `logits_fn(variables, normalized images) -> {name: logits}` scored for each of
+    `names`, jitted once per (logits_fn, names, mesh, compiler options, normalization) and cached. The images
     are normalized with the constants of `normalization` (jaxkd.data.augment.NORMALIZATIONS: the recipe's).
 
-    step(variables, images uint8 (B, 32, 32, 3), labels int32 (B,), mask bool (B,), counts int32 (3,))
-      -> counts + (top-1 correct, top-5 correct, images counted), masked examples excluded.
+    step(variables, images uint8 (B, 32, 32, 3), labels int32 (B,), mask bool (B,), counts int32 (len(names), 3))
+      -> counts + one (top-1 correct, top-5 correct, images counted) row per name.
     Variables and counts are replicated, the batch is split over the `data` axis; the shardings are fixed so
     that the counts it returns feed the next call without a recompile. Compiled with jaxkd's compiler options
     for the mesh's platform (`jaxkd.compile_options`: YNN fusions on CPU unless JAXKD_CPU_YNN=0).
     """
     mesh = data_mesh() if mesh is None else mesh
-    return _jitted_eval_step(model, mesh, _options_key(mesh), normalization)
+    return _jitted_classifiers_step(logits_fn, names, mesh, _options_key(mesh), normalization)
+
+
+@functools.cache
+def _model_logits(model):
+    """`model`'s logits as a one-classifier logits_fn: the same function object for the same model, so that
+    its compiled step is found in the cache."""
+
+    def model_logits(variables, images):
+        _, logits = model.apply(variables, images, train=False)
+        return {"model": logits}
+
+    return model_logits
 
 
 def _options_key(mesh) -> tuple:
     """The compiler options for `mesh` as a hashable cache key (a changed JAXKD_CPU_YNN gets a new step)."""
     return tuple(sorted((compiler_options(mesh) or {}).items()))
-
-
-@functools.cache
-def _jitted_eval_step(model, mesh: jax.sharding.Mesh, options: tuple, normalization: str):
-    whole, sharded = replicated(mesh), batch_sharded(mesh)
-
-    def eval_step(variables, images, labels, mask, counts):
-        _, logits = model.apply(variables, normalize(images, normalization), train=False)
-        return counts + _batch_counts(logits, labels, mask).astype(counts.dtype)
-
-    return jax.jit(eval_step, in_shardings=(whole, sharded, sharded, sharded, whole),
-                   out_shardings=whole, compiler_options=dict(options) or None)
 
 
 def _batch_counts(logits, labels, mask) -> jax.Array:
@@ -133,13 +145,13 @@ def _round_batch_size(batch_size: int, mesh) -> int:
 
 
 def _accumulate(step, variables, images, labels, batch_size: int, mesh, progress: Progress | None,
-                rows: int | None = None) -> jax.Array:
+                rows: int = 1) -> jax.Array:
     """Dispatches the step over all of `images` (padded, masked last batch) and returns the device counts
-    (3,), or (rows, 3) for a step that counts several classifiers, without waiting for them. `images` may be a
+    (rows, 3), one row per classifier the step scores, without waiting for them. `images` may be a
     memory map: each batch is read when it is sent, and in a multi-process run each process reads only the
     rows its devices hold."""
     sharded = batch_sharded(mesh)
-    counts = jax.device_put(np.zeros(3 if rows is None else (rows, 3), np.int32), replicated(mesh))
+    counts = jax.device_put(np.zeros((rows, 3), np.int32), replicated(mesh))
     labels = np.asarray(labels, dtype=np.int32)
     mine = process_rows(sharded, batch_size)  # all rows, but in a multi-process run
     local_size = mine.stop - mine.start
@@ -191,7 +203,7 @@ def evaluate_split(model, variables, images: np.ndarray, labels: np.ndarray, bat
     batch_size = _round_batch_size(batch_size, mesh)
     counts = _accumulate(eval_step_for(model, mesh, normalization), place_variables(variables, mesh), images, labels,
                          batch_size, mesh, progress)
-    return _summary(jax.device_get(counts))
+    return _summary(jax.device_get(counts)[0])
 
 
 def evaluate_classifiers(logits_fn, variables, images: np.ndarray, labels: np.ndarray,
@@ -209,7 +221,7 @@ def evaluate_classifiers(logits_fn, variables, images: np.ndarray, labels: np.nd
     names = tuple(shapes)
     for name in names:
         check_labels(labels, shapes[name].shape[-1], "the dataset")
-    step = _jitted_classifiers_step(logits_fn, names, mesh, _options_key(mesh), normalization)
+    step = classifiers_step_for(logits_fn, names, mesh, normalization)
     counts = jax.device_get(_accumulate(step, variables, images, labels, batch_size, mesh, None, len(names)))
     return {name: _summary(row) for name, row in zip(names, counts)}
 
@@ -247,7 +259,7 @@ def evaluate_cifar100c(model, variables, c100c: Cifar100C, batch_size: int = DEF
     for corruption in evaluated:
         device_counts = [_accumulate(step, variables, part.images, part.labels, batch_size, mesh, progress)
                          for part in (c100c.severity(corruption, severity) for severity in SEVERITIES)]
-        severities = {str(s): _summary(c) for s, c in zip(SEVERITIES, jax.device_get(device_counts))}
+        severities = {str(s): _summary(c[0]) for s, c in zip(SEVERITIES, jax.device_get(device_counts))}
         corruptions[corruption] = {
             "top1": float(np.mean([r["top1"] for r in severities.values()])),
             "top5": float(np.mean([r["top5"] for r in severities.values()])),
@@ -303,6 +315,50 @@ def write_json(results: dict, out: Path, force: bool) -> None:
     write_text_atomically(json.dumps(results, indent=2) + "\n", out, force, "the results")
 
 
+# ----------------------------------------------------------------------------- checks shared by the commands
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {batch_size}")
+
+
+def open_checked_cifar100c(directory, models: dict[str, int]) -> tuple[Cifar100C, tuple[str, ...], dict[str, str]]:
+    """(opened CIFAR-100-C, readable corruptions, {unreadable corruption: why}) for the models {name: classes} to
+    be evaluated on it: one line if a model lacks CIFAR-100's classes, a label is out of range or no corruption
+    file is readable; missing and unreadable corruptions are named in warnings and left out of the means."""
+    from jaxkd.data.cifar100c import open_cifar100c
+
+    c100c = open_cifar100c(directory)
+    for name, num_classes in models.items():
+        if num_classes != CIFAR100C_CLASSES:
+            raise UserError(f"{name}: the model has {num_classes} classes; CIFAR-100-C has {CIFAR100C_CLASSES}")
+    check_labels(c100c.labels, CIFAR100C_CLASSES, f"CIFAR-100-C {c100c.directory}")
+    evaluated, unreadable = readable_corruptions(c100c)
+    if not evaluated:
+        raise UserError(f"CIFAR-100-C folder {c100c.directory} has no readable corruption file")
+    if c100c.missing:
+        distributed.print_once(f"warning: CIFAR-100-C: no file for {len(c100c.missing)} corruption(s) in "
+                               f"{c100c.directory}: {', '.join(c100c.missing)}; the means are over the others",
+                               file=sys.stderr)
+    for name, reason in unreadable.items():
+        distributed.print_once(f"warning: CIFAR-100-C: skipping {name}: {reason}", file=sys.stderr)
+    return c100c, evaluated, unreadable
+
+
+def load_checked_test_split(args, models: dict[str, int]):
+    """The clean test split the command line names (`add_data_arguments`), checked against the models
+    {name: classes}."""
+    from jaxkd.data.sources import load_split
+
+    split = load_split(args.source, "test", args.data_dir, download=args.download)
+    for name, num_classes in models.items():
+        if split.num_classes != num_classes:
+            raise UserError(f"{name}: the model has {num_classes} classes, but the {args.source} test split has "
+                            f"{split.num_classes}")
+    return split
+
+
 # ------------------------------------------------------------------------------------------- command line
 
 
@@ -311,39 +367,19 @@ def run(args) -> dict:
     from tqdm import tqdm
 
     from jaxkd import __version__
-    from jaxkd.data.cifar100c import open_cifar100c
-    from jaxkd.data.sources import load_split
     from jaxkd.model_checkpoint import load_model
     from jaxkd.models import get_model
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     out = check_output(args.out, args.force) if args.out else None
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    check_batch_size(args.batch_size)
     variables, arch, num_classes = load_model(args.checkpoint, arch=args.arch)
     model = get_model(arch, num_classes)
-
+    models = {str(args.checkpoint): num_classes}
     c100c, evaluated = None, ()
     if args.cifar100c:
-        c100c = open_cifar100c(args.cifar100c)
-        if num_classes != CIFAR100C_CLASSES:
-            raise UserError(f"{args.checkpoint}: the model has {num_classes} classes; CIFAR-100-C has "
-                            f"{CIFAR100C_CLASSES}")
-        check_labels(c100c.labels, num_classes, f"CIFAR-100-C {c100c.directory}")
-        evaluated, unreadable = readable_corruptions(c100c)
-        if c100c.missing:
-            distributed.print_once(f"warning: CIFAR-100-C: no file for {len(c100c.missing)} corruption(s) in "
-                                   f"{c100c.directory}: {', '.join(c100c.missing)}; evaluating the others",
-                                   file=sys.stderr)
-        for name, reason in unreadable.items():
-            distributed.print_once(f"warning: CIFAR-100-C: skipping {name}: {reason}", file=sys.stderr)
-        if not evaluated:
-            raise UserError(f"CIFAR-100-C folder {c100c.directory} has no readable corruption file")
-
-    split = load_split(args.source, "test", args.data_dir, download=args.download)
-    if split.num_classes != num_classes:
-        raise UserError(f"{args.checkpoint}: the model has {num_classes} classes, but the {args.source} test split "
-                        f"has {split.num_classes}")
+        c100c, evaluated, _ = open_checked_cifar100c(args.cifar100c, models)
+    split = load_checked_test_split(args, models)
 
     mesh = data_mesh()
     placed = place_variables(variables, mesh)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from jaxkd import distributed
 from jaxkd.errors import UserError, run_command
-from jaxkd.evaluate import (CIFAR100C_CLASSES, add_data_arguments, check_labels, evaluate_cifar100c, evaluate_split,
-                            percent, place_variables, readable_corruptions, write_json)
+from jaxkd.evaluate import (add_data_arguments, check_batch_size, evaluate_cifar100c, evaluate_split,
+                            load_checked_test_split, open_checked_cifar100c, percent, place_variables, write_json)
 from jaxkd.safe_write import check_output, write_text_atomically
 
 # Method names in the metadata training writes (`config.method`) -> the names the seed's tables use.
@@ -172,40 +172,21 @@ def run(args) -> dict:
     from tqdm import tqdm
 
     from jaxkd import __version__
-    from jaxkd.data.cifar100c import SEVERITIES, open_cifar100c
-    from jaxkd.data.sources import load_split
+    from jaxkd.data.cifar100c import SEVERITIES
     from jaxkd.mesh import data_mesh
     from jaxkd.models import get_model
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     # Every input first: outputs, options, checkpoints, CIFAR-100-C, the clean split. Nothing is evaluated yet.
     _check_outputs(args)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    check_batch_size(args.batch_size)
     labels = parse_labels(args.label, args.checkpoints)
+    entries = [load_entry(argument, labels.get(argument)) for argument in args.checkpoints]
+    models = {entry.argument: entry.num_classes for entry in entries}
     c100c, evaluated, unreadable = None, [], {}
     if args.cifar100c:
-        c100c = open_cifar100c(args.cifar100c)
-        check_labels(c100c.labels, CIFAR100C_CLASSES, f"CIFAR-100-C {c100c.directory}")
-        evaluated, unreadable = readable_corruptions(c100c)
-        if not evaluated:
-            raise UserError(f"CIFAR-100-C folder {c100c.directory} has no readable corruption file")
-    entries = [load_entry(argument, labels.get(argument)) for argument in args.checkpoints]
-    for entry in entries:
-        if c100c is not None and entry.num_classes != CIFAR100C_CLASSES:
-            raise UserError(f"{entry.argument}: the model has {entry.num_classes} classes; CIFAR-100-C has "
-                            f"{CIFAR100C_CLASSES}")
-    split = load_split(args.source, "test", args.data_dir, download=args.download)
-    for entry in entries:
-        if split.num_classes != entry.num_classes:
-            raise UserError(f"{entry.argument}: the model has {entry.num_classes} classes, but the {args.source} "
-                            f"test split has {split.num_classes}")
-    if c100c is not None and c100c.missing:
-        distributed.print_once(f"warning: CIFAR-100-C: no file for {len(c100c.missing)} corruption(s) in "
-                               f"{c100c.directory}: {', '.join(c100c.missing)}; the CIFAR100C column is the mean "
-                               f"over the others", file=sys.stderr)
-    for name, reason in unreadable.items():
-        distributed.print_once(f"warning: CIFAR-100-C: skipping {name}: {reason}", file=sys.stderr)
+        c100c, evaluated, unreadable = open_checked_cifar100c(args.cifar100c, models)
+    split = load_checked_test_split(args, models)
 
     mesh = data_mesh()
     devices = f"{mesh.devices.size} x {jax.devices()[0].device_kind}"

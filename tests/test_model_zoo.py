@@ -12,7 +12,9 @@ import torch
 
 import convert
 from convert.torch_models import REPDISTILLER_MODELS, get_torch_model
-from jaxkd.models import canonical_name, get_model
+from jaxkd.models import all_architectures, canonical_name, get_model
+from jaxkd.models.__main__ import main as models_main
+from jaxkd.models.summary import model_size
 from tests.conftest import assert_close_scaled, nchw, nhwc, randomize_batchnorm_and_bias
 
 REL = 1e-5  # max|diff| <= 1e-5 * max|ref|, float32 on both sides
@@ -143,3 +145,34 @@ def test_names():
     assert canonical_name("wrn_40_2") == "wideresnet40_2"
     assert canonical_name("resnet56") == "resnet56"  # the seed's pre-activation resnet keeps its name
     assert canonical_name("rd_resnet56") == "rd_resnet56"
+
+
+def torch_size(arch: str) -> tuple[int, int]:
+    """(parameters, multiply-accumulates per 32x32 image) counted on the PyTorch reference with forward hooks."""
+    model = get_torch_model(arch, 100).eval()
+    macs = []
+
+    def hook(module, inputs, output):  # each output value: one dot product over one output channel's weights
+        macs.append(output[0].numel() * module.weight[0].numel())
+
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            module.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    return sum(p.numel() for p in model.parameters()), sum(macs)
+
+
+@pytest.mark.parametrize("arch", ["rd_resnet8x4", "MobileNetV2", "ShuffleV1", "vgg8", "wideresnet16_2"])
+def test_model_size_counts_parameters_and_flops_as_pytorch(arch):
+    size = model_size(arch)
+    parameters, macs = torch_size(arch)
+    assert size.parameters == parameters and size.gflops == pytest.approx(macs / 1e9, rel=1e-12)
+
+
+def test_size_command_lists_every_architecture(capsys):
+    assert models_main([]) == 0
+    table = capsys.readouterr().out
+    for arch in all_architectures():
+        assert f"| `{arch}` |" in table
+    assert "| `rd_resnet32x4` | 7.43M | 1.083 |" in table  # 1.08 GFLOPs, as the KD papers list it

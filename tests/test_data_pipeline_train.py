@@ -23,6 +23,7 @@ def repdistiller_digits(epochs: int):
     config = default.repdistiller_recipe(demo.get_config("teacher"))
     config.model, config.batch_size, config.epochs, config.progress_bar = "resnet8", 256, epochs, False
     config.log_every_steps, config.eval_every_epochs, config.checkpoint_every_epochs = 4, 2, 1
+    config.optimizer.lr, config.optimizer.lr_decay_epochs = 0.05, (1,)  # RepDistiller's: 0.005 from step 7 on
     return config
 
 
@@ -93,6 +94,8 @@ def test_every_epoch_ends_with_its_partial_batch(straight_run):
     for step, images in ((6, 256 + 153), (12, 3 * 256 + 153)):
         correct = train[step]["accuracy"] * images / 100
         assert correct == pytest.approx(round(correct), abs=1e-6)
+    # the lr each logged step used: epoch 1 (its partial 6th step included) at 0.05, epoch 2 at 0.005
+    assert [train[s]["lr"] for s in (4, 6, 8, 12)] == pytest.approx([0.05, 0.05, 0.005, 0.005], rel=1e-6)
 
 
 def test_the_loop_evaluates_with_the_recipes_normalization(straight_run):

@@ -122,7 +122,8 @@ def export_models(setup, config, state: TrainState, workdir: Path, result: dict,
     each extra model of the method (DML's peers) as `{name}/` and `{name}.pth`. Every process takes part in
     the Orbax writes; process 0 writes the `.pth` files. `setup` is the run's `jaxkd.train.Setup`."""
     common = {"num_classes": setup.train.num_classes, "method": config.method,
-              "saliencymix": bool(config.saliencymix), "step": int(state.step), "written_by": "jaxkd.train"}
+              "saliencymix": bool(config.saliencymix), "step": int(state.step), "written_by": "jaxkd.train",
+              "normalization": setup.pipeline.normalization}  # the mean/std its inputs were normalized with
     models = {"student": (canonical_name(config.model), state.student_variables(),
                           {"test_top1": result["top1"], "best_top1": progress["best_top1"]})}
     for name, (arch, variables) in setup.method.exports(state.method_variables()).items():

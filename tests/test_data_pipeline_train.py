@@ -105,7 +105,8 @@ def test_the_loop_evaluates_with_the_recipes_normalization(straight_run):
     from jaxkd.models import get_model
 
     workdir, result = straight_run
-    variables, _ = load_model_checkpoint(workdir / "model")
+    variables, metadata = load_model_checkpoint(workdir / "model")
+    assert metadata["normalization"] == "repdistiller"  # recorded for evaluating the checkpoint later
     test = load_split("digits", "test")
     ours = evaluate_split(get_model("resnet8", 10), variables, test.images, test.labels, 500,
                           normalization="repdistiller")

@@ -1,12 +1,18 @@
-"""Shared test helpers: randomized PyTorch reference models and layout conversions."""
+"""Shared test helpers: randomized PyTorch reference models, layout conversions, small real training runs and
+their comparison. Test files import helpers from here only, never from one another."""
 
+import pickle
 import zlib
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import torch
 
+from configs import demo
 from convert.torch_models import get_torch_model
+from jaxkd.model_checkpoint import load_model_checkpoint
 
 
 def randomized_torch_model(arch: str, num_classes: int = 100, seed: int = 0):
@@ -40,6 +46,22 @@ def on_digits(config, *, epochs: int, log_every_steps: int = 5, model: str = "re
     return config
 
 
+def small_config(epochs=2):
+    """resnet8 on digits, 22 steps per epoch: the engine's smallest real run."""
+    return on_digits(demo.get_config("teacher"), epochs=epochs)
+
+
+def final_params(workdir):
+    """The variables of the student a run exported (`workdir/model`)."""
+    return load_model_checkpoint(Path(workdir) / "model")[0]
+
+
+def assert_bitwise_equal(a, b):
+    """Two pytrees with the same leaves, bit for bit (exact resume)."""
+    for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)):
+        assert np.array_equal(x, y), jax.tree_util.keystr(path)
+
+
 def randomize_batchnorm_and_bias(model: torch.nn.Module, classifier: torch.nn.Linear) -> None:
     """Gives every BatchNorm2d non-trivial parameters and running statistics and the classifier a bias."""
     with torch.no_grad():
@@ -67,6 +89,115 @@ def assert_close_scaled(actual, reference, rel: float, what: str = ""):
     assert actual.shape == reference.shape, f"{what}: shape {actual.shape} vs {reference.shape}"
     diff, scale = float(np.max(np.abs(actual - reference))), float(np.max(np.abs(reference)))
     assert diff <= rel * scale, f"{what}: max|diff| {diff:.3g} > {rel:g} * max|ref| {scale:.3g}"
+
+
+
+# --- evaluation tests (test_evaluate, test_robustness, test_scale_out): PyTorch's eval transform and test data
+
+BATCH = 64  # one batch size for all of them: the eval step compiles once per (model, batch size)
+BLOCK = 7  # CIFAR-100-C images per severity here (10,000 in the release); not a multiple of BATCH
+WRITTEN_CORRUPTIONS = ("brightness", "fog", "zoom_blur")
+# torchvision's ToTensor + Normalize with the seed's constants, written out independently of jaxkd.
+MEAN = torch.tensor([129.3 / 255, 124.07 / 255, 112.43 / 255], dtype=torch.float32)
+STD = torch.tensor([68.17 / 255, 65.39 / 255, 70.42 / 255], dtype=torch.float32)
+
+
+def torch_logits(model, images_uint8) -> np.ndarray:
+    x = nchw(images_uint8).float().div(255)
+    x = (x - MEAN[:, None, None]) / STD[:, None, None]
+    model.eval()
+    with torch.no_grad():
+        return model(x)[1].numpy()
+
+
+def random_images(rng, n: int) -> np.ndarray:
+    """Noise around a random colour, of random strength: a randomized network tells these apart better than
+    uniform noise, which it maps to one class."""
+    base = rng.integers(0, 256, (n, 1, 1, 3))
+    strength = rng.uniform(0, 128, (n, 1, 1, 1))
+    return np.clip(base + strength * rng.standard_normal((n, 32, 32, 3)), 0, 255).astype(np.uint8)
+
+
+def spread_predictions(torch_model, images_uint8):
+    """Re-centres the randomized model's classifier on `images` (bias -W mean, weights / std of the pooled
+    features) so that its predictions spread over many classes instead of collapsing onto one."""
+    pooled = []
+    hook = torch_model.linear.register_forward_hook(lambda module, inputs, output: pooled.append(inputs[0]))
+    torch_logits(torch_model, images_uint8)
+    hook.remove()
+    mean, std = pooled[0].mean(0), pooled[0].std(0) + 1e-6
+    with torch.no_grad():
+        torch_model.linear.weight.div_(std)
+        torch_model.linear.bias.copy_(-torch_model.linear.weight @ mean)
+    return torch_model
+
+
+def spread_model(num_classes: int, seed: int, images_uint8=None):
+    """A randomized resnet8 whose predictions on `images` (default: random_images) are spread out."""
+    images = random_images(np.random.default_rng(seed), 256) if images_uint8 is None else images_uint8
+    return spread_predictions(randomized_torch_model("resnet8", num_classes, seed=seed), images)
+
+
+def reference_counts(logits, labels) -> tuple[int, int, int]:
+    """(top-1 correct, top-5 correct, near ties): a near tie is an example whose top-1 or top-5 decision turns
+    on logits closer than 1e-4 x max|logit| (float32 CPU differences between frameworks are ~1e-6 of that)."""
+    order = np.argsort(-logits, axis=1, kind="stable")
+    top1 = int(np.sum(order[:, 0] == labels))
+    top5 = int(np.sum(np.any(order[:, :5] == labels[:, None], axis=1)))
+    ranked = np.take_along_axis(logits, order, axis=1)
+    tolerance = 1e-4 * np.abs(logits).max()
+    ties = (ranked[:, 0] - ranked[:, 1] < tolerance) | (ranked[:, 4] - ranked[:, 5] < tolerance)
+    return top1, top5, int(np.sum(ties))
+
+
+def assert_matches_reference(result, logits, labels):
+    top1, top5, ties = reference_counts(logits, labels)
+    assert result["count"] == len(labels)
+    assert abs(result["correct1"] - top1) <= ties and abs(result["correct5"] - top5) <= ties, (result, top1, top5)
+    np.testing.assert_allclose(result["top1"], 100 * result["correct1"] / len(labels), rtol=1e-12)
+
+
+def labels_half_right(rng, logits, num_classes) -> np.ndarray:
+    """The model's own prediction for every other example and a random label elsewhere, so accuracy is far
+    from both 0 and 100 and a miscounted batch shows."""
+    labels = rng.integers(0, num_classes, len(logits)).astype(np.int32)
+    labels[::2] = logits[::2].argmax(1)
+    return labels
+
+
+def write_cifar100c(folder: Path, torch_model, rng, corruptions=WRITTEN_CORRUPTIONS) -> dict:
+    """A folder in the release's layout: labels.npy (the same BLOCK labels repeated for each severity) and a
+    (5 * BLOCK, 32, 32, 3) uint8 <corruption>.npy for each of `corruptions`. Each block holds a random number of
+    images the model gets right (so accuracies differ between severities) and random images for the rest.
+    Returns {corruption: images}."""
+    pool = random_images(rng, BLOCK + 40)
+    labels = torch_logits(torch_model, pool[:BLOCK]).argmax(1).astype(np.int64)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "labels.npy", np.tile(labels, 5))
+    written = {}
+    for corruption in corruptions:
+        blocks = []
+        for _ in range(5):
+            right = int(rng.integers(0, BLOCK + 1))
+            blocks.append(np.concatenate([pool[:right], pool[rng.choice(np.arange(BLOCK, len(pool)), BLOCK - right)]]))
+        written[corruption] = np.concatenate(blocks)
+        np.save(folder / f"{corruption}.npy", written[corruption])
+    return written
+
+
+def write_cifar100_python(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """A cifar-100-python folder with a `test` file as the CIFAR page documents it (Python 3 pickle, bytes keys,
+    rows of R, G, B planes)."""
+    folder.mkdir(parents=True)
+    rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+    (folder / "test").write_bytes(pickle.dumps({b"data": rows, b"fine_labels": [int(v) for v in labels]}))
+    return folder
+
+
+def assert_one_line_error(code, stdout, err, expected):
+    assert code == 2 and stdout == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert expected in err, err
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from jaxkd.data import cifar100c
 from jaxkd.errors import UserError
 from jaxkd.model_checkpoint import save_model_checkpoint
 from jaxkd.models import get_model
-from tests.test_evaluate import (BATCH, assert_matches_reference, assert_one_line_error, labels_half_right,
-                                 random_images, spread_model, torch_logits, write_cifar100_python, write_cifar100c)
+from tests.conftest import (BATCH, assert_matches_reference, assert_one_line_error, labels_half_right, random_images,
+                            spread_model, torch_logits, write_cifar100_python, write_cifar100c)
 
 
 def run_cli(argv, capsys) -> tuple[int, str, str]:

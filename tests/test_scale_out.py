@@ -234,9 +234,8 @@ def test_evaluation_commands_on_two_processes_report_like_one(tmp_path):
     """`jaxkd.robustness` and `jaxkd.evaluate` on 2 processes x 2 devices: the same numbers as one process
     (70 clean images and 35 per corruption: not multiples of the 4 devices' batch shares); process 0 alone
     prints and writes."""
-    from tests.conftest import randomized_torch_model
-    from tests.test_evaluate import labels_half_right, random_images, torch_logits, write_cifar100_python, \
-        write_cifar100c
+    from tests.conftest import (labels_half_right, random_images, randomized_torch_model, torch_logits,
+                                write_cifar100_python, write_cifar100c)
 
     rng = np.random.default_rng(0)
     torch_model = randomized_torch_model("resnet8", 100)

@@ -17,33 +17,12 @@ from configs import demo
 from convert.torch_models import get_torch_model
 from jaxkd import train
 from jaxkd.errors import UserError
-from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.train import main, train_and_evaluate
+from tests.conftest import assert_bitwise_equal, final_params, small_config
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--config.model=resnet8", "--config.epochs=2", "--config.eval_every_epochs=1",
          "--config.checkpoint_every_epochs=1", "--config.log_every_steps=5", "--config.progress_bar=False"]
-
-
-def small_config(epochs=2):
-    """resnet8 on digits, 22 steps per epoch: the engine's smallest real run."""
-    config = demo.get_config("teacher")
-    config.model = "resnet8"
-    config.epochs = epochs
-    config.eval_every_epochs = 1
-    config.checkpoint_every_epochs = 1
-    config.log_every_steps = 5
-    config.progress_bar = False
-    return config
-
-
-def final_params(workdir):
-    return load_model_checkpoint(Path(workdir) / "model")[0]
-
-
-def assert_bitwise_equal(a, b):
-    for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)):
-        assert np.array_equal(x, y), jax.tree_util.keystr(path)
 
 
 @pytest.fixture(scope="module")

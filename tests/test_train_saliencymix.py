@@ -12,7 +12,7 @@ from jaxkd.mesh import replicated
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.train import build, create_train_state, make_train_step, train_and_evaluate, zero_sums
 from tests.conftest import save_random_teacher
-from tests.test_train import small_config
+from tests.conftest import small_config
 
 
 def _on_digits(config, epochs=2):

@@ -1,9 +1,9 @@
 """Every architecture's size: parameters and forward GFLOPs per 32x32 image (`python -m jaxkd.models`).
 
 GFLOPs are counted as the distillation papers count them: multiply-accumulates of the convolutions and linear
-layers (BN, ReLU, pooling and additions left out), read off one abstract trace of the eval-mode forward pass
-(nothing is computed). Parameters are the trainable ones (conv and linear weights and biases, BN scales and
-biases), as PyTorch's `sum(p.numel() for p in model.parameters())` counts them.
+layers (BN, ReLU, pooling and additions left out), read off one abstract trace of `init`, which runs the
+eval-mode forward pass (nothing is computed). Parameters are the trainable ones (conv and linear weights and
+biases, BN scales and biases), as PyTorch's `sum(p.numel() for p in model.parameters())` counts them.
 """
 
 import math
@@ -37,10 +37,8 @@ def model_size(arch: str, num_classes: int = 100, image_size: int = 32) -> Model
         return out
 
     model = get_model(arch, num_classes)
-    images = jnp.zeros((1, image_size, image_size, 3))
-    variables = jax.eval_shape(model.init, jax.random.key(0), images)
-    with nn.intercept_methods(count):
-        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+    with nn.intercept_methods(count):  # init runs the eval-mode forward pass once
+        variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
     parameters = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(variables["params"]))
     return ModelSize(arch, parameters, sum(macs) / 1e9)
 

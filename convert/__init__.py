@@ -1,11 +1,13 @@
-"""Checkpoint converter between the PyTorch seed (pytorch-kd, RepDistiller layouts) and jaxkd's Flax models.
+"""Checkpoint converter between PyTorch (the seed's pytorch-kd layout, RepDistiller's layout) and jaxkd's Flax
+models, for every architecture of `jaxkd.models`.
 
-    variables = convert.torch_to_flax("wrn40_2.pth")             # architecture inferred from the shapes
-    state_dict = convert.flax_to_torch(variables, "wideresnet40_2")
+    imported = convert.import_torch("ckpt_epoch_240.pth")       # architecture inferred from keys and shapes
+    state_dict = convert.flax_to_torch(imported.variables, imported.arch)   # the architecture's own layout
 
 Command line: `python -m convert import SRC.pth --out DIR` and `python -m convert export DIR --out OUT.pth`.
 """
 
-from convert.converter import ImportedModel, flax_to_torch, import_torch, infer_architecture, torch_to_flax
+from convert.converter import (ImportedModel, flax_to_torch, import_torch, infer_architecture, native_layout,
+                               torch_to_flax)
 
-__all__ = ["ImportedModel", "flax_to_torch", "import_torch", "infer_architecture", "torch_to_flax"]
+__all__ = ["ImportedModel", "flax_to_torch", "import_torch", "infer_architecture", "native_layout", "torch_to_flax"]

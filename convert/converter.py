@@ -80,9 +80,12 @@ def _infer_repdistiller_architecture(tensors: Mapping) -> tuple[str, int]:
         probe = layout_entries(arch, 1)
         if not any(k in tensors for k in (probe[0].key, _classifier(probe).key)):
             continue  # neither the first nor the classifier's key: nothing like it
-        missing, unexpected, mismatched = _misfit(tensors, layout_entries(arch, _num_classes(tensors, arch)), arch)
-        if not (missing or unexpected or mismatched):
-            return arch, _num_classes(tensors, arch)
+        missing, unexpected, mismatched = _misfit(tensors, probe, arch)
+        if not (missing or unexpected):  # the same keys: check every shape, the classifier's with its classes
+            num_classes = _num_classes(tensors, arch)
+            _, _, mismatched = _misfit(tensors, layout_entries(arch, num_classes), arch)
+            if not mismatched:
+                return arch, num_classes
         distance = len(missing) + len(unexpected) + len(mismatched)
         if closest is None or distance < closest[0]:
             closest = (distance, arch, missing, unexpected, mismatched)

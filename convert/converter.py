@@ -81,6 +81,8 @@ def _infer_repdistiller_architecture(tensors: Mapping) -> tuple[str, int]:
         if not any(k in tensors for k in (probe[0].key, _classifier(probe).key)):
             continue  # neither the first nor the classifier's key: nothing like it
         missing, unexpected, mismatched = _misfit(tensors, probe, arch)
+        classifier = _classifier(probe).key.rsplit(".", 1)[0] + "."  # its shapes depend on the classes: below
+        mismatched = [m for m in mismatched if not m.startswith(classifier)]
         if not (missing or unexpected):  # the same keys: check every shape, the classifier's with its classes
             num_classes = _num_classes(tensors, arch)
             _, _, mismatched = _misfit(tensors, layout_entries(arch, num_classes), arch)

@@ -1,19 +1,17 @@
 """CRD vs KD train step: peak memory from XLA's memory analysis, and step time, in one process.
 
     python benchmarks/crd_memory.py [--pairs resnet8:resnet8,wideresnet16_2:wideresnet40_2] [--steps 4]
-        [--repeats 7] [--ynn] [--baseline OLD_CRD.py]
+        [--repeats 7] [--ynn] [--examples 50000]
 
 For each student:teacher pair, the engine's train step (`jaxkd.train.make_train_step`) at batch 64 on a
-synthetic CIFAR-sized set of N 50000 (100 classes), K 16384: compiled (peak = arguments + outputs + temporaries
-- outputs aliased to donated arguments, `compiled.memory_analysis()`), warmed up one step, then timed
-`--steps` steps per repeat, variants interleaved repeat by repeat; the median ms per step is reported.
-`--baseline` adds the CRD step with another version of jaxkd/methods/crd.py (e.g.
-`git show REV:jaxkd/methods/crd.py > /tmp/crd_old.py`); `--ynn` compiles with the CPU YNN option of
-`jaxkd.compile_options`. Results in benchmarks/crd_memory.md.
+synthetic CIFAR-sized set of N = `--examples` (default 50000, 100 classes), K 16384: compiled (peak = arguments +
+outputs + temporaries - outputs aliased to donated arguments, `compiled.memory_analysis()`), warmed up one step,
+then timed `--steps` steps per repeat, variants interleaved repeat by repeat; the median ms per step is
+reported. `--ynn` compiles with the CPU YNN option of `jaxkd.compile_options`. To compare two versions of the
+code, run the script in a `git worktree` of each (alternating runs). Results in benchmarks/crd_memory.md.
 """
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -31,23 +29,21 @@ from jaxkd.mesh import replicated  # noqa: E402
 from jaxkd.train import create_train_state, make_train_step  # noqa: E402
 
 MIB = 2**20
-N, K, BATCH = 50000, 16384, 64
+K, BATCH = 16384, 64
 
 
-def compiled_variant(train, get_config, student, teacher, steps, options, method_class=None):
+def compiled_variant(train, get_config, student, teacher, steps, options):
     """(memory stats in MiB, a function running `steps` steps)."""
     config = get_config()
     config.model, config.teacher.arch, config.batch_size = student, teacher, BATCH
     if "crd" in config:
         config.crd.nce_k = K
     setup = bench_setup(config, train, jax.devices()[:1])
-    if method_class is not None:
-        setup.method = method_class(config)
     on_all = replicated(setup.mesh)
     state = jax.device_put(create_train_state(setup, config), on_all)
     teacher_variables = jax.device_put(setup.teacher.variables, on_all)
     data = jax.device_put((train.images, train.labels, train.index), on_all)
-    permutation = jax.device_put(epoch_permutation(jax.random.PRNGKey(0), 0, N), on_all)
+    permutation = jax.device_put(epoch_permutation(jax.random.PRNGKey(0), 0, len(train)), on_all)
     sums = zero_sums(setup)
     compiled = make_train_step(setup, config).lower(state, sums, teacher_variables, *data, permutation).compile(
         compiler_options=options)
@@ -71,26 +67,18 @@ def main():
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--ynn", action="store_true")
-    parser.add_argument("--baseline", default="")
+    parser.add_argument("--examples", type=int, default=50000)
     args = parser.parse_args()
     options = None
     if args.ynn:
         from jaxkd.compile_options import CPU_YNN_OPTIONS
         options = dict(CPU_YNN_OPTIONS)
-    baseline = None
-    if args.baseline:
-        spec = importlib.util.spec_from_file_location("crd_baseline", args.baseline)
-        baseline = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(baseline)
-    train = synthetic_split(N)
+    train = synthetic_split(args.examples)
     for pair in args.pairs.split(","):
         student, teacher = pair.split(":")
-        variants = {"kd": (kd_wrn.get_config, None), "crd": (crd_wrn.get_config, None)}
-        if baseline is not None:
-            variants["crd baseline"] = (crd_wrn.get_config, baseline.CRD)
         built = {}
-        for name, (get_config, method_class) in variants.items():
-            memory, run = compiled_variant(train, get_config, student, teacher, args.steps, options, method_class)
+        for name, get_config in {"kd": kd_wrn.get_config, "crd": crd_wrn.get_config}.items():
+            memory, run = compiled_variant(train, get_config, student, teacher, args.steps, options)
             run()  # warm-up; CRD's first step also sets Z
             built[name] = (memory, run, [])
         for _ in range(args.repeats):
@@ -99,7 +87,7 @@ def main():
                 run()
                 times.append((time.perf_counter() - start) / args.steps * 1000)
         for name, (memory, _, times) in built.items():
-            print(json.dumps({"pair": pair, "variant": name, "ynn_option": args.ynn,
+            print(json.dumps({"pair": pair, "variant": name, "examples": args.examples, "ynn_option": args.ynn,
                               **{key: round(value, 1) for key, value in memory.items()},
                               "step_ms_median": round(statistics.median(times), 1),
                               "step_ms": [round(t, 1) for t in times]}), flush=True)

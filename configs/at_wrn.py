@@ -10,6 +10,7 @@ Reference: RepDistiller reports 74.08 for AT wrn_40_2 -> wrn_16_2 (CIFAR-100 top
 """
 
 from configs import default
+from jaxkd.methods import config_section
 
 
 def get_config():
@@ -21,4 +22,5 @@ def get_config():
     config.loss.alpha = 0.0
     config.loss.beta = 1000.0
     config.loss.kd_temperature = 4.0
+    config.at = config_section("at")  # RepDistiller's p = 2 (jaxkd/methods/at.py)
     return config

@@ -4,8 +4,8 @@ momentum 0.9, weight decay 5e-4 (the heads included), lr x0.1 after the first st
 
     python -m jaxkd.train --config configs/byot_wrn.py --workdir workdirs/byot_wrn16_2
 
-Two bottleneck heads (BYOT-U style, METHODS.md 7.3) on stages 1 and 2; the network's own classifier is the
-deepest. Loss (METHODS.md 7.1), alpha 0.1, T 3, lambda 1e-6:
+Two bottleneck heads (BYOT-U style; docs/methods.md, "What each term is": BYOT) on stages 1 and 2; the network's
+own classifier is the deepest. Loss (BYOT-U's `train.py`), alpha 0.1, T 3, lambda 1e-6:
     (1 - alpha) * [CE(deepest) + CE(head1) + CE(head2)]
     + alpha * T^2 * [softCE(head1) + softCE(head2)]          (targets: sg(softmax(deepest / T)))
     + lambda * [||F1 - sg(F)||^2 + ||F2 - sg(F)||^2]          (summed over batch and channels)
@@ -18,19 +18,17 @@ BYOT's self-distilled WRN16-2 compares directly with the seed's baseline (74.03)
 students, and its heads (64k = 128 channels) are cheap next to the backbone.
 """
 
-from ml_collections import ConfigDict
-
 from configs import default
+from jaxkd.methods import config_section
 
 
 def get_config():
     config = default.get_config()
     config.model = "wideresnet16_2"
     config.method = "byot"
-    config.byot = ConfigDict()
-    config.byot.alpha = 0.1  # weight of the soft-CE; the CE of every classifier gets 1 - alpha
-    config.byot.temperature = 3.0
-    config.byot.feature_weight = 1e-6  # lambda, on the batch-summed squared L2 feature distance
+    # BYOT-U's alpha 0.1 (the soft-CE's weight; every classifier's CE gets 1 - alpha), temperature 3 and
+    # feature_weight (lambda, on the batch-summed squared L2 feature distance) 1e-6: jaxkd/methods/byot.py.
+    config.byot = config_section("byot")
     config.loss.gamma = 1.0 - config.byot.alpha  # the deepest classifier's CE, (1 - alpha) as in BYOT-U
     config.loss.alpha = 0.0  # no teacher, no KD term
     config.loss.beta = 1.0  # the term already carries its weights

@@ -12,9 +12,8 @@ directory or a jaxkd training workdir. Reference: the CRD paper (Table 1) report
 wrn_40_2 -> wrn_16_2 (student alone 73.26, KD 74.92).
 """
 
-from ml_collections import ConfigDict
-
 from configs import default
+from jaxkd.methods import config_section
 
 
 def get_config():
@@ -25,12 +24,8 @@ def get_config():
     config.loss.gamma = 1.0
     config.loss.alpha = 0.0
     config.loss.beta = 0.8
-    config.crd = ConfigDict()
-    config.crd.nce_k = 16384  # negatives per example, drawn without replacement from the other classes
-    config.crd.nce_t = 0.07  # temperature (used as float32(0.07))
-    config.crd.nce_m = 0.5  # memory bank momentum
-    config.crd.feat_dim = 128  # embedding size of both heads and of the banks
-    # (anchor, dataset row) pairs per chunk of the negative sampling and scoring: a memory bound, not part of
-    # the recipe (results change only by rounding); a large accelerator can take the whole batch (64 x 50000)
-    config.crd.chunk_elements = 1 << 19
+    # RepDistiller's nce_k 16384, nce_t 0.07, nce_m 0.5, feat_dim 128, and chunk_elements 2^19, (anchor, dataset
+    # row) pairs per chunk of the sampling and scoring: a memory bound, not part of the recipe (results change
+    # only by rounding); a large accelerator can take the whole batch (64 x 50000). jaxkd/methods/crd.py.
+    config.crd = config_section("crd")
     return config

@@ -10,9 +10,8 @@ padding, RepDistiller's mean/std, the last partial batch kept).
 Reference: RepDistiller reports 73.58 for FitNet wrn_40_2 -> wrn_16_2 (CIFAR-100 top-1).
 """
 
-from ml_collections import ConfigDict
-
 from configs import default
+from jaxkd.methods import config_section
 
 
 def get_config():
@@ -24,6 +23,5 @@ def get_config():
     config.loss.alpha = 0.0
     config.loss.beta = 100.0
     config.loss.kd_temperature = 4.0
-    config.fitnet = ConfigDict()
-    config.fitnet.hint_layer = 1  # index into the 3 stage outputs: the 2nd stage (RepDistiller's --hint_layer 2)
+    config.fitnet = config_section("fitnet")  # hint_layer 1: the 2nd stage output (RepDistiller's --hint_layer 2)
     return config

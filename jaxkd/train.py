@@ -38,7 +38,7 @@ from jaxkd.errors import UserError, run_command
 from jaxkd.evaluate import evaluate_classifiers, evaluate_split
 from jaxkd.losses import cross_entropy, kd_divergence
 from jaxkd.mesh import batch_sharded, data_mesh, replicated
-from jaxkd.methods import Batch, Method, Probe, get_method
+from jaxkd.methods import Batch, Method, Probe, apply_module, get_method
 from jaxkd.metric_log import MetricLog
 from jaxkd.model_checkpoint import load_model
 from jaxkd.models import canonical_name, get_model
@@ -83,7 +83,8 @@ class Setup:
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        """What the step sums on the device: the engine's metrics, then the method's own."""
+        """What the step sums on the device: the engine's metrics, then the method's own (the keys of its
+        term's metrics, found by `Method.initialize` in `create_train_state`)."""
         return METRIC_NAMES + tuple(f"{self.method.name}_{name}" for name in self.method.metric_names)
 
     @property
@@ -150,26 +151,19 @@ def build(config, devices=None, *, data=None, teacher: Teacher | None = None) ->
                  last_batch_size=0 if last_batch_size == config.batch_size else last_batch_size)
 
 
-def _forward(model, variables, images, train: bool):
-    """ModelOutput (and the updated batch statistics when training)."""
-    if train:
-        return model.apply(variables, images, train=True, mutable=["batch_stats"], method=model.forward)
-    return model.apply(variables, images, train=False, method=model.forward)
-
-
 def create_train_state(setup: Setup, config) -> TrainState:
     """Initial state: the seed's init for the student, the method's modules and state from a shape probe."""
     init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     student_rng, method_rng, probe_rng, probe_batch_rng = jax.random.split(init_rng, 4)
     sample = jnp.asarray(setup.pipeline.augment(probe_rng, setup.train.images[: config.batch_size]))
     student_variables = setup.student.init(student_rng, sample, train=False)
-    student_out, _ = _forward(setup.student, student_variables, sample, train=True)
-    teacher_out = (_forward(setup.teacher.model, setup.teacher.variables, sample, train=False)
-                   if setup.teacher else None)
+    student_out, _ = apply_module(setup.student, student_variables, sample, train=True, method=setup.student.forward)
+    teacher_out = (apply_module(setup.teacher.model, setup.teacher.variables, sample, train=False,
+                                method=setup.teacher.model.forward)[0] if setup.teacher else None)
     batch = Batch(sample, jnp.asarray(setup.train.labels[: config.batch_size]),
                   jnp.asarray(setup.train.index[: config.batch_size]), probe_batch_rng)
-    method_init = setup.method.init(method_rng, Probe(student_out, teacher_out, batch, setup.train.labels,
-                                                      setup.train.num_classes))
+    method_init = setup.method.initialize(method_rng, Probe(student_out, teacher_out, batch, setup.train.labels,
+                                                            setup.train.num_classes))
     params = {"student": student_variables["params"], "method": method_init.variables.get("params", {})}
     batch_stats = {"student": student_variables["batch_stats"],
                    "method": method_init.variables.get("batch_stats", {})}
@@ -186,21 +180,23 @@ def make_update(setup: Setup, config):
     loss_weights = config.loss
 
     def update(state: TrainState, batch: Batch, teacher_variables):
-        teacher_out = _forward(teacher.model, teacher_variables, batch.images, False) if teacher else None
+        teacher_out = (apply_module(teacher.model, teacher_variables, batch.images, train=False,
+                                    method=teacher.model.forward)[0] if teacher else None)
 
         def loss_fn(params):
-            student_out, student_updates = _forward(
+            student_out, student_stats = apply_module(
                 student, {"params": params["student"], "batch_stats": state.batch_stats["student"]},
-                batch.images, train=True)
+                batch.images, train=True, method=student.forward)
             ce = (mixed_cross_entropy(student_out.logits, batch.labels, batch.partners, batch.lam)
                   if config.saliencymix else cross_entropy(student_out.logits, batch.labels))
             kd = (kd_divergence(student_out.logits, teacher_out.logits, loss_weights.kd_temperature)
                   if teacher else jnp.zeros((), jnp.float32))
-            method_out = method.term({"params": params["method"], "batch_stats": state.batch_stats["method"]},
-                                     state.method_state, student_out, teacher_out, batch, train=True)
+            method_variables = {"params": params["method"], "batch_stats": state.batch_stats["method"]}
+            method_out = method.term(method_variables, state.method_state, student_out, teacher_out, batch,
+                                     train=True).completed(method_variables, state.method_state)
             loss = loss_weights.gamma * ce + loss_weights.alpha * kd + loss_weights.beta * method_out.term
             correct = jnp.sum(jnp.argmax(student_out.logits, -1) == batch.labels)
-            batch_stats = {"student": student_updates["batch_stats"], "method": method_out.batch_stats}
+            batch_stats = {"student": student_stats, "method": method_out.batch_stats}
             metrics = dict(loss=loss, ce=ce, kd=kd, term=method_out.term, correct=correct)
             metrics.update({f"{method.name}_{name}": value for name, value in method_out.metrics.items()})
             return loss, (batch_stats, method_out.state, metrics)

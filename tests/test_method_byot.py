@@ -20,13 +20,12 @@ from convert.torch_models import get_torch_model
 from jaxkd.errors import UserError
 from jaxkd.losses import cross_entropy
 from jaxkd.methods import Batch, Probe, get_method
-from jaxkd.methods.byot import BYOT, DEFAULTS, HEAD_NAMES
+from jaxkd.methods.byot import BYOT, HEAD_NAMES
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import BYOTHead
 from jaxkd.train import train_and_evaluate
-from tests.conftest import assert_close_scaled, nchw, nhwc, on_digits
+from tests.conftest import assert_bitwise_equal, assert_close_scaled, final_params, nchw, nhwc, on_digits
 from tests.reference.byot_loss import ShallowHead, byot_total_loss
-from tests.test_train import assert_bitwise_equal, final_params
 
 REL = 1e-5  # float32 parity: max |jax - torch| <= REL * max |torch| for every compared tensor
 
@@ -175,8 +174,8 @@ def test_term_metrics_are_the_unweighted_losses(rng):
     shapes = STAGES["width1_cifar"]
     out = as_jax(random_outputs(rng, 4, shapes, 10))
     method = recipe_method()
-    init = method.init(jax.random.PRNGKey(1), Probe(out, None, None, None, 10))
     batch = Batch(None, jnp.asarray(rng.integers(0, 10, 4), jnp.int32), None, None)
+    init = method.initialize(jax.random.PRNGKey(1), Probe(out, None, batch, None, 10))
     result = method.term(init.variables, {}, out, None, batch, True)
     assert sorted(result.metrics) == sorted(method.metric_names) and len(method.metric_names) == 6
     m = {k: float(v) for k, v in result.metrics.items()}
@@ -259,16 +258,16 @@ def test_config_and_settings():
     config = byot_wrn.get_config()
     assert (config.method, config.model) == ("byot", "wideresnet16_2") and not config.teacher.checkpoint
     assert (config.loss.gamma, config.loss.alpha, config.loss.beta) == (0.9, 0.0, 1.0)
-    assert dict(config.byot) == DEFAULTS == {"alpha": 0.1, "temperature": 3.0, "feature_weight": 1e-6}
+    assert dict(config.byot) == BYOT.defaults == {"alpha": 0.1, "temperature": 3.0, "feature_weight": 1e-6}
     assert (config.optimizer.lr, config.batch_size, config.epochs) == (0.05, 64, 240)
     method = get_method("byot", config)
     assert isinstance(method, BYOT) and not method.uses_teacher
     with pytest.warns(UserWarning, match="1 - alpha = 0.9"):  # gamma 1, beta 0: not BYOT's total
-        assert BYOT(default.get_config()).settings == DEFAULTS  # no byot section: the defaults
+        assert get_method("byot", default.get_config()).settings == BYOT.defaults  # no byot section
     with pytest.raises(UserError, match="unknown config.byot keys"):
-        BYOT(ConfigDict({"byot": {"lambda": 1.0}}))
+        get_method("byot", ConfigDict({"byot": {"lambda": 1.0}}))
     with pytest.raises(UserError, match="0 <= alpha <= 1"):
-        BYOT(ConfigDict({"byot": {"alpha": 1.5}}))
+        get_method("byot", ConfigDict({"byot": {"alpha": 1.5}}))
 
 
 # --- end to end through the engine on digits ---------------------------------------------------------------

@@ -16,16 +16,15 @@ import torch
 from ml_collections import ConfigDict
 
 from configs import crd_kd_wrn, crd_wrn, default, kd_wrn
-from jaxkd.bench import bench_setup
 from jaxkd.data import Split
 from jaxkd.errors import UserError
 from jaxkd.methods import Batch, Probe, get_method
-from jaxkd.methods import crd
-from jaxkd.methods.crd import (CHUNK_ELEMENTS, DEFAULTS, counts_from_indices, init_state, sample_contrast_indices,
-                               sample_negative_counts, top_k_mask)
+from jaxkd.methods import crd_kernels
+from jaxkd.methods.crd import CHUNK_ELEMENTS, CRD, init_state
+from jaxkd.methods.crd_kernels import counts_from_indices, sample_contrast_indices, sample_negative_counts, top_k_mask
 from jaxkd.model_checkpoint import load_model_checkpoint
-from jaxkd.models import ModelOutput
-from jaxkd.train import create_train_state, make_train_step, train_and_evaluate, zero_sums
+from jaxkd.models import ModelOutput, get_model
+from jaxkd.train import Teacher, build, create_train_state, make_train_step, train_and_evaluate, zero_sums
 from tests.conftest import assert_close_scaled, on_digits, save_random_teacher
 from tests.reference.repdistiller_crd import CRDLoss, InstanceSampler
 
@@ -43,7 +42,7 @@ def pooled(array):
 
 
 def crd_config(**settings):
-    return ConfigDict({"crd": dict(DEFAULTS, **settings)})
+    return ConfigDict({"crd": dict(CRD.defaults, **settings)})
 
 
 def test_configs_hold_repdistiller_recipes():
@@ -54,7 +53,7 @@ def test_configs_hold_repdistiller_recipes():
     assert dict(crd.crd) == {"nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "feat_dim": 128,
                              "chunk_elements": CHUNK_ELEMENTS}
     # no crd section: RepDistiller's defaults and the default chunk bound
-    assert get_method("crd", default.get_config()).settings == dict(DEFAULTS, chunk_elements=CHUNK_ELEMENTS)
+    assert get_method("crd", default.get_config()).settings == CRD.defaults
     with pytest.raises(UserError, match="unknown config.crd keys"):
         get_method("crd", ConfigDict({"crd": {"nce_kk": 5}}))
 
@@ -223,7 +222,7 @@ def test_chunked_term_equals_the_term_in_one_chunk(k, rng):
 
     def two_steps(chunk_rows):
         method = get_method("crd", crd_config(nce_k=k, chunk_elements=chunk_rows * len(labels)))
-        assert crd.batch_chunks(16, len(labels), method.settings["chunk_elements"]) == 16 // chunk_rows
+        assert crd_kernels.batch_chunks(16, len(labels), method.settings["chunk_elements"]) == 16 // chunk_rows
         with pytest.warns(UserWarning, match="with replacement") if k > 220 else contextlib.nullcontext():
             init = method.init(jax.random.PRNGKey(3), Probe(pooled(f_s), pooled(f_t), None, labels, 5))
 
@@ -253,7 +252,8 @@ def test_threefry_matches_the_published_test_vectors():
     for key, counter, expected in [((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
                                    ((0xFFFFFFFF,) * 2, (0xFFFFFFFF,) * 2, (0x1CB996FC, 0xBB002BE7)),
                                    ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0))]:
-        words = crd._threefry2x32(jnp.asarray(key, jnp.uint32), *(jnp.asarray([c], jnp.uint32) for c in counter))
+        counters = (jnp.asarray([c], jnp.uint32) for c in counter)
+        words = crd_kernels.threefry2x32(jnp.asarray(key, jnp.uint32), *counters)
         assert [int(w[0]) for w in words] == list(expected)
 
 
@@ -268,7 +268,10 @@ def compiled_step_memory(config, num_examples: int) -> int:
     labels = np.arange(num_examples, dtype=np.int32) % 100
     train = Split(np.zeros((num_examples, 32, 32, 3), np.uint8), labels, np.arange(num_examples, dtype=np.int32),
                   100)
-    setup = bench_setup(config, train, jax.devices()[:1])
+    teacher = get_model(config.teacher.arch, 100)
+    teacher_variables = teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), train=False)
+    setup = build(config, jax.devices()[:1], data=(train, train),
+                  teacher=Teacher(teacher, teacher_variables, config.teacher.arch))
     state = create_train_state(setup, config)
     step = make_train_step(setup, config)
     stats = step.lower(state, zero_sums(setup), setup.teacher.variables, train.images, train.labels, train.index,

@@ -27,9 +27,8 @@ from jaxkd.methods.dml import DML, mutual_losses
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.models import get_model
 from jaxkd.train import train_and_evaluate
-from tests.conftest import assert_close_scaled, nchw, on_digits
+from tests.conftest import assert_bitwise_equal, assert_close_scaled, nchw, on_digits
 from tests.reference.dml_loss import dml_losses as torch_dml_losses
-from tests.test_train import assert_bitwise_equal
 
 REL = 1e-5  # float32 parity: max |jax - torch| <= REL * max |torch|
 
@@ -76,7 +75,7 @@ def tiny_method(peers, forward="auto"):
     config.model = "resnet8"
     config.dml.peers = tuple(peers)
     config.dml.forward = forward
-    return DML(config)
+    return DML("dml", config)
 
 
 def probe_batch(rng, batch_size=8, classes=10):
@@ -175,18 +174,19 @@ def test_vmapped_and_looped_peers_agree(rng):
 def test_peers_start_from_distinct_keys_and_update_their_statistics(rng):
     method = tiny_method(("resnet8", "resnet8"))
     batch = probe_batch(rng)
-    init = method.init(jax.random.PRNGKey(0), Probe(None, None, batch, None, 10))
-    kernels = np.asarray(init.variables["params"]["resnet8"]["layer0"]["kernel"])
-    assert kernels.shape[0] == 2 and not np.array_equal(kernels[0], kernels[1])
     student = get_model("resnet8", 10)
     out = student.apply(student.init(jax.random.PRNGKey(9), batch.images), batch.images, method=student.forward)
+    init = method.initialize(jax.random.PRNGKey(0), Probe(out, None, batch, None, 10))
+    kernels = np.asarray(init.variables["params"]["resnet8"]["layer0"]["kernel"])
+    assert kernels.shape[0] == 2 and not np.array_equal(kernels[0], kernels[1])
     trained = method.term(init.variables, {}, out, None, batch, train=True)
     evaluated = method.term(init.variables, {}, out, None, batch, train=False)
     mean_of = lambda stats: np.asarray(stats["resnet8"]["finalact"]["mean"])  # noqa: E731
     assert np.all(mean_of(init.variables["batch_stats"]) == 0)
     assert np.all(mean_of(trained.batch_stats) != 0)  # train mode moves the running statistics of both peers
     assert np.all(mean_of(evaluated.batch_stats) == 0)  # eval mode keeps them
-    assert set(trained.metrics) == set(method.metric_names)
+    assert set(trained.metrics) == set(method.metric_names) == {"peer0_kl"} | {
+        f"peer{n}_{kind}" for n in (1, 2) for kind in ("ce", "kl", "accuracy")}
     expected = trained.metrics["peer1_ce"] + trained.metrics["peer2_ce"] + sum(
         trained.metrics[f"peer{n}_kl"] for n in range(3))
     assert float(trained.term) == pytest.approx(float(expected), rel=1e-6)
@@ -203,23 +203,23 @@ def test_config_recipe_defaults_and_errors():
     assert method.peers == ("wideresnet16_2",) and method.forward_mode == "auto" and not method.uses_teacher
     plain = default.get_config()  # no `dml` section: one peer of the student's architecture
     plain.model = "wrn40_1"
-    assert DML(plain).peers == ("wideresnet40_1",) and DML(plain).forward_mode == "auto"
+    assert DML("dml", plain).peers == ("wideresnet40_1",) and DML("dml", plain).forward_mode == "auto"
     config.dml.peers = ("wrn16_2,resnet8",)  # how `--config.dml.peers=wrn16_2,resnet8` arrives
-    assert DML(config).peers == ("wideresnet16_2", "resnet8")
+    assert DML("dml", config).peers == ("wideresnet16_2", "resnet8")
     config.dml.peers = ()
     with pytest.raises(UserError, match="at least one peer"):
-        DML(config)
+        DML("dml", config)
     config.dml.peers = ("resnet9",)
     with pytest.raises(UserError, match="unknown model 'resnet9'"):
-        DML(config)
+        DML("dml", config)
     config.dml.peers = ("resnet8",)
     config.dml.forward = "pmap"
     with pytest.raises(UserError, match="config.dml.forward must be one of auto, vmap, loop"):
-        DML(config)
+        DML("dml", config)
     config.dml.forward = "auto"
     config.dml.temperature = 4.0
     with pytest.raises(UserError, match=r"unknown config.dml keys \['temperature'\]"):
-        DML(config)
+        DML("dml", config)
 
 
 # --- end to end on digits ------------------------------------------------------------------------------------

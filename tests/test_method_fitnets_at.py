@@ -18,14 +18,13 @@ from configs import at_wrn, default, fitnet_wrn
 from convert.torch_models import get_torch_model
 from jaxkd.errors import UserError
 from jaxkd.methods import Probe, get_method
-from jaxkd.methods.at import AT, adaptive_avg_pool2d
-from jaxkd.methods.fitnets import FitNets
+from jaxkd.methods.at import AT
+from jaxkd.methods.pooling import adaptive_avg_pool2d
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import STRIDE2, TRANSPOSE, VALID, ConvReg, ConvTranspose4x4Stride2
 from jaxkd.train import train_and_evaluate
-from tests.conftest import assert_close_scaled, nchw, nhwc, on_digits
+from tests.conftest import assert_bitwise_equal, assert_close_scaled, final_params, nchw, nhwc, on_digits
 from tests.reference.repdistiller_losses import Attention, ConvReg as TorchConvReg, HintLoss
-from tests.test_train import assert_bitwise_equal, final_params
 
 REL = 1e-5  # float32 parity: max |jax - torch| <= REL * max |torch| for every compared tensor
 
@@ -83,12 +82,12 @@ def test_fitnets_matches_pytorch_hint_loss_with_conv_reg(branch, rng):
     torch.manual_seed(int(rng.integers(1 << 31)))
     reg = randomized_torch_conv_reg(to_nchw(s_shape), to_nchw(t_shape)).train()
 
-    method = FitNets(None)
+    method = get_method("fitnet", None)
     init = method.init(jax.random.PRNGKey(0), Probe(stages(jnp.asarray(f_s)), stages(jnp.asarray(f_t)), None, None,
                                                      10))
     variables = flax_variables_of(reg)
     assert jax.tree.map(np.shape, init.variables) == jax.tree.map(np.shape, variables)  # same layout
-    module = method.regressor(f_s, f_t)
+    module = method.hint_pair(stages(f_s), stages(f_t))[0]
     assert module.kind == branch.split("_3x3")[0]
 
     x = nchw(f_s).requires_grad_(True)
@@ -192,22 +191,22 @@ def test_fitnet_regressor_for_pairs_of_the_family(teacher, student, in_channels,
     """Same-family CIFAR pairs share spatial sizes: the hint regressor is a 1x1 conv from the student's
     stage-2 channels to the teacher's."""
     s_feature, t_feature = (jnp.zeros(probe_shapes(arch)[1]) for arch in (student, teacher))
-    method = FitNets(fitnet_wrn.get_config())
-    assert method.regressor(s_feature, t_feature).kind == VALID
+    method = get_method("fitnet", fitnet_wrn.get_config())
+    assert method.hint_pair(stages(s_feature), stages(t_feature))[0].kind == VALID
     init = method.init(jax.random.PRNGKey(0), Probe(stages(s_feature), stages(t_feature), None, None, 100))
     assert init.variables["params"]["conv"]["kernel"].shape == (1, 1, in_channels, out_channels)
     assert init.variables["batch_stats"]["bn"]["mean"].shape == (out_channels,)
 
 
 def test_fitnet_hint_layer_from_config_and_default():
-    assert FitNets(default.get_config()).hint_layer == 1  # no `fitnet` section: the default
+    assert get_method("fitnet", default.get_config()).settings == {"hint_layer": 1}  # no `fitnet` section
     config = fitnet_wrn.get_config()
     config.fitnet.hint_layer = 2
-    assert get_method("fitnet", config).hint_layer == 2
+    assert get_method("fitnet", config).settings["hint_layer"] == 2
     config.fitnet.hint_layer = 3
     feature = jnp.zeros((2, 8, 8, 4))
     with pytest.raises(UserError, match="fitnet.hint_layer 3 is out of range"):
-        FitNets(config).init(jax.random.PRNGKey(0), Probe(outputs(feature, feature, feature),
+        get_method("fitnet", config).init(jax.random.PRNGKey(0), Probe(outputs(feature, feature, feature),
                                                           outputs(feature, feature, feature), None, None, 10))
 
 
@@ -223,16 +222,21 @@ def test_adaptive_avg_pool2d_matches_torch(in_hw, out_hw, rng):
     ([(4, 32, 32, 16), (4, 16, 16, 32), (4, 8, 8, 64)], [(4, 32, 32, 32), (4, 16, 16, 64), (4, 8, 8, 128)]),
     ([(3, 10, 10, 8), (3, 6, 6, 8), (3, 7, 7, 4)], [(3, 6, 6, 5), (3, 10, 10, 6), (3, 7, 7, 4)]),  # pooling
 ])
-def test_at_matches_pytorch_attention(student_shapes, teacher_shapes, rng):
-    """The summed term and its gradient w.r.t. every student feature, against RepDistiller's Attention."""
+@pytest.mark.parametrize("p", [2, 4])
+def test_at_matches_pytorch_attention(student_shapes, teacher_shapes, p, rng):
+    """The summed term and its gradient w.r.t. every student feature, against RepDistiller's Attention(p);
+    p = 2 is the recipe's (the default), p = 4 is read from `config.at.p`."""
     f_s = [random_feature(rng, shape) for shape in student_shapes]
     f_t = [random_feature(rng, shape) * 2 + 0.5 for shape in teacher_shapes]
     x = [nchw(f).requires_grad_(True) for f in f_s]
-    loss_torch = sum(Attention(p=2)(x, [nchw(f) for f in f_t]))
+    loss_torch = sum(Attention(p=p)(x, [nchw(f) for f in f_t]))
     loss_torch.backward()
 
-    method = get_method("at", at_wrn.get_config())
-    assert isinstance(method, AT) and method.uses_teacher
+    config = at_wrn.get_config()
+    if p != 2:
+        config.at.p = p
+    method = get_method("at", config)
+    assert isinstance(method, AT) and method.uses_teacher and method.settings == {"p": p}
 
     def loss_fn(features):
         return method.term({}, {}, outputs(*features), outputs(*map(jnp.asarray, f_t)), None, True).term
@@ -246,7 +250,8 @@ def test_at_matches_pytorch_attention(student_shapes, teacher_shapes, rng):
 def test_at_of_a_zero_feature_is_finite():
     """F.normalize's eps: an all-zero map gives a zero attention vector and finite gradients."""
     zero, other = jnp.zeros((2, 4, 4, 3)), jnp.ones((2, 4, 4, 3))
-    loss, grad = jax.value_and_grad(lambda f: AT(None).term({}, {}, outputs(f), outputs(other), None, True).term)(zero)
+    method = get_method("at", None)
+    loss, grad = jax.value_and_grad(lambda f: method.term({}, {}, outputs(f), outputs(other), None, True).term)(zero)
     assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))
 
 

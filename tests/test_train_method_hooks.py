@@ -14,14 +14,12 @@ from jaxkd.methods.base import Method, MethodInit
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.models import get_model
 from jaxkd.train import train_and_evaluate
-from tests.test_train import small_config
+from tests.conftest import small_config
 
 
 class MirrorHeads(Method):
     """Extra classifiers whose accuracy is known without the engine: the student's logits, and the same with
     classes 0 and 1 swapped."""
-
-    name = "mirror"
 
     def eval_logits(self, variables, student, images):
         logits = student.logits
@@ -32,11 +30,9 @@ class MirrorHeads(Method):
 class TwinModel(Method):
     """Holds a second resnet8 as a method module (untrained: no term, only weight decay) and exports it."""
 
-    name = "twin"
-
     def init(self, rng, probe):
         variables = get_model("resnet8", probe.num_classes).init(rng, probe.batch.images[:1])
-        return MethodInit(dict(variables), {})
+        return MethodInit(dict(variables))
 
     def exports(self, variables):
         return {"twin": ("resnet8", variables)}
@@ -48,7 +44,7 @@ def _softmax(z):
 
 
 def test_extra_classifiers_are_evaluated_with_their_ensemble(tmp_path, monkeypatch):
-    monkeypatch.setitem(methods.METHODS, "mirror", "tests.test_train_method_hooks:MirrorHeads")
+    monkeypatch.setitem(methods.METHODS, "mirror", MirrorHeads)
     config = small_config(epochs=1)
     config.method = "mirror"
     train_and_evaluate(config, tmp_path)
@@ -66,7 +62,7 @@ def test_extra_classifiers_are_evaluated_with_their_ensemble(tmp_path, monkeypat
 
 
 def test_extra_models_are_exported_as_pth_and_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setitem(methods.METHODS, "twin", "tests.test_train_method_hooks:TwinModel")
+    monkeypatch.setitem(methods.METHODS, "twin", TwinModel)
     config = small_config(epochs=1)
     config.method = "twin"
     train_and_evaluate(config, tmp_path)

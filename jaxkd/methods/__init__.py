@@ -1,29 +1,42 @@
-"""Distillation methods by name (`config.method`).
+"""Distillation methods by name (`config.method`): the registry, and each method's config section."""
 
-Each entry names the module and class of one method; a method's module is imported only when it is used.
-"""
-
-import importlib
+from ml_collections import ConfigDict
 
 from jaxkd.errors import UserError
-from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput
+from jaxkd.methods.at import AT
+from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, apply_module, section_over_defaults
+from jaxkd.methods.byot import BYOT
+from jaxkd.methods.crd import CRD
+from jaxkd.methods.dml import DML
+from jaxkd.methods.fitnets import FitNets
 
-METHODS = {
-    "none": "jaxkd.methods.base:Method",  # the baseline: cross-entropy only
-    "kd": "jaxkd.methods.kd:KD",  # Hinton et al. 2015 (the KD term itself is the engine's alpha term)
-    "fitnet": "jaxkd.methods.fitnets:FitNets",  # Romero et al. 2015, hint on the second stage
-    "at": "jaxkd.methods.at:AT",  # Zagoruyko & Komodakis 2017, attention transfer
-    "crd": "jaxkd.methods.crd:CRD",  # Tian et al. 2020, contrastive representation distillation
-    "dml": "jaxkd.methods.dml:DML",  # Zhang et al. 2018, deep mutual learning (peers trained together)
-    "byot": "jaxkd.methods.byot:BYOT",  # Zhang et al. 2019, be your own teacher (self-distillation heads)
+METHODS: dict[str, type[Method]] = {
+    "none": Method,  # the baseline: cross-entropy only
+    # Hinton et al. 2015 as RepDistiller's `--distill kd`: the KD term is the engine's alpha term, so the method
+    # only asks for the teacher.
+    "kd": type("KD", (Method,), {"uses_teacher": True}),
+    "fitnet": FitNets,  # Romero et al. 2015, hint on the second stage
+    "at": AT,  # Zagoruyko & Komodakis 2017, attention transfer
+    "crd": CRD,  # Tian et al. 2020, contrastive representation distillation
+    "dml": DML,  # Zhang et al. 2018, deep mutual learning (peers trained together)
+    "byot": BYOT,  # Zhang et al. 2019, be your own teacher (self-distillation heads)
 }
 
 
 def get_method(name: str, config) -> Method:
+    """The method `name`, its settings read from `config.<name>` over its defaults."""
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
-    module_name, class_name = METHODS[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)(config)
+    return METHODS[name](name, config)
 
 
-__all__ = ["Batch", "METHODS", "Method", "MethodInit", "Probe", "TermOutput", "get_method"]
+def config_section(name: str, **overrides) -> ConfigDict:
+    """Method `name`'s config section: its defaults with `overrides` (what a recipe changes). A config holds the
+    whole section, so that every key can be overridden on the command line and is recorded in config.json."""
+    overrides = ConfigDict(overrides) if overrides else None
+    return ConfigDict(section_over_defaults(overrides and ConfigDict({name: overrides}), name,
+                                            METHODS[name].defaults))
+
+
+__all__ = ["Batch", "METHODS", "Method", "MethodInit", "Probe", "TermOutput", "apply_module", "config_section",
+           "get_method"]

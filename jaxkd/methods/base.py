@@ -2,26 +2,31 @@
 
 The engine computes, every step, `gamma * CE(student) + alpha * KD(student, teacher) + beta * term`
 (RepDistiller's -r/-a/-b). A method supplies `term` and whatever it needs:
+- settings: `defaults`, its config section's keys and RepDistiller's values; `self.settings` is
+  `config.<name>` over them (a config sets only what differs);
 - trainable modules (FitNets' regressor, CRD's embeddings, BYOT's heads, DML's peers): their variables are
   returned by `init`, trained and weight-decayed with the student, checkpointed with it;
 - non-trainable device state (CRD's memory banks): returned by `init`, threaded through every step, donated
   and checkpointed with the train state;
 - whether it needs a pretrained teacher (`uses_teacher`), whose eval-mode outputs the engine then computes.
-A new method is one file in `jaxkd/methods/` registered in `jaxkd/methods/__init__.py`; the engine does not
-change.
+The metrics it logs are the keys of `TermOutput.metrics`, found once by `initialize` (no compute). A new
+method is one file in `jaxkd/methods/` and one line in the registry, `jaxkd/methods/__init__.py`
+(docs/methods.md, "Adding a method").
 """
 
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from jaxkd.errors import UserError
 from jaxkd.models import ModelOutput
 
 
 def section_over_defaults(config, section_name: str, defaults: dict) -> dict:
-    """A method's settings: `config.<section_name>` over `defaults` (a config without the section gets the
-    defaults); a key the method does not know is a one-line UserError."""
+    """`config.<section_name>` over `defaults` (a config without the section gets the defaults); a key not in
+    `defaults` is a one-line UserError naming the known keys. An int where the default is a float counts as
+    that float (`alpha = 1`)."""
     section = config.get(section_name, None) if config is not None else None
     settings = dict(defaults)
     if section is not None:
@@ -29,7 +34,17 @@ def section_over_defaults(config, section_name: str, defaults: dict) -> dict:
         if unknown:
             raise UserError(f"unknown config.{section_name} keys {unknown}; known: {sorted(defaults)}")
         settings.update({name: section[name] for name in section.keys()})
-    return settings
+    return {name: float(value) if isinstance(defaults[name], float) and isinstance(value, int) else value
+            for name, value in settings.items()}
+
+
+def apply_module(module, variables: dict, *args, train: bool, **kwargs):
+    """(output, batch_stats) of a Flax module taking `train`: in train mode with batch statistics, returning
+    the updated running averages; in eval mode with the running statistics, returned unchanged."""
+    if train:
+        output, updates = module.apply(variables, *args, train=True, mutable=["batch_stats"], **kwargs)
+        return output, updates.get("batch_stats", {})
+    return module.apply(variables, *args, train=False, **kwargs), variables.get("batch_stats", {})
 
 
 class Batch(NamedTuple):
@@ -56,33 +71,55 @@ class Probe(NamedTuple):
 
 
 class MethodInit(NamedTuple):
-    variables: dict  # {"params": ..., "batch_stats": ...} of the method's trainable modules ({} if none)
-    state: Any  # non-trainable device state (a pytree; {} if none)
+    variables: dict = {}  # {"params": ..., "batch_stats": ...} of the method's trainable modules
+    state: Any = {}  # non-trainable device state (a pytree)
 
 
 class TermOutput(NamedTuple):
+    """What `term` returns. Batch statistics and state left None are unchanged (`completed` fills them in)."""
+
     term: jax.Array  # the scalar weighted by beta
-    batch_stats: dict  # updated batch statistics of the method's modules (those given if unchanged)
-    state: Any  # updated method state
-    metrics: dict  # extra scalars to log (names without the method prefix)
+    metrics: dict = {}  # extra scalars to log, as "<method name>_<key>"
+    batch_stats: dict | None = None  # updated batch statistics of the method's modules
+    state: Any = None  # updated method state
+
+    def completed(self, variables: dict, state) -> "TermOutput":
+        """This output with the batch statistics and state it left unchanged taken from the inputs."""
+        return self._replace(batch_stats=variables.get("batch_stats", {}) if self.batch_stats is None
+                             else self.batch_stats, state=state if self.state is None else self.state)
 
 
 class Method:
-    """Base class: a method with no term, no modules and no state (the plain baseline)."""
+    """Base class: a method with no term, no modules and no state (the plain baseline, "none").
 
-    name = "none"
+    `name` is the method's name in the registry (`config.method`), the name of its config section and the
+    prefix of its metrics."""
+
     uses_teacher = False
-    metric_names: tuple[str, ...] = ()  # the keys of TermOutput.metrics, logged as "<name>_<key>"
+    defaults: dict = {}  # config.<name>'s keys and default values
 
-    def __init__(self, config):
+    def __init__(self, name: str, config=None):
+        self.name = name
         self.config = config
+        self.settings = section_over_defaults(config, name, self.defaults)
+        self.metric_names: tuple[str, ...] | None = None  # set by `initialize`
+
+    def initialize(self, rng: jax.Array, probe: Probe) -> MethodInit:
+        """`init`, and `metric_names`: the keys of the metrics `term` returns on the probe (`jax.eval_shape`,
+        which traces `term` without computing it)."""
+        method_init = self.init(rng, probe)
+        output = jax.eval_shape(
+            lambda variables, state: self.term(variables, state, probe.student, probe.teacher, probe.batch, True),
+            method_init.variables, method_init.state)
+        self.metric_names = tuple(output.metrics)
+        return method_init
 
     def init(self, rng: jax.Array, probe: Probe) -> MethodInit:
-        return MethodInit({}, {})
+        return MethodInit()
 
     def term(self, variables: dict, state, student: ModelOutput, teacher: ModelOutput | None, batch: Batch,
              train: bool) -> TermOutput:
-        return TermOutput(jax.numpy.zeros((), jax.numpy.float32), variables.get("batch_stats", {}), state, {})
+        return TermOutput(jnp.zeros((), jnp.float32))
 
     def eval_logits(self, variables: dict, student: ModelOutput, images: jax.Array) -> dict:
         """Extra classifiers to evaluate beside the student, name -> logits (B, classes), in eval mode (running

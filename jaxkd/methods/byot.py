@@ -1,5 +1,6 @@
 """BYOT (Zhang et al., "Be Your Own Teacher: Improve the Performance of Convolutional Neural Networks via Self
-Distillation", ICCV 2019) on the seed's 3-stage family, as METHODS.md sections 7.1 and 7.3 define it.
+Distillation", ICCV 2019) on the seed's 3-stage family, after BYOT-U's `train.py` and `models/resnet.py`
+(docs/methods.md, "What each term is": BYOT).
 
 Self-distillation without a teacher: shallow classifiers (`BYOTHead`, BYOT-U's bottleneck heads) read the
 student's first two stage outputs, and the network's own classifier is the deepest one. With alpha 0.1, T 3,
@@ -18,7 +19,7 @@ Head shapes come from the probe, so every model of the family works: head s read
 its middle conv's kernel and stride k is the stage's spatial size over the last stage's (4 and 2 on CIFAR), its
 output has the pooled feature's channels (64k) and its bottleneck a quarter of that. Only modules used in the
 forward pass are built (BYOT-U's unused `downsample*_1` are not), so weight decay touches only trained tensors.
-Hyperparameters: `config.byot.alpha`, `temperature`, `feature_weight` (lambda); defaults when absent.
+Settings: `config.byot.alpha`, `temperature`, `feature_weight` (lambda), BYOT-U's values by default.
 """
 
 import warnings
@@ -29,21 +30,11 @@ import jax.numpy as jnp
 from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.errors import UserError
 from jaxkd.losses import cross_entropy
-from jaxkd.methods.base import Method, MethodInit, TermOutput, section_over_defaults
+from jaxkd.methods.base import Method, MethodInit, TermOutput, apply_module
 from jaxkd.models.heads import BYOTHead
 
-DEFAULTS = {"alpha": 0.1, "temperature": 3.0, "feature_weight": 1e-6}  # BYOT-U's train.py
 NUM_HEADS = 2  # heads on stages 1 and 2 of the 3-stage family
 HEAD_NAMES = tuple(f"head{s}" for s in range(1, NUM_HEADS + 1))
-
-
-def byot_settings(config) -> dict:
-    """`config.byot` over the defaults (a config without a `byot` section gets the defaults)."""
-    settings = {name: float(value) for name, value in section_over_defaults(config, "byot", DEFAULTS).items()}
-    if not 0.0 <= settings["alpha"] <= 1.0 or settings["temperature"] <= 0 or settings["feature_weight"] < 0:
-        raise UserError(f"config.byot needs 0 <= alpha <= 1, temperature > 0 and feature_weight >= 0 "
-                        f"(got {settings})")
-    return settings
 
 
 def soft_cross_entropy(logits, target_logits, temperature: float):
@@ -63,13 +54,14 @@ def feature_loss(feature, target_feature):
 
 
 class BYOT(Method):
-    name = "byot"
-    uses_teacher = False
-    metric_names = tuple(f"{head}_{loss}" for head in HEAD_NAMES for loss in ("ce", "soft_ce", "feature"))
+    defaults = {"alpha": 0.1, "temperature": 3.0, "feature_weight": 1e-6}  # BYOT-U's train.py
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.settings = byot_settings(config)
+    def __init__(self, name, config=None):
+        super().__init__(name, config)
+        settings = self.settings
+        if not 0.0 <= settings["alpha"] <= 1.0 or settings["temperature"] <= 0 or settings["feature_weight"] < 0:
+            raise UserError(f"config.byot needs 0 <= alpha <= 1, temperature > 0 and feature_weight >= 0 "
+                            f"(got {settings})")
         loss = config.get("loss", None) if config is not None else None
         if loss is not None and (abs(loss.gamma - (1 - self.settings["alpha"])) > 1e-12 or loss.beta != 1):
             warnings.warn(f"BYOT's loss weights the deepest CE by 1 - alpha = {1 - self.settings['alpha']:g} and "
@@ -106,12 +98,7 @@ class BYOT(Method):
         outputs, batch_stats = [], {}
         for name, head, feature in zip(HEAD_NAMES, heads, student.features):
             head_variables = {"params": variables["params"][name], "batch_stats": variables["batch_stats"][name]}
-            if train:
-                out, updates = head.apply(head_variables, feature, train=True, mutable=["batch_stats"])
-                batch_stats[name] = updates["batch_stats"]
-            else:
-                out = head.apply(head_variables, feature, train=False)
-                batch_stats[name] = head_variables["batch_stats"]
+            out, batch_stats[name] = apply_module(head, head_variables, feature, train=train)
             outputs.append(out)
         return outputs, batch_stats
 
@@ -127,7 +114,7 @@ class BYOT(Method):
             total = total + ((1 - alpha) * ce + alpha * temperature ** 2 * soft_ce
                              + self.settings["feature_weight"] * distance)
             metrics.update({f"{name}_ce": ce, f"{name}_soft_ce": soft_ce, f"{name}_feature": distance})
-        return TermOutput(total, batch_stats, state, metrics)
+        return TermOutput(total, metrics, batch_stats)
 
     def eval_logits(self, variables, student, images) -> dict:
         """The shallow heads' logits in eval mode (running statistics): {"head1": ..., "head2": ...}."""

@@ -1,5 +1,6 @@
-"""DML (Zhang et al., CVPR 2018, "Deep Mutual Learning") as the PyTorch references run it (METHODS.md section 6:
-chxy95 trainer.py, AberHu train_dml.py).
+"""DML (Zhang et al., CVPR 2018, "Deep Mutual Learning") as the PyTorch references run it
+(chxy95/Deep-Mutual-Learning `trainer.py`, AberHu/Knowledge-Distillation-Zoo `train_dml.py`; docs/methods.md,
+"What each term is": DML).
 
 K >= 2 peers learn together from one forward per batch, with simultaneous updates. Peer i's loss is
     L_i = CE(z_i, y) + 1/(K-1) * sum_{j != i} KL(sg(p_j) || p_i),   p = softmax(z), T = 1,
@@ -32,41 +33,20 @@ import jax.numpy as jnp
 from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.errors import UserError
 from jaxkd.losses import cross_entropy, kd_divergence
-from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput
+from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, apply_module
 from jaxkd.models import canonical_name, get_model
 
-SETTINGS = ("peers", "forward")
 FORWARD_MODES = ("auto", "vmap", "loop")
 
 
-def forward_mode(config) -> str:
-    """`config.dml.forward`: how a group of same-architecture peers runs. "vmap": one vmapped forward (XLA
-    grouped convolutions); "loop": one forward per peer, unrolled in the same jitted step; "auto" (default):
-    loop on CPU, where XLA's grouped convolutions are slow (2 stacked resnet8 at batch 64, forward + backward:
-    2.3 s vmapped vs 0.28 s looped), vmap on accelerators. The stacked params are the same either way."""
-    section = config.get("dml", None) if config is not None else None
-    mode = section.get("forward", "auto") if section is not None else "auto"
-    if mode not in FORWARD_MODES:
-        raise UserError(f"config.dml.forward must be one of {', '.join(FORWARD_MODES)}, got {mode!r}")
-    return mode
-
-
-def peer_architectures(config) -> tuple[str, ...]:
-    """The canonical architectures of peers 1..K-1: `config.dml.peers`, by default one peer of the student's
-    architecture (`config.model`). Comma-separated names are split (`--config.dml.peers=a,b`)."""
-    if config is None or config.get("model", None) is None:
-        raise UserError("DML needs the config: its peers default to the student's architecture, config.model")
-    section = config.get("dml", None)
-    if section is not None:
-        unknown = sorted(set(section.keys()) - set(SETTINGS))
-        if unknown:
-            raise UserError(f"unknown config.dml keys {unknown}; known: {list(SETTINGS)}")
-    peers = section.get("peers", None) if section is not None else None
+def peer_architectures(peers, student: str) -> tuple[str, ...]:
+    """The canonical architectures of peers 1..K-1: `peers` (`config.dml.peers`), by default (None) one peer of
+    the student's architecture. Comma-separated names are split (`--config.dml.peers=a,b` arrives as the
+    one-element tuple ("a,b",))."""
     if peers is None:
-        peers = (config.model,)
+        peers = (student,)
     if isinstance(peers, str):
         peers = (peers,)
-    # `--config.dml.peers=a,b` arrives as the one-element tuple ("a,b",).
     peers = tuple(name.strip() for item in peers for name in str(item).split(",") if name.strip())
     if len(peers) < 1:
         raise UserError("config.dml.peers must name at least one peer (DML needs K >= 2 networks with the "
@@ -92,19 +72,25 @@ def mutual_losses(logits: Sequence[jax.Array], labels: jax.Array, partners=None,
 class DML(Method):
     """Peers 1..K-1 as method params; the term is their CEs plus every peer's mutual-learning KL."""
 
-    name = "dml"
-    uses_teacher = False
+    # peers: architectures of peers 1..K-1 (None: one of the student's). forward: how a group of same-architecture
+    # peers runs. "vmap": one vmapped forward (XLA grouped convolutions); "loop": one forward per peer, unrolled
+    # in the same jitted step; "auto": loop on CPU, where XLA's grouped convolutions are slow (2 stacked resnet8
+    # at batch 64, forward + backward: 2.3 s vmapped vs 0.28 s looped), vmap on accelerators. The stacked params
+    # are the same either way.
+    defaults = {"peers": None, "forward": "auto"}
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.peers = peer_architectures(config)  # peer n (1-based) has architecture self.peers[n - 1]
-        self.forward_mode = forward_mode(config)
+    def __init__(self, name, config=None):
+        super().__init__(name, config)
+        if config is None or config.get("model", None) is None:
+            raise UserError("DML needs the config: its peers default to the student's architecture, config.model")
+        self.peers = peer_architectures(self.settings["peers"], config.model)  # peer n has self.peers[n - 1]
+        self.forward_mode = self.settings["forward"]
+        if self.forward_mode not in FORWARD_MODES:
+            raise UserError(f"config.dml.forward must be one of {', '.join(FORWARD_MODES)}, got "
+                            f"{self.forward_mode!r}")
         self.groups: dict[str, list[int]] = {}  # architecture -> its peers' numbers, in stacking order
         for number, arch in enumerate(self.peers, start=1):
             self.groups.setdefault(arch, []).append(number)
-        numbers = range(1, len(self.peers) + 1)
-        self.metric_names = ("peer0_kl",) + tuple(
-            f"peer{n}_{kind}" for n in numbers for kind in ("ce", "kl", "accuracy"))
 
     def _stack_slot(self, number: int) -> tuple[str, int]:
         """(architecture, index on the stacked axis) of peer `number`."""
@@ -135,12 +121,8 @@ class DML(Method):
             model = get_model(arch, variables["params"][arch]["linear"]["kernel"].shape[-1])  # its classes
 
             def forward(params, stats, model=model):
-                if train:
-                    out, updates = model.apply({"params": params, "batch_stats": stats}, images, train=True,
-                                               mutable=["batch_stats"], method=model.forward)
-                    return out.logits, updates["batch_stats"]
-                out = model.apply({"params": params, "batch_stats": stats}, images, train=False,
-                                  method=model.forward)
+                out, stats = apply_module(model, {"params": params, "batch_stats": stats}, images, train=train,
+                                          method=model.forward)
                 return out.logits, stats
 
             params, stats = variables["params"][arch], variables["batch_stats"][arch]
@@ -162,7 +144,7 @@ class DML(Method):
             metrics[f"peer{n}_ce"] = ce[n]
             metrics[f"peer{n}_kl"] = kl[n]
             metrics[f"peer{n}_accuracy"] = 100.0 * jnp.mean(jnp.argmax(z, -1) == batch.labels)
-        return TermOutput(jnp.sum(ce[1:]) + jnp.sum(kl), batch_stats, state, metrics)
+        return TermOutput(jnp.sum(ce[1:]) + jnp.sum(kl), metrics, batch_stats)
 
     def eval_logits(self, variables, student, images) -> dict:
         logits, _ = self.peer_logits(variables, images, train=False)

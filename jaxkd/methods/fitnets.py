@@ -1,61 +1,35 @@
-"""FitNets (Romero et al., "FitNets: Hints for Thin Deep Nets", 2015) as RepDistiller's `hint` runs it.
-
-A regressor `ConvReg` maps the student's hint feature onto the teacher's, and the term is their mean squared
-error (`nn.MSELoss()`: the mean over all B*H*W*C elements). RepDistiller trains in a single stage: the regressor
-is trained and weight-decayed with the student from the first step, in train mode (batch statistics). The hint
-is the second stage output, `features[1]` (RepDistiller's `--hint_layer 2`). Recipe: gamma 1, alpha 0, beta 100
-(METHODS.md section 2). Hyperparameters: `config.fitnet.hint_layer` (default 1).
-"""
+"""FitNets: hints for thin deep nets (Romero et al., ICLR 2015), as RepDistiller's `distiller_zoo/FitNet.py`
+`HintLoss` runs it (docs/methods.md, "What each term is": FitNets; recipe gamma 1, alpha 0, beta 100):
+`nn.MSELoss()` between the regressed student feature and the teacher's. The regressor (`ConvReg`, RepDistiller's
+`models/util.py`) trains with the student from the first step, in train mode, as in RepDistiller."""
 
 import jax
 import jax.numpy as jnp
 
 from jaxkd.errors import UserError
-from jaxkd.methods.base import Method, MethodInit, TermOutput
+from jaxkd.methods.base import Method, MethodInit, TermOutput, apply_module
 from jaxkd.models.heads import ConvReg
-
-DEFAULT_HINT_LAYER = 1
-
-
-def hint_loss(regressed: jax.Array, target: jax.Array) -> jax.Array:
-    """`nn.MSELoss()`: the mean over every element of (r(f_s) - f_t)^2; the teacher gets no gradient."""
-    target = jax.lax.stop_gradient(target.astype(jnp.float32))
-    return jnp.mean(jnp.square(regressed.astype(jnp.float32) - target))
 
 
 class FitNets(Method):
-    name = "fitnet"
     uses_teacher = True
+    defaults = {"hint_layer": 1}  # index into the stage outputs: the 2nd (RepDistiller's --hint_layer 2)
 
-    def __init__(self, config):
-        super().__init__(config)
-        section = config.get("fitnet") if config is not None else None
-        self.hint_layer = int(section.get("hint_layer", DEFAULT_HINT_LAYER)) if section else DEFAULT_HINT_LAYER
-
-    def _hint_features(self, student, teacher):
-        count = min(len(student.features), len(teacher.features))
-        if not 0 <= self.hint_layer < count:
-            raise UserError(f"fitnet.hint_layer {self.hint_layer} is out of range: the models have {count} "
-                            f"stage outputs (0 to {count - 1})")
-        return (student.features[self.hint_layer].astype(jnp.float32),
-                teacher.features[self.hint_layer].astype(jnp.float32))
-
-    def regressor(self, student_feature, teacher_feature) -> ConvReg:
-        """The ConvReg for these feature shapes: fixed by the shapes, so `init` and `term` build the same one."""
-        return ConvReg.between(student_feature.shape, teacher_feature.shape)
+    def hint_pair(self, student, teacher):
+        """(regressor, student feature, teacher feature) at the hint layer: the regressor follows the shapes."""
+        layer, count = self.settings["hint_layer"], min(len(student.features), len(teacher.features))
+        if not 0 <= layer < count:
+            raise UserError(f"fitnet.hint_layer {layer} is out of range: the models have {count} stage outputs "
+                            f"(0 to {count - 1})")
+        f_s, f_t = student.features[layer].astype(jnp.float32), teacher.features[layer].astype(jnp.float32)
+        return ConvReg.between(f_s.shape, f_t.shape), f_s, f_t
 
     def init(self, rng, probe) -> MethodInit:
-        student_feature, teacher_feature = self._hint_features(probe.student, probe.teacher)
-        variables = self.regressor(student_feature, teacher_feature).init(rng, student_feature, train=False)
-        return MethodInit({"params": variables["params"], "batch_stats": variables["batch_stats"]}, {})
+        regressor, f_s, _ = self.hint_pair(probe.student, probe.teacher)
+        return MethodInit(dict(regressor.init(rng, f_s, train=False)))
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
-        student_feature, teacher_feature = self._hint_features(student, teacher)
-        regressor = self.regressor(student_feature, teacher_feature)
-        if train:
-            regressed, updates = regressor.apply(variables, student_feature, train=True, mutable=["batch_stats"])
-            batch_stats = updates["batch_stats"]
-        else:
-            regressed = regressor.apply(variables, student_feature, train=False)
-            batch_stats = variables["batch_stats"]
-        return TermOutput(hint_loss(regressed, teacher_feature), batch_stats, state, {})
+        regressor, f_s, f_t = self.hint_pair(student, teacher)
+        regressed, batch_stats = apply_module(regressor, variables, f_s, train=train)
+        mse = jnp.mean(jnp.square(regressed.astype(jnp.float32) - jax.lax.stop_gradient(f_t)))  # the teacher: no grad
+        return TermOutput(mse, batch_stats=batch_stats)

@@ -1,9 +1,9 @@
-"""PyTorch reference of BYOT's shallow heads and loss, written from METHODS.md sections 7.1 and 7.3 (BYOT-U,
-luanyunteng/pytorch-be-your-own-teacher: `branchBottleNeck`, `middle_fc`, `kd_loss_function`,
-`feature_loss_function` and train.py's total loss), not from jaxkd's code. Test-only; tensors are NCHW.
+"""PyTorch reference of BYOT's shallow heads and loss, written from BYOT-U (luanyunteng/pytorch-be-your-own-teacher:
+`models/resnet.py` `branchBottleNeck`, `middle_fc`; `train.py` `kd_loss_function`, `feature_loss_function` and the
+total loss), not from jaxkd's code. Test-only; tensors are NCHW.
 
-Adapted to the 3-stage family as METHODS.md 7.3 says: heads on stages 1 and 2 with k = 4 and 2, 64k/4
-bottleneck channels and 64k output channels; the deepest classifier is the network's own.
+Adapted to the 3-stage family as docs/methods.md ("What each term is": BYOT) says: heads on stages 1 and 2 with
+k = 4 and 2, 64k/4 bottleneck channels and 64k output channels; the deepest classifier is the network's own.
 """
 
 import torch

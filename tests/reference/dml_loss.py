@@ -1,5 +1,6 @@
-"""PyTorch reference of DML's losses, the PyTorch-reference variant, written from METHODS.md section 6 (chxy95
-Deep-Mutual-Learning trainer.py; AberHu kd_losses/dml.py for K = 2), not from jaxkd's code. Test-only.
+"""PyTorch reference of DML's losses, the PyTorch-reference variant, written from chxy95/Deep-Mutual-Learning
+`trainer.py` (and AberHu/Knowledge-Distillation-Zoo `kd_losses/dml.py` for K = 2), not from jaxkd's code.
+Test-only.
 
 Every peer's logits come from one forward; peer i's loss is
     L_i = CE(z_i, y) + 1/(K-1) * sum_{j != i} KLDivLoss(batchmean)(log_softmax(z_i), softmax(z_j)),

@@ -1,5 +1,5 @@
-"""PyTorch reference of RepDistiller's CRD, written from METHODS.md section 4 (crd/criterion.py, crd/memory.py,
-dataset/cifar100.py), not from jaxkd's code; test-only and CPU-only.
+"""PyTorch reference of RepDistiller's CRD, written from RepDistiller's `crd/criterion.py`, `crd/memory.py` and
+`dataset/cifar100.py` (`CIFAR100InstanceSample`), not from jaxkd's code; test-only and CPU-only.
 
 Differences from the released code, none of which changes a number on the path RepDistiller trains with:
 - `ContrastMemory` requires `contrast_idx` (RepDistiller's CIFAR path always supplies it); the AliasMethod

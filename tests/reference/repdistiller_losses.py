@@ -1,5 +1,5 @@
-"""PyTorch references of FitNets' and AT's losses, written from METHODS.md sections 2 and 3 (RepDistiller's
-`distiller_zoo/FitNet.py`, `distiller_zoo/AT.py` and `models/util.py` `ConvReg`), not from jaxkd's code.
+"""PyTorch references of FitNets' and AT's losses, written from RepDistiller's `distiller_zoo/FitNet.py`,
+`distiller_zoo/AT.py` and `models/util.py` `ConvReg`, not from jaxkd's code.
 Test-only. Tensors are NCHW, as in PyTorch.
 """
 

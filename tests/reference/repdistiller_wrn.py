@@ -1,4 +1,4 @@
-"""RepDistiller's `models/wrn.py` WideResNet (METHODS.md section 10.1), used only by tests.
+"""RepDistiller's `models/wrn.py` WideResNet, used only by tests.
 
 Same architecture as the seed's family under other state_dict names (`conv1`, `block{g}.layer.{i}`,
 `convShortcut`, `bn1`, `fc`) and fixed 8x8 average pooling. It lets the tests produce real RepDistiller-layout

@@ -1,5 +1,6 @@
-"""PyTorch reference of jaxkd's training step, written from METHODS.md sections 1, 5 and 11 (RepDistiller's
-`train_student.py` / `helper/loops.py` / `helper/util.py` and `distiller_zoo/KD.py`), not from jaxkd's code.
+"""PyTorch reference of jaxkd's training step, written from RepDistiller's `train_student.py`,
+`helper/loops.py` `train_distill`, `helper/util.py` `adjust_learning_rate` and `distiller_zoo/KD.py`, not from
+jaxkd's code.
 
 - Optimizer: `torch.optim.SGD(student.parameters(), lr, momentum=0.9, weight_decay=5e-4, nesterov=False)`,
   weight decay on every trainable tensor (BN scales and biases included); the teacher is not in it.

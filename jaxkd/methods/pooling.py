@@ -1,0 +1,21 @@
+"""PyTorch's `F.adaptive_avg_pool2d` on NHWC, for methods that compare feature maps of different sizes (AT)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def averaging_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in): output cell i averages inputs floor(i*in/out) .. ceil((i+1)*in/out) - 1."""
+    matrix = np.zeros((size_out, size_in), np.float32)
+    for i in range(size_out):
+        start, end = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_avg_pool2d(x: jax.Array, out_h: int, out_w: int) -> jax.Array:
+    """`F.adaptive_avg_pool2d(x, (out_h, out_w))` on NHWC, as two small averaging matrices."""
+    rows = jnp.asarray(averaging_matrix(x.shape[1], out_h))
+    cols = jnp.asarray(averaging_matrix(x.shape[2], out_w))
+    return jnp.einsum("oh,bhwc,pw->bopc", rows, x, cols, precision=jax.lax.Precision.HIGHEST)

@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxkd import distributed
 from jaxkd.compile_options import compiler_options
-from jaxkd.data.augment import normalize
+from jaxkd.data.augment import NORMALIZATIONS, normalize
 from jaxkd.data.cifar100c import SEVERITIES, Cifar100C
 from jaxkd.errors import UserError, run_command
 from jaxkd.mesh import batch_sharded, data_mesh, process_rows, replicated
@@ -239,7 +239,8 @@ def readable_corruptions(c100c: Cifar100C) -> tuple[tuple[str, ...], dict[str, s
 
 
 def evaluate_cifar100c(model, variables, c100c: Cifar100C, batch_size: int = DEFAULT_BATCH_SIZE, *,
-                       mesh: jax.sharding.Mesh | None = None, progress: Progress | None = None) -> dict:
+                       mesh: jax.sharding.Mesh | None = None, progress: Progress | None = None,
+                       normalization: str = "seed") -> dict:
     """Accuracy on every available CIFAR-100-C corruption x severity, per-corruption means and the overall mean.
 
     Returns dict(top1, top5: means over every evaluated corruption x severity (percent),
@@ -253,7 +254,7 @@ def evaluate_cifar100c(model, variables, c100c: Cifar100C, batch_size: int = DEF
         raise UserError(f"CIFAR-100-C has {CIFAR100C_CLASSES} classes, but the model has {num_classes}")
     check_labels(c100c.labels, num_classes, f"CIFAR-100-C {c100c.directory}")
     batch_size = _round_batch_size(batch_size, mesh)
-    step, variables = eval_step_for(model, mesh), place_variables(variables, mesh)
+    step, variables = eval_step_for(model, mesh, normalization), place_variables(variables, mesh)
     evaluated, unreadable = readable_corruptions(c100c)
     corruptions = {}
     for corruption in evaluated:
@@ -367,13 +368,14 @@ def run(args) -> dict:
     from tqdm import tqdm
 
     from jaxkd import __version__
-    from jaxkd.model_checkpoint import load_model
+    from jaxkd.model_checkpoint import input_normalization, load_model_and_metadata
     from jaxkd.models import get_model
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     out = check_output(args.out, args.force) if args.out else None
     check_batch_size(args.batch_size)
-    variables, arch, num_classes = load_model(args.checkpoint, arch=args.arch)
+    variables, arch, num_classes, metadata = load_model_and_metadata(args.checkpoint, arch=args.arch)
+    normalization = args.normalization or input_normalization(metadata)
     model = get_model(arch, num_classes)
     models = {str(args.checkpoint): num_classes}
     c100c, evaluated = None, ()
@@ -387,10 +389,11 @@ def run(args) -> dict:
     with tqdm(total=total, unit="img", desc="evaluating", leave=False, dynamic_ncols=True,
               disable=True if args.quiet or not distributed.is_primary() else None) as bar:
         clean = evaluate_split(model, placed, split.images, split.labels, args.batch_size, mesh=mesh,
-                               progress=bar.update)
+                               progress=bar.update, normalization=normalization)
         robust = None
         if c100c is not None:
-            robust = evaluate_cifar100c(model, placed, c100c, args.batch_size, mesh=mesh, progress=bar.update)
+            robust = evaluate_cifar100c(model, placed, c100c, args.batch_size, mesh=mesh, progress=bar.update,
+                                        normalization=normalization)
 
     results = {
         "checkpoint": str(args.checkpoint),
@@ -398,6 +401,7 @@ def run(args) -> dict:
         "num_classes": num_classes,
         "dataset": f"{args.source} test",
         "batch_size": args.batch_size,
+        "normalization": normalization,
         "devices": f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
         "clean": clean,
         "cifar100c": robust,
@@ -432,6 +436,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="the source's data directory (see docs/data.md)")
     parser.add_argument("--download", action="store_true", help="fetch or prepare the clean data if absent")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--normalization", choices=tuple(NORMALIZATIONS),
+                        help="the mean/std the images are normalized with (default: the model's training run's, "
+                             "from its metadata; the seed's for a .pth)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     distributed.add_process_arguments(parser)
 

@@ -96,7 +96,13 @@ def resolve_model_dir(path) -> Path:
 
 def load_model(path, arch: str | None = None) -> tuple[dict, str, int]:
     """(variables, architecture, num_classes) from a model checkpoint directory, a training workdir (its final
-    `model/`) or a `.pth` file.
+    `model/`) or a `.pth` file: `load_model_and_metadata` without the metadata."""
+    return load_model_and_metadata(path, arch)[:3]
+
+
+def load_model_and_metadata(path, arch: str | None = None) -> tuple[dict, str, int, dict | None]:
+    """(variables, architecture, num_classes, metadata) from a model checkpoint directory, a training workdir
+    (its final `model/`) or a `.pth` file (metadata None).
 
     A `.pth` (seed or RepDistiller layout) is converted in memory, its architecture inferred from the shapes
     unless `arch` is given; for a checkpoint directory the architecture comes from its metadata, and an `arch`
@@ -111,10 +117,16 @@ def load_model(path, arch: str | None = None) -> tuple[dict, str, int]:
         stored = metadata["arch"]
         if arch is not None and canonical_name(arch) != canonical_name(stored):
             raise UserError(f"{path}: holds a {stored}, not a {canonical_name(arch)}")
-        return variables, stored, int(metadata["num_classes"])
+        return variables, stored, int(metadata["num_classes"]), metadata
     if not path.exists():
         raise UserError(f"{path}: no such file or checkpoint directory")
     from convert.converter import import_torch  # needs torch, only for .pth files
 
     imported = import_torch(path, arch=arch)
-    return imported.variables, imported.arch, imported.num_classes
+    return imported.variables, imported.arch, imported.num_classes, None
+
+
+def input_normalization(metadata: dict | None) -> str:
+    """The mean/std (jaxkd.data.augment.NORMALIZATIONS) a model's inputs were normalized with in training: its
+    metadata says it (jaxkd.train writes it); otherwise the seed's, as for the seed's released `.pth` files."""
+    return (metadata or {}).get("normalization", "seed")

@@ -111,20 +111,16 @@ def parse_labels(labels: list[str], checkpoints: list[str]) -> dict[str, str]:
 
 def load_entry(argument: str, label: str | None = None) -> Entry:
     """Loads a checkpoint argument (model checkpoint directory, training workdir, .pth) with its metadata."""
-    from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, load_model, load_model_checkpoint, resolve_model_dir
+    from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, load_model_and_metadata, resolve_model_dir
     from jaxkd.models import canonical_name
 
     path = Path(argument).expanduser()
+    variables, arch, num_classes, metadata = load_model_and_metadata(path)
     if path.is_dir():
-        path = resolve_model_dir(path)  # as load_model does, but keeping the metadata (it names the method)
-        variables, metadata = load_model_checkpoint(path)
-        arch, num_classes = canonical_name(metadata["arch"]), int(metadata["num_classes"])
-        named = path.parent if path.name == TRAINED_MODEL_DIR else path
-    else:
-        variables, arch, num_classes = load_model(path)
-        metadata, named = None, path
-    return Entry(argument, variables, arch, num_classes, metadata, label or method_name(metadata, named),
-                 path.absolute())
+        path = resolve_model_dir(path)
+    named = path.parent if path.name == TRAINED_MODEL_DIR and metadata is not None else path
+    return Entry(argument, variables, canonical_name(arch), num_classes, metadata,
+                 label or method_name(metadata, named), path.absolute())
 
 
 # --------------------------------------------------------------------------------------------- reporting
@@ -174,6 +170,7 @@ def run(args) -> dict:
     from jaxkd import __version__
     from jaxkd.data.cifar100c import SEVERITIES
     from jaxkd.mesh import data_mesh
+    from jaxkd.model_checkpoint import input_normalization
     from jaxkd.models import get_model
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
@@ -198,10 +195,11 @@ def run(args) -> dict:
             bar.set_description(entry.argument)
             model = get_model(entry.arch, entry.num_classes)
             placed = place_variables(entry.variables, mesh)
+            normalization = args.normalization or input_normalization(entry.metadata)
             clean = evaluate_split(model, placed, split.images, split.labels, args.batch_size, mesh=mesh,
-                                   progress=bar.update)
-            robust = (evaluate_cifar100c(model, placed, c100c, args.batch_size, mesh=mesh, progress=bar.update)
-                      if c100c is not None else None)
+                                   progress=bar.update, normalization=normalization)
+            robust = (evaluate_cifar100c(model, placed, c100c, args.batch_size, mesh=mesh, progress=bar.update,
+                                         normalization=normalization) if c100c is not None else None)
             entry.variables = None  # evaluated: let it go
             results = {  # the same record `python -m jaxkd.evaluate --out` writes
                 "checkpoint": entry.argument,
@@ -209,6 +207,7 @@ def run(args) -> dict:
                 "num_classes": entry.num_classes,
                 "dataset": f"{args.source} test",
                 "batch_size": args.batch_size,
+                "normalization": normalization,
                 "devices": devices,
                 "clean": clean,
                 "cifar100c": robust,

@@ -100,11 +100,14 @@ WRITTEN_CORRUPTIONS = ("brightness", "fog", "zoom_blur")
 # torchvision's ToTensor + Normalize with the seed's constants, written out independently of jaxkd.
 MEAN = torch.tensor([129.3 / 255, 124.07 / 255, 112.43 / 255], dtype=torch.float32)
 STD = torch.tensor([68.17 / 255, 65.39 / 255, 70.42 / 255], dtype=torch.float32)
+# RepDistiller's dataset/cifar100.py constants
+REPDISTILLER_MEAN_STD = (torch.tensor([0.5071, 0.4867, 0.4408]), torch.tensor([0.2675, 0.2565, 0.2761]))
 
 
-def torch_logits(model, images_uint8) -> np.ndarray:
+def torch_logits(model, images_uint8, mean_std=(MEAN, STD)) -> np.ndarray:
+    mean, std = mean_std
     x = nchw(images_uint8).float().div(255)
-    x = (x - MEAN[:, None, None]) / STD[:, None, None]
+    x = (x - mean[:, None, None]) / std[:, None, None]
     model.eval()
     with torch.no_grad():
         return model(x)[1].numpy()

@@ -20,9 +20,10 @@ from jaxkd.data.sources import load_split
 from jaxkd.errors import UserError
 from jaxkd.model_checkpoint import save_model_checkpoint
 from jaxkd.models import get_model
-from tests.conftest import (BATCH, BLOCK, WRITTEN_CORRUPTIONS, assert_matches_reference, assert_one_line_error,
-                            labels_half_right, random_images, randomized_torch_model, spread_model, torch_logits,
-                            write_cifar100_python, write_cifar100c)
+from tests.conftest import (BATCH, BLOCK, MEAN, REPDISTILLER_MEAN_STD, STD, WRITTEN_CORRUPTIONS,
+                            assert_matches_reference, assert_one_line_error, labels_half_right, random_images,
+                            randomized_torch_model, spread_model, torch_logits, write_cifar100_python,
+                            write_cifar100c)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,24 @@ def test_cli_on_digits_agrees_with_the_pytorch_model(form, tmp_path, capsys):
     assert_matches_reference(results["clean"], logits, test.labels)
     assert f"| digits test | {results['clean']['top1']:.2f} |" in stdout
     assert sorted(p.name for p in out.parent.iterdir()) == ["digits.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("override", [None, "seed"])
+def test_cli_normalizes_with_the_training_runs_constants_unless_told(override, tmp_path, capsys):
+    """A checkpoint whose run used RepDistiller's mean/std (its metadata says so) is evaluated with them, as
+    PyTorch with those constants computes; `--normalization` overrides the metadata."""
+    test = load_split("digits", "test")
+    torch_model = spread_model(10, seed=6, images_uint8=test.images)
+    checkpoint = save_model_checkpoint(tmp_path / "model", convert.torch_to_flax(torch_model.state_dict()),
+                                       {"arch": "resnet8", "num_classes": 10, "normalization": "repdistiller"})
+    out = tmp_path / "digits.json"
+    code, _, err = run_cli(["--checkpoint", checkpoint, "--source", "digits", "--batch-size", BATCH, "--out", out]
+                           + (["--normalization", override] if override else []), capsys)
+    assert code == 0, err
+    results = json.loads(out.read_text())
+    assert results["normalization"] == (override or "repdistiller")
+    mean_std = (MEAN, STD) if override == "seed" else REPDISTILLER_MEAN_STD
+    assert_matches_reference(results["clean"], torch_logits(torch_model, test.images, mean_std), test.labels)
 
 
 def test_cli_with_cifar100c_reports_missing_corruptions_and_writes_every_number(model100, tmp_path, rng, capsys):

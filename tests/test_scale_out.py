@@ -171,7 +171,10 @@ def test_only_process_0_writes_metrics_messages_and_exports(runs):
     assert stdout_0.count("final test top-1") == 1 and stdout_0.count("epoch 1/1") == 1
     assert "top-1" not in stdout_1 and "wrote" not in stdout_1
     names = sorted(path.name for path in runs["two"].iterdir())
-    assert names == ["checkpoints", "config.json", "metrics.jsonl", "model", "student.pth", "tensorboard"], names
+    # .lock: process 0 holds the workdir for the run (one live run per workdir)
+    assert names == [".lock", "checkpoints", "config.json", "metrics.jsonl", "model", "student.pth",
+                     "tensorboard"], names
+    assert "pid " in (runs["two"] / ".lock").read_text()
     exported = torch.load(runs["two"] / "student.pth", weights_only=True)
     model = get_torch_model("resnet8", 10)
     model.load_state_dict(exported)  # strict

@@ -66,7 +66,8 @@ from jaxkd.mesh import replicated
 from jaxkd.methods import METHODS, get_method
 from jaxkd.models import canonical_name, get_model
 from jaxkd.safe_write import check_output_directory
-from jaxkd.train import COMPUTE_DTYPES, Setup, Teacher, build, create_train_state, train_programs, zero_sums
+from jaxkd.train import (COMPUTE_DTYPES, Setup, Teacher, build, create_train_state, make_train_step, train_programs,
+                         zero_sums)
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
@@ -210,16 +211,25 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
         compile_s[num_steps] = time.perf_counter() - start
         if num_steps == 1:
             step_flops = lowered_flops(lowered)
+    if setup.partial_last_batch:  # the epoch's last step, on the partial batch the pipeline keeps
+        with cpu_ynn_setting(cpu_ynn):
+            last_program = make_train_step(setup, config, batch_size=setup.last_batch_size)
+        compiled["last"] = last_program.lower(carry["state"], carry["sums"], teacher_variables, *data,
+                                              permutation).compile()
     # XLA counts one device's program: times the devices, for the whole step (the replicated optimizer
     # update is then counted once per device, as it is computed)
     flops = step_flops * setup.mesh.devices.size if step_flops else 0.0
 
-    def run_plan(num_steps, steps_per_epoch, log_every_steps, permutation_):
+    def run_plan(num_steps, steps_per_epoch, log_every_steps, permutation_, as_epoch=False):
         """Runs `num_steps` steps on the state in `carry` by the engine's `dispatch_plan` (steps counted from 0
-        here), fetching the metric sums where it says."""
+        here), fetching the metric sums where it says; `as_epoch`: the epoch's last step is the partial batch's
+        program when the pipeline keeps one, as in `jaxkd.train`."""
         state, sums = carry["state"], carry["sums"]
-        for size, fetch in dispatch_plan(0, num_steps, steps_per_epoch, log_every_steps, chunk):
-            state, sums = compiled[size](state, sums, teacher_variables, *data, permutation_)
+        last_alone, position = as_epoch and setup.partial_last_batch, 0
+        for size, fetch in dispatch_plan(0, num_steps, steps_per_epoch, log_every_steps, chunk, last_alone):
+            program = compiled["last" if last_alone and position == steps_per_epoch - 1 else size]
+            state, sums = program(state, sums, teacher_variables, *data, permutation_)
+            position += size
             if fetch:
                 jax.device_get(sums)
                 sums = zero_sums(setup)
@@ -227,9 +237,11 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
         carry["state"], carry["sums"] = state, sums
 
     start = time.perf_counter()
-    for num_steps in compiled:  # every program runs once before timing
+    for num_steps in (1, chunk):  # every program runs once before timing
         warm = max(warmup_steps, num_steps)
         run_plan(warm, warm, warm, permutation)
+    if setup.partial_last_batch:
+        run_plan(2, 2, 2, permutation, as_epoch=True)  # a 2-step "epoch": its second step is the partial batch's
     first_steps_s = time.perf_counter() - start
 
     def run_steps():
@@ -244,7 +256,7 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
         """An epoch as jaxkd.train's loop runs it; the state's step need not be at an epoch boundary (the
         step reads its batch position from the state), which changes nothing in the work done."""
         start = time.perf_counter()
-        run_plan(spe, spe, log_every, permutation_of(base_key, 1))
+        run_plan(spe, spe, log_every, permutation_of(base_key, 1), as_epoch=True)
         return time.perf_counter() - start
 
     batch = config.batch_size
@@ -253,8 +265,10 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
                       "warmup_s": first_steps_s, "steps": steps, "steps_per_dispatch": chunk,
                       "flops_per_step": flops,
                       "compiler_options": options, "cpu_ynn": options is not None})
-    epoch_part = Part("jaxkd epoch", spe * batch, run_epoch, flops / batch if flops else None,
-                      {"steps": spe, "log_every_steps": log_every, "steps_per_dispatch": chunk})
+    epoch_images = (spe - 1) * batch + setup.last_batch_size if setup.partial_last_batch else spe * batch
+    epoch_part = Part("jaxkd epoch", epoch_images, run_epoch, flops / batch if flops else None,
+                      {"steps": spe, "log_every_steps": log_every, "steps_per_dispatch": chunk,
+                       "last_batch_size": setup.last_batch_size or batch})
     return step_part, epoch_part
 
 

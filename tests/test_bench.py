@@ -17,7 +17,7 @@ from jaxkd.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--config.model=resnet8", "--config.teacher.arch=resnet8", "--config.batch_size=16", "--steps=2",
-        "--repeats=1", "--warmup_steps=1", "--epoch_images=64", "--torch_threads=1"]
+        "--repeats=1", "--warmup_steps=1", "--epoch_images=72", "--torch_threads=1"]
 
 
 def torch_flops(arch: str, batch: int, train: bool) -> int:
@@ -51,6 +51,9 @@ def test_tiny_bench_writes_a_record_per_method(tmp_path, capsys, monkeypatch):
         for part in ("jaxkd step", "torch step", "jaxkd epoch"):
             assert record["results"][part]["images_per_s"] > 0, (method, part)
         assert record["results"]["jaxkd step"]["flops_per_step"] > 0
+        # kd_wrn's RepDistiller pipeline keeps the last partial batch: 72 images are 4 steps of 16 and one of 8
+        epoch = record["results"]["jaxkd epoch"]
+        assert (epoch["steps"], epoch["last_batch_size"], epoch["images_per_repeat"]) == (5, 8, 72)
         assert record["results"]["ratio_jaxkd_over_torch"] > 0
         assert record["threads"]["torch_num_threads"] == 1
         assert "test" in record["notes"]

@@ -19,9 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxkd.models.batchnorm import BatchNorm
 from jaxkd.models.output import FeatureModel, ModelOutput, classify
-from jaxkd.models.torch_layers import conv, kaiming_fan_out
+from jaxkd.models.torch_layers import batch_norm, conv, kaiming_fan_out
 
 # (expansion t, channels c, blocks n, first stride s) per group, before the width multiplier; t = T for all but
 # the first group.
@@ -41,13 +40,12 @@ class InvertedResidual(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        norm = lambda name, y: BatchNorm(name=name)(y, use_running_average=not train)  # noqa: E731
         kw = dict(kernel_init=kaiming_fan_out, dtype=self.dtype)
         hidden = x.shape[-1] * self.expansion
-        out = nn.relu(norm("conv.1", conv(x, hidden, 1, "conv.0", **kw)))
-        out = nn.relu(norm("conv.4", conv(out, hidden, 3, "conv.3", stride=self.stride, padding=1,
-                                          groups=hidden, **kw)))
-        out = norm("conv.7", conv(out, self.features, 1, "conv.6", **kw))
+        out = nn.relu(batch_norm(conv(x, hidden, 1, "conv.0", **kw), "conv.1", train))
+        out = conv(out, hidden, 3, "conv.3", stride=self.stride, padding=1, groups=hidden, **kw)
+        out = nn.relu(batch_norm(out, "conv.4", train))
+        out = batch_norm(conv(out, self.features, 1, "conv.6", **kw), "conv.7", train)
         return x + out if self.stride == 1 and x.shape[-1] == self.features else out
 
 
@@ -61,10 +59,9 @@ class MobileNetV2(FeatureModel):
 
     @nn.compact
     def forward(self, x, train: bool = False) -> ModelOutput:
-        norm = lambda name, y: BatchNorm(name=name)(y, use_running_average=not train)  # noqa: E731
         kw = dict(kernel_init=kaiming_fan_out, dtype=self.dtype)
         x = conv(x.astype(self.dtype), int(32 * self.width), 3, "conv1.0", stride=2, padding=1, **kw)
-        x = nn.relu(norm("conv1.1", x))
+        x = nn.relu(batch_norm(x, "conv1.1", train))
         stem, features = x, []
         for group, (t, c, n, s) in enumerate(SETTINGS):
             for i in range(n):
@@ -73,6 +70,6 @@ class MobileNetV2(FeatureModel):
             if group in FEATURE_GROUPS:
                 features.append(x)
         last = int(LAST_CHANNELS * self.width) if self.width > 1.0 else LAST_CHANNELS
-        x = nn.relu(norm("conv2.1", conv(x, last, 1, "conv2.0", **kw)))
+        x = nn.relu(batch_norm(conv(x, last, 1, "conv2.0", **kw), "conv2.1", train))
         return classify(self, x, stem, features, list(features), "classifier.0",
                         kernel_init=jax.nn.initializers.normal(0.01), bias_init=nn.initializers.zeros)

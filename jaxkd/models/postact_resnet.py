@@ -17,9 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxkd.models.batchnorm import BatchNorm
 from jaxkd.models.output import FeatureModel, ModelOutput, classify
-from jaxkd.models.torch_layers import conv, kaiming_fan_out
+from jaxkd.models.torch_layers import batch_norm, conv, kaiming_fan_out
 
 
 class PostActBlock(nn.Module):
@@ -31,13 +30,12 @@ class PostActBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        norm = lambda name, y: BatchNorm(name=name)(y, use_running_average=not train)  # noqa: E731
         kw = dict(kernel_init=kaiming_fan_out, dtype=self.dtype)
         out = conv(x, self.features, 3, "conv1", stride=self.stride, padding=1, **kw)
-        out = nn.relu(norm("bn1", out))
-        out = norm("bn2", conv(out, self.features, 3, "conv2", padding=1, **kw))
+        out = nn.relu(batch_norm(out, "bn1", train))
+        out = batch_norm(conv(out, self.features, 3, "conv2", padding=1, **kw), "bn2", train)
         if self.stride != 1 or x.shape[-1] != self.features:
-            x = norm("downsample.1", conv(x, self.features, 1, "downsample.0", stride=self.stride, **kw))
+            x = batch_norm(conv(x, self.features, 1, "downsample.0", stride=self.stride, **kw), "downsample.1", train)
         preact = out + x
         return nn.relu(preact), preact
 
@@ -55,7 +53,7 @@ class PostActResNet(FeatureModel):
         blocks_per_stage = (self.depth - 2) // 6
         x = conv(x.astype(self.dtype), self.filters[0], 3, "conv1", padding=1, kernel_init=kaiming_fan_out,
                  dtype=self.dtype)
-        x = nn.relu(BatchNorm(name="bn1")(x, use_running_average=not train))
+        x = nn.relu(batch_norm(x, "bn1", train))
         stem, features, preacts = x, [], []
         for stage, (channels, stride) in enumerate(zip(self.filters[1:], (1, 2, 2)), start=1):
             for i in range(blocks_per_stage):

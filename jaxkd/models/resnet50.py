@@ -16,9 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxkd.models.batchnorm import BatchNorm
 from jaxkd.models.output import FeatureModel, ModelOutput, classify
-from jaxkd.models.torch_layers import conv, kaiming_fan_out
+from jaxkd.models.torch_layers import batch_norm, conv, kaiming_fan_out
 
 EXPANSION = 4
 
@@ -32,13 +31,14 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        norm = lambda name, y: BatchNorm(name=name)(y, use_running_average=not train)  # noqa: E731
         kw = dict(kernel_init=kaiming_fan_out, dtype=self.dtype)
-        out = nn.relu(norm("bn1", conv(x, self.planes, 1, "conv1", **kw)))
-        out = nn.relu(norm("bn2", conv(out, self.planes, 3, "conv2", stride=self.stride, padding=1, **kw)))
-        out = norm("bn3", conv(out, self.planes * EXPANSION, 1, "conv3", **kw))
+        out = nn.relu(batch_norm(conv(x, self.planes, 1, "conv1", **kw), "bn1", train))
+        out = conv(out, self.planes, 3, "conv2", stride=self.stride, padding=1, **kw)
+        out = nn.relu(batch_norm(out, "bn2", train))
+        out = batch_norm(conv(out, self.planes * EXPANSION, 1, "conv3", **kw), "bn3", train)
         if self.stride != 1 or x.shape[-1] != self.planes * EXPANSION:
-            x = norm("shortcut.1", conv(x, self.planes * EXPANSION, 1, "shortcut.0", stride=self.stride, **kw))
+            x = conv(x, self.planes * EXPANSION, 1, "shortcut.0", stride=self.stride, **kw)
+            x = batch_norm(x, "shortcut.1", train)
         preact = out + x
         return nn.relu(preact), preact
 
@@ -53,7 +53,7 @@ class ResNet50(FeatureModel):
     @nn.compact
     def forward(self, x, train: bool = False) -> ModelOutput:
         x = conv(x.astype(self.dtype), 64, 3, "conv1", padding=1, kernel_init=kaiming_fan_out, dtype=self.dtype)
-        x = nn.relu(BatchNorm(name="bn1")(x, use_running_average=not train))
+        x = nn.relu(batch_norm(x, "bn1", train))
         stem, features, preacts = x, [], []
         for stage, (blocks, planes, stride) in enumerate(zip(self.blocks, (64, 128, 256, 512), (1, 2, 2, 2)), 1):
             for i in range(blocks):

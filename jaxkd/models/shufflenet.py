@@ -18,9 +18,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxkd.models.batchnorm import BatchNorm
 from jaxkd.models.output import FeatureModel, ModelOutput, classify
-from jaxkd.models.torch_layers import channel_shuffle, conv
+from jaxkd.models.torch_layers import batch_norm, channel_shuffle, conv
 
 STEM_CHANNELS = 24
 
@@ -42,14 +41,13 @@ class ShuffleV1Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        norm = lambda name, y: BatchNorm(name=name)(y, use_running_average=not train)  # noqa: E731
         mid = self.features // 4
         first_groups = 1 if x.shape[-1] == STEM_CHANNELS else self.groups
-        out = nn.relu(norm("bn1", conv(x, mid, 1, "conv1", groups=first_groups, dtype=self.dtype)))
+        out = nn.relu(batch_norm(conv(x, mid, 1, "conv1", groups=first_groups, dtype=self.dtype), "bn1", train))
         out = channel_shuffle(out, first_groups)
-        out = nn.relu(norm("bn2", conv(out, mid, 3, "conv2", stride=self.stride, padding=1, groups=mid,
-                                       dtype=self.dtype)))
-        out = norm("bn3", conv(out, self.features, 1, "conv3", groups=self.groups, dtype=self.dtype))
+        out = conv(out, mid, 3, "conv2", stride=self.stride, padding=1, groups=mid, dtype=self.dtype)
+        out = nn.relu(batch_norm(out, "bn2", train))
+        out = batch_norm(conv(out, self.features, 1, "conv3", groups=self.groups, dtype=self.dtype), "bn3", train)
         if self.stride == 2:
             preact = jnp.concatenate([out, avg_pool_3x3_stride2(x)], axis=-1)
         else:
@@ -65,13 +63,14 @@ class ShuffleV2DownBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        norm = lambda name, y: BatchNorm(name=name)(y, use_running_average=not train)  # noqa: E731
         mid, channels = self.features // 2, x.shape[-1]
-        left = norm("bn1", conv(x, channels, 3, "conv1", stride=2, padding=1, groups=channels, dtype=self.dtype))
-        left = nn.relu(norm("bn2", conv(left, mid, 1, "conv2", dtype=self.dtype)))
-        right = nn.relu(norm("bn3", conv(x, mid, 1, "conv3", dtype=self.dtype)))
-        right = norm("bn4", conv(right, mid, 3, "conv4", stride=2, padding=1, groups=mid, dtype=self.dtype))
-        right = nn.relu(norm("bn5", conv(right, mid, 1, "conv5", dtype=self.dtype)))
+        left = conv(x, channels, 3, "conv1", stride=2, padding=1, groups=channels, dtype=self.dtype)
+        left = batch_norm(left, "bn1", train)
+        left = nn.relu(batch_norm(conv(left, mid, 1, "conv2", dtype=self.dtype), "bn2", train))
+        right = nn.relu(batch_norm(conv(x, mid, 1, "conv3", dtype=self.dtype), "bn3", train))
+        right = conv(right, mid, 3, "conv4", stride=2, padding=1, groups=mid, dtype=self.dtype)
+        right = batch_norm(right, "bn4", train)
+        right = nn.relu(batch_norm(conv(right, mid, 1, "conv5", dtype=self.dtype), "bn5", train))
         return channel_shuffle(jnp.concatenate([left, right], axis=-1), 2)
 
 
@@ -83,12 +82,11 @@ class ShuffleV2Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        norm = lambda name, y: BatchNorm(name=name)(y, use_running_average=not train)  # noqa: E731
         half = x.shape[-1] // 2
         x1, x2 = x[..., :half], x[..., half:]
-        out = nn.relu(norm("bn1", conv(x2, half, 1, "conv1", dtype=self.dtype)))
-        out = norm("bn2", conv(out, half, 3, "conv2", padding=1, groups=half, dtype=self.dtype))
-        branch = norm("bn3", conv(out, half, 1, "conv3", dtype=self.dtype))
+        out = nn.relu(batch_norm(conv(x2, half, 1, "conv1", dtype=self.dtype), "bn1", train))
+        out = batch_norm(conv(out, half, 3, "conv2", padding=1, groups=half, dtype=self.dtype), "bn2", train)
+        branch = batch_norm(conv(out, half, 1, "conv3", dtype=self.dtype), "bn3", train)
         out = channel_shuffle(jnp.concatenate([x1, nn.relu(branch)], axis=-1), 2)
         return out, jnp.concatenate([x1, branch], axis=-1)
 
@@ -105,7 +103,7 @@ class ShuffleNetV1(FeatureModel):
     @nn.compact
     def forward(self, x, train: bool = False) -> ModelOutput:
         x = conv(x.astype(self.dtype), STEM_CHANNELS, 1, "conv1", dtype=self.dtype)
-        x = nn.relu(BatchNorm(name="bn1")(x, use_running_average=not train))
+        x = nn.relu(batch_norm(x, "bn1", train))
         stem, features, preacts = x, [], []
         for stage, (width, blocks) in enumerate(zip(self.widths, self.blocks), start=1):
             for i in range(blocks):
@@ -128,8 +126,7 @@ class ShuffleNetV2(FeatureModel):
 
     @nn.compact
     def forward(self, x, train: bool = False) -> ModelOutput:
-        norm = lambda name, y: BatchNorm(name=name)(y, use_running_average=not train)  # noqa: E731
-        x = nn.relu(norm("bn1", conv(x.astype(self.dtype), STEM_CHANNELS, 1, "conv1", dtype=self.dtype)))
+        x = nn.relu(batch_norm(conv(x.astype(self.dtype), STEM_CHANNELS, 1, "conv1", dtype=self.dtype), "bn1", train))
         stem, features, preacts = x, [], []
         for stage, (width, blocks) in enumerate(zip(self.widths, self.blocks), start=1):
             x = ShuffleV2DownBlock(width, self.dtype, name=f"layer{stage}.0")(x, train)
@@ -137,5 +134,5 @@ class ShuffleNetV2(FeatureModel):
                 x, preact = ShuffleV2Block(self.dtype, name=f"layer{stage}.{i}")(x, train)
             features.append(x)
             preacts.append(preact)
-        x = nn.relu(norm("bn2", conv(x, self.last_channels, 1, "conv2", dtype=self.dtype)))
+        x = nn.relu(batch_norm(conv(x, self.last_channels, 1, "conv2", dtype=self.dtype), "bn2", train))
         return classify(self, x, stem, features, preacts, "linear")

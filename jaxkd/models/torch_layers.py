@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxkd.models.batchnorm import BatchNorm
+
 # torch.nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu"), also written normal_(0, sqrt(2 / n)) with
 # n = kH * kW * out_channels: N(0, 2 / fan_out).
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -47,6 +49,12 @@ def linear(x, features: int, name: str, *, kernel_init=torch_default_kernel, bia
     """`torch.nn.Linear(in, features)` (kernel = weight.T); `bias_init` defaults to PyTorch's."""
     bias_init = bias_init or torch_uniform(x.shape[-1])
     return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype, name=name)(x)
+
+
+def batch_norm(x, name: str, train: bool):
+    """`torch.nn.BatchNorm2d` with PyTorch's semantics (`jaxkd.models.batchnorm`): batch statistics and a running
+    update when `train`, the running statistics otherwise."""
+    return BatchNorm(name=name)(x, use_running_average=not train)
 
 
 def global_average_pool(x):

@@ -17,9 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxkd.models.batchnorm import BatchNorm
 from jaxkd.models.output import FeatureModel, ModelOutput, classify
-from jaxkd.models.torch_layers import conv, kaiming_fan_out
+from jaxkd.models.torch_layers import batch_norm, conv, kaiming_fan_out
 
 # Channels of each conv, per block (RepDistiller's cfg 'S', 'A', 'B', 'D', 'E').
 CONFIGS = {
@@ -49,7 +48,7 @@ class VGG(FeatureModel):
                 x = nn.relu(x)
             x = conv(x, channels, 3, f"block{index}.{3 * j}", padding=1, bias=True, kernel_init=kaiming_fan_out,
                      bias_init=nn.initializers.zeros, dtype=self.dtype)
-            x = BatchNorm(name=f"block{index}.{3 * j + 1}")(x, use_running_average=not train)
+            x = batch_norm(x, f"block{index}.{3 * j + 1}", train)
         return x
 
     @nn.compact

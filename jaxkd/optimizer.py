@@ -62,6 +62,10 @@ def base_learning_rate(config) -> float:
     (Goyal et al. 2017's rule for large global batches; no warm-up is added). Off by default: the seed's
     recipe is lr 0.05 at batch 64."""
     opt = config.optimizer
+    if not opt.lr > 0 or not 0 <= opt.momentum < 1 or opt.weight_decay < 0 or not 0 < opt.lr_decay_rate <= 1:
+        raise UserError(f"optimizer: lr must be positive, momentum in [0, 1), weight_decay non-negative and "
+                        f"lr_decay_rate in (0, 1]; got lr {opt.lr}, momentum {opt.momentum}, weight_decay "
+                        f"{opt.weight_decay}, lr_decay_rate {opt.lr_decay_rate}")
     if opt.lr_scaling not in LR_SCALINGS:
         raise UserError(f"optimizer.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {opt.lr_scaling!r}")
     if opt.lr_scaling == "linear":

@@ -113,12 +113,22 @@ def check_config(config, mesh) -> None:
     base_learning_rate(config)  # checks the lr scaling settings
 
 
-def load_teacher(config, method: Method, num_classes: int) -> Teacher | None:
+def check_teacher_path(config, method: Method) -> None:
+    """A teacher the method needs and the config does not name, or names but is not there: one line, before
+    the data is loaded."""
     if not method.uses_teacher:
-        return None
+        return
     if not config.teacher.checkpoint:
         raise UserError(f"method {method.name!r} needs a teacher: set --config.teacher.checkpoint to a .pth, "
                         f"a model checkpoint directory or a training workdir")
+    if not Path(config.teacher.checkpoint).expanduser().exists():
+        raise UserError(f"--config.teacher.checkpoint {config.teacher.checkpoint}: no such file or directory")
+
+
+def load_teacher(config, method: Method, num_classes: int) -> Teacher | None:
+    if not method.uses_teacher:
+        return None
+    check_teacher_path(config, method)
     variables, arch, teacher_classes = load_model(config.teacher.checkpoint, config.teacher.arch or None)
     if teacher_classes != num_classes:
         raise UserError(f"the teacher {config.teacher.checkpoint} has {teacher_classes} classes, the dataset "
@@ -132,6 +142,8 @@ def build(config, devices=None, *, data=None, teacher: Teacher | None = None) ->
     mesh = data_mesh(None if devices is None else tuple(devices))
     check_config(config, mesh)
     method = get_method(config.method, config)
+    if teacher is None:
+        check_teacher_path(config, method)
     if data is None:
         data_dir = config.data.data_dir or None
         data = tuple(load_split(config.data.source, split, data_dir, download=config.data.download)
@@ -383,13 +395,16 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
         means["images_per_s"] = examples_since_fetch / max(now - last_fetch_time, 1e-9)
         if not math.isfinite(means["loss"]):
             last = checkpoints.latest_step()
-            raise UserError(f"the loss became {means['loss']} before step {step}; stopping. The last good "
-                            f"checkpoint ({'step ' + str(last) if last is not None else 'none'}) is kept")
+            kept = (f"the last good checkpoint (step {last}) is kept: running the same command resumes there"
+                    if last is not None else "no checkpoint had been saved yet")
+            raise UserError(f"the loss became {means['loss']} before step {step}; stopping ({kept})")
         log.write(step, "train", means)
         last_fetch_step, last_fetch_time, examples_since_fetch = step, now, 0
         return zero_sums(setup), means
 
     bar = None
+    # Output to a file or pipe (nohup, a cluster job) gets a progress line at every metrics fetch instead of a bar.
+    progress_lines = config.progress_bar and distributed.is_primary() and not sys.stdout.isatty()
     while step < total_steps:
         epoch = step // spe  # 0-based
         permutation = permutation_of(base_key, epoch)
@@ -416,6 +431,10 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
                 if bar is not None:
                     bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.1f}",
                                     img_s=f"{means['images_per_s']:.0f}")
+                if progress_lines:
+                    print(f"epoch {epoch + 1}/{config.epochs} step {step - epoch * spe}/{spe}: loss "
+                          f"{means['loss']:.4f} acc {means['accuracy']:.2f} lr {means['lr']:.4g} "
+                          f"{means['images_per_s']:.0f} images/s", flush=True)
         if bar is not None:
             bar.close()
         if stop.requested:

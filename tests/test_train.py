@@ -1,6 +1,7 @@
 """The training engine end to end on the real digits data: learning, exact resume (also after Ctrl-C or SIGTERM,
 every step logged once), one run per workdir, exports, bad configs and a diverging loss."""
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -27,10 +28,21 @@ SMALL = ["--config.model=resnet8", "--config.epochs=2", "--config.eval_every_epo
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-    """Two epochs without interruption: the reference for the resume tests."""
+    """Two epochs without interruption: the reference for the resume tests. Its output goes to a file (as under
+    nohup), with the progress bar on; the workdir holds it as stdout.txt."""
     workdir = tmp_path_factory.mktemp("straight")
-    result = train_and_evaluate(small_config(), workdir)
+    config = small_config()
+    config.progress_bar = True
+    with open(workdir / "stdout.txt", "w") as stdout, contextlib.redirect_stdout(stdout):
+        result = train_and_evaluate(config, workdir)
     return workdir, result
+
+
+def test_output_to_a_file_gets_a_progress_line_at_every_log_step(straight_run):
+    lines = (straight_run[0] / "stdout.txt").read_text().splitlines()
+    progress = [line for line in lines if line.startswith("epoch 1/2 step ")]
+    assert [line.split(":")[0] for line in progress] == [f"epoch 1/2 step {s}/22" for s in (5, 10, 15, 20, 22)]
+    assert "loss " in progress[0] and " images/s" in progress[0] and "\r" not in "".join(lines)  # no bar
 
 
 def logged_steps(workdir) -> list[tuple[int, str]]:
@@ -194,7 +206,13 @@ def test_kd_demo_learns_digits(tmp_path):
     ("--config.data.bogus.x=1", "the config has no key 'bogus' (--config.data.bogus.x)"),
     ("--config.epochs=abc", "flag --config.epochs=abc: invalid literal for int()"),
     ("--config.method=kd", "method 'kd' needs a teacher"),
-    ("--config.teacher.checkpoint=/nonexistent/wrn40_2.pth", "no such file or checkpoint directory"),
+    ("--config.teacher.checkpoint=/nonexistent/wrn40_2.pth",
+     "--config.teacher.checkpoint /nonexistent/wrn40_2.pth: no such file or directory"),
+    # the teacher is checked before the data: here the data is missing too
+    ("--config.teacher.checkpoint=/nonexistent/t.pth --config.data.source=cifar100-python "
+     "--config.data.data_dir=/nonexistent --config.data.download=False", "/nonexistent/t.pth: no such file"),
+    ("--config.optimizer.lr=-0.1", "optimizer: lr must be positive, momentum in [0, 1)"),
+    ("--config.optimizer.momentum=1.5", "got lr 0.05, momentum 1.5"),
     ("--config.optimizer.lr_scaling=sqrt", "optimizer.lr_scaling must be one of none, linear, got 'sqrt'"),
     ("--num_processes=2", "a multi-process run needs the coordinator address"),
     ("--config.dtype=float16", "dtype must be one of float32, bfloat16, got 'float16'"),
@@ -209,7 +227,7 @@ def test_bad_config_is_one_line_before_any_compile(override, message, tmp_path, 
             compiled.append(duration)
 
     jax.monitoring.register_event_duration_secs_listener(on_event)
-    argv = ["train", "--config", str(REPO / "configs/demo.py"), "--workdir", str(tmp_path / "run"), override]
+    argv = ["train", "--config", str(REPO / "configs/demo.py"), "--workdir", str(tmp_path / "run"), *override.split()]
     if "teacher.checkpoint" in override:
         argv.append("--config.method=kd")
     try:
@@ -268,8 +286,8 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monke
 
     import jaxkd.train as train_module
     monkeypatch.setattr(train_module, "cross_entropy", lambda logits, labels: jax.numpy.nan * logits.sum())
-    with pytest.raises(UserError, match=r"the loss became nan before step 25; stopping. The last good "
-                                        r"checkpoint \(step 22\) is kept"):
+    with pytest.raises(UserError, match=r"the loss became nan before step 25; stopping \(the last good "
+                                        r"checkpoint \(step 22\) is kept: running the same command resumes"):
         train_and_evaluate(small_config(epochs=2), tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["22"]
     after = {p.relative_to(checkpoint): p.read_bytes() for p in checkpoint.rglob("*") if p.is_file()}

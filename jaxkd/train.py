@@ -129,7 +129,13 @@ def load_teacher(config, method: Method, num_classes: int) -> Teacher | None:
     if not method.uses_teacher:
         return None
     check_teacher_path(config, method)
-    variables, arch, teacher_classes = load_model(config.teacher.checkpoint, config.teacher.arch or None)
+    try:
+        variables, arch, teacher_classes = load_model(config.teacher.checkpoint, config.teacher.arch or None)
+    except UserError as error:
+        if not config.teacher.arch:
+            raise
+        raise UserError(f"{error}; the config names teacher.arch={config.teacher.arch}: pass "
+                        f"--config.teacher.arch='' to take the architecture from the file") from None
     if teacher_classes != num_classes:
         raise UserError(f"the teacher {config.teacher.checkpoint} has {teacher_classes} classes, the dataset "
                         f"{num_classes}")

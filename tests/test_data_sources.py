@@ -147,7 +147,8 @@ def test_cifar100_python_missing_split_file(cifar_python):
 
 
 def test_cifar100_python_missing_data(tmp_path):
-    with pytest.raises(UserError, match=r"no CIFAR-100 python data in .*cifar-100-python\.tar\.gz"):
+    with pytest.raises(UserError, match=r"no CIFAR-100 python data in .*cifar-100-python\.tar\.gz \(or download "
+                                        r"it: --config\.data\.download=True for jaxkd\.train, --download for"):
         sources.load_split("cifar100-python", "train", tmp_path)
 
 

@@ -301,6 +301,7 @@ def test_teacher_of_another_architecture_is_refused_before_any_compile(tmp_path,
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "does not fit wideresnet40_2 (its shapes fit resnet8)" in err and "\n" not in err
+    assert err.endswith("pass --config.teacher.arch='' to take the architecture from the file")
     assert not (tmp_path / "run").exists()
 
 

@@ -37,6 +37,8 @@ CIFAR100_PYTHON_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # torchvision's CIFAR1
 CIFAR100_PYTHON_ARCHIVE = "cifar-100-python.tar.gz"
 CIFAR100_PYTHON_FOLDER = "cifar-100-python"
 DEFAULT_CIFAR100_PYTHON_DIR = "./data"  # torchvision's and the seed's `root`
+# How a user asks for a download: the commands' settings behind load_split's `download` argument.
+DOWNLOAD_FLAGS = "--config.data.download=True for jaxkd.train, --download for jaxkd.evaluate and jaxkd.robustness"
 
 DIGITS_TEST_EVERY = 5  # within each class, in sklearn's order, examples 0, 5, 10, ... are the test split
 
@@ -102,8 +104,9 @@ def _load_tfds_cifar100(split: str, data_dir, download: bool) -> Split:
     builder = tfds.builder("cifar100", data_dir=data_dir)
     if not builder.is_prepared():
         if not download:
-            raise UserError(f"TFDS cifar100 is not prepared in {where}; pass download=True (needs TensorFlow), "
-                            f"point data_dir at a prepared copy, or use source 'cifar100-python' (docs/data.md)")
+            raise UserError(f"TFDS cifar100 is not prepared in {where}; let it be prepared ({DOWNLOAD_FLAGS}; "
+                            f"needs TensorFlow), point the data directory at a prepared copy, or use source "
+                            f"'cifar100-python' (docs/data.md)")
         # TFDS's cifar100 builder reads its archive with tf.io.gfile and encodes PNGs with tf.image; TFDS 4.9
         # also imports importlib_resources there without declaring it. Refuse before downloading anything.
         missing = [name for name in ("tensorflow", "importlib_resources") if importlib.util.find_spec(name) is None]
@@ -224,8 +227,8 @@ def _load_cifar100_python(split: str, data_dir, download: bool) -> Split:
         location = download_cifar100_python(data_dir)
     if location is None:
         raise UserError(f"no CIFAR-100 python data in {data_dir}: expected a folder with files train/test/meta, a "
-                        f"{CIFAR100_PYTHON_FOLDER}/ folder inside it, or {CIFAR100_PYTHON_ARCHIVE} (or pass "
-                        f"download=True)")
+                        f"{CIFAR100_PYTHON_FOLDER}/ folder inside it, or {CIFAR100_PYTHON_ARCHIVE} (or download "
+                        f"it: {DOWNLOAD_FLAGS})")
     if location.is_dir():
         path = location / split
         if not path.is_file():

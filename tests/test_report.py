@@ -1,0 +1,179 @@
+"""jaxkd.report: the benchmark table from workdirs. Its numbers are checked against numpy on the metrics.jsonl the
+test writes (with the engine's MetricLog) and on one real digits run; its published numbers against cells copied
+by hand from the READMEs."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import crd_kd_wrn, kd_wrn
+from jaxkd import report
+from jaxkd.metric_log import MetricLog
+from jaxkd.published import SOURCES, published_for
+from jaxkd.train import train_and_evaluate
+from tests.conftest import small_config
+
+
+def write_run(workdir, config, curve, seed, steps_per_epoch=10):
+    """A workdir as training leaves it: config.json (the config's own JSON) and metrics.jsonl with train rows and
+    one eval row per epoch of `curve` (the test top-1s), written by the engine's MetricLog."""
+    config.seed = seed
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    log = MetricLog(workdir)
+    log.write(0, "teacher", {"top1": 75.0, "top5": 93.0})
+    best = 0.0
+    for epoch, top1 in enumerate(curve, start=1):
+        step = epoch * steps_per_epoch
+        log.write(step, "train", {"loss": 1.0 / epoch, "accuracy": top1 + 5, "lr": 0.05})
+        best = max(best, top1)
+        log.write(step, "eval", {"epoch": epoch, "top1": top1, "top5": top1 + 20, "best_top1": best})
+    log.close()
+    return workdir
+
+
+def kd_config(**changes):
+    config = kd_wrn.get_config()
+    config.epochs = 4
+    for key, value in changes.items():
+        section, _, name = key.rpartition(".")
+        setattr(config[section] if section else config, name, value)
+    return config
+
+
+@pytest.fixture
+def table_runs(tmp_path):
+    """Two groups (KD and CRD+KD, WRN40-2 -> WRN16-2, 3 and 2 seeds, each run's teacher at its own path), a KD run
+    with another lr, an unfinished KD run; their curves, by group."""
+    rng = np.random.default_rng(0)
+    curves = {"kd": [], "crd+kd": []}
+    workdirs = []
+    for seed in range(3):
+        curve = list(rng.uniform(60, 75, 4))
+        curves["kd"].append(curve)
+        workdirs.append(write_run(tmp_path / f"kd_{seed}", kd_config(**{"teacher.checkpoint": f"/t/{seed}.pth"}),
+                                  curve, seed))
+    for seed in range(2):
+        config = crd_kd_wrn.get_config()
+        config.epochs = 4
+        curve = list(rng.uniform(60, 75, 4))
+        curves["crd+kd"].append(curve)
+        workdirs.append(write_run(tmp_path / f"crdkd_{seed}", config, curve, seed))
+    workdirs.append(write_run(tmp_path / "kd_lr", kd_config(**{"optimizer.lr": 0.02}), [50.0] * 4, 7))
+    workdirs.append(write_run(tmp_path / "kd_unfinished", kd_config(), [40.0, 41.0], 8))
+    return workdirs, curves
+
+
+def test_table_equals_numpy_on_metrics_and_names_what_it_leaves_out(tmp_path, table_runs, capsys):
+    workdirs, curves = table_runs
+    out = {name: tmp_path / f"table.{name}" for name in ("md", "csv", "json", "png")}
+    assert report.main([*map(str, workdirs), "--out", str(out["md"]), "--csv", str(out["csv"]),
+                        "--json", str(out["json"]), "--plot", str(out["png"])]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out["json"].read_text())
+    rows = {row["method"]: row for row in result["rows"]}
+    assert set(rows) == {"kd", "crd+kd"}
+    for method, group in curves.items():
+        last = np.array([curve[-1] for curve in group])
+        best = np.array([max(curve) for curve in group])
+        row = rows[method]
+        assert (row["teacher"], row["student"], row["runs"]) == ("wideresnet40_2", "wideresnet16_2", len(group))
+        assert row["last_top1"]["mean"] == pytest.approx(last.mean(), abs=1e-12)
+        assert row["last_top1"]["std"] == pytest.approx(last.std(ddof=1), abs=1e-12)
+        assert row["best_top1"]["mean"] == pytest.approx(best.mean(), abs=1e-12)
+        assert row["best_top1"]["std"] == pytest.approx(best.std(ddof=1), abs=1e-12)
+        assert [m["last_top1"] for m in row["members"]] == pytest.approx(list(last))
+        assert f"{last.mean():.2f} ± {last.std(ddof=1):.2f}" in printed
+    # the published cells: RepDistiller's KD and CRD+KD has none (not in its README table)
+    assert rows["kd"]["published"] == [{"top1": 74.92, "scoring": "last", "runs": None,
+                                        "source": "RepDistiller README", "cifar100c": None}]
+    assert rows["crd+kd"]["published"] == []
+    assert rows["kd"]["teacher_checkpoints"] == ["/t/0.pth", "/t/1.pth", "/t/2.pth"]  # ignored, but listed
+    left_out = {entry["workdir"]: entry["reason"] for entry in result["left_out"]}
+    assert set(left_out) == {str(workdirs[-2]), str(workdirs[-1])}
+    assert "differs" in left_out[str(workdirs[-2])] and left_out[str(workdirs[-2])].endswith("in: optimizer.lr")
+    assert left_out[str(workdirs[-1])] == "unfinished: last evaluation at epoch 2 of 4"
+    for workdir in workdirs[-2:]:
+        assert str(workdir) in printed
+    assert out["md"].read_text() == printed[:printed.index("wrote ")]
+    with open(out["csv"]) as file:
+        by_method = {line["method"]: line for line in csv.DictReader(file)}
+    assert float(by_method["kd"]["last_top1_mean"]) == rows["kd"]["last_top1"]["mean"]
+    assert float(by_method["crd+kd"]["best_top1_std"]) == rows["crd+kd"]["best_top1"]["std"]
+    with Image.open(out["png"]) as image:
+        assert image.format == "PNG" and image.size == report.plot_size(2) == (800, 300)
+
+
+def test_robustness_columns_from_results_json(tmp_path, table_runs):
+    workdirs, _ = table_runs
+    kd = workdirs[:3]
+    rows = [{"checkpoint": str(w), "loaded": str((w / "model").resolve()),
+             "results": {"clean": {"top1": 70.0 + i}, "cifar100c": {"top1": 40.0 + 2 * i}}} for i, w in enumerate(kd)]
+    results = tmp_path / "robustness.json"
+    results.write_text(json.dumps({"rows": rows}))
+    table = report.build_report([report.load_run(str(w)) for w in kd], report.robustness_by_workdir([str(results)]))
+    row = table["rows"][0]
+    assert row["cifar100"]["n"] == 3 and row["cifar100"]["mean"] == pytest.approx(71.0)
+    assert row["cifar100c"]["mean"] == pytest.approx(42.0) and row["cifar100c"]["std"] == pytest.approx(2.0)
+    assert "| 71.00 ± 1.00 | 42.00 ± 2.00 |" in report.format_markdown(table)
+
+
+@pytest.mark.parametrize("problem", ["not_a_directory", "no_config", "existing_out"])
+def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, table_runs, capsys, problem):
+    workdirs, _ = table_runs
+    args = [str(w) for w in workdirs[:2]]
+    out, csv_out = tmp_path / "out.md", tmp_path / "out.csv"
+    if problem == "not_a_directory":
+        args.append(str(tmp_path / "missing"))
+    elif problem == "no_config":
+        (tmp_path / "empty").mkdir()
+        args.append(str(tmp_path / "empty"))
+    else:
+        out.write_text("keep")
+    assert report.main([*args, "--out", str(out), "--csv", str(csv_out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert captured.err.startswith("error: ")
+    assert not csv_out.exists() and (out.read_text() == "keep" if problem == "existing_out" else not out.exists())
+
+
+def test_published_numbers_match_the_readmes():
+    # RepDistiller README.md, table 1 line "| KD | 74.92 | 73.54 | 70.66 | 70.67 | 73.08 | 73.33 | 72.98 |"
+    # (header: wrn-40-2/wrn-16-2, wrn-40-2/wrn-40-1, resnet56/resnet20, resnet110/resnet20, resnet110/resnet32, ...)
+    assert [p.top1 for p in published_for("wideresnet40_2", "wideresnet16_2", "kd", False)] == [74.92]
+    assert [p.top1 for p in published_for("rd_resnet110", "rd_resnet32", "kd", False)] == [73.08]
+    # table 1 line "| **CRD** | **75.48** | **74.14** | **71.16** | **71.46** | **73.48** | **75.51** | **73.94** |"
+    assert [p.top1 for p in published_for("rd_resnet32x4", "rd_resnet8x4", "crd", False)] == [75.51]
+    # table 1 line "| FSP | 72.91 | N/A | 69.95 | ..." : no number for wrn-40-2 -> wrn-40-1
+    assert published_for("wideresnet40_2", "wideresnet40_1", "fsp", False) == []
+    # table 1 line "| Teacher <br> Student |    75.61 <br> 73.26    | ..."
+    assert 73.26 in [p.top1 for p in published_for(None, "wideresnet16_2", "none", False)]
+    # table 2 line "| AT | 59.40 | 58.58 | 71.84 | 71.73 | 72.73 | 73.32 |" (vgg13/MobileNetV2 first, wrn-40-2/
+    # ShuffleNetV1 last)
+    assert [p.top1 for p in published_for("vgg13", "MobileNetV2", "at", False)] == [59.40]
+    assert [p.top1 for p in published_for("wideresnet40_2", "ShuffleV1", "at", False)] == [73.32]
+    # table 2 line "| **CRD** | **69.73** | **69.11** | **74.30** | **75.11** | **75.65** | **76.05** |"
+    assert [p.top1 for p in published_for("ResNet50", "vgg8", "crd", False)] == [74.30]
+    # pytorch-kd README, Baseline Models: "| Baseline            |  72.55   |  69.51   |  61.11  |" (ResNet56, 20, 8)
+    assert [(p.top1, p.source) for p in published_for(None, "resnet20", "none", False)] == [(69.51,
+                                                                                           "pytorch-kd README")]
+    # pytorch-kd README, Results on CIFAR100C: "| SaliencyMix         |  78.26   |  49.06    |"
+    assert [(p.top1, p.cifar100c) for p in published_for(None, "wideresnet40_2", "none", True)] == [(78.26, 49.06)]
+    # mdistiller README, DKD: "| **DKD** | **71.97** | **74.11** | **76.32** | **76.23** | **74.81** | **74.68** |"
+    assert [(p.top1, p.scoring) for p in published_for("rd_resnet32x4", "rd_resnet8x4", "dkd", False)] == [(76.32,
+                                                                                                         "best")]
+    assert SOURCES["RepDistiller README"].scoring == "last"
+
+
+def test_report_reads_a_real_training_run(tmp_path):
+    """One real 1-epoch resnet8 run on digits: the report's last and best are what training returned."""
+    workdir = tmp_path / "run"
+    trained = train_and_evaluate(small_config(epochs=1), workdir)
+    table = report.build_report([report.load_run(str(workdir))], {})
+    (row,) = table["rows"]
+    assert table["left_out"] == [] and (row["teacher"], row["student"], row["method"]) == (None, "resnet8", "none")
+    assert row["last_top1"] == {"n": 1, "mean": pytest.approx(trained["last_top1"]), "std": None}
+    assert row["best_top1"]["mean"] == pytest.approx(trained["best_top1"])

@@ -19,7 +19,6 @@ line starting with "error:" and exit with status 2, and nothing is written then.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import dataclasses
 import io
@@ -33,7 +32,7 @@ import numpy as np
 from jaxkd.errors import UserError, run_command
 from jaxkd.published import SOURCES, Published, published_for
 from jaxkd.safe_write import check_output, write_atomically, write_text_atomically
-from jaxkd.workdir import RESUME_MAY_CHANGE
+from jaxkd.workdir import RESUME_MAY_CHANGE, without_keys
 
 # Config keys in which the runs of one group may differ, and why (dotted: a key of a section).
 IGNORED_KEYS = {
@@ -151,15 +150,7 @@ def load_run(workdir: str) -> Run:
 
 def comparable_config(config: dict) -> dict:
     """`config` without the IGNORED_KEYS."""
-    config = copy.deepcopy(config)
-    for key in IGNORED_KEYS:
-        *sections, name = key.split(".")
-        holder = config
-        for section in sections:
-            holder = holder.get(section) if isinstance(holder, dict) else None
-        if isinstance(holder, dict):
-            holder.pop(name, None)
-    return config
+    return without_keys(config, IGNORED_KEYS)
 
 
 def _flat(config, prefix="") -> dict:

@@ -5,6 +5,7 @@ is refused (up to RESUME_MAY_CHANGE). At the end the student (and a method's ext
 written as model checkpoints (`model/`, `{name}/`) and as `.pth` files in the seed's layout.
 """
 
+import copy
 import datetime
 import fcntl
 import json
@@ -81,12 +82,10 @@ class WorkdirLock:
             self._file = None
 
 
-def _run_defining(config_json: str) -> dict:
-    """A `config.json` text as a dict, without the RESUME_MAY_CHANGE keys."""
-    config = json.loads(config_json)
-    if not isinstance(config, dict):
-        raise ValueError("not a JSON object")
-    for key in RESUME_MAY_CHANGE:
+def without_keys(config: dict, keys) -> dict:
+    """A copy of `config` (a config.json dict) without `keys` (dotted: a key of a section)."""
+    config = copy.deepcopy(config)
+    for key in keys:
         *sections, name = key.split(".")
         holder = config
         for section in sections:
@@ -94,6 +93,14 @@ def _run_defining(config_json: str) -> dict:
         if isinstance(holder, dict):
             holder.pop(name, None)
     return config
+
+
+def _run_defining(config_json: str) -> dict:
+    """A `config.json` text as a dict, without the RESUME_MAY_CHANGE keys."""
+    config = json.loads(config_json)
+    if not isinstance(config, dict):
+        raise ValueError("not a JSON object")
+    return without_keys(config, RESUME_MAY_CHANGE)
 
 
 def save_config(config, workdir: Path) -> None:

@@ -110,15 +110,28 @@ def test_table_equals_numpy_on_metrics_and_names_what_it_leaves_out(tmp_path, ta
 def test_robustness_columns_from_results_json(tmp_path, table_runs):
     workdirs, _ = table_runs
     kd = workdirs[:3]
-    rows = [{"checkpoint": str(w), "loaded": str((w / "model").resolve()),
-             "results": {"clean": {"top1": 70.0 + i}, "cifar100c": {"top1": 40.0 + 2 * i}}} for i, w in enumerate(kd)]
-    results = tmp_path / "robustness.json"
-    results.write_text(json.dumps({"rows": rows}))
-    table = report.build_report([report.load_run(str(w)) for w in kd], report.robustness_by_workdir([str(results)]))
+    records = [{"checkpoint": str(w), "clean": {"top1": 70.0 + i}, "cifar100c": {"top1": 40.0 + 2 * i}}
+               for i, w in enumerate(kd)]
+    # two runs as jaxkd.robustness --json writes them (rows, each with the model/ it loaded), one as
+    # jaxkd.evaluate --out writes it (one record, the checkpoint as given)
+    robustness, evaluate = tmp_path / "robustness.json", tmp_path / "evaluate.json"
+    robustness.write_text(json.dumps({"rows": [{"checkpoint": "as typed elsewhere", "loaded": str(w / "model"),
+                                                "results": r} for w, r in zip(kd[:2], records)]}))
+    evaluate.write_text(json.dumps(records[2]))
+    found = report.robustness_by_workdir([str(robustness), str(evaluate)])
+    table = report.build_report([report.load_run(str(w)) for w in kd], found)
     row = table["rows"][0]
     assert row["cifar100"]["n"] == 3 and row["cifar100"]["mean"] == pytest.approx(71.0)
     assert row["cifar100c"]["mean"] == pytest.approx(42.0) and row["cifar100c"]["std"] == pytest.approx(2.0)
     assert "| 71.00 ± 1.00 | 42.00 ± 2.00 |" in report.format_markdown(table)
+
+
+def test_a_repeated_seed_is_named_not_counted_twice(tmp_path):
+    first = write_run(tmp_path / "a", kd_config(), [60.0, 61.0, 62.0, 63.0], seed=0)
+    again = write_run(tmp_path / "b", kd_config(), [60.0, 61.0, 62.0, 63.0], seed=0)
+    table = report.build_report([report.load_run(str(first)), report.load_run(str(again))], {})
+    assert table["rows"][0]["runs"] == 1
+    assert table["left_out"] == [{"workdir": str(again), "reason": f"same config and seed (0) as {first}"}]
 
 
 @pytest.mark.parametrize("problem", ["not_a_directory", "no_config", "existing_out"])

@@ -69,7 +69,8 @@ def verify_export(state_dict, variables, arch: str, num_classes: int) -> tuple[f
 
 def run_export(args) -> None:
     from convert.converter import flax_to_torch, native_layout
-    from convert.torch_files import write_torch_file
+    from convert.layout import rename_repdistiller_key
+    from convert.torch_files import torch_file_contents, write_torch_file
     from jaxkd.model_checkpoint import load_model_checkpoint
 
     out = check_output(args.out, args.force)
@@ -78,10 +79,10 @@ def run_export(args) -> None:
     layout = args.layout or native_layout(arch)
     state_dict = flax_to_torch(variables, arch, layout=layout)
     if args.verify:
-        if layout != native_layout(arch):
-            raise UserError(f"--verify loads the export into the PyTorch reference of {arch}, which has the "
-                            f"{native_layout(arch)} layout: use --layout {native_layout(arch)}")
-        diff, scale = verify_export(state_dict, variables, arch, num_classes)
+        # the reference has the architecture's own layout: RepDistiller's WRN names are renamed onto it
+        native = (state_dict if layout == native_layout(arch)
+                  else {rename_repdistiller_key(key): value for key, value in state_dict.items()})
+        diff, scale = verify_export(native, variables, arch, num_classes)
         ok = diff <= VERIFY_TOLERANCE * scale
         print(f"verify: strict load into the PyTorch {arch} ok; eval logits on a random batch of "
               f"{VERIFY_BATCH}: max |diff| = {diff:.3g} (max |logit| {scale:.3g}) "
@@ -89,8 +90,10 @@ def run_export(args) -> None:
         if not ok:
             raise UserError(f"verification failed: max |diff| {diff:.3g} exceeds {VERIFY_TOLERANCE:g} x "
                             f"{scale:.3g}; {out} not written")
-    write_torch_file(state_dict, out, force=args.force)
-    print(f"wrote {out} ({layout} layout, {arch}, {len(state_dict)} tensors)")
+    write_torch_file(torch_file_contents(state_dict, layout, accuracy=metadata.get("test_top1")), out,
+                     force=args.force)
+    wrapped = ", under 'model' as RepDistiller saves it" if layout == "repdistiller" else ""
+    print(f"wrote {out} ({layout} layout{wrapped}, {arch}, {len(state_dict)} tensors)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -82,6 +82,15 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict:
     return tensors
 
 
-def write_torch_file(state_dict, path, force: bool = False) -> None:
+def torch_file_contents(state_dict, layout: str, **info) -> object:
+    """What a `.pth` of `layout` holds: the seed's bare `state_dict()`, or RepDistiller's `train_teacher.py` dict
+    `{"model": state_dict, ...}` (its `load_teacher` reads `torch.load(path)["model"]`), with the known `info`
+    (e.g. `epoch`, `accuracy`) beside it."""
+    if layout != "repdistiller":
+        return state_dict
+    return {"model": state_dict, **{key: value for key, value in info.items() if value is not None}}
+
+
+def write_torch_file(contents, path, force: bool = False) -> None:
     """`torch.save` to a temporary file beside `path`, then rename it into place (never a half-written file)."""
-    write_atomically(path, lambda file: torch.save(state_dict, file), force, "the state_dict")
+    write_atomically(path, lambda file: torch.save(contents, file), force, "the state_dict")

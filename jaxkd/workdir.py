@@ -138,8 +138,8 @@ def export_models(setup, config, state: TrainState, workdir: Path, result: dict,
             raise ValueError(f"method {config.method} exports a model named {name!r}, a reserved workdir name")
         models[name] = (canonical_name(arch), variables, {})
     try:
-        from convert.converter import flax_to_torch
-        from convert.torch_files import write_torch_file
+        from convert.converter import flax_to_torch, native_layout
+        from convert.torch_files import torch_file_contents, write_torch_file
     except ImportError:
         flax_to_torch = None
     written = []
@@ -149,8 +149,9 @@ def export_models(setup, config, state: TrainState, workdir: Path, result: dict,
         save_model_checkpoint(directory, variables, {"arch": arch, **common, **extra}, force=True)
         written.append(directory)
         if flax_to_torch is not None and distributed.is_primary():
-            write_torch_file(flax_to_torch(variables, arch, num_batches_tracked=int(state.step)),
-                             workdir / f"{name}.pth", force=True)
+            state_dict = flax_to_torch(variables, arch, num_batches_tracked=int(state.step))
+            write_torch_file(torch_file_contents(state_dict, native_layout(arch), epoch=config.epochs,
+                                                 accuracy=extra.get("test_top1")), workdir / f"{name}.pth", force=True)
             written.append(workdir / f"{name}.pth")
     missing_torch = "" if flax_to_torch else " (PyTorch is not installed: no .pth files)"
     distributed.print_once(f"final test top-1 {result['top1']:.2f} (best {progress['best_top1']:.2f}); wrote "

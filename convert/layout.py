@@ -3,7 +3,7 @@ other architectures map by one rule instead: `convert.module_paths`).
 
 One table, `seed_layout(arch, num_classes)`, lists every key of the seed's `state_dict()` in PyTorch's order,
 with its shape and its place in the Flax tree; both directions of the converter read it. RepDistiller's
-WideResNet names the same tensors differently (METHODS.md section 10.1/10.2); `rename_repdistiller_key` maps
+WideResNet names the same tensors differently (RepDistiller's `models/wrn.py`); `rename_repdistiller_key` maps
 those names onto the seed's, bijectively.
 """
 

@@ -1,6 +1,6 @@
 """PyTorch reference implementations: the seed's model family here, RepDistiller's others in `convert.torch_zoo`.
 
-Written from METHODS.md section 10.2 (pytorch-kd `models/resnet.py`): `ResNet(n, k)` with a 3x3 stem `layer0`,
+Written from pytorch-kd's `models/resnet.py` (cj-mclaughlin/pytorch-kd): `ResNet(n, k)` with a 3x3 stem `layer0`,
 stages `layer1..3` of n pre-activation `BasicBlock`s (16k, 32k, 64k channels; strides 1, 2, 2), `finalact`
 (BN, ReLU), adaptive average pooling and `linear`. Its `state_dict()` keys are those of the released `.pth`
 files. It is the independent reference for the parity tests, for `python -m convert export --verify`, and for

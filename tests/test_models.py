@@ -9,7 +9,7 @@ from convert.torch_models import get_torch_model
 from jaxkd.errors import UserError
 from jaxkd.models import ARCHITECTURES, canonical_name, get_model
 
-# Parameter counts of RepDistiller's WRNs, which the seed's same-named models equal (METHODS.md 10.1).
+# Parameter counts of RepDistiller's WRNs, which the seed's same-named models equal (RepDistiller's `models/wrn.py`).
 REPDISTILLER_PARAMS = {"wideresnet16_1": 180_916, "wideresnet16_2": 703_284,
                        "wideresnet40_1": 569_780, "wideresnet40_2": 2_255_156}
 

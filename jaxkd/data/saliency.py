@@ -1,7 +1,8 @@
 """OpenCV's fine-grained static saliency (Montabone & Soto), bit-exact on uint8 images, as jittable functions.
 
 SaliencyMix centres its box on the argmax of `cv2.saliency.StaticSaliencyFineGrained`. This module computes
-the same uint8 map as OpenCV's uint8 path (METHODS.md section 9), batched, on device, with static shapes:
+the same uint8 map as OpenCV's uint8 path (opencv_contrib `modules/saliency/src/staticSaliencyFineGrained.cpp`,
+`StaticSaliencyFineGrained::computeSaliencyImpl`), batched, on device, with static shapes:
 
 1. gray ``(3735*c0 + 19235*c1 + 9798*c2 + 2**14) >> 15``, OpenCV's BGR2GRAY (channel 0 weighted as blue);
 2. two 3x3 Gaussian blurs in uint8 fixed point ``(sum (1,2,1)x(1,2,1) * g + 8) >> 4``, reflect-101 borders;

@@ -1,6 +1,6 @@
-"""SaliencyMix (Uddin et al., ICLR 2021) as the official code does it, as pure jittable functions.
+"""SaliencyMix (Uddin et al., ICLR 2021) as afm-shahab-uddin/SaliencyMix does it, in pure jittable functions.
 
-Official algorithm (METHODS.md sections 8.1 and 12.9), per batch: with probability `prob` (r ~ U[0,1), mix iff
+Official algorithm (`SaliencyMix_CIFAR/saliencymix.py`), per batch: with probability `prob` (r ~ U[0,1), mix iff
 r < prob), draw lam ~ Beta(beta, beta) and a permutation `partners` of the batch; take the saliency argmax
 (row, col) of the SOURCE image x[partners[0]]; cut a box of cut_rows = int(H * sqrt(1 - lam)) rows and
 cut_cols = int(W * sqrt(1 - lam)) columns (the official code's "W" is the row count) with corners

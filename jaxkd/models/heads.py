@@ -1,7 +1,7 @@
 """Trainable heads that distillation methods attach to the student.
 
 `ConvReg` is FitNets' regressor (Romero et al., "FitNets: Hints for Thin Deep Nets", 2015) as RepDistiller's
-`models/util.py` builds it (METHODS.md section 2): `r(x) = ReLU(BN(conv(x)))`, with the conv chosen from the
+`models/util.py` builds it: `r(x) = ReLU(BN(conv(x)))`, with the conv chosen from the
 student's and the teacher's feature shapes so that r(student feature) has the teacher feature's shape.
 
 Parameter layout, so that RepDistiller's state_dict keys map by a rename and a transpose (as in `convert`):
@@ -89,7 +89,7 @@ class ConvReg(nn.Module):
 
 class BYOTHead(nn.Module):
     """A shallow classifier of BYOT (Zhang et al., "Be Your Own Teacher", ICCV 2019), BYOT-U's
-    `branchBottleNeck` + `avgpool` + `middle_fc` (METHODS.md sections 7.1 and 7.3):
+    `branchBottleNeck` + `avgpool` + `middle_fc` (`models/resnet.py`; docs/methods.md, "What each term is": BYOT):
 
         1x1 conv (-> bottleneck) -> BN -> ReLU -> k x k conv, stride k, no padding -> BN -> ReLU
         -> 1x1 conv (-> features) -> BN -> ReLU -> global average pool -> linear (-> num_classes)

@@ -3,7 +3,7 @@
 Every model is `ResNet(blocks_per_stage=n, width=k)`: a 3x3 stem conv to 16 channels, three stages of n
 pre-activation basic blocks with 16k, 32k and 64k channels (strides 1, 2, 2), a final BN-ReLU, global average
 pooling and a linear classifier. WideResNet-d-k has n = (d - 4) / 6; the seed's "resnet{6n+2}" are WRN-(6n+4)-1
-(METHODS.md section 10.2: they are not RepDistiller's post-activation resnets).
+(pytorch-kd's `models/resnet.py`: they are not RepDistiller's post-activation resnets).
 
 Layout is NHWC. Submodule names follow the seed's state_dict (`layer0`, `layer{g}_{i}` for `layer{g}.{i}`,
 `finalact`, `linear`) so the converter's key map stays a simple rename. Initialization is the seed's: convs

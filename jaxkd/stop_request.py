@@ -23,6 +23,8 @@ class StopRequest:
         self._dispatches = 0
         self._multiprocess = distributed.is_multiprocess()
         handled = () if self._multiprocess else (signal.SIGTERM, signal.SIGINT)
+        # a signal the process was started ignoring (a background job's SIGINT) stays ignored, as Python does
+        handled = [signum for signum in handled if signal.getsignal(signum) is not signal.SIG_IGN]
         self._previous = {signum: signal.signal(signum, self._handle) for signum in handled}
 
     @property

@@ -63,7 +63,9 @@ def test_resume_after_an_epoch_is_bitwise_exact(straight_run, tmp_path):
 def test_ctrl_c_mid_epoch_saves_and_resume_is_bitwise_exact(straight_run, tmp_path):
     command = [sys.executable, "-m", "jaxkd.train", "--config", "configs/demo.py:teacher",
                "--workdir", str(tmp_path)] + SMALL
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as in an interactive shell, whatever this process inherited (CI runs the suite as a background job)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 1):  # the first log, at step 5
@@ -89,24 +91,33 @@ def test_ctrl_c_mid_epoch_saves_and_resume_is_bitwise_exact(straight_run, tmp_pa
 
 def test_sigterm_and_ctrl_c_stop_the_loop_with_their_exit_statuses_and_a_second_ctrl_c_interrupts():
     """The loop's decision (the Ctrl-C test above runs it end to end): SIGTERM and SIGINT each request a stop
-    with the conventional status; after the first Ctrl-C, Python's own handler is back."""
+    with the conventional status; after the first Ctrl-C, Python's own handler is back. A SIGINT the process
+    ignores (a background job, as CI runs the suite) stays ignored."""
     import os
 
     from jaxkd.stop_request import StopRequest
 
-    for signum, status in [(signal.SIGTERM, 143), (signal.SIGINT, 130)]:
+    started_with = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in an interactive shell
+    try:
+        for signum, status in [(signal.SIGTERM, 143), (signal.SIGINT, 130)]:
+            stop = StopRequest()
+            try:
+                assert not stop.before_dispatch()
+                os.kill(os.getpid(), signum)
+                time.sleep(0.01)  # the handler runs between two bytecodes of this thread
+                assert stop.before_dispatch() and stop.exit_status == status
+                if signum == signal.SIGINT:
+                    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            finally:
+                stop.restore()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         stop = StopRequest()
-        try:
-            assert not stop.before_dispatch()
-            os.kill(os.getpid(), signum)
-            time.sleep(0.01)  # the handler runs between two bytecodes of this thread
-            assert stop.before_dispatch() and stop.exit_status == status
-            if signum == signal.SIGINT:
-                assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        finally:
-            stop.restore()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        stop.restore()
+    finally:
+        signal.signal(signal.SIGINT, started_with)
 
 
 def test_a_second_run_on_a_live_workdir_is_one_line_and_a_dead_runs_lock_is_taken_over(tmp_path, capsys):

@@ -1,0 +1,69 @@
+"""Every registered method end to end, the one shared small fixture: RepDistiller's recipe for the method
+(`configs/repdistiller.py`, or the method's own config) on a small pair on digits, two epochs of 89 steps at
+batch 16, from one teacher trained here once. Each method must learn (training accuracy of its second epoch at
+least 3x chance, test top-1 at least 2x) and log a finite, non-zero term. A method missing from `LEARNING_RUNS`
+fails `test_every_method_has_a_learning_run`: a new method adds one line here (and its parity, resume and recipe
+tests in its own file)."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from configs import repdistiller
+from jaxkd.methods import METHODS
+from jaxkd.train import train_and_evaluate
+from tests.conftest import on_digits
+
+PAIR = ("resnet8", "resnet8")  # RepDistiller's names: post-activation rd_resnet8 -> rd_resnet8, the smallest
+
+
+def repdistiller_run(method: str):
+    """`configs/repdistiller.py:T,S,method` for the small pair."""
+    return lambda: repdistiller.get_config(f"{PAIR[0]},{PAIR[1]},{method}")
+
+
+def small_run(config, epochs: int):
+    """`config` on digits at batch 16 (89 steps per epoch: the fewest epochs in which rd_resnet8 learns)."""
+    config = on_digits(config, epochs=epochs, log_every_steps=89, model=config.model)
+    config.batch_size = 16
+    return config
+
+
+# method -> the config of its learning run; methods whose end-to-end runs live elsewhere name their test file
+LEARNING_RUNS = {method: repdistiller_run(method) for method in ("kd", "fitnet", "at", "crd")}
+COVERED_ELSEWHERE = {
+    "none": "the teacher fixture below",
+    "dml": "tests/test_method_dml.py (peers, their evaluation and exports)",
+    "byot": "tests/test_method_byot.py (heads, their evaluation and exports)",
+}
+
+
+@pytest.fixture(scope="module")
+def digits_teacher(tmp_path_factory):
+    """rd_resnet8 trained alone on digits (RepDistiller's recipe, `none`), 4 epochs: its exported model."""
+    workdir = tmp_path_factory.mktemp("teacher")
+    result = train_and_evaluate(small_run(repdistiller_run("none")(), epochs=4), workdir)
+    assert result["best_top1"] >= 40.0, result
+    return workdir / "model"
+
+
+def test_every_method_has_a_learning_run():
+    missing = sorted(set(METHODS) - set(LEARNING_RUNS) - set(COVERED_ELSEWHERE))
+    assert not missing, f"methods without an end-to-end learning run: {missing}"
+
+
+@pytest.mark.parametrize("method", sorted(LEARNING_RUNS))
+def test_method_learns_on_digits(method, digits_teacher, tmp_path):
+    config = small_run(LEARNING_RUNS[method](), epochs=2)
+    config.teacher.checkpoint, config.teacher.arch = str(digits_teacher), ""
+    result = train_and_evaluate(config, tmp_path)
+    assert result["step"] == 178
+    train = [json.loads(line) for line in (Path(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    train = [record for record in train if record["kind"] == "train"]
+    assert train[-1]["step"] == 178 and train[-1]["accuracy"] >= 30.0, train[-1]  # the second epoch's
+    assert result["best_top1"] >= 20.0, result
+    assert all(math.isfinite(record["loss"]) and math.isfinite(record["term"]) for record in train)
+    if config.loss.beta:  # a method with a term: it is computed, not zero
+        assert all(record["term"] != 0 for record in train)

@@ -58,6 +58,9 @@ def get_config() -> ConfigDict:
     config.loss.alpha = 0.0
     config.loss.beta = 0.0
     config.loss.kd_temperature = 4.0
+    # Logit standardization (Sun et al. 2024) on the KD term: both logits z-scored per example before T
+    # (jaxkd.losses.standardize_logits); configs/mdistiller.py's kd_ls recipe.
+    config.loss.logit_standardization = False
 
     config.teacher = ConfigDict()
     config.teacher.checkpoint = ""  # a .pth (seed or RepDistiller layout), a model checkpoint, or a workdir

@@ -207,7 +207,8 @@ def make_update(setup: Setup, config):
                 batch.images, train=True, method=student.forward)
             ce = (mixed_cross_entropy(student_out.logits, batch.labels, batch.partners, batch.lam)
                   if config.saliencymix else cross_entropy(student_out.logits, batch.labels))
-            kd = (kd_divergence(student_out.logits, teacher_out.logits, loss_weights.kd_temperature)
+            kd = (kd_divergence(student_out.logits, teacher_out.logits, loss_weights.kd_temperature,
+                                loss_weights.get("logit_standardization", False))
                   if teacher else jnp.zeros((), jnp.float32))
             method_variables = {"params": params["method"], "batch_stats": state.batch_stats["method"]}
             method_out = method.term(method_variables, state.method_state, student_out, teacher_out, batch,
@@ -266,7 +267,7 @@ def make_train_step(setup: Setup, config, num_steps: int = 1, unroll: bool | Non
                                                 per_example=config.saliencymix_per_example)
         batch = Batch(jax.lax.with_sharding_constraint(pipeline.normalize(pixels), batch_sharding),
                       jax.lax.with_sharding_constraint(labels[indices], batch_sharding),
-                      index[indices], method_rng, partners, lam)
+                      index[indices], method_rng, partners, lam, epoch=state.step // spe + 1)
         state, metrics = update(state, batch, teacher_variables)
         sums = {name: sums[name] + metrics[name].astype(jnp.float32) for name in setup.metric_names}
         return state, sums

@@ -7,6 +7,8 @@ from jaxkd.methods.at import AT
 from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, apply_module, section_over_defaults
 from jaxkd.methods.byot import BYOT
 from jaxkd.methods.crd import CRD
+from jaxkd.methods.dist import DIST
+from jaxkd.methods.dkd import DKD
 from jaxkd.methods.dml import DML
 from jaxkd.methods.fitnets import FitNets
 
@@ -20,6 +22,8 @@ METHODS: dict[str, type[Method]] = {
     "crd": CRD,  # Tian et al. 2020, contrastive representation distillation
     "dml": DML,  # Zhang et al. 2018, deep mutual learning (peers trained together)
     "byot": BYOT,  # Zhang et al. 2019, be your own teacher (self-distillation heads)
+    "dkd": DKD,  # Zhao et al. 2022, decoupled KD (mdistiller)
+    "dist": DIST,  # Huang et al. 2022, KD from a stronger teacher (Pearson relations)
 }
 
 

@@ -58,6 +58,14 @@ class Batch(NamedTuple):
     # the original kept. Without mixing: None and 1.0.
     partners: jax.Array | None = None
     lam: jax.Array | float = 1.0
+    # The 1-based epoch of this step (mdistiller's `epoch`, for DKD's and ReviewKD's linear warm-ups), int32,
+    # traced: computed in the step from the step number, so no recompile and no host sync.
+    epoch: jax.Array | int = 1
+
+
+def epoch_warmup(epoch, warmup_epochs: float) -> jax.Array:
+    """mdistiller's linear warm-up of a term, `min(epoch / warmup, 1.0)`, for a (traced) 1-based `Batch.epoch`."""
+    return jnp.minimum(jnp.asarray(epoch, jnp.float32) / warmup_epochs, 1.0)
 
 
 class Probe(NamedTuple):

@@ -30,6 +30,12 @@ METHOD_WEIGHTS = {
     "at": (1.0, 0.0, 1000.0),
     "crd": (1.0, 0.0, 0.8),
     "crd_kd": (1.0, 1.0, 0.8),
+    "sp": (1.0, 0.0, 3000.0),
+    "cc": (1.0, 0.0, 0.02),
+    "vid": (1.0, 0.0, 1.0),
+    "rkd": (1.0, 0.0, 1.0),
+    "pkt": (1.0, 0.0, 30000.0),
+    "nst": (1.0, 0.0, 50.0),
 }
 
 
@@ -55,6 +61,6 @@ def get_config(arguments: str = "wrn_40_2,wrn_16_2,kd"):
     if method != "none":
         config.teacher.arch = jaxkd_name(teacher)
         config.teacher.checkpoint = f"save/models/{teacher}_vanilla/ckpt_epoch_240.pth"
-    if config.method in ("fitnet", "crd"):
+    if config.method in ("fitnet", "crd", "cc", "vid", "rkd"):  # the methods with hyperparameters
         config[config.method] = config_section(config.method)
     return config

@@ -33,6 +33,7 @@ def small_run(config, epochs: int):
 
 # method -> the config of its learning run; methods whose end-to-end runs live elsewhere name their test file
 LEARNING_RUNS = {method: repdistiller_run(method) for method in ("kd", "fitnet", "at", "crd")}
+LEARNING_RUNS.update({method: repdistiller_run(method) for method in ("sp", "cc", "vid", "rkd", "pkt", "nst")})
 COVERED_ELSEWHERE = {
     "none": "the teacher fixture below",
     "dml": "tests/test_method_dml.py (peers, their evaluation and exports)",

@@ -6,11 +6,17 @@ from jaxkd.errors import UserError
 from jaxkd.methods.at import AT
 from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, apply_module, section_over_defaults
 from jaxkd.methods.byot import BYOT
+from jaxkd.methods.cc import CC
 from jaxkd.methods.crd import CRD
 from jaxkd.methods.dist import DIST
 from jaxkd.methods.dkd import DKD
 from jaxkd.methods.dml import DML
 from jaxkd.methods.fitnets import FitNets
+from jaxkd.methods.nst import NST
+from jaxkd.methods.pkt import PKT
+from jaxkd.methods.rkd import RKD
+from jaxkd.methods.sp import SP
+from jaxkd.methods.vid import VID
 
 METHODS: dict[str, type[Method]] = {
     "none": Method,  # the baseline: cross-entropy only
@@ -20,6 +26,12 @@ METHODS: dict[str, type[Method]] = {
     "fitnet": FitNets,  # Romero et al. 2015, hint on the second stage
     "at": AT,  # Zagoruyko & Komodakis 2017, attention transfer
     "crd": CRD,  # Tian et al. 2020, contrastive representation distillation
+    "sp": SP,  # Tung & Mori 2019, similarity-preserving (RepDistiller's `similarity`)
+    "cc": CC,  # Peng et al. 2019, correlation congruence (RepDistiller's `correlation`)
+    "vid": VID,  # Ahn et al. 2019, variational information distillation
+    "rkd": RKD,  # Park et al. 2019, relational (distance and angle)
+    "pkt": PKT,  # Passalis & Tefas 2018, probabilistic knowledge transfer
+    "nst": NST,  # Huang & Wang 2017, neuron selectivity transfer
     "dml": DML,  # Zhang et al. 2018, deep mutual learning (peers trained together)
     "byot": BYOT,  # Zhang et al. 2019, be your own teacher (self-distillation heads)
     "dkd": DKD,  # Zhao et al. 2022, decoupled KD (mdistiller)

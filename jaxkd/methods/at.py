@@ -8,25 +8,19 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.methods.base import Method, TermOutput
-from jaxkd.methods.pooling import adaptive_avg_pool2d
+from jaxkd.methods.functional import normalize
+from jaxkd.methods.pooling import pool_to_common_size
 
 
 def attention_map(feature: jax.Array, p: int, eps: float = 1e-12) -> jax.Array:
     """(B, H, W, C) -> (B, H*W): `F.normalize(f.pow(p).mean(1).view(B, -1))`, v / max(||v||_2, eps)."""
     mean = jnp.mean(feature.astype(jnp.float32) ** p, axis=-1).reshape(feature.shape[0], -1)
-    # sqrt(max(sum v^2, eps^2)) is max(||v||, eps), with a finite gradient (0 below eps, as PyTorch) at v = 0.
-    return mean / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(mean), axis=1, keepdims=True), eps * eps))
+    return normalize(mean, axis=1, eps=eps)
 
 
 def attention_loss(student_feature: jax.Array, teacher_feature: jax.Array, p: int) -> jax.Array:
     """`Attention.at_loss`: the larger map is first pooled down to the smaller one's size."""
-    teacher_feature = jax.lax.stop_gradient(teacher_feature)
-    out_h = min(student_feature.shape[1], teacher_feature.shape[1])
-    out_w = min(student_feature.shape[2], teacher_feature.shape[2])
-    if student_feature.shape[1:3] != (out_h, out_w):
-        student_feature = adaptive_avg_pool2d(student_feature.astype(jnp.float32), out_h, out_w)
-    if teacher_feature.shape[1:3] != (out_h, out_w):
-        teacher_feature = adaptive_avg_pool2d(teacher_feature.astype(jnp.float32), out_h, out_w)
+    student_feature, teacher_feature = pool_to_common_size(student_feature, jax.lax.stop_gradient(teacher_feature))
     return jnp.mean(jnp.square(attention_map(student_feature, p) - attention_map(teacher_feature, p)))
 
 

@@ -1,4 +1,5 @@
-"""PyTorch's `F.adaptive_avg_pool2d` on NHWC, for methods that compare feature maps of different sizes (AT)."""
+"""PyTorch's `F.adaptive_avg_pool2d` on NHWC, for methods that compare feature maps of different sizes (AT, NST,
+VID)."""
 
 import jax
 import jax.numpy as jnp
@@ -19,3 +20,15 @@ def adaptive_avg_pool2d(x: jax.Array, out_h: int, out_w: int) -> jax.Array:
     rows = jnp.asarray(averaging_matrix(x.shape[1], out_h))
     cols = jnp.asarray(averaging_matrix(x.shape[2], out_w))
     return jnp.einsum("oh,bhwc,pw->bopc", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
+
+
+def pool_to_common_size(student: jax.Array, teacher: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(student, teacher) NHWC feature maps at the smaller one's H and W: the larger is adaptive-average-pooled
+    down, as RepDistiller's AT, NST and VID do before comparing maps of different sizes (float32)."""
+    out_h, out_w = min(student.shape[1], teacher.shape[1]), min(student.shape[2], teacher.shape[2])
+    student, teacher = student.astype(jnp.float32), teacher.astype(jnp.float32)
+    if student.shape[1:3] != (out_h, out_w):
+        student = adaptive_avg_pool2d(student, out_h, out_w)
+    if teacher.shape[1:3] != (out_h, out_w):
+        teacher = adaptive_avg_pool2d(teacher, out_h, out_w)
+    return student, teacher

@@ -10,6 +10,9 @@ jaxkd's code.
 - Loss: `gamma * CrossEntropyLoss()(z_s, y) + alpha * DistillKL(T)(z_s, z_t)`, with the teacher in eval mode under
   `no_grad` and the student in train mode (batch statistics; running statistics updated with momentum 0.1 and
   the unbiased batch variance, PyTorch's own BatchNorm).
+- A method's term (`term(student_out, teacher_out)` on both models' `forward_all` outputs, weighted by beta) and
+  its trainable modules (`modules`): as RepDistiller's `trainable_list`, the modules are in the optimizer with the
+  student (weight decay included) and in train mode.
 """
 
 import torch
@@ -32,6 +35,8 @@ class DistillKL(nn.Module):
 
 def make_optimizer(student: nn.Module, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4,
                    nesterov: bool = False) -> torch.optim.SGD:
+    """SGD over `student`'s parameters (an `nn.ModuleList` of student and method modules: RepDistiller's
+    trainable_list)."""
     return torch.optim.SGD(student.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                            nesterov=nesterov)
 
@@ -46,37 +51,42 @@ def adjust_learning_rate(epoch: int, base_lr: float, decay_epochs, decay_rate: f
 
 
 def train_step(student: nn.Module, teacher: nn.Module | None, optimizer, images_nchw: torch.Tensor,
-               labels: torch.Tensor, gamma: float, alpha: float, T: float) -> dict:
+               labels: torch.Tensor, gamma: float, alpha: float, T: float, term=None, beta: float = 0.0) -> dict:
     """One step of RepDistiller's `train_distill` (or of plain training when `teacher` is None): forward,
     loss, zero_grad, backward, step. Returns the loss terms as floats."""
-    _, logits_s = student(images_nchw)
-    ce = nn.CrossEntropyLoss()(logits_s, labels)
+    out_s = student.forward_all(images_nchw)
+    ce = nn.CrossEntropyLoss()(out_s.logits, labels)
+    kd = method_term = torch.zeros(())
     if teacher is not None:
         with torch.no_grad():
-            _, logits_t = teacher(images_nchw)
-        kd = DistillKL(T)(logits_s, logits_t)
-    else:
-        kd = torch.zeros(())
-    loss = gamma * ce + alpha * kd
+            out_t = teacher.forward_all(images_nchw)
+        kd = DistillKL(T)(out_s.logits, out_t.logits)
+        if term is not None:
+            method_term = term(out_s, out_t)
+    loss = gamma * ce + alpha * kd + beta * method_term
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return {"loss": loss.item(), "ce": ce.item(), "kd": kd.item(), "lr": optimizer.param_groups[0]["lr"]}
+    return {"loss": loss.item(), "ce": ce.item(), "kd": kd.item(), "term": method_term.item(),
+            "lr": optimizer.param_groups[0]["lr"]}
 
 
 def train(student: nn.Module, teacher: nn.Module | None, batches, steps_per_epoch: int, *, lr: float = 0.05,
           momentum: float = 0.9, weight_decay: float = 5e-4, decay_epochs=(150, 180, 210),
-          decay_rate: float = 0.1, gamma: float = 1.0, alpha: float = 0.0, T: float = 4.0) -> list[dict]:
-    """Trains `student` in place on `batches` (a list of (images_nchw, labels)), `steps_per_epoch` steps per
-    epoch, with RepDistiller's epoch loop: at the start of each epoch the lr is adjusted, the student put in
-    train mode and the teacher in eval mode. Returns the per-step `train_step` results."""
-    optimizer = make_optimizer(student, lr, momentum, weight_decay)
+          decay_rate: float = 0.1, gamma: float = 1.0, alpha: float = 0.0, T: float = 4.0, term=None,
+          beta: float = 0.0, modules: nn.Module | None = None) -> list[dict]:
+    """Trains `student` (and the method's `modules`) in place on `batches` (a list of (images_nchw, labels)),
+    `steps_per_epoch` steps per epoch, with RepDistiller's epoch loop: at the start of each epoch the lr is
+    adjusted, the student and the modules put in train mode and the teacher in eval mode. Returns the per-step
+    `train_step` results."""
+    trainable = student if modules is None else nn.ModuleList([student, modules])
+    optimizer = make_optimizer(trainable, lr, momentum, weight_decay)
     history = []
     for i, (images, labels) in enumerate(batches):
         if i % steps_per_epoch == 0:
             adjust_learning_rate(i // steps_per_epoch + 1, lr, decay_epochs, decay_rate, optimizer)
-            student.train()
+            trainable.train()
             if teacher is not None:
                 teacher.eval()
-        history.append(train_step(student, teacher, optimizer, images, labels, gamma, alpha, T))
+        history.append(train_step(student, teacher, optimizer, images, labels, gamma, alpha, T, term, beta))
     return history

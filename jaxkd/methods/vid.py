@@ -1,0 +1,70 @@
+"""VID: variational information distillation (Ahn et al., CVPR 2019), as RepDistiller's `distiller_zoo/VID.py`
+`VIDLoss` and `train_student.py` run it on every stage output, feat[1:-1] (docs/methods.md, "What each term is":
+VID; recipe gamma 1, alpha 0, beta 1).
+
+For each stage pair a regressor (three bias-free 1x1 convs, student channels -> teacher channels -> teacher
+channels -> teacher channels, ReLU between) predicts the mean of a Gaussian over the teacher's feature, with a
+learned per-channel variance softplus(log_scale) + eps (log_scale starts at softplus^-1(init_pred_var - eps));
+the stage's loss is the mean over B, H, W, C of 0.5 ((mu - t)^2 / var + log var), and the term their sum.
+Regressors and log_scales are trained (and weight-decayed) with the student, as RepDistiller's trainable_list.
+Maps of different sizes are pooled to the smaller first; with unequal stage counts the first min(S, T) stages
+are paired (RepDistiller's `zip`)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxkd.methods.base import Method, MethodInit, TermOutput
+from jaxkd.methods.pooling import pool_to_common_size
+from jaxkd.models.torch_layers import conv
+
+
+class VariationalRegressor(nn.Module):
+    """One `VIDLoss`: `regressor` (conv1, conv2, conv3: PyTorch's default Conv2d init, U(+-1/sqrt(in channels)))
+    and `log_scale` (teacher channels). Returns the (mean, variance) of the teacher feature given the student's.
+    Params `conv{1,2,3}/kernel` = `regressor.{0,2,4}.weight`.transpose(2, 3, 1, 0), `log_scale`."""
+
+    channels: int  # the teacher's
+    init_pred_var: float
+    eps: float
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(conv(x, self.channels, 1, "conv1"))
+        x = nn.relu(conv(x, self.channels, 1, "conv2"))
+        mean = conv(x, self.channels, 1, "conv3")
+        # np.log(np.exp(init_pred_var - eps) - 1.0), float64, stored as float32 as torch.ones(...) makes it
+        start = np.float32(np.log(np.exp(self.init_pred_var - self.eps) - 1.0))
+        log_scale = self.param("log_scale", nn.initializers.constant(start), (self.channels,), jnp.float32)
+        variance = jnp.log(1.0 + jnp.exp(log_scale)) + self.eps  # the reference's softplus, term by term
+        return mean, variance
+
+
+def vid_loss(regressor: VariationalRegressor, variables: dict, student_feature, teacher_feature) -> jax.Array:
+    """`VIDLoss.forward`: the negative log-likelihood of the teacher feature, averaged over every element."""
+    student_feature, teacher_feature = pool_to_common_size(student_feature, jax.lax.stop_gradient(teacher_feature))
+    mean, variance = regressor.apply(variables, student_feature)
+    return jnp.mean(0.5 * (jnp.square(mean - teacher_feature) / variance + jnp.log(variance)))
+
+
+class VID(Method):
+    uses_teacher = True
+    defaults = {"init_pred_var": 5.0, "eps": 1e-5}  # VIDLoss(init_pred_var=5.0, eps=1e-5)
+
+    def regressors(self, student, teacher) -> list[VariationalRegressor]:
+        """One regressor per stage pair, sized by the teacher's channels."""
+        return [VariationalRegressor(t.shape[-1], self.settings["init_pred_var"], self.settings["eps"])
+                for _, t in zip(student.features, teacher.features)]
+
+    def init(self, rng, probe) -> MethodInit:
+        params = {}
+        for i, (regressor, s) in enumerate(zip(self.regressors(probe.student, probe.teacher), probe.student.features)):
+            params[f"stage{i + 1}"] = regressor.init(jax.random.fold_in(rng, i), s.astype(jnp.float32))["params"]
+        return MethodInit({"params": params})
+
+    def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
+        losses = [vid_loss(regressor, {"params": variables["params"][f"stage{i + 1}"]}, s, t)
+                  for i, (regressor, s, t) in enumerate(zip(self.regressors(student, teacher), student.features,
+                                                            teacher.features))]
+        return TermOutput(sum(losses), metrics={f"stage{i + 1}": loss for i, loss in enumerate(losses)})

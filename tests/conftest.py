@@ -208,3 +208,14 @@ def rng(request):
     """A generator seeded by the test's id: random data that is the same on every run, so that a failure
     reproduces and a tolerance is not met by luck."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """PyTorch on one intra-op thread for a module's tests: their tensors are tiny, and a thread pool on a few
+    shared cores waits on the other processes more than it computes (a ShuffleV1 forward: 3 s on 2 threads
+    under load, 0.05 s on one). Restored afterwards (the setting is process-wide)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

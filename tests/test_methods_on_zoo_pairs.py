@@ -1,0 +1,176 @@
+"""KD, FitNets, AT and CRD on heterogeneous pairs of RepDistiller's zoo (different stage counts, channels and
+sizes), against RepDistiller's own code path in PyTorch: the student's `forward(x, is_feat=True, preact=False)`
+in train mode, the teacher's in eval mode under no_grad (its `train_student.py`), KD on the logits, FitNets on
+`feat[hint_layer]` (--hint_layer 2: the stem counts), AT on `feat[1:-1]`, CRD on `feat[-1]`, the losses from
+tests/reference. jaxkd's side is the method's `term` on the `ModelOutput`s, as `jaxkd.train` calls it, after
+`Method.initialize` on them; both sides hold the same weights, moved by the project's converter.
+
+Checked per method: the term's value, the shapes of the modules it sized from the pair, and its gradient
+w.r.t. every output of the student's forward pass (stem, each stage output and its pre-activation version,
+pooled vector, logits), against the gradient of RepDistiller's loss w.r.t. its `feat` list and logits: equal
+where RepDistiller's loss reads an output, zero where it does not. That pins down which feature each method
+reads. The backward pass through the student network itself is the models' autodiff, and in train mode on a
+batch of 4 its float32 rounding is ~1% of scale in PyTorch too (ShuffleV1 against float64), so it is not
+compared here."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from ml_collections import ConfigDict
+
+import convert
+from convert.torch_models import get_torch_model
+from jaxkd.losses import kd_divergence
+from jaxkd.methods import Batch, Probe, apply_module, get_method
+from jaxkd.methods.crd_kernels import sample_contrast_indices
+from jaxkd.models import ModelOutput, get_model
+from tests.conftest import assert_close_scaled, nchw, nhwc, randomize_batchnorm_and_bias
+from tests.reference.repdistiller_crd import CRDLoss
+from tests.reference.repdistiller_losses import Attention, ConvReg, HintLoss
+from tests.reference.torch_training import DistillKL
+
+BATCH, CLASSES, TEMPERATURE = 4, 10, 4.0
+HINT_LAYER = 2  # RepDistiller's --hint_layer 2: feat[2], jaxkd's fitnet.hint_layer 1 (the stem not counted)
+CRD_EXAMPLES, CRD_K = 40, 16  # a 40-example "dataset" of 4 classes, 16 negatives per anchor
+# max |diff| <= REL * max |reference|. The terms' inputs come from two frameworks' float32 forward passes through
+# deep networks, which agree to ~1e-5 of scale (tests/test_model_zoo.py), and KD's value is a small difference
+# of large terms; reading a wrong output is off by O(1).
+REL = 1e-4
+# (teacher, student): RepDistiller's resnet32x4 -> ShuffleV1 (3 stages each: 32/16/8 against 16/8/4 pixels;
+# FitNets' regressor is its ConvTranspose branch) and vgg13 -> MobileNetV2 (4 stages each, 16/8/4/4 against
+# 16/8/4/2; the regressor a 1x1 conv). The teachers are resnet8x4 and vgg8: the same stages, channels and
+# feature shapes as resnet32x4 and vgg13 (one block per stage, one conv per VGG block), compiled in less time.
+PAIRS = [("rd_resnet8x4", "ShuffleV1"), ("vgg8", "MobileNetV2")]
+# XLA:CPU's backend optimization off: these programs run once, and compile in half the time
+ONCE = {"xla_backend_optimization_level": 0}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def randomized(arch: str, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = get_torch_model(arch, CLASSES)
+    randomize_batchnorm_and_bias(model, [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1])
+    return model
+
+
+def regressor_variables(reg: ConvReg) -> dict:
+    """The reference ConvReg's weights as jaxkd's ConvReg variables (Conv2d OIHW -> HWIO, ConvTranspose2d
+    (in, out, kH, kW) -> (kH, kW, in, out))."""
+    weight = reg.conv.weight.detach().numpy()
+    transposed = isinstance(reg.conv, torch.nn.ConvTranspose2d)
+    kernel = weight.transpose(2, 3, 0, 1) if transposed else weight.transpose(2, 3, 1, 0)
+    as_np = lambda t: t.detach().numpy().copy()  # noqa: E731
+    return {"params": {"conv": {"kernel": kernel.copy(), "bias": as_np(reg.conv.bias)},
+                       "bn": {"scale": as_np(reg.bn.weight), "bias": as_np(reg.bn.bias)}},
+            "batch_stats": {"bn": {"mean": as_np(reg.bn.running_mean), "var": as_np(reg.bn.running_var)}}}
+
+
+def methods_config() -> ConfigDict:
+    return ConfigDict({"fitnet": {"hint_layer": HINT_LAYER - 1}, "crd": {"nce_k": CRD_K}})
+
+
+def output_leaves(out) -> dict:
+    """name -> array of every output of a forward pass (ModelOutput, NHWC; or RepDistiller's `feat` list and
+    logits as a ModelOutput of NCHW tensors, converted), in RepDistiller's names."""
+    as_array = lambda x: nhwc(x) if isinstance(x, torch.Tensor) and x.ndim == 4 else np.asarray(x)  # noqa: E731
+    leaves = {"feat[0]": out.stem, **{f"feat[{i + 1}]": f for i, f in enumerate(out.features)},
+              f"feat[{len(out.features) + 1}] (pooled)": out.pooled, "logits": out.logits}
+    leaves.update({f"preact feat[{i + 1}]": f for i, f in enumerate(out.preact_features or [])})
+    return {name: None if value is None else as_array(value) for name, value in leaves.items()}
+
+
+def reference_terms(torch_teacher, torch_student, images, regressor, crd, index, contrast_idx):
+    """RepDistiller's losses from `forward(x, is_feat=True, preact=False)`, teacher in eval mode under no_grad,
+    student in train mode; with each loss's gradient w.r.t. the student's outputs (each taken as a leaf):
+    {method: (loss, ModelOutput of gradients, None where the loss does not read the output)}."""
+    with torch.no_grad():
+        feat_t, logit_t = torch_teacher.eval()(nchw(images), is_feat=True, preact=False)
+        feat_s, logit_s = torch_student.train()(nchw(images), is_feat=True, preact=False)
+    feat_s = [f.clone().requires_grad_(True) for f in feat_s]
+    logit_s = logit_s.clone().requires_grad_(True)
+    losses = {"kd": DistillKL(TEMPERATURE)(logit_s, logit_t),
+              "fitnet": HintLoss()(regressor(feat_s[HINT_LAYER]), feat_t[HINT_LAYER]),
+              "at": sum(Attention(p=2)(feat_s[1:-1], feat_t[1:-1])),
+              "crd": crd(feat_s[-1], feat_t[-1], torch.from_numpy(index.astype(np.int64)),
+                         torch.from_numpy(contrast_idx.astype(np.int64)))}
+    results = {}
+    for name, loss in losses.items():
+        grads = torch.autograd.grad(loss, [*feat_s, logit_s], allow_unused=True)
+        results[name] = (loss.item(), ModelOutput(list(grads[1:-2]), grads[-2], grads[-1], grads[0]))
+    return results
+
+
+@pytest.mark.parametrize("teacher_arch,student_arch", PAIRS)
+def test_terms_and_their_feature_gradients_match_repdistiller(teacher_arch, student_arch, rng):
+    seed = int(rng.integers(1 << 30))
+    torch_teacher, torch_student = randomized(teacher_arch, seed), randomized(student_arch, seed + 1)
+    teacher, student = get_model(teacher_arch, CLASSES), get_model(student_arch, CLASSES)
+    teacher_variables = convert.import_torch(torch_teacher.state_dict(), teacher_arch).variables
+    student_variables = convert.import_torch(torch_student.state_dict(), student_arch).variables
+    images = rng.standard_normal((BATCH, 32, 32, 3), dtype=np.float32)
+    train_labels = np.arange(CRD_EXAMPLES, dtype=np.int32) % 4
+    index = rng.choice(CRD_EXAMPLES, BATCH, replace=False).astype(np.int32)
+    batch = Batch(jnp.asarray(images), jnp.asarray(train_labels[index]), jnp.asarray(index),
+                  jax.random.PRNGKey(seed))
+
+    def forward(student_variables, teacher_variables, images):
+        """The student in train mode, the teacher in eval mode, as jaxkd.train's update runs them."""
+        return (apply_module(student, student_variables, images, train=True, method=student.forward)[0],
+                apply_module(teacher, teacher_variables, images, train=False, method=teacher.forward)[0])
+
+    student_out, teacher_out = jax.jit(forward, compiler_options=ONCE)(student_variables, teacher_variables,
+                                                                       batch.images)
+    probe = Probe(student_out, teacher_out, batch, train_labels, CLASSES)
+    methods = {name: get_method(name, methods_config()) for name in ("kd", "fitnet", "at", "crd")}
+    inits = {name: method.initialize(jax.random.PRNGKey(seed), probe) for name, method in methods.items()}
+    assert methods["kd"].uses_teacher and not inits["kd"].variables  # KD is the engine's alpha term
+
+    # The reference's modules, sized from RepDistiller's features: FitNets' regressor (its weights given to
+    # jaxkd's), CRD's embeddings and banks (jaxkd's given to it).
+    to_nchw = lambda shape: (shape[0], shape[3], shape[1], shape[2])  # noqa: E731
+    torch.manual_seed(seed + 2)
+    regressor = ConvReg(to_nchw(student_out.features[HINT_LAYER - 1].shape),
+                        to_nchw(teacher_out.features[HINT_LAYER - 1].shape)).train()
+    with torch.no_grad():
+        regressor.bn.weight.uniform_(0.5, 1.5)
+        regressor.bn.bias.uniform_(-0.3, 0.3)
+    fitnet_variables = regressor_variables(regressor)
+    assert jax.tree.map(np.shape, inits["fitnet"].variables) == jax.tree.map(np.shape, fitnet_variables)
+    inits["fitnet"] = inits["fitnet"]._replace(variables=fitnet_variables)
+    crd_params, crd_state = inits["crd"].variables["params"], inits["crd"].state
+    crd = CRDLoss(student_out.pooled.shape[1], teacher_out.pooled.shape[1], 128, CRD_EXAMPLES, CRD_K)
+    with torch.no_grad():
+        for name, embed in (("embed_student", crd.embed_s), ("embed_teacher", crd.embed_t)):
+            kernel = np.array(crd_params[name]["linear"]["kernel"])
+            assert kernel.shape == tuple(embed.linear.weight.shape)[::-1], name
+            embed.linear.weight.copy_(torch.from_numpy(kernel.T.copy()))
+            embed.linear.bias.copy_(torch.from_numpy(np.array(crd_params[name]["linear"]["bias"])))
+        crd.contrast.memory_v1.copy_(torch.from_numpy(np.array(crd_state["bank_student"])))
+        crd.contrast.memory_v2.copy_(torch.from_numpy(np.array(crd_state["bank_teacher"])))
+    # the negatives CRD.term draws from the batch's key
+    contrast_idx = np.asarray(sample_contrast_indices(batch.rng, batch.labels, batch.index, crd_state, CRD_K))
+
+    def term(name, student_out):
+        """What jaxkd.train adds for method `name`: KD's alpha term, or the method's term."""
+        if name == "kd":
+            return kd_divergence(student_out.logits, teacher_out.logits, TEMPERATURE)
+        return methods[name].term(inits[name].variables, inits[name].state, student_out, teacher_out, batch,
+                                  True).term
+
+    ours = jax.jit(lambda out: {name: jax.value_and_grad(lambda o: term(name, o))(out) for name in methods},
+                   compiler_options=ONCE)(student_out)
+    expected = reference_terms(torch_teacher, torch_student, images, regressor, crd, index, contrast_idx)
+    for name, (loss, torch_grads) in expected.items():
+        what = f"{teacher_arch} -> {student_arch} {name}"
+        value, grads = ours[name]
+        assert_close_scaled(value, loss, REL, what)
+        grads, torch_grads = output_leaves(grads), output_leaves(torch_grads)
+        read = [output for output, grad in torch_grads.items() if grad is not None]
+        assert read, what
+        for output, grad in grads.items():
+            if torch_grads.get(output) is None:  # RepDistiller's loss does not read it: neither may jaxkd's
+                assert not np.any(grad), f"{what}: the term reads {output}, RepDistiller's reads {read}"
+            else:
+                assert_close_scaled(grad, torch_grads[output], REL, f"{what} d/d {output}")

@@ -5,7 +5,8 @@ For a method config and its student/teacher pair, one run times, on the same dev
   (a) `jaxkd step`: the engine's real jitted train programs (batch gather, augmentation, teacher forward,
       student forward/backward, method term, SGD, metric sums), N steps per repeat, dispatched as
       `jaxkd.train` does (`config.steps_per_dispatch` steps per call where they fit);
-  (b) `torch step`: the same step in PyTorch eager with the seed's models (`convert.torch_models`): teacher in
+  (b) `torch step`: the same step in PyTorch eager with the PyTorch reference of each architecture
+      (`convert.torch_models`: the seed's models, and RepDistiller's zoo from `convert/torch_zoo`): teacher in
       eval mode under no_grad, gamma * CE + alpha * KD (DistillKL), SGD momentum/weight decay from the config,
       on pre-normalized batches (the seed augments in DataLoader workers, off the training thread); for
       methods other than none and kd only this CE + KD step is timed, without the method's term (noted);
@@ -283,8 +284,16 @@ def torch_device_for(platform_name: str) -> str | None:
     return None
 
 
+def torch_logits(model, x):
+    """The logits of a PyTorch reference model: the seed's return (features, logits), RepDistiller's (as its
+    own `forward(x)`) the logits alone."""
+    out = model(x)
+    return out[1] if isinstance(out, tuple) else out
+
+
 def torch_part(config, setup: Setup, steps: int, warmup_steps: int, device: str, dtype_name: str) -> Part:
-    """(b) the train step in PyTorch eager with the seed's models, teacher in eval mode under no_grad."""
+    """(b) the train step in PyTorch eager with the architectures' PyTorch references, teacher in eval mode
+    under no_grad."""
     import torch
     import torch.nn.functional as F
 
@@ -316,8 +325,8 @@ def torch_part(config, setup: Setup, steps: int, warmup_steps: int, device: str,
         with autocast:
             if teacher is not None:
                 with torch.no_grad():
-                    teacher_logits = teacher(x)[1].float()
-            logits = student(x)[1].float()
+                    teacher_logits = torch_logits(teacher, x).float()
+            logits = torch_logits(student, x).float()
             total = loss.gamma * F.cross_entropy(logits, y)
             if teacher is not None:
                 kd = F.kl_div(F.log_softmax(logits / temperature, dim=1),

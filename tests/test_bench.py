@@ -165,6 +165,29 @@ def test_models_compute_in_the_config_dtype_unless_the_flag_says_otherwise(monke
     assert seen == ["bfloat16", "float32"] and config.dtype == "bfloat16"
 
 
+def test_torch_step_runs_a_zoo_pair_on_its_pytorch_references(monkeypatch, one_torch_thread):
+    """The PyTorch part for RepDistiller's architectures (vgg8 -> MobileNetV2): both models come from their
+    references (convert/torch_zoo), whose forward returns the logits alone, and a KD step runs on them."""
+    import torch
+
+    import convert.torch_models
+    from jaxkd.train import Teacher, build
+
+    config = kd_wrn.get_config()
+    config.model, config.teacher.arch, config.batch_size = "MobileNetV2", "vgg8", 4
+    train = bench.synthetic_split(8)
+    setup = build(config, jax.devices()[:1], data=(train, train), teacher=Teacher(None, None, "vgg8"))
+    built, get_torch_model = [], convert.torch_models.get_torch_model
+    monkeypatch.setattr(convert.torch_models, "get_torch_model",
+                        lambda *args: built.append(get_torch_model(*args)) or built[-1])
+    part = bench.torch_part(config, setup, steps=2, warmup_steps=1, device="cpu", dtype_name="float32")
+    before = [p.detach().clone() for p in built[0].parameters()]
+    assert part.run() > 0 and part.info["loss"] == "gamma*CE + alpha*KD"
+    assert [type(model).__module__ + "." + type(model).__name__ for model in built] == [
+        "convert.torch_zoo.mobilenetv2.MobileNetV2", "convert.torch_zoo.vgg.VGG"]
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, built[0].parameters()))  # it trained
+
+
 def test_a_record_names_its_commit_and_whether_the_code_differed_from_it(tmp_path):
     import subprocess
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from configs import repdistiller
+from configs import mdistiller, repdistiller
 from jaxkd.methods import METHODS
 from jaxkd.train import train_and_evaluate
 from tests.conftest import on_digits
@@ -24,6 +24,11 @@ def repdistiller_run(method: str):
     return lambda: repdistiller.get_config(f"{PAIR[0]},{PAIR[1]},{method}")
 
 
+def mdistiller_run(method: str):
+    """`configs/mdistiller.py:T,S,method` for the small pair."""
+    return lambda: mdistiller.get_config(f"{PAIR[0]},{PAIR[1]},{method}")
+
+
 def small_run(config, epochs: int):
     """`config` on digits at batch 16 (89 steps per epoch: the fewest epochs in which rd_resnet8 learns)."""
     config = on_digits(config, epochs=epochs, log_every_steps=89, model=config.model)
@@ -33,6 +38,7 @@ def small_run(config, epochs: int):
 
 # method -> the config of its learning run; methods whose end-to-end runs live elsewhere name their test file
 LEARNING_RUNS = {method: repdistiller_run(method) for method in ("kd", "fitnet", "at", "crd")}
+LEARNING_RUNS.update({method: mdistiller_run(method) for method in ("dkd", "dist", "reviewkd")})
 LEARNING_RUNS.update({method: repdistiller_run(method) for method in ("sp", "cc", "vid", "rkd", "pkt", "nst")})
 COVERED_ELSEWHERE = {
     "none": "the teacher fixture below",

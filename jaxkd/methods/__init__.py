@@ -12,6 +12,7 @@ from jaxkd.methods.dist import DIST
 from jaxkd.methods.dkd import DKD
 from jaxkd.methods.dml import DML
 from jaxkd.methods.fitnets import FitNets
+from jaxkd.methods.reviewkd import ReviewKD
 from jaxkd.methods.nst import NST
 from jaxkd.methods.pkt import PKT
 from jaxkd.methods.rkd import RKD
@@ -36,6 +37,7 @@ METHODS: dict[str, type[Method]] = {
     "byot": BYOT,  # Zhang et al. 2019, be your own teacher (self-distillation heads)
     "dkd": DKD,  # Zhao et al. 2022, decoupled KD (mdistiller)
     "dist": DIST,  # Huang et al. 2022, KD from a stronger teacher (Pearson relations)
+    "reviewkd": ReviewKD,  # Chen et al. 2021, knowledge review (ABF + HCL, mdistiller)
 }
 
 

@@ -41,24 +41,6 @@ def reference_for(student: ModelOutput, teacher: ModelOutput) -> ReviewKDStudent
     return ReviewKDStudentSide(in_channels, out_channels, shapes, out_shapes)
 
 
-def flax_variables_of(reference: ReviewKDStudentSide) -> dict:
-    """The reference's (freshly initialized) ABF weights and BN statistics as the method's variables: abf{i} is
-    mdistiller's self.abfs[i], deepest first; conv weights OIHW -> HWIO."""
-    as_np = lambda t: t.detach().numpy().copy()  # noqa: E731
-    params, stats = {}, {}
-    for i, abf in enumerate(reference.abfs):
-        p = {"conv1": {"kernel": as_np(abf.conv1[0].weight).transpose(2, 3, 1, 0)},
-             "conv2": {"kernel": as_np(abf.conv2[0].weight).transpose(2, 3, 1, 0)}}
-        for bn, name in ((abf.conv1[1], "bn1"), (abf.conv2[1], "bn2")):
-            p[name] = {"scale": as_np(bn.weight), "bias": as_np(bn.bias)}
-            stats.setdefault(f"abf{i}", {})[name] = {"mean": as_np(bn.running_mean), "var": as_np(bn.running_var)}
-        if abf.att_conv is not None:
-            p["att_conv"] = {"kernel": as_np(abf.att_conv[0].weight).transpose(2, 3, 1, 0),
-                             "bias": as_np(abf.att_conv[0].bias)}
-        params[f"abf{i}"] = p
-    return {"params": params, "batch_stats": stats}
-
-
 def init_variables(method, student, teacher, seed: int) -> dict:
     """The method's initial variables, jitted (Flax's op-by-op init compiles every op on its own: ~30 s), the
     features passed as arguments (as closed-over constants XLA would fold the whole forward at compile time)."""
@@ -75,7 +57,7 @@ def test_abf_chain_and_hcl_match_mdistiller(rng):
     method = get_method("reviewkd", ConfigDict({"reviewkd": ReviewKD.defaults}))
     torch.manual_seed(int(rng.integers(1 << 30)))
     reference = reference_for(student, teacher)
-    variables = flax_variables_of(reference)
+    variables = reference.jax_variables()
     layout = jax.eval_shape(lambda: method.init(jax.random.PRNGKey(0), Probe(student, teacher, None, None, 10)))
     assert jax.tree_util.tree_structure(layout.variables) == jax.tree_util.tree_structure(variables)
     assert [a.shape for a in jax.tree_util.tree_leaves(layout.variables)] == \

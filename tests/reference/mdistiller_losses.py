@@ -130,3 +130,21 @@ class ReviewKDStudentSide(nn.Module):
             results.insert(0, out)
         teacher = list(teacher_preact_feats) + [teacher_pooled[:, :, None, None]]
         return results, hcl_loss(results, teacher)
+
+    def jax_variables(self) -> dict:
+        """Its ABF weights and BN statistics in jaxkd's ReviewKD variable layout (`abf{i}` = `self.abfs[i]`,
+        deepest first; conv weights OIHW -> HWIO), to start both sides from the same weights."""
+        as_np = lambda t: t.detach().numpy().copy()  # noqa: E731
+        params, stats = {}, {}
+        for i, abf in enumerate(self.abfs):
+            p = {"conv1": {"kernel": as_np(abf.conv1[0].weight).transpose(2, 3, 1, 0)},
+                 "conv2": {"kernel": as_np(abf.conv2[0].weight).transpose(2, 3, 1, 0)}}
+            stats[f"abf{i}"] = {}
+            for bn, name in ((abf.conv1[1], "bn1"), (abf.conv2[1], "bn2")):
+                p[name] = {"scale": as_np(bn.weight), "bias": as_np(bn.bias)}
+                stats[f"abf{i}"][name] = {"mean": as_np(bn.running_mean), "var": as_np(bn.running_var)}
+            if abf.att_conv is not None:
+                p["att_conv"] = {"kernel": as_np(abf.att_conv[0].weight).transpose(2, 3, 1, 0),
+                                 "bias": as_np(abf.att_conv[0].bias)}
+            params[f"abf{i}"] = p
+        return {"params": params, "batch_stats": stats}

@@ -11,7 +11,13 @@ pooled vector, logits), against the gradient of RepDistiller's loss w.r.t. its `
 where RepDistiller's loss reads an output, zero where it does not. That pins down which feature each method
 reads. The backward pass through the student network itself is the models' autodiff, and in train mode on a
 batch of 4 its float32 rounding is ~1% of scale in PyTorch too (ShuffleV1 against float64), so it is not
-compared here."""
+compared here.
+
+And the training engine on RepDistiller's pairs (`configs/repdistiller.py:T,S,M`, random teachers): its train
+program traced for each method on resnet32x4 -> ShuffleV1 and for resnet32x4 -> resnet8x4 and vgg13 -> vgg8
+(the state's structure kept, the modules sized as RepDistiller's), and one compiled step of CRD on
+resnet32x4 -> ShuffleV1 (finite loss, parameters and banks updated). Learning itself is
+tests/test_methods_learn.py's, on one pair for every method."""
 
 import jax
 import jax.numpy as jnp
@@ -21,11 +27,14 @@ import torch
 from ml_collections import ConfigDict
 
 import convert
+from configs import repdistiller
 from convert.torch_models import get_torch_model
+from jaxkd.data import Split
 from jaxkd.losses import kd_divergence
 from jaxkd.methods import Batch, Probe, apply_module, get_method
 from jaxkd.methods.crd_kernels import sample_contrast_indices
 from jaxkd.models import ModelOutput, get_model
+from jaxkd.train import Teacher, build, create_train_state, make_update, train_programs, zero_sums
 from tests.conftest import assert_close_scaled, nchw, nhwc, randomize_batchnorm_and_bias
 from tests.reference.repdistiller_crd import CRDLoss
 from tests.reference.repdistiller_losses import Attention, ConvReg, HintLoss
@@ -174,3 +183,86 @@ def test_terms_and_their_feature_gradients_match_repdistiller(teacher_arch, stud
                 assert not np.any(grad), f"{what}: the term reads {output}, RepDistiller's reads {read}"
             else:
                 assert_close_scaled(grad, torch_grads[output], REL, f"{what} d/d {output}")
+
+
+# --- the training engine on RepDistiller's pairs ------------------------------------------------------------
+
+# RepDistiller's names. Every method on the heterogeneous pair; on the others the methods whose modules
+# depend on the pair's shapes (tracing ShuffleV1's step costs ~3-7 s on 2 shared cores, each case here 2-6 s).
+ENGINE_CASES = [("resnet32x4", "ShuffleV1", method) for method in ("kd", "fitnet", "at", "crd")] + [
+    ("resnet32x4", "resnet8x4", "fitnet"), ("vgg13", "vgg8", "crd")]
+ENGINE_EXAMPLES, ENGINE_BATCH = 20, 4  # 2 examples of each of 10 classes
+
+
+def engine_setup(teacher_name: str, student_name: str, method: str):
+    """(config, setup) of `configs/repdistiller.py:T,S,M` at batch 4 on 20 random images, with a random
+    teacher (from its PyTorch reference, through the converter) and CRD at K = 8."""
+    config = repdistiller.get_config(f"{teacher_name},{student_name},{method}")
+    config.batch_size = ENGINE_BATCH
+    if method == "crd":
+        config.crd.nce_k = 8
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (ENGINE_EXAMPLES, 32, 32, 3), dtype=np.uint8))
+    train = Split(images, np.arange(ENGINE_EXAMPLES, dtype=np.int32) % CLASSES,
+                  np.arange(ENGINE_EXAMPLES, dtype=np.int32), CLASSES)
+    arch = config.teacher.arch
+    teacher = Teacher(get_model(arch, CLASSES), convert.import_torch(randomized(arch, 0).state_dict(), arch).variables,
+                      arch)
+    return config, build(config, jax.devices()[:1], data=(train, train), teacher=teacher)
+
+
+def repdistiller_feature_shapes(arch: str) -> list:
+    """NHWC shapes of RepDistiller's `feat` list for a batch of ENGINE_BATCH, from the PyTorch reference."""
+    with torch.no_grad():
+        feat, _ = get_torch_model(arch, CLASSES).eval()(torch.zeros(ENGINE_BATCH, 3, 32, 32), is_feat=True)
+    return [tuple(f.shape[i] for i in ((0, 2, 3, 1) if f.ndim == 4 else (0, 1))) for f in feat]
+
+
+@pytest.mark.parametrize("teacher_name,student_name,method", ENGINE_CASES)
+def test_engine_step_builds_for_the_pairs(teacher_name, student_name, method):
+    """The engine's train state and its whole train program (batch gather, augmentation, teacher, student
+    forward and backward, the method's term and modules, SGD, metric sums) traced for the pair (shapes and
+    dtypes, nothing compiled): the step keeps the state's structure, and the method's modules have the shapes
+    RepDistiller's would for these features."""
+    config, setup = engine_setup(teacher_name, student_name, method)
+    state = jax.eval_shape(lambda: create_train_state(setup, config))
+    data = (setup.train.images, jnp.asarray(setup.train.labels), jnp.asarray(setup.train.index))
+    step = train_programs(setup, config)[1]
+    new_state, sums = jax.eval_shape(step, state, zero_sums(setup), setup.teacher.variables, *data,
+                                     jnp.arange(ENGINE_EXAMPLES, dtype=jnp.int32))
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), new_state) == jax.tree.map(lambda a: (a.shape, a.dtype), state)
+    assert set(sums) == set(setup.metric_names) and all(v.shape == () for v in sums.values())
+    student_feat, teacher_feat = (repdistiller_feature_shapes(arch) for arch in (config.model, config.teacher.arch))
+    modules = state.params["method"]
+    if method == "fitnet":  # ConvReg from feat_s[2] (its channels) onto feat_t[2] (its channels)
+        kernel = modules["conv"]["kernel"].shape
+        assert (kernel[-2], kernel[-1]) == (student_feat[HINT_LAYER][-1], teacher_feat[HINT_LAYER][-1])
+        assert state.batch_stats["method"]["bn"]["mean"].shape == (teacher_feat[HINT_LAYER][-1],)
+    elif method == "crd":  # the embeddings of feat_s[-1] and feat_t[-1], the banks of the 20 examples
+        assert modules["embed_student"]["linear"]["kernel"].shape == (student_feat[-1][1], 128)
+        assert modules["embed_teacher"]["linear"]["kernel"].shape == (teacher_feat[-1][1], 128)
+        assert state.method_state["bank_student"].shape == (ENGINE_EXAMPLES, 128)
+    else:
+        assert not modules
+
+
+def test_one_engine_step_on_the_heterogeneous_pair_trains():
+    """One compiled step of the engine's update, CRD on resnet32x4 -> ShuffleV1 (the method with modules and
+    state, on the heterogeneous pair): the loss is finite, the student's and the embeddings' parameters move,
+    the bank rows of the batch are rewritten and Z is set."""
+    config, setup = engine_setup("resnet32x4", "ShuffleV1", "crd")
+    state = jax.jit(lambda: create_train_state(setup, config), compiler_options=ONCE)()
+    index = jnp.arange(ENGINE_BATCH, dtype=jnp.int32)
+    batch = Batch(setup.pipeline.normalize(setup.train.images[:ENGINE_BATCH]), jnp.asarray(setup.train.labels)[index],
+                  index, jax.random.PRNGKey(1))
+    new_state, metrics = jax.jit(make_update(setup, config), compiler_options=ONCE)(state, batch,
+                                                                                     setup.teacher.variables)
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["term"]) > 0
+    for part in ("student", "method"):
+        assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params[part]),
+                                                             jax.tree.leaves(new_state.params[part]))), part
+    banks = np.asarray(new_state.method_state["bank_student"])
+    np.testing.assert_allclose(np.linalg.norm(banks[:ENGINE_BATCH], axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(banks[ENGINE_BATCH:], state.method_state["bank_student"][ENGINE_BATCH:])
+    assert float(new_state.method_state["z_student"]) > 0

@@ -44,6 +44,16 @@ def jaxkd_name(repdistiller_name: str) -> str:
     return canonical_name(REPDISTILLER_NAMES.get(repdistiller_name, repdistiller_name))
 
 
+def repdistiller_name(name: str) -> str:
+    """RepDistiller's model_dict name of a jaxkd architecture (`rd_resnet56` -> `resnet56`, `wideresnet40_2` ->
+    `wrn_40_2`, `rd_resnet32x4` -> `resnet32x4`): the spelling of its teacher files' folders."""
+    name = canonical_name(name)
+    for jaxkd_prefix, repdistiller_prefix in (("rd_resnet", "resnet"), ("wideresnet", "wrn_")):
+        if name.startswith(jaxkd_prefix):
+            return repdistiller_prefix + name[len(jaxkd_prefix):]
+    return name
+
+
 def get_config(arguments: str = "wrn_40_2,wrn_16_2,kd"):
     try:
         teacher, student, method = (part.strip() for part in arguments.split(","))

@@ -36,6 +36,9 @@ METHOD_WEIGHTS = {
     "rkd": (1.0, 0.0, 1.0),
     "pkt": (1.0, 0.0, 30000.0),
     "nst": (1.0, 0.0, 50.0),
+    "ab": (1.0, 0.0, 1.0),  # abound: its term is 0 in training (the init stage trains it)
+    "ft": (1.0, 0.0, 200.0),  # factor
+    "fsp": (1.0, 0.0, 50.0),  # its term is 0 in training (the init stage trains it)
 }
 
 
@@ -71,6 +74,6 @@ def get_config(arguments: str = "wrn_40_2,wrn_16_2,kd"):
     if method != "none":
         config.teacher.arch = jaxkd_name(teacher)
         config.teacher.checkpoint = f"save/models/{teacher}_vanilla/ckpt_epoch_240.pth"
-    if config.method in ("fitnet", "crd", "cc", "vid", "rkd"):  # the methods with hyperparameters
+    if config.method in ("fitnet", "crd", "cc", "vid", "rkd", "ab", "ft", "fsp"):  # the methods with hyperparameters
         config[config.method] = config_section(config.method)
     return config

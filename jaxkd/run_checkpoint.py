@@ -12,8 +12,9 @@ import orbax.checkpoint as ocp
 
 
 class RunCheckpoints:
-    def __init__(self, workdir, keep: int):
-        self.directory = Path(workdir).absolute() / "checkpoints"
+    def __init__(self, workdir, keep: int, subdirectory: str = "checkpoints"):
+        """`subdirectory`: "checkpoints" for the train state, "init_checkpoints" for an init stage's."""
+        self.directory = Path(workdir).absolute() / subdirectory
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 

@@ -30,12 +30,13 @@ import optax
 from jaxkd import distributed
 from jaxkd.compile_options import compiler_options
 from jaxkd.config_command_line import parse_config_command_line
-from jaxkd.data import batch_indices, epoch_permutation, load_split
+from jaxkd.data import epoch_permutation, load_split
 from jaxkd.data.pipeline import DataPipeline
-from jaxkd.data.saliencymix import mixed_cross_entropy, saliencymix
+from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.dispatch import TrainPrograms, dispatch_plan, steps_per_dispatch
 from jaxkd.errors import UserError, run_command
 from jaxkd.evaluate import evaluate_classifiers, evaluate_split
+from jaxkd.init_stage import log_resume_step, run_init_stage
 from jaxkd.losses import cross_entropy, kd_divergence
 from jaxkd.mesh import batch_sharded, data_mesh, replicated
 from jaxkd.methods import Batch, Method, Probe, apply_module, get_method
@@ -46,6 +47,7 @@ from jaxkd.optimizer import base_learning_rate, config_learning_rate_schedule, m
 from jaxkd.run_checkpoint import RunCheckpoints
 from jaxkd.safe_write import check_output_directory
 from jaxkd.stop_request import StopRequest
+from jaxkd.train_batch import prepare_batch
 from jaxkd.train_state import TrainState
 from jaxkd.workdir import WorkdirLock, create_workdir, export_models, save_config
 
@@ -257,17 +259,8 @@ def make_train_step(setup: Setup, config, num_steps: int = 1, unroll: bool | Non
 
     def train_step(state: TrainState, sums, teacher_variables, images, labels, index, permutation):
         # Each device gathers and augments only its rows of the global batch.
-        indices = jax.lax.with_sharding_constraint(
-            batch_indices(permutation, state.step % spe, config.batch_size, batch_size), batch_sharding)
-        augment_rng, method_rng, mix_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
-        pixels = pipeline.crop_flip(augment_rng, images[indices])  # still uint8
-        partners, lam = None, 1.0
-        if config.saliencymix:
-            pixels, partners, lam = saliencymix(mix_rng, pixels, config.saliencymix_prob,
-                                                per_example=config.saliencymix_per_example)
-        batch = Batch(jax.lax.with_sharding_constraint(pipeline.normalize(pixels), batch_sharding),
-                      jax.lax.with_sharding_constraint(labels[indices], batch_sharding),
-                      index[indices], method_rng, partners, lam, epoch=state.step // spe + 1)
+        batch = prepare_batch(pipeline, config, state.rng, state.step, permutation, images, labels, index,
+                              batch_size, batch_sharding, spe)
         state, metrics = update(state, batch, teacher_variables)
         sums = {name: sums[name] + metrics[name].astype(jnp.float32) for name in setup.metric_names}
         return state, sums
@@ -338,7 +331,8 @@ def train_and_evaluate(config, workdir) -> dict:
         checkpoints = RunCheckpoints(workdir, config.keep_checkpoints)
         cleanup.callback(checkpoints.close)
         # metrics that a killed run logged after the checkpoint this run resumes from are dropped
-        log = MetricLog(workdir, active=distributed.is_primary(), resume_step=checkpoints.latest_step() or 0)
+        log = MetricLog(workdir, active=distributed.is_primary(),
+                        resume_step=log_resume_step(setup, config, workdir, checkpoints.latest_step()))
         cleanup.callback(log.close)
         stop = StopRequest()
         cleanup.callback(stop.restore)
@@ -358,7 +352,8 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
 
     state = jax.device_put(initial.pop("state"), on_all_devices)
     progress = {"best_top1": 0.0, "best_epoch": 0}
-    if checkpoints.latest_step() is not None:
+    resumed = checkpoints.latest_step() is not None
+    if resumed:
         state, progress = checkpoints.restore(state)
         done = int(state.step)
         where = f"epoch {done // spe + 1} of {config.epochs}" if done < total_steps else "training already complete"
@@ -367,7 +362,7 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
     teacher_variables = None
     if setup.teacher:
         teacher_variables = jax.device_put(setup.teacher.variables, on_all_devices)
-        if int(state.step) == 0:
+        if not resumed:
             result = evaluate_split(setup.teacher.model, teacher_variables, setup.test.images,
                                     setup.test.labels, config.eval_batch_size, mesh=mesh,
                                     normalization=setup.pipeline.normalization)
@@ -376,6 +371,10 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
 
     images, labels, index = jax.device_put((setup.train.images, setup.train.labels, setup.train.index),
                                            on_all_devices)
+    if not resumed and setup.method.init_stage(config) is not None:  # a train checkpoint: the stage is done
+        state = run_init_stage(setup, config, state, teacher_variables, (images, labels, index), workdir, log,
+                               stop, _say)
+        checkpoints.save(state, progress)  # at step 0: a run stopped from here on never reruns the stage
     programs = train_programs(setup, config)
     last_batch_program = (make_train_step(setup, config, batch_size=setup.last_batch_size)
                           if setup.partial_last_batch else None)

@@ -170,7 +170,7 @@ def test_a_resumed_log_drops_what_was_logged_after_its_checkpoint(tmp_path):
     newest = max((tmp_path / "tensorboard").iterdir(), key=lambda p: p.stat().st_mtime_ns)
     purges = [e.step for e in events(newest) if e.HasField("session_log") and e.session_log.status == 1]
     assert purges == [11]  # TensorBoard hides the older files' events from step 11 on
-    MetricLog(tmp_path, resume_step=0).close()  # a run started anew (no checkpoint) keeps no row
+    MetricLog(tmp_path, resume_step=None).close()  # a run started anew (no checkpoint) keeps no row
     assert logged_steps(tmp_path) == []
 
 

@@ -3,6 +3,7 @@
 from ml_collections import ConfigDict
 
 from jaxkd.errors import UserError
+from jaxkd.methods.ab import AB
 from jaxkd.methods.at import AT
 from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, apply_module, section_over_defaults
 from jaxkd.methods.byot import BYOT
@@ -12,6 +13,8 @@ from jaxkd.methods.dist import DIST
 from jaxkd.methods.dkd import DKD
 from jaxkd.methods.dml import DML
 from jaxkd.methods.fitnets import FitNets
+from jaxkd.methods.fsp import FSP
+from jaxkd.methods.ft import FT
 from jaxkd.methods.reviewkd import ReviewKD
 from jaxkd.methods.nst import NST
 from jaxkd.methods.pkt import PKT
@@ -33,6 +36,9 @@ METHODS: dict[str, type[Method]] = {
     "rkd": RKD,  # Park et al. 2019, relational (distance and angle)
     "pkt": PKT,  # Passalis & Tefas 2018, probabilistic knowledge transfer
     "nst": NST,  # Huang & Wang 2017, neuron selectivity transfer
+    "ab": AB,  # Heo et al. 2019, activation boundaries (RepDistiller's `abound`), init stage only
+    "ft": FT,  # Kim et al. 2018, factor transfer (RepDistiller's `factor`), paraphraser trained in the init stage
+    "fsp": FSP,  # Yim et al. 2017, flow of solution procedure, init stage only
     "dml": DML,  # Zhang et al. 2018, deep mutual learning (peers trained together)
     "byot": BYOT,  # Zhang et al. 2019, be your own teacher (self-distillation heads)
     "dkd": DKD,  # Zhao et al. 2022, decoupled KD (mdistiller)

@@ -97,6 +97,21 @@ class TermOutput(NamedTuple):
                              else self.batch_stats, state=state if self.state is None else self.state)
 
 
+INIT_MODULES = "init_modules"  # the key of the method state under which a method keeps its init-stage modules
+
+
+class InitStage(NamedTuple):
+    """An init stage a method declares (RepDistiller's `helper/pretrain.py` `init`, docs/methods.md "The init
+    stage"): before normal training, `epochs` passes over the training data (the run's pipeline and batch size)
+    train, on `Method.init_loss` alone, the method's init modules (`state[INIT_MODULES]`, frozen afterwards) and,
+    with `student_features`, the student's feature modules (RepDistiller's `get_feat_modules`), by SGD with the
+    run's momentum and weight decay at the constant `learning_rate`."""
+
+    epochs: int
+    student_features: bool
+    learning_rate: float
+
+
 class Method:
     """Base class: a method with no term, no modules and no state (the plain baseline, "none").
 
@@ -128,6 +143,17 @@ class Method:
     def term(self, variables: dict, state, student: ModelOutput, teacher: ModelOutput | None, batch: Batch,
              train: bool) -> TermOutput:
         return TermOutput(jnp.zeros((), jnp.float32))
+
+    def init_stage(self, config) -> InitStage | None:
+        """The method's init stage for the run's `config`, or None (no init stage: most methods)."""
+        return None
+
+    def init_loss(self, modules: dict, student: ModelOutput | None, teacher: ModelOutput, batch: Batch
+                  ) -> tuple[jax.Array, dict]:
+        """(the init stage's loss, the init modules' updated batch statistics), the modules in train mode;
+        `modules` are `state[INIT_MODULES]`'s variables; `student` is None when the stage does not train the
+        student's feature modules (RepDistiller runs it but does not use it)."""
+        raise NotImplementedError(f"method {self.name!r} declares no init stage")
 
     def eval_logits(self, variables: dict, student: ModelOutput, images: jax.Array) -> dict:
         """Extra classifiers to evaluate beside the student, name -> logits (B, classes), in eval mode (running

@@ -1,0 +1,85 @@
+"""The engine's init stage (jaxkd/init_stage.py) end to end on digits, with AB (connectors and the student's
+feature modules train in it): a run stopped (SIGTERM) inside the init stage resumes there, a run stopped in
+training resumes without rerunning it, and both end bitwise equal to a straight run. One init epoch and one
+training epoch of 22 steps, the shortest run that shows it.
+The method-level parity of the stage (3 init steps against RepDistiller's `init` in PyTorch) is in
+tests/test_method_ab_ft_fsp.py."""
+
+import contextlib
+import io
+import json
+import signal
+
+import pytest
+
+from configs import repdistiller
+from jaxkd import train as train_module
+from jaxkd.train import train_and_evaluate
+from tests.conftest import assert_bitwise_equal, final_params, on_digits, save_random_teacher
+
+def ab_config(teacher_path):
+    config = on_digits(repdistiller.get_config("wrn_16_2,resnet8,ab"), epochs=1, log_every_steps=11)
+    config.teacher.checkpoint, config.teacher.arch = str(teacher_path), "wideresnet16_2"  # connectors: 1x1 convs
+    config.ab.init_epochs = 1
+    return config
+
+
+def rows(workdir) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def run(config, workdir, stop_at_call: int | None = None, monkeypatch=None) -> str:
+    """Runs (or resumes) the run, stopping as SIGTERM would before host call `stop_at_call` (init and train
+    programs counted together); returns its output."""
+    output = io.StringIO()
+    if stop_at_call is not None:
+        calls = {"count": 0}
+        real_before_dispatch = train_module.StopRequest.before_dispatch
+
+        def stop_there(self):
+            calls["count"] += 1
+            if calls["count"] == stop_at_call:
+                self._handle(signal.SIGTERM, None)
+            return real_before_dispatch(self)
+
+        monkeypatch.setattr(train_module.StopRequest, "before_dispatch", stop_there)
+    with contextlib.redirect_stdout(output):
+        if stop_at_call is None:
+            train_and_evaluate(config, workdir)
+        else:
+            with pytest.raises(SystemExit) as stopped:
+                train_and_evaluate(config, workdir)
+            assert stopped.value.code == 143
+            monkeypatch.undo()
+    return output.getvalue()
+
+
+def test_stopped_in_the_init_stage_or_in_training_resumes_bitwise_without_rerunning_it(tmp_path, monkeypatch):
+    config = ab_config(save_random_teacher(tmp_path / "teacher.pth", "wideresnet16_2", 10))
+    straight = run(config, tmp_path / "straight")
+    assert "init epoch 1/1" in straight
+    straight_rows = rows(tmp_path / "straight")
+    init_rows = [(r["step"], r["init_step"], r["loss"]) for r in straight_rows if r["kind"] == "init"]
+    assert [row[:2] for row in init_rows] == [(-11, 11), (0, 22)]  # steps <= 0: before training's
+    assert sorted(p.name for p in (tmp_path / "straight" / "checkpoints").iterdir() if p.name.isdigit()) == ["0", "22"]
+
+    stopped = tmp_path / "stopped"
+    run(config, stopped, stop_at_call=13, monkeypatch=monkeypatch)  # after 12 init steps
+    assert sorted(p.name for p in (stopped / "init_checkpoints").iterdir()) == ["12"]
+    assert not [p for p in (stopped / "checkpoints").iterdir() if p.name.isdigit()]
+    # resumed in the init stage (10 calls left there), stopped again 4 steps into training
+    output = run(config, stopped, stop_at_call=15, monkeypatch=monkeypatch)
+    assert "resumed the init stage" in output and "at init step 12" in output
+    assert sorted(p.name for p in (stopped / "checkpoints").iterdir() if p.name.isdigit()) == ["0", "4"]
+    output = run(config, stopped)
+    assert "resumed from" in output and "init stage" not in output and "init epoch" not in output  # not rerun
+    assert_bitwise_equal(final_params(stopped), final_params(tmp_path / "straight"))
+    resumed_rows = rows(stopped)
+    resumed_init = [(r["step"], r["init_step"], r["loss"]) for r in resumed_rows if r["kind"] == "init"]
+    # every init step logged once: the stop's partial window (step 12) inserted, the same loss where the
+    # windows agree (steps 1-11)
+    assert [row[:2] for row in resumed_init] == [(-11, 11), (-10, 12), (0, 22)]
+    assert resumed_init[0] == init_rows[0]
+    assert [r["kind"] for r in resumed_rows].count("teacher") == 1
+    assert sorted((r["step"], r["kind"]) for r in resumed_rows if r["kind"] in ("train", "eval")) == \
+        [(4, "train"), (11, "train"), (22, "eval"), (22, "train")]

@@ -89,3 +89,6 @@ def test_method_learns_on_digits(method, digits_teacher, tmp_path):
     assert all(math.isfinite(record["loss"]) and math.isfinite(record["term"]) for record in train)
     if config.loss.beta and method not in ("ab", "fsp"):  # a method with a term: it is computed, not zero
         assert all(record["term"] != 0 for record in train)
+    warmup = config.get(config.method, {}).get("warmup")
+    if warmup:  # DKD's and ReviewKD's warm-up: each step's epoch (Batch.epoch) reaches the term
+        assert train[-1][f"{config.method}_warmup"] == pytest.approx(min(2 / warmup, 1.0)), train[-1]

@@ -437,3 +437,17 @@ def test_three_ft_train_steps_match_pytorch():
         > 3 * TRAIN_REL
     assert_tree_close(state.method_state[INIT_MODULES]["params"], paraphraser_params(paraphraser), "paraphraser", 0)
     assert relative(ours["layer1.0.conv1.weight"].numpy(), initial["layer1.0.conv1.weight"].numpy()) > 3 * TRAIN_REL
+
+
+def test_feature_modules_are_repdistillers_get_feat_modules():
+    """The student's modules the init stage trains, per family: all but the classifier, and but the WRN family's
+    final BN (`bn1`), MobileNetV2's final 1x1 conv (`conv2`), ShuffleV2's final conv and BN (`conv2`, `bn2`)."""
+    from jaxkd.init_stage import feature_module_names
+
+    left_out = {"rd_resnet8": {"fc"}, "wideresnet16_2": {"finalact", "linear"}, "resnet8": {"finalact", "linear"},
+                "vgg8": {"classifier"}, "MobileNetV2": {"conv2.0", "conv2.1", "classifier.0"},
+                "ShuffleV1": {"linear"}, "ShuffleV2": {"conv2", "bn2", "linear"}, "ResNet50": {"linear"}}
+    for arch, expected in left_out.items():
+        model = get_model(arch, NUM_CLASSES)
+        params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))["params"]
+        assert set(params) - feature_module_names(params) == expected, arch

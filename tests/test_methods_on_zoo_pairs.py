@@ -252,12 +252,16 @@ def test_one_engine_step_on_the_heterogeneous_pair_trains():
     state, on the heterogeneous pair): the loss is finite, the student's and the embeddings' parameters move,
     the bank rows of the batch are rewritten and Z is set."""
     config, setup = engine_setup("resnet32x4", "ShuffleV1", "crd")
-    state = jax.jit(lambda: create_train_state(setup, config), compiler_options=ONCE)()
     index = jnp.arange(ENGINE_BATCH, dtype=jnp.int32)
     batch = Batch(setup.pipeline.normalize(setup.train.images[:ENGINE_BATCH]), jnp.asarray(setup.train.labels)[index],
                   index, jax.random.PRNGKey(1))
-    new_state, metrics = jax.jit(make_update(setup, config), compiler_options=ONCE)(state, batch,
-                                                                                     setup.teacher.variables)
+
+    def first_step(teacher_variables):
+        """The initial train state and the state after the engine's update: one program, compiled once."""
+        state = create_train_state(setup, config)
+        return (state, *make_update(setup, config)(state, batch, teacher_variables))
+
+    state, new_state, metrics = jax.jit(first_step, compiler_options=ONCE)(setup.teacher.variables)
     assert np.isfinite(float(metrics["loss"])) and float(metrics["term"]) > 0
     for part in ("student", "method"):
         assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params[part]),

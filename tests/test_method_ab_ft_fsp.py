@@ -451,3 +451,29 @@ def test_feature_modules_are_repdistillers_get_feat_modules():
         model = get_model(arch, NUM_CLASSES)
         params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))["params"]
         assert set(params) - feature_module_names(params) == expected, arch
+
+
+def test_repdistillers_benchmark_pairs_build_ab_and_ft_and_fsp_only_where_its_table_has_a_number():
+    """The 13 pairs of RepDistiller's README: AB and FT build their modules for every one; FSP refuses (one
+    error line) exactly its N/A pairs: wrn_40_2 -> wrn_40_1 and every cross-architecture pair. Shapes only
+    (jax.eval_shape), nothing computed."""
+    import functools
+
+    from tests.test_config_repdistiller import CROSS_ARCHITECTURE, SAME_ARCHITECTURE
+
+    @functools.cache
+    def output_shapes(arch):
+        model, x = get_model(arch, 100), jnp.zeros((2, 32, 32, 3))
+        return jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), x), x, method=model.forward))
+
+    for teacher, student in SAME_ARCHITECTURE + CROSS_ARCHITECTURE:
+        for method_name in ("ab", "ft", "fsp"):
+            config = repdistiller.get_config(f"{teacher},{student},{method_name}")
+            method = get_method(method_name, config)
+            build = lambda s, t: method.init(jax.random.PRNGKey(0), Probe(s, t, None, None, 100))  # noqa: E731,B023
+            shapes = output_shapes(config.model), output_shapes(config.teacher.arch)
+            if method_name == "fsp" and (teacher, student) not in SAME_ARCHITECTURE[:1] + SAME_ARCHITECTURE[2:]:
+                with pytest.raises(UserError, match="fsp needs"):
+                    jax.eval_shape(build, *shapes)
+            else:
+                jax.eval_shape(build, *shapes)

@@ -6,13 +6,20 @@ import zlib
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 from configs import demo
 from convert.torch_models import get_torch_model
+from jaxkd.evaluate import data_mesh
+from jaxkd.methods import Batch, get_method
 from jaxkd.model_checkpoint import load_model_checkpoint
+from jaxkd.models import ModelOutput, get_model
+from jaxkd.optimizer import make_optimizer
+from jaxkd.train import Setup, Teacher, make_update
+from jaxkd.train_state import TrainState
 
 
 def randomized_torch_model(arch: str, num_classes: int = 100, seed: int = 0):
@@ -219,3 +226,44 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# --- method tests: random feature pairs, and a few engine train steps against a PyTorch loop
+
+# (stage output shapes NHWC, pooled size) of a student and a teacher: the same shapes, and a teacher with other
+# channels, spatial sizes and stage count
+FEATURE_PAIRS = {
+    "homogeneous": (([(8, 8, 8), (4, 4, 16), (2, 2, 32)], 32), ([(8, 8, 8), (4, 4, 16), (2, 2, 32)], 32)),
+    "heterogeneous": (([(8, 8, 8), (4, 4, 16), (2, 2, 32)], 32),
+                      ([(8, 8, 16), (4, 4, 24), (4, 4, 40), (4, 4, 48)], 48)),
+}
+
+
+def random_model_outputs(rng, batch: int, stage_shapes, pooled_size: int, scale=1.0, shift=0.0):
+    """A `ModelOutput` of float32 numpy features (normal * scale + shift): stage outputs and the pooled vector."""
+    features = [(rng.normal(size=(batch, *shape)) * scale + shift).astype(np.float32) for shape in stage_shapes]
+    return ModelOutput(features, (rng.normal(size=(batch, pooled_size)) * scale + shift).astype(np.float32), None)
+
+
+def engine_train_steps(config, student_arch: str, teacher_arch: str, num_classes: int, student_variables: dict,
+                       teacher_variables: dict, method_variables: dict, images, labels, method_state=None):
+    """`jaxkd.train.make_update` (jitted once) for len(images) steps from the given weights (the method's
+    {"params", "batch_stats"} and state), one epoch: per-step {loss, ce, term} and the final train state."""
+    steps, batch_size = len(images), len(images[0])
+    setup = Setup(student=get_model(student_arch, num_classes), method=get_method(config.method, config),
+                  teacher=Teacher(get_model(teacher_arch, num_classes), teacher_variables, teacher_arch),
+                  optimizer=make_optimizer(config, steps), train=None, test=None, steps_per_epoch=steps,
+                  mesh=data_mesh())
+    params = {"student": student_variables["params"], "method": method_variables.get("params", {})}
+    batch_stats = {"student": student_variables["batch_stats"], "method": method_variables.get("batch_stats", {})}
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                       opt_state=setup.optimizer.init(params), rng=jax.random.PRNGKey(0),
+                       method_state={} if method_state is None else method_state)
+    update = jax.jit(make_update(setup, config))
+    history = []
+    for step in range(steps):
+        batch = Batch(jnp.asarray(images[step]), jnp.asarray(labels[step]), jnp.arange(batch_size, dtype=jnp.int32),
+                      jax.random.PRNGKey(step))
+        state, metrics = update(state, batch, teacher_variables)
+        history.append({name: float(metrics[name]) for name in ("loss", "ce", "term")})
+    return history, jax.device_get(state)

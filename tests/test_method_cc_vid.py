@@ -21,24 +21,15 @@ import torch.nn as nn
 
 import convert
 from configs import repdistiller
-from jaxkd.evaluate import data_mesh
-from jaxkd.methods import Batch, Probe, get_method
-from jaxkd.models import ModelOutput, get_model
-from jaxkd.optimizer import make_optimizer
-from jaxkd.train import Setup, Teacher, make_update
-from jaxkd.train_state import TrainState
-from tests.conftest import assert_close_scaled, nchw, nhwc, randomized_torch_model
+from jaxkd.methods import Probe, get_method
+from jaxkd.models import ModelOutput
+from tests.conftest import (FEATURE_PAIRS, assert_close_scaled, engine_train_steps, nchw, nhwc,
+                            random_model_outputs, randomized_torch_model)
 from tests.reference import repdistiller_more_losses as reference
 from tests.reference import torch_training
 
 REL = 1e-5
 BATCH = 6
-# (stage output shapes NHWC, pooled size) of student and teacher
-PAIRS = {
-    "homogeneous": (([(8, 8, 8), (4, 4, 16), (2, 2, 32)], 32), ([(8, 8, 8), (4, 4, 16), (2, 2, 32)], 32)),
-    "heterogeneous": (([(8, 8, 8), (4, 4, 16), (2, 2, 32)], 32),
-                      ([(8, 8, 16), (4, 4, 24), (4, 4, 40), (4, 4, 48)], 48)),
-}
 
 
 def recipe(method: str):
@@ -81,17 +72,12 @@ def torch_term(method: str, modules, out_s, out_t):
 
 # --- the term and its gradients -----------------------------------------------------------------------------
 
-def random_outputs(rng, stages, pooled, scale=1.0, shift=0.0) -> ModelOutput:
-    features = [(rng.normal(size=(BATCH, *shape)) * scale + shift).astype(np.float32) for shape in stages]
-    return ModelOutput(features, (rng.normal(size=(BATCH, pooled)) * scale + shift).astype(np.float32), None)
-
-
-@pytest.mark.parametrize("pair", sorted(PAIRS))
+@pytest.mark.parametrize("pair", sorted(FEATURE_PAIRS))
 @pytest.mark.parametrize("method", ["cc", "vid"])
 def test_term_and_gradients_match_pytorch(method, pair, rng):
-    (s_stages, s_dim), (t_stages, t_dim) = PAIRS[pair]
-    student = random_outputs(rng, s_stages, s_dim)
-    teacher = random_outputs(rng, t_stages, t_dim, scale=1.5, shift=0.3)
+    (s_stages, s_dim), (t_stages, t_dim) = FEATURE_PAIRS[pair]
+    student = random_model_outputs(rng, BATCH, s_stages, s_dim)
+    teacher = random_model_outputs(rng, BATCH, t_stages, t_dim, scale=1.5, shift=0.3)
     torch.manual_seed(int(rng.integers(1 << 31)))
     modules = torch_modules(method, [s[-1] for s in s_stages], [t[-1] for t in t_stages], s_dim, t_dim)
     if method == "vid":  # distinct per-channel variances, so that a mixed-up channel shows
@@ -182,26 +168,6 @@ STEPS, TRAIN_BATCH, SIZE = 3, 8, 8
 TRAIN_REL = 1e-4  # tests/test_train_parity.py's margin
 
 
-def run_engine(config, student_init: dict, teacher_variables: dict, method_params: dict, images, labels):
-    """`make_update` of the engine for STEPS steps from the given weights: per-step losses and the final state."""
-    setup = Setup(student=get_model(STUDENT, NUM_CLASSES), method=get_method(config.method, config),
-                  teacher=Teacher(get_model(TEACHER, NUM_CLASSES), teacher_variables, TEACHER),
-                  optimizer=make_optimizer(config, STEPS), train=None, test=None, steps_per_epoch=STEPS,
-                  mesh=data_mesh())
-    params = {"student": student_init["params"], "method": method_params}
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       batch_stats={"student": student_init["batch_stats"], "method": {}},
-                       opt_state=setup.optimizer.init(params), method_state={}, rng=jax.random.PRNGKey(0))
-    update = jax.jit(make_update(setup, config))
-    history = []
-    for step in range(STEPS):
-        batch = Batch(jnp.asarray(images[step]), jnp.asarray(labels[step]), jnp.arange(TRAIN_BATCH, dtype=jnp.int32),
-                      jax.random.PRNGKey(step))
-        state, metrics = update(state, batch, teacher_variables)
-        history.append({name: float(metrics[name]) for name in ("loss", "ce", "term")})
-    return history, jax.device_get(state)
-
-
 def relative(actual, reference_value) -> float:
     actual, reference_value = np.asarray(actual, np.float64), np.asarray(reference_value, np.float64)
     assert actual.shape == reference_value.shape
@@ -233,8 +199,9 @@ def test_three_train_steps_match_pytorch(method, seed):
                             shapes[0].pooled.shape[1], shapes[1].pooled.shape[1])
     initial_modules = as_flax(method, modules)
 
-    history, state = run_engine(config, convert.torch_to_flax(student.state_dict()),
-                                convert.torch_to_flax(teacher.state_dict()), initial_modules, images, labels)
+    history, state = engine_train_steps(
+        config, STUDENT, TEACHER, NUM_CLASSES, convert.torch_to_flax(student.state_dict()),
+        convert.torch_to_flax(teacher.state_dict()), {"params": initial_modules}, images, labels)
     reference_history = torch_training.train(
         student, teacher, [(nchw(images[s]), torch.from_numpy(labels[s]).long()) for s in range(STEPS)], STEPS,
         lr=config.optimizer.lr, momentum=0.9, weight_decay=5e-4, gamma=config.loss.gamma, alpha=config.loss.alpha,

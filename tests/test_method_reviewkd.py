@@ -6,16 +6,15 @@ PyTorch's as mdistiller applies it."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import scipy.stats
 import torch
 from ml_collections import ConfigDict
 
 from jaxkd.methods import Batch, Probe, get_method
-from jaxkd.methods.reviewkd import ReviewKD
+from jaxkd.methods.reviewkd import ABF, ReviewKD
 from jaxkd.models import ModelOutput
 from tests.conftest import assert_close_scaled, nchw, nhwc
-from tests.reference.mdistiller_losses import ReviewKDStudentSide, dkd_warmup
+from tests.reference.mdistiller_losses import ABF as TorchABF, ReviewKDStudentSide, dkd_warmup
 
 REL = 1e-5
 BATCH = 4
@@ -39,13 +38,6 @@ def reference_for(student: ModelOutput, teacher: ModelOutput) -> ReviewKDStudent
     shapes = [1] + [f.shape[1] for f in student.features][::-1]
     out_shapes = [1] + [f.shape[1] for f in teacher.preact_features][::-1]
     return ReviewKDStudentSide(in_channels, out_channels, shapes, out_shapes)
-
-
-def init_variables(method, student, teacher, seed: int) -> dict:
-    """The method's initial variables, jitted (Flax's op-by-op init compiles every op on its own: ~30 s), the
-    features passed as arguments (as closed-over constants XLA would fold the whole forward at compile time)."""
-    return jax.jit(lambda key, s, t: method.init(key, Probe(s, t, None, None, 10)).variables)(
-        jax.random.PRNGKey(seed), student, teacher)
 
 
 def test_abf_chain_and_hcl_match_mdistiller(rng):
@@ -113,35 +105,33 @@ def test_abf_chain_and_hcl_match_mdistiller(rng):
     assert_close_scaled(pooled_grad, pooled.grad.numpy(), REL, "student pooled grad")
 
 
-def test_abf_initialization_is_mdistillers(rng):
-    """conv1 and conv2: kaiming_uniform_(a=1), U(+-sqrt(3 / fan_in)); att_conv: PyTorch's default Conv2d
-    weight and bias, U(+-1/sqrt(fan_in)); BN 1 / 0 with running statistics 0 / 1. Each JAX tensor must be a
-    sample of the bound the PyTorch module uses (Kolmogorov-Smirnov, and the same bound as the torch module's
-    own freshly initialized tensor, whose maximum is close to it)."""
-    s_stages, s_pooled, t_stages, t_pooled = PAIR
-    student, teacher = model_output(rng, s_stages, s_pooled), model_output(rng, t_stages, t_pooled)
-    variables = init_variables(ReviewKD("reviewkd"), student, teacher, 3)
+def test_abf_initialization_is_mdistillers():
+    """One fused ABF (24 -> 32 -> 40 channels; the unfused one differs only by lacking att_conv), against
+    mdistiller's `ABF(24, 32, 40, fuse=True)`: conv1 and conv2 kaiming_uniform_(a=1), U(+-sqrt(3 / fan_in));
+    att_conv PyTorch's default Conv2d weight and bias, U(+-1/sqrt(fan_in)); BN 1 / 0 with running statistics
+    0 / 1. Each JAX tensor must be a sample of the bound the PyTorch module uses (Kolmogorov-Smirnov, and the
+    same bound as the torch module's own freshly initialized tensor, whose maximum is close to it). The chain's
+    sizes (mid channels = min(512, the pooled size), one ABF per level) are checked by the parity test above."""
+    x, residual = jnp.zeros((2, 4, 4, 24)), jnp.zeros((2, 2, 2, 32))
+    variables = jax.jit(lambda key, x, r: ABF(32, 40, fuse=True).init(key, x, r, 4, train=False))(
+        jax.random.PRNGKey(3), x, residual)
+    p, stats = variables["params"], variables["batch_stats"]
     torch.manual_seed(0)
-    reference = reference_for(student, teacher)
-    mid = 24  # min(512, the pooled vector's 24 channels)
-    for i, abf in enumerate(reference.abfs):
-        p, stats = variables["params"][f"abf{i}"], variables["batch_stats"][f"abf{i}"]
-        tensors = [("conv1", p["conv1"]["kernel"], abf.conv1[0].weight, np.sqrt(3 / abf.conv1[0].weight[0].numel())),
-                   ("conv2", p["conv2"]["kernel"], abf.conv2[0].weight, np.sqrt(3 / abf.conv2[0].weight[0].numel()))]
-        if abf.att_conv is not None:
-            bound = 1 / np.sqrt(2 * mid)
-            tensors += [("att_conv", p["att_conv"]["kernel"], abf.att_conv[0].weight, bound),
-                        ("att_conv bias", p["att_conv"]["bias"], abf.att_conv[0].bias, bound)]
-        for name, ours, theirs, bound in tensors:
-            ours, theirs = np.asarray(ours).ravel(), theirs.detach().numpy().ravel()
-            assert np.max(np.abs(ours)) <= bound and np.max(np.abs(theirs)) <= bound, (i, name)
-            assert np.max(np.abs(theirs)) > 0.8 * bound or theirs.size < 20, (i, name)  # the reference's bound
-            # 14 tensors: p > 1e-4 each (PyTorch's default bound instead, sqrt(3) smaller, gives p < 1e-20 on a kernel)
-            assert scipy.stats.kstest(ours, scipy.stats.uniform(-bound, 2 * bound).cdf).pvalue > 1e-4, (i, name)
-        assert np.asarray(p["conv1"]["kernel"]).shape[-1] == mid
-        for name in ("bn1", "bn2"):
-            assert np.all(np.asarray(p[name]["scale"]) == 1) and not np.any(np.asarray(p[name]["bias"]))
-            assert not np.any(np.asarray(stats[name]["mean"])) and np.all(np.asarray(stats[name]["var"]) == 1)
+    reference = TorchABF(24, 32, 40, fuse=True)
+    tensors = [("conv1", p["conv1"]["kernel"], reference.conv1[0].weight, np.sqrt(3 / 24)),
+               ("conv2", p["conv2"]["kernel"], reference.conv2[0].weight, np.sqrt(3 / (32 * 9))),
+               ("att_conv", p["att_conv"]["kernel"], reference.att_conv[0].weight, 1 / np.sqrt(64)),
+               ("att_conv bias", p["att_conv"]["bias"], reference.att_conv[0].bias, 1 / np.sqrt(64))]
+    for name, ours, theirs, bound in tensors:
+        ours, theirs = np.asarray(ours).ravel(), theirs.detach().numpy().ravel()
+        assert ours.shape == theirs.shape, name
+        assert np.max(np.abs(ours)) <= bound and np.max(np.abs(theirs)) <= bound, name
+        assert np.max(np.abs(theirs)) > 0.8 * bound or theirs.size < 20, name  # the reference's bound
+        # PyTorch's default bound instead of kaiming a=1's, sqrt(3) smaller, gives p < 1e-20 on the kernels
+        assert scipy.stats.kstest(ours, scipy.stats.uniform(-bound, 2 * bound).cdf).pvalue > 1e-3, name
+    for name in ("bn1", "bn2"):
+        assert np.all(np.asarray(p[name]["scale"]) == 1) and not np.any(np.asarray(p[name]["bias"]))
+        assert not np.any(np.asarray(stats[name]["mean"])) and np.all(np.asarray(stats[name]["var"]) == 1)
 
 
 def test_student_preact_reads_the_preactivation_stage_outputs(rng):

@@ -1,11 +1,23 @@
 """Shared test helpers: randomized PyTorch reference models, layout conversions, small real training runs and
 their comparison. Test files import helpers from here only, never from one another."""
 
+import atexit
+import os
 import pickle
+import shutil
+import tempfile
 import zlib
 from pathlib import Path
 
-import jax
+# One persistent XLA compilation cache for the session, set before JAX is imported so that the subprocesses the
+# tests start share it too: the suite compiles many identical programs (a straight run and its resumed twin, the
+# seeds of one table cell, the same student's evaluation step in every method's learning run), now each once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxkd-tests-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # small programs too: there are many
+
+import jax  # noqa: E402  (after the cache settings above)
 import jax.numpy as jnp
 import numpy as np
 import pytest

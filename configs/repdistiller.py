@@ -16,7 +16,7 @@ RepDistiller's `scripts/fetch_pretrained_teachers.sh` puts it, `save/models/<T>_
 """
 
 from configs import default
-from jaxkd.methods import config_section
+from jaxkd.methods import METHODS, config_section
 from jaxkd.models import canonical_name
 
 # RepDistiller's model_dict names whose jaxkd name differs (its CIFAR resnets are post-activation)
@@ -74,6 +74,6 @@ def get_config(arguments: str = "wrn_40_2,wrn_16_2,kd"):
     if method != "none":
         config.teacher.arch = jaxkd_name(teacher)
         config.teacher.checkpoint = f"save/models/{teacher}_vanilla/ckpt_epoch_240.pth"
-    if config.method in ("fitnet", "crd", "cc", "vid", "rkd", "ab", "ft", "fsp"):  # the methods with hyperparameters
+    if METHODS[config.method].defaults:  # a method with hyperparameters: its whole section, recorded
         config[config.method] = config_section(config.method)
     return config

@@ -91,10 +91,13 @@ class Run:
 
 def method_label(config: dict) -> str:
     """The method as the report names it: `config.method`, `+kd` added when a method other than KD also has the KD
-    term (`loss.alpha` > 0: RepDistiller's CRD+KD column)."""
+    term (`loss.alpha` > 0: RepDistiller's CRD+KD column), `+ls` with logit standardization (the KD term's
+    `loss.logit_standardization` or the method's own, DKD's: configs/mdistiller.py's kd_ls and dkd_ls)."""
     method = str(config.get("method", "none"))
-    alpha = (config.get("loss") or {}).get("alpha") or 0
-    return f"{method}+kd" if method not in ("none", "kd") and alpha > 0 else method
+    loss = config.get("loss") or {}
+    label = f"{method}+kd" if method not in ("none", "kd") and (loss.get("alpha") or 0) > 0 else method
+    standardized = loss.get("logit_standardization") or (config.get(method) or {}).get("logit_standardization")
+    return f"{label}+ls" if standardized else label
 
 
 def _read_json(path: Path, what: str):

@@ -6,6 +6,7 @@ import pytest
 
 from configs import mdistiller
 from jaxkd.methods import get_method
+from jaxkd.report import method_label
 
 
 def recipe(config) -> tuple:
@@ -55,3 +56,10 @@ def test_dist_and_reviewkd_recipes():
         assert dict(config.reviewkd) == {"warmup": 20, "student_preact": False, "max_mid_channels": 512}
     with pytest.raises(ValueError, match="not one of"):
         mdistiller.get_config("resnet32x4,resnet8x4,crd")
+
+
+def test_report_labels_the_standardized_runs_apart():
+    """jaxkd.report groups runs by method label: KD + LS and DKD + LS are rows of their own, not KD's and DKD's."""
+    labels = {m: method_label(mdistiller.get_config(f"resnet32x4,resnet8x4,{m}").to_dict())
+              for m in ("dkd", "dist", "reviewkd", "kd_ls", "dkd_ls")}
+    assert labels == {"dkd": "dkd", "dist": "dist", "reviewkd": "reviewkd", "kd_ls": "kd+ls", "dkd_ls": "dkd+ls"}

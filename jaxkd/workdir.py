@@ -27,6 +27,9 @@ from jaxkd.train_state import TrainState
 RESUME_MAY_CHANGE = ("log_every_steps", "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
                      "progress_bar", "epochs", "steps_per_dispatch", "crd.chunk_elements")
 RESERVED_EXPORT_NAMES = {TRAINED_MODEL_DIR, "checkpoints", "tensorboard", "student"}
+# Config keys added after runs may have started, with the value that gives those runs' behaviour: a config.json
+# written before a key existed compares as if it held that value, so such a run still resumes.
+ADDED_KEYS = {"loss.logit_standardization": False}
 
 
 def create_workdir(workdir: Path) -> None:
@@ -82,24 +85,34 @@ class WorkdirLock:
             self._file = None
 
 
+def _holder(config: dict, key: str):
+    """(the dict holding dotted `key` in `config`, or None; the key's last part)."""
+    *sections, name = key.split(".")
+    holder = config
+    for section in sections:
+        holder = holder.get(section) if isinstance(holder, dict) else None
+    return (holder if isinstance(holder, dict) else None), name
+
+
 def without_keys(config: dict, keys) -> dict:
     """A copy of `config` (a config.json dict) without `keys` (dotted: a key of a section)."""
     config = copy.deepcopy(config)
     for key in keys:
-        *sections, name = key.split(".")
-        holder = config
-        for section in sections:
-            holder = holder.get(section) if isinstance(holder, dict) else None
-        if isinstance(holder, dict):
+        holder, name = _holder(config, key)
+        if holder is not None:
             holder.pop(name, None)
     return config
 
 
 def _run_defining(config_json: str) -> dict:
-    """A `config.json` text as a dict, without the RESUME_MAY_CHANGE keys."""
+    """A `config.json` text as a dict, without the RESUME_MAY_CHANGE keys, with the ADDED_KEYS it lacks."""
     config = json.loads(config_json)
     if not isinstance(config, dict):
         raise ValueError("not a JSON object")
+    for key, value in ADDED_KEYS.items():
+        holder, name = _holder(config, key)
+        if holder is not None:
+            holder.setdefault(name, value)
     return without_keys(config, RESUME_MAY_CHANGE)
 
 

@@ -293,6 +293,23 @@ def test_a_workdir_resumes_only_the_same_run_up_to_intervals_and_rounding_settin
         assert (tmp_path / "config.json").read_text(encoding="latin-1") == text
 
 
+def test_a_run_started_before_a_config_key_existed_still_resumes(tmp_path):
+    """A config.json without `loss.logit_standardization` (written before the key was added) is the same run as
+    one with it False; with it True, another run."""
+    from configs import kd_wrn
+    from jaxkd.workdir import save_config
+
+    save_config(kd_wrn.get_config(), tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["loss"]["logit_standardization"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    save_config(kd_wrn.get_config(), tmp_path)  # accepted
+    standardized = kd_wrn.get_config()
+    standardized.loss.logit_standardization = True
+    with pytest.raises(UserError, match=r"differs in: loss"):
+        save_config(standardized, tmp_path)
+
+
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     train_and_evaluate(small_config(epochs=1), tmp_path)
     checkpoint = tmp_path / "checkpoints" / "22"

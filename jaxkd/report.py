@@ -32,7 +32,7 @@ import numpy as np
 from jaxkd.errors import UserError, run_command
 from jaxkd.published import SOURCES, Published, published_for
 from jaxkd.safe_write import check_output, write_atomically, write_text_atomically
-from jaxkd.workdir import RESUME_MAY_CHANGE, without_keys
+from jaxkd.workdir import RESUME_MAY_CHANGE, with_added_keys, without_keys
 
 # Config keys in which the runs of one group may differ, and why (dotted: a key of a section).
 IGNORED_KEYS = {
@@ -153,7 +153,7 @@ def load_run(workdir: str) -> Run:
 
 def comparable_config(config: dict) -> dict:
     """`config` without the IGNORED_KEYS."""
-    return without_keys(config, IGNORED_KEYS)
+    return with_added_keys(without_keys(config, IGNORED_KEYS))  # a copy, with the keys added since older runs
 
 
 def _flat(config, prefix="") -> dict:

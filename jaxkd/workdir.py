@@ -109,11 +109,16 @@ def _run_defining(config_json: str) -> dict:
     config = json.loads(config_json)
     if not isinstance(config, dict):
         raise ValueError("not a JSON object")
+    return without_keys(with_added_keys(config), RESUME_MAY_CHANGE)
+
+
+def with_added_keys(config: dict) -> dict:
+    """`config` (a config.json dict, changed in place) with the ADDED_KEYS it lacks at their old behaviour's value."""
     for key, value in ADDED_KEYS.items():
         holder, name = _holder(config, key)
         if holder is not None:
             holder.setdefault(name, value)
-    return without_keys(config, RESUME_MAY_CHANGE)
+    return config
 
 
 def save_config(config, workdir: Path) -> None:

@@ -37,16 +37,23 @@ DEFAULT_CONFIG = "configs/repdistiller.py"
 EXIT_STATUS = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + the signal's number, as jaxkd.train's
 
 
-def table_pairs(name: str) -> list[tuple[str, str]]:
-    """The (teacher, student) pairs of one of RepDistiller's README tables, in its model names."""
+def table_pairs(name: str) -> tuple[list[tuple[str, str]], set[tuple[str, str, str]]]:
+    """The (teacher, student) pairs of one of RepDistiller's README tables, in its model names, and the
+    (teacher, student, method) cells it marks N/A (FSP where the shapes do not allow it)."""
     from configs.repdistiller import repdistiller_name
     from jaxkd import published
 
-    tables = {"repdistiller-same": published.REPDISTILLER_PAIRS_SAME,
-              "repdistiller-different": published.REPDISTILLER_PAIRS_DIFFERENT}
+    tables = {"repdistiller-same": (published.REPDISTILLER_PAIRS_SAME, published.REPDISTILLER_TABLE_SAME),
+              "repdistiller-different": (published.REPDISTILLER_PAIRS_DIFFERENT,
+                                         published.REPDISTILLER_TABLE_DIFFERENT)}
     if name not in tables:
         raise UserError(f"--table {name!r}: known tables are {', '.join(tables)}")
-    return [(repdistiller_name(teacher), repdistiller_name(student)) for teacher, student in tables[name]]
+    pairs, numbers = tables[name]
+    pairs = [(repdistiller_name(teacher), repdistiller_name(student)) for teacher, student in pairs]
+    repdistiller_methods = set(published.REPDISTILLER_TABLE_SAME) | set(published.REPDISTILLER_TABLE_DIFFERENT)
+    not_applicable = {(*pair, method) for method in repdistiller_methods for i, pair in enumerate(pairs)
+                      if method not in numbers or numbers[method][i] is None}
+    return pairs, not_applicable
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:
@@ -69,12 +76,16 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def run_commands(pairs, methods, seeds, root: str, config: str, extra: list[str]) -> list[str]:
+def run_commands(pairs, methods, seeds, root: str, config: str, extra: list[str],
+                 not_applicable=frozenset()) -> list[str]:
     """One shell command line per (pair, method, seed), in that order: the seeds of a cell run one after
-    another, so that a cell's first numbers come early."""
+    another, so that a cell's first numbers come early. A cell in `not_applicable` is one comment line."""
     lines = []
     for teacher, student in pairs:
         for method in methods:
+            if (teacher, student, method) in not_applicable:
+                lines.append(f"# {method} on {teacher} -> {student}: N/A in RepDistiller's table")
+                continue
             for seed in seeds:
                 workdir = f"{root.rstrip('/')}/{teacher}-{student}/{method}/seed{seed}"
                 argv = [*TRAIN_COMMAND, "--config", f"{config}:{teacher},{student},{method}", "--workdir", workdir,
@@ -89,7 +100,8 @@ def list_runs(args) -> list[str]:
 
     if not args.table and not args.pairs:
         raise UserError("name the pairs: --table repdistiller-same|repdistiller-different and/or --pairs T:S,...")
-    pairs = (table_pairs(args.table) if args.table else []) + (parse_pairs(args.pairs) if args.pairs else [])
+    pairs, not_applicable = table_pairs(args.table) if args.table else ([], set())
+    pairs += parse_pairs(args.pairs) if args.pairs else []
     methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
                else list(repdistiller.METHOD_WEIGHTS))
     if args.config == DEFAULT_CONFIG:  # the recipe's own checks: a typo is found now, not at the 40th run
@@ -103,12 +115,13 @@ def list_runs(args) -> list[str]:
     extra = args.extra[1:]
     if any(flag.startswith("--config.seed") for flag in extra):
         raise UserError("the seeds are --seeds, not --config.seed after `--`")
-    lines = run_commands(pairs, methods, parse_seeds(args.seeds), args.root, args.config, extra)
+    lines = run_commands(pairs, methods, parse_seeds(args.seeds), args.root, args.config, extra, not_applicable)
     text = "".join(line + "\n" for line in lines)
     if args.out:
         check_output(Path(args.out), args.force)
         write_text_atomically(text, Path(args.out), args.force, "the run list")
-        print(f"wrote {len(lines)} runs to {args.out}", file=sys.stderr)
+        runs = sum(not line.startswith("#") for line in lines)
+        print(f"wrote {runs} runs to {args.out}", file=sys.stderr)
     else:
         print(text, end="")
     return lines

@@ -164,3 +164,15 @@ def test_a_bad_run_list_is_one_line_before_any_run(content, message, tmp_path, c
     captured = capsys.readouterr()
     assert_one_line_error(2, captured.out, captured.err, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.txt"]  # nothing ran
+
+
+def test_a_table_list_has_every_cell_of_repdistillers_table_and_its_na_cells_as_comments(capsys):
+    assert runs.main(["list", "--root", "t", "--table", "repdistiller-same", "--methods", "kd,fsp", "--seeds",
+                      "0,1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("python -m jaxkd.train --config configs/repdistiller.py:wrn_40_2,wrn_16_2,kd "
+                        "--workdir t/wrn_40_2-wrn_16_2/kd/seed0 --config.seed=0")
+    # 7 pairs x 2 methods x 2 seeds, but FSP's wrn_40_2 -> wrn_40_1 cell is N/A in RepDistiller's README
+    assert len(lines) == 7 * 2 * 2 - 2 + 1
+    assert "# fsp on wrn_40_2 -> wrn_40_1: N/A in RepDistiller's table" in lines
+    assert any("resnet32x4,resnet8x4,fsp --workdir t/resnet32x4-resnet8x4/fsp/seed1" in line for line in lines)

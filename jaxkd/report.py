@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxkd.errors import UserError, run_command
+from jaxkd.methods import display_name
 from jaxkd.published import SOURCES, Published, published_for
 from jaxkd.safe_write import check_output, write_atomically, write_text_atomically
 from jaxkd.workdir import RESUME_MAY_CHANGE, with_added_keys, without_keys
@@ -44,8 +45,6 @@ IGNORED_KEYS = {
     "data.data_dir": "where the data lives on that machine",
     "data.download": "whether missing data may be fetched",
 }
-METHOD_NAMES = {"none": "Baseline", "kd": "KD", "fitnet": "FitNets", "at": "AT", "crd": "CRD", "crd+kd": "CRD+KD",
-                "dml": "DML", "byot": "BYOT"}
 PLOT_PANEL_PIXELS = (400, 300)  # width, height of one group's panel in --plot
 PLOT_COLUMNS = 3
 
@@ -314,7 +313,7 @@ def format_markdown(report: dict) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|---|---|---|---|" + "---:|" * 3 + "---|" +
              "---:|" * (len(columns) - 8)]
     for row in report["rows"]:
-        cells = [_arch(row["teacher"]), _arch(row["student"]), METHOD_NAMES.get(row["method"], row["method"]),
+        cells = [_arch(row["teacher"]), _arch(row["student"]), display_name(row["method"]),
                  "yes" if row["saliencymix"] else "no", str(row["runs"]), _stat(row["last_top1"]),
                  _stat(row["best_top1"]), _published(row["published"])]
         if with_robustness:
@@ -398,7 +397,7 @@ def write_plot(report: dict, out: Path, force: bool) -> None:
             axis.plot(epochs, top1, linewidth=1, label=f"seed {member['seed']}")
         teacher = f"{_arch(row['teacher'])} → " if row["teacher"] else ""
         mix = " + SaliencyMix" if row["saliencymix"] else ""
-        axis.set_title(f"{teacher}{_arch(row['student'])} {METHOD_NAMES.get(row['method'], row['method'])}{mix}",
+        axis.set_title(f"{teacher}{_arch(row['student'])} {display_name(row['method'])}{mix}",
                        fontsize=8)
         axis.set_xlabel("epoch", fontsize=7)
         axis.set_ylabel("test top-1 (%)", fontsize=7)

@@ -26,11 +26,9 @@ from jaxkd import distributed
 from jaxkd.errors import UserError, run_command
 from jaxkd.evaluate import (add_data_arguments, check_batch_size, evaluate_cifar100c, evaluate_split,
                             load_checked_test_split, open_checked_cifar100c, percent, place_variables, write_json)
+from jaxkd.methods import display_name
 from jaxkd.safe_write import check_output, write_text_atomically
 
-# Method names in the metadata training writes (`config.method`) -> the names the seed's tables use.
-METHOD_NAMES = {"none": "Baseline", "kd": "KD", "fitnet": "FitNets", "at": "AT", "crd": "CRD", "dml": "DML",
-                "byot": "BYOT"}
 COLUMNS = ("model", "method", "CIFAR100", "CIFAR100C")
 CLEAN_ONLY_COLUMNS = COLUMNS[:3]
 
@@ -72,7 +70,7 @@ def method_name(metadata: dict | None, path: Path) -> str:
     if method is None:
         source = metadata.get("source")
         return Path(source).stem if source else path.name
-    name = METHOD_NAMES.get(str(method), str(method))
+    name = display_name(str(method))
     return name + " + SaliencyMix" if metadata.get("saliencymix") else name
 
 

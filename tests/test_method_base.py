@@ -10,7 +10,8 @@ from ml_collections import ConfigDict
 
 from configs import default
 from jaxkd.errors import UserError
-from jaxkd.methods import METHODS, Method, MethodInit, Probe, TermOutput, apply_module, config_section, get_method
+from jaxkd.methods import (DISPLAY_NAMES, METHODS, Method, MethodInit, Probe, TermOutput, apply_module, config_section,
+                           display_name, get_method)
 from jaxkd.models import ModelOutput
 from jaxkd.models.batchnorm import BatchNorm
 
@@ -92,3 +93,9 @@ def test_apply_module_in_train_and_eval_mode():
     out, stats = apply_module(module, variables, x, train=False)
     assert stats is variables["batch_stats"]
     assert np.array_equal(out, module.apply(variables, x, train=False))
+
+
+def test_every_method_has_a_table_name_and_labels_compose():
+    assert set(DISPLAY_NAMES) == set(METHODS)  # a new method names itself for the report's tables
+    assert [display_name(label) for label in ("none", "crd+kd", "dkd+ls", "reviewkd", "mine")] == [
+        "Baseline", "CRD+KD", "DKD+LS", "ReviewKD", "mine"]

@@ -15,9 +15,9 @@ from jaxkd.methods.dml import DML
 from jaxkd.methods.fitnets import FitNets
 from jaxkd.methods.fsp import FSP
 from jaxkd.methods.ft import FT
-from jaxkd.methods.reviewkd import ReviewKD
 from jaxkd.methods.nst import NST
 from jaxkd.methods.pkt import PKT
+from jaxkd.methods.reviewkd import ReviewKD
 from jaxkd.methods.rkd import RKD
 from jaxkd.methods.sp import SP
 from jaxkd.methods.vid import VID
@@ -47,6 +47,18 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
+# How tables and reports name each method (its paper's or RepDistiller's README spelling).
+DISPLAY_NAMES = {"none": "Baseline", "kd": "KD", "fitnet": "FitNets", "at": "AT", "crd": "CRD", "sp": "SP", "cc": "CC",
+                 "vid": "VID", "rkd": "RKD", "pkt": "PKT", "nst": "NST", "ab": "AB", "ft": "FT", "fsp": "FSP",
+                 "dml": "DML", "byot": "BYOT", "dkd": "DKD", "dist": "DIST", "reviewkd": "ReviewKD"}
+
+
+def display_name(label: str) -> str:
+    """A method, or a report's label of one (`crd+kd`, `dkd+ls`), as tables print it: `CRD+KD`, `DKD+LS`; a name
+    it does not know, unchanged."""
+    return "+".join(DISPLAY_NAMES.get(part, "LS" if part == "ls" else part) for part in label.split("+"))
+
+
 def get_method(name: str, config) -> Method:
     """The method `name`, its settings read from `config.<name>` over its defaults."""
     if name not in METHODS:
@@ -62,5 +74,5 @@ def config_section(name: str, **overrides) -> ConfigDict:
                                             METHODS[name].defaults))
 
 
-__all__ = ["Batch", "METHODS", "Method", "MethodInit", "Probe", "TermOutput", "apply_module", "config_section",
-           "get_method"]
+__all__ = ["Batch", "DISPLAY_NAMES", "METHODS", "Method", "MethodInit", "Probe", "TermOutput", "apply_module",
+           "config_section", "display_name", "get_method"]

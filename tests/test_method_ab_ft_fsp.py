@@ -26,10 +26,8 @@ from jaxkd.init_stage import InitState, init_optimizer, make_init_update
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.base import INIT_MODULES
 from jaxkd.models import ModelOutput, get_model
-from jaxkd.optimizer import make_optimizer
-from jaxkd.train import Setup, Teacher, make_update
-from jaxkd.train_state import TrainState
-from tests.conftest import nchw, nhwc, randomized_torch_model
+from jaxkd.train import Setup, Teacher
+from tests.conftest import engine_train_steps, nchw, nhwc, randomized_torch_model
 from tests.reference import repdistiller_init_methods as reference
 from tests.reference import torch_training
 
@@ -290,11 +288,11 @@ STUDENT = "resnet8"  # the seed family: finalact is outside the feature modules 
 INIT_TEACHERS = {"ab": "wideresnet16_2", "ft": "wideresnet16_2", "fsp": "resnet20"}  # fsp: the same channels
 
 
-def setup_for(method: str, config, teacher_variables, optimizer=None) -> Setup:
+def setup_for(method: str, config, teacher_variables) -> Setup:
     teacher = INIT_TEACHERS[method]
     return Setup(student=get_model(STUDENT, NUM_CLASSES), method=get_method(method, config),
                  teacher=Teacher(get_model(teacher, NUM_CLASSES), teacher_variables, teacher),
-                 optimizer=optimizer, train=None, test=None, steps_per_epoch=STEPS, mesh=data_mesh())
+                 optimizer=None, train=None, test=None, steps_per_epoch=STEPS, mesh=data_mesh())
 
 
 def torch_init_modules(method: str, student, out_s, out_t):
@@ -401,20 +399,10 @@ def test_three_ft_train_steps_match_pytorch():
     initial_translator = translator_variables(translator)
     state_modules = {INIT_MODULES: {"params": paraphraser_params(paraphraser), "batch_stats": {}}}
 
-    teacher_variables = convert.torch_to_flax(teacher.state_dict())
-    setup = setup_for("ft", config, teacher_variables, make_optimizer(config, STEPS))
-    student_init = convert.torch_to_flax(student.state_dict())
-    params = {"student": student_init["params"], "method": initial_translator["params"]}
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       batch_stats={"student": student_init["batch_stats"], "method": initial_translator["batch_stats"]},
-                       opt_state=setup.optimizer.init(params), method_state=state_modules, rng=jax.random.PRNGKey(0))
-    update = jax.jit(make_update(setup, config))
-    history = []
-    for step in range(STEPS):
-        batch = Batch(jnp.asarray(images[step]), jnp.asarray(labels[step]), jnp.arange(TRAIN_BATCH, dtype=jnp.int32),
-                      jax.random.PRNGKey(step))
-        state, metrics = update(state, batch, teacher_variables)
-        history.append({name: float(metrics[name]) for name in ("loss", "ce", "term")})
+    history, state = engine_train_steps(config, STUDENT, INIT_TEACHERS["ft"], NUM_CLASSES,
+                                        convert.torch_to_flax(student.state_dict()),
+                                        convert.torch_to_flax(teacher.state_dict()), initial_translator, images,
+                                        labels, method_state=state_modules)
     paraphraser.eval()
     term = lambda s, t: reference.factor_transfer(translator(s.features[-1]),  # noqa: E731
                                                   paraphraser(t.features[-1], is_factor=True))
@@ -426,7 +414,6 @@ def test_three_ft_train_steps_match_pytorch():
         assert theirs["term"] > 1e-3, f"step {step}: the term is vanishing"
         for name in ("loss", "ce", "term"):
             assert ours[name] == pytest.approx(theirs[name], rel=TRAIN_REL), f"step {step} {name}"
-    state = jax.device_get(state)
     ours = student_variables_as_torch(state.params["student"], state.batch_stats["student"])
     for key, value in student.state_dict().items():
         if not key.endswith("num_batches_tracked"):

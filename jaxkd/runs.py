@@ -104,7 +104,7 @@ def list_runs(args) -> list[str]:
     pairs += parse_pairs(args.pairs) if args.pairs else []
     methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
                else list(repdistiller.METHOD_WEIGHTS))
-    if args.config == DEFAULT_CONFIG:  # the recipe's own checks: a typo is found now, not at the 40th run
+    if Path(args.config).name == Path(DEFAULT_CONFIG).name:  # its checks: a typo found now, not at the 40th run
         unknown = [m for m in methods if m not in repdistiller.METHOD_WEIGHTS]
         if unknown:
             raise UserError(f"--methods: {unknown[0]!r} is not one of {', '.join(repdistiller.METHOD_WEIGHTS)}")

@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxkd.errors import UserError, run_command
 from jaxkd.methods import display_name
-from jaxkd.published import SOURCES, Published, published_for
+from jaxkd.published import SOURCES, published_for
 from jaxkd.safe_write import check_output, write_atomically, write_text_atomically
 from jaxkd.workdir import RESUME_MAY_CHANGE, with_added_keys, without_keys
 

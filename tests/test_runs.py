@@ -100,7 +100,7 @@ def test_a_stopped_list_skips_finished_runs_and_resumes_the_stopped_one_exactly(
     assert "[4/8]" not in first_output  # the list stopped with its run
     for number, workdir in enumerate(workdirs[:2], 1):
         assert f"[{number}/8] finished, skipped: {workdir.relative_to(folder)}" in second_output
-    assert f"[3/8] running" in second_output and "resumed from" in second_output
+    assert "[3/8] running" in second_output and "resumed from" in second_output
     assert "[8/8] running" in second_output
     # the stopped run, resumed, ends bit for bit where the same command run straight through ends
     line = (folder / "runs.txt").read_text().splitlines()[2]

@@ -28,7 +28,7 @@ points elsewhere.
 """
 
 from configs import default
-from configs.repdistiller import LOW_LR_STUDENTS, jaxkd_name
+from configs.repdistiller import LOW_LR_STUDENTS, jaxkd_name, teacher_student_method
 from jaxkd.methods import config_section
 
 METHODS = ("dkd", "dist", "reviewkd", "kd_ls", "dkd_ls")
@@ -51,12 +51,7 @@ REVIEWKD_WEIGHT = {("rd_resnet56", "rd_resnet20"): 0.6, ("rd_resnet110", "rd_res
 
 
 def get_config(arguments: str = "resnet32x4,resnet8x4,dkd"):
-    try:
-        teacher, student, method = (part.strip() for part in arguments.split(","))
-    except ValueError:
-        raise ValueError(f"configs/mdistiller.py takes TEACHER,STUDENT,METHOD, got {arguments!r}") from None
-    if method not in METHODS:
-        raise ValueError(f"configs/mdistiller.py: method {method!r} is not one of {', '.join(METHODS)}")
+    teacher, student, method = teacher_student_method(arguments, "configs/mdistiller.py", METHODS)
     config = default.repdistiller_recipe(default.get_config())
     config.model, config.teacher.arch = jaxkd_name(student), jaxkd_name(teacher)
     config.teacher.checkpoint = f"download_ckpts/cifar_teachers/{teacher}_vanilla/ckpt_epoch_240.pth"

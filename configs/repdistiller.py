@@ -57,13 +57,19 @@ def repdistiller_name(name: str) -> str:
     return name
 
 
-def get_config(arguments: str = "wrn_40_2,wrn_16_2,kd"):
+def teacher_student_method(arguments: str, config_file: str, methods) -> tuple[str, str, str]:
+    """`TEACHER,STUDENT,METHOD` of a parameterized config (`config_file`), METHOD one of `methods`."""
     try:
         teacher, student, method = (part.strip() for part in arguments.split(","))
     except ValueError:
-        raise ValueError(f"configs/repdistiller.py takes TEACHER,STUDENT,METHOD, got {arguments!r}") from None
-    if method not in METHOD_WEIGHTS:
-        raise ValueError(f"configs/repdistiller.py: method {method!r} is not one of {', '.join(METHOD_WEIGHTS)}")
+        raise ValueError(f"{config_file} takes TEACHER,STUDENT,METHOD, got {arguments!r}") from None
+    if method not in methods:
+        raise ValueError(f"{config_file}: method {method!r} is not one of {', '.join(methods)}")
+    return teacher, student, method
+
+
+def get_config(arguments: str = "wrn_40_2,wrn_16_2,kd"):
+    teacher, student, method = teacher_student_method(arguments, "configs/repdistiller.py", METHOD_WEIGHTS)
     config = default.repdistiller_recipe(default.get_config())
     config.model = jaxkd_name(student)
     config.method = "crd" if method == "crd_kd" else method

@@ -57,22 +57,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxkd.bench_torch import TORCH_MODES, torch_device_for, torch_part, torch_part_name
 from jaxkd.compile_options import compiler_options, cpu_ynn_setting
 from jaxkd.config_command_line import parse_config_command_line
 from jaxkd.data import Split, epoch_permutation
-from jaxkd.data.augment import MEAN, STD
 from jaxkd.dispatch import dispatch_plan, steps_per_dispatch
 from jaxkd.errors import UserError, run_command
 from jaxkd.mesh import replicated
 from jaxkd.methods import METHODS, get_method
 from jaxkd.models import canonical_name, get_model
+from jaxkd.published import REPDISTILLER_PAIRS_DIFFERENT, REPDISTILLER_PAIRS_SAME
 from jaxkd.safe_write import check_output_directory
 from jaxkd.train import (COMPUTE_DTYPES, Setup, Teacher, build, create_train_state, make_train_step, train_programs,
                          zero_sums)
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
-RECORD_VERSION = 3  # 2: compiler options, cpu_ynn, saliencymix, A/B runs; 3: FLOPs of the lowered step
+RECORD_VERSION = 4  # 2: compiler options, cpu_ynn, saliencymix, A/B runs; 3: FLOPs of the lowered step;
+# 4: torch_modes (PyTorch eager and torch.compile side by side), pairs
 AB_YNN = "ynn"
 
 
@@ -273,93 +275,6 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
     return step_part, epoch_part
 
 
-def torch_device_for(platform_name: str) -> str | None:
-    """PyTorch's device matching JAX's, or None when this PyTorch cannot run there."""
-    import torch
-
-    if platform_name == "cpu":
-        return "cpu"
-    if platform_name == "gpu" and torch.cuda.is_available():
-        return "cuda"
-    return None
-
-
-def torch_logits(model, x):
-    """The logits of a PyTorch reference model: the seed's return (features, logits), RepDistiller's (as its
-    own `forward(x)`) the logits alone."""
-    out = model(x)
-    return out[1] if isinstance(out, tuple) else out
-
-
-def torch_part(config, setup: Setup, steps: int, warmup_steps: int, device: str, dtype_name: str) -> Part:
-    """(b) the train step in PyTorch eager with the architectures' PyTorch references, teacher in eval mode
-    under no_grad."""
-    import torch
-    import torch.nn.functional as F
-
-    from convert.torch_models import get_torch_model
-
-    torch.manual_seed(config.seed)
-    num_classes = setup.train.num_classes
-    student = get_torch_model(config.model, num_classes).to(device).train()
-    teacher = get_torch_model(setup.teacher.arch, num_classes).to(device).eval() if setup.teacher else None
-    opt = config.optimizer
-    optimizer = torch.optim.SGD(student.parameters(), lr=opt.lr, momentum=opt.momentum,
-                                weight_decay=opt.weight_decay, nesterov=opt.nesterov)
-    loss = config.loss
-    temperature = loss.kd_temperature
-    batch = config.batch_size
-    if device == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-    num_batches = min(4, setup.steps_per_epoch)
-    images = setup.train.images[: num_batches * batch].astype(np.float32) / 255.0
-    images = ((images - MEAN) / STD).transpose(0, 3, 1, 2).reshape(num_batches, batch, 3, 32, 32)
-    batches = [(torch.from_numpy(np.ascontiguousarray(images[i])).to(device),
-                torch.from_numpy(setup.train.labels[i * batch:(i + 1) * batch].astype(np.int64)).to(device))
-               for i in range(num_batches)]
-    autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if dtype_name == "bfloat16"
-                else torch.autocast(device_type=device, enabled=False))
-
-    def step(x, y):
-        with autocast:
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = torch_logits(teacher, x).float()
-            logits = torch_logits(student, x).float()
-            total = loss.gamma * F.cross_entropy(logits, y)
-            if teacher is not None:
-                kd = F.kl_div(F.log_softmax(logits / temperature, dim=1),
-                              F.softmax(teacher_logits / temperature, dim=1),
-                              reduction="sum") * temperature**2 / logits.shape[0]
-                total = total + loss.alpha * kd
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    start = time.perf_counter()
-    for i in range(max(warmup_steps, 1)):
-        step(*batches[i % num_batches])
-    sync()
-    warmup_s = time.perf_counter() - start
-
-    def run_steps():
-        start = time.perf_counter()
-        for i in range(steps):
-            step(*batches[i % num_batches])
-        sync()
-        return time.perf_counter() - start
-
-    losses = "gamma*CE + alpha*KD" if teacher is not None else "gamma*CE"
-    return Part("torch step", steps * batch, run_steps, None,
-                {"warmup_s": warmup_s, "steps": steps, "loss": losses, "device": device,
-                 "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()})
-
-
 # ---------------------------------------------------------------------------------------------- environment
 def cpu_model() -> str:
     try:
@@ -424,13 +339,15 @@ def git_commit(repo: Path = REPO) -> str | None:
     return (commit + ("-dirty" if dirty else "")) or None
 
 
-def write_record(record: dict, out_dir) -> Path:
-    """Writes `record` as `<date>-<device>-<method>[-ab-<key>][-k].json` in `out_dir`, never replacing a file:
-    the JSON goes to a temporary name and is hard-linked to the first free name (atomic, fails if the name
-    exists)."""
+def write_record(record: dict, out_dir, pair_in_name: bool = False) -> Path:
+    """Writes `record` as `<date>-<device>-<method>[-<teacher>-<student>][-ab-<key>][-k].json` in `out_dir`
+    (the pair with `pair_in_name`), never replacing a file: the JSON goes to a temporary name and is
+    hard-linked to the first free name (atomic, fails if the name exists)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{record['date']}-{device_slug(record['device'])}-{record['method']}"
+    if pair_in_name:
+        stem += "-" + re.sub(r"[^a-z0-9]+", "-", f"{record['teacher'] or 'none'}-{record['student']}".lower())
     if record.get("ab"):
         stem += "-ab-" + re.sub(r"[^a-z0-9]+", "-", record["ab"].lower()).strip("-")
     temporary = out_dir / f".{stem}.{os.getpid()}.tmp"
@@ -511,10 +428,33 @@ def _same_or_none(values: list):
     return values[0] if all(v == values[0] for v in values) else None
 
 
+def ratio_key(mode: str) -> str:
+    """The record's key of jaxkd's speed over PyTorch's in `mode` (`ratio_jaxkd_over_torch` for eager mode)."""
+    return "ratio_jaxkd_over_torch" + ("" if mode == "eager" else "_compile_" + mode.replace("-", "_"))
+
+
+def torch_parts(config, setup: Setup, steps: int, warmup_steps: int, device: str, modes, compile_backend: str,
+                notes: list[str]) -> list[Part]:
+    """(b) in each of `modes`; a mode whose torch.compile fails is left out with a note naming the error (on a
+    machine lent for minutes the other parts' numbers must survive a compiler problem)."""
+    parts = []
+    for mode in modes:
+        try:
+            parts.append(torch_part(config, setup, steps, warmup_steps, device, config.dtype, mode,
+                                    compile_backend))
+        except Exception as error:  # torch.compile's errors have no common type (dynamo, inductor, triton)
+            if mode == "eager":
+                raise
+            first_line = (str(error).strip().splitlines() or [""])[0][:300]
+            notes.append(f"PyTorch {torch_part_name(mode)} failed, left out: {type(error).__name__}: {first_line}")
+    return parts
+
+
 def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_images: int,
-                 devices, with_torch: bool, notes: list[str], ab: str = "") -> dict:
-    """Times (a), (b) and (c) for one method config, or with `ab` the two variants of (a) and (b); returns the
-    JSON record."""
+                 devices, torch_modes=("eager",), compile_backend: str = "inductor", notes: list[str],
+                 ab: str = "") -> dict:
+    """Times (a), (b) in each of `torch_modes` (none when empty) and (c) for one method config, or with `ab`
+    the two variants of (a) and (b); returns the JSON record."""
     batch = config.batch_size
     train = synthetic_split(max(epoch_images, batch), seed=config.seed)
     info = device_info(devices)
@@ -532,12 +472,13 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         step_parts.append(step_part)
         setup = setup or variant_setup
     others = []
-    if with_torch:
+    if torch_modes:
         torch_device = torch_device_for(info["platform"])
         if torch_device is None:
             notes.append(f"PyTorch step skipped: this PyTorch cannot run on {info['platform']}")
         else:
-            others.append(torch_part(config, setup, steps, warmup_steps, torch_device, config.dtype))
+            others += torch_parts(config, setup, steps, warmup_steps, torch_device, torch_modes, compile_backend,
+                                  notes)
             if config.method not in ("none", "kd"):
                 notes.append(f"the PyTorch step is the seed's CE + KD step (with the teacher forward where there "
                              f"is a teacher), without the {config.method} term and modules: the ratio flatters "
@@ -553,17 +494,20 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
 
     parts = step_parts + others
     results = {part.name: part.summary() for part in parts}
-    if "torch step" in results:
-        torch_seconds = results["torch step"]["seconds"]
+    for mode in torch_modes:
+        name = torch_part_name(mode)
+        if name not in results:  # skipped (no PyTorch for the device) or failed to compile (noted)
+            continue
+        torch_seconds = results[name]["seconds"]
         for step_part in step_parts:
             # per-repeat ratios of neighbouring measurements, then their median: robust to slow drifts in load
             ratios = [t / j for j, t in zip(step_part.seconds, torch_seconds)]
             where = results if not ab else results[step_part.name]
-            where["ratio_jaxkd_over_torch"] = statistics.median(ratios)
-            where["ratio_jaxkd_over_torch_per_repeat"] = ratios
+            where[ratio_key(mode)] = statistics.median(ratios)
+            where[ratio_key(mode) + "_per_repeat"] = ratios
         if step_parts[0].flops_per_image:
-            results["torch step"]["flops_per_s_same_count"] = (step_parts[0].flops_per_image * batch /
-                                                               (statistics.median(torch_seconds) / steps))
+            results[name]["flops_per_s_same_count"] = (step_parts[0].flops_per_image * batch /
+                                                       (statistics.median(torch_seconds) / steps))
     if ab:
         a, b = step_parts
         speed = [sa / sb for sa, sb in zip(a.seconds, b.seconds)]
@@ -584,6 +528,7 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         "steps_per_dispatch": _same_or_none([p.info["steps_per_dispatch"] for p in step_parts]),
         "compiler_options": _same_or_none([p.info["compiler_options"] for p in step_parts]),
         "cpu_ynn": _same_or_none([p.info["cpu_ynn"] for p in step_parts]),
+        "torch_modes": list(torch_modes), "torch_compile_backend": compile_backend if torch_modes else None,
         "loss": {"gamma": config.loss.gamma, "alpha": config.loss.alpha, "beta": config.loss.beta,
                  "kd_temperature": config.loss.kd_temperature},
         "data": "synthetic uint8, 100 classes",
@@ -614,8 +559,10 @@ def format_table(record: dict) -> str:
         lines.append(f"  {name:<{width}} {part['images_per_s']:>10.1f} "
                      f"{part['images_per_s_min']:>8.1f}-{part['images_per_s_max']:<8.1f} {ms:>9.1f} "
                      f"{gflops / 1e9 if gflops else float('nan'):>9.1f}{ratio}")
-    if "ratio_jaxkd_over_torch" in results:
-        lines.append(f"  jaxkd / torch (images/s): {results['ratio_jaxkd_over_torch']:.3f}")
+    for mode in TORCH_MODES:
+        if ratio_key(mode) in results:
+            what = "torch" if mode == "eager" else f"torch compile {mode}"
+            lines.append(f"  jaxkd / {what} (images/s): {results[ratio_key(mode)]:.3f}")
     if "ab" in results:
         ab = results["ab"]
         lines.append(f"  A/B {ab['key']}: B/A speed {ab['speed_ratio_b_over_a']:.3f} (median of per-repeat ratios), "
@@ -625,13 +572,37 @@ def format_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def bench_pairs(config, pairs: str) -> list[tuple[str, str]]:
+    """[(teacher, student)] to benchmark: the config's pair for "", RepDistiller's 13 benchmark pairs for
+    "repdistiller" (`jaxkd.published`, both of its tables in order), else "TEACHER:STUDENT,..."."""
+    if not pairs:
+        return [(config.teacher.arch, config.model)]
+    if pairs == "repdistiller":
+        return list(REPDISTILLER_PAIRS_SAME) + list(REPDISTILLER_PAIRS_DIFFERENT)
+    out = []
+    for text in pairs.split(","):
+        teacher, colon, student = text.strip().partition(":")
+        if not colon or not teacher or not student:
+            raise UserError(f"--pairs {pairs}: write each pair as TEACHER:STUDENT (e.g. wrn40_2:wrn16_2), or "
+                            f"'repdistiller' for RepDistiller's 13")
+        out.append((canonical_name(teacher), canonical_name(student)))
+    return out
+
+
 def run(config, *, methods: str = "", steps: int = 20, repeats: int = 5, warmup_steps: int = 2,
         epoch_images: int = 0, dtype_name: str = "", num_devices: int = 1, with_torch: bool = True,
-        torch_threads: int = 0, out: str | None = "benchmarks/results", note: str = "", ab: str = "") -> list[dict]:
+        torch_modes: str = "eager", compile_backend: str = "inductor", torch_threads: int = 0, pairs: str = "",
+        out: str | None = "benchmarks/results", note: str = "", ab: str = "") -> list[dict]:
     """Benchmarks every method of `methods` ("" = the config's, "all" = every registered one, or a comma
-    list); returns the records (and writes them to `out` unless it is empty). `ab`: see the module docstring."""
+    list) on every pair of `pairs` (see `bench_pairs`); returns the records (and writes them to `out` unless it
+    is empty; each record as soon as it is measured). `torch_modes`: a comma list of `TORCH_MODES` for the
+    PyTorch part (`with_torch=False`: none). `ab`: see the module docstring."""
     if steps < 1 or repeats < 1:
         raise UserError(f"--steps and --repeats must be positive (got {steps}, {repeats})")
+    modes = tuple(m.strip() for m in torch_modes.split(",") if m.strip()) if with_torch else ()
+    if with_torch and (not modes or any(m not in TORCH_MODES for m in modes)):
+        raise UserError(f"--torch_modes {torch_modes}: a comma list of {', '.join(TORCH_MODES)}")
+    pair_list = bench_pairs(config, pairs)
     if out:
         check_output_directory(out, "--out")
     if dtype_name:  # the models' compute dtype for every method (else the config's `dtype`)
@@ -655,22 +626,31 @@ def run(config, *, methods: str = "", steps: int = 20, repeats: int = 5, warmup_
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(torch_threads)
     try:
-        return [record for method in names
-                for record in _run_method(config, method, steps=steps, repeats=repeats, warmup_steps=warmup_steps,
-                                          epoch_images=epoch_images, devices=devices,
-                                          with_torch=with_torch, out=out, note=note, ab=ab)]
+        records = []
+        for teacher, student in pair_list:
+            pair_config = config
+            if pairs:
+                pair_config = config.copy_and_resolve_references()
+                with pair_config.unlocked():
+                    pair_config.model, pair_config.teacher.arch = student, teacher
+            for method in names:
+                records += _run_method(pair_config, method, steps=steps, repeats=repeats,
+                                       warmup_steps=warmup_steps, epoch_images=epoch_images, devices=devices,
+                                       torch_modes=modes, compile_backend=compile_backend, out=out, note=note,
+                                       ab=ab, pair_in_name=bool(pairs))
+        return records
     finally:
         if with_torch and torch_threads:
             torch.set_num_threads(previous_threads)  # the setting is process-wide (matters inside test runs)
 
 
-def _run_method(config, method: str, *, out, note: str, **kwargs) -> list[dict]:
+def _run_method(config, method: str, *, out, note: str, pair_in_name: bool = False, **kwargs) -> list[dict]:
     """[record] of one method, printed and written."""
     method_cfg, how = method_config(config, method)
     record = bench_method(method_cfg, notes=[n for n in (how, note) if n], **kwargs)
     print(format_table(record), flush=True)
     if out:
-        print(f"  wrote {write_record(record, out)}", flush=True)
+        print(f"  wrote {write_record(record, out, pair_in_name)}", flush=True)
     return [record]
 
 
@@ -695,6 +675,14 @@ def _define_bench_flags(flag_values) -> None:
     flags.DEFINE_boolean("torch", True, "also time the PyTorch step", flag_values=flag_values)
     flags.DEFINE_integer("torch_threads", 0, "PyTorch intra-op threads (0 = PyTorch's default, one per core)",
                          flag_values=flag_values)
+    flags.DEFINE_string("torch_modes", "eager", f"the PyTorch step's modes, timed side by side: a comma list of "
+                        f"{', '.join(TORCH_MODES)} (the last two: torch.compile's modes)", flag_values=flag_values)
+    flags.DEFINE_enum("torch_compile_backend", "inductor", ["inductor", "aot_eager"], "torch.compile's backend "
+                      "(aot_eager: the same graphs without code generation, for quick checks)",
+                      flag_values=flag_values)
+    flags.DEFINE_string("pairs", "", "'' = the config's model and teacher.arch; 'repdistiller' = RepDistiller's 13 "
+                        "benchmark pairs; or TEACHER:STUDENT,... (records then name the pair)",
+                        flag_values=flag_values)
     flags.DEFINE_string("out", "benchmarks/results", "folder for the JSON records ('' = do not write)",
                         flag_values=flag_values)
     flags.DEFINE_string("ab", "", f"'' = no A/B; '{AB_YNN}' = the jaxkd step without vs with the CPU YNN compiler "
@@ -709,7 +697,8 @@ def _bench_command(argv) -> None:
     flags_ = parse_config_command_line(argv, _define_bench_flags, BENCH_USAGE)
     run(flags_.config, methods=flags_.methods, steps=flags_.steps, repeats=flags_.repeats,
         warmup_steps=flags_.warmup_steps, epoch_images=flags_.epoch_images, dtype_name=flags_.dtype,
-        num_devices=flags_.num_devices, with_torch=flags_.torch, torch_threads=flags_.torch_threads,
+        num_devices=flags_.num_devices, with_torch=flags_.torch, torch_modes=flags_.torch_modes,
+        compile_backend=flags_.torch_compile_backend, torch_threads=flags_.torch_threads, pairs=flags_.pairs,
         out=flags_.out, note=flags_.note, ab=flags_.ab)
 
 

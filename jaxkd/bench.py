@@ -39,7 +39,6 @@ overwritten). benchmarks/README.md has the results.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import importlib
 import json
@@ -51,12 +50,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxkd.bench_timing import Part, lowered_flops
 from jaxkd.bench_torch import TORCH_MODES, torch_device_for, torch_part, torch_part_name
 from jaxkd.compile_options import compiler_options, cpu_ynn_setting
 from jaxkd.config_command_line import parse_config_command_line
@@ -66,6 +65,7 @@ from jaxkd.errors import UserError, run_command
 from jaxkd.mesh import replicated
 from jaxkd.methods import METHODS, get_method
 from jaxkd.models import canonical_name, get_model
+from jaxkd.multi_run import multi_run_part
 from jaxkd.published import REPDISTILLER_PAIRS_DIFFERENT, REPDISTILLER_PAIRS_SAME
 from jaxkd.safe_write import check_output_directory
 from jaxkd.train import (COMPUTE_DTYPES, Setup, Teacher, build, create_train_state, make_train_step, train_programs,
@@ -147,45 +147,6 @@ def bench_setup(config, train: Split, devices) -> Setup:
 
 
 # ------------------------------------------------------------------------------------------------ timing
-@dataclasses.dataclass
-class Part:
-    """One timed thing: `run()` does `images` images of work and returns its duration in seconds."""
-
-    name: str
-    images: int
-    run: Callable[[], float]
-    flops_per_image: float | None = None
-    info: dict = dataclasses.field(default_factory=dict)
-    seconds: list = dataclasses.field(default_factory=list)
-
-    def summary(self) -> dict:
-        median = statistics.median(self.seconds)
-        rates = sorted(self.images / s for s in self.seconds)
-        out = {"images_per_s": self.images / median, "images_per_s_min": rates[0], "images_per_s_max": rates[-1],
-               "seconds": self.seconds, "images_per_repeat": self.images, **self.info}
-        if self.flops_per_image:
-            out["flops_per_s"] = self.flops_per_image * self.images / median
-        return out
-
-
-def lowered_flops(lowered: jax.stages.Lowered) -> float | None:
-    """XLA's FLOP count (HloCostAnalysis: a multiply-add is 2) of a lowered program, before the backend's
-    rewrites: by then a GPU program's convolutions are cuDNN calls that the count skips (a compiled KD step's
-    count on an H100 was 1% of its CPU count). Backends behind PJRT's plugin interface (GPU, TPU) cannot count a
-    lowered program, so the CPU backend counts the same HLO for them. None when no count can be had."""
-    cost = lowered.cost_analysis()
-    if cost is None:
-        try:
-            from jax._src.lib import _jax  # what Lowered.cost_analysis calls; there is no public route
-
-            cpu_backend = jax.local_devices(backend="cpu")[0].client
-            cost = _jax.hlo_module_cost_analysis(cpu_backend, lowered.compiler_ir("hlo").as_hlo_module())
-        except (ImportError, AttributeError, RuntimeError):  # no CPU backend (JAX_PLATFORMS), another jaxlib
-            return None
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"]) if cost and "flops" in cost else None
-
-
 def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool | None = None,
               name: str = "jaxkd step") -> tuple[Part, Part]:
     """(a) the train step and (c) the epoch, sharing the engine's compiled train programs (one step per call,
@@ -452,9 +413,10 @@ def torch_parts(config, setup: Setup, steps: int, warmup_steps: int, device: str
 
 def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_images: int,
                  devices, torch_modes=("eager",), compile_backend: str = "inductor", notes: list[str],
-                 ab: str = "") -> dict:
+                 ab: str = "", num_runs=()) -> dict:
     """Times (a), (b) in each of `torch_modes` (none when empty) and (c) for one method config, or with `ab`
-    the two variants of (a) and (b); returns the JSON record."""
+    the two variants of (a) and (b); with `num_runs` also N runs in one program for each N
+    (`jaxkd.multi_run`); returns the JSON record."""
     batch = config.batch_size
     train = synthetic_split(max(epoch_images, batch), seed=config.seed)
     info = device_info(devices)
@@ -487,6 +449,8 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         notes.append(f"A/B of {ab}: the two jaxkd steps interleaved, alternating which runs first; no epoch part")
     else:
         others.append(epoch_part)
+    run_parts = [multi_run_part(setup, config, n, steps, warmup_steps) for n in num_runs]
+    others += run_parts
     for repeat in range(repeats):  # interleaved, so that load from other processes hits every part alike
         for part in (step_parts if repeat % 2 == 0 else step_parts[::-1]) + others:
             part.seconds.append(part.run())
@@ -508,6 +472,12 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         if step_parts[0].flops_per_image:
             results[name]["flops_per_s_same_count"] = (step_parts[0].flops_per_image * batch /
                                                        (statistics.median(torch_seconds) / steps))
+    for part in run_parts:  # aggregate images/s of N runs in one program over one run's (the engine's step)
+        speed = [(part.images / sn) / (step_parts[0].images / s1) for s1, sn in zip(step_parts[0].seconds,
+                                                                                   part.seconds)]
+        results.setdefault("multi_run", {})[str(part.info["num_runs"])] = {
+            "aggregate_speedup_over_one_run": statistics.median(speed),
+            "aggregate_speedup_per_repeat": speed}
     if ab:
         a, b = step_parts
         speed = [sa / sb for sa, sb in zip(a.seconds, b.seconds)]
@@ -528,7 +498,7 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         "steps_per_dispatch": _same_or_none([p.info["steps_per_dispatch"] for p in step_parts]),
         "compiler_options": _same_or_none([p.info["compiler_options"] for p in step_parts]),
         "cpu_ynn": _same_or_none([p.info["cpu_ynn"] for p in step_parts]),
-        "torch_modes": list(torch_modes), "torch_compile_backend": compile_backend if torch_modes else None,
+        "num_runs": list(num_runs), "torch_modes": list(torch_modes), "torch_compile_backend": compile_backend if torch_modes else None,
         "loss": {"gamma": config.loss.gamma, "alpha": config.loss.alpha, "beta": config.loss.beta,
                  "kd_temperature": config.loss.kd_temperature},
         "data": "synthetic uint8, 100 classes",
@@ -553,7 +523,7 @@ def format_table(record: dict) -> str:
              f"  {'part':<{width}} {'images/s':>10} {'(min-max)':>17} {'ms/step':>9} {'GFLOP/s':>9}"]
     for name in parts:
         part = results[name]
-        ms = 1000 * record["batch_size"] / part["images_per_s"]
+        ms = 1000 * part["images_per_repeat"] / part["steps"] / part["images_per_s"]  # a step of all its runs
         gflops = part.get("flops_per_s", part.get("flops_per_s_same_count"))
         ratio = f"  jaxkd / torch {part['ratio_jaxkd_over_torch']:.3f}" if "ratio_jaxkd_over_torch" in part else ""
         lines.append(f"  {name:<{width}} {part['images_per_s']:>10.1f} "
@@ -563,6 +533,8 @@ def format_table(record: dict) -> str:
         if ratio_key(mode) in results:
             what = "torch" if mode == "eager" else f"torch compile {mode}"
             lines.append(f"  jaxkd / {what} (images/s): {results[ratio_key(mode)]:.3f}")
+    for n, multi in results.get("multi_run", {}).items():
+        lines.append(f"  {n} runs in one program: {multi['aggregate_speedup_over_one_run']:.3f}x one run's images/s")
     if "ab" in results:
         ab = results["ab"]
         lines.append(f"  A/B {ab['key']}: B/A speed {ab['speed_ratio_b_over_a']:.3f} (median of per-repeat ratios), "
@@ -592,13 +564,22 @@ def bench_pairs(config, pairs: str) -> list[tuple[str, str]]:
 def run(config, *, methods: str = "", steps: int = 20, repeats: int = 5, warmup_steps: int = 2,
         epoch_images: int = 0, dtype_name: str = "", num_devices: int = 1, with_torch: bool = True,
         torch_modes: str = "eager", compile_backend: str = "inductor", torch_threads: int = 0, pairs: str = "",
-        out: str | None = "benchmarks/results", note: str = "", ab: str = "") -> list[dict]:
+        out: str | None = "benchmarks/results", note: str = "", ab: str = "", num_runs: str = "") -> list[dict]:
     """Benchmarks every method of `methods` ("" = the config's, "all" = every registered one, or a comma
     list) on every pair of `pairs` (see `bench_pairs`); returns the records (and writes them to `out` unless it
     is empty; each record as soon as it is measured). `torch_modes`: a comma list of `TORCH_MODES` for the
-    PyTorch part (`with_torch=False`: none). `ab`: see the module docstring."""
+    PyTorch part (`with_torch=False`: none). `ab`: see the module docstring. `num_runs`: a comma list of N, each
+    timed as N runs in one program (`jaxkd.multi_run`)."""
     if steps < 1 or repeats < 1:
         raise UserError(f"--steps and --repeats must be positive (got {steps}, {repeats})")
+    try:
+        run_counts = tuple(int(n) for n in num_runs.split(",") if n.strip())
+    except ValueError:
+        run_counts = (0,)
+    if any(n < 1 for n in run_counts):
+        raise UserError(f"--num_runs {num_runs}: a comma list of positive numbers of runs, e.g. 1,2,4,8")
+    if run_counts and ab:
+        raise UserError("--num_runs and --ab: one at a time")
     modes = tuple(m.strip() for m in torch_modes.split(",") if m.strip()) if with_torch else ()
     if with_torch and (not modes or any(m not in TORCH_MODES for m in modes)):
         raise UserError(f"--torch_modes {torch_modes}: a comma list of {', '.join(TORCH_MODES)}")
@@ -637,7 +618,7 @@ def run(config, *, methods: str = "", steps: int = 20, repeats: int = 5, warmup_
                 records += _run_method(pair_config, method, steps=steps, repeats=repeats,
                                        warmup_steps=warmup_steps, epoch_images=epoch_images, devices=devices,
                                        torch_modes=modes, compile_backend=compile_backend, out=out, note=note,
-                                       ab=ab, pair_in_name=bool(pairs))
+                                       ab=ab, num_runs=run_counts, pair_in_name=bool(pairs))
         return records
     finally:
         if with_torch and torch_threads:
@@ -689,6 +670,9 @@ def _define_bench_flags(flag_values) -> None:
                         "option; a boolean config key (e.g. saliencymix) = the config with it False vs True; "
                         "KEY=A,B (e.g. steps_per_dispatch=1,16) = the config with KEY=A vs KEY=B. The two steps "
                         "are timed interleaved in this process", flag_values=flag_values)
+    flags.DEFINE_string("num_runs", "", "'' = none; a comma list of N (e.g. 1,2,4,8): also time N independent "
+                        "runs (seeds seed..seed+N-1) trained in one program, jax.vmap over their stacked states, "
+                        "reporting the aggregate images/s (a prototype: jaxkd.multi_run)", flag_values=flag_values)
     flags.DEFINE_string("note", "", "a free-text note stored in the records (e.g. the XLA_FLAGS tried)",
                         flag_values=flag_values)
 
@@ -699,7 +683,7 @@ def _bench_command(argv) -> None:
         warmup_steps=flags_.warmup_steps, epoch_images=flags_.epoch_images, dtype_name=flags_.dtype,
         num_devices=flags_.num_devices, with_torch=flags_.torch, torch_modes=flags_.torch_modes,
         compile_backend=flags_.torch_compile_backend, torch_threads=flags_.torch_threads, pairs=flags_.pairs,
-        out=flags_.out, note=flags_.note, ab=flags_.ab)
+        out=flags_.out, note=flags_.note, ab=flags_.ab, num_runs=flags_.num_runs)
 
 
 def main(argv=None) -> int:

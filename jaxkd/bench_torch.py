@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from jaxkd.bench_timing import Part
 from jaxkd.data.augment import MEAN, STD
 
 TORCH_MODES = ("eager", "default", "reduce-overhead")
@@ -60,7 +61,6 @@ def torch_part(config, setup, steps: int, warmup_steps: int, device: str, dtype_
     import torch.nn.functional as F
 
     from convert.torch_models import get_torch_model
-    from jaxkd.bench import Part
 
     if mode not in TORCH_MODES:
         raise ValueError(f"unknown PyTorch mode {mode!r}; one of {TORCH_MODES}")

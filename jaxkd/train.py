@@ -171,17 +171,44 @@ def build(config, devices=None, *, data=None, teacher: Teacher | None = None) ->
                  last_batch_size=0 if last_batch_size == config.batch_size else last_batch_size)
 
 
+# XLA options for the one-off program of `create_train_state` on CPU (fast to compile, slower to run)
+INITIAL_STATE_CPU_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
 def create_train_state(setup: Setup, config) -> TrainState:
-    """Initial state: the seed's init for the student, the method's modules and state from a shape probe."""
-    init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    """Initial state: the seed's init for the student, the method's modules and state from a shape probe.
+
+    One jitted program: run op by op, the initializers and the probe's forward passes compiled one small
+    program per operation and shape (~300 for a ResNet and KD, about 10 s on CPU). It runs once, so on CPU it
+    is compiled without XLA's backend optimizations: 3.6 s instead of 12 s for wrn40_2 at batch 64, and 0.24 s
+    instead of 0.05 s to run."""
+    options = INITIAL_STATE_CPU_OPTIONS if jax.default_backend() == "cpu" else None
+    return jax.jit(functools.partial(_initial_state, setup, config), compiler_options=options)(
+        *_initial_state_inputs(setup, config))
+
+
+def train_state_layout(setup: Setup, config) -> TrainState:
+    """The initial state's shapes and dtypes (`jax.ShapeDtypeStruct` leaves): traced, never compiled or run."""
+    return jax.eval_shape(functools.partial(_initial_state, setup, config), *_initial_state_inputs(setup, config))
+
+
+def _initial_state_inputs(setup: Setup, config) -> tuple:
+    """`_initial_state`'s array inputs: the run's seed key, the first `batch_size` examples, the teacher."""
+    return (jax.random.PRNGKey(config.seed), setup.train.images[: config.batch_size],
+            setup.train.labels[: config.batch_size], setup.train.index[: config.batch_size],
+            setup.teacher.variables if setup.teacher else None)
+
+
+def _initial_state(setup: Setup, config, seed_key, images, labels, index, teacher_variables) -> TrainState:
+    """`create_train_state`'s computation, from the run's seed key and the first `batch_size` examples."""
+    init_rng, step_rng = jax.random.split(seed_key)
     student_rng, method_rng, probe_rng, probe_batch_rng = jax.random.split(init_rng, 4)
-    sample = jnp.asarray(setup.pipeline.augment(probe_rng, setup.train.images[: config.batch_size]))
+    sample = setup.pipeline.augment(probe_rng, images)
     student_variables = setup.student.init(student_rng, sample, train=False)
     student_out, _ = apply_module(setup.student, student_variables, sample, train=True, method=setup.student.forward)
-    teacher_out = (apply_module(setup.teacher.model, setup.teacher.variables, sample, train=False,
+    teacher_out = (apply_module(setup.teacher.model, teacher_variables, sample, train=False,
                                 method=setup.teacher.model.forward)[0] if setup.teacher else None)
-    batch = Batch(sample, jnp.asarray(setup.train.labels[: config.batch_size]),
-                  jnp.asarray(setup.train.index[: config.batch_size]), probe_batch_rng)
+    batch = Batch(sample, labels, index, probe_batch_rng)
     method_init = setup.method.initialize(method_rng, Probe(student_out, teacher_out, batch, setup.train.labels,
                                                             setup.train.num_classes))
     params = {"student": student_variables["params"], "method": method_init.variables.get("params", {})}

@@ -48,7 +48,7 @@ from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
 from jaxkd.models.batchnorm import BatchNorm
 from jaxkd.optimizer import config_learning_rate_schedule, make_optimizer
-from jaxkd.train import Setup, Teacher, create_train_state, make_update
+from jaxkd.train import Setup, Teacher, make_update, train_state_layout
 from jaxkd.train_state import TrainState
 from tests.conftest import nchw, randomized_torch_model
 from tests.reference import torch_training
@@ -136,13 +136,13 @@ def _effective_lr(old_params, new_params, trace) -> float:
 def _run_jax(config, student_init: dict, teacher_variables, images, labels):
     """10 engine updates from the converted weights; per-step metrics, applied lr and ReLU sign masks."""
     teacher = Teacher(get_model(TEACHER, NUM_CLASSES), teacher_variables, TEACHER) if teacher_variables else None
-    # `create_train_state` (traced only: its unjitted init costs ~15 s of op-by-op compiles) gives the engine's
+    # `train_state_layout` (traced, never compiled) gives the engine's
     # state layout; the state itself starts from the converted PyTorch weights.
     probe = Split(jnp.zeros((BATCH, 32, 32, 3), jnp.uint8), labels[0], np.arange(BATCH, dtype=np.int32), NUM_CLASSES)
     setup = Setup(student=get_model(STUDENT, NUM_CLASSES), method=get_method(config.method, config), teacher=teacher,
                   optimizer=make_optimizer(config, STEPS_PER_EPOCH), train=probe, test=None,
                   steps_per_epoch=STEPS_PER_EPOCH, mesh=data_mesh())
-    layout = jax.eval_shape(lambda: create_train_state(setup, config))
+    layout = train_state_layout(setup, config)
     assert not jax.tree_util.tree_leaves((layout.params["method"], layout.batch_stats["method"], layout.method_state))
     params = {"student": jax.tree_util.tree_map(jnp.asarray, student_init["params"]), "method": {}}
     batch_stats = {"student": jax.tree_util.tree_map(jnp.asarray, student_init["batch_stats"]), "method": {}}

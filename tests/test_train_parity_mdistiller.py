@@ -28,7 +28,7 @@ from jaxkd.evaluate import data_mesh
 from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
 from jaxkd.optimizer import make_optimizer
-from jaxkd.train import Setup, Teacher, create_train_state, make_update
+from jaxkd.train import Setup, Teacher, make_update, train_state_layout
 from jaxkd.train_state import TrainState
 from tests.conftest import nchw, randomize_batchnorm_and_bias
 from tests.reference import mdistiller_training
@@ -75,7 +75,7 @@ def _run_jax(config, student_init, teacher_variables, method_variables, images, 
     setup = Setup(student=get_model(ARCH, NUM_CLASSES), method=get_method(config.method, config), teacher=teacher,
                   optimizer=make_optimizer(config, STEPS_PER_EPOCH), train=probe, test=None,
                   steps_per_epoch=STEPS_PER_EPOCH, mesh=data_mesh())
-    layout = jax.eval_shape(lambda: create_train_state(setup, config))  # the engine's state layout
+    layout = train_state_layout(setup, config)  # the engine's state layout
     params = {"student": student_init["params"], "method": method_variables.get("params", {})}
     batch_stats = {"student": student_init["batch_stats"], "method": method_variables.get("batch_stats", {})}
     params, batch_stats = jax.tree_util.tree_map(jnp.asarray, (params, batch_stats))

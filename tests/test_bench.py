@@ -3,6 +3,7 @@ parts timed, written only where asked (a temporary folder), never over an existi
 
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -321,48 +322,61 @@ def test_bad_command_lines_are_one_line_errors(argv, message, tmp_path, capsys):
     assert (tmp_path / "notes.txt").read_text() == "kept"
 
 
-def gpu_script_commands() -> list[tuple[str, list[str]]]:
-    """(module, arguments) of every jaxkd command `benchmarks/gpu/run.sh` runs, with the script's variables
-    filled in."""
+def gpu_script_commands(dry_run: bool) -> list[tuple[str, str, list[str]]]:
+    """(part, module, arguments) of every jaxkd command `benchmarks/gpu/run.sh` runs on a GPU (or, `dry_run`,
+    with JAXKD_GPU_DRY_RUN=1), with the script's variables and arrays filled in."""
     text = (REPO / "benchmarks" / "gpu" / "run.sh").read_text().replace("\\\n", " ")
-    variables = {"$python": "python3", "$records": "/tmp/records"}
-    lines = []
+    variables = {"$python": "python3", "$records": "/tmp/records", "$scratch": "/tmp/scratch"}
+    arrays, branch = {}, None
+    commands = []
     for line in text.splitlines():
         for name, value in variables.items():
             line = line.replace(f'"{name}"', value)
-        lines.append(line)
-    [bench_line] = [line for line in lines if line.startswith("bench=(")]
-    bench_prefix = shlex.split(bench_line[len("bench=("):].rstrip(")"))
-    commands = []
-    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("if [[ ${JAXKD_GPU_DRY_RUN"):
+            branch = "dry"
+        elif stripped == "else" and branch == "dry":
+            branch = "gpu"
+        elif stripped == "fi":
+            branch = None
+        match = re.match(r"^(\w+)=\((.*)\)$", stripped)
+        if match and (branch is None or (branch == "dry") == dry_run):
+            arrays[match[1]] = shlex.split(match[2])
         if not line.startswith("part "):
             continue
-        words = shlex.split(line)[2:]  # after `part SECONDS`
-        if words[0] == "${bench[@]}":
-            words = bench_prefix + words[1:]
-        if words[:2] == ["python3", "-m"] and words[2].startswith("jaxkd."):
-            commands.append((words[2], words[3:]))
+        part, words = shlex.split(line)[1], shlex.split(line)[3:]  # after `part NAME SECONDS`
+        expanded = []
+        for word in words:
+            array = re.fullmatch(r"\$\{(\w+)\[@\]\}", word)
+            expanded += arrays[array[1]] if array else [word]
+        if expanded[:2] == ["python3", "-m"] and expanded[2].startswith("jaxkd."):
+            commands.append((part, expanded[2], expanded[3:]))
     return commands
 
 
-def test_gpu_script_runs_valid_bench_and_train_commands(monkeypatch):
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_gpu_script_runs_valid_bench_and_train_commands(monkeypatch, dry_run):
     """The prepared GPU run must not find a stale flag or config key on a machine that is lent for minutes."""
-    from jaxkd import train
+    from jaxkd import bench_full_run
     from jaxkd.dispatch import steps_per_dispatch
-    from jaxkd.mesh import data_mesh
 
-    commands = gpu_script_commands()
-    modules = [module for module, _ in commands]
-    assert modules.count("jaxkd.bench") >= 5 and "jaxkd.train" in modules
+    commands = gpu_script_commands(dry_run)
+    parts = [part for part, _, _ in commands]
+    assert parts == ["headline", "seeds", "pairs", "full_run", "pairs_compiled", "pairs_crd", "pairs_bf16"]  # by importance
     monkeypatch.chdir(REPO)  # the script runs in the repository root
-    for module, arguments in commands:
-        if module == "jaxkd.train":
-            flags_ = train.parse_command_line(["jaxkd.train", *arguments])
-            train.check_config(flags_.config, data_mesh(tuple(jax.devices()[:1])))
+    for part, module, arguments in commands:
+        if module == "jaxkd.bench_full_run":
+            flags_, overrides = bench_full_run.parse_command_line(["jaxkd.bench_full_run", *arguments])
+            assert flags_.time_limit < 0 and bool(overrides) == dry_run  # stopped before the part's limit
             continue
+        assert module == "jaxkd.bench", part
         flags_ = bench.parse_config_command_line(["jaxkd.bench", *arguments], bench._define_bench_flags,
                                                  bench.BENCH_USAGE)
         for _, variant, _ in bench.ab_variants(flags_.config, flags_.ab, "gpu"):
-            assert steps_per_dispatch(variant, "gpu") <= flags_.steps  # the chunk is timed
+            assert dry_run or steps_per_dispatch(variant, "gpu") <= flags_.steps  # the chunk is timed
         methods = flags_.methods
         assert methods in ("", "all") or set(methods.split(",")) <= set(METHODS)
+        assert len(bench.bench_pairs(flags_.config, flags_.pairs)) == (13 if part.startswith("pairs") else 1)
+        assert set(flags_.torch_modes.split(",")) <= set(bench.TORCH_MODES)
+        assert flags_.torch_compile_backend == ("aot_eager" if dry_run and part == "pairs_compiled" else "inductor")
+        assert flags_.steps == 2 if dry_run else flags_.steps >= 40  # the script's sizes were read

@@ -61,11 +61,12 @@ COVERED_ELSEWHERE = {
 
 @pytest.fixture(scope="module")
 def digits_teacher(tmp_path_factory):
-    """rd_resnet8 trained alone on digits (RepDistiller's recipe, `none`), 4 epochs: its exported model."""
+    """rd_resnet8 trained alone on digits (RepDistiller's recipe, `none`), 4 epochs: its exported model and its
+    final test top-1."""
     workdir = tmp_path_factory.mktemp("teacher")
     result = train_and_evaluate(small_run(repdistiller_run("none")(), epochs=4), workdir)
     assert result["best_top1"] >= 40.0, result
-    return workdir / "model"
+    return workdir / "model", result["last_top1"]
 
 
 def test_every_method_has_a_learning_run():
@@ -76,12 +77,15 @@ def test_every_method_has_a_learning_run():
 @pytest.mark.parametrize("method", sorted(LEARNING_RUNS))
 def test_method_learns_on_digits(method, digits_teacher, tmp_path):
     config = small_run(LEARNING_RUNS[method](), epochs=2)
-    config.teacher.checkpoint, config.teacher.arch = str(digits_teacher), ""
+    teacher_model, teacher_top1 = digits_teacher
+    config.teacher.checkpoint, config.teacher.arch = str(teacher_model), ""
     result = train_and_evaluate(config, tmp_path)
     assert result["step"] == 178
     records = [json.loads(line) for line in (Path(tmp_path) / "metrics.jsonl").read_text().splitlines()]
     train = [record for record in records if record["kind"] == "train"]
     init = [record for record in records if record["kind"] == "init"]
+    # the loaded teacher, evaluated before training, scores what its own run measured last
+    assert next(r for r in records if r["kind"] == "teacher")["top1"] == pytest.approx(teacher_top1)
     assert bool(init) == (config.get(method, {}).get("init_epochs") is not None)
     assert all(math.isfinite(record["loss"]) and record["loss"] > 0 for record in init)
     assert train[-1]["step"] == 178 and train[-1]["accuracy"] >= 30.0, train[-1]  # the second epoch's
@@ -89,6 +93,11 @@ def test_method_learns_on_digits(method, digits_teacher, tmp_path):
     assert all(math.isfinite(record["loss"]) and math.isfinite(record["term"]) for record in train)
     if config.loss.beta and method not in ("ab", "fsp"):  # a method with a term: it is computed, not zero
         assert all(record["term"] != 0 for record in train)
+    # per-stage metrics (AT, NST, VID), summed on the device between two logs, add up to the logged term
+    stages = [name for name in train[0] if name.startswith(f"{method}_stage")]
+    assert bool(stages) == (method in ("at", "nst", "vid"))
+    for record in train:
+        assert sum(record[name] for name in stages) == pytest.approx(record["term"], rel=1e-5), record
     warmup = config.get(config.method, {}).get("warmup")
     if warmup:  # DKD's and ReviewKD's warm-up: each step's epoch (Batch.epoch) reaches the term
         assert train[-1][f"{config.method}_warmup"] == pytest.approx(min(2 / warmup, 1.0)), train[-1]

@@ -362,7 +362,8 @@ def test_gpu_script_runs_valid_bench_and_train_commands(monkeypatch, dry_run):
 
     commands = gpu_script_commands(dry_run)
     parts = [part for part, _, _ in commands]
-    assert parts == ["headline", "seeds", "pairs", "full_run", "pairs_compiled", "pairs_crd", "pairs_bf16"]  # by importance
+    assert parts == ["headline", "seeds", "headline_compiled", "pairs", "full_run", "pairs_compiled", "pairs_crd",
+                     "pairs_bf16"]  # by importance
     monkeypatch.chdir(REPO)  # the script runs in the repository root
     for part, module, arguments in commands:
         if module == "jaxkd.bench_full_run":

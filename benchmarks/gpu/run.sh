@@ -7,8 +7,12 @@
 # 540: a part gets at most what is left, and is skipped when under 30 s is left), so a slow or failing part
 # cannot starve the rest:
 #   headline   KD wrn40_2 -> wrn16_2, batch 64, float32: jaxkd (step and a 50,000-image epoch) against PyTorch
-#              eager, torch.compile default and torch.compile reduce-overhead (CUDA graphs), same card
-#   seeds      the same KD step with 1, 2, 4 and 8 runs in one program (jaxkd.multi_run), aggregate images/s
+#              eager on the same card
+#   seeds      the same KD step as 2, 4 and 8 runs in one program (jaxkd.multi_run), aggregate images/s against
+#              the one-run step
+#   headline_compiled   the same KD step against PyTorch eager, torch.compile default and torch.compile
+#              reduce-overhead (CUDA graphs) side by side (apart from headline: a record is written when its
+#              command ends, and inductor's compile time on the card is unknown)
 #   pairs      RepDistiller's 13 pairs, KD, float32, against PyTorch eager
 #   full_run   the 240-epoch KD run wrn40_2 -> wrn16_2 as a user runs it (jaxkd.train on synthetic CIFAR-100:
 #              an evaluation every epoch, checkpoints, exports), stopped at its time limit and then estimated
@@ -49,12 +53,14 @@ export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jaxkd-jax-cac
 
 if [[ ${JAXKD_GPU_DRY_RUN:-0} == 1 ]]; then
     long=(--steps 2 --repeats 1 --warmup_steps 1 --config.batch_size=8 --epoch_images 64)
+    medium=(--steps 2 --repeats 1 --warmup_steps 1 --config.batch_size=8)
     short=(--steps 2 --repeats 1 --warmup_steps 1 --config.batch_size=8)
     pairs_compile=(--torch_compile_backend aot_eager)
     full_run=(--train_images 512 --test_images 256 -- --config.epochs=3 --config.checkpoint_every_epochs=2)
     limit_scale=${JAXKD_GPU_LIMIT_SCALE:-10}  # a CPU compiles for minutes what a GPU machine compiles in seconds
 else
     long=(--steps 100 --repeats 5 --epoch_images 50000)
+    medium=(--steps 100 --repeats 5)
     short=(--steps 40 --repeats 3)
     pairs_compile=()
     full_run=()
@@ -86,8 +92,9 @@ part env 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.s
 part env 60 "$python" -c "import jax, flax, optax, orbax.checkpoint, torch; print('jax', jax.__version__, 'flax', \
 flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__); print(jax.devices()); \
 print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'torch: no CUDA')"
-part headline 200 "${bench[@]}" "${long[@]}" --torch_modes eager,default,reduce-overhead
-part seeds 120 "${bench[@]}" "${short[@]}" --num_runs 1,2,4,8 --notorch
+part headline 120 "${bench[@]}" "${long[@]}"
+part seeds 150 "${bench[@]}" "${short[@]}" --num_runs 2,4,8 --notorch
+part headline_compiled 300 "${bench[@]}" "${medium[@]}" --torch_modes eager,default,reduce-overhead
 part pairs 240 "${bench[@]}" "${short[@]}" --pairs repdistiller --methods kd
 part full_run 100 "$python" -m jaxkd.bench_full_run --workdir "$scratch/full_run" --out "$records" \
     --time_limit=-20 "${full_run[@]}"

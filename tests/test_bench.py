@@ -170,21 +170,28 @@ def test_models_compute_in_the_config_dtype_unless_the_flag_says_otherwise(monke
     assert seen == ["bfloat16", "float32"] and config.dtype == "bfloat16"
 
 
+def torch_side_setup(monkeypatch, teacher: str, student: str, examples: int):
+    """(config, setup, built) for the PyTorch part of a KD pair at batch 4 without a JAX teacher; `built` lists
+    the PyTorch models as the part builds them (student, then teacher)."""
+    import convert.torch_models
+    from jaxkd.train import Teacher, build
+
+    config = kd_wrn.get_config()
+    config.model, config.teacher.arch, config.batch_size = student, teacher, 4
+    train = bench.synthetic_split(examples)
+    setup = build(config, jax.devices()[:1], data=(train, train), teacher=Teacher(None, None, teacher))
+    built, get_torch_model = [], convert.torch_models.get_torch_model
+    monkeypatch.setattr(convert.torch_models, "get_torch_model",
+                        lambda *args: built.append(get_torch_model(*args)) or built[-1])
+    return config, setup, built
+
+
 def test_torch_step_runs_a_zoo_pair_on_its_pytorch_references(monkeypatch, one_torch_thread):
     """The PyTorch part for RepDistiller's architectures (vgg8 -> MobileNetV2): both models come from their
     references (convert/torch_zoo), whose forward returns the logits alone, and a KD step runs on them."""
     import torch
 
-    import convert.torch_models
-    from jaxkd.train import Teacher, build
-
-    config = kd_wrn.get_config()
-    config.model, config.teacher.arch, config.batch_size = "MobileNetV2", "vgg8", 4
-    train = bench.synthetic_split(8)
-    setup = build(config, jax.devices()[:1], data=(train, train), teacher=Teacher(None, None, "vgg8"))
-    built, get_torch_model = [], convert.torch_models.get_torch_model
-    monkeypatch.setattr(convert.torch_models, "get_torch_model",
-                        lambda *args: built.append(get_torch_model(*args)) or built[-1])
+    config, setup, built = torch_side_setup(monkeypatch, "vgg8", "MobileNetV2", examples=8)
     part = bench_torch.torch_part(config, setup, steps=2, warmup_steps=1, device="cpu", dtype_name="float32")
     before = [p.detach().clone() for p in built[0].parameters()]
     assert part.run() > 0 and part.info["loss"] == "gamma*CE + alpha*KD"
@@ -201,16 +208,9 @@ def test_compiled_torch_step_trains_the_student_as_eager_mode_does(monkeypatch, 
     inductor path is what `benchmarks/gpu/run.sh`'s dry run exercises."""
     import torch
 
-    import convert.torch_models
-    from jaxkd.train import Teacher, build
+    from convert.torch_models import get_torch_model
 
-    config = kd_wrn.get_config()
-    config.model, config.teacher.arch, config.batch_size = "resnet8", "resnet8", 4
-    train = bench.synthetic_split(16)
-    setup = build(config, jax.devices()[:1], data=(train, train), teacher=Teacher(None, None, "resnet8"))
-    built, get_torch_model = [], convert.torch_models.get_torch_model
-    monkeypatch.setattr(convert.torch_models, "get_torch_model",
-                        lambda *args: built.append(get_torch_model(*args)) or built[-1])
+    config, setup, built = torch_side_setup(monkeypatch, "resnet8", "resnet8", examples=16)
     students = {}
     for mode in ("eager", "default"):  # reduce-overhead: in test_tiny_bench_writes_a_record_per_method
         part = bench_torch.torch_part(config, setup, steps=2, warmup_steps=3, device="cpu", dtype_name="float32",

@@ -12,6 +12,9 @@ For a method config and its student/teacher pair, one run times, on the same dev
       methods other than none and kd only this CE + KD step is timed, without the method's term (noted);
   (c) `jaxkd epoch`: an epoch as `jaxkd.train` runs it (epoch permutation, steps, metric fetches every
       `log_every_steps` and at the end), on `--epoch_images` images.
+`--torch_modes eager,default,reduce-overhead` times (b) also under torch.compile, side by side with a ratio each
+(`jaxkd.bench_torch`); `--pairs repdistiller` (or TEACHER:STUDENT,...) runs every method on each pair;
+`--num_runs 2,4,8` also times N runs of the config trained in one program (`jaxkd.multi_run`), against one.
 Compilation and warm-up are excluded; every repeat ends with `block_until_ready` (CUDA: synchronize); the parts
 are interleaved repeat by repeat so that load from other processes hits them alike; medians are reported.
 The jaxkd step is compiled with the engine's compiler options (`jaxkd.compile_options`: the YNN fusions on CPU

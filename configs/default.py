@@ -78,6 +78,9 @@ def get_config() -> ConfigDict:
     config.checkpoint_every_epochs = 10
     config.keep_checkpoints = 2
     config.progress_bar = True
+    # Weights & Biases (jaxkd.wandb_log): the metrics.jsonl rows through the wandb client. mode: disabled (off),
+    # offline (a local run directory, `wandb sync` later) or online; entity "": your wandb default.
+    config.wandb = ConfigDict({"project": "jaxkd", "entity": "", "mode": "disabled"})
     return config
 
 

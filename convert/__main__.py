@@ -8,9 +8,9 @@ User mistakes print one line starting with "error:" and exit with status 2; noth
 
 import argparse
 import sys
-from pathlib import Path
 
 from jaxkd.errors import UserError, run_command
+from jaxkd.paths import absolute
 from jaxkd.safe_write import check_output
 
 VERIFY_BATCH = 8
@@ -36,7 +36,7 @@ def run_import(args) -> None:
     metadata = {
         "arch": imported.arch,
         "num_classes": imported.num_classes,
-        "source": str(Path(args.src).absolute()),
+        "source": str(absolute(args.src)),
         "source_sha256": sha256_of(args.src),
         "source_layout": imported.layout,
         "written_by": f"jaxkd {__version__} convert import",

@@ -4,18 +4,20 @@ Reading never runs code from a checkpoint: `torch.load(weights_only=True)`, with
 types, `argparse.Namespace` (RepDistiller's `*_last.pth` stores its options as one; rebuilding it only sets
 attributes). Tensors saved on a GPU are mapped to the CPU. The weights may sit at the top level (the seed's
 `model.state_dict()`), or under `model` / `state_dict` (RepDistiller / mdistiller teacher files), with or
-without DataParallel's `module.` prefix.
+without DataParallel's `module.` prefix. Paths may be cloud URLs (`gs://`, `jaxkd.paths`): the file is read
+whole into memory first.
 """
 
 import argparse
 import hashlib
+import io
 import pickle
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
 from jaxkd.errors import UserError
+from jaxkd.paths import as_path, input_exists
 from jaxkd.safe_write import write_atomically
 
 WRAPPER_KEYS = ("model", "state_dict")
@@ -25,7 +27,7 @@ PICKLE_PROTO = pickle.PROTO  # first byte of a protocol-2+ pickle (the legacy to
 
 def sha256_of(path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -33,18 +35,17 @@ def sha256_of(path) -> str:
 
 def read_torch_file(path) -> object:
     """`torch.load` with weights only, on the CPU, with errors a user can act on."""
-    path = Path(path)
-    if not path.exists():
+    path = as_path(path)
+    if not input_exists(path, str(path)):
         raise UserError(f"{path}: no such file")
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a .pth file")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not (head == ZIP_MAGIC or head[:1] == PICKLE_PROTO):
+    contents = path.read_bytes()
+    if not (contents[:4] == ZIP_MAGIC or contents[:1] == PICKLE_PROTO):
         raise UserError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(contents), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" in str(error) or "Unsupported global" in str(error):
             raise UserError(f"{path}: refused, it holds pickled Python objects beyond tensors and plain "

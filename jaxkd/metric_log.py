@@ -5,15 +5,20 @@ writes (`active`); the others' logs record nothing.
 A run resumed from the checkpoint at step S (None: started anew) first drops what a killed run logged after S:
 `metrics.jsonl` keeps its rows up to S (none for a new start), rewritten atomically, and the new TensorBoard file
 starts with a purge marker at S + 1, which makes TensorBoard hide the older files' events from that step on.
-So every step is recorded once, however often the run was interrupted.
+So every step is recorded once, however often the run was interrupted. With `config.wandb` on, the rows also go
+to Weights & Biases (`jaxkd.wandb_log`).
+
+In cloud storage (`gs://`), where objects cannot be appended to, `metrics.jsonl` is rewritten whole at every
+write (GCS replaces an object whole, so a reader never sees a partial row), and tensorboardX uploads its event
+file through its own GCS client at every flush.
 """
 
 import json
 import math
-from pathlib import Path
 
 from tensorboardX import SummaryWriter
 
+from jaxkd.paths import as_path, is_url
 from jaxkd.safe_write import write_text_atomically
 
 FIRST_STEP = -(2 ** 31)  # below any step a run logs (an init stage's rows have steps <= 0)
@@ -33,20 +38,39 @@ def rows_up_to(text: str, last_step: int | None) -> str:
     return "".join(kept)
 
 
+class _RewrittenObject:
+    """An appendable text file in cloud storage: the text so far is kept and uploaded whole at every write."""
+
+    def __init__(self, path, text: str):
+        self.path, self.text = path, text
+
+    def write(self, text: str) -> None:
+        self.text += text
+        self.path.write_text(self.text)
+
+    def close(self) -> None:
+        pass
+
+
 class MetricLog:
-    def __init__(self, workdir, active: bool = True, resume_step: int | None = None):
+    def __init__(self, workdir, active: bool = True, resume_step: int | None = None, config=None):
         """`resume_step`: the step of the checkpoint the run continues from (None: started anew; negative inside
-        an init stage, whose rows precede training's step 1, `jaxkd.init_stage`)."""
+        an init stage, whose rows precede training's step 1, `jaxkd.init_stage`). `config`: the run's, whose
+        `wandb` section (jaxkd.wandb_log) also sends the rows to Weights & Biases."""
         self.active = active
+        self.wandb = None
+        if active and config is not None and config.get("wandb") and config.wandb.mode != "disabled":
+            from jaxkd.wandb_log import WandbLog
+
+            self.wandb = WandbLog(config.wandb, workdir, config.to_dict())
         if active:
-            workdir = Path(workdir)
+            workdir = as_path(workdir)
             path = workdir / "metrics.jsonl"
-            if path.exists():
-                text = path.read_text()
-                kept = rows_up_to(text, resume_step)
-                if kept != text:
-                    write_text_atomically(kept, path, force=True, what="the metrics")
-            self.jsonl = open(path, "a", buffering=1)
+            text = path.read_text() if path.exists() else ""
+            kept = rows_up_to(text, resume_step)
+            if kept != text:
+                write_text_atomically(kept, path, force=True, what="the metrics")
+            self.jsonl = _RewrittenObject(path, kept) if is_url(path) else open(path, "a", buffering=1)
             self.tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=FIRST_STEP
                                              if resume_step is None else resume_step + 1)
 
@@ -58,6 +82,8 @@ class MetricLog:
         record.update({k: (float(v) if isinstance(v, float) or hasattr(v, "dtype") else v)
                        for k, v in values.items()})
         self.jsonl.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.write(step, kind, {k: v for k, v in record.items() if k not in ("step", "kind")})
         for name, value in values.items():
             if isinstance(value, (int, float)) or hasattr(value, "dtype"):
                 value = float(value)
@@ -69,3 +95,5 @@ class MetricLog:
             return
         self.jsonl.close()
         self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.close()

@@ -7,12 +7,12 @@ model can be rebuilt without the user repeating them, and records where the weig
 Writes never leave a half-written or lost directory: Orbax writes into a fresh temporary directory beside the
 target, which is renamed into place only once complete; an existing target is kept unless `force` is given,
 and even then it is replaced only after the new one is complete. In a multi-process run every process takes
-part in the write (Orbax's protocol) and process 0 moves directories.
+part in the write (Orbax's protocol) and process 0 moves directories. In cloud storage (`gs://`) the same
+steps run; moving a directory there copies its objects, so a target replaced by a run killed during that move
+can be incomplete (Orbax's commit marker, written last, is then missing and loading refuses it).
 """
 
 import secrets
-import shutil
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 
 from jaxkd import distributed
 from jaxkd.errors import UserError
+from jaxkd.paths import absolute, as_path, input_exists, remove_tree
 
 VARIABLES_ITEM = "variables"
 METADATA_ITEM = "metadata"
@@ -28,13 +29,13 @@ TRAINED_MODEL_DIR = "model"  # where training writes the final student inside it
 
 
 def is_model_checkpoint(path) -> bool:
-    path = Path(path)
+    path = as_path(path)
     return (path / VARIABLES_ITEM).is_dir() and (path / METADATA_ITEM).exists()
 
 
-def save_model_checkpoint(directory, variables: dict, metadata: dict, force: bool = False) -> Path:
+def save_model_checkpoint(directory, variables: dict, metadata: dict, force: bool = False):
     """Writes `variables` and `metadata` (JSON-serializable, with `arch` and `num_classes`) to `directory`."""
-    directory = Path(directory).absolute()
+    directory = absolute(directory)
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
         raise ValueError(f"model metadata lacks {missing}")
@@ -58,15 +59,15 @@ def save_model_checkpoint(directory, variables: dict, metadata: dict, force: boo
             (staging / "checkpoint").rename(directory)
     finally:
         if primary:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging)
     distributed.barrier(f"model checkpoint {staging.name} written")
     return directory
 
 
 def load_model_checkpoint(directory) -> tuple[dict, dict]:
     """(variables as numpy arrays, metadata) from a directory written by `save_model_checkpoint`."""
-    directory = Path(directory).absolute()
-    if not directory.exists():
+    directory = absolute(directory)
+    if not input_exists(directory, str(directory)):
         raise UserError(f"{directory}: no such checkpoint directory")
     if not is_model_checkpoint(directory) and (directory / "config.json").is_file():
         raise UserError(f"{directory}: a training workdir without its final {TRAINED_MODEL_DIR}/ (written when the "
@@ -86,9 +87,9 @@ def load_model_checkpoint(directory) -> tuple[dict, dict]:
     return jax.tree.map(np.asarray, restored[VARIABLES_ITEM]), metadata
 
 
-def resolve_model_dir(path) -> Path:
+def resolve_model_dir(path):
     """The model checkpoint a directory stands for: itself, or a training workdir's final `model/`."""
-    path = Path(path)
+    path = as_path(path)
     if not is_model_checkpoint(path) and is_model_checkpoint(path / TRAINED_MODEL_DIR):
         return path / TRAINED_MODEL_DIR
     return path
@@ -110,8 +111,8 @@ def load_model_and_metadata(path, arch: str | None = None) -> tuple[dict, str, i
     """
     from jaxkd.models import canonical_name
 
-    path = Path(path)
-    if path.is_dir():
+    path = as_path(path)
+    if input_exists(path, str(path)) and path.is_dir():
         path = resolve_model_dir(path)
         variables, metadata = load_model_checkpoint(path)
         stored = metadata["arch"]

@@ -2,19 +2,21 @@
 
 Each checkpoint is named by the global step and holds the whole `TrainState` plus a small JSON record of the
 run's progress (epoch, best accuracy). Orbax writes to a temporary directory and renames it on completion, so an
-interrupted save never replaces the last good checkpoint; saves are asynchronous and `close` waits for them.
+interrupted save never replaces the last good checkpoint (in cloud storage, where nothing renames, a checkpoint
+counts once Orbax has written its commit marker); saves are asynchronous and `close` waits for them. Every
+process of a multi-process run takes part in each save.
 """
-
-from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+
+from jaxkd.paths import absolute
 
 
 class RunCheckpoints:
     def __init__(self, workdir, keep: int, subdirectory: str = "checkpoints"):
         """`subdirectory`: "checkpoints" for the train state, "init_checkpoints" for an init stage's."""
-        self.directory = Path(workdir).absolute() / subdirectory
+        self.directory = absolute(workdir) / subdirectory
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 

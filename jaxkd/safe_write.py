@@ -1,12 +1,18 @@
 """Writing an output file so that nothing is lost: a temporary file beside the target, synced, then renamed
-into place. An existing target is replaced only with `force`, and a failed write leaves it untouched."""
+into place. An existing target is replaced only with `force`, and a failed write leaves it untouched.
+
+Outputs may be cloud URLs (`gs://`, `jaxkd.paths`): the temporary object is written beside the target, then
+moved onto it (GCS replaces an object whole: a reader sees the old or the new one), and the checks ask the
+bucket instead of the filesystem."""
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Callable, BinaryIO
 
 from jaxkd.errors import UserError
+from jaxkd.paths import as_path, check_cloud_location, is_url
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -29,11 +35,15 @@ def check_output(out, force: bool, directory: bool = False) -> Path:
     """Refuses, before any work is done, an output that holds something to keep or that writing would fail on:
     a directory where a file goes (unless `directory`), an existing output without `force`, a path under a file,
     a place where nothing can be written."""
-    out = Path(out)
+    out = as_path(out)
+    if is_url(out):
+        check_cloud_location(out, str(out), probe_folder=out.parent)
     if out.is_dir() and not directory:
         raise UserError(f"{out}: is a directory (give a file name)")
     if out.exists() and not force:
         raise UserError(f"{out}: already exists (pass --force to replace it)")
+    if is_url(out):
+        return out
     existing = existing_ancestor(out.parent)
     if not existing.is_dir():
         raise UserError(f"{out}: lies under {existing}, which is not a directory")
@@ -44,7 +54,12 @@ def check_output(out, force: bool, directory: bool = False) -> Path:
 def check_output_directory(directory, flag: str) -> Path:
     """Refuses an output directory (given as `flag`) that is a file, lies under one or cannot be written in,
     before any work is done, without creating it: a refused command leaves nothing behind."""
-    directory = Path(directory)
+    directory = as_path(directory)
+    if is_url(directory):
+        check_cloud_location(directory, f"{flag} {directory}", probe_folder=directory)
+        if directory.exists() and not directory.is_dir():
+            raise UserError(f"{flag} {directory}: exists and is not a directory")
+        return directory
     existing = existing_ancestor(directory)
     if not existing.is_dir():
         where = "exists" if existing == directory else f"lies under {existing}, which exists"
@@ -55,9 +70,12 @@ def check_output_directory(directory, flag: str) -> Path:
 
 def write_atomically(out, write: Callable[[BinaryIO], None], force: bool, what: str = "the output") -> None:
     """Calls `write(binary_file)` on a temporary file beside `out`, then renames it to `out`."""
-    out = Path(out)
+    out = as_path(out)
     if out.exists() and not force:
         raise UserError(f"{out}: already exists (pass --force to replace it)")
+    if is_url(out):
+        _write_object_atomically(out, write, what)
+        return
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         handle, staging = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -72,6 +90,23 @@ def write_atomically(out, write: Callable[[BinaryIO], None], force: bool, what: 
                 os.unlink(staging)
     except OSError as error:
         raise UserError(f"{out}: cannot write {what}: {error.strerror or error}") from None
+
+
+def _write_object_atomically(out, write: Callable[[BinaryIO], None], what: str) -> None:
+    """`write_atomically` in cloud storage: a temporary object beside `out`, moved onto it once complete."""
+    staging = out.parent / f".{out.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        with staging.open("wb") as file:
+            write(file)
+        staging.replace(out)
+    except OSError as error:
+        raise UserError(f"{out}: cannot write {what}: {error.strerror or error}") from None
+    finally:
+        try:
+            if staging.exists():
+                staging.unlink()
+        except OSError:
+            pass
 
 
 def write_text_atomically(text: str, out, force: bool, what: str = "the output") -> None:

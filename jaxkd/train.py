@@ -44,11 +44,13 @@ from jaxkd.metric_log import MetricLog
 from jaxkd.model_checkpoint import load_model
 from jaxkd.models import canonical_name, get_model
 from jaxkd.optimizer import base_learning_rate, config_learning_rate_schedule, make_optimizer
+from jaxkd.paths import input_exists
 from jaxkd.run_checkpoint import RunCheckpoints
 from jaxkd.safe_write import check_output_directory
 from jaxkd.stop_request import StopRequest
 from jaxkd.train_batch import prepare_batch
 from jaxkd.train_state import TrainState
+from jaxkd.wandb_log import check_wandb_settings
 from jaxkd.workdir import WorkdirLock, create_workdir, export_models, save_config
 
 METRIC_NAMES = ("loss", "ce", "kd", "term", "correct")  # summed on the device between two fetches
@@ -113,6 +115,8 @@ def check_config(config, mesh) -> None:
     if config.batch_size % mesh.devices.size:
         raise UserError(f"batch_size {config.batch_size} is not divisible by the {mesh.devices.size} devices")
     base_learning_rate(config)  # checks the lr scaling settings
+    if config.get("wandb"):
+        check_wandb_settings(config.wandb)
 
 
 def check_teacher_path(config, method: Method) -> None:
@@ -123,7 +127,7 @@ def check_teacher_path(config, method: Method) -> None:
     if not config.teacher.checkpoint:
         raise UserError(f"method {method.name!r} needs a teacher: set --config.teacher.checkpoint to a .pth, "
                         f"a model checkpoint directory or a training workdir")
-    if not Path(config.teacher.checkpoint).expanduser().exists():
+    if not input_exists(config.teacher.checkpoint, f"--config.teacher.checkpoint {config.teacher.checkpoint}"):
         raise UserError(f"--config.teacher.checkpoint {config.teacher.checkpoint}: no such file or directory")
 
 
@@ -359,7 +363,7 @@ def train_and_evaluate(config, workdir) -> dict:
         cleanup.callback(checkpoints.close)
         # metrics that a killed run logged after the checkpoint this run resumes from are dropped
         log = MetricLog(workdir, active=distributed.is_primary(),
-                        resume_step=log_resume_step(setup, config, workdir, checkpoints.latest_step()))
+                        resume_step=log_resume_step(setup, config, workdir, checkpoints.latest_step()), config=config)
         cleanup.callback(log.close)
         stop = StopRequest()
         cleanup.callback(stop.restore)

@@ -19,21 +19,26 @@ from jaxkd import distributed
 from jaxkd.errors import UserError
 from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, save_model_checkpoint
 from jaxkd.models import canonical_name
+from jaxkd.paths import as_path, is_url
 from jaxkd.safe_write import write_text_atomically
 from jaxkd.train_state import TrainState
 
-# Config keys a resumed run may change: logging, evaluation and checkpoint intervals, the run's length, and
-# settings that change results by float rounding at most (dotted: a key of a section).
+# Config keys a resumed run may change: logging (also to wandb), evaluation and checkpoint intervals, the run's
+# length, and settings that change results by float rounding at most (dotted: a key of a section; a section's
+# name: all its keys, also for runs whose config.json predates it).
 RESUME_MAY_CHANGE = ("log_every_steps", "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
-                     "progress_bar", "epochs", "steps_per_dispatch", "crd.chunk_elements")
-RESERVED_EXPORT_NAMES = {TRAINED_MODEL_DIR, "checkpoints", "tensorboard", "student"}
+                     "progress_bar", "epochs", "steps_per_dispatch", "crd.chunk_elements", "wandb")
+RESERVED_EXPORT_NAMES = {TRAINED_MODEL_DIR, "checkpoints", "tensorboard", "student", "wandb"}
 # Config keys added after runs may have started, with the value that gives those runs' behaviour: a config.json
 # written before a key existed compares as if it held that value, so such a run still resumes.
 ADDED_KEYS = {"loss.logit_standardization": False}
 
 
 def create_workdir(workdir: Path) -> None:
-    """Creates `workdir` (and its parents) if needed; one line if it cannot be created."""
+    """Creates `workdir` (and its parents) if needed; one line if it cannot be created. A cloud workdir needs
+    nothing: a prefix exists once something is written under it."""
+    if is_url(workdir):
+        return
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -46,13 +51,14 @@ class WorkdirLock:
     The operating system releases it when the holder exits, however it ends, so a lock file left by a dead run
     is simply taken over; the file names the holder (host, pid, start time) for the message a second run gets.
     `acquire` may be called again once held (no-op), and only once the workdir exists. Inactive (the other
-    processes of a multi-process run): does nothing."""
+    processes of a multi-process run, and a cloud workdir: object storage has no locks, docs/scale_out.md):
+    does nothing."""
 
     FILE = ".lock"
 
     def __init__(self, workdir: Path, active: bool = True):
-        self.path = Path(workdir) / self.FILE
-        self.active = active
+        self.path = as_path(workdir) / self.FILE
+        self.active = active and not is_url(workdir)
         self._file = None
 
     def acquire(self) -> None:

@@ -279,3 +279,15 @@ def engine_train_steps(config, student_arch: str, teacher_arch: str, num_classes
         state, metrics = update(state, batch, teacher_variables)
         history.append({name: float(metrics[name]) for name in ("loss", "ce", "term")})
     return history, jax.device_get(state)
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A GCS server on localhost (tests/gcs_server.py) with the bucket `runs`, started once per session; the
+    clients of this process and of the subprocesses it starts are pointed at it."""
+    from tests.gcs_server import GcsServer, apply_environment
+
+    server = GcsServer(buckets=("runs",))
+    apply_environment(server.environment())
+    yield server
+    server.stop()

@@ -1,7 +1,9 @@
 """Multi-process runs: `python -m jaxkd.train` on 2 processes x 4 simulated CPU devices, joined by
 `jax.distributed` through a loopback coordinator, trains like one process on one device; only process 0
 writes metrics, messages and exports; its checkpoint restores on one device; SIGTERM to one process stops
-both at the same step.
+both at the same step. The 2-process run reads its teacher from and writes its workdir to a bucket of a GCS
+server on localhost (tests/gcs_server.py), as on a Cloud TPU slice whose hosts share no disk; what it wrote is
+read back through the server's API.
 
 The run is CRD + KD (configs/crd_kd_wrn.py) on digits with a resnet8 student: the step has the CE, KD and CRD
 terms and CRD's replicated memory banks. Batch 1024 makes an epoch one step (1,433 training digits): layouts
@@ -9,11 +11,11 @@ are compared after one step from the same state, since CRD amplifies the float n
 (measured on the parameters: at batch 512, after 2 steps, 1.9x the tolerance below; after 1 step 0.014x).
 """
 
+import io
 import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -130,25 +132,32 @@ def teacher(tmp_path_factory):
     return save_random_teacher(tmp_path_factory.mktemp("teacher") / "resnet8.pth", "resnet8")
 
 
+TWO = "scale_out/two_processes"  # the 2-process run's workdir in the bucket `runs`
+
+
 @pytest.fixture(scope="module")
-def runs(teacher, tmp_path_factory):
-    """One epoch (one step) on one device, and on 2 processes x 4 devices, run side by side."""
-    one, two = tmp_path_factory.mktemp("one_device"), tmp_path_factory.mktemp("two_processes")
+def runs(teacher, tmp_path_factory, gcs):
+    """One epoch (one step) on one device (local workdir and teacher), and on 2 processes x 4 devices (workdir
+    and teacher in the bucket), run side by side."""
+    gcs.upload("runs", "scale_out/resnet8.pth", teacher.read_bytes())
+    one, two = tmp_path_factory.mktemp("one_device"), f"gs://runs/{TWO}"
     single = start(one, teacher, "--config.epochs=1")
-    pair = start(two, teacher, "--config.epochs=1", processes=2, devices_per_process=4)
+    pair = start(two, "gs://runs/scale_out/resnet8.pth", "--config.epochs=1", processes=2, devices_per_process=4)
     single_results, pair_results = finish(single), finish(pair)
     assert_ok(single_results)
     assert_ok(pair_results)
-    return {"one": one, "two": two, "one_results": single_results, "two_results": pair_results}
+    return {"one": one, "two": two, "one_results": single_results, "two_results": pair_results,
+            "one_metrics": (one / "metrics.jsonl").read_text(),
+            "two_metrics": gcs.read_object("runs", f"{TWO}/metrics.jsonl").decode()}
 
 
 def test_two_processes_train_like_one_device(runs, teacher):
     # The teacher's evaluation (fixed weights; each process feeds only its rows of every test batch) is exact.
-    teacher_top1 = [next(json.loads(line)["top1"] for line in (runs[name] / "metrics.jsonl").read_text().splitlines()
+    teacher_top1 = [next(json.loads(line)["top1"] for line in runs[f"{name}_metrics"].splitlines()
                          if json.loads(line)["kind"] == "teacher") for name in ("one", "two")]
     assert teacher_top1[0] == teacher_top1[1]
     one_model, _ = load_model_checkpoint(runs["one"] / "model")
-    two_model, _ = load_model_checkpoint(runs["two"] / "model")
+    two_model, _ = load_model_checkpoint(f"{runs['two']}/model")
     # Same tolerance as the 8-device step test: only the order of floating-point reductions differs.
     assert worst_ratio(one_model, two_model) <= 1, worst_ratio(one_model, two_model)
     one_state, two_state = restore_on_one_device(runs["one"], teacher), restore_on_one_device(runs["two"], teacher)
@@ -162,36 +171,36 @@ def test_two_processes_train_like_one_device(runs, teacher):
     assert np.count_nonzero(moved.max(axis=1) > 1e-3) >= BATCH
 
 
-def test_only_process_0_writes_metrics_messages_and_exports(runs):
-    one_records = [json.loads(line) for line in (runs["one"] / "metrics.jsonl").read_text().splitlines()]
-    two_records = [json.loads(line) for line in (runs["two"] / "metrics.jsonl").read_text().splitlines()]
+def test_only_process_0_writes_metrics_messages_and_exports(runs, gcs):
+    one_records = [json.loads(line) for line in runs["one_metrics"].splitlines()]
+    two_records = [json.loads(line) for line in runs["two_metrics"].splitlines()]
     assert [(r["step"], r["kind"]) for r in two_records] == [(r["step"], r["kind"]) for r in one_records]
-    assert len(list((runs["two"] / "tensorboard").iterdir())) == 1  # one event file: one writer
+    objects = gcs.list_objects("runs", f"{TWO}/")
+    assert len([name for name in objects if "/tensorboard/" in name]) == 1  # one event file: one writer
     (_, stdout_0, _), (_, stdout_1, _) = runs["two_results"]
     assert stdout_0.count("final test top-1") == 1 and stdout_0.count("epoch 1/1") == 1
     assert "top-1" not in stdout_1 and "wrote" not in stdout_1
-    names = sorted(path.name for path in runs["two"].iterdir())
-    # .lock: process 0 holds the workdir for the run (one live run per workdir)
-    assert names == [".lock", "checkpoints", "config.json", "metrics.jsonl", "model", "student.pth",
-                     "tensorboard"], names
-    assert "pid " in (runs["two"] / ".lock").read_text()
-    exported = torch.load(runs["two"] / "student.pth", weights_only=True)
+    names = sorted({name[len(TWO) + 1:].split("/")[0] for name in objects})
+    # no .lock in a bucket (object storage has no locks), no temporary or probe objects left
+    assert names == ["checkpoints", "config.json", "metrics.jsonl", "model", "student.pth", "tensorboard"], names
+    assert sorted(path.name for path in runs["one"].iterdir()) == [".lock"] + names  # the local run: the same
+    exported = torch.load(io.BytesIO(gcs.read_object("runs", f"{TWO}/student.pth")), weights_only=True)
     model = get_torch_model("resnet8", 10)
     model.load_state_dict(exported)  # strict
 
 
-def test_checkpoint_of_two_processes_restores_on_one_device(runs, teacher, tmp_path):
+def test_checkpoint_of_two_processes_restores_on_one_device(runs, teacher, tmp_path, gcs):
     state = restore_on_one_device(runs["two"], teacher)
-    model, _ = load_model_checkpoint(runs["two"] / "model")  # written from the same final state
+    model, _ = load_model_checkpoint(f"{runs['two']}/model")  # written from the same final state
     restored = jax.device_get(state.student_variables())
     for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(model),
                                  jax.tree_util.tree_leaves_with_path(restored), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
     assert all(leaf.sharding.device_set == {jax.devices()[0]} for leaf in jax.tree.leaves(state))
-    # And the command resumes it on one device, for a second epoch (in a copy: the other tests read the run).
-    resumed = tmp_path / "resumed"
-    shutil.copytree(runs["two"], resumed)
-    code, stdout, stderr = finish(start(resumed, teacher, "--config.epochs=2"))[0]
+    # And the command resumes it on one device, for a second epoch (in a local copy: the other tests read the
+    # run; it also shows that a bucket's workdir copied to a disk is a workdir).
+    resumed = gcs.download("runs", TWO, tmp_path / "resumed")
+    code, stdout, stderr = finish(start(resumed, "gs://runs/scale_out/resnet8.pth", "--config.epochs=2"))[0]
     assert code == 0, stderr[-3000:]
     assert f"resumed from {resumed / 'checkpoints'} at step {STEPS_PER_EPOCH} (epoch 2 of 2)" in stdout
     assert restore_on_one_device(resumed, teacher).step == 2 * STEPS_PER_EPOCH

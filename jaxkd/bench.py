@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkd.bench_timing import Part, lowered_flops
-from jaxkd.bench_torch import TORCH_MODES, torch_device_for, torch_part, torch_part_name
+from jaxkd.bench_torch import TORCH_MODES, forget_compiled_steps, torch_device_for, torch_part, torch_part_name
 from jaxkd.compile_options import compiler_options, cpu_ynn_setting
 from jaxkd.config_command_line import parse_config_command_line
 from jaxkd.data import Split, epoch_permutation
@@ -402,6 +402,8 @@ def torch_parts(config, setup: Setup, steps: int, warmup_steps: int, device: str
     """(b) in each of `modes`; a mode whose torch.compile fails is left out with a note naming the error (on a
     machine lent for minutes the other parts' numbers must survive a compiler problem)."""
     parts = []
+    if any(mode != "eager" for mode in modes):
+        forget_compiled_steps()
     for mode in modes:
         try:
             parts.append(torch_part(config, setup, steps, warmup_steps, device, config.dtype, mode,

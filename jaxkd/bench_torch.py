@@ -51,6 +51,18 @@ def torch_logits(model, x):
     return out[1] if isinstance(out, tuple) else out
 
 
+def forget_compiled_steps() -> None:
+    """Drops torch.compile's compiled code and guards (`torch._dynamo.reset()`), before a record's compiled
+    parts are built. Dynamo keeps the compiled versions of a code object (`loss_of`, `SGD.step`) across calls
+    of `torch_part`, one per model structure, and past `torch._dynamo.config.recompile_limit` (8) it runs the
+    function uncompiled with only a warning (seen: 10 structures, 8 graphs): the later pairs of
+    `--pairs repdistiller` would time eager mode under a compiled name. Only between records: a part built
+    earlier in the same record would recompile inside its timing."""
+    import torch
+
+    torch._dynamo.reset()
+
+
 def torch_part(config, setup, steps: int, warmup_steps: int, device: str, dtype_name: str, mode: str = "eager",
                compile_backend: str = "inductor"):
     """(b) the train step in PyTorch (`mode`: one of TORCH_MODES) with the architectures' PyTorch references, as a

@@ -236,10 +236,15 @@ def test_a_failed_compile_mode_is_noted_and_the_other_parts_kept(monkeypatch):
         return bench.Part(bench_torch.torch_part_name(mode), 1, lambda: 1.0)
 
     monkeypatch.setattr(bench, "torch_part", fake_torch_part)
+    resets = []  # compiled parts start from an empty Dynamo cache (its recompile limit would silently bite)
+    monkeypatch.setattr(bench, "forget_compiled_steps", lambda: resets.append(len(calls)))
     notes = []
     parts = bench.torch_parts(kd_wrn.get_config(), None, 1, 1, "cpu", ("eager", "reduce-overhead", "default"),
                               "inductor", notes)
     assert [p.name for p in parts] == ["torch step", "torch step [compile default]"] and len(calls) == 3
+    assert resets == [0]  # once, before the record's first part
+    bench.torch_parts(kd_wrn.get_config(), None, 1, 1, "cpu", ("eager",), "inductor", [])
+    assert resets == [0]  # eager mode alone keeps the cache
     assert notes == ["PyTorch torch step [compile reduce-overhead] failed, left out: RuntimeError: CUDA graphs: "
                      "something"]
     monkeypatch.setattr(bench, "torch_part", lambda *args: 1 / 0)

@@ -68,7 +68,7 @@ from jaxkd.errors import UserError, run_command
 from jaxkd.mesh import replicated
 from jaxkd.methods import METHODS, get_method
 from jaxkd.models import canonical_name, get_model
-from jaxkd.multi_run import multi_run_part
+from jaxkd.multi_run import multi_run_part, stacked_train_states
 from jaxkd.published import REPDISTILLER_PAIRS_DIFFERENT, REPDISTILLER_PAIRS_SAME
 from jaxkd.safe_write import check_output_directory
 from jaxkd.train import (COMPUTE_DTYPES, Setup, Teacher, build, create_train_state, make_train_step, train_programs,
@@ -454,7 +454,8 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         notes.append(f"A/B of {ab}: the two jaxkd steps interleaved, alternating which runs first; no epoch part")
     else:
         others.append(epoch_part)
-    run_parts = [multi_run_part(setup, config, n, steps, warmup_steps) for n in num_runs]
+    initial_states = stacked_train_states(setup, config, max(num_runs)) if num_runs else None
+    run_parts = [multi_run_part(setup, config, n, steps, warmup_steps, initial_states) for n in num_runs]
     others += run_parts
     for repeat in range(repeats):  # interleaved, so that load from other processes hits every part alike
         for part in (step_parts if repeat % 2 == 0 else step_parts[::-1]) + others:
@@ -503,7 +504,8 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         "steps_per_dispatch": _same_or_none([p.info["steps_per_dispatch"] for p in step_parts]),
         "compiler_options": _same_or_none([p.info["compiler_options"] for p in step_parts]),
         "cpu_ynn": _same_or_none([p.info["cpu_ynn"] for p in step_parts]),
-        "num_runs": list(num_runs), "torch_modes": list(torch_modes), "torch_compile_backend": compile_backend if torch_modes else None,
+        "num_runs": list(num_runs), "torch_modes": list(torch_modes),
+        "torch_compile_backend": compile_backend if torch_modes else None,
         "loss": {"gamma": config.loss.gamma, "alpha": config.loss.alpha, "beta": config.loss.beta,
                  "kd_temperature": config.loss.kd_temperature},
         "data": "synthetic uint8, 100 classes",

@@ -73,12 +73,15 @@ def make_multi_train_step(setup: Setup, config, num_steps: int = 1):
                    compiler_options=compiler_options(setup.mesh))
 
 
-def multi_run_part(setup: Setup, config, num_runs: int, steps: int, warmup_steps: int) -> Part:
+def multi_run_part(setup: Setup, config, num_runs: int, steps: int, warmup_steps: int, initial_states=None) -> Part:
     """The bench's part for N runs in one program: `steps` steps of all N runs per repeat (images counted over
     the runs: the aggregate throughput), dispatched as the engine dispatches one run (`steps_per_dispatch` steps
-    per call where they fit), compiled and warmed up here."""
+    per call where they fit), compiled and warmed up here. `initial_states`: stacked initial states of at least
+    N runs (the first N are taken: run i has seed `seed + i` whatever N), so that several N share one init."""
     on_all = replicated(setup.mesh)
-    states = jax.device_put(stacked_train_states(setup, config, num_runs), on_all)
+    if initial_states is None:
+        initial_states = stacked_train_states(setup, config, num_runs)
+    states = jax.device_put(jax.tree.map(lambda leaf: leaf[:num_runs], initial_states), on_all)
     sums = jax.device_put(stacked_zero_sums(setup, num_runs), on_all)
     teacher_variables = jax.device_put(setup.teacher.variables, on_all) if setup.teacher else None
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), on_all)

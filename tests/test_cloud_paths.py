@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -204,3 +205,32 @@ def test_an_unreachable_endpoint_is_one_line_in_bounded_time(tmp_path, monkeypat
     assert code == 2 and err == "error: gs://runs/x: cannot reach gs://runs (no answer in 3 s)\n", err
     assert elapsed < 10, elapsed
     assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_reads_its_data_and_cifar100c_from_a_bucket(gcs, tmp_path):
+    """`--data-dir` (cifar100-python) and `--cifar100c` as gs:// folders: the numbers of the same files on disk."""
+    from tests.conftest import (labels_half_right, random_images, randomized_torch_model, torch_logits,
+                                write_cifar100_python, write_cifar100c)
+
+    rng = np.random.default_rng(0)
+    torch_model = randomized_torch_model("resnet8", 100)
+    checkpoint = tmp_path / "resnet8_100.pth"
+    torch.save(torch_model.state_dict(), checkpoint)
+    images = random_images(rng, 40)
+    write_cifar100_python(tmp_path / "data" / "cifar-100-python", images,
+                          labels_half_right(rng, torch_logits(torch_model, images), 100))
+    write_cifar100c(tmp_path / "data" / "CIFAR-100-C", torch_model, rng)
+    for path in (tmp_path / "data").rglob("*"):
+        if path.is_file():
+            gcs.upload("runs", f"evaluate_data/{path.relative_to(tmp_path / 'data')}", path.read_bytes())
+    results = {}
+    for where, root in (("local", str(tmp_path / "data")), ("bucket", "gs://runs/evaluate_data")):
+        assert evaluate.main(["--checkpoint", str(checkpoint), "--source", "cifar100-python", "--data-dir",
+                              f"{root}/cifar-100-python", "--cifar100c", f"{root}/CIFAR-100-C", "--batch-size", "16",
+                              "--out", str(tmp_path / f"{where}.json")]) == 0
+        results[where] = json.loads((tmp_path / f"{where}.json").read_text())
+    assert results["bucket"]["clean"] == results["local"]["clean"] and results["local"]["clean"]["count"] == 40
+    bucket, local = results["bucket"]["cifar100c"], results["local"]["cifar100c"]
+    assert bucket.pop("directory") == "gs://runs/evaluate_data/CIFAR-100-C"
+    local.pop("directory")
+    assert bucket == local and len(local["evaluated"]) == 3

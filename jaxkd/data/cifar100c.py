@@ -2,12 +2,14 @@
 
 The release is one folder with `labels.npy` and one `<corruption>.npy` per corruption, each (50000, 32, 32, 3)
 uint8: the 10,000 test images at severity 1, then at 2, ..., 5. Files are memory-mapped, so the 950,000 images
-are never all in host memory; a missing corruption file is reported by name and the others still load.
+are never all in host memory; a missing corruption file is reported by name and the others still load. The
+folder may be a `gs://` URL (`jaxkd.paths`): each file is then read whole when used, one corruption at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxkd.errors import UserError
+from jaxkd.paths import as_path, check_cloud_location, is_url
 
 # The seed's list, in its order.
 CORRUPTIONS = (
@@ -80,6 +83,8 @@ class Cifar100C:
 
 def _open_npy(path: Path, expected: str) -> np.ndarray:
     try:
+        if is_url(path):
+            return np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise UserError(f"CIFAR-100-C file {path} is not a readable .npy of {expected} (truncated?): {error}") from None
@@ -91,7 +96,9 @@ def open_cifar100c(directory: str | os.PathLike, corruptions: Sequence[str] = CO
     corruptions: the ones wanted (default: the seed's 19); those without a file are listed in `missing`.
     Corruption files are checked (shape, dtype, readability) when first used.
     """
-    directory = Path(directory).expanduser()
+    directory = as_path(directory)
+    if is_url(directory):
+        check_cloud_location(directory, f"CIFAR-100-C folder {directory}")
     unknown = [name for name in corruptions if name not in CORRUPTIONS]
     if unknown:
         raise UserError(f"unknown CIFAR-100-C corruption(s) {', '.join(unknown)}; valid: {', '.join(CORRUPTIONS)}")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxkd.errors import UserError
+from jaxkd.paths import as_path, check_cloud_location, is_url
 
 SOURCES = ("tfds", "cifar100-python", "digits")
 SPLITS = ("train", "test")
@@ -79,6 +80,8 @@ def load_split(source: str, split: str, data_dir: str | os.PathLike | None = Non
         raise UserError(f"unknown data source {source!r}; valid sources: {', '.join(SOURCES)}")
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} for source {source!r}; valid splits: {', '.join(SPLITS)}")
+    if source != "digits" and data_dir is not None and is_url(data_dir):
+        check_cloud_location(data_dir, f"data_dir {data_dir}")
     if source == "tfds":
         return _load_tfds_cifar100(split, data_dir, download)
     if source == "cifar100-python":
@@ -99,7 +102,7 @@ def _load_tfds_cifar100(split: str, data_dir, download: bool) -> Split:
     """Reads TFDS cifar100 through `tfds.data_source` (random access, no TensorFlow), in the original order."""
     import tensorflow_datasets as tfds
 
-    data_dir = None if data_dir is None else os.fspath(Path(data_dir).expanduser())
+    data_dir = None if data_dir is None else str(as_path(data_dir))  # TFDS reads gs:// itself (etils.epath)
     where = data_dir or "TFDS's default data directory"
     builder = tfds.builder("cifar100", data_dir=data_dir)
     if not builder.is_prepared():
@@ -221,9 +224,9 @@ def _locate_cifar100_python(data_dir: Path) -> Path | None:
 
 
 def _load_cifar100_python(split: str, data_dir, download: bool) -> Split:
-    data_dir = Path(data_dir if data_dir is not None else DEFAULT_CIFAR100_PYTHON_DIR).expanduser()
+    data_dir = as_path(data_dir if data_dir is not None else DEFAULT_CIFAR100_PYTHON_DIR)
     location = _locate_cifar100_python(data_dir)
-    if location is None and download:
+    if location is None and download and not is_url(data_dir):  # a bucket is given the data, not downloaded into
         location = download_cifar100_python(data_dir)
     if location is None:
         raise UserError(f"no CIFAR-100 python data in {data_dir}: expected a folder with files train/test/meta, a "
@@ -243,7 +246,7 @@ def _read_archive_member(archive: Path, split: str) -> bytes:
     """The bytes of `cifar-100-python/<split>` inside the .tar.gz, without extracting anything to disk."""
     member = f"{CIFAR100_PYTHON_FOLDER}/{split}"
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with archive.open("rb") as file, tarfile.open(fileobj=file, mode="r:*") as tar:
             try:
                 fileobj = tar.extractfile(member)
             except KeyError:

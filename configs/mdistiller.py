@@ -1,4 +1,4 @@
-"""mdistiller's CIFAR-100 recipe for DKD, DIST, ReviewKD and logit standardization:
+"""mdistiller's CIFAR-100 recipe for DKD, DIST, ReviewKD, KDSVD and logit standardization:
 `--config configs/mdistiller.py:T,S,M`.
 
     python -m jaxkd.train --config configs/mdistiller.py:resnet32x4,resnet8x4,dkd --workdir workdirs/dkd_r32x4_r8x4
@@ -13,6 +13,8 @@ T and S are model names in mdistiller's (= RepDistiller's) spelling, or any jaxk
 - `reviewkd`: mdistiller's `configs/cifar100/reviewkd.yaml` and CFG.REVIEWKD: CE weight 1, REVIEWKD_WEIGHT 5,
   warm-up 20, the student's post-ReLU stage outputs (STU_PREACT False); for pairs mdistiller has no config for,
   the weight of dvlab-research/ReviewKD `CIFAR-100/script/reviewKD.sh` (`REVIEWKD_WEIGHT`);
+- `kdsvd`: mdistiller's `configs/cifar100/kdsvd.yaml` and CFG.KDSVD: CE weight 1, FEAT_WEIGHT 1, K 1 (RepDistiller's
+  `train_student.py` wires KDSVD but its `run_cifar_distill.sh` gives it no weight);
 - `kd_ls`, `dkd_ls`: sunshangquan/logit-standardization-KD `tools/train.py --logit-stand --base-temp 2
   --kd-weight 9` on its mdistiller configs: KD with CE 0.1, KD weight 9, T 2; DKD with alpha and beta times the
   KD weight, T 2. Its logs name the pairs' settings (`logs/DKD/dkd,wrn_40_2,wrn_16_2,2,12,2.0.txt`: KD weight
@@ -31,7 +33,7 @@ from configs import default
 from configs.repdistiller import LOW_LR_STUDENTS, jaxkd_name, teacher_student_method
 from jaxkd.methods import config_section
 
-METHODS = ("dkd", "dist", "reviewkd", "kd_ls", "dkd_ls")
+METHODS = ("dkd", "dist", "reviewkd", "kdsvd", "kd_ls", "dkd_ls")
 # mdistiller configs/cifar100/dkd/*.yaml: DKD.BETA where it differs from CFG.DKD's 8 (jaxkd names)
 DKD_BETA = {
     ("rd_resnet56", "rd_resnet20"): 2.0,
@@ -75,6 +77,8 @@ def get_config(arguments: str = "resnet32x4,resnet8x4,dkd"):
     elif method == "dist":
         config.loss.beta = 2.0
         config.dist = config_section("dist")
+    elif method == "kdsvd":
+        config.kdsvd = config_section("kdsvd")
     else:
         config.loss.beta = REVIEWKD_WEIGHT.get(pair, 5.0)
         config.reviewkd = config_section("reviewkd")

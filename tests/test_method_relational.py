@@ -99,7 +99,7 @@ KDSVD_TEACHERS = {"homogeneous": [(8, 8, 8), (4, 4, 16), (2, 2, 32)],
 
 
 def kdsvd_term(student_features, teacher_features):
-    method = KDSVD("kdsvd")  # not registered (docs/methods.md, "Where jaxkd differs": KDSVD)
+    method = KDSVD("kdsvd")
     return method.term({}, {}, ModelOutput(student_features, None, None), ModelOutput(teacher_features, None, None),
                        None, True).term
 

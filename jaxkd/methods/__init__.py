@@ -15,6 +15,7 @@ from jaxkd.methods.dml import DML
 from jaxkd.methods.fitnets import FitNets
 from jaxkd.methods.fsp import FSP
 from jaxkd.methods.ft import FT
+from jaxkd.methods.kdsvd import KDSVD
 from jaxkd.methods.nst import NST
 from jaxkd.methods.pkt import PKT
 from jaxkd.methods.reviewkd import ReviewKD
@@ -36,6 +37,7 @@ METHODS: dict[str, type[Method]] = {
     "rkd": RKD,  # Park et al. 2019, relational (distance and angle)
     "pkt": PKT,  # Passalis & Tefas 2018, probabilistic knowledge transfer
     "nst": NST,  # Huang & Wang 2017, neuron selectivity transfer
+    "kdsvd": KDSVD,  # Lee et al. 2018, singular vectors of consecutive stages (mdistiller's recipe)
     "ab": AB,  # Heo et al. 2019, activation boundaries (RepDistiller's `abound`), init stage only
     "ft": FT,  # Kim et al. 2018, factor transfer (RepDistiller's `factor`), paraphraser trained in the init stage
     "fsp": FSP,  # Yim et al. 2017, flow of solution procedure, init stage only
@@ -49,8 +51,8 @@ METHODS: dict[str, type[Method]] = {
 
 # How tables and reports name each method (its paper's or RepDistiller's README spelling).
 DISPLAY_NAMES = {"none": "Baseline", "kd": "KD", "fitnet": "FitNets", "at": "AT", "crd": "CRD", "sp": "SP", "cc": "CC",
-                 "vid": "VID", "rkd": "RKD", "pkt": "PKT", "nst": "NST", "ab": "AB", "ft": "FT", "fsp": "FSP",
-                 "dml": "DML", "byot": "BYOT", "dkd": "DKD", "dist": "DIST", "reviewkd": "ReviewKD"}
+                 "vid": "VID", "rkd": "RKD", "pkt": "PKT", "nst": "NST", "kdsvd": "KDSVD", "ab": "AB", "ft": "FT",
+                 "fsp": "FSP", "dml": "DML", "byot": "BYOT", "dkd": "DKD", "dist": "DIST", "reviewkd": "ReviewKD"}
 
 
 def display_name(label: str) -> str:

@@ -1,7 +1,7 @@
 """KDSVD: self-supervised knowledge distillation using singular value decomposition (Lee et al., ECCV 2018), as
 RepDistiller's `distiller_zoo/KDSVD.py` `KDSVD` runs it on every stage output, feat[1:-1] (docs/methods.md, "What
-each term is": KDSVD). Not registered yet: RepDistiller gives it no weight, and its CPU step is slow (docs/methods.md,
-"Where jaxkd differs": KDSVD).
+each term is": KDSVD). RepDistiller's script gives it no weight: its recipe is mdistiller's,
+`configs/mdistiller.py:T,S,kdsvd` (docs/methods.md, "Where jaxkd differs": KDSVD).
 
 Each stage output, as a (H*W, C) matrix per example, is decomposed; the teacher keeps its first right singular
 vector (k = 1), the student its first k + 3, of which the one most aligned with the teacher's (largest |cos|) is

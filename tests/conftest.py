@@ -294,3 +294,18 @@ def gcs():
     apply_environment(server.environment())
     yield server
     server.stop()
+
+
+def write_evaluation_files(folder: Path, num_images: int) -> Path:
+    """In `folder`: a random resnet8 with 100 classes as resnet8_100.pth, `cifar-100-python/` with `num_images`
+    test images (half labelled as the model predicts) and `CIFAR-100-C/` (WRITTEN_CORRUPTIONS). Returns the .pth."""
+    rng = np.random.default_rng(0)
+    torch_model = randomized_torch_model("resnet8", 100)
+    checkpoint = folder / "resnet8_100.pth"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(torch_model.state_dict(), checkpoint)
+    images = random_images(rng, num_images)
+    write_cifar100_python(folder / "cifar-100-python", images,
+                          labels_half_right(rng, torch_logits(torch_model, images), 100))
+    write_cifar100c(folder / "CIFAR-100-C", torch_model, rng)
+    return checkpoint

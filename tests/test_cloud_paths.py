@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -24,7 +23,7 @@ from jaxkd import evaluate, train
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.train import train_and_evaluate
 from tests.conftest import (assert_bitwise_equal, assert_one_line_error, final_params, on_digits,
-                            save_random_teacher)
+                            save_random_teacher, write_evaluation_files)
 from tests.gcs_server import environment_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,17 +208,7 @@ def test_an_unreachable_endpoint_is_one_line_in_bounded_time(tmp_path, monkeypat
 
 def test_evaluate_reads_its_data_and_cifar100c_from_a_bucket(gcs, tmp_path):
     """`--data-dir` (cifar100-python) and `--cifar100c` as gs:// folders: the numbers of the same files on disk."""
-    from tests.conftest import (labels_half_right, random_images, randomized_torch_model, torch_logits,
-                                write_cifar100_python, write_cifar100c)
-
-    rng = np.random.default_rng(0)
-    torch_model = randomized_torch_model("resnet8", 100)
-    checkpoint = tmp_path / "resnet8_100.pth"
-    torch.save(torch_model.state_dict(), checkpoint)
-    images = random_images(rng, 40)
-    write_cifar100_python(tmp_path / "data" / "cifar-100-python", images,
-                          labels_half_right(rng, torch_logits(torch_model, images), 100))
-    write_cifar100c(tmp_path / "data" / "CIFAR-100-C", torch_model, rng)
+    checkpoint = write_evaluation_files(tmp_path / "data", 40)
     for path in (tmp_path / "data").rglob("*"):
         if path.is_file():
             gcs.upload("runs", f"evaluate_data/{path.relative_to(tmp_path / 'data')}", path.read_bytes())

@@ -246,17 +246,9 @@ def test_evaluation_commands_on_two_processes_report_like_one(tmp_path):
     """`jaxkd.robustness` and `jaxkd.evaluate` on 2 processes x 2 devices: the same numbers as one process
     (70 clean images and 35 per corruption: not multiples of the 4 devices' batch shares); process 0 alone
     prints and writes."""
-    from tests.conftest import (labels_half_right, random_images, randomized_torch_model, torch_logits,
-                                write_cifar100_python, write_cifar100c)
+    from tests.conftest import write_evaluation_files
 
-    rng = np.random.default_rng(0)
-    torch_model = randomized_torch_model("resnet8", 100)
-    checkpoint = tmp_path / "resnet8_100.pth"
-    torch.save(torch_model.state_dict(), checkpoint)
-    images = random_images(rng, 70)
-    data = write_cifar100_python(tmp_path / "cifar-100-python", images,
-                                 labels_half_right(rng, torch_logits(torch_model, images), 100))
-    write_cifar100c(tmp_path / "CIFAR-100-C", torch_model, rng)
+    checkpoint, data = write_evaluation_files(tmp_path, 70), tmp_path / "cifar-100-python"
     common = ["--cifar100c", tmp_path / "CIFAR-100-C", "--source", "cifar100-python", "--data-dir", data,
               "--batch-size", 16, "--quiet"]
     outputs = tmp_path / "outputs"

@@ -14,12 +14,15 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import pytest
 import torch
 
 from configs import demo
 from convert.__main__ import main as convert_main
 from jaxkd import evaluate, train
+from jaxkd.errors import UserError
+from jaxkd.mesh import data_mesh
 from jaxkd.model_checkpoint import load_model_checkpoint
 from jaxkd.train import train_and_evaluate
 from tests.conftest import (assert_bitwise_equal, assert_one_line_error, final_params, on_digits,
@@ -223,3 +226,10 @@ def test_evaluate_reads_its_data_and_cifar100c_from_a_bucket(gcs, tmp_path):
     assert bucket.pop("directory") == "gs://runs/evaluate_data/CIFAR-100-C"
     local.pop("directory")
     assert bucket == local and len(local["evaluated"]) == 3
+
+
+def test_a_wandb_mode_it_does_not_have_is_one_line():
+    config = on_digits(demo.get_config("student"), epochs=1)
+    config.wandb.mode = "sometimes"
+    with pytest.raises(UserError, match=r"^wandb.mode must be one of disabled, offline, online, got 'sometimes'$"):
+        train.check_config(config, data_mesh(tuple(jax.devices()[:1])))

@@ -81,11 +81,11 @@ def check_cloud_location(path, what: str, probe_folder=None) -> None:
     except ImportError:
         raise UserError(f"{what}: {bucket.split('://')[0]}:// paths need the cloud clients: "
                         f"pip install 'jaxkd[cloud]'") from None
-    except PermissionError as error:
-        raise UserError(f"{what}: no permission to read {bucket} ({_reason(error)})") from None
     except fsspec.exceptions.FSTimeoutError:
         raise UserError(f"{what}: cannot reach {bucket} (no answer in {seconds:g} s)") from None
     except Exception as error:  # the client's many ways to fail to connect (aiohttp, auth, HTTP errors)
+        if isinstance(error, PermissionError) or str(error).startswith("Forbidden"):  # gcsfs: HTTP 403
+            raise UserError(f"{what}: no permission to read {bucket} ({_reason(error)})") from None
         raise UserError(f"{what}: cannot reach {bucket} ({_reason(error)})") from None
     if not exists:
         raise UserError(f"{what}: no such bucket {bucket}")

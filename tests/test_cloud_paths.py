@@ -233,3 +233,34 @@ def test_a_wandb_mode_it_does_not_have_is_one_line():
     config.wandb.mode = "sometimes"
     with pytest.raises(UserError, match=r"^wandb.mode must be one of disabled, offline, online, got 'sometimes'$"):
         train.check_config(config, data_mesh(tuple(jax.devices()[:1])))
+
+
+def test_a_bucket_without_permission_is_one_line(tmp_path, monkeypatch, capsys):
+    """A store that answers every request with HTTP 403, as GCS does to an account without access (the
+    emulator has no permissions to refuse with)."""
+    import http.server
+    import threading
+
+    class Forbidden(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"error": {"code": 403, "message": "no storage.buckets.get access"}}).encode()
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name, value in environment_for(f"http://127.0.0.1:{server.server_address[1]}").items():
+            monkeypatch.setenv(name, value)
+        code = convert_main(["import", str(save_random_teacher(tmp_path / "t.pth")), "--out", "gs://runs/x"])
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: gs://runs/x: no permission to read gs://runs (OSError: Forbidden")
+    assert err.count("\n") == 1, err

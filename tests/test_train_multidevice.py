@@ -1,6 +1,7 @@
 """The train step on 1 and on 8 (simulated CPU) devices gives the same state: the batch is split over a `data`
 mesh axis, BN statistics and losses reduce over the global batch, the state (CRD's memory banks included) stays
-replicated. A train-state checkpoint written on one layout restores bitwise on the other."""
+replicated; so does the init stage's step (AB's, with SaliencyMix). A train-state checkpoint written on one
+layout restores bitwise on the other."""
 
 import json
 import os
@@ -13,21 +14,23 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = r"""
 import functools, json, sys
 import jax, numpy as np, torch
-from configs import crd_wrn, demo
+from configs import crd_wrn, demo, repdistiller
 from convert.torch_models import get_torch_model
-from jaxkd import train
+from jaxkd import init_stage, train
 from jaxkd.data import epoch_permutation
 from jaxkd.mesh import replicated
 from jaxkd.run_checkpoint import RunCheckpoints
 
 # CRD amplifies float noise about 5x more per step than KD: compare it after one step from the same state.
-STEPS = {"none": 2, "kd": 2, "crd": 1}
+# AB: two steps of its init stage (connectors and the student's feature modules), SaliencyMix on.
+STEPS = {"none": 2, "kd": 2, "crd": 1, "ab": 2}
 assert jax.device_count() == 8, jax.devices()
 torch.manual_seed(0)
 torch.save(get_torch_model("resnet8", 10).state_dict(), f"{sys.argv[1]}/teacher.pth")
 report = {}
 for method in STEPS:
-    config = crd_wrn.get_config() if method == "crd" else demo.get_config("teacher")
+    config = {"crd": crd_wrn.get_config, "ab": lambda: repdistiller.get_config("resnet8,resnet8,ab")}.get(
+        method, lambda: demo.get_config("teacher"))()
     config.data.source, config.model, config.method = "digits", "resnet8", method
     if method != "none":
         config.teacher.checkpoint, config.teacher.arch = f"{sys.argv[1]}/teacher.pth", "resnet8"
@@ -35,6 +38,8 @@ for method in STEPS:
         config.loss.gamma, config.loss.alpha = 0.1, 0.9
     if method == "crd":
         config.crd.nce_k = 256
+    if method == "ab":
+        config.saliencymix, config.saliencymix_prob = True, 1.0
     finals, states = {}, {}
     for devices in (1, 8):
         setup = train.build(config, jax.devices()[:devices])
@@ -45,9 +50,18 @@ for method in STEPS:
         data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
         permutation = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
                               out_shardings=whole)(jax.random.PRNGKey(config.seed), 0)
-        step, sums = train.make_train_step(setup, config), train.zero_sums(setup)
-        for _ in range(STEPS[method]):
-            state, sums = step(state, sums, teacher, *data, permutation)
+        if method == "ab":  # the init stage's step instead of training's
+            stage = setup.method.init_stage(config)
+            init_state = init_stage.initial_init_state(setup, config, state, stage)
+            step, sums = (init_stage.make_init_step(setup, config, stage, config.batch_size),
+                          jax.device_put(np.zeros((), np.float32), whole))
+            for _ in range(STEPS[method]):
+                init_state, sums = step(init_state, sums, jax.random.PRNGKey(1), teacher, *data, permutation)
+            state = init_stage.merged_into(state, init_state)
+        else:
+            step, sums = train.make_train_step(setup, config), train.zero_sums(setup)
+            for _ in range(STEPS[method]):
+                state, sums = step(state, sums, teacher, *data, permutation)
         finals[devices] = jax.device_get((state.params, state.batch_stats, state.method_state, sums))
         states[devices] = state
     # Per tensor: max |diff| over (1e-4 * max |value| + 1e-5); > 1 fails.
@@ -81,5 +95,5 @@ def test_eight_devices_step_like_one(tmp_path):
     # differs between the layouts; the largest effect is on BN biases, whose gradient is a sum of 65,536
     # nearly cancelling terms (~2e-6 absolute after 2 steps). A real layout bug (per-device BN statistics,
     # per-device loss means) moves running statistics by ~1e-1 and weights by ~1e-3.
-    assert report["none"] <= 1 and report["kd"] <= 1 and report["crd"] <= 1, report
-    assert all(report[f"{method}_restores"] for method in ("none", "kd", "crd"))
+    assert report["none"] <= 1 and report["kd"] <= 1 and report["crd"] <= 1 and report["ab"] <= 1, report
+    assert all(report[f"{method}_restores"] for method in ("none", "kd", "crd", "ab"))

@@ -147,6 +147,10 @@ def test_a_run_on_gs_stopped_by_sigterm_resumes_bitwise_and_writes_what_a_local_
     assert config["teacher"]["checkpoint"] == "gs://runs/cloud/teacher.pth"
     tensorboard = [name for name in objects if "/tensorboard/" in name]
     assert len(tensorboard) == 2 and all(gcs.read_object("runs", name) for name in tensorboard)  # one a run
+    # the workdir as evaluate's --checkpoint (its model/): the run's own final test accuracy
+    assert evaluate.main(["--checkpoint", workdir, "--source", "digits", "--out", f"{workdir}/eval.json"]) == 0
+    final = [row for row in logged if row["kind"] == "eval"][-1]
+    assert json.loads(gcs.read_object("runs", "cloud/kd/eval.json"))["clean"]["top1"] == final["top1"]
 
 
 def test_convert_and_evaluate_read_and_write_objects(straight_run, teacher, gcs, tmp_path, capsys):

@@ -8,8 +8,9 @@ Writes never leave a half-written or lost directory: Orbax writes into a fresh t
 target, which is renamed into place only once complete; an existing target is kept unless `force` is given,
 and even then it is replaced only after the new one is complete. In a multi-process run every process takes
 part in the write (Orbax's protocol) and process 0 moves directories. In cloud storage (`gs://`) the same
-steps run; moving a directory there copies its objects, so a target replaced by a run killed during that move
-can be incomplete (Orbax's commit marker, written last, is then missing and loading refuses it).
+steps run, but moving a directory there copies its objects one by one: a process killed during that move (a
+few seconds for CIFAR models) can leave the target incomplete; the complete copy stays in the staging
+directory `.{name}.*.tmp` beside it.
 """
 
 import secrets

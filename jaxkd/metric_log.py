@@ -15,11 +15,28 @@ file through its own GCS client at every flush.
 
 import json
 import math
-
-from tensorboardX import SummaryWriter
+import sys
 
 from jaxkd.paths import as_path, is_url
 from jaxkd.safe_write import write_text_atomically
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without PyTorch when PyTorch is not loaded yet: tensorboardX imports
+    torch only to name torch tensors in its type hints, and that import is ~1.7 s of every `jaxkd.train` start
+    (a run that loads a .pth teacher imports torch anyway, later)."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
+SummaryWriter = _summary_writer_class()
 
 FIRST_STEP = -(2 ** 31)  # below any step a run logs (an init stage's rows have steps <= 0)
 

@@ -72,3 +72,12 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_work(module, ar
     assert status == 2 and err.count("\n") == 1, err
     assert f"cannot write in {UNWRITABLE}" in err and err.startswith("error: ")
     assert seconds < 5, seconds
+
+
+def test_the_train_command_starts_without_importing_pytorch(tmp_path):
+    """PyTorch is for .pth files only: importing it (through tensorboardX) cost every run's start ~1.7 s."""
+    result = subprocess.run([sys.executable, "-c", "import sys, jaxkd.train, jaxkd.metric_log; "
+                             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -123,8 +123,9 @@ def run(workdir: Path, out: str, time_limit: float, train_images: int, test_imag
     completed = returncode == 0 and len(epoch_end_s) == epochs
     estimate = None if completed else estimate_total_s(epoch_end_s, epochs)
     per_epoch = [b - a for a, b in zip(epoch_end_s, epoch_end_s[1:])]
-    images_per_s = [json.loads(line)["images_per_s"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                    if '"kind": "train"' in line] if (run_dir / "metrics.jsonl").exists() else []
+    rows = ([json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            if (run_dir / "metrics.jsonl").exists() else [])
+    images_per_s = [row["images_per_s"] for row in rows if row.get("kind") == "train" and "images_per_s" in row]
     record = {
         "kind": "full_run", "date": datetime.date.today().isoformat(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -75,6 +75,7 @@ class MetricLog:
         an init stage, whose rows precede training's step 1, `jaxkd.init_stage`). `config`: the run's, whose
         `wandb` section (jaxkd.wandb_log) also sends the rows to Weights & Biases."""
         self.active = active
+        self.resume_step = resume_step
         self.wandb = None
         if active and config is not None and config.get("wandb") and config.wandb.mode != "disabled":
             from jaxkd.wandb_log import WandbLog

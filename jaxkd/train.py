@@ -36,7 +36,7 @@ from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.dispatch import TrainPrograms, dispatch_plan, steps_per_dispatch
 from jaxkd.errors import UserError, run_command
 from jaxkd.evaluate import evaluate_classifiers, evaluate_split
-from jaxkd.init_stage import log_resume_step, run_init_stage
+from jaxkd.init_stage import log_resume_step, run_init_stage, total_steps as init_stage_steps
 from jaxkd.losses import cross_entropy, kd_divergence
 from jaxkd.mesh import batch_sharded, data_mesh, replicated
 from jaxkd.methods import Batch, Method, Probe, apply_module, get_method
@@ -370,6 +370,13 @@ def train_and_evaluate(config, workdir) -> dict:
         return _run(setup, config, initial, workdir, log, checkpoints, stop)
 
 
+def first_logged_step(setup: Setup, config) -> int:
+    """The step of a run's first row, the teacher's: 0, or before an init stage's first row (its steps are
+    `init_step - its total`: -total + 1 .. 0), so that the row survives a resume anywhere after it."""
+    stage = setup.method.init_stage(config)
+    return -init_stage_steps(setup, stage) if stage is not None else 0
+
+
 def _say(text: str) -> None:
     """A message for the user, printed once (by process 0)."""
     distributed.print_once(text, flush=True)
@@ -393,12 +400,12 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
     teacher_variables = None
     if setup.teacher:
         teacher_variables = jax.device_put(setup.teacher.variables, on_all_devices)
-        if not resumed:
+        if log.resume_step is None:  # a new start (a run resumed in training or in the init stage has the row)
             result = evaluate_split(setup.teacher.model, teacher_variables, setup.test.images,
                                     setup.test.labels, config.eval_batch_size, mesh=mesh,
                                     normalization=setup.pipeline.normalization)
             _say(f"teacher {setup.teacher.arch}: test top-1 {result['top1']:.2f}")
-            log.write(0, "teacher", {"top1": result["top1"], "top5": result["top5"]})
+            log.write(first_logged_step(setup, config), "teacher", {"top1": result["top1"], "top5": result["top5"]})
 
     images, labels, index = jax.device_put((setup.train.images, setup.train.labels, setup.train.index),
                                            on_all_devices)

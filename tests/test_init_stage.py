@@ -1,6 +1,7 @@
 """The engine's init stage (jaxkd/init_stage.py) end to end on digits, with AB (connectors and the student's
-feature modules train in it): a run stopped (SIGTERM) inside the init stage resumes there, a run stopped in
-training resumes without rerunning it, and both end bitwise equal to a straight run. One init epoch and one
+feature modules train in it): a run stopped (SIGTERM) inside the init stage resumes there, one stopped during the
+stage's last step resumes after it, a run stopped in training resumes without rerunning it, and all end bitwise
+equal to a straight run, every row logged once. One init epoch and one
 training epoch of 22 steps, the shortest run that shows it.
 The method-level parity of the stage (3 init steps against RepDistiller's `init` in PyTorch) is in
 tests/test_method_ab_ft_fsp.py."""
@@ -29,8 +30,8 @@ def rows(workdir) -> list[dict]:
 
 
 def run(config, workdir, stop_at_call: int | None = None, monkeypatch=None) -> str:
-    """Runs (or resumes) the run, stopping as SIGTERM would before host call `stop_at_call` (init and train
-    programs counted together); returns its output."""
+    """Runs (or resumes) the run, stopping as a SIGTERM that arrives while host call `stop_at_call` runs would
+    (init and train programs counted together); returns its output."""
     output = io.StringIO()
     if stop_at_call is not None:
         calls = {"count": 0}
@@ -38,9 +39,10 @@ def run(config, workdir, stop_at_call: int | None = None, monkeypatch=None) -> s
 
         def stop_there(self):
             calls["count"] += 1
+            dispatch = real_before_dispatch(self)
             if calls["count"] == stop_at_call:
                 self._handle(signal.SIGTERM, None)
-            return real_before_dispatch(self)
+            return dispatch
 
         monkeypatch.setattr(train_module.StopRequest, "before_dispatch", stop_there)
     with contextlib.redirect_stdout(output):
@@ -64,12 +66,17 @@ def test_stopped_in_the_init_stage_or_in_training_resumes_bitwise_without_rerunn
     assert sorted(p.name for p in (tmp_path / "straight" / "checkpoints").iterdir() if p.name.isdigit()) == ["0", "22"]
 
     stopped = tmp_path / "stopped"
-    run(config, stopped, stop_at_call=13, monkeypatch=monkeypatch)  # after 12 init steps
+    run(config, stopped, stop_at_call=12, monkeypatch=monkeypatch)  # during the 12th init step
     assert sorted(p.name for p in (stopped / "init_checkpoints").iterdir()) == ["12"]
     assert not [p for p in (stopped / "checkpoints").iterdir() if p.name.isdigit()]
-    # resumed in the init stage (10 calls left there), stopped again 4 steps into training
-    output = run(config, stopped, stop_at_call=15, monkeypatch=monkeypatch)
+    # resumed in the init stage (10 calls left there), stopped during its last step: saved as the stage's end
+    output = run(config, stopped, stop_at_call=10, monkeypatch=monkeypatch)
     assert "resumed the init stage" in output and "at init step 12" in output
+    assert "22" in [p.name for p in (stopped / "init_checkpoints").iterdir()]
+    assert not [p for p in (stopped / "checkpoints").iterdir() if p.name.isdigit()]
+    # resumed after the stage's last step (none left), stopped again 4 steps into training
+    output = run(config, stopped, stop_at_call=4, monkeypatch=monkeypatch)
+    assert "at init step 22" in output and "init epoch" not in output
     assert sorted(p.name for p in (stopped / "checkpoints").iterdir() if p.name.isdigit()) == ["0", "4"]
     output = run(config, stopped)
     assert "resumed from" in output and "init stage" not in output and "init epoch" not in output  # not rerun
@@ -80,6 +87,8 @@ def test_stopped_in_the_init_stage_or_in_training_resumes_bitwise_without_rerunn
     # windows agree (steps 1-11)
     assert [row[:2] for row in resumed_init] == [(-11, 11), (-10, 12), (0, 22)]
     assert resumed_init[0] == init_rows[0]
-    assert [r["kind"] for r in resumed_rows].count("teacher") == 1
+    teacher_rows = [r for r in resumed_rows if r["kind"] == "teacher"]
+    assert len(teacher_rows) == 1 and teacher_rows[0]["step"] == -22  # before the init stage's first row
+    assert teacher_rows == [r for r in straight_rows if r["kind"] == "teacher"]
     assert sorted((r["step"], r["kind"]) for r in resumed_rows if r["kind"] in ("train", "eval")) == \
         [(4, "train"), (11, "train"), (22, "eval"), (22, "train")]

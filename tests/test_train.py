@@ -290,6 +290,46 @@ def test_a_run_started_before_a_config_key_existed_still_resumes(tmp_path):
         save_config(standardized, tmp_path)
 
 
+# configs/default.py's keys before `loss.logit_standardization` and `wandb` were added: runs may have started
+# with a config.json holding just these
+KEYS_OF_STARTED_RUNS = {
+    "batch_size", "checkpoint_every_epochs", "data.data_dir", "data.download", "data.drop_last", "data.normalization",
+    "data.padding", "data.source", "dtype", "epochs", "eval_batch_size", "eval_every_epochs", "keep_checkpoints",
+    "log_every_steps", "loss.alpha", "loss.beta", "loss.gamma", "loss.kd_temperature", "method", "model",
+    "optimizer.lr", "optimizer.lr_decay_epochs", "optimizer.lr_decay_rate", "optimizer.lr_decay_timing",
+    "optimizer.lr_reference_batch", "optimizer.lr_scaling", "optimizer.momentum", "optimizer.nesterov",
+    "optimizer.weight_decay", "progress_bar", "saliencymix", "saliencymix_per_example", "saliencymix_prob", "seed",
+    "steps_per_dispatch", "teacher.arch", "teacher.checkpoint"}
+
+
+def test_a_key_added_to_the_default_config_leaves_started_runs_resumable(tmp_path):
+    """Every default key newer than KEYS_OF_STARTED_RUNS: a config.json without it (a run started before it
+    existed) must still be accepted as the same run, i.e. the key is in jaxkd/workdir.py's ADDED_KEYS (with the
+    value the older runs behave as) or RESUME_MAY_CHANGE; else upgrading jaxkd would strand every started run."""
+    from configs import default
+    from jaxkd.workdir import save_config
+
+    def flattened(tree, prefix=""):
+        for name, value in tree.items():
+            yield from flattened(value, f"{prefix}{name}.") if isinstance(value, dict) else [prefix + name]
+
+    config = default.get_config()
+    added = sorted(set(flattened(config.to_dict())) - KEYS_OF_STARTED_RUNS)
+    assert {"loss.logit_standardization", "wandb.mode"} <= set(added)
+    save_config(config, tmp_path)
+    for key in added:
+        saved = json.loads((tmp_path / "config.json").read_text())
+        *parents, name = key.split(".")
+        holder = saved
+        for parent in parents:
+            holder = holder[parent]
+        del holder[name]
+        older = tmp_path / key
+        older.mkdir()
+        (older / "config.json").write_text(json.dumps(saved))
+        save_config(config, older)  # accepted: raises "differs in: ..." otherwise
+
+
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     train_and_evaluate(small_config(epochs=1), tmp_path)
     checkpoint = tmp_path / "checkpoints" / "22"

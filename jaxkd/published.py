@@ -3,10 +3,10 @@ source and how it was scored (last or best epoch, how many runs), as far as the 
 
 Keys are jaxkd's: canonical architecture names (RepDistiller's post-activation `resnet56` is `rd_resnet56`, its
 `wrn-40-2` is `wideresnet40_2`, its ShuffleNetV1 is `ShuffleV1`; `jaxkd.models`), the method as the report names
-it (`jaxkd.report.method_label`: `none` for a model trained alone, `crd+kd` for CRD with the KD term; methods
-jaxkd does not implement keep their reference's short name), and SaliencyMix on or off. The tables below are
-written as their READMEs print them, one value per pair in the header's order, so that they can be checked cell by
-cell against the README (tests/test_report.py).
+it (`jaxkd.report.method_label`: `none` for a model trained alone, `crd+kd` for CRD with the KD term, `kd+ls` and
+`dkd+ls` with logit standardization; methods jaxkd does not implement keep their reference's short name), and
+SaliencyMix on or off. The tables below are written as their READMEs print them, one value per pair in the header's
+order, so that they can be checked cell by cell against the README (tests/test_report.py).
 """
 
 from __future__ import annotations
@@ -35,6 +35,16 @@ SOURCES = {
         "mdistiller README", "github.com/megvii-research/mdistiller README.md, 'Decoupled Knowledge Distillation', "
         "'Main Benchmark Results', CIFAR-100", "best",
         "mdistiller/engine/trainer.py ends a run with its best_acc (the best epoch's test accuracy)", None),
+    "DIST README": Source(
+        "DIST README", "github.com/hunto/DIST_KD README.md, 'Reproducing our results', 'CIFAR-100' (mean ± std)",
+        "best", "its classification/ (hunto/image_classification_sota) tools/train.py logs after each epoch "
+        "CheckpointManager.update's (lib/utils/misc.py) checkpoints ranked by top-1, the best first (best.pth.tar)",
+        None),
+    "logit-standardization-KD README": Source(
+        "logit-standardization-KD README", "github.com/sunshangquan/logit-standardization-KD README.md, 'Results "
+        "and Logs', tables 1 (identical structures) and 2 (distinct)", "best",
+        "its mdistiller/engine/trainer.py ends a run with best_acc, as its logs/ do; the README's numbers are averages "
+        "('Due to average operation and randomness') of runs it does not count", None),
 }
 
 
@@ -47,6 +57,7 @@ class Published:
     top1: float
     source: str  # a key of SOURCES
     cifar100c: float | None = None  # the mean CIFAR-100-C top-1, where the source gives one
+    std: float | None = None  # the standard deviation over runs, where the source gives top1 as a mean ± std
 
     @property
     def scoring(self) -> str:
@@ -105,6 +116,43 @@ MDISTILLER_DKD_PAIRS = [("rd_resnet56", "rd_resnet20"), ("rd_resnet110", "rd_res
 # the column is ShuffleV2.
 MDISTILLER_DKD = [71.97, 74.11, 76.32, 76.23, 74.81, 74.68, 76.45, 76.70, 69.71, 70.35, 77.07]
 
+# DIST README, the CIFAR-100 table (one row per pair: "Student (top-1) | Teacher (top-1) | DIST | ..."), as (mean,
+# std). Its students' and teachers' own numbers are RepDistiller's (listed above once). MobileNetV2 is its
+# `cifar_mobile_half`, RepDistiller's MobileNetV2.
+DIST_PAIRS = [("wideresnet40_2", "wideresnet40_1"), ("rd_resnet56", "rd_resnet20"), ("rd_resnet32x4", "rd_resnet8x4"),
+              ("ResNet50", "MobileNetV2"), ("rd_resnet32x4", "ShuffleV1"), ("rd_resnet32x4", "ShuffleV2")]
+DIST = [(74.43, 0.24), (71.75, 0.30), (76.31, 0.19), (68.66, 0.23), (76.34, 0.18), (77.35, 0.25)]
+
+# logit-standardization-KD README, table 1 (identical structures) and table 2 (distinct), header order; "Ours" is
+# logit standardization (the report's `+ls`). Its KD and DKD rows quote RepDistiller's and mdistiller's numbers
+# where those have the pair (the DKD cell for wrn_40_2 -> wrn_16_2 as 76.24, mdistiller's 76.23) and give others
+# for pairs they lack; only numbers not already listed for the group are kept from those two rows. The per-pair
+# settings are in its log names (`logs/KD/kd,vgg13,vgg8,3,9.txt`: base temperature 3, KD weight 9), not always
+# the README's commands' 2 and 9.
+LS_PAIRS_IDENTICAL = [("rd_resnet32x4", "rd_resnet8x4"), ("vgg13", "vgg8"), ("wideresnet40_2", "wideresnet40_1"),
+                      ("wideresnet40_2", "wideresnet16_2"), ("rd_resnet56", "rd_resnet20"),
+                      ("rd_resnet110", "rd_resnet32"), ("rd_resnet110", "rd_resnet20")]
+LS_TABLE_IDENTICAL = {
+    "kd": [73.33, 72.98, 73.54, 74.92, 70.66, 73.08, 70.67],
+    "kd+ls": [76.62, 74.36, 74.37, 76.11, 71.43, 74.17, 71.48],
+    "dkd": [76.32, 74.68, 74.81, 76.24, 71.97, 74.11, 71.06],
+    "dkd+ls": [77.01, 74.81, 74.89, 76.39, 72.32, 74.29, 71.85],
+}
+# SHN-V2 is ShuffleV2, MN-V2 MobileNetV2 (its log names: `kd,resnet32x4,ShuffleV2,2,9.txt`)
+LS_PAIRS_DISTINCT = [("rd_resnet32x4", "ShuffleV2"), ("rd_resnet32x4", "wideresnet16_2"),
+                     ("rd_resnet32x4", "wideresnet40_2"), ("wideresnet40_2", "rd_resnet8x4"),
+                     ("wideresnet40_2", "MobileNetV2"), ("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2")]
+LS_TABLE_DISTINCT = {
+    "kd": [74.45, 74.90, 77.70, 73.97, 68.36, 67.37, 67.35],
+    "kd+ls": [75.56, 75.26, 77.92, 77.11, 69.23, 68.61, 69.02],
+    "dkd": [77.07, 75.70, 78.46, 75.56, 69.28, 69.71, 70.35],
+    "dkd+ls": [77.37, 76.19, 78.95, 76.75, 70.01, 69.98, 70.45],
+}
+LS_QUOTED_ROWS = ("kd", "dkd")
+
+# ReviewKD: neither dvlab-research/ReviewKD's READMEs (README.md, CIFAR-100/README.md) nor mdistiller's has a
+# CIFAR-100 table; its numbers are its paper's (docs/methods.md), not listed here.
+
 # pytorch-kd README (the seed): 'Baseline Models' (the seed's pre-activation resnets) and 'Results on CIFAR100C'.
 SEED_BASELINES = {"wideresnet40_2": 76.44, "wideresnet40_1": 71.91, "wideresnet28_4": 79.03,
                   "wideresnet16_4": 77.35, "wideresnet16_2": 74.03, "wideresnet16_1": 67.85, "resnet56": 72.55,
@@ -141,7 +189,29 @@ def _mdistiller() -> list[Published]:
             for (teacher, student), top1 in zip(MDISTILLER_DKD_PAIRS, MDISTILLER_DKD, strict=True)]
 
 
-PUBLISHED: list[Published] = [*_repdistiller(), *_seed(), *_mdistiller()]
+def _dist() -> list[Published]:
+    return [Published(teacher, student, "dist", False, top1, "DIST README", std=std)
+            for (teacher, student), (top1, std) in zip(DIST_PAIRS, DIST, strict=True)]
+
+
+def _logit_standardization(listed: list[Published]) -> list[Published]:
+    """Its tables' cells, less the KD and DKD cells that repeat a number `listed` already has for the group."""
+    known = {(p.teacher, p.student, p.method, p.top1) for p in listed}
+    rows = []
+    for pairs, table in ((LS_PAIRS_IDENTICAL, LS_TABLE_IDENTICAL), (LS_PAIRS_DISTINCT, LS_TABLE_DISTINCT)):
+        for method, values in table.items():
+            for (teacher, student), top1 in zip(pairs, values, strict=True):
+                if method not in LS_QUOTED_ROWS or (teacher, student, method, top1) not in known:
+                    rows.append(Published(teacher, student, method, False, top1, "logit-standardization-KD README"))
+    return rows
+
+
+def _all() -> list[Published]:
+    listed = [*_repdistiller(), *_seed(), *_mdistiller(), *_dist()]
+    return listed + _logit_standardization(listed)
+
+
+PUBLISHED: list[Published] = _all()
 
 
 def published_for(teacher: str | None, student: str, method: str, saliencymix: bool) -> list[Published]:

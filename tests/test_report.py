@@ -181,6 +181,55 @@ def test_published_numbers_match_the_readmes():
     assert SOURCES["RepDistiller README"].scoring == "last"
 
 
+def test_published_dist_and_logit_standardization_numbers_match_the_readmes():
+    # DIST README, CIFAR-100: "|ResNet-8x4 (72.50)|ResNet-32x4 (79.42)|76.31±0.19|`cifar_resnet8x4`|..." and
+    # "|ShuffleNetV2 (71.82)|ResNet-32x4 (79.42)|77.35±0.25|`cifar_ShuffleV2`|..."
+    assert [(p.top1, p.std, p.scoring) for p in published_for("rd_resnet32x4", "rd_resnet8x4", "dist", False)] == [
+        (76.31, 0.19, "best")]
+    assert [(p.top1, p.std) for p in published_for("rd_resnet32x4", "ShuffleV2", "dist", False)] == [(77.35, 0.25)]
+    # "|MobileNetV2 (64.60)|ResNet-50 (79.34)|68.66±0.23|`cifar_mobile_half`|`cifar_ResNet50`|..."
+    assert [p.top1 for p in published_for("ResNet50", "MobileNetV2", "dist", False)] == [68.66]
+    assert published_for("wideresnet40_2", "wideresnet16_2", "dist", False) == []  # not in its table
+    # logit-standardization-KD README, table 1 (header ResNet32x4/ResNet8x4, VGG13/VGG8, Wrn_40_2/Wrn_40_1,
+    # Wrn_40_2/Wrn_16_2, ResNet56/ResNet20, ResNet110/ResNet32, ResNet110/ResNet20):
+    # "| KD+**Ours** | [76.62](...) | [74.36](...) | ... | [71.48](<logs/KD/kd,resnet110,resnet20,4,12.txt>) |"
+    source = "logit-standardization-KD README"
+    assert [(p.top1, p.source) for p in published_for("rd_resnet32x4", "rd_resnet8x4", "kd+ls", False)] == [
+        (76.62, source)]
+    assert [p.top1 for p in published_for("rd_resnet110", "rd_resnet20", "kd+ls", False)] == [71.48]
+    # "| DKD+**Ours** | [77.01](...) | [74.81](...) | [74.89](...) | [76.39](...) | [72.32](...) | ..."
+    assert [p.top1 for p in published_for("wideresnet40_2", "wideresnet16_2", "dkd+ls", False)] == [76.39]
+    # "| DKD | 76.32 | 74.68 | 74.81 | 76.24 | 71.97 | 74.11 | 71.06 |": 76.24 beside mdistiller's 76.23, 76.32 once
+    assert [(p.top1, p.source) for p in published_for("wideresnet40_2", "wideresnet16_2", "dkd", False)] == [
+        (76.23, "mdistiller README"), (76.24, source)]
+    assert [p.source for p in published_for("rd_resnet32x4", "rd_resnet8x4", "dkd", False)] == ["mdistiller README"]
+    assert [p.top1 for p in published_for("rd_resnet110", "rd_resnet20", "dkd", False)] == [71.06]
+    # table 2 (ResNet32x4/SHN-V2, ResNet32x4/Wrn_16_2, ResNet32x4/Wrn_40_2, Wrn_40_2/ResNet8x4, Wrn_40_2/MN-V2,
+    # VGG13/MN-V2, ResNet50/MN-V2): "| KD+**Ours** | [75.56](...) | ... | [69.02](<logs/KD/kd,ResNet50,...>) |"
+    assert [p.top1 for p in published_for("rd_resnet32x4", "ShuffleV2", "kd+ls", False)] == [75.56]
+    assert [p.top1 for p in published_for("ResNet50", "MobileNetV2", "kd+ls", False)] == [69.02]
+    # "| DKD+**Ours** | [77.37](...) | [76.19](...) | [78.95](...) | [76.75](...) | [70.01](...) | ..."
+    assert [p.top1 for p in published_for("wideresnet40_2", "rd_resnet8x4", "dkd+ls", False)] == [76.75]
+    # "| KD | 74.45 | 74.90 | 77.70 | 73.97 | ...": RepDistiller's 74.45 listed once, the pair it lacks from here
+    assert [p.source for p in published_for("rd_resnet32x4", "ShuffleV2", "kd", False)] == ["RepDistiller README"]
+    assert [p.top1 for p in published_for("rd_resnet32x4", "wideresnet16_2", "kd", False)] == [74.90]
+    assert SOURCES[source].scoring == SOURCES["DIST README"].scoring == "best"
+
+
+@pytest.mark.parametrize("method,label,top1", [("dist", "dist", 76.31), ("kd_ls", "kd+ls", 76.62),
+                                               ("dkd_ls", "dkd+ls", 77.01)])
+def test_a_report_group_of_an_mdistiller_method_shows_its_published_number(tmp_path, method, label, top1):
+    """A finished run of configs/mdistiller.py:resnet32x4,resnet8x4,M: its group's label and published number."""
+    from configs import mdistiller
+
+    config = mdistiller.get_config(f"resnet32x4,resnet8x4,{method}")
+    config.epochs = 2
+    workdir = write_run(tmp_path / method, config, [60.0, 61.0], 0)
+    (row,) = report.build_report([report.load_run(str(workdir))], {})["rows"]
+    assert (row["teacher"], row["student"], row["method"]) == ("rd_resnet32x4", "rd_resnet8x4", label)
+    assert [p["top1"] for p in row["published"]] == [top1]
+
+
 def test_report_reads_a_real_training_run(tmp_path):
     """One real 1-epoch resnet8 run on digits: the report's last and best are what training returned."""
     workdir = tmp_path / "run"

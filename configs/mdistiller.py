@@ -15,10 +15,11 @@ T and S are model names in mdistiller's (= RepDistiller's) spelling, or any jaxk
   the weight of dvlab-research/ReviewKD `CIFAR-100/script/reviewKD.sh` (`REVIEWKD_WEIGHT`);
 - `kdsvd`: mdistiller's `configs/cifar100/kdsvd.yaml` and CFG.KDSVD: CE weight 1, FEAT_WEIGHT 1, K 1 (RepDistiller's
   `train_student.py` wires KDSVD but its `run_cifar_distill.sh` gives it no weight);
-- `kd_ls`, `dkd_ls`: sunshangquan/logit-standardization-KD `tools/train.py --logit-stand --base-temp 2
-  --kd-weight 9` on its mdistiller configs: KD with CE 0.1, KD weight 9, T 2; DKD with alpha and beta times the
-  KD weight, T 2. Its logs name the pairs' settings (`logs/DKD/dkd,wrn_40_2,wrn_16_2,2,12,2.0.txt`: KD weight
-  12, DKD beta 2 for wrn_40_2 -> wrn_16_2: `DKD_LS`).
+- `kd_ls`, `dkd_ls`: sunshangquan/logit-standardization-KD `tools/train.py --logit-stand --base-temp T
+  --kd-weight W` on its mdistiller configs: KD with CE 0.1, KD weight W, temperature T; DKD with alpha W and beta
+  W times DKD's beta, temperature T. T and W (and DKD's beta, where given) are those of the log its README links for
+  the pair (`logs/KD/kd,T,S,T,W.txt`, `logs/DKD/dkd,T,S,T,W[,BETA].txt`: `KD_LS`, `DKD_LS`), else the README's
+  commands' 2 and 9 with the pair's mdistiller beta.
 The training recipe is mdistiller's `configs/cifar100/*.yaml` and `mdistiller/engine/utils.py`: 240 epochs,
 batch 64, SGD momentum 0.9, weight decay 5e-4, lr 0.05 (0.01 for MobileNetV2, ShuffleV1 and ShuffleV2 students,
 as its yaml files), x0.1 from the first step of epochs 151, 181, 211 (`adjust_learning_rate` at the start of each
@@ -30,7 +31,7 @@ points elsewhere.
 """
 
 from configs import default
-from configs.repdistiller import LOW_LR_STUDENTS, jaxkd_name, teacher_student_method
+from configs.repdistiller import LOW_LR_STUDENTS, jaxkd_name, repdistiller_name, teacher_student_method
 from jaxkd.methods import config_section
 
 METHODS = ("dkd", "dist", "reviewkd", "kdsvd", "kd_ls", "dkd_ls")
@@ -43,9 +44,18 @@ DKD_BETA = {
     ("wideresnet40_2", "wideresnet16_2"): 6.0,
     ("wideresnet40_2", "wideresnet40_1"): 6.0,
 }
-# logit-standardization-KD logs/DKD/: (KD weight, DKD beta before the weight) where not the README's 9 and the
-# pair's mdistiller beta
-DKD_LS = {("wideresnet40_2", "wideresnet16_2"): (12.0, 2.0)}
+# logit-standardization-KD: (base temperature, KD weight) of the KD+Ours log its README links for the pair, where
+# not the README commands' (2, 9); RepDistiller's names, as in the log names
+KD_LS = {("vgg13", "vgg8"): (3.0, 9.0), ("resnet110", "resnet20"): (4.0, 12.0), ("resnet32x4", "wrn_16_2"): (3.0, 9.0),
+         ("resnet32x4", "wrn_40_2"): (3.0, 9.0), ("wrn_40_2", "MobileNetV2"): (3.0, 9.0),
+         ("vgg13", "MobileNetV2"): (3.0, 9.0), ("ResNet50", "MobileNetV2"): (3.0, 1.0)}
+# (base temperature, KD weight, DKD beta before the weight; None: the pair's mdistiller beta) of the DKD+Ours logs
+DKD_LS = {("vgg13", "vgg8"): (2.0, 15.0, 2.0), ("wrn_40_2", "wrn_40_1"): (2.0, 12.0, 2.0),
+          ("wrn_40_2", "wrn_16_2"): (2.0, 12.0, 2.0), ("resnet56", "resnet20"): (3.0, 18.0, 2.0),
+          ("resnet110", "resnet32"): (2.0, 15.0, 2.0), ("resnet110", "resnet20"): (2.0, 15.0, 2.0),
+          ("resnet32x4", "wrn_16_2"): (2.0, 9.0, 2.0), ("resnet32x4", "wrn_40_2"): (2.0, 9.0, 8.0),
+          ("wrn_40_2", "resnet8x4"): (2.0, 18.0, 2.0), ("wrn_40_2", "MobileNetV2"): (2.0, 15.0, 2.0),
+          ("vgg13", "MobileNetV2"): (3.0, 9.0, 2.0), ("ResNet50", "MobileNetV2"): (2.0, 15.0, 2.0)}
 LS_TEMPERATURE, LS_KD_WEIGHT = 2.0, 9.0  # tools/train.py: --base-temp 2 --kd-weight 9 (the README's commands)
 # dvlab-research/ReviewKD script/reviewKD.sh --kd-loss-weight where not mdistiller's 5 (jaxkd names)
 REVIEWKD_WEIGHT = {("rd_resnet56", "rd_resnet20"): 0.6, ("rd_resnet110", "rd_resnet32"): 1.0,
@@ -61,18 +71,21 @@ def get_config(arguments: str = "resnet32x4,resnet8x4,dkd"):
         config.optimizer.lr = 0.01
     pair = (config.teacher.arch, config.model)
     beta = DKD_BETA.get(pair, 8.0)
+    named_pair = (repdistiller_name(config.teacher.arch), repdistiller_name(config.model))
     if method == "kd_ls":
+        temperature, weight = KD_LS.get(named_pair, (LS_TEMPERATURE, LS_KD_WEIGHT))
         config.method = "kd"
-        config.loss.gamma, config.loss.alpha, config.loss.beta = 0.1, LS_KD_WEIGHT, 0.0
-        config.loss.kd_temperature, config.loss.logit_standardization = LS_TEMPERATURE, True
+        config.loss.gamma, config.loss.alpha, config.loss.beta = 0.1, weight, 0.0
+        config.loss.kd_temperature, config.loss.logit_standardization = temperature, True
         return config
     config.method = "dkd" if method == "dkd_ls" else method
     config.loss.gamma, config.loss.alpha, config.loss.beta = 1.0, 0.0, 1.0
     if method == "dkd":
         config.dkd = config_section("dkd", beta=beta)
     elif method == "dkd_ls":
-        weight, beta = DKD_LS.get(pair, (LS_KD_WEIGHT, beta))
-        config.dkd = config_section("dkd", alpha=weight, beta=beta * weight, temperature=LS_TEMPERATURE,
+        temperature, weight, logged_beta = DKD_LS.get(named_pair, (LS_TEMPERATURE, LS_KD_WEIGHT, None))
+        beta = beta if logged_beta is None else logged_beta
+        config.dkd = config_section("dkd", alpha=weight, beta=beta * weight, temperature=temperature,
                                     logit_standardization=True)
     elif method == "dist":
         config.loss.beta = 2.0

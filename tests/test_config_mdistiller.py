@@ -37,11 +37,20 @@ def test_logit_standardization_recipes():
     assert (kd_ls.method, kd_ls.loss.gamma, kd_ls.loss.alpha, kd_ls.loss.beta, kd_ls.loss.kd_temperature) == \
         ("kd", 0.1, 9.0, 0.0, 2.0)
     assert kd_ls.loss.logit_standardization and recipe(kd_ls) == MDISTILLER_RECIPE
-    # --kd-weight 9 multiplies DKD's alpha 1 and beta 8; the wrn pair's log: weight 12, beta 2
-    for pair, alpha, beta in (("resnet32x4,resnet8x4", 9.0, 72.0), ("wrn_40_2,wrn_16_2", 12.0, 24.0)):
+    # the KD+Ours logs the README links name other settings for some pairs: kd,vgg13,vgg8,3,9.txt and
+    # kd,ResNet50,MobileNetV2,3,1.txt
+    for pair, temperature, weight in (("vgg13,vgg8", 3.0, 9.0), ("ResNet50,MobileNetV2", 3.0, 1.0)):
+        config = mdistiller.get_config(f"{pair},kd_ls")
+        assert (config.loss.gamma, config.loss.alpha, config.loss.kd_temperature) == (0.1, weight, temperature)
+    # --kd-weight 9 multiplies DKD's alpha 1 and beta 8; the logs: dkd,wrn_40_2,wrn_16_2,2,12,2.0.txt,
+    # dkd,resnet56,resnet20,3,18,2.0.txt, dkd,resnet32x4,wrn_40_2,2,9,8.0.txt
+    for pair, temperature, alpha, beta in (("resnet32x4,resnet8x4", 2.0, 9.0, 72.0),
+                                           ("wrn_40_2,wrn_16_2", 2.0, 12.0, 24.0),
+                                           ("resnet56,resnet20", 3.0, 18.0, 36.0),
+                                           ("resnet32x4,wrn_40_2", 2.0, 9.0, 72.0)):
         config = mdistiller.get_config(f"{pair},dkd_ls")
         assert config.method == "dkd" and (config.loss.gamma, config.loss.alpha, config.loss.beta) == (1.0, 0.0, 1.0)
-        assert dict(config.dkd) == {"alpha": alpha, "beta": beta, "temperature": 2.0, "warmup": 20,
+        assert dict(config.dkd) == {"alpha": alpha, "beta": beta, "temperature": temperature, "warmup": 20,
                                     "logit_standardization": True}
 
 

@@ -82,29 +82,43 @@ AB_YNN = "ynn"
 
 
 # ----------------------------------------------------------------------------------------------- configs
-def _recipe_configs() -> dict:
-    """{config module name: config} for every recipe in configs/ that loads without arguments."""
+# the pair a parameterized recipe (`configs/repdistiller.py:T,S,M`) is asked for: only its loss weights and
+# method section are taken, which do not depend on it for the methods it has
+RECIPE_PAIR = "wrn_40_2,wrn_16_2"
+
+
+def _recipe_configs(method: str) -> dict:
+    """{name: config} of every recipe in configs/ for `method`: a config that loads without arguments and runs
+    it, or a parameterized one that takes it as `T,S,M` (name `FILE.py:T,S,M`)."""
     recipes = {}
     for path in sorted((REPO / "configs").glob("*.py")):
         if path.stem.startswith("_"):
             continue
         try:
-            recipes[path.stem] = importlib.import_module(f"configs.{path.stem}").get_config()
-        except Exception:  # a recipe that needs an argument or is being written: not a candidate
+            module = importlib.import_module(f"configs.{path.stem}")
+        except Exception:  # a recipe being written: not a candidate
             continue
+        for name, arguments in ((f"{path.stem}.py", ()), (f"{path.stem}.py:{RECIPE_PAIR},{method}",
+                                                          (f"{RECIPE_PAIR},{method}",))):
+            try:
+                config = module.get_config(*arguments)
+            except Exception:  # needs another argument, or does not take this method
+                continue
+            if config.get("method") == method:
+                recipes[name] = config
     return recipes
 
 
 def method_config(base, method: str):
     """`base` with `config.method = method`, taking the method's recipe from configs/ (the one with the same
-    student if several): its loss weights, its teacher architecture when `base` has none, and the sections
-    `base` lacks (e.g. `fitnet`). The model pair, batch size and optimizer stay `base`'s. Returns (config,
-    note)."""
+    student if several, else an argument-free one): its loss weights, its teacher architecture when `base` has
+    none, and the sections `base` lacks (e.g. `fitnet`). The model pair, batch size and optimizer stay `base`'s.
+    Returns (config, note)."""
     if method == base.method:
         return base, ""
     config = base.copy_and_resolve_references()
-    candidates = [(name, c) for name, c in _recipe_configs().items() if c.get("method") == method]
-    candidates.sort(key=lambda item: item[1].get("model") != base.model)
+    candidates = list(_recipe_configs(method).items())
+    candidates.sort(key=lambda item: (item[1].get("model") != base.model, ":" in item[0]))
     with config.unlocked():
         config.method = method
         if not candidates:
@@ -117,7 +131,7 @@ def method_config(base, method: str):
             if key not in config:
                 config[key] = recipe[key].copy_and_resolve_references() if hasattr(recipe[key], "keys") \
                     else recipe[key]
-    return config, f"loss weights and method sections from configs/{name}.py"
+    return config, f"loss weights and method sections from configs/{name}"
 
 
 # ------------------------------------------------------------------------------------------------- setup

@@ -304,6 +304,12 @@ def test_other_methods_take_their_recipe():
     none_config, note = bench.method_config(config, "none")
     assert none_config.method == "none" and none_config.loss.alpha == 0.0 and none_config.model == config.model
     assert "configs/" in note and config.method == "kd"  # the base config is left alone
+    # methods whose recipe is a parameterized config (configs/repdistiller.py:T,S,M, configs/mdistiller.py:T,S,M)
+    ft_config, note = bench.method_config(config, "ft")
+    assert (ft_config.loss.gamma, ft_config.loss.alpha, ft_config.loss.beta) == (1.0, 0.0, 200.0)
+    assert ft_config.ft.init_epochs == 30 and note.endswith("configs/repdistiller.py:wrn_40_2,wrn_16_2,ft")
+    dkd_config, note = bench.method_config(config, "dkd")
+    assert dkd_config.loss.beta == 1.0 and dkd_config.dkd.beta == 6.0 and "configs/mdistiller.py:" in note
 
 
 @pytest.mark.parametrize("argv, message", [

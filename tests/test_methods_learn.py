@@ -97,8 +97,9 @@ def test_method_learns_on_digits(method, digits_teacher, tmp_path):
     # logged term
     stages = [name for name in train[0] if name.startswith(f"{method}_stage")]
     assert bool(stages) == (method in ("at", "nst", "vid", "kdsvd"))
-    for record in train:
-        assert sum(record[name] for name in stages) == pytest.approx(record["term"], rel=1e-5), record
+    if stages:
+        for record in train:
+            assert sum(record[name] for name in stages) == pytest.approx(record["term"], rel=1e-5), record
     warmup = config.get(config.method, {}).get("warmup")
     if warmup:  # DKD's and ReviewKD's warm-up: each step's epoch (Batch.epoch) reaches the term
         assert train[-1][f"{config.method}_warmup"] == pytest.approx(min(2 / warmup, 1.0)), train[-1]

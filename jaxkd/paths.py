@@ -56,6 +56,12 @@ def remove_tree(path) -> None:
         pass
 
 
+def resolved(path):
+    """`path` as one location however it is written (to compare and to key by): a local path absolute with its
+    links resolved, a URL as an `epath.Path` without a trailing '/'."""
+    return as_path(str(path).rstrip("/")) if is_url(path) else as_path(path).absolute().resolve()
+
+
 def bucket_of(path) -> str:
     """`gs://bucket/a/b` -> `gs://bucket`."""
     scheme, rest = str(path).split("://", 1)

@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxkd.errors import UserError, run_command
 from jaxkd.methods import display_name
+from jaxkd.paths import as_path, check_cloud_location, is_url, resolved
 from jaxkd.published import SOURCES, published_for
 from jaxkd.safe_write import check_output, write_atomically, write_text_atomically
 from jaxkd.workdir import RESUME_MAY_CHANGE, with_added_keys, without_keys
@@ -120,7 +121,7 @@ def teacher_name(config: dict) -> str | None:
         return None
     if teacher.get("arch"):
         return canonical_name(teacher["arch"])
-    checkpoint = Path(str(teacher.get("checkpoint", ""))).expanduser()
+    checkpoint = as_path(str(teacher.get("checkpoint", "")))
     try:
         return canonical_name(json.loads((checkpoint / "config.json").read_text())["model"])
     except (OSError, ValueError, KeyError, TypeError, UserError):
@@ -128,8 +129,11 @@ def teacher_name(config: dict) -> str | None:
 
 
 def load_run(workdir: str) -> Run:
-    """A workdir's config and evaluations; one line if it is not a training workdir."""
-    path = Path(workdir).expanduser()
+    """A workdir's config and evaluations (a local folder or a `gs://` prefix); one line if it is not a training
+    workdir."""
+    path = as_path(workdir)
+    if is_url(path):
+        check_cloud_location(path, workdir)
     if not path.is_dir():
         raise UserError(f"{workdir}: not a directory (expected a jaxkd.train workdir)")
     if not (path / "config.json").is_file():
@@ -147,7 +151,7 @@ def load_run(workdir: str) -> Run:
                 continue
             if isinstance(row, dict) and row.get("kind") == "eval" and "epoch" in row and "top1" in row:
                 evaluations.append(row)
-    return Run(Path(workdir), config, evaluations, teacher_name(config))
+    return Run(path if is_url(path) else Path(workdir), config, evaluations, teacher_name(config))
 
 
 def comparable_config(config: dict) -> dict:
@@ -188,7 +192,7 @@ def robustness_by_workdir(paths: list[str]) -> dict[Path, dict]:
 
     found = {}
     for file in paths:
-        data = _read_json(Path(file), "jaxkd.robustness or jaxkd.evaluate results")
+        data = _read_json(as_path(file), "jaxkd.robustness or jaxkd.evaluate results")
         if isinstance(data, dict) and isinstance(data.get("rows"), list):
             records = [(row.get("loaded") or row.get("checkpoint"), row.get("results") or {}) for row in data["rows"]]
         elif isinstance(data, dict) and "clean" in data and "checkpoint" in data:
@@ -200,7 +204,7 @@ def robustness_by_workdir(paths: list[str]) -> dict[Path, dict]:
                 clean = float(results["clean"]["top1"])
             except (KeyError, TypeError, ValueError):
                 raise UserError(f"{file}: a record without clean top-1 ({checkpoint})") from None
-            path = Path(str(checkpoint)).expanduser().absolute().resolve()
+            path = resolved(str(checkpoint))
             workdir = path.parent if path.name == TRAINED_MODEL_DIR else path
             c100c = (results.get("cifar100c") or {}).get("top1")
             found[workdir] = {"clean": clean, "cifar100c": None if c100c is None else float(c100c), "source": file}
@@ -252,10 +256,10 @@ def build_report(runs: list[Run], robustness: dict[Path, dict]) -> dict:
         published = published_for(teacher, student, method, saliencymix)
         robust = []
         for run in merged:
-            resolved = run.workdir.expanduser().absolute().resolve()
-            if resolved in robustness:
-                robust.append(robustness[resolved])
-                matched.add(resolved)
+            location = resolved(run.workdir)
+            if location in robustness:
+                robust.append(robustness[location])
+                matched.add(location)
         rows.append({
             "teacher": teacher, "student": student, "method": method, "saliencymix": saliencymix,
             "runs": len(merged),
@@ -414,14 +418,14 @@ def write_plot(report: dict, out: Path, force: bool) -> None:
 
 
 def _check_outputs(args) -> None:
-    outputs = {flag: Path(path) for flag, path in (("--out", args.out), ("--csv", args.csv), ("--json", args.json),
+    outputs = {flag: as_path(path) for flag, path in (("--out", args.out), ("--csv", args.csv), ("--json", args.json),
                                                     ("--plot", args.plot)) if path}
     seen = {}
     for flag, path in outputs.items():
-        resolved = path.absolute().resolve()
-        if resolved in seen:
-            raise UserError(f"{seen[resolved]} and {flag} name the same file {path}")
-        seen[resolved] = flag
+        location = resolved(path)
+        if location in seen:
+            raise UserError(f"{seen[location]} and {flag} name the same file {path}")
+        seen[location] = flag
         check_output(path, args.force)
     if args.plot:
         try:
@@ -439,13 +443,13 @@ def run(args) -> dict:
     markdown = format_markdown(report)
     print(markdown, end="")
     if args.out:
-        write_text_atomically(markdown, Path(args.out), args.force, "the table")
+        write_text_atomically(markdown, as_path(args.out), args.force, "the table")
     if args.csv:
-        write_text_atomically(format_csv(report), Path(args.csv), args.force, "the table")
+        write_text_atomically(format_csv(report), as_path(args.csv), args.force, "the table")
     if args.json:
-        write_text_atomically(json.dumps(report, indent=2) + "\n", Path(args.json), args.force, "the report")
+        write_text_atomically(json.dumps(report, indent=2) + "\n", as_path(args.json), args.force, "the report")
     if args.plot:
-        write_plot(report, Path(args.plot), args.force)
+        write_plot(report, as_path(args.plot), args.force)
     for out in (args.out, args.csv, args.json, args.plot):
         if out:
             print(f"wrote {out}")

@@ -1,6 +1,6 @@
 """`gs://` paths against a real GCS server on localhost (tests/gcs_server.py, the session's `gcs` fixture): a
 KD run with its workdir and teacher `.pth` in a bucket, stopped by SIGTERM and resumed, ends bitwise where a
-straight local run ends and wrote the same bytes; `convert` and `evaluate` read and write objects; bad cloud
+straight local run ends and wrote the same bytes; `convert`, `evaluate` and `report` read and write objects; bad cloud
 paths are one line before any work and leave nothing behind. What the commands wrote is read back through the
 server's API, not through jaxkd. (The 2-process run of tests/test_scale_out.py also writes to the bucket.)
 The local reference run also logs to Weights & Biases offline (`config.wandb`), read back from wandb's files."""
@@ -20,7 +20,7 @@ import torch
 
 from configs import demo
 from convert.__main__ import main as convert_main
-from jaxkd import evaluate, train
+from jaxkd import evaluate, report, train
 from jaxkd.errors import UserError
 from jaxkd.mesh import data_mesh
 from jaxkd.model_checkpoint import load_model_checkpoint
@@ -159,6 +159,11 @@ def test_a_run_on_gs_stopped_by_sigterm_resumes_bitwise_and_writes_what_a_local_
     assert evaluate.main(["--checkpoint", workdir, "--source", "digits", "--out", f"{workdir}/eval.json"]) == 0
     final = [row for row in logged if row["kind"] == "eval"][-1]
     assert json.loads(gcs.read_object("runs", "cloud/kd/eval.json"))["clean"]["top1"] == final["top1"]
+    # the report of the workdir, with that evaluation beside it, written as an object: the run's own numbers
+    assert report.main([workdir, "--robustness", f"{workdir}/eval.json", "--json", f"{workdir}/report.json"]) == 0
+    [row] = json.loads(gcs.read_object("runs", "cloud/kd/report.json"))["rows"]
+    assert row["last_top1"]["mean"] == final["top1"] and row["cifar100"]["mean"] == final["top1"]
+    assert row["members"][0]["workdir"] == workdir
 
 
 def test_convert_and_evaluate_read_and_write_objects(straight_run, teacher, gcs, tmp_path, capsys):

@@ -5,7 +5,7 @@ through the real `wandb` client as `{kind}/{name}` at the row's step (the names 
 directory to upload later with `wandb sync`), "disabled" (the default: wandb is not imported). The run's id is
 derived from the workdir, so a resumed run continues the same wandb run. wandb keeps its files in
 `WORKDIR/wandb` for a local workdir, and in `./wandb` (or WANDB_DIR) for a `gs://` one. Rows at negative steps
-(an init stage's, `jaxkd.init_stage`) stay out: wandb steps start at 0.
+(an init stage's, `jaxkd.init_stage`, and the teacher's row of a run with one) stay out: wandb steps start at 0.
 """
 
 import hashlib

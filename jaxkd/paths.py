@@ -104,6 +104,17 @@ def check_cloud_location(path, what: str, probe_folder=None) -> None:
             raise UserError(f"{what}: cannot write in {probe.parent} ({_reason(error)})") from None
 
 
+def is_cloud_object(url) -> bool:
+    """Whether an object is stored under exactly the name `url` (a file, not a prefix that others lie under).
+    Asked directly, not as `exists() and not is_dir()`: those are two requests, and an object written and
+    removed under the prefix between them (another process's write check) would make a prefix look like a
+    file."""
+    import fsspec
+
+    filesystem, name = fsspec.core.url_to_fs(str(url))
+    return filesystem.isfile(name)
+
+
 def input_exists(path, what: str) -> bool:
     """Whether the input `path` exists; for a URL, its bucket is checked first (one line if there is none or it
     cannot be reached), so that a missing file and an unreachable store are told apart."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, BinaryIO
 
 from jaxkd.errors import UserError
-from jaxkd.paths import as_path, check_cloud_location, is_url
+from jaxkd.paths import as_path, check_cloud_location, is_cloud_object, is_url
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -57,7 +57,7 @@ def check_output_directory(directory, flag: str) -> Path:
     directory = as_path(directory)
     if is_url(directory):
         check_cloud_location(directory, f"{flag} {directory}", probe_folder=directory)
-        if directory.exists() and not directory.is_dir():
+        if is_cloud_object(directory):
             raise UserError(f"{flag} {directory}: exists and is not a directory")
         return directory
     existing = existing_ancestor(directory)

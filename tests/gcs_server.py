@@ -82,6 +82,11 @@ class GcsServer:
                                          data=data, headers={"Content-Type": "application/octet-stream"})
         urllib.request.urlopen(request, timeout=10).close()
 
+    def delete(self, bucket: str, name: str) -> None:
+        quoted = urllib.parse.quote(name, safe="")
+        request = urllib.request.Request(f"{self.url}/storage/v1/b/{bucket}/o/{quoted}", method="DELETE")
+        urllib.request.urlopen(request, timeout=10).close()
+
     def list_objects(self, bucket: str, prefix: str = "") -> list[str]:
         """The names of the objects under `prefix` (all pages)."""
         names, token = [], None

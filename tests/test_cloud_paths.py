@@ -11,6 +11,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -190,8 +191,9 @@ def test_convert_and_evaluate_read_and_write_objects(straight_run, teacher, gcs,
     assert not [name for name in gcs.list_objects("runs") if name.endswith(".tmp") or "write-check" in name]
 
 
-@pytest.mark.parametrize("case", ["no bucket", "teacher's bucket", "no teacher"])
+@pytest.mark.parametrize("case", ["no bucket", "teacher's bucket", "no teacher", "workdir is an object"])
 def test_bad_cloud_paths_are_one_line_before_any_work(case, teacher, gcs, capsys):
+    gcs.upload("runs", "bad/notes.txt", b"kept")
     workdir, teacher_path, expected = {
         "no bucket": ("gs://no-such-bucket/run", "gs://runs/cloud/teacher.pth",
                       "--workdir gs://no-such-bucket/run: no such bucket gs://no-such-bucket"),
@@ -200,13 +202,42 @@ def test_bad_cloud_paths_are_one_line_before_any_work(case, teacher, gcs, capsys
                              "gs://no-such-bucket"),
         "no teacher": ("gs://runs/bad/run", "gs://runs/missing.pth",
                        "--config.teacher.checkpoint gs://runs/missing.pth: no such file or directory"),
+        "workdir is an object": ("gs://runs/bad/notes.txt", "gs://runs/cloud/teacher.pth",
+                                 "--workdir gs://runs/bad/notes.txt: exists and is not a directory"),
     }[case]
     code = train.main(["jaxkd.train", "--config", "configs/demo.py:student", "--workdir", workdir, *RUN,
                        f"--config.teacher.checkpoint={teacher_path}"])
     captured = capsys.readouterr()
     assert_one_line_error(code, captured.out, captured.err, expected)
-    assert gcs.list_objects("runs", "bad/") == []  # nothing left behind
+    assert gcs.list_objects("runs", "bad/") == ["bad/notes.txt"]  # nothing left behind
+    assert gcs.read_object("runs", "bad/notes.txt") == b"kept"
     assert [name for name in gcs.list_objects("runs") if "write-check" in name] == []
+
+
+def test_a_workdir_prefix_is_a_directory_while_objects_come_and_go_under_it(gcs):
+    """Processes of one run check the same workdir at once, each writing and removing a probe object under it:
+    the prefix must never look like a file to the others (it did when existence and directory-ness were asked
+    in two requests and a probe vanished between them)."""
+    from jaxkd.safe_write import check_output_directory
+
+    gcs.upload("runs", "shared/notes.txt", b"")
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            gcs.upload("runs", "shared/run/probe", b"")
+            gcs.delete("runs", "shared/run/probe")
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    try:
+        for _ in range(40):
+            check_output_directory("gs://runs/shared/run", "--workdir")
+    finally:
+        stop.set()
+        churner.join()
+    with pytest.raises(UserError, match="exists and is not a directory"):
+        check_output_directory("gs://runs/shared/notes.txt", "--workdir")
 
 
 def test_an_unreachable_endpoint_is_one_line_in_bounded_time(tmp_path, monkeypatch, capsys):

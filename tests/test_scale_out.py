@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -84,18 +85,32 @@ def start(workdir, teacher, *extra, processes: int = 1, devices_per_process: int
                   *extra, processes=processes, devices_per_process=devices_per_process)
 
 
-def finish(processes, timeout=600):
-    """[(returncode, stdout, stderr)] of each process."""
-    results = []
-    for process in processes:
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            raise
-        results.append((process.returncode, stdout, stderr))
-    return results
+def finish(processes, timeout=600, after_a_failure=60):
+    """[(returncode, stdout, stderr)] of each process. Once one has failed, the others get `after_a_failure`
+    seconds before they are killed: a peer left alone waits minutes for the coordination service."""
+    outputs = [None] * len(processes)
+
+    def read(index):
+        outputs[index] = processes[index].communicate()
+
+    readers = [threading.Thread(target=read, args=(index,)) for index in range(len(processes))]
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while any(process.poll() is None for process in processes):
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(processes[0].args, timeout)
+            if any(process.returncode not in (None, 0) for process in processes):
+                deadline = min(deadline, time.monotonic() + after_a_failure)
+            time.sleep(0.2)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        for reader in readers:
+            reader.join()
+    return [(process.returncode, *output) for process, output in zip(processes, outputs)]
 
 
 def assert_ok(results):

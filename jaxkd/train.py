@@ -481,7 +481,11 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
                           f"{means['images_per_s']:.0f} images/s", flush=True)
         if bar is not None:
             bar.close()
-        if stop.requested:
+        # A stop that arrives during an epoch's last steps lets the epoch end as usual (its evaluation, then the
+        # checkpoint): a checkpoint at an epoch's end must follow that epoch's evaluation, which resuming from it
+        # would never run.
+        epoch_complete = step == (epoch + 1) * spe
+        if stop.requested and not epoch_complete:
             if step > last_fetch_step:
                 sums, _ = fetch_and_log(sums, step)  # also refuses to save a diverged state
             checkpoints.save(state, progress)
@@ -503,8 +507,11 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
             extra_text = "".join(f", {name} {r['top1']:.2f}" for name, r in results.items())
             _say(f"epoch {epoch_done}/{config.epochs}: {train_text}test top-1 {result['top1']:.2f} "
                  f"(best {progress['best_top1']:.2f} at epoch {progress['best_epoch']}){extra_text}")
-        if epoch_done % config.checkpoint_every_epochs == 0 or epoch_done == config.epochs:
+        if epoch_done % config.checkpoint_every_epochs == 0 or epoch_done == config.epochs or stop.requested:
             checkpoints.save(state, progress)
+        if stop.requested and step < total_steps:  # (at the last epoch's end the run is done: it finishes)
+            _say(f"{stop.signal.name}: saved a checkpoint at step {step}; run the same command to resume")
+            raise SystemExit(stop.exit_status)
 
     if result is None:  # resumed after the last epoch had finished
         result = evaluate_split(setup.student, state.student_variables(), setup.test.images, setup.test.labels,

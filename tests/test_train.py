@@ -89,6 +89,39 @@ def test_ctrl_c_mid_epoch_saves_and_resume_is_bitwise_exact(straight_run, tmp_pa
                                       + [row for row in straight if row[0] >= saved_step])
 
 
+def stop_during_call(monkeypatch, call: int) -> None:
+    """A SIGTERM that arrives while the loop's host call number `call` runs (after its stop check)."""
+    calls = {"count": 0}
+    real_before_dispatch = train.StopRequest.before_dispatch
+
+    def before_dispatch(self):
+        calls["count"] += 1
+        dispatch = real_before_dispatch(self)
+        if calls["count"] == call:
+            self._handle(signal.SIGTERM, None)
+        return dispatch
+
+    monkeypatch.setattr(train.StopRequest, "before_dispatch", before_dispatch)
+
+
+def test_a_stop_during_an_epochs_last_step_evaluates_that_epoch_before_it_stops(straight_run, tmp_path,
+                                                                                 monkeypatch):
+    """The checkpoint at an epoch's end follows that epoch's evaluation (resuming there would not run it); a
+    stop during the run's last step lets the run finish."""
+    stop_during_call(monkeypatch, 22)  # epoch 1's last step
+    with pytest.raises(SystemExit) as stopped:
+        train_and_evaluate(small_config(), tmp_path)
+    assert stopped.value.code == 143
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["22"]
+    assert (22, "eval") in logged_steps(tmp_path)
+    monkeypatch.undo()
+    stop_during_call(monkeypatch, 22)  # the resumed run's 22nd call: the run's last step
+    result = train_and_evaluate(small_config(), tmp_path)
+    assert result["step"] == 44 and (tmp_path / "model").exists()
+    assert logged_steps(tmp_path) == logged_steps(straight_run[0])  # both epochs evaluated, every row once
+    assert_bitwise_equal(final_params(tmp_path), final_params(straight_run[0]))
+
+
 def test_sigterm_and_ctrl_c_stop_the_loop_with_their_exit_statuses_and_a_second_ctrl_c_interrupts():
     """The loop's decision (the Ctrl-C test above runs it end to end): SIGTERM and SIGINT each request a stop
     with the conventional status; after the first Ctrl-C, Python's own handler is back. A SIGINT the process

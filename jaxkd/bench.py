@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxkd import host_allocator
 from jaxkd.bench_timing import Part, lowered_flops
 from jaxkd.bench_torch import TORCH_MODES, forget_compiled_steps, torch_device_for, torch_part, torch_part_name
 from jaxkd.compile_options import compiler_options, cpu_ynn_setting
@@ -283,6 +284,7 @@ def thread_settings() -> dict:
                 ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GLIBC_TUNABLES",
                  "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")}
     settings = {name: value for name, value in settings.items() if value is not None}
+    settings["host_allocator_keeps_freed_memory"] = host_allocator.applied
     try:
         import torch
 
@@ -712,4 +714,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    host_allocator.keep_freed_memory()  # before JAX starts its threads
     sys.exit(main())

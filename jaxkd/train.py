@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxkd import distributed
+from jaxkd import distributed, host_allocator
 from jaxkd.compile_options import compiler_options
 from jaxkd.config_command_line import parse_config_command_line
 from jaxkd.data import epoch_permutation, load_split
@@ -554,4 +554,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    host_allocator.keep_freed_memory()  # before JAX starts its threads
     sys.exit(main())

@@ -119,7 +119,10 @@ def method_config(base, method: str):
         return base, ""
     config = base.copy_and_resolve_references()
     candidates = list(_recipe_configs(method).items())
-    candidates.sort(key=lambda item: (item[1].get("model") != base.model, ":" in item[0]))
+    # the same student first, then a recipe of the method alone (crd_wrn.py before crd_kd_wrn.py, which adds
+    # KD's term), then an argument-free file before a parameterized one
+    candidates.sort(key=lambda item: (item[1].get("model") != base.model,
+                                      method != "kd" and item[1].loss.get("alpha", 0.0) > 0, ":" in item[0]))
     with config.unlocked():
         config.method = method
         if not candidates:

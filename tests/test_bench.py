@@ -308,6 +308,8 @@ def test_other_methods_take_their_recipe():
     ft_config, note = bench.method_config(config, "ft")
     assert (ft_config.loss.gamma, ft_config.loss.alpha, ft_config.loss.beta) == (1.0, 0.0, 200.0)
     assert ft_config.ft.init_epochs == 30 and note.endswith("configs/repdistiller.py:wrn_40_2,wrn_16_2,ft")
+    crd_config, note = bench.method_config(config, "crd")  # CRD's own recipe, not CRD + KD's
+    assert (crd_config.loss.alpha, crd_config.loss.beta) == (0.0, 0.8) and note.endswith("configs/crd_wrn.py")
     dkd_config, note = bench.method_config(config, "dkd")
     assert dkd_config.loss.beta == 1.0 and dkd_config.dkd.beta == 6.0 and "configs/mdistiller.py:" in note
 

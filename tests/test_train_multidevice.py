@@ -1,7 +1,8 @@
 """The train step on 1 and on 8 (simulated CPU) devices gives the same state: the batch is split over a `data`
 mesh axis, BN statistics and losses reduce over the global batch, the state (CRD's memory banks included) stays
 replicated; so does the init stage's step (AB's, with SaliencyMix). A train-state checkpoint written on one
-layout restores bitwise on the other."""
+layout restores bitwise on the other (CRD's: parameters, statistics, momentum, memory banks and keys; the other
+methods' states hold no other kinds of leaves)."""
 
 import json
 import os
@@ -23,7 +24,8 @@ from jaxkd.run_checkpoint import RunCheckpoints
 
 # CRD amplifies float noise about 5x more per step than KD: compare it after one step from the same state.
 # AB: two steps of its init stage (connectors and the student's feature modules), SaliencyMix on.
-STEPS = {"none": 2, "kd": 2, "crd": 1, "ab": 2}
+# (The student alone is KD's step without the teacher's term: not run separately.)
+STEPS = {"kd": 2, "crd": 1, "ab": 2}
 assert jax.device_count() == 8, jax.devices()
 torch.manual_seed(0)
 torch.save(get_torch_model("resnet8", 10).state_dict(), f"{sys.argv[1]}/teacher.pth")
@@ -71,7 +73,7 @@ for method in STEPS:
         worst = max(worst, float(np.max(np.abs(a - b))) / (1e-4 * float(np.max(np.abs(a))) + 1e-5))
     report[method] = worst
     # Checkpoint layouts: saved on 1 device -> restored on 8, and 8 -> 1, bitwise, on the target's devices.
-    for saved, target in ((1, 8), (8, 1)):
+    for saved, target in ((1, 8), (8, 1)) if method == "crd" else ():
         checkpoints = RunCheckpoints(f"{sys.argv[1]}/{method}_{saved}_to_{target}", keep=1)
         checkpoints.save(states[saved], {"best_top1": 0.0, "best_epoch": 0})
         restored, _ = checkpoints.restore(states[target])
@@ -79,7 +81,7 @@ for method in STEPS:
         for a, b in zip(jax.tree.leaves(states[saved]), jax.tree.leaves(restored), strict=True):
             assert np.array_equal(jax.device_get(a), jax.device_get(b)), (method, saved, target)
             assert len(b.sharding.device_set) == target, (b.sharding, target)
-    report[method + "_restores"] = True
+        report[method + "_restores"] = True
 print("REPORT " + json.dumps(report))
 """
 
@@ -95,5 +97,5 @@ def test_eight_devices_step_like_one(tmp_path):
     # differs between the layouts; the largest effect is on BN biases, whose gradient is a sum of 65,536
     # nearly cancelling terms (~2e-6 absolute after 2 steps). A real layout bug (per-device BN statistics,
     # per-device loss means) moves running statistics by ~1e-1 and weights by ~1e-3.
-    assert report["none"] <= 1 and report["kd"] <= 1 and report["crd"] <= 1 and report["ab"] <= 1, report
-    assert all(report[f"{method}_restores"] for method in ("none", "kd", "crd", "ab"))
+    assert report["kd"] <= 1 and report["crd"] <= 1 and report["ab"] <= 1, report
+    assert report["crd_restores"]

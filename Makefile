@@ -6,6 +6,8 @@ VENV ?= .venv
 # multi-GB CUDA build; on a GPU machine override this, e.g. `make test TORCH=torch`.
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
+# pytest-xdist workers for `make test` (tests/conftest.py keeps the tests that share a module's fixture on one)
+TEST_WORKERS ?= 2
 
 .PHONY: setup test demo
 setup: $(VENV)/.installed
@@ -17,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The offline demo on scikit-learn's digits: a resnet20 teacher, then a resnet8 KD student (configs/demo.py).
 demo: setup

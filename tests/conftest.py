@@ -309,3 +309,30 @@ def write_evaluation_files(folder: Path, num_images: int) -> Path:
                           labels_half_right(rng, torch_logits(torch_model, images), 100))
     write_cifar100c(folder / "CIFAR-100-C", torch_model, rng)
     return checkpoint
+
+
+# Fixtures shared by a module's tests that are cheap enough to build on each worker that needs them.
+CHEAP_SHARED_FIXTURES = {"one_torch_thread"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the suite on 2 pytest-xdist workers (`--dist loadgroup`). A module whose tests share a
+    module-scoped fixture (a training run they all read) becomes one group, kept on one worker so that the
+    fixture is built once; every other test is scheduled on its own. xdist hands out the groups first, the
+    largest first, then the single tests."""
+    for item in items:
+        definitions = getattr(item, "_fixtureinfo", None)
+        shared = [name for name, defs in (definitions.name2fixturedefs.items() if definitions else ())
+                  if name not in CHEAP_SHARED_FIXTURES and defs[-1].scope == "module"]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """Stops an xdist run whose groups were not applied (pytest 9.2 with pytest-xdist 3.8 drops them without a
+    word), rather than let both workers build every module's shared runs."""
+    if node.config.getoption("dist") == "loadgroup" and ids and not any("@" in nodeid for nodeid in ids):
+        pytest.exit("pytest-xdist did not apply the groups of tests/conftest.py: use the pytest versions that "
+                    "pyproject.toml's [test] allows", returncode=4)

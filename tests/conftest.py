@@ -5,6 +5,7 @@ import atexit
 import os
 import pickle
 import shutil
+import signal
 import tempfile
 import zlib
 from pathlib import Path
@@ -66,6 +67,24 @@ def on_digits(config, *, epochs: int, log_every_steps: int = 5, model: str = "re
     config.log_every_steps = log_every_steps
     config.progress_bar = False
     return config
+
+
+def stop_during_call(monkeypatch, call: int) -> None:
+    """The train loop (and the init stage's) as if a SIGTERM arrived while its host call number `call` ran,
+    after that call's stop check (init and train calls counted together); `monkeypatch.undo()` ends it."""
+    from jaxkd.stop_request import StopRequest
+
+    calls = {"count": 0}
+    real_before_dispatch = StopRequest.before_dispatch
+
+    def before_dispatch(self):
+        calls["count"] += 1
+        dispatch = real_before_dispatch(self)
+        if calls["count"] == call:
+            self._handle(signal.SIGTERM, None)
+        return dispatch
+
+    monkeypatch.setattr(StopRequest, "before_dispatch", before_dispatch)
 
 
 def small_config(epochs=2):

@@ -9,14 +9,12 @@ tests/test_method_ab_ft_fsp.py."""
 import contextlib
 import io
 import json
-import signal
 
 import pytest
 
 from configs import repdistiller
-from jaxkd import train as train_module
 from jaxkd.train import train_and_evaluate
-from tests.conftest import assert_bitwise_equal, final_params, on_digits, save_random_teacher
+from tests.conftest import assert_bitwise_equal, final_params, on_digits, save_random_teacher, stop_during_call
 
 def ab_config(teacher_path):
     config = on_digits(repdistiller.get_config("wrn_16_2,resnet8,ab"), epochs=1, log_every_steps=11)
@@ -34,17 +32,7 @@ def run(config, workdir, stop_at_call: int | None = None, monkeypatch=None) -> s
     (init and train programs counted together); returns its output."""
     output = io.StringIO()
     if stop_at_call is not None:
-        calls = {"count": 0}
-        real_before_dispatch = train_module.StopRequest.before_dispatch
-
-        def stop_there(self):
-            calls["count"] += 1
-            dispatch = real_before_dispatch(self)
-            if calls["count"] == stop_at_call:
-                self._handle(signal.SIGTERM, None)
-            return dispatch
-
-        monkeypatch.setattr(train_module.StopRequest, "before_dispatch", stop_there)
+        stop_during_call(monkeypatch, stop_at_call)
     with contextlib.redirect_stdout(output):
         if stop_at_call is None:
             train_and_evaluate(config, workdir)

@@ -19,7 +19,7 @@ from convert.torch_models import get_torch_model
 from jaxkd import train
 from jaxkd.errors import UserError
 from jaxkd.train import main, train_and_evaluate
-from tests.conftest import assert_bitwise_equal, final_params, small_config
+from tests.conftest import assert_bitwise_equal, final_params, small_config, stop_during_call
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--config.model=resnet8", "--config.epochs=2", "--config.eval_every_epochs=1",
@@ -87,21 +87,6 @@ def test_ctrl_c_mid_epoch_saves_and_resume_is_bitwise_exact(straight_run, tmp_pa
     partial = [(saved_step, "train")] if saved_step % 5 else []
     assert logged_steps(tmp_path) == ([row for row in straight if row[0] < saved_step] + partial
                                       + [row for row in straight if row[0] >= saved_step])
-
-
-def stop_during_call(monkeypatch, call: int) -> None:
-    """A SIGTERM that arrives while the loop's host call number `call` runs (after its stop check)."""
-    calls = {"count": 0}
-    real_before_dispatch = train.StopRequest.before_dispatch
-
-    def before_dispatch(self):
-        calls["count"] += 1
-        dispatch = real_before_dispatch(self)
-        if calls["count"] == call:
-            self._handle(signal.SIGTERM, None)
-        return dispatch
-
-    monkeypatch.setattr(train.StopRequest, "before_dispatch", before_dispatch)
 
 
 def test_a_stop_during_an_epochs_last_step_evaluates_that_epoch_before_it_stops(straight_run, tmp_path,

@@ -51,7 +51,7 @@ from jaxkd.stop_request import StopRequest
 from jaxkd.train_batch import prepare_batch
 from jaxkd.train_state import TrainState
 from jaxkd.wandb_log import check_wandb_settings
-from jaxkd.workdir import WorkdirLock, create_workdir, export_models, save_config
+from jaxkd.workdir import WorkdirLock, check_epochs, create_workdir, export_models, save_config
 
 METRIC_NAMES = ("loss", "ce", "kd", "term", "correct")  # summed on the device between two fetches
 # config.dtype: the models' compute dtype. Parameters, BN statistics, losses and the optimizer stay float32.
@@ -352,6 +352,7 @@ def train_and_evaluate(config, workdir) -> dict:
         if workdir.is_dir():
             lock.acquire()  # a second run on a live workdir is refused before it loads anything
         setup = build(config)  # every user error surfaces here, before any compile
+        check_epochs(config, workdir, setup.steps_per_epoch)  # a finished run's config is never shortened
         # The method checks its settings against the models' shapes as the state is made (FitNets' hint layer):
         # before the workdir exists, so that a refused run leaves nothing behind. `_run` takes the state out of
         # the dict, so that no reference to the initial state outlives its placement on the devices.

@@ -127,9 +127,64 @@ def with_added_keys(config: dict) -> dict:
     return config
 
 
+def checkpoint_steps(workdir: Path, subdirectory: str = "checkpoints") -> list[int]:
+    """The steps of the checkpoints in `WORKDIR/subdirectory`, from its listing alone (Orbax names each folder by
+    its step; an interrupted save's `N.orbax-checkpoint-tmp-*` is not one), sorted; [] if there is none."""
+    directory = as_path(workdir) / subdirectory
+    try:
+        return sorted(int(entry.name) for entry in directory.iterdir() if entry.name.isdigit())
+    except OSError:  # no such folder
+        return []
+
+
+def never_started(workdir: Path) -> bool:
+    """Whether the run in `workdir` stopped before any work worth keeping: no checkpoint (nor an attempt at one,
+    train or init stage) was ever written and metrics.jsonl holds no row but the teacher's (a run that ended on
+    a user error or a Ctrl-C before its first log step)."""
+    workdir = as_path(workdir)
+    for subdirectory in ("checkpoints", "init_checkpoints"):
+        try:
+            if any(entry.name[:1].isdigit() for entry in (workdir / subdirectory).iterdir()):
+                return False
+        except OSError:
+            pass
+    try:
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return True
+    for line in lines:
+        try:
+            kind = json.loads(line).get("kind")
+        except (ValueError, AttributeError):
+            continue  # the end of a killed write
+        if kind != "teacher":
+            return False
+    return True
+
+
+def check_epochs(config, workdir: Path, steps_per_epoch: int) -> None:
+    """Refuses `config.epochs` below what the run in `workdir` has already trained (its newest checkpoint): such a
+    run would rewrite config.json to describe a shorter run than its checkpoints and exported model hold.
+    Raising epochs extends a run; lowering them on a run that has not got that far yet is allowed."""
+    path = as_path(workdir) / "config.json"
+    try:
+        previous = json.loads(path.read_text()).get("epochs")
+    except (OSError, ValueError, AttributeError):
+        return  # no run yet, or a config.json save_config refuses with its own line
+    steps = checkpoint_steps(workdir)
+    if not isinstance(previous, int) or config.epochs >= previous or not steps:
+        return
+    if steps[-1] > config.epochs * steps_per_epoch:
+        reached = -(-steps[-1] // steps_per_epoch)  # epochs begun, rounded up
+        raise UserError(f"{workdir} holds a run of {previous} epochs trained to step {steps[-1]} (epoch {reached}); "
+                        f"--config.epochs={config.epochs} would end it before that: keep --config.epochs >= "
+                        f"{reached}, or use a new --workdir")
+
+
 def save_config(config, workdir: Path) -> None:
     """Writes `config.json` (process 0); a workdir that already holds a different run is refused (resume must
-    be exact, up to RESUME_MAY_CHANGE)."""
+    be exact, up to RESUME_MAY_CHANGE), unless that run never started (`never_started`): a command that failed
+    on a user error before its first checkpoint leaves its workdir reusable by the corrected command."""
     path = workdir / "config.json"
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     if path.exists():
@@ -140,9 +195,12 @@ def save_config(config, workdir: Path) -> None:
                             f"{workdir}: restore it or use a new --workdir") from None
         current = _run_defining(text)
         changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        if changed:
+        if changed and not never_started(workdir):
             raise UserError(f"{workdir} holds a run with another config (differs in: {', '.join(changed)}); "
                             f"use a new --workdir to start a different run")
+        if changed:
+            distributed.print_once(f"{workdir}: its run stopped before its first checkpoint and log step; starting "
+                                   f"it anew with this config (differs in: {', '.join(changed)})", flush=True)
     distributed.barrier("config.json checked")  # every process has read it before process 0 replaces it
     if distributed.is_primary():
         write_text_atomically(text, path, force=True, what="the run's config")

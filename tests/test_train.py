@@ -273,6 +273,7 @@ def test_a_workdir_resumes_only_the_same_run_up_to_intervals_and_rounding_settin
     from jaxkd.workdir import save_config
 
     save_config(crd_wrn.get_config(), tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 50, "kind": "train", "loss": 4.0}\n')  # the run started
     same_run = crd_wrn.get_config()
     same_run.epochs, same_run.log_every_steps, same_run.steps_per_dispatch = 300, 50, 4
     same_run.crd.chunk_elements = 1 << 22
@@ -291,6 +292,54 @@ def test_a_workdir_resumes_only_the_same_run_up_to_intervals_and_rounding_settin
         assert (tmp_path / "config.json").read_text(encoding="latin-1") == text
 
 
+def test_lowering_epochs_on_a_finished_run_is_refused_and_rewrites_nothing(straight_run, tmp_path, capsys):
+    """A finished 2-epoch run re-run with --config.epochs=1: one line, exit 2, every file as it was (config.json
+    would otherwise describe a 1-epoch run beside the 2-epoch model). Raising epochs extends a run:
+    test_resume_after_an_epoch_is_bitwise_exact."""
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_run[0], workdir)
+    def files():  # but the lock, which names the last command
+        return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    before = files()
+    argv = ["train", "--config", str(REPO / "configs/demo.py:teacher"), "--workdir", str(workdir)]
+    assert main(argv + [arg.replace("epochs=2", "epochs=1") for arg in SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "holds a run of 2 epochs trained to step 44 (epoch 2); --config.epochs=1 would end it before" in err
+    assert files() == before
+
+
+def test_a_workdir_whose_run_never_started_takes_the_corrected_config(tmp_path, capsys):
+    """A run that ended on a user error before its first checkpoint and log step (config.json and the teacher's
+    row written) does not hold its workdir: the corrected command is accepted, with one line saying so. Once a
+    train row or a checkpoint exists the workdir holds the run."""
+    from jaxkd.workdir import save_config
+
+    failed = small_config()
+    failed.eval_batch_size = 7
+    save_config(failed, tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "kind": "teacher", "top1": 50.0}\n')
+    (tmp_path / "checkpoints").mkdir()  # Orbax creates it empty
+    corrected = small_config()
+    save_config(corrected, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["eval_batch_size"] == corrected.eval_batch_size
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "stopped before its first checkpoint and log step; starting it anew" in out
+
+    with open(tmp_path / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"step": 5, "kind": "train", "loss": 2.0}\n')
+    with pytest.raises(UserError, match=r"holds a run with another config \(differs in: eval_batch_size\)"):
+        save_config(failed, tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / "checkpoints" / "22.orbax-checkpoint-tmp-1").mkdir()  # a save was attempted
+    with pytest.raises(UserError, match=r"differs in: eval_batch_size"):
+        save_config(failed, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["eval_batch_size"] == corrected.eval_batch_size
+
+
 def test_a_run_started_before_a_config_key_existed_still_resumes(tmp_path):
     """A config.json without `loss.logit_standardization` (written before the key was added) is the same run as
     one with it False; with it True, another run."""
@@ -298,6 +347,7 @@ def test_a_run_started_before_a_config_key_existed_still_resumes(tmp_path):
     from jaxkd.workdir import save_config
 
     save_config(kd_wrn.get_config(), tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 50, "kind": "train", "loss": 4.0}\n')  # the run started
     saved = json.loads((tmp_path / "config.json").read_text())
     del saved["loss"]["logit_standardization"]
     (tmp_path / "config.json").write_text(json.dumps(saved))

@@ -85,8 +85,11 @@ def config_learning_rate_schedule(config, steps_per_epoch: int):
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
     """SGD from `config.optimizer`: the schedule of `config_learning_rate_schedule`, momentum, nesterov and
-    weight_decay."""
+    weight_decay. Nesterov is PyTorch's (`SGD(nesterov=True)`: p -= lr * (d + momentum * buf)), which optax's
+    `sgd(nesterov=True)` computes exactly; like PyTorch, it needs momentum."""
     opt = config.optimizer
+    if opt.nesterov and not opt.momentum:
+        raise UserError(f"optimizer.nesterov needs momentum > 0 (got momentum {opt.momentum}), as in PyTorch's SGD")
     return optax.chain(
         optax.add_decayed_weights(opt.weight_decay),
         optax.sgd(config_learning_rate_schedule(config, steps_per_epoch), momentum=opt.momentum or None,

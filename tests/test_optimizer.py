@@ -85,3 +85,51 @@ def test_decay_settings_that_no_reference_defines_are_refused(epochs, timing):
     config.optimizer.lr_decay_epochs, config.optimizer.lr_decay_timing = epochs, timing
     with pytest.raises(UserError, match="lr_decay_epochs must be distinct 1-based epochs|lr_decay_timing must be"):
         make_optimizer(config, steps_per_epoch=10)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_matches_pytorch_sgd_with_momentum_weight_decay_and_nesterov(nesterov):
+    """`make_optimizer` against `torch.optim.SGD(lr, momentum, weight_decay, nesterov)` on a small parameter
+    vector for a few steps with changing gradients, across an lr decay: the same parameters up to float32
+    rounding. The two settings of nesterov end far apart, so each is checked."""
+    import torch
+
+    config = default.get_config()
+    config.optimizer.lr, config.optimizer.momentum, config.optimizer.weight_decay = 0.1, 0.9, 5e-2
+    config.optimizer.nesterov = nesterov
+    config.optimizer.lr_decay_epochs, config.optimizer.lr_decay_timing = (2,), "repdistiller"
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=7).astype(np.float32)
+    grads = rng.normal(size=(9, 7)).astype(np.float32)
+    optimizer = make_optimizer(config, steps_per_epoch=3)  # the lr drops to 0.01 from step 6 (epoch 3)
+    params = {"w": start}
+    state = optimizer.init(params)
+    weight = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    reference = torch.optim.SGD([weight], lr=0.1, momentum=0.9, weight_decay=5e-2, nesterov=nesterov)
+    for step, grad in enumerate(grads):
+        updates, state = optimizer.update({"w": grad}, state, params)
+        params = {"w": params["w"] + np.asarray(updates["w"])}
+        for group in reference.param_groups:
+            group["lr"] = 0.1 if step < 6 else 0.1 * 0.1
+        weight.grad = torch.from_numpy(grad.copy())
+        reference.step()
+        np.testing.assert_allclose(params["w"], weight.detach().numpy(), rtol=1e-6, atol=1e-7, err_msg=str(step))
+    other = default.get_config()
+    other.optimizer.lr, other.optimizer.momentum, other.optimizer.weight_decay = 0.1, 0.9, 5e-2
+    other.optimizer.nesterov = not nesterov
+    other.optimizer.lr_decay_epochs, other.optimizer.lr_decay_timing = (2,), "repdistiller"
+    other_optimizer = make_optimizer(other, steps_per_epoch=3)
+    other_params = {"w": start}
+    other_state = other_optimizer.init(other_params)
+    for grad in grads:
+        updates, other_state = other_optimizer.update({"w": grad}, other_state, other_params)
+        other_params = {"w": other_params["w"] + np.asarray(updates["w"])}
+    assert np.max(np.abs(other_params["w"] - params["w"])) > 1e-2  # nesterov is not ignored
+
+
+def test_nesterov_without_momentum_is_refused():
+    """PyTorch's SGD refuses nesterov without momentum (there is nothing to look ahead with)."""
+    config = default.get_config()
+    config.optimizer.momentum, config.optimizer.nesterov = 0.0, True
+    with pytest.raises(UserError, match=r"optimizer.nesterov needs momentum > 0 \(got momentum 0.0\)"):
+        make_optimizer(config, steps_per_epoch=10)

@@ -98,9 +98,15 @@ def final_params(workdir):
 
 
 def assert_bitwise_equal(a, b):
-    """Two pytrees with the same leaves, bit for bit (exact resume)."""
-    for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)):
-        assert np.array_equal(x, y), jax.tree_util.keystr(path)
+    """Two pytrees with the same leaves at the same paths (none missing or extra) and equal dtypes, shapes and
+    values, bit for bit (exact resume)."""
+    leaves_a, leaves_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    paths_a, paths_b = ([jax.tree_util.keystr(path) for path, _ in leaves] for leaves in (leaves_a, leaves_b))
+    assert paths_a == paths_b, f"leaves only in the first: {sorted(set(paths_a) - set(paths_b))}, only in the " \
+                               f"second: {sorted(set(paths_b) - set(paths_a))}"
+    for (path, x), (_, y) in zip(leaves_a, leaves_b, strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), jax.tree_util.keystr(path)
 
 
 def randomize_batchnorm_and_bias(model: torch.nn.Module, classifier: torch.nn.Linear) -> None:

@@ -558,3 +558,17 @@ def test_chunked_run_logs_like_single_steps_and_resumes_bitwise(tmp_path, monkey
     expected = [(5, "train"), (10, "train"), (15, "train"), (20, "train"), (22, "train"), (22, "eval")]
     assert logged(tmp_path / "straight") == expected
     assert logged(tmp_path / "stopped") == [(2, "train")] + expected
+
+
+def test_assert_bitwise_equal_fails_on_a_missing_or_extra_leaf_and_on_any_bit():
+    """The resume tests' comparison: a leaf missing on either side, another dtype or shape, or one bit
+    changed fails it; the same tree passes."""
+    tree = {"a": np.arange(3, dtype=np.float32), "b": {"c": np.ones((2, 2), np.float32)}}
+    assert_bitwise_equal(tree, jax.tree.map(np.copy, tree))
+    flipped = jax.tree.map(np.copy, tree)
+    flipped["b"]["c"].view(np.uint32)[1, 1] ^= 1
+    for other in ({"a": tree["a"]}, {**tree, "d": np.zeros(1, np.float32)}, {**tree, "a": tree["a"][:2]},
+                  {**tree, "a": tree["a"].astype(np.float64)}, flipped):
+        for first, second in ((tree, other), (other, tree)):
+            with pytest.raises(AssertionError):
+                assert_bitwise_equal(first, second)

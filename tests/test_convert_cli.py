@@ -14,14 +14,22 @@ import torch
 import convert
 from convert.__main__ import main
 from convert.torch_models import get_torch_model
-from jaxkd.model_checkpoint import load_model_checkpoint
+from jaxkd.errors import UserError
+from jaxkd.model_checkpoint import load_model, load_model_checkpoint
 from tests.conftest import randomized_torch_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 class Unsafe:
-    """A custom class: unpickling it would mean importing and running code named by the file."""
+    """A pickle payload: unpickling it calls `Path.touch` on `marker` (any callable the file names would run
+    the same way), so whether a loader ran it shows on disk."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
 
 
 @pytest.fixture
@@ -104,7 +112,11 @@ def _bad_input(name, tmp_path):
         torch.save([1, 2, 3], src)
         return ["import", src], "expected a state_dict (a mapping of names to tensors), found list"
     if name == "pickled_object":
-        torch.save({"model": randomized_torch_model("resnet8", 10).state_dict(), "extra": Unsafe()}, src)
+        marker = tmp_path / "payload_ran"
+        torch.save({"model": randomized_torch_model("resnet8", 10).state_dict(), "extra": Unsafe(marker)}, src)
+        torch.load(src, weights_only=False)  # the payload is real: a full unpickling runs it
+        assert marker.exists()
+        marker.unlink()
         return ["import", src], "refused, it holds pickled Python objects"
     if name == "missing_keys":
         _edit_state_dict(lambda sd: [sd.pop(k) for k in ("layer2.0.conv2.weight", "finalact.0.bias")], src)
@@ -138,7 +150,11 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(name, tmp_path, capsys):
     out = tmp_path / ("out.pth" if argv[0] == "export" else "out")
     err = _run_error(argv + ["--out", out], capsys)
     assert expected in err
-    assert _listing(tmp_path) == before
+    assert _listing(tmp_path) == before  # nothing written, and a pickle payload never ran (no payload_ran)
+    if name == "pickled_object":  # the loader behind evaluate and a run's teacher refuses it too, without running it
+        with pytest.raises(UserError, match="refused, it holds pickled Python objects"):
+            load_model(argv[1])
+        assert _listing(tmp_path) == before
 
 
 @pytest.mark.parametrize("command", ["import", "export"])

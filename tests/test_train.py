@@ -572,3 +572,58 @@ def test_assert_bitwise_equal_fails_on_a_missing_or_extra_leaf_and_on_any_bit():
         for first, second in ((tree, other), (other, tree)):
             with pytest.raises(AssertionError):
                 assert_bitwise_equal(first, second)
+
+
+# One key of each family that defines a run (its value here differs from configs/crd_wrn.py's), and every key
+# a resumed run may change (jaxkd/workdir.py's RESUME_MAY_CHANGE).
+REFUSED_ON_RESUME = [("seed", 1), ("model", "resnet8"), ("method", "kd"), ("crd.nce_k", 4096), ("crd.nce_t", 0.1),
+                     ("data.source", "digits"), ("data.padding", "reflect"), ("batch_size", 128),
+                     ("teacher.checkpoint", "other.pth"), ("teacher.arch", "resnet56"), ("optimizer.lr", 0.1),
+                     ("optimizer.nesterov", True), ("optimizer.momentum", 0.5), ("optimizer.weight_decay", 0.0),
+                     ("optimizer.lr_decay_epochs", (100,)), ("loss.alpha", 0.5), ("loss.kd_temperature", 2.0),
+                     ("saliencymix", True), ("dtype", "bfloat16")]
+ALLOWED_ON_RESUME = [("log_every_steps", 7), ("eval_every_epochs", 3), ("checkpoint_every_epochs", 5),
+                     ("keep_checkpoints", 9), ("progress_bar", False), ("epochs", 300), ("steps_per_dispatch", 4),
+                     ("crd.chunk_elements", 1 << 22), ("wandb.mode", "offline")]
+
+
+def _started_run(workdir):
+    """`workdir` holding a started configs/crd_wrn.py run (config.json and a train row); returns its config."""
+    from configs import crd_wrn
+    from jaxkd.workdir import save_config
+
+    save_config(crd_wrn.get_config(), workdir)
+    (workdir / "metrics.jsonl").write_text('{"step": 100, "kind": "train", "loss": 2.0}\n')
+    return crd_wrn.get_config()
+
+
+def _with(config, key, value):
+    *sections, name = key.split(".")
+    holder = config
+    for section in sections:
+        holder = holder[section]
+    holder[name] = value
+    return config
+
+
+@pytest.mark.parametrize("key, value", REFUSED_ON_RESUME, ids=[key for key, _ in REFUSED_ON_RESUME])
+def test_a_key_that_changes_the_run_is_refused_on_resume_and_config_json_is_kept(key, value, tmp_path):
+    from jaxkd.workdir import save_config
+
+    config = _with(_started_run(tmp_path), key, value)
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(UserError, match=rf"holds a run with another config \(differs in: {key.split('.')[0]}\)"):
+        save_config(config, tmp_path)
+    assert (tmp_path / "config.json").read_text() == before
+
+
+@pytest.mark.parametrize("key, value", ALLOWED_ON_RESUME, ids=[key for key, _ in ALLOWED_ON_RESUME])
+def test_a_key_that_does_not_change_the_run_may_change_on_resume(key, value, tmp_path):
+    from jaxkd.workdir import save_config
+
+    config = _with(_started_run(tmp_path), key, value)
+    save_config(config, tmp_path)  # accepted, and written
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for part in key.split("."):
+        saved = saved[part]
+    assert saved == value

@@ -71,12 +71,13 @@ def run_export(args) -> None:
     from convert.converter import flax_to_torch, native_layout
     from convert.layout import rename_repdistiller_key
     from convert.torch_files import torch_file_contents, write_torch_file
-    from jaxkd.model_checkpoint import load_model_checkpoint
+    from jaxkd.model_checkpoint import load_model_checkpoint, resolve_model_dir
 
     out = check_output(args.out, args.force)
-    variables, metadata = load_model_checkpoint(args.src)
+    variables, metadata = load_model_checkpoint(resolve_model_dir(args.src))  # a training workdir: its model/
     arch, num_classes = metadata["arch"], int(metadata["num_classes"])
-    layout = args.layout or native_layout(arch)
+    # default: the layout an imported model came in (its metadata), so that its own code loads it back strictly
+    layout = args.layout or metadata.get("source_layout") or native_layout(arch)
     state_dict = flax_to_torch(variables, arch, layout=layout)
     if args.verify:
         # the reference has the architecture's own layout: RepDistiller's WRN names are renamed onto it
@@ -93,7 +94,8 @@ def run_export(args) -> None:
     write_torch_file(torch_file_contents(state_dict, layout, accuracy=metadata.get("test_top1")), out,
                      force=args.force)
     wrapped = ", under 'model' as RepDistiller saves it" if layout == "repdistiller" else ""
-    print(f"wrote {out} ({layout} layout{wrapped}, {arch}, {len(state_dict)} tensors)")
+    why = ", the layout it was imported from" if not args.layout and metadata.get("source_layout") else ""
+    print(f"wrote {out} ({layout} layout{why}{wrapped}, {arch}, {len(state_dict)} tensors)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,11 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     importer.set_defaults(run=run_import)
 
     exporter = commands.add_parser("export", help="an Orbax model checkpoint -> a .pth state_dict")
-    exporter.add_argument("src", help="the checkpoint directory (from `convert import` or training)")
+    exporter.add_argument("src", help="the checkpoint directory (from `convert import`, or a training workdir)")
     exporter.add_argument("--out", required=True, help="the .pth file to write")
     exporter.add_argument("--layout", choices=("pytorch-kd", "repdistiller"),
-                          help="default: the architecture's own (pytorch-kd for the seed's family, repdistiller "
-                               "for RepDistiller's other architectures)")
+                          help="default: the layout an imported model came in (its metadata's source_layout), "
+                               "else the architecture's own (pytorch-kd for the seed's family, repdistiller for "
+                               "RepDistiller's other architectures)")
     exporter.add_argument("--verify", action="store_true",
                           help="load the export strictly into the PyTorch reference and compare logits with JAX")
     exporter.add_argument("--force", action="store_true", help="replace an existing --out")

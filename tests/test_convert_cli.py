@@ -189,3 +189,36 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'missing.pth'}: no such file"
     assert not (tmp_path / "out").exists()
+
+
+def test_export_takes_a_training_workdirs_model(seed_pth, tmp_path, capsys):
+    """A training workdir (config.json, model/) exports its final model, as evaluate and teachers take it; before,
+    export said "a training workdir without its final model/" although model/ was there."""
+    from jaxkd.model_checkpoint import save_model_checkpoint
+
+    workdir, out = tmp_path / "teacher", tmp_path / "teacher.pth"
+    workdir.mkdir()
+    (workdir / "config.json").write_text('{"model": "resnet8"}')
+    save_model_checkpoint(workdir / "model", convert.torch_to_flax(seed_pth),
+                          {"arch": "resnet8", "num_classes": 10, "written_by": "jaxkd.train"})
+    assert main(["export", str(workdir), "--out", str(out)]) == 0
+    assert "(pytorch-kd layout, resnet8," in capsys.readouterr().out
+    get_torch_model("resnet8", 10).load_state_dict(torch.load(out, weights_only=True), strict=True)
+
+
+def test_an_imported_model_exports_in_the_layout_it_came_from(tmp_path, capsys):
+    """A WRN from a RepDistiller file (its key names, under 'model') exports back in RepDistiller's layout without
+    --layout, so that RepDistiller's strict load takes it; --layout still chooses."""
+    from tests.reference.repdistiller_wrn import WideResNet as RepDistillerWRN
+
+    torch.manual_seed(3)
+    original = RepDistillerWRN(16, 10, 1)
+    torch.save({"model": original.state_dict(), "epoch": 240}, tmp_path / "wrn_16_1.pth")
+    assert main(["import", str(tmp_path / "wrn_16_1.pth"), "--out", str(tmp_path / "imported")]) == 0
+    assert main(["export", str(tmp_path / "imported"), "--out", str(tmp_path / "back.pth")]) == 0
+    assert "(repdistiller layout, the layout it was imported from" in capsys.readouterr().out
+    RepDistillerWRN(16, 10, 1).load_state_dict(torch.load(tmp_path / "back.pth", weights_only=True)["model"],
+                                               strict=True)
+    assert main(["export", str(tmp_path / "imported"), "--out", str(tmp_path / "seed.pth"), "--layout",
+                 "pytorch-kd"]) == 0
+    get_torch_model("wrn16_1", 10).load_state_dict(torch.load(tmp_path / "seed.pth", weights_only=True), strict=True)

@@ -29,6 +29,7 @@ import optax
 
 from jaxkd import distributed, host_allocator
 from jaxkd.compile_options import compiler_options
+from jaxkd.config_checks import check_run_config
 from jaxkd.config_command_line import parse_config_command_line
 from jaxkd.data import epoch_permutation, load_split
 from jaxkd.data.pipeline import DataPipeline
@@ -42,8 +43,8 @@ from jaxkd.mesh import batch_sharded, data_mesh, replicated
 from jaxkd.methods import Batch, Method, Probe, apply_module, get_method
 from jaxkd.metric_log import MetricLog
 from jaxkd.model_checkpoint import load_model
-from jaxkd.models import canonical_name, get_model
-from jaxkd.optimizer import base_learning_rate, config_learning_rate_schedule, make_optimizer
+from jaxkd.models import get_model
+from jaxkd.optimizer import config_learning_rate_schedule, make_optimizer
 from jaxkd.paths import input_exists
 from jaxkd.run_checkpoint import RunCheckpoints
 from jaxkd.safe_write import check_output_directory
@@ -98,25 +99,15 @@ class Setup:
 
 
 def check_config(config, mesh) -> None:
-    """Config mistakes that can be seen without loading anything, as one clear line each."""
-    canonical_name(config.model)
-    if config.steps_per_dispatch < 0:
-        raise UserError(f"steps_per_dispatch must be positive, or 0 for automatic; got {config.steps_per_dispatch}")
-    if config.batch_size < 1 or config.epochs < 1:
-        raise UserError(f"batch_size and epochs must be positive (got {config.batch_size}, {config.epochs})")
-    intervals = ("log_every_steps", "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints")
-    not_positive = [f"{key} = {config[key]}" for key in intervals if config[key] < 1]
-    if not_positive:
-        raise UserError(f"{', '.join(not_positive)}: must be positive")
-    if config.dtype not in COMPUTE_DTYPES:
-        raise UserError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {config.dtype!r}")
-    if not 0.0 <= config.saliencymix_prob <= 1.0:
-        raise UserError(f"saliencymix_prob must be in [0, 1], got {config.saliencymix_prob}")
+    """Config mistakes that can be seen without loading anything, as one clear line each: every value's type
+    and range, and settings that cannot take effect (jaxkd.config_checks; the method's own section is checked
+    by `get_method`); those a recipe carries unused are listed once."""
+    for note in check_run_config(config):
+        _say(f"unused: {note}")
     if config.batch_size % mesh.devices.size:
         raise UserError(f"batch_size {config.batch_size} is not divisible by the {mesh.devices.size} devices")
-    base_learning_rate(config)  # checks the lr scaling settings
     if config.get("wandb"):
-        check_wandb_settings(config.wandb)
+        check_wandb_settings(config.wandb)  # the client, when a mode other than disabled asks for it
 
 
 def check_teacher_path(config, method: Method) -> None:

@@ -266,7 +266,7 @@ def test_config_and_settings():
         assert get_method("byot", default.get_config()).settings == BYOT.defaults  # no byot section
     with pytest.raises(UserError, match="unknown config.byot keys"):
         get_method("byot", ConfigDict({"byot": {"lambda": 1.0}}))
-    with pytest.raises(UserError, match="0 <= alpha <= 1"):
+    with pytest.raises(UserError, match=r"--config.byot.alpha=1.5: must be a number in \[0, 1\]"):
         get_method("byot", ConfigDict({"byot": {"alpha": 1.5}}))
 
 

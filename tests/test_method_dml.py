@@ -207,14 +207,14 @@ def test_config_recipe_defaults_and_errors():
     config.dml.peers = ("wrn16_2,resnet8",)  # how `--config.dml.peers=wrn16_2,resnet8` arrives
     assert DML("dml", config).peers == ("wideresnet16_2", "resnet8")
     config.dml.peers = ()
-    with pytest.raises(UserError, match="at least one peer"):
+    with pytest.raises(UserError, match=r"--config.dml.peers=\(\): must be one or more model names"):
         DML("dml", config)
     config.dml.peers = ("resnet9",)
     with pytest.raises(UserError, match="unknown model 'resnet9'"):
         DML("dml", config)
     config.dml.peers = ("resnet8",)
     config.dml.forward = "pmap"
-    with pytest.raises(UserError, match="config.dml.forward must be one of auto, vmap, loop"):
+    with pytest.raises(UserError, match="--config.dml.forward=pmap: must be one of auto, vmap, loop"):
         DML("dml", config)
     config.dml.forward = "auto"
     config.dml.temperature = 4.0

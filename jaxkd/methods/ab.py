@@ -14,6 +14,7 @@ it (`--distill abound`; `distiller_zoo/AB.py` `ABLoss`, `models/util.py` `Connec
 import jax
 import jax.numpy as jnp
 
+from jaxkd.config_checks import non_negative_float, non_negative_int
 from jaxkd.errors import UserError
 from jaxkd.methods.base import INIT_MODULES, InitStage, Method, MethodInit, apply_module
 from jaxkd.models.heads import ConvReg
@@ -35,6 +36,7 @@ def ab_loss(student_maps, teacher_maps, margin: float) -> jax.Array:
 class AB(Method):
     uses_teacher = True
     defaults = {"margin": 1.0, "init_epochs": 30}  # ABLoss's margin; RepDistiller's --init_epochs
+    specs = {"margin": non_negative_float, "init_epochs": non_negative_int}
 
     def connectors(self, student, teacher) -> list:
         """One ConvReg (no ReLU) per stage, or None where RepDistiller's Connector is the identity."""

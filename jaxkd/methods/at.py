@@ -7,6 +7,7 @@ stage outputs the mean squared difference of the student's and the teacher's map
 import jax
 import jax.numpy as jnp
 
+from jaxkd.config_checks import positive_int
 from jaxkd.methods.base import Method, TermOutput
 from jaxkd.methods.functional import normalize
 from jaxkd.methods.pooling import pool_to_common_size
@@ -27,6 +28,7 @@ def attention_loss(student_feature: jax.Array, teacher_feature: jax.Array, p: in
 class AT(Method):
     uses_teacher = True
     defaults = {"p": 2}  # the power of the attention map (RepDistiller's Attention(p=2))
+    specs = {"p": positive_int}
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
         losses = [attention_loss(s, t, self.settings["p"]) for s, t in zip(student.features, teacher.features)]

@@ -2,8 +2,9 @@
 
 The engine computes, every step, `gamma * CE(student) + alpha * KD(student, teacher) + beta * term`
 (RepDistiller's -r/-a/-b). A method supplies `term` and whatever it needs:
-- settings: `defaults`, its config section's keys and RepDistiller's values; `self.settings` is
-  `config.<name>` over them (a config sets only what differs);
+- settings: `defaults`, its config section's keys and RepDistiller's values, and `specs`, what each accepts
+  (checked as the method is made); `self.settings` is `config.<name>` over them (a config sets only what
+  differs);
 - trainable modules (FitNets' regressor, CRD's embeddings, BYOT's heads, DML's peers): their variables are
   returned by `init`, trained and weight-decayed with the student, checkpointed with it;
 - non-trainable device state (CRD's memory banks): returned by `init`, threaded through every step, donated
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxkd.config_checks import check_settings
 from jaxkd.errors import UserError
 from jaxkd.models import ModelOutput
 
@@ -120,11 +122,15 @@ class Method:
 
     uses_teacher = False
     defaults: dict = {}  # config.<name>'s keys and default values
+    # config.<name>'s keys -> what each accepts (jaxkd.config_checks: positive_int, fraction, one_of(...), ...),
+    # checked as the method is made, before any work
+    specs: dict = {}
 
     def __init__(self, name: str, config=None):
         self.name = name
         self.config = config
         self.settings = section_over_defaults(config, name, self.defaults)
+        check_settings(name, self.settings, self.specs)
         self.metric_names: tuple[str, ...] | None = None  # set by `initialize`
 
     def initialize(self, rng: jax.Array, probe: Probe) -> MethodInit:

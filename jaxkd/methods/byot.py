@@ -27,6 +27,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+from jaxkd.config_checks import fraction, non_negative_float, positive_float
 from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.errors import UserError
 from jaxkd.losses import cross_entropy
@@ -55,13 +56,10 @@ def feature_loss(feature, target_feature):
 
 class BYOT(Method):
     defaults = {"alpha": 0.1, "temperature": 3.0, "feature_weight": 1e-6}  # BYOT-U's train.py
+    specs = {"alpha": fraction, "temperature": positive_float, "feature_weight": non_negative_float}
 
     def __init__(self, name, config=None):
         super().__init__(name, config)
-        settings = self.settings
-        if not 0.0 <= settings["alpha"] <= 1.0 or settings["temperature"] <= 0 or settings["feature_weight"] < 0:
-            raise UserError(f"config.byot needs 0 <= alpha <= 1, temperature > 0 and feature_weight >= 0 "
-                            f"(got {settings})")
         loss = config.get("loss", None) if config is not None else None
         if loss is not None and (abs(loss.gamma - (1 - self.settings["alpha"])) > 1e-12 or loss.beta != 1):
             warnings.warn(f"BYOT's loss weights the deepest CE by 1 - alpha = {1 - self.settings['alpha']:g} and "

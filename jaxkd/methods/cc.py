@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxkd.config_checks import positive_int
 from jaxkd.methods.base import Method, MethodInit, TermOutput
 from jaxkd.models.torch_layers import linear
 
@@ -36,6 +37,7 @@ def correlation_loss(student_embedding: jax.Array, teacher_embedding: jax.Array)
 class CC(Method):
     uses_teacher = True
     defaults = {"feat_dim": 128}  # the embeddings' size (RepDistiller's --feat_dim)
+    specs = {"feat_dim": positive_int}
 
     def init(self, rng, probe) -> MethodInit:
         embeddings = LinearEmbeddings(self.settings["feat_dim"])

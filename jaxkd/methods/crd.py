@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxkd.config_checks import fraction, positive_float, positive_int
 from jaxkd.errors import UserError
 from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput
 from jaxkd.methods.crd_kernels import Negatives, ScoredBank, batch_chunks, chunked_loss_pair, map_chunks
@@ -176,14 +177,11 @@ class CRD(Method):
     uses_teacher = True
     # RepDistiller's train_student.py, and the chunk bound (a memory setting, not part of the recipe)
     defaults = {"nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "feat_dim": 128, "chunk_elements": CHUNK_ELEMENTS}
+    specs = {"nce_k": positive_int, "nce_t": positive_float, "nce_m": fraction, "feat_dim": positive_int,
+             "chunk_elements": positive_int}
 
     def __init__(self, name, config=None):
         super().__init__(name, config)
-        settings = self.settings
-        if (settings["nce_k"] < 1 or settings["feat_dim"] < 1 or settings["nce_t"] <= 0
-                or settings["chunk_elements"] < 1):
-            raise UserError(f"config.crd needs nce_k >= 1, feat_dim >= 1, nce_t > 0 and chunk_elements >= 1 (got "
-                            f"{settings})")
         self.embed = Embed(self.settings["feat_dim"])
 
     def init(self, rng, probe: Probe) -> MethodInit:

@@ -12,6 +12,7 @@ CE of weight 1: the engine's loss.beta 2, loss.gamma 1 (configs/mdistiller.py).
 import jax
 import jax.numpy as jnp
 
+from jaxkd.config_checks import non_negative_float, positive_float
 from jaxkd.methods.base import Method, TermOutput
 
 COSINE_EPS = 1e-8  # dist_kd.py's cosine_similarity: <a, b> / (|a| |b| + eps)
@@ -44,6 +45,7 @@ class DIST(Method):
     uses_teacher = True
     # dist_kd.py DIST(beta, gamma, tau) as kd_loss.py builds it for `dist_t4`: beta = gamma = 1, tau = 4
     defaults = {"beta": 1.0, "gamma": 1.0, "tau": 4.0}
+    specs = {"beta": non_negative_float, "gamma": non_negative_float, "tau": positive_float}
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
         s = self.settings

@@ -15,6 +15,7 @@ Under SaliencyMix an example has two labels: the term is mixed as the engine's C
 import jax
 import jax.numpy as jnp
 
+from jaxkd.config_checks import flag, non_negative_float, positive_float, positive_int
 from jaxkd.losses import standardize_logits
 from jaxkd.methods.base import Method, TermOutput, epoch_warmup
 
@@ -55,6 +56,8 @@ class DKD(Method):
     # mdistiller's engine/cfg.py CFG.DKD (its CE_WEIGHT is the engine's loss.gamma); configs/mdistiller.py sets
     # each pair's values (beta 6 for wrn_40_2 -> wrn_16_2)
     defaults = {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20, "logit_standardization": False}
+    specs = {"alpha": non_negative_float, "beta": non_negative_float, "temperature": positive_float,
+             "warmup": positive_int, "logit_standardization": flag}  # warmup: epochs (mdistiller divides by it)
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
         s = self.settings

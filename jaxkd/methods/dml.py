@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxkd.config_checks import ModelNames, one_of
 from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.errors import UserError
 from jaxkd.losses import cross_entropy, kd_divergence
@@ -78,6 +79,7 @@ class DML(Method):
     # at batch 64, forward + backward: 2.3 s vmapped vs 0.28 s looped), vmap on accelerators. The stacked params
     # are the same either way.
     defaults = {"peers": None, "forward": "auto"}
+    specs = {"peers": ModelNames(), "forward": one_of(*FORWARD_MODES)}
 
     def __init__(self, name, config=None):
         super().__init__(name, config)
@@ -85,9 +87,6 @@ class DML(Method):
             raise UserError("DML needs the config: its peers default to the student's architecture, config.model")
         self.peers = peer_architectures(self.settings["peers"], config.model)  # peer n has self.peers[n - 1]
         self.forward_mode = self.settings["forward"]
-        if self.forward_mode not in FORWARD_MODES:
-            raise UserError(f"config.dml.forward must be one of {', '.join(FORWARD_MODES)}, got "
-                            f"{self.forward_mode!r}")
         self.groups: dict[str, list[int]] = {}  # architecture -> its peers' numbers, in stacking order
         for number, arch in enumerate(self.peers, start=1):
             self.groups.setdefault(arch, []).append(number)

@@ -6,6 +6,7 @@
 import jax
 import jax.numpy as jnp
 
+from jaxkd.config_checks import non_negative_int
 from jaxkd.errors import UserError
 from jaxkd.methods.base import Method, MethodInit, TermOutput, apply_module
 from jaxkd.models.heads import ConvReg
@@ -14,6 +15,7 @@ from jaxkd.models.heads import ConvReg
 class FitNets(Method):
     uses_teacher = True
     defaults = {"hint_layer": 1}  # index into the stage outputs: the 2nd (RepDistiller's --hint_layer 2)
+    specs = {"hint_layer": non_negative_int}  # its upper bound, the models' stage count, is checked at init
 
     def hint_pair(self, student, teacher):
         """(regressor, student feature, teacher feature) at the hint layer: the regressor follows the shapes."""

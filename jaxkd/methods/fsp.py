@@ -14,6 +14,7 @@ is": FSP.
 import jax
 import jax.numpy as jnp
 
+from jaxkd.config_checks import non_negative_int
 from jaxkd.errors import UserError
 from jaxkd.methods.base import INIT_MODULES, InitStage, Method, MethodInit
 from jaxkd.methods.pooling import adaptive_avg_pool2d
@@ -48,6 +49,7 @@ def fsp_maps(output) -> list:
 class FSP(Method):
     uses_teacher = True
     defaults = {"init_epochs": 30}  # RepDistiller's --init_epochs
+    specs = {"init_epochs": non_negative_int}
 
     def check_pair(self, student, teacher) -> None:
         s_channels = [m.shape[-1] for m in fsp_maps(student)]

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxkd.config_checks import non_negative_int, positive_float
 from jaxkd.methods.base import INIT_MODULES, InitStage, Method, MethodInit, TermOutput, apply_module
 from jaxkd.methods.pooling import adaptive_avg_pool2d
 from jaxkd.models import canonical_name
@@ -115,6 +116,7 @@ class FT(Method):
     uses_teacher = True
     # FactorTransfer's p1, p2; the paraphrase rate k of Paraphraser and Translator; RepDistiller's --init_epochs
     defaults = {"p1": 2.0, "p2": 1.0, "rate": 0.5, "init_epochs": 30}
+    specs = {"p1": positive_float, "p2": positive_float, "rate": positive_float, "init_epochs": non_negative_int}
 
     def __init__(self, name, config=None):
         super().__init__(name, config)

@@ -16,6 +16,7 @@ positive, so that the term is the same on every device (docs/methods.md, "Where 
 import jax
 import jax.numpy as jnp
 
+from jaxkd.config_checks import positive_int
 from jaxkd.errors import UserError
 from jaxkd.methods.base import Method, MethodInit, TermOutput
 from jaxkd.methods.functional import normalize
@@ -91,6 +92,7 @@ def check_channels(student, teacher) -> None:
 class KDSVD(Method):
     uses_teacher = True
     defaults = {"k": 1}  # KDSVD(k=1): singular vectors of the teacher; the student's first k + 3 are searched
+    specs = {"k": positive_int}
 
     def init(self, rng, probe) -> MethodInit:
         check_channels(probe.student, probe.teacher)

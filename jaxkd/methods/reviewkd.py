@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxkd.config_checks import flag, positive_int
 from jaxkd.methods.base import Method, MethodInit, TermOutput, apply_module, epoch_warmup
 from jaxkd.methods.pooling import adaptive_avg_pool2d
 from jaxkd.models.torch_layers import batch_norm, conv
@@ -105,6 +106,7 @@ class ReviewKD(Method):
     # mdistiller's engine/cfg.py CFG.REVIEWKD: WARMUP_EPOCHS 20, STU_PREACT False, the mid channels' cap 512
     # (hard-coded in its ReviewKD.__init__); REVIEWKD_WEIGHT (5 in configs/cifar100/reviewkd.yaml) is loss.beta
     defaults = {"warmup": 20, "student_preact": False, "max_mid_channels": 512}
+    specs = {"warmup": positive_int, "student_preact": flag, "max_mid_channels": positive_int}
 
     def levels(self, student, teacher):
         """(student maps deepest first, teacher maps shallowest first): stage outputs and pooled vector."""

@@ -9,6 +9,7 @@ the term is w_d * distance + w_a * angle. Relations between examples: any pair o
 import jax
 import jax.numpy as jnp
 
+from jaxkd.config_checks import non_negative_float
 from jaxkd.methods.base import Method, TermOutput
 from jaxkd.methods.functional import normalize, smooth_l1_loss
 
@@ -43,6 +44,7 @@ def rkd_losses(student_vectors: jax.Array, teacher_vectors: jax.Array) -> tuple[
 class RKD(Method):
     uses_teacher = True
     defaults = {"distance_weight": 25.0, "angle_weight": 50.0}  # RKDLoss(w_d=25, w_a=50)
+    specs = {"distance_weight": non_negative_float, "angle_weight": non_negative_float}
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
         distance, angle = rkd_losses(student.pooled, teacher.pooled)

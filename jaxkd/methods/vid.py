@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxkd.config_checks import positive_float
+from jaxkd.errors import UserError
 from jaxkd.methods.base import Method, MethodInit, TermOutput
 from jaxkd.methods.pooling import pool_to_common_size
 from jaxkd.models.torch_layers import conv
@@ -51,6 +53,13 @@ def vid_loss(regressor: VariationalRegressor, variables: dict, student_feature, 
 class VID(Method):
     uses_teacher = True
     defaults = {"init_pred_var": 5.0, "eps": 1e-5}  # VIDLoss(init_pred_var=5.0, eps=1e-5)
+    specs = {"init_pred_var": positive_float, "eps": positive_float}
+
+    def __init__(self, name, config=None):
+        super().__init__(name, config)
+        if self.settings["init_pred_var"] <= self.settings["eps"]:  # the variance starts at init_pred_var - eps
+            raise UserError(f"--config.vid.init_pred_var={self.settings['init_pred_var']:g}: must exceed "
+                            f"vid.eps ({self.settings['eps']:g})")
 
     def regressors(self, student, teacher) -> list[VariationalRegressor]:
         """One regressor per stage pair, sized by the teacher's channels."""

@@ -250,9 +250,7 @@ def _init_loop(setup, config, stage, init_state, state, teacher_variables, data,
         if stop.requested:
             if step > fetched_step:
                 fetch_and_log(loss_sum, step)
-            checkpoints.save(init_state, {})
-            say(f"{stop.signal.name}: saved the init stage at init step {step}; run the same command to resume")
-            raise SystemExit(stop.exit_status)
+            stop.save_and_exit(checkpoints, init_state, {}, f"the init stage at init step {step}", say)
         say(f"init epoch {step // spe}/{stage.epochs}: loss {loss:.4f}")
         if step < total:  # the last epoch's state goes into the train state's checkpoint at step 0
             checkpoints.save(init_state, {})

@@ -480,12 +480,12 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
         if stop.requested and not epoch_complete:
             if step > last_fetch_step:
                 sums, _ = fetch_and_log(sums, step)  # also refuses to save a diverged state
-            checkpoints.save(state, progress)
-            _say(f"{stop.signal.name}: saved a checkpoint at step {step}; run the same command to resume")
-            raise SystemExit(stop.exit_status)
+            stop.save_and_exit(checkpoints, state, progress, f"a checkpoint at step {step}", _say)
 
         epoch_done = step // spe
         if epoch_done % config.eval_every_epochs == 0 or epoch_done == config.epochs:
+            if stop.requested and step < total_steps:
+                _say(f"{stop.signal.name}: epoch {epoch_done} has ended: evaluating it before its checkpoint is saved")
             results = evaluate_classifiers(eval_logits, eval_variables(state), setup.test.images,
                                            setup.test.labels, config.eval_batch_size, mesh=mesh,
                                            normalization=setup.pipeline.normalization)
@@ -499,11 +499,10 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
             extra_text = "".join(f", {name} {r['top1']:.2f}" for name, r in results.items())
             _say(f"epoch {epoch_done}/{config.epochs}: {train_text}test top-1 {result['top1']:.2f} "
                  f"(best {progress['best_top1']:.2f} at epoch {progress['best_epoch']}){extra_text}")
-        if epoch_done % config.checkpoint_every_epochs == 0 or epoch_done == config.epochs or stop.requested:
-            checkpoints.save(state, progress)
         if stop.requested and step < total_steps:  # (at the last epoch's end the run is done: it finishes)
-            _say(f"{stop.signal.name}: saved a checkpoint at step {step}; run the same command to resume")
-            raise SystemExit(stop.exit_status)
+            stop.save_and_exit(checkpoints, state, progress, f"a checkpoint at step {step}", _say)
+        if epoch_done % config.checkpoint_every_epochs == 0 or epoch_done == config.epochs:
+            checkpoints.save(state, progress)
 
     if result is None:  # resumed after the last epoch had finished
         result = evaluate_split(setup.student, state.student_variables(), setup.test.images, setup.test.labels,
@@ -542,7 +541,12 @@ def _train_command(argv) -> None:
 
 
 def main(argv=None) -> int:
-    return run_command(_train_command, sys.argv if argv is None else argv)
+    try:
+        return run_command(_train_command, sys.argv if argv is None else argv)
+    except KeyboardInterrupt:  # a second Ctrl-C before the stop's checkpoint was being written
+        print("interrupted: stopped without saving; the same command resumes from the last complete checkpoint",
+              file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

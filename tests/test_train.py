@@ -3,6 +3,7 @@ every step logged once), one run per workdir, exports, bad configs and a divergi
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -627,3 +628,114 @@ def test_a_key_that_does_not_change_the_run_may_change_on_resume(key, value, tmp
     for part in key.split("."):
         saved = saved[part]
     assert saved == value
+
+
+def _rows(workdir) -> list[dict]:
+    """metrics.jsonl's rows without their timing (images_per_s): what a resumed run must log as the straight one."""
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+            for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _damage(checkpoint: Path, how: str) -> None:
+    """Damages the checkpoint folder `checkpoint` as a disk or a careless copy might."""
+    from jaxkd.run_checkpoint import MANIFEST
+
+    arrays = sorted((p for p in (checkpoint / "state").rglob("*") if p.is_file() and p.name != MANIFEST),
+                    key=lambda p: p.stat().st_size)
+    data = bytearray(arrays[-1].read_bytes())  # the largest file: the parameters' bytes
+    if how == "flipped_byte":
+        data[len(data) // 2] ^= 0x10
+        arrays[-1].write_bytes(bytes(data))  # same size
+    elif how == "truncated":
+        arrays[-1].write_bytes(bytes(data[: len(data) // 2]))
+    elif how == "missing_metadata":
+        (checkpoint / "state" / "_METADATA").unlink()
+    else:
+        raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing_metadata"])
+def test_a_truncated_or_incomplete_newest_checkpoint_is_one_line_and_set_aside(how, straight_run, tmp_path,
+                                                                               capsys):
+    """The straight run's workdir with step 44 truncated or without its _METADATA: the checkpoints report step
+    22 as the newest, with one line, and step 44 is set aside (what follows is the flipped byte's test below)."""
+    from jaxkd.run_checkpoint import RunCheckpoints
+
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_run[0], workdir)
+    _damage(workdir / "checkpoints" / "44", how)
+    capsys.readouterr()
+    checkpoints = RunCheckpoints(workdir, keep=2)
+    try:
+        assert checkpoints.latest_step() == 22
+    finally:
+        checkpoints.close()
+    out = capsys.readouterr().out
+    problem = "state/_METADATA is missing" if how == "missing_metadata" else " bytes, "
+    assert out.count("\n") == 1 and "(step 44: " in out and problem in out and "resuming from step 22" in out, out
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["22"]
+    assert sorted(p.name for p in (workdir / "checkpoints.damaged").iterdir()) == ["44"]
+
+
+def test_a_damaged_newest_checkpoint_is_one_line_and_the_run_resumes_from_the_previous_one(straight_run, tmp_path,
+                                                                                            capsys):
+    """The straight run's workdir (checkpoints 22 and 44 kept) with a byte of step 44's parameters flipped (the
+    same size): one line, step 44 set aside, the run resumes from step 22, redoes epoch 2 and ends as the
+    straight run: the same weights bit for bit, the same rows once with the same values (evaluations and best
+    included), the same result."""
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_run[0], workdir)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["22", "44"]
+    _damage(workdir / "checkpoints" / "44", "flipped_byte")
+    capsys.readouterr()
+    result = train_and_evaluate(small_config(), workdir)
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if "damaged checkpoint" in line]
+    assert len(warnings) == 1 and "(step 44: " in warnings[0] and "resuming from step 22" in warnings[0], out
+    assert f"resumed from {workdir / 'checkpoints'} at step 22 (epoch 2 of 2)" in out
+    # epoch 2's line, with the best accuracy and its epoch as restored from step 22's checkpoint
+    epoch_2 = [line for line in out.splitlines() if line.startswith("epoch 2/2: ")]
+    assert epoch_2 == [line for line in (straight_run[0] / "stdout.txt").read_text().splitlines()
+                       if line.startswith("epoch 2/2: ")]
+    assert result == straight_run[1]
+    assert_bitwise_equal(final_params(workdir), final_params(straight_run[0]))
+    assert _rows(workdir) == _rows(straight_run[0])
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["22", "44"]  # 44 saved anew
+    assert sorted(p.name for p in (workdir / "checkpoints.damaged").iterdir()) == ["44"]
+
+
+def test_with_every_checkpoint_damaged_the_run_is_one_line_and_changes_nothing(straight_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_run[0], workdir)
+    _damage(workdir / "checkpoints" / "44", "flipped_byte")
+    _damage(workdir / "checkpoints" / "22", "truncated")
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"}
+    config = small_config()
+    config.progress_bar = True  # the straight run's config, so that config.json stays as it is
+    with pytest.raises(UserError) as refused:
+        train_and_evaluate(config, workdir)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{workdir / 'checkpoints'}: no intact checkpoint (step 44: "), \
+        message
+    assert "; step 22: " in message and "nothing was changed" in message
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_finished_run_resumes_from_its_newest_checkpoint_with_its_best(straight_run, tmp_path, capsys):
+    """Re-running a finished run (checkpoints 22 and 44 kept) restores the newest, with the best accuracy and
+    its epoch: nothing is trained or logged again, and the export reports the straight run's best."""
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_run[0], workdir)
+    rows = _rows(workdir)
+    capsys.readouterr()
+    result = train_and_evaluate(small_config(), workdir)
+    out = capsys.readouterr().out
+    assert f"resumed from {workdir / 'checkpoints'} at step 44 (training already complete)" in out
+    assert result == straight_run[1] and _rows(workdir) == rows
+    evals = [row for row in rows if row["kind"] == "eval"]
+    best = max(evals, key=lambda row: row["top1"])
+    assert result["best_top1"] == best["top1"] == evals[-1]["best_top1"]
+    from jaxkd.model_checkpoint import load_model_checkpoint
+
+    assert load_model_checkpoint(workdir / "model")[1]["best_top1"] == best["top1"]
+    assert f"(best {best['top1']:.2f})" in out

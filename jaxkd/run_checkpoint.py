@@ -181,6 +181,10 @@ class RunCheckpoints:
                             f"{self.directory} to resume from an older checkpoint") from None
         return restored["state"], dict(restored["progress"])
 
+    def wait_until_saved(self) -> None:
+        """Returns once every save started so far is complete on disk (saves are asynchronous)."""
+        self.manager.wait_until_finished()
+
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()

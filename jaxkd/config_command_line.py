@@ -10,7 +10,8 @@ from typing import Callable
 from jaxkd.errors import UserError
 
 HELP_FLAGS = ("-h", "--help", "-help", "--helpfull", "--helpshort")
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.py"  # in a source checkout
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # of a source checkout, which holds configs/
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.py"
 
 
 def config_error_line(error: Exception) -> str:
@@ -56,6 +57,26 @@ def config_file_argument(argv) -> str | None:
         if arg.startswith("--config="):
             return arg.split("=", 1)[1].split(":")[0]
     return None
+
+
+def with_project_config(argv) -> list:
+    """`argv` with a relative `--config` file that does not exist from the working directory but does in the
+    project (`configs/demo.py` run from another folder) made the project's: the project's own configs load by
+    the relative path its README gives, from anywhere. A file that exists where the user is always wins."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            index, prefix, value = i + 1, "", argv[i + 1]
+        elif arg.startswith("--config="):
+            index, prefix, value = i, "--config=", arg.split("=", 1)[1]
+        else:
+            continue
+        file, colon, rest = value.partition(":")
+        path = Path(file)
+        if file and not path.is_absolute() and not path.expanduser().exists() and (PROJECT_ROOT / path).is_file():
+            argv[index] = f"{prefix}{PROJECT_ROOT / path}{colon}{rest}"
+        break
+    return argv
 
 
 def make_config_package_importable(argv) -> None:
@@ -123,7 +144,7 @@ def help_text(argv, define_flags: Callable, usage: str) -> str:
     from absl import flags
 
     from jaxkd.methods import METHODS
-    from jaxkd.models import ARCHITECTURES
+    from jaxkd.models import ALIASES, all_architectures
 
     own_flags = flags.FlagValues()
     define_flags(own_flags)
@@ -157,7 +178,8 @@ def help_text(argv, define_flags: Callable, usage: str) -> str:
             value = value[part]
         meaning = f"  # {_shorten(meanings[key])}" if meanings.get(key) else ""
         lines.append(f"  --config.{key}={value!r}{meaning}")
-    lines += ["", f"models (config.model, config.teacher.arch): {', '.join(ARCHITECTURES)}",
+    lines += ["", f"models (config.model, config.teacher.arch): {', '.join(all_architectures())} (also "
+              f"{', '.join(ALIASES)}; wrn-40-2, wrn_40_2 and any case)",
               f"methods (config.method): {', '.join(METHODS)}"]
     return "\n".join(lines)
 
@@ -168,6 +190,7 @@ def parse_config_command_line(argv, define_flags: Callable, usage: str):
     `--help` (or -h, --helpfull) prints `help_text` and exits with status 0."""
     from absl import flags
 
+    argv = with_project_config(argv)
     if any(arg in HELP_FLAGS for arg in argv[1:]):
         print(help_text(argv, define_flags, usage))
         raise SystemExit(0)

@@ -1,6 +1,7 @@
 """The config-driven commands' command line as a new user meets it: `--help`, and configs loaded from any
 working directory (the project's by path, and a user's own config that builds on them)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,33 @@ def test_a_config_loads_from_any_folder_and_a_users_config_builds_on_the_project
     own = run_module("jaxkd.train", "--config", "my_kd.py", "--config.epochs=3", "--help", cwd=tmp_path)
     assert own.returncode == 0, own.stderr
     assert "--config.model='resnet8'  # smaller" in own.stdout and "--config.method='kd'" in own.stdout
+
+
+def test_the_projects_configs_load_by_their_relative_path_from_any_folder_and_help_names_every_model(
+        tmp_path, monkeypatch, capsys):
+    """`--config configs/demo.py` from another folder finds the project's configs (a file of that name where the
+    user is wins), and --help names every model get_model accepts, RepDistiller's zoo and the aliases too."""
+    from jaxkd.config_command_line import parse_config_command_line
+    from jaxkd.models import ALIASES, all_architectures, canonical_name
+    from jaxkd.train import TRAIN_USAGE, _define_train_flags
+
+    monkeypatch.chdir(tmp_path)
+    flag_values = parse_config_command_line(["train", "--config", "configs/demo.py:student", "--workdir", "w",
+                                             "--config.epochs=3"], _define_train_flags, TRAIN_USAGE)
+    assert flag_values.config.method == "kd" and flag_values.config.epochs == 3
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "demo.py").write_text("from configs import demo as project\n\n\ndef get_config(arg):\n"
+                                                  "    config = project.get_config(arg)\n    config.epochs = 7\n"
+                                                  "    return config\n")
+    own = parse_config_command_line(["train", "--config=configs/demo.py:teacher", "--workdir", "w"],
+                                    _define_train_flags, TRAIN_USAGE)
+    assert own.config.epochs == 7  # the user's own configs/demo.py
+    with pytest.raises(SystemExit):
+        parse_config_command_line(["train", "--help"], _define_train_flags, TRAIN_USAGE)
+    models_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("models ("))
+    named = set(re.findall(r"[\w-]+", models_line))
+    assert set(all_architectures()) | set(ALIASES) <= named
+    assert all(canonical_name(name) for name in ALIASES)
 
 
 def test_help_with_a_broken_config_is_the_runs_one_line_error(tmp_path):

@@ -181,10 +181,47 @@ def check_epochs(config, workdir: Path, steps_per_epoch: int) -> None:
                         f"{reached}, or use a new --workdir")
 
 
+def _checkpoint_folders(workdir: Path) -> list[str]:
+    """The checkpoint folders in `WORKDIR/checkpoints` and `WORKDIR/init_checkpoints`, committed or being written
+    (`N`, `N.orbax-checkpoint-tmp...`), as `checkpoints/N`."""
+    folders = []
+    for subdirectory in ("checkpoints", "init_checkpoints"):
+        try:
+            folders += [f"{subdirectory}/{entry.name}" for entry in (as_path(workdir) / subdirectory).iterdir()
+                        if entry.name[:1].isdigit()]
+        except OSError:  # no such folder
+            pass
+    return sorted(folders)
+
+
+def check_workdir_files(workdir: Path) -> None:
+    """Refuses, with one line, a workdir that lost what resuming its run needs, rather than restart or
+    re-configure the run silently: checkpoints without the `config.json` that says which run they belong to, or
+    a `config.json` whose run had committed a checkpoint (`WORKDIR/.checkpointed`, written with the first one:
+    `jaxkd.run_checkpoint`) with no checkpoint left, committed or being written. A run that stopped before its
+    first checkpoint has no `.checkpointed` and starts anew, as it always did."""
+    from jaxkd.run_checkpoint import MARKER
+
+    workdir = as_path(workdir)
+    folders = _checkpoint_folders(workdir)
+    if not (workdir / "config.json").exists():
+        committed = [folder for folder in folders if folder.split("/")[1].isdigit()]
+        if committed:
+            listed = ", ".join(committed[:3]) + (", ..." if len(committed) > 3 else "")
+            raise UserError(f"{workdir} holds checkpoints ({listed}) "
+                            f"but no config.json, which names their run's config: restore config.json from a copy, "
+                            f"or use a new --workdir (or delete {workdir} to start anew)")
+    elif not folders and (workdir / MARKER).exists():
+        raise UserError(f"{workdir}: its run's checkpoints are gone (it had saved some: {MARKER}; nothing is left in "
+                        f"checkpoints/ or init_checkpoints/): restore them from a copy, or delete {workdir} (or use "
+                        f"a new --workdir) to start the run anew")
+
+
 def save_config(config, workdir: Path) -> None:
     """Writes `config.json` (process 0); a workdir that already holds a different run is refused (resume must
     be exact, up to RESUME_MAY_CHANGE), unless that run never started (`never_started`): a command that failed
     on a user error before its first checkpoint leaves its workdir reusable by the corrected command."""
+    check_workdir_files(workdir)
     path = workdir / "config.json"
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     if path.exists():

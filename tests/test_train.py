@@ -739,3 +739,35 @@ def test_a_finished_run_resumes_from_its_newest_checkpoint_with_its_best(straigh
 
     assert load_model_checkpoint(workdir / "model")[1]["best_top1"] == best["top1"]
     assert f"(best {best['top1']:.2f})" in out
+
+
+def test_a_workdir_that_lost_its_checkpoints_or_its_config_is_refused_and_kept(straight_run, tmp_path):
+    """A run's workdir (the straight run's, copied) without checkpoints/ (its .checkpointed says it had some), or
+    with its checkpoints but without config.json: one line each, nothing written; a run that stopped before its
+    first checkpoint (no .checkpointed) or while writing it (a temporary folder) starts anew as before."""
+    from jaxkd.workdir import save_config
+
+    config = small_config()
+    config.progress_bar = True  # the straight run's config
+    lost_checkpoints, lost_config = tmp_path / "lost_checkpoints", tmp_path / "lost_config"
+    for workdir in (lost_checkpoints, lost_config):
+        shutil.copytree(straight_run[0], workdir)
+    assert (lost_checkpoints / ".checkpointed").exists()  # written by the straight run's first checkpoint
+    shutil.rmtree(lost_checkpoints / "checkpoints")
+    before = (lost_checkpoints / "config.json").read_bytes()
+    with pytest.raises(UserError, match=r"lost_checkpoints: its run's checkpoints are gone \(it had saved some: "
+                                        r"\.checkpointed; .*\): restore them from a copy, or delete .*lost_checkp"):
+        save_config(config, lost_checkpoints)
+    assert (lost_checkpoints / "config.json").read_bytes() == before
+    (lost_config / "config.json").unlink()
+    with pytest.raises(UserError, match=r"lost_config holds checkpoints \(checkpoints/22, checkpoints/44\) but no "
+                                        r"config.json, which names their run's config: restore config.json"):
+        save_config(config, lost_config)
+    assert not (lost_config / "config.json").exists()
+
+    (lost_checkpoints / "checkpoints").mkdir()
+    (lost_checkpoints / "checkpoints" / "22.orbax-checkpoint-tmp").mkdir()  # killed during its first save
+    save_config(config, lost_checkpoints)
+    (lost_checkpoints / ".checkpointed").unlink()  # killed before its first checkpoint
+    shutil.rmtree(lost_checkpoints / "checkpoints")
+    save_config(config, lost_checkpoints)

@@ -46,10 +46,11 @@ def create_workdir(workdir: Path) -> None:
 
 
 class WorkdirLock:
-    """One live run per workdir: an exclusive `flock` on `WORKDIR/.lock`, held by process 0 while the run lives.
+    """One live run per workdir: an exclusive `flock` on the workdir directory itself, held by process 0 while
+    the run lives, so that deleting a file cannot steal it from a live run.
 
-    The operating system releases it when the holder exits, however it ends, so a lock file left by a dead run
-    is simply taken over; the file names the holder (host, pid, start time) for the message a second run gets.
+    The operating system releases it when the holder exits, however it ends, so the lock of a dead run is simply
+    taken over; `WORKDIR/.lock` names the holder (host, pid, start time) for the message a second run gets.
     `acquire` may be called again once held (no-op), and only once the workdir exists. Inactive (the other
     processes of a multi-process run, and a cloud workdir: object storage has no locks, docs/scale_out.md):
     does nothing."""
@@ -64,30 +65,29 @@ class WorkdirLock:
     def acquire(self) -> None:
         if self._file is not None or not self.active:
             return
-        handle = open(self.path, "a+")
+        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(directory, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
+            os.close(directory)
+            try:
+                holder = self.path.read_text().strip() or "another process"
+            except OSError:  # .lock deleted: the directory's lock still holds
+                holder = "another process"
             raise UserError(f"--workdir {self.path.parent}: a run is live in it ({holder}); wait for it to end, "
                             f"or stop it (it resumes later), or use another --workdir") from None
         except OSError as error:  # a filesystem without locks: run unguarded rather than not at all
-            handle.close()
-            distributed.print_once(f"warning: cannot lock {self.path} ({error.strerror}): nothing stops a second "
-                                   f"run in this workdir")
+            os.close(directory)
+            distributed.print_once(f"warning: cannot lock {self.path.parent} ({error.strerror}): nothing stops a "
+                                   f"second run in this workdir")
             return
-        handle.seek(0)
-        handle.truncate()
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
-        handle.flush()
-        self._file = handle
+        self.path.write_text(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+        self._file = directory
 
     def release(self) -> None:
         if self._file is not None:
-            self._file.close()  # closing drops the flock; the file stays, naming the last holder
+            os.close(self._file)  # closing drops the flock; .lock stays, naming the last holder
             self._file = None
 
 

@@ -157,6 +157,10 @@ def test_a_second_run_on_a_live_workdir_is_one_line_and_a_dead_runs_lock_is_take
         assert f"a run is live in it (pid {holder.pid} on " in err
         assert seconds < 10, seconds  # refused before the data and the models load
         assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # nothing written
+        (tmp_path / ".lock").unlink()  # deleting the file does not steal the lock from the live holder
+        with pytest.raises(UserError, match=r"a run is live in it \(another process\)"):
+            WorkdirLock(tmp_path).acquire()
+        assert list(tmp_path.iterdir()) == []
     finally:
         holder.kill()
         holder.wait()

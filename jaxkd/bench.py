@@ -27,15 +27,17 @@ ratios B/A:
   `--ab=saliencymix` (any boolean config key, dotted for sections): the config with KEY=False (A) and True (B);
   `--ab=steps_per_dispatch=1,16` (any config key): the config with KEY=1 (A) and KEY=16 (B).
 
-No dataset is needed: the training set is random uint8 images with random labels (100 classes), and a teacher
-without `config.teacher.checkpoint` gets random weights -- the bench measures speed, not accuracy.
+No dataset is needed: the training set is random uint8 32x32 images with random labels, as many classes as
+`config.data.source` has (CIFAR-100's 100, digits' 10: a configured teacher file fits), and a teacher without
+`config.teacher.checkpoint` gets random weights -- the bench measures speed, not accuracy.
 FLOPs are XLA's count for the train step as lowered (`Lowered.cost_analysis()["flops"]`, HloCostAnalysis
 before the backend's rewrites, which on GPU turn convolutions into cuDNN calls the count skips: a multiply-add
 is 2 FLOPs; forward, backward, teacher forward, optimizer and augmentation all included; one device's
 program, so it is multiplied by the number of devices).
 The PyTorch FLOP/s divides the same count by PyTorch's time (the same arithmetic, minus augmentation).
 
-It prints a table and writes one JSON record per method to `--out` as `<date>-<device>-<method>.json`
+It prints a table and, with `--out DIR` (benchmarks/results holds the recorded ones), writes one JSON record
+per method there as `<date>-<device>-<method>.json`
 (`...-<method>-ab-<key>.json` for an A/B; a `-2`, `-3`... suffix when that name exists: nothing is ever
 overwritten). benchmarks/README.md has the results.
 """
@@ -64,6 +66,7 @@ from jaxkd.bench_torch import TORCH_MODES, forget_compiled_steps, torch_device_f
 from jaxkd.compile_options import compiler_options, cpu_ynn_setting
 from jaxkd.config_command_line import parse_config_command_line
 from jaxkd.data import Split, epoch_permutation
+from jaxkd.data.sources import SOURCE_CLASSES
 from jaxkd.dispatch import dispatch_plan, steps_per_dispatch
 from jaxkd.errors import UserError, run_command
 from jaxkd.mesh import replicated
@@ -159,6 +162,12 @@ def random_teacher(config, num_classes: int) -> Teacher | None:
     model = get_model(arch, num_classes, dtype=COMPUTE_DTYPES[config.dtype])
     variables = model.init(jax.random.PRNGKey(config.seed + 1), jnp.zeros((1, 32, 32, 3)), train=False)
     return Teacher(model, variables, arch)
+
+
+def bench_classes(config) -> int:
+    """The number of classes of the bench's synthetic data: that of `config.data.source` (so that a configured
+    teacher, e.g. the demo's digits teacher, fits), 100 for an unknown source (build names that mistake)."""
+    return SOURCE_CLASSES.get(config.data.source, NUM_CLASSES)
 
 
 def bench_setup(config, train: Split, devices) -> Setup:
@@ -442,7 +451,7 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
     the two variants of (a) and (b); with `num_runs` also N runs in one program for each N
     (`jaxkd.multi_run`); returns the JSON record."""
     batch = config.batch_size
-    train = synthetic_split(max(epoch_images, batch), seed=config.seed)
+    train = synthetic_split(max(epoch_images, batch), bench_classes(config), seed=config.seed)
     info = device_info(devices)
     load_before = os.getloadavg()
     step_parts, setup, epoch_part = [], None, None
@@ -527,7 +536,7 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         "torch_compile_backend": compile_backend if torch_modes else None,
         "loss": {"gamma": config.loss.gamma, "alpha": config.loss.alpha, "beta": config.loss.beta,
                  "kd_temperature": config.loss.kd_temperature},
-        "data": "synthetic uint8, 100 classes",
+        "data": f"synthetic uint8, {train.num_classes} classes",
         "flops_count": "XLA HloCostAnalysis 'flops' of the lowered jaxkd train step, before the backend's "
                        "rewrites (multiply-add = 2), times the number of devices",
         "results": results,
@@ -545,7 +554,7 @@ def format_table(record: dict) -> str:
     width = max(12, *map(len, parts))
     lines = [f"{record['method']}: {teacher}{record['student']}, batch {record['batch_size']}, "
              f"{record['compute_dtype']}{ynn}, {record['device']['device_kind']} ({record['device']['cpu_model']}), "
-             f"median of {record['repeats']}",
+             f"median of {record['repeats']} on {record['data']} (speed, not accuracy)",
              f"  {'part':<{width}} {'images/s':>10} {'(min-max)':>17} {'ms/step':>9} {'GFLOP/s':>9}"]
     for name in parts:
         part = results[name]
@@ -590,7 +599,7 @@ def bench_pairs(config, pairs: str) -> list[tuple[str, str]]:
 def run(config, *, methods: str = "", steps: int = 20, repeats: int = 5, warmup_steps: int = 2,
         epoch_images: int = 0, dtype_name: str = "", num_devices: int = 1, with_torch: bool = True,
         torch_modes: str = "eager", compile_backend: str = "inductor", torch_threads: int = 0, pairs: str = "",
-        out: str | None = "benchmarks/results", note: str = "", ab: str = "", num_runs: str = "") -> list[dict]:
+        out: str | None = "", note: str = "", ab: str = "", num_runs: str = "") -> list[dict]:
     """Benchmarks every method of `methods` ("" = the config's, "all" = every registered one, or a comma
     list) on every pair of `pairs` (see `bench_pairs`); returns the records (and writes them to `out` unless it
     is empty; each record as soon as it is measured). `torch_modes`: a comma list of `TORCH_MODES` for the
@@ -690,7 +699,8 @@ def _define_bench_flags(flag_values) -> None:
     flags.DEFINE_string("pairs", "", "'' = the config's model and teacher.arch; 'repdistiller' = RepDistiller's 13 "
                         "benchmark pairs; or TEACHER:STUDENT,... (records then name the pair)",
                         flag_values=flag_values)
-    flags.DEFINE_string("out", "benchmarks/results", "folder for the JSON records ('' = do not write)",
+    flags.DEFINE_string("out", "", "folder for the JSON records (default: none written; the recorded ones are in "
+                        "benchmarks/results)",
                         flag_values=flag_values)
     flags.DEFINE_string("ab", "", f"'' = no A/B; '{AB_YNN}' = the jaxkd step without vs with the CPU YNN compiler "
                         "option; a boolean config key (e.g. saliencymix) = the config with it False vs True; "

@@ -394,3 +394,26 @@ def test_gpu_script_runs_valid_bench_and_train_commands(monkeypatch, dry_run):
         assert set(flags_.torch_modes.split(",")) <= set(bench.TORCH_MODES)
         assert flags_.torch_compile_backend == ("aot_eager" if dry_run and part == "pairs_compiled" else "inductor")
         assert flags_.steps == 2 if dry_run else flags_.steps >= 40  # the script's sizes were read
+
+
+def test_the_demo_student_benches_on_its_sources_classes_and_writes_no_record_unless_asked(tmp_path, monkeypatch):
+    """`--config configs/demo.py:student` (digits, a 10-class teacher file): the synthetic data has the source's
+    10 classes, so the configured teacher fits (it was "the teacher has 10 classes, the dataset 100"), and without
+    --out no record is written (the default was the tracked benchmarks/results/)."""
+    from configs import demo
+    from jaxkd.config_command_line import parse_config_command_line
+    from tests.conftest import save_random_teacher
+
+    config = demo.get_config("student")
+    config.teacher.checkpoint = str(save_random_teacher(tmp_path / "teacher.pth", "resnet20", num_classes=10))
+    train = bench.synthetic_split(64, bench.bench_classes(config))
+    assert train.num_classes == 10 and set(train.labels.tolist()) <= set(range(10))
+    setup = bench.bench_setup(config, train, jax.devices()[:1])  # loads the teacher: refused before if 100 classes
+    assert setup.teacher.arch == "resnet20"
+    flag_values = parse_config_command_line(["bench", f"--config={REPO / 'configs/demo.py'}:student"],
+                                            bench._define_bench_flags, bench.BENCH_USAGE)
+    assert flag_values.out == ""
+    monkeypatch.setattr(bench, "bench_method", lambda config, **kwargs: {"method": config.method})
+    monkeypatch.setattr(bench, "format_table", lambda record: "table")
+    monkeypatch.setattr(bench, "write_record", lambda *args: pytest.fail("a record was written"))
+    assert bench.run(config, with_torch=False) == [{"method": "kd"}]

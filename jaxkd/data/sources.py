@@ -31,6 +31,7 @@ from jaxkd.errors import UserError
 from jaxkd.paths import as_path, check_cloud_location, is_url
 
 SOURCES = ("tfds", "cifar100-python", "digits")
+SOURCE_CLASSES = {"tfds": 100, "cifar100-python": 100, "digits": 10}  # the number of classes of each source
 SPLITS = ("train", "test")
 
 CIFAR100_PYTHON_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"

@@ -291,9 +291,12 @@ def test_tfds_tfrecord_data_is_a_user_error(tmp_path, cifar_splits):
         sources.load_split("tfds", "train", tmp_path)
 
 
-def test_tfds_not_prepared_is_a_user_error(tmp_path):
+def test_tfds_not_prepared_is_a_user_error_without_a_warning_before_it(tmp_path, caplog, capfd):
+    """Before, TFDS logged "Variant folder .../cifar100/3.0.2 has no dataset_info.json" (a folder that does not
+    exist) ahead of the error."""
     with pytest.raises(UserError, match="TFDS cifar100 is not prepared in"):
-        sources.load_split("tfds", "train", tmp_path)
+        sources.load_split("tfds", "train", tmp_path / "missing")
+    assert not caplog.records and "dataset_info" not in "".join(capfd.readouterr())
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="TensorFlow is installed")

@@ -13,10 +13,12 @@ in the order of their ``id``), so `Split.index` names the same image whichever s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
 import io
+import logging
 import os
 import pickle
 import re
@@ -99,14 +101,34 @@ def _make_split(images: np.ndarray, labels: np.ndarray, num_classes: int) -> Spl
 # --------------------------------------------------------------------------------------------------- tfds
 
 
+class _MissingVariantFolder(logging.Filter):
+    """Drops TFDS's "Variant folder ... has no dataset_info.json" warning: it names a folder that does not
+    exist before the not-prepared error says the same thing usefully."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has no dataset_info.json" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_tfds_missing_folder_warning():
+    logger, dropped = logging.getLogger("absl"), _MissingVariantFolder()
+    logger.addFilter(dropped)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropped)
+
+
 def _load_tfds_cifar100(split: str, data_dir, download: bool) -> Split:
     """Reads TFDS cifar100 through `tfds.data_source` (random access, no TensorFlow), in the original order."""
     import tensorflow_datasets as tfds
 
     data_dir = None if data_dir is None else str(as_path(data_dir))  # TFDS reads gs:// itself (etils.epath)
     where = data_dir or "TFDS's default data directory"
-    builder = tfds.builder("cifar100", data_dir=data_dir)
-    if not builder.is_prepared():
+    with _without_tfds_missing_folder_warning():
+        builder = tfds.builder("cifar100", data_dir=data_dir)
+        prepared = builder.is_prepared()
+    if not prepared:
         if not download:
             raise UserError(f"TFDS cifar100 is not prepared in {where}; let it be prepared ({DOWNLOAD_FLAGS}; "
                             f"needs TensorFlow), point the data directory at a prepared copy, or use source "

@@ -42,16 +42,33 @@ FIRST_STEP = -(2 ** 31)  # below any step a run logs (an init stage's rows have 
 
 
 def rows_up_to(text: str, last_step: int | None) -> str:
-    """The lines of a metrics.jsonl text whose step is at most `last_step` (None: no line); a line that is not
-    a complete JSON row (the end of a killed write) goes too."""
-    kept = []
-    for line in text.splitlines():
+    """The lines of a metrics.jsonl text whose step is at most `last_step` (None: no line). A line that is not a
+    complete JSON row goes too: silently at the end (a killed write), with a warning elsewhere (a damaged line;
+    the rows after it are kept). A log without a row at `last_step` (a checkpoint's step, which every run logs
+    before saving it) lost the rows up to it, which resuming will not log again: a warning says so."""
+    kept, damaged, steps = [], [], set()
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
         try:
-            step = json.loads(line)["step"]
+            step = int(json.loads(line)["step"])
         except (ValueError, KeyError, TypeError):
+            if number < len(lines):
+                damaged.append(number)
             continue
+        steps.add(step)
         if last_step is not None and step <= last_step:
             kept.append(line + "\n")
+    problems = []
+    if damaged:
+        problems.append(f"line{'s' if len(damaged) > 1 else ''} {', '.join(map(str, damaged[:5]))}"
+                        f"{', ...' if len(damaged) > 5 else ''} not a complete row (dropped, the rows after kept)")
+    if last_step is not None and last_step not in steps:
+        before = [step for step in steps if step < last_step]
+        since = f"after step {max(before)}" if before else "from the start"
+        problems.append(f"no row at step {last_step}, the checkpoint this run resumes from: the rows {since} up to "
+                        f"it are lost (the file was cut) and are not logged again")
+    if problems:
+        print(f"warning: metrics.jsonl is damaged: {'; '.join(problems)}", flush=True)
     return "".join(kept)
 
 

@@ -775,3 +775,32 @@ def test_a_workdir_that_lost_its_checkpoints_or_its_config_is_refused_and_kept(s
     (lost_checkpoints / ".checkpointed").unlink()  # killed before its first checkpoint
     shutil.rmtree(lost_checkpoints / "checkpoints")
     save_config(config, lost_checkpoints)
+
+
+def test_a_damaged_metrics_line_or_a_cut_log_is_reported_and_no_later_row_is_dropped(tmp_path, capsys):
+    """Resuming at step 15: a damaged line inside metrics.jsonl is reported and dropped, the rows after it kept;
+    a log cut before step 15 (its rows up to the checkpoint lost) is reported; a killed write's partial last
+    line after the checkpoint's row is dropped silently, as always."""
+    from jaxkd.metric_log import MetricLog
+
+    rows = [json.dumps({"step": step, "kind": kind, "top1": 1.0}) for step, kind in
+            [(0, "train"), (5, "train"), (10, "train"), (10, "eval"), (15, "train")]]
+    cases = {
+        "damaged_line": ("\n".join(rows[:1] + [rows[1][:12]] + rows[2:]) + "\n",
+                         "line 2 not a complete row (dropped, the rows after kept)", [0, 10, 10, 15]),
+        "cut": ("\n".join(rows[:3]) + "\n" + rows[3][:20], "no row at step 15, the checkpoint this run resumes "
+                "from: the rows after step 10 up to it are lost", [0, 5, 10]),
+        "killed_write": ("\n".join(rows) + '\n{"step": 20, "kind": "train"}\n{"step": 25, "ki', None,
+                         [0, 5, 10, 10, 15]),
+    }
+    for name, (text, warning, kept) in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(text)
+        MetricLog(tmp_path / name, resume_step=15).close()
+        out = capsys.readouterr().out
+        if warning is None:
+            assert out == "", name
+        else:
+            assert out.count("\n") == 1 and out.startswith("warning: metrics.jsonl is damaged: ") and warning in out, \
+                (name, out)
+        assert [step for step, _ in logged_steps(tmp_path / name)] == kept, name

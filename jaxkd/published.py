@@ -21,6 +21,15 @@ class Source:
     scoring: str  # "last" or "best" epoch
     scoring_basis: str  # why that scoring
     runs: int | None  # runs averaged per number; None when the source does not say
+    # The data and recipe its numbers were trained with: every source here trains on CIFAR-100 for 240 epochs at
+    # batch 64 (docs/methods.md); the report puts a number only beside runs of that data, length and batch.
+    data: str = "CIFAR-100"
+    epochs: int = 240
+    batch_size: int = 64
+
+    @property
+    def recipe(self) -> str:
+        return f"{self.data}, {self.epochs} epochs, batch {self.batch_size}"
 
 
 SOURCES = {

@@ -46,6 +46,7 @@ IGNORED_KEYS = {
     "data.data_dir": "where the data lives on that machine",
     "data.download": "whether missing data may be fetched",
 }
+DATA_NAMES = {"tfds": "CIFAR-100", "cifar100-python": "CIFAR-100", "digits": "digits"}  # by config.data.source
 PLOT_PANEL_PIXELS = (400, 300)  # width, height of one group's panel in --plot
 PLOT_COLUMNS = 3
 
@@ -83,6 +84,24 @@ class Run:
     @property
     def best_top1(self) -> float:
         return max(self.top1_by_epoch().values())
+
+    @property
+    def data(self) -> str:
+        """The dataset the run trained on, as the published sources name it."""
+        return DATA_NAMES.get(str((self.config.get("data") or {}).get("source")), "unknown")
+
+    @property
+    def recipe(self) -> str:
+        """The run's schedule in short: batch, lr and its decay epochs."""
+        optimizer = self.config.get("optimizer") or {}
+        decay = ",".join(str(epoch) for epoch in optimizer.get("lr_decay_epochs") or ()) or "none"
+        return f"batch {self.config.get('batch_size')}, lr {optimizer.get('lr')}, x{optimizer.get('lr_decay_rate')} at {decay}"
+
+    def fits(self, source) -> bool:
+        """Whether a published number of `source` (a jaxkd.published.Source) compares with this run: the same data,
+        epochs and batch size as the recipe it was published for."""
+        return (self.data, self.epochs, self.config.get("batch_size")) == (source.data, source.epochs,
+                                                                             source.batch_size)
 
     @property
     def key(self) -> tuple:
@@ -253,7 +272,10 @@ def build_report(runs: list[Run], robustness: dict[Path, dict]) -> dict:
                 seeds[run.seed] = run
                 merged.append(run)
         teacher, student, method, saliencymix = key
-        published = published_for(teacher, student, method, saliencymix)
+        first = merged[0]  # the merged runs share their config up to IGNORED_KEYS: data, epochs, recipe
+        published, withheld = [], []
+        for number in published_for(teacher, student, method, saliencymix):
+            (published if first.fits(SOURCES[number.source]) else withheld).append(number)
         robust = []
         for run in merged:
             location = resolved(run.workdir)
@@ -262,6 +284,7 @@ def build_report(runs: list[Run], robustness: dict[Path, dict]) -> dict:
                 matched.add(location)
         rows.append({
             "teacher": teacher, "student": student, "method": method, "saliencymix": saliencymix,
+            "data": first.data, "epochs": first.epochs, "recipe": first.recipe,
             "runs": len(merged),
             "last_top1": mean_std([run.last_top1 for run in merged]),
             "best_top1": mean_std([run.best_top1 for run in merged]),
@@ -269,6 +292,9 @@ def build_report(runs: list[Run], robustness: dict[Path, dict]) -> dict:
             "cifar100c": mean_std([r["cifar100c"] for r in robust if r["cifar100c"] is not None]),
             "published": [{"top1": p.top1, "scoring": p.scoring, "runs": SOURCES[p.source].runs,
                            "source": p.source, "cifar100c": p.cifar100c} for p in published],
+            # numbers for this teacher, student and method, but of another data or recipe than these runs'
+            "published_elsewhere": [{"top1": p.top1, "source": p.source, "recipe": SOURCES[p.source].recipe}
+                                    for p in withheld],
             "teacher_checkpoints": sorted({str((run.config.get("teacher") or {}).get("checkpoint", ""))
                                            for run in merged} - {""}),
             "members": [{"workdir": str(run.workdir), "seed": run.seed, "last_top1": run.last_top1,
@@ -311,14 +337,16 @@ def _published(published: list[dict]) -> str:
 
 def format_markdown(report: dict) -> str:
     with_robustness = any(row["cifar100"]["n"] for row in report["rows"])
-    columns = ["teacher", "student", "method", "SaliencyMix", "runs", "last top-1", "best top-1", "published"]
+    columns = ["teacher", "student", "method", "SaliencyMix", "data", "epochs", "recipe", "runs", "last top-1",
+               "best top-1", "published"]
     if with_robustness:
         columns += ["CIFAR-100", "CIFAR-100-C"]
-    lines = ["| " + " | ".join(columns) + " |", "|---|---|---|---|" + "---:|" * 3 + "---|" +
-             "---:|" * (len(columns) - 8)]
+    lines = ["| " + " | ".join(columns) + " |", "|---|---|---|---|---|---:|---|" + "---:|" * 3 + "---|" +
+             "---:|" * (len(columns) - 11)]
     for row in report["rows"]:
         cells = [_arch(row["teacher"]), _arch(row["student"]), display_name(row["method"]),
-                 "yes" if row["saliencymix"] else "no", str(row["runs"]), _stat(row["last_top1"]),
+                 "yes" if row["saliencymix"] else "no", row["data"], str(row["epochs"]), row["recipe"],
+                 str(row["runs"]), _stat(row["last_top1"]),
                  _stat(row["best_top1"]), _published(row["published"])]
         if with_robustness:
             corrupted = _stat(row["cifar100c"])
@@ -331,10 +359,16 @@ def format_markdown(report: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Test top-1 (%), mean ± std over the runs (seeds) of a group; std: " + report["std"] + ". "
               "last: the final epoch (config.epochs); best: the highest of every evaluated epoch. Published: "
-              "the number, how its source scored it (last or best epoch, runs where stated) and the source."]
+              "the number, how its source scored it (last or best epoch, runs where stated) and the source; only "
+              "beside runs of the data, epochs and batch size it was published for."]
     if with_robustness:
         lines.append("CIFAR-100 / CIFAR-100-C: the final models as jaxkd.robustness / jaxkd.evaluate scored them "
                      "(CIFAR-100-C: the mean over corruptions and severities).")
+    for row in report["rows"]:
+        for p in row["published_elsewhere"]:
+            lines.append(f"Not beside {_arch(row['student'])} {display_name(row['method'])} ({row['data']}, "
+                         f"{row['epochs']} epochs, {row['recipe']}): {p['source']}'s {p['top1']:.2f}, published "
+                         f"for {p['recipe']}.")
     several = [row for row in report["rows"] if len(row["teacher_checkpoints"]) > 1]
     for row in several:
         lines.append(f"Teacher checkpoints of {_arch(row['student'])} {row['method']}: "
@@ -347,7 +381,8 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-CSV_COLUMNS = ("teacher", "student", "method", "saliencymix", "runs", "last_top1_mean", "last_top1_std",
+CSV_COLUMNS = ("teacher", "student", "method", "saliencymix", "data", "epochs", "recipe", "runs", "last_top1_mean",
+               "last_top1_std",
                "best_top1_mean", "best_top1_std", "published_top1", "published_scoring", "published_source",
                "cifar100_runs", "cifar100_mean", "cifar100_std", "cifar100c_mean", "cifar100c_std")
 
@@ -361,7 +396,8 @@ def format_csv(report: dict) -> str:
         published = row["published"]
         writer.writerow({
             "teacher": row["teacher"] or "", "student": row["student"], "method": row["method"],
-            "saliencymix": row["saliencymix"], "runs": row["runs"],
+            "saliencymix": row["saliencymix"], "data": row["data"], "epochs": row["epochs"], "recipe": row["recipe"],
+            "runs": row["runs"],
             **{f"{name}_{stat}": "" if row[name][stat] is None else repr(row[name][stat])
                for name in ("last_top1", "best_top1") for stat in ("mean", "std")},
             "published_top1": ";".join(str(p["top1"]) for p in published),

@@ -87,10 +87,11 @@ def test_table_equals_numpy_on_metrics_and_names_what_it_leaves_out(tmp_path, ta
         assert row["best_top1"]["std"] == pytest.approx(best.std(ddof=1), abs=1e-12)
         assert [m["last_top1"] for m in row["members"]] == pytest.approx(list(last))
         assert f"{last.mean():.2f} ± {last.std(ddof=1):.2f}" in printed
-    # the published cells: RepDistiller's KD and CRD+KD has none (not in its README table)
-    assert rows["kd"]["published"] == [{"top1": 74.92, "scoring": "last", "runs": None,
-                                        "source": "RepDistiller README", "cifar100c": None}]
-    assert rows["crd+kd"]["published"] == []
+    # RepDistiller's KD number is for 240 epochs: not beside these 4-epoch runs (its CRD+KD has none at all)
+    assert rows["kd"]["published"] == [] and rows["crd+kd"]["published"] == []
+    assert rows["kd"]["published_elsewhere"] == [{"top1": 74.92, "source": "RepDistiller README",
+                                                  "recipe": "CIFAR-100, 240 epochs, batch 64"}]
+    assert (rows["kd"]["data"], rows["kd"]["epochs"]) == ("CIFAR-100", 4)
     assert rows["kd"]["teacher_checkpoints"] == ["/t/0.pth", "/t/1.pth", "/t/2.pth"]  # ignored, but listed
     left_out = {entry["workdir"]: entry["reason"] for entry in result["left_out"]}
     assert set(left_out) == {str(workdirs[-2]), str(workdirs[-1])}
@@ -222,12 +223,37 @@ def test_a_report_group_of_an_mdistiller_method_shows_its_published_number(tmp_p
     """A finished run of configs/mdistiller.py:resnet32x4,resnet8x4,M: its group's label and published number."""
     from configs import mdistiller
 
-    config = mdistiller.get_config(f"resnet32x4,resnet8x4,{method}")
-    config.epochs = 2
-    workdir = write_run(tmp_path / method, config, [60.0, 61.0], 0)
+    config = mdistiller.get_config(f"resnet32x4,resnet8x4,{method}")  # 240 epochs, as published
+    workdir = write_run(tmp_path / method, config, list(np.linspace(40.0, 61.0, config.epochs)), 0)
     (row,) = report.build_report([report.load_run(str(workdir))], {})["rows"]
     assert (row["teacher"], row["student"], row["method"]) == ("rd_resnet32x4", "rd_resnet8x4", label)
     assert [p["top1"] for p in row["published"]] == [top1]
+
+
+def test_published_numbers_stand_only_beside_runs_of_the_data_and_recipe_they_were_published_for(tmp_path):
+    """The seed's resnet20 (69.51, CIFAR-100, 240 epochs, batch 64): beside a run of configs/baseline.py, not beside
+    the demo's 12-epoch digits teacher (it was shown as "96.43 | 69.51 (last, 1 run; pytorch-kd README)"), which
+    names it under the table; every row says its data, epochs and recipe."""
+    from configs import baseline, demo
+
+    cifar = baseline.get_config()
+    cifar.model = "resnet20"
+    digits = demo.get_config("teacher")
+    reports = {}
+    for name, config in (("cifar", cifar), ("digits", digits)):
+        workdir = write_run(tmp_path / name, config, list(np.linspace(30.0, 96.0, config.epochs)), 0)
+        reports[name] = report.build_report([report.load_run(str(workdir))], {})
+    (cifar_row,), (digits_row,) = reports["cifar"]["rows"], reports["digits"]["rows"]
+    assert (cifar_row["data"], cifar_row["epochs"], digits_row["data"], digits_row["epochs"]) == (
+        "CIFAR-100", 240, "digits", 12)
+    assert [p["top1"] for p in cifar_row["published"]] == [69.51] and cifar_row["published_elsewhere"] == []
+    assert digits_row["published"] == [] and [p["top1"] for p in digits_row["published_elsewhere"]] == [69.51]
+    cifar_table, digits_table = (report.format_markdown(reports[name]) for name in ("cifar", "digits"))
+    assert "| - | ResNet20 | Baseline | no | CIFAR-100 | 240 | batch 64, lr 0.05, x0.1 at 150,180,210 | 1 | 96.00 | 96.00 |" \
+           " 69.51 (last, 1 run; pytorch-kd README) |" in cifar_table
+    assert "| digits | 12 | batch 64, lr 0.05, x0.1 at 8,10 | 1 | 96.00 | 96.00 | - |" in digits_table
+    assert "pytorch-kd README's 69.51, published for CIFAR-100, 240 epochs, batch 64." in digits_table
+    assert "69.51 (last" not in digits_table
 
 
 def test_report_reads_a_real_training_run(tmp_path):

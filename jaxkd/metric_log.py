@@ -8,37 +8,82 @@ starts with a purge marker at S + 1, which makes TensorBoard hide the older file
 So every step is recorded once, however often the run was interrupted. With `config.wandb` on, the rows also go
 to Weights & Biases (`jaxkd.wandb_log`).
 
+Every row reaches every sink on the caller's thread, flushed before `write` returns (TensorBoard's event file
+too: tensorboardX's SummaryWriter hands events to a background thread through a bounded queue, and on a full
+disk that thread died and the run's next `add_scalar` waited forever on the full queue). So a sink that fails
+raises `OutputError` (one line naming the file and the cause) within the write, and `close` waits for wandb
+to have every row, for a bounded time.
+
 In cloud storage (`gs://`), where objects cannot be appended to, `metrics.jsonl` is rewritten whole at every
-write (GCS replaces an object whole, so a reader never sees a partial row), and tensorboardX uploads its event
-file through its own GCS client at every flush.
+write (GCS replaces an object whole, so a reader never sees a partial row), and the TensorBoard event file is
+uploaded whole through tensorboardX's GCS client at most every CLOUD_FLUSH_SECONDS, and at the end.
 """
 
 import json
 import math
+import os
 import sys
+import time
 
+from jaxkd.errors import OutputError, output_error, write_errors
 from jaxkd.paths import as_path, is_url
 from jaxkd.safe_write import write_text_atomically
 
 
-def _summary_writer_class():
-    """tensorboardX's SummaryWriter, imported without PyTorch when PyTorch is not loaded yet: tensorboardX imports
-    torch only to name torch tensors in its type hints, and that import is ~1.7 s of every `jaxkd.train` start
-    (a run that loads a .pth teacher imports torch anyway, later)."""
-    if "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
-        return SummaryWriter
-    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
+def _import_tensorboardx():
+    """tensorboardX's synchronous event-file writer, Event protos and scalar summary, imported without PyTorch
+    when PyTorch is not loaded yet: tensorboardX imports torch only to name torch tensors in its type hints, and
+    that import is ~1.7 s of every `jaxkd.train` start (a run that loads a .pth teacher imports torch anyway,
+    later)."""
+    hide_torch = "torch" not in sys.modules
+    if hide_torch:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
     try:
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.record_writer import directory_check
+        from tensorboardX.summary import scalar
     finally:
-        del sys.modules["torch"]
-    return SummaryWriter
+        if hide_torch:
+            del sys.modules["torch"]
+    return EventsWriter, Event, SessionLog, directory_check, scalar
 
 
-SummaryWriter = _summary_writer_class()
-
+EventsWriter, Event, SessionLog, directory_check, scalar = _import_tensorboardx()
+CLOUD_FLUSH_SECONDS = 60  # a TensorBoard event file in cloud storage is uploaded whole at most this often
 FIRST_STEP = -(2 ** 31)  # below any step a run logs (an init stage's rows have steps <= 0)
+
+
+class EventFile:
+    """A TensorBoard event file written on the caller's thread with tensorboardX's EventsWriter (the writer its
+    SummaryWriter drives from a thread): the events SummaryWriter writes for `add_scalar`, after the same purge
+    marker. Each `add_scalars` is flushed to the file and synced (in cloud storage, where a flush uploads the
+    whole file: at most every CLOUD_FLUSH_SECONDS), so that a failed write raises there."""
+
+    def __init__(self, directory: str, purge_step: int | None):
+        directory_check(directory)
+        self.directory, self.cloud = directory, is_url(directory)
+        self.events = EventsWriter(os.path.join(directory, "events"))
+        if purge_step is not None:
+            self.events.write_event(Event(step=purge_step, file_version="brain.Event:2"))
+            self.events.write_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+        self.last_upload = -math.inf
+        self.flush()
+
+    def add_scalars(self, step: int, values: dict) -> None:
+        """Writes each `tag -> number` of `values` at `step`, then flushes."""
+        now = time.time()
+        for tag, value in values.items():
+            self.events.write_event(Event(wall_time=now, step=int(step), summary=scalar(tag, value)))
+        self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        if final or not self.cloud or time.monotonic() - self.last_upload >= CLOUD_FLUSH_SECONDS:
+            self.events.flush()
+            self.last_upload = time.monotonic()
+
+    def close(self) -> None:
+        self.events.close()  # flushes (uploads) and closes
 
 
 def rows_up_to(text: str, last_step: int | None) -> str:
@@ -93,42 +138,72 @@ class MetricLog:
         `wandb` section (jaxkd.wandb_log) also sends the rows to Weights & Biases."""
         self.active = active
         self.resume_step = resume_step
-        self.wandb = None
-        if active and config is not None and config.get("wandb") and config.wandb.mode != "disabled":
+        self.wandb = self.jsonl = self.tensorboard = None
+        self.failed = False  # a write failed and was reported: closing reports nothing more
+        if not active:
+            return
+        workdir = as_path(workdir)
+        self.path, tensorboard = workdir / "metrics.jsonl", workdir / "tensorboard"
+        text = self.path.read_text() if self.path.exists() else ""
+        kept = rows_up_to(text, resume_step)
+        if kept != text:
+            write_text_atomically(kept, self.path, force=True, what="the metrics")
+        try:
+            self.jsonl = _RewrittenObject(self.path, kept) if is_url(self.path) else open(self.path, "a", buffering=1)
+        except OSError as error:
+            raise output_error(self.path, "the metrics", error) from None
+        try:
+            self.tensorboard = EventFile(str(tensorboard), FIRST_STEP if resume_step is None else resume_step + 1)
+        except write_errors() as error:
+            raise output_error(tensorboard, "the TensorBoard events", error) from None
+        if config is not None and config.get("wandb") and config.wandb.mode != "disabled":
             from jaxkd.wandb_log import WandbLog
 
             self.wandb = WandbLog(config.wandb, workdir, config.to_dict())
-        if active:
-            workdir = as_path(workdir)
-            path = workdir / "metrics.jsonl"
-            text = path.read_text() if path.exists() else ""
-            kept = rows_up_to(text, resume_step)
-            if kept != text:
-                write_text_atomically(kept, path, force=True, what="the metrics")
-            self.jsonl = _RewrittenObject(path, kept) if is_url(path) else open(path, "a", buffering=1)
-            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=FIRST_STEP
-                                             if resume_step is None else resume_step + 1)
 
     def write(self, step: int, kind: str, values: dict) -> None:
-        """Records `values` (name -> number) at `step`; `kind` groups them (train, eval, teacher)."""
+        """Records `values` (name -> number) at `step` in every sink; `kind` groups them (train, eval, teacher).
+        A sink that cannot write raises OutputError."""
         if not self.active:
             return
         record = {"step": int(step), "kind": kind}
         record.update({k: (float(v) if isinstance(v, float) or hasattr(v, "dtype") else v)
                        for k, v in values.items()})
-        self.jsonl.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        self.failed = True  # until every sink has the row
+        try:
+            self.jsonl.write(line)
+        except write_errors() as error:
+            raise output_error(self.path, "the metrics", error) from None
         if self.wandb is not None:
             self.wandb.write(step, kind, {k: v for k, v in record.items() if k not in ("step", "kind")})
+        scalars = {}
         for name, value in values.items():
             if isinstance(value, (int, float)) or hasattr(value, "dtype"):
                 value = float(value)
                 if math.isfinite(value):
-                    self.tensorboard.add_scalar(f"{kind}/{name}", value, int(step))
+                    scalars[f"{kind}/{name}"] = value
+        try:
+            self.tensorboard.add_scalars(step, scalars)
+        except write_errors() as error:
+            raise output_error(self.tensorboard.directory, "the TensorBoard events", error) from None
+        self.failed = False
 
     def close(self) -> None:
+        """Closes every sink, each once, wandb after waiting (bounded) for it to have every row; the first sink
+        that fails raises OutputError once the others are closed (unless a failed write was reported)."""
         if not self.active:
             return
-        self.jsonl.close()
-        self.tensorboard.close()
-        if self.wandb is not None:
-            self.wandb.close()
+        failures = []
+        for sink, path, what in ((self.jsonl, getattr(self, "path", None), "the metrics"),
+                                 (self.tensorboard, getattr(self.tensorboard, "directory", None), "the TensorBoard events"),
+                                 (self.wandb, None, None)):
+            if sink is None:
+                continue
+            try:
+                sink.close()
+            except write_errors() + (OutputError,) as error:
+                failures.append(error if path is None else output_error(path, what, error))
+        self.jsonl = self.tensorboard = self.wandb = None
+        if failures and not self.failed:
+            raise failures[0]

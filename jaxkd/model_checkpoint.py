@@ -6,7 +6,7 @@ model can be rebuilt without the user repeating them, and records where the weig
 
 Writes never leave a half-written or lost directory: Orbax writes into a fresh temporary directory beside the
 target, which is renamed into place only once complete; an existing target is kept unless `force` is given,
-and even then it is replaced only after the new one is complete. In a multi-process run every process takes
+and even then it is replaced only after the new one is complete. A failed write is one `OutputError`. In a multi-process run every process takes
 part in the write (Orbax's protocol) and process 0 moves directories. In cloud storage (`gs://`) the same
 steps run, but moving a directory there copies its objects one by one: a process killed during that move (a
 few seconds for CIFAR models) can leave the target incomplete; the complete copy stays in the staging
@@ -20,8 +20,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxkd import distributed
-from jaxkd.errors import UserError
+from jaxkd.errors import UserError, output_error, quiet_orbax_failures, write_errors
 from jaxkd.paths import absolute, as_path, input_exists, remove_tree
+
+quiet_orbax_failures()  # a failed save is reported as one line, not as Orbax's logged tracebacks
 
 VARIABLES_ITEM = "variables"
 METADATA_ITEM = "metadata"
@@ -44,10 +46,10 @@ def save_model_checkpoint(directory, variables: dict, metadata: dict, force: boo
         raise UserError(f"{directory}: already exists (pass --force to replace it)")
     primary = distributed.is_primary()
     staging = directory.parent / f".{directory.name}.{distributed.agree(secrets.randbits(62)):016x}.tmp"
-    if primary:
-        staging.mkdir(parents=True)
-    distributed.barrier(f"model checkpoint {staging.name} staged")
     try:
+        if primary:
+            staging.mkdir(parents=True)
+        distributed.barrier(f"model checkpoint {staging.name} staged")
         arrays = jax.tree.map(np.asarray, variables)
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
             checkpointer.save(staging / "checkpoint", ocp.args.Composite(**{
@@ -58,6 +60,8 @@ def save_model_checkpoint(directory, variables: dict, metadata: dict, force: boo
             if directory.exists():
                 directory.rename(staging / "previous")
             (staging / "checkpoint").rename(directory)
+    except write_errors() as error:  # a full disk, an I/O error, a refused upload
+        raise output_error(directory, "the model checkpoint", error) from None
     finally:
         if primary:
             remove_tree(staging)

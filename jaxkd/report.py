@@ -1,5 +1,6 @@
 """The benchmark table from training runs: mean +- std over seeds of the last- and best-epoch test top-1 per
-(teacher, student, method, SaliencyMix), beside the published numbers.
+(teacher, student, method, SaliencyMix), with its data, epochs and recipe, beside the published numbers of that data
+and recipe (jaxkd.published).
 
     python -m jaxkd.report WORKDIR [WORKDIR ...] [--out table.md] [--csv table.csv] [--json table.json]
                            [--plot curves.png] [--robustness results.json ...] [--force]

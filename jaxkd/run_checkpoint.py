@@ -19,7 +19,14 @@ damaged ones to `WORKDIR/<subdirectory>.damaged/` with one line, and the run res
 left: one line, and nothing is moved or written. A checkpoint from before manifests (no `.checkpointed`) is
 restored unverified. In a multi-process run the checkpoint directory is shared (Orbax requires it): process 0
 verifies and the others take its verdict.
+
+A save that fails (a full disk, an I/O error, a bucket refusing an upload) is one `OutputError` naming the
+directory and the cause, raised by the call that sees it: `save` itself, or, for the part Orbax writes in the
+background, `check` (the train loop calls it at every metrics fetch), the next `save`, `wait_until_saved` or
+`close`. Reported once; the failed save's temporary directory never counts as a checkpoint.
 """
+
+import contextlib
 import hashlib
 import json
 
@@ -27,8 +34,10 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxkd import distributed
-from jaxkd.errors import UserError
+from jaxkd.errors import UserError, output_error, quiet_orbax_failures, write_errors
 from jaxkd.paths import absolute
+
+quiet_orbax_failures()  # a failed save is reported as one line, not as Orbax's logged tracebacks
 
 MANIFEST = "jaxkd_manifest.json"
 MARKER = ".checkpointed"  # in the workdir: the run has committed a checkpoint, with a manifest
@@ -94,6 +103,7 @@ class RunCheckpoints:
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True,
             async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifest)))
+        self.failed = False  # a failed save was reported: closing raises it no more
 
     def latest_step(self) -> int | None:
         """The newest checkpoint's step (None: none). The first call verifies the checkpoints (module docstring)
@@ -162,8 +172,27 @@ class RunCheckpoints:
         if step in self.manager.all_steps():
             return
         self._saving.append(step)
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
+        with self._writing():
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Orbax's failure of a save (this call's, or a background save's that surfaces here) as one OutputError;
+        after one was reported, closing ignores it."""
+        try:
+            yield
+        except write_errors() as error:
+            if self.failed:
+                return
+            self.failed = True
+            raise output_error(self.directory, "a checkpoint", error) from None
+
+    def check(self) -> None:
+        """Raises the failure of a background save that has ended, without waiting for one still running."""
+        if not self.manager.is_saving_in_progress():
+            with self._writing():
+                self.manager.wait_until_finished()
 
     def restore(self, template_state):
         """(state, progress) of the latest checkpoint; `template_state` gives structure, shapes and shardings."""
@@ -183,8 +212,13 @@ class RunCheckpoints:
 
     def wait_until_saved(self) -> None:
         """Returns once every save started so far is complete on disk (saves are asynchronous)."""
-        self.manager.wait_until_finished()
+        with self._writing():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            with self._writing():
+                self.manager.wait_until_finished()
+        finally:
+            with self._writing():
+                self.manager.close()

@@ -1,5 +1,6 @@
 """Writing an output file so that nothing is lost: a temporary file beside the target, synced, then renamed
-into place. An existing target is replaced only with `force`, and a failed write leaves it untouched.
+into place. An existing target is replaced only with `force`, and a failed write leaves it untouched and is one
+`OutputError` (a full disk, an I/O error, a bucket refusing the upload: `jaxkd.errors`).
 
 Outputs may be cloud URLs (`gs://`, `jaxkd.paths`): the temporary object is written beside the target, then
 moved onto it (GCS replaces an object whole: a reader sees the old or the new one), and the checks ask the
@@ -11,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, BinaryIO
 
-from jaxkd.errors import UserError
+from jaxkd.errors import UserError, output_error, write_errors
 from jaxkd.paths import as_path, check_cloud_location, is_cloud_object, is_url
 
 
@@ -81,7 +82,7 @@ def write_atomically(out, write: Callable[[BinaryIO], None], force: bool, what: 
         handle, staging = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         try:
             with os.fdopen(handle, "wb") as file:
-                write(file)
+                _write_reporting_os_errors(write, file)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(staging, out)
@@ -89,7 +90,38 @@ def write_atomically(out, write: Callable[[BinaryIO], None], force: bool, what: 
             if os.path.exists(staging):
                 os.unlink(staging)
     except OSError as error:
-        raise UserError(f"{out}: cannot write {what}: {error.strerror or error}") from None
+        raise output_error(out, what, error) from None
+
+
+class _RecordingFile:
+    """A binary file that remembers the first OSError its writes raised."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def _write_reporting_os_errors(write: Callable[[BinaryIO], None], file: BinaryIO) -> None:
+    """`write(file)`; a writer that hides a failed write behind its own exception (torch.save's zip writer on a
+    full disk: RuntimeError "unexpected pos ...") raises the OSError instead, so that the cause is named."""
+    recording = _RecordingFile(file)
+    try:
+        write(recording)
+    except OSError:
+        raise
+    except Exception:
+        if recording.error is None:
+            raise
+        raise recording.error from None
 
 
 def _write_object_atomically(out, write: Callable[[BinaryIO], None], what: str) -> None:
@@ -97,10 +129,10 @@ def _write_object_atomically(out, write: Callable[[BinaryIO], None], what: str) 
     staging = out.parent / f".{out.name}.{secrets.token_hex(8)}.tmp"
     try:
         with staging.open("wb") as file:
-            write(file)
+            _write_reporting_os_errors(write, file)
         staging.replace(out)
-    except OSError as error:
-        raise UserError(f"{out}: cannot write {what}: {error.strerror or error}") from None
+    except write_errors() as error:
+        raise output_error(out, what, error) from None
     finally:
         try:
             if staging.exists():

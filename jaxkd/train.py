@@ -35,7 +35,7 @@ from jaxkd.data import epoch_permutation, load_split
 from jaxkd.data.pipeline import DataPipeline
 from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.dispatch import TrainPrograms, dispatch_plan, steps_per_dispatch
-from jaxkd.errors import UserError, run_command
+from jaxkd.errors import UserError, exit_process, run_command
 from jaxkd.evaluate import evaluate_classifiers, evaluate_split
 from jaxkd.init_stage import log_resume_step, run_init_stage, total_steps as init_stage_steps
 from jaxkd.losses import cross_entropy, kd_divergence
@@ -434,6 +434,7 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
             kept = (f"the last good checkpoint (step {last}) is kept: running the same command resumes there"
                     if last is not None else "no checkpoint had been saved yet")
             raise UserError(f"the loss became {means['loss']} before step {step}; stopping ({kept})")
+        checkpoints.check()  # a background save that failed (a full disk) stops the run here, within seconds
         log.write(step, "train", means)
         last_fetch_step, last_fetch_time, examples_since_fetch = step, now, 0
         return zero_sums(setup), means
@@ -507,6 +508,7 @@ def _run(setup: Setup, config, initial: dict, workdir: Path, log: MetricLog, che
     if result is None:  # resumed after the last epoch had finished
         result = evaluate_split(setup.student, state.student_variables(), setup.test.images, setup.test.labels,
                                 config.eval_batch_size, mesh=mesh, normalization=setup.pipeline.normalization)
+    checkpoints.wait_until_saved()  # the last checkpoint is on disk (or its failure is reported) before the export
     export_models(setup, config, state, workdir, result, progress)
     return {"last_top1": result["top1"], "best_top1": progress["best_top1"], "step": step}
 
@@ -551,4 +553,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     host_allocator.keep_freed_memory()  # before JAX starts its threads
-    sys.exit(main())
+    exit_process(main())

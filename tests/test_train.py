@@ -59,6 +59,10 @@ def test_resume_after_an_epoch_is_bitwise_exact(straight_run, tmp_path):
     assert result["step"] == 44
     assert_bitwise_equal(final_params(tmp_path), final_params(straight_run[0]))
     assert logged_steps(tmp_path) == logged_steps(straight_run[0])  # every step logged once, the killed rows gone
+    # the same values too: losses, accuracies, evaluations and the best so far; and the same final and best top-1
+    assert _rows(tmp_path) == _rows(straight_run[0])
+    assert result == straight_run[1]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["22", "44"]  # both kept
 
 
 def test_ctrl_c_mid_epoch_saves_and_resume_is_bitwise_exact(straight_run, tmp_path):
@@ -804,3 +808,45 @@ def test_a_damaged_metrics_line_or_a_cut_log_is_reported_and_no_later_row_is_dro
             assert out.count("\n") == 1 and out.startswith("warning: metrics.jsonl is damaged: ") and warning in out, \
                 (name, out)
         assert [step for step, _ in logged_steps(tmp_path / name)] == kept, name
+
+
+def test_init_checkpoints_are_verified_and_a_missing_manifest_counts_as_damage_once_manifests_are_due(tmp_path,
+                                                                                                        capsys):
+    """The init stage's checkpoints (`init_checkpoints`) carry manifests like training's: a checkpoint whose
+    manifest was deleted is damaged once the workdir's .checkpointed says manifests are written; a workdir from
+    before manifests (no .checkpointed) restores its newest checkpoint unverified."""
+    from jaxkd.run_checkpoint import MANIFEST, RunCheckpoints
+    from jaxkd.train_state import TrainState
+
+    def state(step):
+        return TrainState(step=jax.numpy.asarray(step, jax.numpy.int32), params={"w": jax.numpy.full(4, step * 1.0)},
+                          batch_stats={}, opt_state={}, method_state={}, rng=jax.random.PRNGKey(0))
+
+    checkpoints = RunCheckpoints(tmp_path, 3, "init_checkpoints")
+    assert checkpoints.latest_step() is None
+    for step in (1, 2, 3):
+        checkpoints.save(state(step), {})
+    checkpoints.close()
+    assert all((tmp_path / "init_checkpoints" / str(step) / MANIFEST).exists() for step in (1, 2, 3))
+    assert (tmp_path / ".checkpointed").exists()
+    (tmp_path / "init_checkpoints" / "3" / MANIFEST).unlink()
+    capsys.readouterr()
+    checkpoints = RunCheckpoints(tmp_path, 3, "init_checkpoints")
+    try:
+        assert checkpoints.latest_step() == 2
+        restored, _ = checkpoints.restore(state(0))
+    finally:
+        checkpoints.close()
+    assert int(restored.step) == 2 and np.array_equal(restored.params["w"], np.full(4, 2.0, np.float32))
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and f"(step 3: {MANIFEST} is missing)" in out
+    assert sorted(p.name for p in (tmp_path / "init_checkpoints.damaged").iterdir()) == ["3"]
+
+    (tmp_path / ".checkpointed").unlink()  # as if written before manifests existed
+    (tmp_path / "init_checkpoints" / "2" / MANIFEST).unlink()
+    checkpoints = RunCheckpoints(tmp_path, 3, "init_checkpoints")
+    try:
+        assert checkpoints.latest_step() == 2
+    finally:
+        checkpoints.close()
+    assert capsys.readouterr().out == ""

@@ -289,7 +289,8 @@ def percent(value) -> str:
 def format_report(results: dict) -> str:
     """The markdown tables printed by the command: clean and CIFAR-100-C mean, then corruption x severity."""
     clean = results["clean"]
-    lines = [f"{results['checkpoint']}: {results['arch']}, {results['num_classes']} classes", "",
+    lines = [f"{results['checkpoint']}: {results['arch']}, {results['num_classes']} classes; inputs normalized with "
+             f"the {results['normalization']} mean/std", "",
              "| test set | top-1 | top-5 | images |", "|---|---:|---:|---:|",
              f"| {results['dataset']} | {percent(clean['top1'])} | {percent(clean['top5'])} | {clean['count']} |"]
     c100c = results.get("cifar100c")

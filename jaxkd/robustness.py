@@ -124,9 +124,16 @@ def load_entry(argument: str, label: str | None = None) -> Entry:
 # --------------------------------------------------------------------------------------------- reporting
 
 
-def table_rows(columns: list[str], rows: list[dict]) -> list[str]:
-    """The markdown table of `rows` (dicts holding every column), accuracies with 2 decimals, right-aligned."""
-    lines = ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
+def clean_column_name(source: str) -> str:
+    """The clean column's header: CIFAR100 for CIFAR-100's sources, else the source's name (digits)."""
+    return source if source == "digits" else "CIFAR100"
+
+
+def table_rows(columns: list[str], rows: list[dict], clean_name: str = "CIFAR100") -> list[str]:
+    """The markdown table of `rows` (dicts holding every column), accuracies with 2 decimals, right-aligned; the
+    clean column ("CIFAR100" in the rows) headed `clean_name`."""
+    header = [clean_name if column == "CIFAR100" else column for column in columns]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
     lines += ["| " + " | ".join([row["model"], row["method"], *(percent(row[c]) for c in columns[2:])]) + " |"
               for row in rows]
     return lines
@@ -134,14 +141,15 @@ def table_rows(columns: list[str], rows: list[dict]) -> list[str]:
 
 def format_table(report: dict) -> str:
     """The markdown written to --out: the table, then one line saying what its columns measure."""
-    note = f"Top-1 accuracy (%). CIFAR100: the {report['dataset']} split ({report['clean_images']} images)"
+    clean_name = report.get("clean_column", "CIFAR100")
+    note = f"Top-1 accuracy (%). {clean_name}: the {report['dataset']} split ({report['clean_images']} images)"
     c100c = report["cifar100c"]
     if c100c is not None:
         evaluated, skipped = c100c["evaluated"], c100c["missing"] + list(c100c["unreadable"])
         note += f"; CIFAR100C: the mean over {len(evaluated)} corruptions x 5 severities ({c100c['images']} images)"
         if skipped:
             note += f", leaving out {len(skipped)} without a readable file: {', '.join(skipped)}"
-    return "\n".join(table_rows(report["columns"], report["rows"]) + ["", note + "."]) + "\n"
+    return "\n".join(table_rows(report["columns"], report["rows"], clean_name) + ["", note + "."]) + "\n"
 
 
 def write_text(text: str, out: Path, force: bool) -> None:
@@ -218,6 +226,7 @@ def run(args) -> dict:
     report = {
         "columns": list(COLUMNS if c100c is not None else CLEAN_ONLY_COLUMNS),
         "dataset": f"{args.source} test",
+        "clean_column": clean_column_name(args.source),  # the header of the rows' "CIFAR100" values
         "clean_images": len(split),
         "cifar100c": None if c100c is None else {
             "directory": str(c100c.directory), "evaluated": list(evaluated), "missing": list(c100c.missing),

@@ -163,11 +163,12 @@ def test_cli_normalizes_with_the_training_runs_constants_unless_told(override, t
     checkpoint = save_model_checkpoint(tmp_path / "model", convert.torch_to_flax(torch_model.state_dict()),
                                        {"arch": "resnet8", "num_classes": 10, "normalization": "repdistiller"})
     out = tmp_path / "digits.json"
-    code, _, err = run_cli(["--checkpoint", checkpoint, "--source", "digits", "--batch-size", BATCH, "--out", out]
-                           + (["--normalization", override] if override else []), capsys)
+    code, printed, err = run_cli(["--checkpoint", checkpoint, "--source", "digits", "--batch-size", BATCH, "--out",
+                                  out] + (["--normalization", override] if override else []), capsys)
     assert code == 0, err
     results = json.loads(out.read_text())
     assert results["normalization"] == (override or "repdistiller")
+    assert f"10 classes; inputs normalized with the {override or 'repdistiller'} mean/std" in printed  # it is said
     mean_std = (MEAN, STD) if override == "seed" else REPDISTILLER_MEAN_STD
     assert_matches_reference(results["clean"], torch_logits(torch_model, test.images, mean_std), test.labels)
 

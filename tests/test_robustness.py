@@ -150,6 +150,18 @@ def test_without_cifar100c_the_table_has_the_clean_column_alone(tmp_path, rng, c
     assert f"CIFAR100: the cifar100-python test split ({BATCH + 3} images)." in stdout and "CIFAR100C" not in stdout
 
 
+def test_the_clean_column_is_named_by_its_source():
+    """`--source digits` heads its clean column "digits" (it said CIFAR100); CIFAR-100's sources keep CIFAR100."""
+    assert [robustness.clean_column_name(s) for s in ("digits", "tfds", "cifar100-python")] == [
+        "digits", "CIFAR100", "CIFAR100"]
+    report = {"columns": list(robustness.CLEAN_ONLY_COLUMNS), "dataset": "digits test", "clean_images": 360,
+              "clean_column": "digits", "cifar100c": None,
+              "rows": [{"model": "ResNet8", "method": "Baseline", "CIFAR100": 95.0}]}
+    table = robustness.format_table(report)
+    assert table.splitlines()[0] == "| model | method | digits |" and "CIFAR100" not in table
+    assert "digits: the digits test split (360 images)." in table
+
+
 # -------------------------------------------------------------------------------------------- bad inputs
 
 

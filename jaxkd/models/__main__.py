@@ -1,4 +1,4 @@
-"""`python -m jaxkd.models [--classes N]`: every architecture with its parameter count and GFLOPs per 32x32 image."""
+"""`python -m jaxkd.models [--classes N]`: every architecture with its parameter count and GMACs (multiply-accumulates) per 32x32 image."""
 
 import argparse
 

@@ -1,6 +1,7 @@
-"""Every architecture's size: parameters and forward GFLOPs per 32x32 image (`python -m jaxkd.models`).
+"""Every architecture's size: parameters and forward GMACs per 32x32 image (`python -m jaxkd.models`).
 
-GFLOPs are counted as the distillation papers count them: multiply-accumulates of the convolutions and linear
+GMACs (billions of multiply-accumulates; one is 2 FLOPs) as the distillation papers count them, which call them
+"FLOPs": multiply-accumulates of the convolutions and linear
 layers (BN, ReLU, pooling and additions left out), read off one abstract trace of `init`, which runs the
 eval-mode forward pass (nothing is computed). Parameters are the trainable ones (conv and linear weights and
 biases, BN scales and biases), as PyTorch's `sum(p.numel() for p in model.parameters())` counts them.
@@ -19,7 +20,7 @@ from jaxkd.models import all_architectures, canonical_name, get_model
 class ModelSize(NamedTuple):
     arch: str
     parameters: int
-    gflops: float  # multiply-accumulates per image, in billions
+    gmacs: float  # multiply-accumulates per image, in billions (FLOPs = 2 x MACs)
 
 
 def model_size(arch: str, num_classes: int = 100, image_size: int = 32) -> ModelSize:
@@ -44,9 +45,9 @@ def model_size(arch: str, num_classes: int = 100, image_size: int = 32) -> Model
 
 
 def size_table(num_classes: int = 100) -> str:
-    """A markdown table of every architecture: name, parameters (millions), GFLOPs per 32x32 image."""
-    rows = ["| architecture | parameters | GFLOPs |", "|---|---:|---:|"]
+    """A markdown table of every architecture: name, parameters (millions), GMACs per 32x32 image."""
+    rows = ["| architecture | parameters | GMACs |", "|---|---:|---:|"]
     for arch in all_architectures():
         size = model_size(arch, num_classes)
-        rows.append(f"| `{size.arch}` | {size.parameters / 1e6:.2f}M | {size.gflops:.3f} |")
+        rows.append(f"| `{size.arch}` | {size.parameters / 1e6:.2f}M | {size.gmacs:.3f} |")
     return "\n".join(rows)

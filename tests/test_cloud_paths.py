@@ -134,7 +134,10 @@ def test_a_run_on_gs_stopped_by_sigterm_resumes_bitwise_and_writes_what_a_local_
     assert_bitwise_equal(load_model_checkpoint(f"{workdir}/model")[0], final_params(straight_run))
     objects = gcs.list_objects("runs", "cloud/kd/")
     assert {name.split("/")[2] for name in objects} == {"checkpoints", "config.json", "metrics.jsonl", "model",
-                                                        "student.pth", "tensorboard"}, objects
+                                                        "student.pth", "tensorboard", ".checkpointed"}, objects
+    # each checkpoint committed with its manifest (written before Orbax's commit marker)
+    steps = {name.split("/")[3] for name in objects if name.startswith("cloud/kd/checkpoints/")}
+    assert steps and all(f"cloud/kd/checkpoints/{step}/jaxkd_manifest.json" in objects for step in steps), objects
     assert not [name for name in objects if name.endswith(".tmp") or "write-check" in name]
     # the student.pth export: the same bytes as the local run's
     assert gcs.read_object("runs", "cloud/kd/student.pth") == (straight_run / "student.pth").read_bytes()

@@ -52,7 +52,8 @@ from jaxkd.stop_request import StopRequest
 from jaxkd.train_batch import prepare_batch
 from jaxkd.train_state import TrainState
 from jaxkd.wandb_log import check_wandb_settings
-from jaxkd.workdir import WorkdirLock, check_epochs, create_workdir, export_models, save_config
+from jaxkd.workdir import (WorkdirLock, check_config_json, check_epochs, create_workdir, export_models,
+                          save_config)
 
 METRIC_NAMES = ("loss", "ce", "kd", "term", "correct")  # summed on the device between two fetches
 # config.dtype: the models' compute dtype. Parameters, BN statistics, losses and the optimizer stay float32.
@@ -122,7 +123,9 @@ def check_teacher_path(config, method: Method) -> None:
         raise UserError(f"--config.teacher.checkpoint {config.teacher.checkpoint}: no such file or directory")
 
 
-def load_teacher(config, method: Method, num_classes: int) -> Teacher | None:
+def load_teacher(config, method: Method) -> Teacher | None:
+    """The configured teacher (None for a method without one), its model built for the classes it has
+    (`build` checks them against the data's)."""
     if not method.uses_teacher:
         return None
     check_teacher_path(config, method)
@@ -133,10 +136,7 @@ def load_teacher(config, method: Method, num_classes: int) -> Teacher | None:
             raise
         raise UserError(f"{error}; the config names teacher.arch={config.teacher.arch}: pass "
                         f"--config.teacher.arch='' to take the architecture from the file") from None
-    if teacher_classes != num_classes:
-        raise UserError(f"the teacher {config.teacher.checkpoint} has {teacher_classes} classes, the dataset "
-                        f"{num_classes}")
-    return Teacher(get_model(arch, num_classes, dtype=COMPUTE_DTYPES[config.dtype]), variables, arch)
+    return Teacher(get_model(arch, teacher_classes, dtype=COMPUTE_DTYPES[config.dtype]), variables, arch)
 
 
 def build(config, devices=None, *, data=None, teacher: Teacher | None = None) -> Setup:
@@ -145,15 +145,16 @@ def build(config, devices=None, *, data=None, teacher: Teacher | None = None) ->
     mesh = data_mesh(None if devices is None else tuple(devices))
     check_config(config, mesh)
     method = get_method(config.method, config)
-    if teacher is None:
-        check_teacher_path(config, method)
+    if teacher is None:  # before the data: a teacher file that does not fit is refused without loading it
+        teacher = load_teacher(config, method)
     if data is None:
         data_dir = config.data.data_dir or None
         data = tuple(load_split(config.data.source, split, data_dir, download=config.data.download)
                      for split in ("train", "test"))
     train, test = data
-    if teacher is None:
-        teacher = load_teacher(config, method, train.num_classes)
+    if teacher is not None and teacher.model.num_classes != train.num_classes:
+        raise UserError(f"the teacher {config.teacher.checkpoint} has {teacher.model.num_classes} classes, the "
+                        f"dataset {train.num_classes}")
     pipeline = DataPipeline.from_config(config)
     spe = pipeline.steps_per_epoch(len(train), config.batch_size)
     if spe < 1 or len(train) < config.batch_size:
@@ -342,6 +343,7 @@ def train_and_evaluate(config, workdir) -> dict:
         cleanup.callback(lock.release)
         if workdir.is_dir():
             lock.acquire()  # a second run on a live workdir is refused before it loads anything
+            check_config_json(config, workdir)  # so is another run's workdir, or an unreadable config.json
         setup = build(config)  # every user error surfaces here, before any compile
         check_epochs(config, workdir, setup.steps_per_epoch)  # a finished run's config is never shortened
         # The method checks its settings against the models' shapes as the state is made (FitNets' hint layer):

@@ -217,6 +217,27 @@ def check_workdir_files(workdir: Path) -> None:
                         f"a new --workdir) to start the run anew")
 
 
+def check_config_json(config, workdir: Path) -> list[str]:
+    """Reads `WORKDIR/config.json`, if any, against `config` without writing anything: an unreadable one, or one
+    of another run that has started, is refused with one line; returns the keys in which it differs from a run
+    that never started ([] when it is the same run or there is none). `jaxkd.train` calls it before loading
+    anything, so that these refusals cost no data or model loading."""
+    path = as_path(workdir) / "config.json"
+    if not path.exists():
+        return []
+    try:
+        previous = _run_defining(path.read_text())
+    except (OSError, ValueError):  # unreadable, not JSON (JSONDecodeError, UnicodeDecodeError), not an object
+        raise UserError(f"{path}: not a run config jaxkd can read (a JSON object); it identifies the run in "
+                        f"{workdir}: restore it or use a new --workdir") from None
+    current = _run_defining(config.to_json_best_effort(indent=2, sort_keys=True))
+    changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+    if changed and not never_started(workdir):
+        raise UserError(f"{workdir} holds a run with another config (differs in: {', '.join(changed)}); "
+                        f"use a new --workdir to start a different run")
+    return changed
+
+
 def save_config(config, workdir: Path) -> None:
     """Writes `config.json` (process 0); a workdir that already holds a different run is refused (resume must
     be exact, up to RESUME_MAY_CHANGE), unless that run never started (`never_started`): a command that failed
@@ -224,20 +245,10 @@ def save_config(config, workdir: Path) -> None:
     check_workdir_files(workdir)
     path = workdir / "config.json"
     text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if path.exists():
-        try:
-            previous = _run_defining(path.read_text())
-        except (OSError, ValueError):  # unreadable, not JSON (JSONDecodeError, UnicodeDecodeError), not an object
-            raise UserError(f"{path}: not a run config jaxkd can read (a JSON object); it identifies the run in "
-                            f"{workdir}: restore it or use a new --workdir") from None
-        current = _run_defining(text)
-        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        if changed and not never_started(workdir):
-            raise UserError(f"{workdir} holds a run with another config (differs in: {', '.join(changed)}); "
-                            f"use a new --workdir to start a different run")
-        if changed:
-            distributed.print_once(f"{workdir}: its run stopped before its first checkpoint and log step; starting "
-                                   f"it anew with this config (differs in: {', '.join(changed)})", flush=True)
+    changed = check_config_json(config, workdir)
+    if changed:
+        distributed.print_once(f"{workdir}: its run stopped before its first checkpoint and log step; starting "
+                               f"it anew with this config (differs in: {', '.join(changed)})", flush=True)
     distributed.barrier("config.json checked")  # every process has read it before process 0 replaces it
     if distributed.is_primary():
         write_text_atomically(text, path, force=True, what="the run's config")

@@ -112,10 +112,11 @@ def test_a_stop_during_an_epochs_last_step_evaluates_that_epoch_before_it_stops(
     assert_bitwise_equal(final_params(tmp_path), final_params(straight_run[0]))
 
 
-def test_sigterm_and_ctrl_c_stop_the_loop_with_their_exit_statuses_and_a_second_ctrl_c_interrupts():
+def test_sigterm_and_ctrl_c_stop_the_loop_with_their_exit_statuses_and_a_second_ctrl_c_interrupts(capsys):
     """The loop's decision (the Ctrl-C test above runs it end to end): SIGTERM and SIGINT each request a stop
-    with the conventional status; after the first Ctrl-C, Python's own handler is back. A SIGINT the process
-    ignores (a background job, as CI runs the suite) stays ignored."""
+    with the conventional status, and say at once what happens next; a second Ctrl-C interrupts at once
+    (outside a checkpoint's write: test_ctrl_c_twice_waits_for_the_checkpoint_write_with_one_line). A SIGINT
+    the process ignores (a background job, as CI runs the suite) stays ignored."""
     import os
 
     from jaxkd.stop_request import StopRequest
@@ -129,8 +130,11 @@ def test_sigterm_and_ctrl_c_stop_the_loop_with_their_exit_statuses_and_a_second_
                 os.kill(os.getpid(), signum)
                 time.sleep(0.01)  # the handler runs between two bytecodes of this thread
                 assert stop.before_dispatch() and stop.exit_status == status
+                assert f"{signal.Signals(signum).name}: stopping: the current step finishes first" in capsys.readouterr().err
                 if signum == signal.SIGINT:
-                    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+                    with pytest.raises(KeyboardInterrupt):
+                        os.kill(os.getpid(), signum)
+                        time.sleep(1)
             finally:
                 stop.restore()
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -141,6 +145,53 @@ def test_sigterm_and_ctrl_c_stop_the_loop_with_their_exit_statuses_and_a_second_
         stop.restore()
     finally:
         signal.signal(signal.SIGINT, started_with)
+
+
+def test_ctrl_c_twice_waits_for_the_checkpoint_write_with_one_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during host call 8, and again while Orbax writes that stop's checkpoint (asynchronously): the first
+    says "saving", the second one line, and the write completes ("saved" only then): exit 130, no traceback, no
+    `-tmp` folder, and step 8 is the checkpoint a resume starts from."""
+    import os
+
+    from jaxkd.run_checkpoint import RunCheckpoints
+    from jaxkd.stop_request import StopRequest
+
+    real_before_dispatch, real_wait = StopRequest.before_dispatch, RunCheckpoints.wait_until_saved
+    calls, during_write = {"count": 0}, []
+
+    def before_dispatch(self):
+        dispatch = real_before_dispatch(self)
+        calls["count"] += 1
+        if calls["count"] == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here
+        return dispatch
+
+    def wait_until_saved(self):
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the save is in flight
+        time.sleep(0.05)
+        during_write.append(capsys.readouterr())
+        real_wait(self)
+
+    monkeypatch.setattr(StopRequest, "before_dispatch", before_dispatch)
+    monkeypatch.setattr(RunCheckpoints, "wait_until_saved", wait_until_saved)
+    started_with = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in an interactive shell
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main(["train", "--config", str(REPO / "configs/demo.py:teacher"), "--workdir", str(tmp_path)] + SMALL)
+    finally:
+        signal.signal(signal.SIGINT, started_with)
+    after = capsys.readouterr()
+    assert stopped.value.code == 130
+    [during] = during_write
+    assert "SIGINT: saving a checkpoint at step 8..." in during.out and "saved" not in during.out
+    assert "SIGINT again: waiting for a checkpoint at step 8 to be written" in during.err
+    assert "SIGINT: saved a checkpoint at step 8; run the same command to resume" in after.out
+    assert "Traceback" not in during.err + after.err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["8"]
+    checkpoints = RunCheckpoints(tmp_path, 3)
+    assert checkpoints.latest_step() == 8
+    checkpoints.close()
 
 
 def test_a_second_run_on_a_live_workdir_is_one_line_and_a_dead_runs_lock_is_taken_over(tmp_path, capsys):
@@ -431,6 +482,36 @@ def test_teacher_of_another_architecture_is_refused_before_any_compile(tmp_path,
     assert "does not fit wideresnet40_2 (its shapes fit resnet8)" in err and "\n" not in err
     assert err.endswith("pass --config.teacher.arch='' to take the architecture from the file")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unreadable_or_another_runs_config_json_is_refused_before_anything_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train, "build", lambda config: pytest.fail("the data and models were loaded first"))
+    argv = ["train", "--config", str(REPO / "configs/demo.py:teacher"), "--workdir", str(tmp_path)]
+    for text, message in [("{not json", "config.json: not a run config jaxkd can read"),
+                          ('{"model": "resnet20", "seed": 5}', "holds a run with another config (differs in: ")]:
+        (tmp_path / "config.json").write_text(text)
+        (tmp_path / "metrics.jsonl").write_text('{"step": 5, "kind": "train", "loss": 2.0}\n')  # a started run
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+        assert (tmp_path / "config.json").read_text() == text
+
+
+def test_a_teacher_is_checked_before_the_data_loads_and_its_classes_against_the_datas(tmp_path, monkeypatch):
+    """A teacher file that does not fit is refused without loading the data (a slow refusal before: scikit-learn's
+    import and the digits); one that fits but has other classes than the data, once the data is there."""
+    from jaxkd.data import Split
+
+    torch.save(get_torch_model("resnet8", 10).state_dict(), tmp_path / "teacher.pth")
+    config = demo.get_config("student")
+    config.teacher.checkpoint, config.teacher.arch = str(tmp_path / "teacher.pth"), "wideresnet40_2"
+    monkeypatch.setattr(train, "load_split", lambda *args, **kwargs: pytest.fail("the data was loaded first"))
+    with pytest.raises(UserError, match="does not fit wideresnet40_2"):
+        train.build(config)
+    config.teacher.arch = ""
+    hundred = Split(np.zeros((4, 32, 32, 3), np.uint8), np.arange(4, dtype=np.int32), np.arange(4, dtype=np.int32), 100)
+    with pytest.raises(UserError, match=r"teacher .*teacher.pth has 10 classes, the dataset 100"):
+        train.build(config, data=(hundred, hundred))
 
 
 def test_bfloat16_compute_keeps_float32_parameters_statistics_and_loss():

@@ -12,6 +12,8 @@ import argparse
 import hashlib
 import io
 import pickle
+import re
+import zipfile
 from collections.abc import Mapping
 
 import torch
@@ -43,9 +45,12 @@ def read_torch_file(path) -> object:
     contents = path.read_bytes()
     if not (contents[:4] == ZIP_MAGIC or contents[:1] == PICKLE_PROTO):
         raise UserError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)")
+    archive = contents[:4] == ZIP_MAGIC
+    if archive:
+        _check_archive(path, contents)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(io.BytesIO(contents), map_location="cpu", weights_only=True)
+            loaded = torch.load(io.BytesIO(contents), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" in str(error) or "Unsupported global" in str(error):
             raise UserError(f"{path}: refused, it holds pickled Python objects beyond tensors and plain "
@@ -53,8 +58,96 @@ def read_torch_file(path) -> object:
                             f"state_dict with torch.save") from None
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from None
     except Exception as error:  # a damaged file fails in many ways inside torch.load; all mean the same here
-        raise UserError(f"{path}: not a readable PyTorch checkpoint, truncated or damaged "
-                        f"({type(error).__name__}: {_first_line(error)})") from None
+        where = "torch.load fails on it" if archive else "the legacy (pickle) format does not unpickle completely"
+        raise UserError(f"{path}: not a readable PyTorch checkpoint, truncated or damaged: {where} "
+                        f"({type(error).__name__}: {_first_line(error)}); download or copy it again") from None
+    return loaded
+
+
+def _check_archive(path, contents: bytes) -> None:
+    """One line for a zip-format file that is cut short (no zip directory at its end), whose member fails its
+    CRC (bytes changed in a download: `torch.load` reads such a file without a word, wrong weights and all), or
+    whose tensor data member is shorter than its tensor."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(contents)) as archive:
+            damaged = archive.testzip()  # reads every member, checks its CRC-32
+            short = None if damaged is not None else _short_member(archive)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+        raise UserError(f"{path}: not a readable PyTorch checkpoint, truncated or damaged: its zip archive is "
+                        f"incomplete (no zip directory at its end: {_first_line(error)}); download or copy it "
+                        f"again") from None
+    if damaged is not None:
+        raise UserError(f"{path}: damaged: member {damaged} fails its CRC-32 check (its bytes changed after "
+                        f"torch.save wrote it); download or copy it again")
+    if short is not None:
+        raise UserError(f"{path}: damaged: {short}; download or copy it again")
+
+
+ELEMENT_BYTES = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1,
+                 "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16}
+
+
+class _Inert:
+    """What `_StorageSizes` makes of every global a pickle names: accepts any arguments and does nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+
+class _StorageSizes(pickle.Unpickler):
+    """Reads a zip-format .pth's `data.pkl` without running anything (every global becomes `_Inert`) to collect
+    {storage key: bytes its tensor data needs} from the storages' persistent ids
+    ('storage', torch.<Type>Storage, key, location, number of elements)."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.sizes = {}
+
+    def find_class(self, module, name):
+        return type(name, (_Inert,), {})
+
+    def persistent_load(self, pid):
+        if isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage":
+            element = ELEMENT_BYTES.get(getattr(pid[1], "__name__", "").removesuffix("Storage"))
+            if element is not None and isinstance(pid[4], int):
+                self.sizes[str(pid[2])] = pid[4] * element
+        return _Inert()
+
+
+def _short_member(archive: zipfile.ZipFile) -> str | None:
+    """A line naming the first data member shorter than its tensor needs, or None (none, or not readable)."""
+    [pickled] = [name for name in archive.namelist() if name.endswith("/data.pkl")] or [None]
+    if pickled is None:
+        return None
+    reader = _StorageSizes(io.BytesIO(archive.read(pickled)))
+    try:
+        reader.load()
+    except Exception:  # a form this reader does not follow: torch.load's own checks remain
+        return None
+    folder = pickled[: -len("data.pkl")] + "data/"
+    for key, needed in reader.sizes.items():
+        try:
+            held = archive.getinfo(folder + key).file_size
+        except KeyError:
+            return f"member {folder + key} is missing"
+        if held < needed:
+            return f"member {folder + key} holds {held} bytes, its tensor needs {needed}"
+    return None
 
 
 def _first_line(error: Exception) -> str:

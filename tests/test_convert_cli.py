@@ -3,6 +3,7 @@ written)."""
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +223,50 @@ def test_an_imported_model_exports_in_the_layout_it_came_from(tmp_path, capsys):
     assert main(["export", str(tmp_path / "imported"), "--out", str(tmp_path / "seed.pth"), "--layout",
                  "pytorch-kd"]) == 0
     get_torch_model("wrn16_1", 10).load_state_dict(torch.load(tmp_path / "seed.pth", weights_only=True), strict=True)
+
+
+def _damaged_pth(damage: str, path: Path) -> str:
+    """Writes a real resnet8 state_dict with torch.save to `path`, then damages it; returns what the error must
+    name: bytes flipped inside the largest tensor's data member (same size, zip format), the file cut in half
+    (zip, and the legacy pickle format), the largest data member rewritten shorter than its tensor (a zip whose
+    CRCs hold)."""
+    import struct
+    import zipfile
+
+    legacy = damage == "truncated_legacy"
+    torch.save(randomized_torch_model("resnet8", 10).state_dict(), path, _use_new_zipfile_serialization=not legacy)
+    data = path.read_bytes()
+    if damage.startswith("truncated"):
+        path.write_bytes(data[: len(data) // 2])
+        return ("the legacy (pickle) format does not unpickle completely" if legacy else
+                "its zip archive is incomplete")
+    with zipfile.ZipFile(path) as archive:
+        largest = max((info for info in archive.infolist() if "/data/" in info.filename), key=lambda i: i.file_size)
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    if damage == "flipped":
+        name_length, extra_length = struct.unpack("<HH", data[largest.header_offset + 26:largest.header_offset + 30])
+        start = largest.header_offset + 30 + name_length + extra_length  # the member's bytes (stored, not compressed)
+        flipped = bytearray(data)
+        for offset in range(start + largest.file_size // 2, start + largest.file_size // 2 + 4):
+            flipped[offset] ^= 0xFF
+        path.write_bytes(bytes(flipped))
+        return f"member {largest.filename} fails its CRC-32 check"
+    with zipfile.ZipFile(path, "w") as archive:  # "short": every member rewritten, the largest cut to half
+        for name, content in members.items():
+            archive.writestr(name, content[: len(content) // 2] if name == largest.filename else content)
+    return f"damaged: member {largest.filename} holds {largest.file_size // 2} bytes, its tensor needs {largest.file_size}"
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated_zip", "truncated_legacy", "short"])
+def test_a_damaged_pth_is_one_line_naming_the_file_and_the_damage_wherever_it_is_read(damage, tmp_path, capsys):
+    """A .pth damaged after torch.save wrote it (a bad download or copy) is refused before use by `convert import`
+    and by the loader behind `jaxkd.evaluate` and a run's teacher, in one line naming the file and the damaged
+    member; nothing is written. (Before, flipped bytes inside a data member imported without a word.)"""
+    src = tmp_path / "damaged.pth"
+    expected = _damaged_pth(damage, src)
+    before = _listing(tmp_path)
+    err = _run_error(["import", src, "--out", tmp_path / "out"], capsys)
+    assert err.startswith(f"error: {src}: ") and expected in err, err
+    assert _listing(tmp_path) == before
+    with pytest.raises(UserError, match=re.escape(expected)):
+        load_model(src)

@@ -2,7 +2,9 @@
 every step logged once), one run per workdir, exports, bad configs and a diverging loss."""
 
 import contextlib
+import errno
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -931,3 +933,146 @@ def test_init_checkpoints_are_verified_and_a_missing_manifest_counts_as_damage_o
     finally:
         checkpoints.close()
     assert capsys.readouterr().out == ""
+
+
+
+class FullDisk:
+    """Files whose writes fail with ENOSPC, as the operating system's do, while `full` is set (by a trigger)."""
+
+    def __init__(self):
+        self.full, self.since = False, None
+
+    def fail(self, path):
+        if self.full:
+            self.since = self.since or time.monotonic()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    def wrap(self, file, path):
+        disk = self
+
+        class File:
+            def write(self, data):
+                disk.fail(path)
+                return file.write(data)
+
+            def flush(self):
+                disk.fail(path)
+                return file.flush()
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                file.close()
+
+            def __getattr__(self, name):
+                return getattr(file, name)
+
+        return File()
+
+
+def fill_disk_under(sink: str, workdir: Path, monkeypatch) -> FullDisk:
+    """The writes of `sink` fail with ENOSPC from a chosen moment on: metrics.jsonl from the first row after the
+    step-22 checkpoint, the TensorBoard events from the step-44 evaluation row, student.pth when the export begins
+    (`monkeypatch.undo()` frees the space)."""
+    import builtins
+
+    import tensorboardX.record_writer
+
+    from jaxkd import metric_log, safe_write
+
+    disk = FullDisk()
+    real_write, real_export = metric_log.MetricLog.write, train.export_models
+    fault_row = {"metrics.jsonl": (25, "train"), "tensorboard": (44, "eval")}.get(sink)
+
+    def write(log, step, kind, values):
+        disk.full = disk.full or (step, kind) == fault_row
+        return real_write(log, step, kind, values)
+
+    def export_models(*args, **kwargs):
+        disk.full = True
+        return real_export(*args, **kwargs)
+
+    def open_failing(path, *args, **kwargs):
+        return disk.wrap(builtins.open(path, *args, **kwargs), path)
+
+    monkeypatch.setattr(metric_log.MetricLog, "write", write)
+    if sink == "metrics.jsonl":
+        monkeypatch.setattr(metric_log, "open", open_failing, raising=False)
+    elif sink == "tensorboard":
+        monkeypatch.setattr(tensorboardX.record_writer, "open", open_failing, raising=False)
+    else:
+        monkeypatch.setattr(train, "export_models", export_models)
+        real_os = safe_write.os
+        monkeypatch.setattr(safe_write, "os", type("os", (), {
+            "__getattr__": lambda self, name: getattr(real_os, name),
+            "fdopen": staticmethod(lambda handle, mode: disk.wrap(real_os.fdopen(handle, mode), workdir / sink))})())
+    return disk
+
+
+WHAT_FAILED = {"metrics.jsonl": "the metrics", "tensorboard": "the TensorBoard events",
+               "student.pth": "the state_dict", "checkpoints": "a checkpoint"}
+
+
+def small_run_command(workdir) -> list[str]:
+    """`python -m jaxkd.train`'s argv for the straight run's config (tests/conftest.py's small_config)."""
+    return ["train", "--config", str(REPO / "configs/demo.py:teacher"), "--workdir", str(workdir), *SMALL,
+            "--config.data.drop_last=True"]
+
+
+def assert_stopped_in_one_line(workdir, sink, capsys, kept):
+    """The run stopped with one line naming the path that could not be written and why, its checkpoints `kept`."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err == f"error: {workdir / sink}: cannot write {WHAT_FAILED[sink]}: No space left on device\n"
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == kept
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_bitwise_once_space_is_freed(straight_run, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """One workdir, its disk filled three times, each freed before the same command runs again: metrics.jsonl
+    (the first row after the step-22 checkpoint), the TensorBoard events (the step-44 evaluation row, before
+    that checkpoint), student.pth (the export, after it). Each run stops within seconds of the failed write with
+    one line naming the path and the cause, exit 74, its complete checkpoints kept; the last run ends bitwise
+    where the straight run ends, every row logged once."""
+    workdir = tmp_path / "run"
+    for sink, kept in [("metrics.jsonl", ["22"]), ("tensorboard", ["22"]), ("student.pth", ["22", "44"])]:
+        disk = fill_disk_under(sink, workdir, monkeypatch)
+        assert main(small_run_command(workdir)) == 74, sink
+        assert time.monotonic() - disk.since < 10, sink  # within seconds of the failed write
+        assert_stopped_in_one_line(workdir, sink, capsys, kept)
+        monkeypatch.undo()  # space freed
+    assert main(small_run_command(workdir)) == 0
+    assert_bitwise_equal(final_params(workdir), final_params(straight_run[0]))
+    assert logged_steps(workdir) == logged_steps(straight_run[0])
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 1 MB tmpfs mounted at tmp_path/fs (root only; the test is skipped where mounting is not allowed): a run's
+    files and one resnet8 checkpoint (0.75 MB) fit, a second does not. Yields (its path, a function that grows
+    it to 64 MB)."""
+    folder = tmp_path / "fs"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1000k", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root and a system that allows it")
+    try:
+        yield folder, lambda: subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_checkpoint_that_fills_the_disk_stops_the_run_in_one_line_and_it_resumes_bitwise(
+        straight_run, small_filesystem, capsys):
+    """On a real 1 MB filesystem, Orbax's background save of the step-44 checkpoint fails (ENOSPC inside
+    TensorStore): one line naming the checkpoint directory, exit 74, the step-22 checkpoint kept; with the space
+    grown, the same command resumes from it and ends bitwise where the straight run ends."""
+    folder, free_space = small_filesystem
+    workdir = folder / "run"
+    assert main(small_run_command(workdir)) == 74
+    assert_stopped_in_one_line(workdir, "checkpoints", capsys, ["22"])
+    free_space()
+    assert main(small_run_command(workdir)) == 0
+    assert_bitwise_equal(final_params(workdir), final_params(straight_run[0]))
+    assert logged_steps(workdir) == logged_steps(straight_run[0])

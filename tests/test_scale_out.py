@@ -197,8 +197,11 @@ def test_only_process_0_writes_metrics_messages_and_exports(runs, gcs):
     assert "top-1" not in stdout_1 and "wrote" not in stdout_1
     names = sorted({name[len(TWO) + 1:].split("/")[0] for name in objects})
     # no .lock in a bucket (object storage has no locks), no temporary or probe objects left
-    assert names == ["checkpoints", "config.json", "metrics.jsonl", "model", "student.pth", "tensorboard"], names
-    assert sorted(path.name for path in runs["one"].iterdir()) == [".lock"] + names  # the local run: the same
+    assert names == [".checkpointed", "checkpoints", "config.json", "metrics.jsonl", "model", "student.pth",
+                     "tensorboard"], names
+    assert sorted(path.name for path in runs["one"].iterdir()) == [".checkpointed", ".lock"] + names[1:]  # the same
+    # the checkpoint's manifest, written by process 0 before Orbax's commit marker
+    assert f"{TWO}/checkpoints/{STEPS_PER_EPOCH}/jaxkd_manifest.json" in objects, objects
     exported = torch.load(io.BytesIO(gcs.read_object("runs", f"{TWO}/student.pth")), weights_only=True)
     model = get_torch_model("resnet8", 10)
     model.load_state_dict(exported)  # strict

@@ -22,6 +22,7 @@ never reruns the stage. Its rows in metrics.jsonl have `kind` "init" and the ste
 
 import functools
 import math
+import sys
 import time
 
 import flax.linen as nn
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxkd import distributed
 from jaxkd.compile_options import compiler_options
 from jaxkd.data import epoch_permutation
 from jaxkd.dispatch import dispatch_plan
@@ -232,10 +234,17 @@ def _init_loop(setup, config, stage, init_state, state, teacher_variables, data,
         fetched_step, fetched_time, examples = step, now, 0
         return zero(), loss
 
+    # progress within an epoch, as training shows it: a bar on a terminal, a line per log step to a file or pipe
+    show_progress = config.progress_bar and distributed.is_primary()
+    progress_lines = show_progress and not sys.stdout.isatty()
     while step < total:
         epoch = step // spe
         permutation = permutation_of(jax.random.fold_in(key, 1), epoch)
-        loss = None
+        loss, bar = None, None
+        if show_progress:
+            from tqdm import tqdm
+            bar = tqdm(total=spe, initial=step % spe, desc=f"init epoch {epoch + 1}/{stage.epochs}", leave=False,
+                       dynamic_ncols=True, file=sys.stdout, disable=None)  # off when not a TTY
         for _, fetch in dispatch_plan(step, (epoch + 1) * spe, spe, config.log_every_steps, 1,
                                       last_step_alone=setup.partial_last_batch):
             if stop.before_dispatch():
@@ -245,8 +254,17 @@ def _init_loop(setup, config, stage, init_state, state, teacher_variables, data,
             init_state, loss_sum = program(init_state, loss_sum, key, teacher_variables, *data, permutation)
             step += 1
             examples += setup.last_batch_size if partial else config.batch_size
+            if bar is not None:
+                bar.update(1)
             if fetch:
                 loss_sum, loss = fetch_and_log(loss_sum, step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                if progress_lines:
+                    print(f"init epoch {epoch + 1}/{stage.epochs} step {step - epoch * spe}/{spe}: loss {loss:.4f}",
+                          flush=True)
+        if bar is not None:
+            bar.close()
         if stop.requested:
             if step > fetched_step:
                 fetch_and_log(loss_sum, step)

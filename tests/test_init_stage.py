@@ -46,8 +46,12 @@ def run(config, workdir, stop_at_call: int | None = None, monkeypatch=None) -> s
 
 def test_stopped_in_the_init_stage_or_in_training_resumes_bitwise_without_rerunning_it(tmp_path, monkeypatch):
     config = ab_config(save_random_teacher(tmp_path / "teacher.pth", "wideresnet16_2", 10))
+    config.progress_bar = True  # output to a file: a progress line at each of the stage's log steps
     straight = run(config, tmp_path / "straight")
+    config.progress_bar = False
     assert "init epoch 1/1" in straight
+    assert [line.split(":")[0] for line in straight.splitlines() if line.startswith("init epoch 1/1 step ")] == [
+        "init epoch 1/1 step 11/22", "init epoch 1/1 step 22/22"]
     straight_rows = rows(tmp_path / "straight")
     init_rows = [(r["step"], r["init_step"], r["loss"]) for r in straight_rows if r["kind"] == "init"]
     assert [row[:2] for row in init_rows] == [(-11, 11), (0, 22)]  # steps <= 0: before training's

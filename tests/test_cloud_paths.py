@@ -315,3 +315,32 @@ def test_a_bucket_without_permission_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: gs://runs/x: no permission to read gs://runs (OSError: Forbidden")
     assert err.count("\n") == 1, err
+
+
+def test_a_wandb_run_that_does_not_finish_or_fails_is_one_line_within_the_bound():
+    """wandb's close waits for `run.finish()` and the service's teardown at most `timeout` seconds, then reports
+    one OutputError instead of blocking the run's exit; a finish or a row that fails is one OutputError too."""
+    import threading
+    import types
+
+    from jaxkd.errors import OutputError
+    from jaxkd.wandb_log import WandbLog
+
+    release = threading.Event()
+    log = WandbLog.__new__(WandbLog)  # its wandb run replaced by one that never finishes
+    log.where, log._wandb = "wandb (offline, run jaxkd-x in w)", types.SimpleNamespace(teardown=lambda: None)
+    log.run = types.SimpleNamespace(finish=lambda: release.wait(60))
+    start = time.monotonic()
+    with pytest.raises(OutputError, match=r"^wandb \(offline, run jaxkd-x in w\): did not finish within 1 s"):
+        log.close(timeout=1)
+    assert time.monotonic() - start < 5
+    release.set()
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("the service is gone")
+
+    log.run = types.SimpleNamespace(finish=refuse, log=refuse)
+    with pytest.raises(OutputError, match=r"cannot finish the run: ConnectionError: the service is gone$"):
+        log.close(timeout=10)
+    with pytest.raises(OutputError, match=r"cannot log the metrics at step 5: ConnectionError: the service is gone$"):
+        log.write(5, "train", {"loss": 1.0})

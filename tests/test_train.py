@@ -1076,3 +1076,33 @@ def test_a_checkpoint_that_fills_the_disk_stops_the_run_in_one_line_and_it_resum
     assert main(small_run_command(workdir)) == 0
     assert_bitwise_equal(final_params(workdir), final_params(straight_run[0]))
     assert logged_steps(workdir) == logged_steps(straight_run[0])
+
+
+def test_a_tensorboard_file_that_cannot_be_written_is_one_output_error_at_once(tmp_path, monkeypatch):
+    """TensorBoard's events are written on the caller's thread: a full disk is an OutputError naming the folder
+    when the log opens (before, a traceback, `OSError: handle is closed`) or at the row it hits (before,
+    tensorboardX's writer thread died and the 11th row waited forever on its full queue)."""
+    import builtins
+
+    import tensorboardX.record_writer
+
+    from jaxkd.errors import OutputError
+    from jaxkd.metric_log import MetricLog
+
+    disk = FullDisk()
+    monkeypatch.setattr(tensorboardX.record_writer, "open",
+                        lambda path, *args: disk.wrap(builtins.open(path, *args), path), raising=False)
+    disk.full = True
+    message = rf"^{tmp_path / 'tensorboard'}: cannot write the TensorBoard events: No space left on device$"
+    with pytest.raises(OutputError, match=message):
+        MetricLog(tmp_path)
+    disk.full = False
+    log = MetricLog(tmp_path)
+    log.write(0, "train", {"loss": 1.0})
+    disk.full = True
+    start = time.monotonic()
+    for step in range(1, 20):  # more rows than tensorboardX's queue held
+        with pytest.raises(OutputError, match=message):
+            log.write(step, "train", {"loss": 1.0})
+    assert time.monotonic() - start < 5
+    log.close()  # the failure was reported: closing adds nothing

@@ -23,21 +23,24 @@ verifies and the others take its verdict.
 A save that fails (a full disk, an I/O error, a bucket refusing an upload) is one `OutputError` naming the
 directory and the cause, raised by the call that sees it: `save` itself, or, for the part Orbax writes in the
 background, `check` (the train loop calls it at every metrics fetch), the next `save`, `wait_until_saved` or
-`close`. Reported once; the failed save's temporary directory never counts as a checkpoint.
+`close`. Reported once; the failed save's temporary directory never counts as a checkpoint. The run waits at
+most SAVE_WAIT_SECONDS for a save still being written (`wait_until_saved`, `close`), then reports it.
 """
 
 import contextlib
 import hashlib
 import json
+import time
 
 import jax
 import orbax.checkpoint as ocp
 
 from jaxkd import distributed
-from jaxkd.errors import UserError, output_error, quiet_orbax_failures, write_errors
+from jaxkd.errors import OutputError, UserError, output_error, quiet_orbax_failures, write_errors
 from jaxkd.paths import absolute
 
 quiet_orbax_failures()  # a failed save is reported as one line, not as Orbax's logged tracebacks
+SAVE_WAIT_SECONDS = 1800.0  # the longest the run waits for a checkpoint still being written
 
 MANIFEST = "jaxkd_manifest.json"
 MARKER = ".checkpointed"  # in the workdir: the run has committed a checkpoint, with a manifest
@@ -104,6 +107,7 @@ class RunCheckpoints:
             max_to_keep=keep, create=True,
             async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifest)))
         self.failed = False  # a failed save was reported: closing raises it no more
+        self.stalled = False  # a save outlived SAVE_WAIT_SECONDS: not waited for again
 
     def latest_step(self) -> int | None:
         """The newest checkpoint's step (None: none). The first call verifies the checkpoints (module docstring)
@@ -211,14 +215,27 @@ class RunCheckpoints:
         return restored["state"], dict(restored["progress"])
 
     def wait_until_saved(self) -> None:
-        """Returns once every save started so far is complete on disk (saves are asynchronous)."""
+        """Returns once every save started so far is complete on disk (saves are asynchronous); a save still
+        running after SAVE_WAIT_SECONDS (a stalled disk or upload) is an OutputError."""
+        self._wait_for_saves()
         with self._writing():
             self.manager.wait_until_finished()
 
+    def _wait_for_saves(self) -> None:
+        deadline = time.monotonic() + SAVE_WAIT_SECONDS
+        while not self.failed and self.manager.is_saving_in_progress():
+            if time.monotonic() > deadline:
+                self.failed = self.stalled = True
+                raise OutputError(f"{self.directory}: a checkpoint is still being written after "
+                                  f"{SAVE_WAIT_SECONDS:g} s (a stalled disk or upload); the complete ones are kept")
+            time.sleep(0.05)
+
     def close(self) -> None:
         try:
+            self._wait_for_saves()
             with self._writing():
                 self.manager.wait_until_finished()
         finally:
-            with self._writing():
-                self.manager.close()
+            if not self.stalled:  # Orbax's close would wait for the stalled save
+                with self._writing():
+                    self.manager.close()

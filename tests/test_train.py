@@ -1106,3 +1106,27 @@ def test_a_tensorboard_file_that_cannot_be_written_is_one_output_error_at_once(t
             log.write(step, "train", {"loss": 1.0})
     assert time.monotonic() - start < 5
     log.close()  # the failure was reported: closing adds nothing
+
+
+def test_a_checkpoint_save_that_stalls_is_one_output_error_after_the_bound(tmp_path, monkeypatch):
+    """A save still being written after SAVE_WAIT_SECONDS (a stalled disk or upload, here a save that reports
+    itself in progress forever) is one OutputError from `wait_until_saved`, and `close` then returns at once."""
+    from typing import Any, NamedTuple
+
+    from jaxkd import run_checkpoint
+    from jaxkd.errors import OutputError
+
+    class State(NamedTuple):
+        step: Any
+        weights: Any
+
+    monkeypatch.setattr(run_checkpoint, "SAVE_WAIT_SECONDS", 0.5)
+    checkpoints = run_checkpoint.RunCheckpoints(tmp_path, keep=2)
+    checkpoints.save(State(np.int32(1), np.ones(3, np.float32)), {"best_top1": 0.0})
+    checkpoints.manager.is_saving_in_progress = lambda: True
+    start = time.monotonic()
+    with pytest.raises(OutputError, match=rf"^{tmp_path / 'checkpoints'}: a checkpoint is still being written after "
+                                          r"0.5 s \(a stalled disk or upload\); the complete ones are kept$"):
+        checkpoints.wait_until_saved()
+    checkpoints.close()
+    assert time.monotonic() - start < 5

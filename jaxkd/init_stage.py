@@ -228,6 +228,7 @@ def _init_loop(setup, config, stage, init_state, state, teacher_variables, data,
         loss = float(jax.device_get(loss_sum)) / count
         if not math.isfinite(loss):
             raise UserError(f"the init stage's loss became {loss} before init step {step}; stopping")
+        checkpoints.check()  # a background save that failed (a full disk) stops the stage here
         log.write(step - total, "init", {"init_step": step, "init_epoch": step / spe, "loss": loss,
                                          "lr": stage.learning_rate,
                                          "images_per_s": examples / max(now - fetched_time, 1e-9)})

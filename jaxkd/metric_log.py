@@ -77,8 +77,8 @@ class EventFile:
             self.events.write_event(Event(wall_time=now, step=int(step), summary=scalar(tag, value)))
         self.flush()
 
-    def flush(self, final: bool = False) -> None:
-        if final or not self.cloud or time.monotonic() - self.last_upload >= CLOUD_FLUSH_SECONDS:
+    def flush(self) -> None:
+        if not self.cloud or time.monotonic() - self.last_upload >= CLOUD_FLUSH_SECONDS:
             self.events.flush()
             self.last_upload = time.monotonic()
 

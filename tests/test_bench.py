@@ -174,12 +174,15 @@ def torch_side_setup(monkeypatch, teacher: str, student: str, examples: int):
     """(config, setup, built) for the PyTorch part of a KD pair at batch 4 without a JAX teacher; `built` lists
     the PyTorch models as the part builds them (student, then teacher)."""
     import convert.torch_models
+    from jaxkd.models import get_model
     from jaxkd.train import Teacher, build
 
     config = kd_wrn.get_config()
     config.model, config.teacher.arch, config.batch_size = student, teacher, 4
     train = bench.synthetic_split(examples)
-    setup = build(config, jax.devices()[:1], data=(train, train), teacher=Teacher(None, None, teacher))
+    # the JAX teacher's module (its classes are checked against the data's), never initialized or run
+    setup = build(config, jax.devices()[:1], data=(train, train),
+                  teacher=Teacher(get_model(teacher, train.num_classes), None, teacher))
     built, get_torch_model = [], convert.torch_models.get_torch_model
     monkeypatch.setattr(convert.torch_models, "get_torch_model",
                         lambda *args: built.append(get_torch_model(*args)) or built[-1])

@@ -20,8 +20,10 @@ from tests.conftest import assert_close_scaled, nchw, nhwc, randomize_batchnorm_
 REL = 1e-5  # max|diff| <= 1e-5 * max|ref|, float32 on both sides
 # Train mode normalizes with the statistics of a small batch, which amplifies float32 rounding with depth:
 # MobileNetV2's last stage differs from a float64 run by ~3e-5 of its scale in PyTorch float32 and in JAX alike.
-# So train mode compares with PyTorch in float64: JAX (float32) must be within REL of it, or no farther from it
-# than ROUNDING_FACTOR x PyTorch's own float32 result. A BN mistake (biased variance, another eps) is 1e-3 or more.
+# So train mode compares with PyTorch in float64: JAX (float32) must be within TRAIN_REL of it, or no farther from
+# it than ROUNDING_FACTOR x PyTorch's own float32 result. A BN mistake (biased variance, another eps) is 1e-3 or
+# more. (vgg19's third stage: JAX float32 1.4e-5 from float64 with jax/jaxlib 0.10.2, PyTorch float32 5.9e-6.)
+TRAIN_REL = 3e-5
 ROUNDING_FACTOR = 2.0
 BATCH, CLASSES = 3, 10
 # 32x32 inputs for every architecture: the references' fixed pooling windows are sized for CIFAR (the
@@ -62,13 +64,13 @@ def assert_outputs_match(out, ref, rel: float, what: str):
 
 
 def assert_as_close_to_float64_as_pytorch(ours: dict, single: dict, exact: dict, what: str):
-    """Each array of `ours` (JAX, float32) within REL of `exact` (PyTorch, float64), or no farther from it than
+    """Each array of `ours` (JAX, float32) within TRAIN_REL of `exact` (PyTorch, float64), or no farther from it than
     ROUNDING_FACTOR x `single` (PyTorch, float32)."""
     assert list(ours) == list(exact), what
     for name in ours:
         scale = float(np.max(np.abs(exact[name])))
         pytorch_error = float(np.max(np.abs(single[name] - exact[name]))) / scale
-        assert_close_scaled(ours[name], exact[name], max(REL, ROUNDING_FACTOR * pytorch_error),
+        assert_close_scaled(ours[name], exact[name], max(TRAIN_REL, ROUNDING_FACTOR * pytorch_error),
                             f"{what} {name} (PyTorch float32: {pytorch_error:.2g})")
 
 

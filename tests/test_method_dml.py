@@ -1,6 +1,6 @@
 """DML: the losses against a PyTorch reference (tests/reference/dml_loss.py) for K = 2 and 3, the gradient
 property that makes one SGD over all params equal to K separate DML updates, stacked and mixed-architecture
-peers, the config, and runs on digits end to end (learning for K = 2 and 3, exact resume with the peers, each
+peers, the config, and runs on digits end to end (K = 3: learning, exact resume with the peers, each
 peer's and the ensemble's evaluation, and `peer1.pth` loading strictly into the PyTorch model)."""
 
 import contextlib
@@ -250,55 +250,54 @@ def final_state(workdir):
     return ocp.StandardCheckpointer().restore(checkpoints / str(last) / "state")
 
 
+PEERS = ["resnet8", "resnet8"]  # K = 3: the student and two peers
+
+
 @pytest.fixture(scope="module")
-def two_peers(tmp_path_factory):
-    """K = 2 for two epochs without interruption: the reference of the resume test."""
-    workdir = tmp_path_factory.mktemp("dml_k2")
-    result, printed = run(tiny(["resnet8"], 2), workdir)
+def three_peers(tmp_path_factory):
+    """K = 3 for two epochs without interruption: the reference of the resume test."""
+    workdir = tmp_path_factory.mktemp("dml_k3")
+    result, printed = run(tiny(PEERS, 2), workdir)
     return workdir, result, printed
 
 
-def test_two_peers_learn_on_digits(two_peers):
-    workdir, result, _ = two_peers
+def test_three_peers_learn_on_digits_and_are_each_evaluated(three_peers):
+    workdir, result, _ = three_peers
     assert result["step"] == 44
     train = records(workdir, "train")
     assert train[-1]["loss"] < train[0]["loss"]
-    assert train[-1]["ce"] < train[0]["ce"] and train[-1]["dml_peer1_ce"] < train[0]["dml_peer1_ce"]
+    assert train[-1]["ce"] < train[0]["ce"]
+    assert all(train[-1][f"dml_peer{n}_ce"] < train[0][f"dml_peer{n}_ce"] for n in (1, 2))
     for record in train:  # the logged parts add up to the term
-        parts = record["dml_peer1_ce"] + record["dml_peer0_kl"] + record["dml_peer1_kl"]
+        parts = sum(record[f"dml_peer{n}_ce"] for n in (1, 2)) + sum(record[f"dml_peer{n}_kl"] for n in range(3))
         assert parts == pytest.approx(record["term"], rel=1e-5)
+    assert "dml_peer2_accuracy" in train[0]
+    evaluation = records(workdir, "eval")[-1]
+    assert {"peer1_top1", "peer2_top1", "ensemble_top1"} <= set(evaluation)
+    assert (workdir / "peer2.pth").exists() and (workdir / "peer2").is_dir()
     state = final_state(workdir)
-    peer_kernel = np.asarray(state["params"]["method"]["resnet8"]["linear"]["kernel"])
-    assert peer_kernel.shape == (1, 64, 10)
-    assert not np.array_equal(peer_kernel[0], np.asarray(state["params"]["student"]["linear"]["kernel"]))
+    peer_kernels = np.asarray(state["params"]["method"]["resnet8"]["linear"]["kernel"])
+    assert peer_kernels.shape == (2, 64, 10)
+    student_kernel = np.asarray(state["params"]["student"]["linear"]["kernel"])
+    assert not np.array_equal(peer_kernels[0], student_kernel) and not np.array_equal(peer_kernels[0],
+                                                                                       peer_kernels[1])
 
 
-def test_resume_after_an_epoch_is_bitwise_exact_with_the_peers(two_peers, tmp_path):
-    run(tiny(["resnet8"], 1), tmp_path)
-    result, printed = run(tiny(["resnet8"], 2), tmp_path)
+def test_resume_after_an_epoch_is_bitwise_exact_with_the_peers(three_peers, tmp_path):
+    run(tiny(PEERS, 1), tmp_path)
+    result, printed = run(tiny(PEERS, 2), tmp_path)
     assert result["step"] == 44 and "resumed from" in printed
-    straight, resumed = final_state(two_peers[0]), final_state(tmp_path)
+    straight, resumed = final_state(three_peers[0]), final_state(tmp_path)
     assert int(resumed["step"]) == 44
     for part in ("params", "batch_stats", "opt_state"):  # the peers' params, statistics and momenta included
         assert jax.tree.structure(resumed[part]) == jax.tree.structure(straight[part])
         assert_bitwise_equal(resumed[part], straight[part])
 
 
-def test_three_peers_learn_and_are_each_evaluated(tmp_path):
-    result, printed = run(tiny(["resnet8", "resnet8"], 1), tmp_path)
-    assert result["step"] == 22
-    train = records(tmp_path, "train")
-    assert train[-1]["loss"] < train[0]["loss"]
-    assert {"dml_peer0_kl", "dml_peer1_ce", "dml_peer2_ce", "dml_peer2_kl", "dml_peer2_accuracy"} <= set(train[0])
-    evaluation = records(tmp_path, "eval")[-1]
-    assert {"peer1_top1", "peer2_top1", "ensemble_top1"} <= set(evaluation)
-    assert (tmp_path / "peer2.pth").exists() and (tmp_path / "peer2").is_dir()
-
-
-def test_each_peer_and_the_ensemble_are_evaluated_and_exported(two_peers):
+def test_each_peer_and_the_ensemble_are_evaluated_and_exported(three_peers):
     """The eval record and line give peer1's and the ensemble's accuracy, which match the exported models;
     `peer1.pth` loads strictly into the seed's PyTorch model and predicts like the JAX peer."""
-    workdir, result, printed = two_peers
+    workdir, result, printed = three_peers
     evaluation = records(workdir, "eval")[-1]
     assert evaluation["epoch"] == 2 and evaluation["top1"] == pytest.approx(result["last_top1"])
     assert f"peer1 {evaluation['peer1_top1']:.2f}" in printed
@@ -314,8 +313,9 @@ def test_each_peer_and_the_ensemble_are_evaluated_and_exported(two_peers):
 
     images = normalize(jnp.asarray(test.images))
     student_variables, _ = load_model_checkpoint(workdir / "model")
+    second_peer_variables, _ = load_model_checkpoint(workdir / "peer2")
     probabilities = [jax.nn.softmax(peer.apply(v, images, train=False)[1]) for v in
-                     (student_variables, peer_variables)]
+                     (student_variables, peer_variables, second_peer_variables)]
     ensemble_top1 = 100.0 * float(jnp.mean(jnp.argmax(sum(probabilities), -1) == test.labels))
     assert abs(ensemble_top1 - evaluation["ensemble_top1"]) <= one_example
 

@@ -20,6 +20,7 @@ from jaxkd.errors import UserError
 from jaxkd.model_checkpoint import TRAINED_MODEL_DIR, save_model_checkpoint
 from jaxkd.models import canonical_name
 from jaxkd.paths import as_path, is_url
+from jaxkd.run_checkpoint import MARKER
 from jaxkd.safe_write import write_text_atomically
 from jaxkd.train_state import TrainState
 
@@ -200,8 +201,6 @@ def check_workdir_files(workdir: Path) -> None:
     a `config.json` whose run had committed a checkpoint (`WORKDIR/.checkpointed`, written with the first one:
     `jaxkd.run_checkpoint`) with no checkpoint left, committed or being written. A run that stopped before its
     first checkpoint has no `.checkpointed` and starts anew, as it always did."""
-    from jaxkd.run_checkpoint import MARKER
-
     workdir = as_path(workdir)
     folders = _checkpoint_folders(workdir)
     if not (workdir / "config.json").exists():

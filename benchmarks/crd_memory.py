@@ -7,7 +7,7 @@ For each student:teacher pair, the engine's train step (`jaxkd.train.make_train_
 synthetic CIFAR-sized set of N = `--examples` (default 50000, 100 classes), K 16384: compiled (peak = arguments +
 outputs + temporaries - outputs aliased to donated arguments, `compiled.memory_analysis()`), warmed up one step,
 then timed `--steps` steps per repeat, variants interleaved repeat by repeat; the median ms per step is
-reported. `--ynn` compiles with the CPU YNN option of `jaxkd.compile_options`. To compare two versions of the
+reported. `--ynn` compiles with the CPU YNN option of `jaxkd.engine.compile_options`. To compare two versions of the
 code, run the script in a `git worktree` of each (alternating runs). Results in benchmarks/crd_memory.md.
 """
 
@@ -23,9 +23,9 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import crd_wrn, kd_wrn  # noqa: E402
-from jaxkd.bench import bench_setup, synthetic_split, zero_sums  # noqa: E402
+from jaxkd.tools.bench import bench_setup, synthetic_split, zero_sums  # noqa: E402
 from jaxkd.data import epoch_permutation  # noqa: E402
-from jaxkd.mesh import replicated  # noqa: E402
+from jaxkd.engine.mesh import replicated  # noqa: E402
 from jaxkd.train import create_train_state, make_train_step  # noqa: E402
 
 MIB = 2**20
@@ -71,7 +71,7 @@ def main():
     args = parser.parse_args()
     options = None
     if args.ynn:
-        from jaxkd.compile_options import CPU_YNN_OPTIONS
+        from jaxkd.engine.compile_options import CPU_YNN_OPTIONS
         options = dict(CPU_YNN_OPTIONS)
     train = synthetic_split(args.examples)
     for pair in args.pairs.split(","):

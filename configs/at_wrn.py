@@ -1,6 +1,6 @@
 """AT (attention transfer, p = 2) from a WRN40-2 teacher into a WRN16-2 student, RepDistiller's recipe:
 loss = CE + 1000 * sum over the 3 stage outputs of the mean squared difference of normalized attention maps;
-on RepDistiller's recipe (configs/default.py repdistiller_recipe: the seed's hyperparameters, lr x0.1 from the
+on RepDistiller's recipe (jaxkd/config/default.py repdistiller_recipe: the seed's hyperparameters, lr x0.1 from the
 first step of epochs 151, 181, 211, zero padding, RepDistiller's mean/std, the last partial batch kept).
 
     python -m jaxkd.train --config configs/at_wrn.py --workdir workdirs/at_wrn40_2_wrn16_2 \

@@ -1,6 +1,6 @@
 """CRD from a WRN40-2 teacher into a WRN16-2 student, RepDistiller's CRD recipe: loss = 1 * CE + 0.8 * CRD
 (K = 16384 other-class negatives, T = 0.07, memory momentum 0.5, 128-d embeddings), on RepDistiller's recipe
-(configs/default.py repdistiller_recipe: the seed's hyperparameters, lr x0.1 from the first step of epochs 151,
+(jaxkd/config/default.py repdistiller_recipe: the seed's hyperparameters, lr x0.1 from the first step of epochs 151,
 181, 211, zero padding, RepDistiller's mean/std, the last partial batch kept: each epoch refreshes every bank
 row).
 

@@ -3,7 +3,7 @@
     python -m jaxkd.train --config configs/demo.py:teacher --workdir workdirs/demo/teacher
     python -m jaxkd.train --config configs/demo.py:student --workdir workdirs/demo/student
 
-The seed's recipe (configs/default.py), shortened to 12 epochs with the lr decayed after the first step of
+The seed's recipe (jaxkd/config/default.py), shortened to 12 epochs with the lr decayed after the first step of
 epochs 8 and 10. A few minutes on 2 CPU cores. The student reads its teacher from the teacher's workdir.
 Expected: the teacher reaches well over 90% test accuracy on the 364 test digits, and so does the student.
 """

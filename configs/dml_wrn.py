@@ -1,6 +1,6 @@
 """DML with two WRN16-2 peers (Zhang et al. 2018, the PyTorch references' variant): one forward per batch,
 simultaneous updates, each peer's loss CE + KL(sg(p_peer) || p_self) at T = 1; the seed's recipe
-(configs/default.py: lr x0.1 after the first step of epochs 150, 180, 210), every peer with its own momentum
+(jaxkd/config/default.py: lr x0.1 after the first step of epochs 150, 180, 210), every peer with its own momentum
 and weight decay. No teacher.
 
     python -m jaxkd.train --config configs/dml_wrn.py --workdir workdirs/dml_wrn16_2

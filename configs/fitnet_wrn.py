@@ -1,6 +1,6 @@
 """FitNets (hint) from a WRN40-2 teacher into a WRN16-2 student, RepDistiller's recipe: loss = CE + 100 * MSE
 between ConvReg(student stage-2 output) and the teacher's stage-2 output; the regressor is trained and
-weight-decayed with the student from the first step; on RepDistiller's recipe (configs/default.py
+weight-decayed with the student from the first step; on RepDistiller's recipe (jaxkd/config/default.py
 repdistiller_recipe: the seed's hyperparameters, lr x0.1 from the first step of epochs 151, 181, 211, zero
 padding, RepDistiller's mean/std, the last partial batch kept).
 

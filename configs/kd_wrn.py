@@ -1,5 +1,5 @@
 """KD (Hinton) from a WRN40-2 teacher into a WRN16-2 student, RepDistiller's KD recipe:
-loss = 0.1 * CE + 0.9 * KL at T = 4 (times T^2), on RepDistiller's recipe (configs/default.py
+loss = 0.1 * CE + 0.9 * KL at T = 4 (times T^2), on RepDistiller's recipe (jaxkd/config/default.py
 repdistiller_recipe: the seed's hyperparameters, lr x0.1 from the first step of epochs 151, 181, 211, zero
 padding, RepDistiller's mean/std, the last partial batch kept).
 

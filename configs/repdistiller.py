@@ -10,7 +10,7 @@ jaxkd name. M is a method of its `scripts/run_cifar_distill.sh` that jaxkd has, 
 weights (`METHOD_WEIGHTS`), or `none` for the student trained alone. The recipe is `train_student.py`'s:
 240 epochs, batch 64, SGD momentum 0.9, weight decay 5e-4, lr 0.05 (0.01 for MobileNetV2, ShuffleV1 and
 ShuffleV2 students, as its `opt.learning_rate` rule says), x0.1 from the first step of epochs 151, 181, 211,
-RepDistiller's data pipeline (configs/default.py repdistiller_recipe). The teacher is expected where
+RepDistiller's data pipeline (jaxkd/config/default.py repdistiller_recipe). The teacher is expected where
 RepDistiller's `scripts/fetch_pretrained_teachers.sh` puts it, `save/models/<T>_vanilla/ckpt_epoch_240.pth`;
 `--config.teacher.checkpoint` points elsewhere.
 """

@@ -10,8 +10,8 @@ import argparse
 import sys
 
 from jaxkd.errors import UserError, run_command
-from jaxkd.paths import absolute
-from jaxkd.safe_write import check_output
+from jaxkd.io.paths import absolute
+from jaxkd.io.safe_write import check_output
 
 VERIFY_BATCH = 8
 VERIFY_TOLERANCE = 1e-4  # max |diff| relative to max |logit|; fp32 on CPU gives ~1e-6
@@ -23,10 +23,10 @@ def _count_parameters(variables) -> int:
 
 
 def run_import(args) -> None:
-    from convert.converter import import_torch
-    from convert.torch_files import sha256_of
+    from jaxkd.pytorch.converter import import_torch
+    from jaxkd.pytorch.torch_files import sha256_of
     from jaxkd import __version__
-    from jaxkd.model_checkpoint import save_model_checkpoint
+    from jaxkd.io.model_checkpoint import save_model_checkpoint
 
     out = check_output(args.out, args.force, directory=True)
     imported = import_torch(args.src, arch=args.arch, layout=args.layout)
@@ -52,7 +52,7 @@ def verify_export(state_dict, variables, arch: str, num_classes: int) -> tuple[f
     import numpy as np
     import torch
 
-    from convert.torch_models import get_torch_model
+    from jaxkd.pytorch.torch_models import get_torch_model
     from jaxkd.models import get_model
 
     torch_model = get_torch_model(arch, num_classes)
@@ -68,10 +68,10 @@ def verify_export(state_dict, variables, arch: str, num_classes: int) -> tuple[f
 
 
 def run_export(args) -> None:
-    from convert.converter import flax_to_torch, native_layout
-    from convert.layout import rename_repdistiller_key
-    from convert.torch_files import torch_file_contents, write_torch_file
-    from jaxkd.model_checkpoint import load_model_checkpoint, resolve_model_dir
+    from jaxkd.pytorch.converter import flax_to_torch, native_layout
+    from jaxkd.pytorch.layout import rename_repdistiller_key
+    from jaxkd.pytorch.torch_files import torch_file_contents, write_torch_file
+    from jaxkd.io.model_checkpoint import load_model_checkpoint, resolve_model_dir
 
     out = check_output(args.out, args.force)
     variables, metadata = load_model_checkpoint(resolve_model_dir(args.src))  # a training workdir: its model/

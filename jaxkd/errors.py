@@ -55,7 +55,7 @@ def output_error(path, what: str, error: BaseException) -> OutputError:
 
 class _OrbaxErrorLogs(logging.Filter):
     """Drops the ERROR records Orbax logs (through absl) when a save fails in one of its threads: each failure
-    also reaches the caller as an exception (jaxkd.run_checkpoint, jaxkd.model_checkpoint), which the command
+    also reaches the caller as an exception (jaxkd.io.run_checkpoint, jaxkd.io.model_checkpoint), which the command
     reports as its one `error:` line, while these logs are a page of tracebacks per failed save."""
 
     def filter(self, record: logging.LogRecord) -> bool:

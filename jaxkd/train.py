@@ -6,12 +6,12 @@ the device, augments it, runs the teacher (eval mode) and the student (train mod
 one step, or `config.steps_per_dispatch` of them (a `lax.scan`). The host only decides when to log, evaluate
 and checkpoint. Re-running the same command resumes from the workdir's latest checkpoint, exactly: the data
 order, random numbers, optimizer state and BN statistics continue as if never stopped. SIGTERM (preemption)
-and Ctrl-C save a checkpoint before exiting. Beside this file: `jaxkd.dispatch` (steps per host call and the
-loop's plan), `jaxkd.workdir` (config.json, the resume check, the lock, the final exports),
-`jaxkd.stop_request` (SIGTERM, Ctrl-C).
+and Ctrl-C save a checkpoint before exiting. Beside this file: `jaxkd.engine.dispatch` (steps per host call and the
+loop's plan), `jaxkd.io.workdir` (config.json, the resume check, the lock, the final exports),
+`jaxkd.io.stop_request` (SIGTERM, Ctrl-C).
 
 The workdir receives `config.json`, `metrics.jsonl`, `tensorboard/`, `checkpoints/` (train state), and at the
-end `model/` (the student as a model checkpoint, usable as a teacher or by `jaxkd.evaluate`) and
+end `model/` (the student as a model checkpoint, usable as a teacher or by `jaxkd.tools.evaluate`) and
 `student.pth` (seed layout).
 """
 
@@ -27,37 +27,36 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxkd import distributed, host_allocator
-from jaxkd.compile_options import compiler_options
-from jaxkd.config_checks import check_run_config
-from jaxkd.config_command_line import parse_config_command_line
+from jaxkd.engine import distributed, host_allocator
+from jaxkd.engine.compile_options import compiler_options
+from jaxkd.config.checks import check_run_config
+from jaxkd.config.command_line import parse_config_command_line
 from jaxkd.data import epoch_permutation, load_split
 from jaxkd.data.pipeline import DataPipeline
 from jaxkd.data.saliencymix import mixed_cross_entropy
-from jaxkd.dispatch import TrainPrograms, dispatch_plan, steps_per_dispatch
+from jaxkd.engine.dispatch import TrainPrograms, dispatch_plan, steps_per_dispatch
 from jaxkd.errors import UserError, exit_process, run_command
-from jaxkd.evaluate import evaluate_classifiers, evaluate_split
-from jaxkd.init_stage import log_resume_step, run_init_stage, total_steps as init_stage_steps
-from jaxkd.losses import cross_entropy, kd_divergence
-from jaxkd.mesh import batch_sharded, data_mesh, replicated
+from jaxkd.engine.evaluation import evaluate_classifiers, evaluate_split
+from jaxkd.engine.init_stage import log_resume_step, run_init_stage, total_steps as init_stage_steps
+from jaxkd.engine.losses import cross_entropy, kd_divergence
+from jaxkd.engine.mesh import batch_sharded, data_mesh, replicated
 from jaxkd.methods import Batch, Method, Probe, apply_module, get_method
-from jaxkd.metric_log import MetricLog
-from jaxkd.model_checkpoint import load_model
-from jaxkd.models import get_model
-from jaxkd.optimizer import config_learning_rate_schedule, make_optimizer
-from jaxkd.paths import input_exists
-from jaxkd.run_checkpoint import RunCheckpoints
-from jaxkd.safe_write import check_output_directory
-from jaxkd.stop_request import StopRequest
-from jaxkd.train_batch import prepare_batch
-from jaxkd.train_state import TrainState
-from jaxkd.wandb_log import check_wandb_settings
-from jaxkd.workdir import (WorkdirLock, check_config_json, check_epochs, create_workdir, export_models,
+from jaxkd.io.metric_log import MetricLog
+from jaxkd.io.model_checkpoint import load_model
+from jaxkd.models import COMPUTE_DTYPES, get_model
+from jaxkd.engine.optimizer import config_learning_rate_schedule, make_optimizer
+from jaxkd.io.paths import input_exists
+from jaxkd.io.run_checkpoint import RunCheckpoints
+from jaxkd.io.safe_write import check_output_directory
+from jaxkd.io.stop_request import StopRequest
+from jaxkd.engine.train_batch import prepare_batch
+from jaxkd.engine.train_state import TrainState
+from jaxkd.io.wandb_log import check_wandb_settings
+from jaxkd.io.workdir import (WorkdirLock, check_config_json, check_epochs, create_workdir, export_models,
                           save_config)
 
 METRIC_NAMES = ("loss", "ce", "kd", "term", "correct")  # summed on the device between two fetches
 # config.dtype: the models' compute dtype. Parameters, BN statistics, losses and the optimizer stay float32.
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass
@@ -101,7 +100,7 @@ class Setup:
 
 def check_config(config, mesh) -> None:
     """Config mistakes that can be seen without loading anything, as one clear line each: every value's type
-    and range, and settings that cannot take effect (jaxkd.config_checks; the method's own section is checked
+    and range, and settings that cannot take effect (jaxkd.config.checks; the method's own section is checked
     by `get_method`); those a recipe carries unused are listed once."""
     for note in check_run_config(config):
         _say(f"unused: {note}")

@@ -28,14 +28,14 @@ import pytest
 import torch
 
 from configs import demo
-from convert.torch_models import get_torch_model
-from jaxkd.evaluate import data_mesh
+from jaxkd.pytorch.torch_models import get_torch_model
+from jaxkd.tools.evaluate import data_mesh
 from jaxkd.methods import Batch, get_method
-from jaxkd.model_checkpoint import load_model_checkpoint
+from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.models import ModelOutput, get_model
-from jaxkd.optimizer import make_optimizer
+from jaxkd.engine.optimizer import make_optimizer
 from jaxkd.train import Setup, Teacher, make_update
-from jaxkd.train_state import TrainState
+from jaxkd.engine.train_state import TrainState
 
 
 def randomized_torch_model(arch: str, num_classes: int = 100, seed: int = 0):
@@ -72,7 +72,7 @@ def on_digits(config, *, epochs: int, log_every_steps: int = 5, model: str = "re
 def stop_during_call(monkeypatch, call: int) -> None:
     """The train loop (and the init stage's) as if a SIGTERM arrived while its host call number `call` ran,
     after that call's stop check (init and train calls counted together); `monkeypatch.undo()` ends it."""
-    from jaxkd.stop_request import StopRequest
+    from jaxkd.io.stop_request import StopRequest
 
     calls = {"count": 0}
     real_before_dispatch = StopRequest.before_dispatch

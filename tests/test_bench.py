@@ -1,4 +1,4 @@
-"""jaxkd.bench at a tiny size (resnet8, batch 16, a few steps): records for `none` and `kd` with all three
+"""jaxkd.tools.bench at a tiny size (resnet8, batch 16, a few steps): records for `none` and `kd` with all three
 parts timed, written only where asked (a temporary folder), never over an existing file."""
 
 import json
@@ -11,8 +11,8 @@ import jax
 import pytest
 
 from configs import kd_wrn
-from jaxkd import bench, bench_torch
-from jaxkd.compile_options import CPU_YNN_OPTIONS, ENV_VAR
+from jaxkd.tools import bench, bench_torch
+from jaxkd.engine.compile_options import CPU_YNN_OPTIONS, ENV_VAR
 from jaxkd.errors import UserError
 from jaxkd.methods import METHODS
 
@@ -27,7 +27,7 @@ def torch_flops(arch: str, batch: int, train: bool) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from convert.torch_models import get_torch_model
+    from jaxkd.pytorch.torch_models import get_torch_model
 
     model = get_torch_model(arch, num_classes=100)
     with FlopCounterMode(display=False) as counter:
@@ -173,7 +173,7 @@ def test_models_compute_in_the_config_dtype_unless_the_flag_says_otherwise(monke
 def torch_side_setup(monkeypatch, teacher: str, student: str, examples: int):
     """(config, setup, built) for the PyTorch part of a KD pair at batch 4 without a JAX teacher; `built` lists
     the PyTorch models as the part builds them (student, then teacher)."""
-    import convert.torch_models
+    import jaxkd.pytorch.torch_models
     from jaxkd.models import get_model
     from jaxkd.train import Teacher, build
 
@@ -183,8 +183,8 @@ def torch_side_setup(monkeypatch, teacher: str, student: str, examples: int):
     # the JAX teacher's module (its classes are checked against the data's), never initialized or run
     setup = build(config, jax.devices()[:1], data=(train, train),
                   teacher=Teacher(get_model(teacher, train.num_classes), None, teacher))
-    built, get_torch_model = [], convert.torch_models.get_torch_model
-    monkeypatch.setattr(convert.torch_models, "get_torch_model",
+    built, get_torch_model = [], jaxkd.pytorch.torch_models.get_torch_model
+    monkeypatch.setattr(jaxkd.pytorch.torch_models, "get_torch_model",
                         lambda *args: built.append(get_torch_model(*args)) or built[-1])
     return config, setup, built
 
@@ -199,7 +199,7 @@ def test_torch_step_runs_a_zoo_pair_on_its_pytorch_references(monkeypatch, one_t
     before = [p.detach().clone() for p in built[0].parameters()]
     assert part.run() > 0 and part.info["loss"] == "gamma*CE + alpha*KD"
     assert [type(model).__module__ + "." + type(model).__name__ for model in built] == [
-        "convert.torch_zoo.mobilenetv2.MobileNetV2", "convert.torch_zoo.vgg.VGG"]
+        "jaxkd.pytorch.torch_zoo.mobilenetv2.MobileNetV2", "jaxkd.pytorch.torch_zoo.vgg.VGG"]
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, built[0].parameters()))  # it trained
 
 
@@ -211,7 +211,7 @@ def test_compiled_torch_step_trains_the_student_as_eager_mode_does(monkeypatch, 
     inductor path is what `benchmarks/gpu/run.sh`'s dry run exercises."""
     import torch
 
-    from convert.torch_models import get_torch_model
+    from jaxkd.pytorch.torch_models import get_torch_model
 
     config, setup, built = torch_side_setup(monkeypatch, "resnet8", "resnet8", examples=16)
     students = {}
@@ -373,8 +373,8 @@ def gpu_script_commands(dry_run: bool) -> list[tuple[str, str, list[str]]]:
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_gpu_script_runs_valid_bench_and_train_commands(monkeypatch, dry_run):
     """The prepared GPU run must not find a stale flag or config key on a machine that is lent for minutes."""
-    from jaxkd import bench_full_run
-    from jaxkd.dispatch import steps_per_dispatch
+    from jaxkd.tools import bench_full_run
+    from jaxkd.engine.dispatch import steps_per_dispatch
 
     commands = gpu_script_commands(dry_run)
     parts = [part for part, _, _ in commands]
@@ -404,7 +404,7 @@ def test_the_demo_student_benches_on_its_sources_classes_and_writes_no_record_un
     10 classes, so the configured teacher fits (it was "the teacher has 10 classes, the dataset 100"), and without
     --out no record is written (the default was the tracked benchmarks/results/)."""
     from configs import demo
-    from jaxkd.config_command_line import parse_config_command_line
+    from jaxkd.config.command_line import parse_config_command_line
     from tests.conftest import save_random_teacher
 
     config = demo.get_config("student")

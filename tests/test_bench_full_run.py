@@ -1,11 +1,11 @@
-"""jaxkd.bench_full_run's pieces that need no training run (the run itself is exercised by the GPU script's dry
+"""jaxkd.tools.bench_full_run's pieces that need no training run (the run itself is exercised by the GPU script's dry
 run, `JAXKD_GPU_DRY_RUN=1 bash benchmarks/gpu/run.sh OUT`): the synthetic dataset, the estimate, the command
 line."""
 
 import numpy as np
 import pytest
 
-from jaxkd import bench_full_run
+from jaxkd.tools import bench_full_run
 from jaxkd.data import load_split
 from jaxkd.errors import UserError
 

@@ -21,10 +21,12 @@ import torch
 
 from configs import demo
 from convert.__main__ import main as convert_main
-from jaxkd import evaluate, report, train
+from jaxkd.tools import evaluate
+from jaxkd.tools import report
+from jaxkd import train
 from jaxkd.errors import UserError
-from jaxkd.mesh import data_mesh
-from jaxkd.model_checkpoint import load_model_checkpoint
+from jaxkd.engine.mesh import data_mesh
+from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.train import train_and_evaluate
 from tests.conftest import (assert_bitwise_equal, assert_one_line_error, final_params, on_digits,
                             save_random_teacher, write_evaluation_files)
@@ -221,7 +223,7 @@ def test_a_workdir_prefix_is_a_directory_while_objects_come_and_go_under_it(gcs)
     """Processes of one run check the same workdir at once, each writing and removing a probe object under it:
     the prefix must never look like a file to the others (it did when existence and directory-ness were asked
     in two requests and a probe vanished between them)."""
-    from jaxkd.safe_write import check_output_directory
+    from jaxkd.io.safe_write import check_output_directory
 
     gcs.upload("runs", "shared/notes.txt", b"")
     stop = threading.Event()
@@ -324,7 +326,7 @@ def test_a_wandb_run_that_does_not_finish_or_fails_is_one_line_within_the_bound(
     import types
 
     from jaxkd.errors import OutputError
-    from jaxkd.wandb_log import WandbLog
+    from jaxkd.io.wandb_log import WandbLog
 
     release = threading.Event()
     log = WandbLog.__new__(WandbLog)  # its wandb run replaced by one that never finishes

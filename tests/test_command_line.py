@@ -44,7 +44,7 @@ def test_the_projects_configs_load_by_their_relative_path_from_any_folder_and_he
         tmp_path, monkeypatch, capsys):
     """`--config configs/demo.py` from another folder finds the project's configs (a file of that name where the
     user is wins), and --help names every model get_model accepts, RepDistiller's zoo and the aliases too."""
-    from jaxkd.config_command_line import parse_config_command_line
+    from jaxkd.config.command_line import parse_config_command_line
     from jaxkd.models import ALIASES, all_architectures, canonical_name
     from jaxkd.train import TRAIN_USAGE, _define_train_flags
 
@@ -104,7 +104,7 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_work(module, ar
 
 def test_the_train_command_starts_without_importing_pytorch(tmp_path):
     """PyTorch is for .pth files only: importing it (through tensorboardX) cost every run's start ~1.7 s."""
-    result = subprocess.run([sys.executable, "-c", "import sys, jaxkd.train, jaxkd.metric_log; "
+    result = subprocess.run([sys.executable, "-c", "import sys, jaxkd.train, jaxkd.io.metric_log; "
                              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

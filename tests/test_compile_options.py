@@ -1,4 +1,4 @@
-"""jaxkd.compile_options: the YNN fusions on CPU by default, off with JAXKD_CPU_YNN=0 or cpu_ynn=False, nothing on
+"""jaxkd.engine.compile_options: the YNN fusions on CPU by default, off with JAXKD_CPU_YNN=0 or cpu_ynn=False, nothing on
 other platforms, the user's XLA_FLAGS respected, a rejected option a warning; and the evaluation step compiled
 with them (its optimized HLO has YNN fusions it lacks when the option is off)."""
 
@@ -9,10 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxkd import compile_options, evaluate
-from jaxkd.compile_options import CPU_YNN_OPTIONS, ENV_VAR, YNN_OPTION, compiler_options
+from jaxkd.engine import compile_options
+from jaxkd.engine import evaluation
+from jaxkd.engine.compile_options import CPU_YNN_OPTIONS, ENV_VAR, YNN_OPTION, compiler_options
 from jaxkd.errors import UserError
-from jaxkd.mesh import data_mesh
+from jaxkd.engine.mesh import data_mesh
 from jaxkd.models import get_model
 
 on_cpu = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the YNN option is XLA:CPU's")
@@ -96,11 +97,11 @@ def ynn_fusions(step, model) -> int:
 @pytest.mark.skipif(YNN_IN_XLA_FLAGS, reason="XLA_FLAGS turns the YNN fusions on for every compile")
 def test_the_evaluation_step_is_compiled_with_the_option_and_without_it_when_off(monkeypatch):
     model = get_model("resnet8", 10)
-    with_option = ynn_fusions(evaluate.eval_step_for(model), model)
+    with_option = ynn_fusions(evaluation.eval_step_for(model), model)
     monkeypatch.setenv(ENV_VAR, "0")
-    step_off = evaluate.eval_step_for(model)
+    step_off = evaluation.eval_step_for(model)
     without = ynn_fusions(step_off, model)
     # BN + ReLU and the other elementwise fusions go to YNNPACK only with the option
     assert with_option > without, (with_option, without)
     monkeypatch.delenv(ENV_VAR)
-    assert evaluate.eval_step_for(model) is not step_off  # the cached steps are per options
+    assert evaluation.eval_step_for(model) is not step_off  # the cached steps are per options

@@ -1,4 +1,4 @@
-"""jaxkd/config_checks.py: every config value checked before any work (type, range, allowed set), for the engine's
+"""jaxkd/config/checks.py: every config value checked before any work (type, range, allowed set), for the engine's
 keys and every registered method's settings, and settings that cannot take effect refused or listed as unused.
 All in-process and without a compile: the checks are called directly, or `jaxkd.train.main` stops in them."""
 
@@ -10,10 +10,10 @@ import pytest
 from ml_collections import ConfigDict
 
 from configs import default, mdistiller, repdistiller
-from jaxkd import published
-from jaxkd.config_checks import (Epochs, Flag, ModelName, ModelNames, Number, OneOf, Text, check_run_config,
-                                 engine_specs)
-from jaxkd.config_command_line import dotted_keys
+from jaxkd.tools import published
+from jaxkd.config.specs import Epochs, Flag, ModelName, ModelNames, Number, OneOf, Text
+from jaxkd.config.checks import check_run_config, engine_specs
+from jaxkd.config.command_line import dotted_keys
 from jaxkd.errors import UserError
 from jaxkd.methods import METHODS, get_method
 from jaxkd.train import main
@@ -59,7 +59,7 @@ def test_every_key_has_a_spec_and_the_type_only_keys_are_listed():
 
 
 def default_value(key: str):
-    """The default of an engine key (configs/default.py) or a method's setting (`method.key`)."""
+    """The default of an engine key (jaxkd/config/default.py) or a method's setting (`method.key`)."""
     if key not in engine_specs():
         name, setting = key.split(".")
         return METHODS[name].defaults[setting]

@@ -6,7 +6,7 @@ import pytest
 
 from configs import mdistiller
 from jaxkd.methods import get_method
-from jaxkd.report import method_label
+from jaxkd.tools.report import method_label
 
 
 def recipe(config) -> tuple:
@@ -68,7 +68,7 @@ def test_dist_and_reviewkd_recipes():
 
 
 def test_report_labels_the_standardized_runs_apart():
-    """jaxkd.report groups runs by method label: KD + LS and DKD + LS are rows of their own, not KD's and DKD's."""
+    """jaxkd.tools.report groups runs by method label: KD + LS and DKD + LS are rows of their own, not KD's and DKD's."""
     labels = {m: method_label(mdistiller.get_config(f"resnet32x4,resnet8x4,{m}").to_dict())
               for m in ("dkd", "dist", "reviewkd", "kd_ls", "dkd_ls")}
     assert labels == {"dkd": "dkd", "dist": "dist", "reviewkd": "reviewkd", "kd_ls": "kd+ls", "dkd_ls": "dkd+ls"}

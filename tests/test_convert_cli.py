@@ -14,9 +14,9 @@ import torch
 
 import convert
 from convert.__main__ import main
-from convert.torch_models import get_torch_model
+from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.errors import UserError
-from jaxkd.model_checkpoint import load_model, load_model_checkpoint
+from jaxkd.io.model_checkpoint import load_model, load_model_checkpoint
 from tests.conftest import randomized_torch_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
 def test_export_takes_a_training_workdirs_model(seed_pth, tmp_path, capsys):
     """A training workdir (config.json, model/) exports its final model, as evaluate and teachers take it; before,
     export said "a training workdir without its final model/" although model/ was there."""
-    from jaxkd.model_checkpoint import save_model_checkpoint
+    from jaxkd.io.model_checkpoint import save_model_checkpoint
 
     workdir, out = tmp_path / "teacher", tmp_path / "teacher.pth"
     workdir.mkdir()
@@ -260,7 +260,7 @@ def _damaged_pth(damage: str, path: Path) -> str:
 @pytest.mark.parametrize("damage", ["flipped", "truncated_zip", "truncated_legacy", "short"])
 def test_a_damaged_pth_is_one_line_naming_the_file_and_the_damage_wherever_it_is_read(damage, tmp_path, capsys):
     """A .pth damaged after torch.save wrote it (a bad download or copy) is refused before use by `convert import`
-    and by the loader behind `jaxkd.evaluate` and a run's teacher, in one line naming the file and the damaged
+    and by the loader behind `jaxkd.tools.evaluate` and a run's teacher, in one line naming the file and the damaged
     member; nothing is written. (Before, flipped bytes inside a data member imported without a word.)"""
     src = tmp_path / "damaged.pth"
     expected = _damaged_pth(damage, src)

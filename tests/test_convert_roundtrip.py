@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import convert
-from convert.torch_models import get_torch_model
+from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.errors import UserError
 from jaxkd.models import get_model
 from tests.conftest import assert_close_scaled, nchw, randomize_batchnorm_and_bias, randomized_torch_model

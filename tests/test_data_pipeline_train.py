@@ -57,7 +57,7 @@ def test_the_recipes_steps_per_epoch_at_cifar_size():
 
 
 def test_dispatch_plan_runs_each_epochs_last_step_alone():
-    from jaxkd.dispatch import dispatch_plan
+    from jaxkd.engine.dispatch import dispatch_plan
 
     def calls(last_step_alone):  # (first step, size, fetch) of each call over 2 epochs of 7 steps
         step, out = 0, []
@@ -100,8 +100,8 @@ def test_every_epoch_ends_with_its_partial_batch(straight_run):
 
 def test_the_loop_evaluates_with_the_recipes_normalization(straight_run):
     from jaxkd.data import load_split
-    from jaxkd.evaluate import evaluate_split
-    from jaxkd.model_checkpoint import load_model_checkpoint
+    from jaxkd.engine.evaluation import evaluate_split
+    from jaxkd.io.model_checkpoint import load_model_checkpoint
     from jaxkd.models import get_model
 
     workdir, result = straight_run
@@ -117,7 +117,7 @@ def test_resume_after_an_epoch_is_bitwise_exact(straight_run, tmp_path):
     train_and_evaluate(repdistiller_digits(epochs=1), tmp_path)  # ends with epoch 1's partial batch
     result = train_and_evaluate(repdistiller_digits(epochs=2), tmp_path)  # the same run, extended
     assert result["step"] == 12
-    from jaxkd.model_checkpoint import load_model_checkpoint
+    from jaxkd.io.model_checkpoint import load_model_checkpoint
 
     ours, straight = (load_model_checkpoint(Path(w) / "model")[0] for w in (tmp_path, straight_run[0]))
     for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(ours),
@@ -129,10 +129,10 @@ SCRIPT = r"""
 import functools, json, sys
 import jax, jax.numpy as jnp, numpy as np, torch
 from configs import crd_wrn
-from convert.torch_models import get_torch_model
+from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd import train
 from jaxkd.data import epoch_permutation
-from jaxkd.mesh import replicated
+from jaxkd.engine.mesh import replicated
 
 assert jax.device_count() == 8, jax.devices()
 torch.manual_seed(0)

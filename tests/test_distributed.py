@@ -1,11 +1,11 @@
-"""When `jaxkd.distributed.initialize` starts JAX's distributed runtime, and its one-line errors. The runtime
+"""When `jaxkd.engine.distributed.initialize` starts JAX's distributed runtime, and its one-line errors. The runtime
 itself is exercised for real by tests/test_scale_out.py; here `jax.distributed.initialize` is replaced by a
 recorder so that the test process stays single-process."""
 
 import jax
 import pytest
 
-from jaxkd import distributed
+from jaxkd.engine import distributed
 from jaxkd.errors import UserError
 
 SLURM = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}

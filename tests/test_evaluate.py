@@ -14,11 +14,12 @@ import pytest
 import torch
 
 import convert
-from jaxkd import evaluate
+from jaxkd.tools import evaluate
+from jaxkd.engine import evaluation
 from jaxkd.data import cifar100c
 from jaxkd.data.sources import load_split
 from jaxkd.errors import UserError
-from jaxkd.model_checkpoint import save_model_checkpoint
+from jaxkd.io.model_checkpoint import save_model_checkpoint
 from jaxkd.models import get_model
 from tests.conftest import (BATCH, BLOCK, MEAN, REPDISTILLER_MEAN_STD, STD, WRITTEN_CORRUPTIONS,
                             assert_matches_reference, assert_one_line_error, labels_half_right, random_images,
@@ -40,7 +41,7 @@ def test_evaluate_split_matches_pytorch_on_a_set_that_is_not_a_multiple_of_the_b
     images = random_images(rng, 3 * BATCH + 11)
     logits = torch_logits(torch_model, images)
     labels = labels_half_right(rng, logits, 10)
-    result = evaluate.evaluate_split(get_model("resnet8", 10), convert.torch_to_flax(torch_model.state_dict()),
+    result = evaluation.evaluate_split(get_model("resnet8", 10), convert.torch_to_flax(torch_model.state_dict()),
                                      images, labels, BATCH)
     assert_matches_reference(result, logits, labels)
     assert 10 < result["top1"] < 90 and len(np.unique(logits.argmax(1))) > 1
@@ -49,7 +50,7 @@ def test_evaluate_split_matches_pytorch_on_a_set_that_is_not_a_multiple_of_the_b
 def test_labels_outside_the_models_classes_are_a_user_error():
     images = np.zeros((3, 32, 32, 3), np.uint8)
     with pytest.raises(UserError, match=r"labels 0\.\.12, but the model has 10 classes"):
-        evaluate.evaluate_split(get_model("resnet8", 10), None, images, np.array([0, 12, 3]), BATCH)
+        evaluation.evaluate_split(get_model("resnet8", 10), None, images, np.array([0, 12, 3]), BATCH)
 
 
 # ------------------------------------------------------------------------------------------ CIFAR-100-C
@@ -59,7 +60,7 @@ def test_cifar100c_splits_severities_and_averages_like_an_independent_computatio
     torch_model, variables, model = model100
     written = write_cifar100c(tmp_path, torch_model, rng)
     opened = cifar100c.open_cifar100c(tmp_path)
-    result = evaluate.evaluate_cifar100c(model, variables, opened, BATCH)
+    result = evaluation.evaluate_cifar100c(model, variables, opened, BATCH)
 
     labels = np.load(tmp_path / "labels.npy")
     assert result["evaluated"] == list(WRITTEN_CORRUPTIONS) and result["unreadable"] == {}
@@ -83,7 +84,7 @@ def test_an_unreadable_corruption_file_is_skipped_and_the_others_complete(model1
     torch_model, variables, model = model100
     write_cifar100c(tmp_path, torch_model, rng)
     np.save(tmp_path / "fog.npy", np.zeros((5 * BLOCK, 16, 16, 3), np.uint8))  # wrong shape
-    result = evaluate.evaluate_cifar100c(model, variables, cifar100c.open_cifar100c(tmp_path), BATCH)
+    result = evaluation.evaluate_cifar100c(model, variables, cifar100c.open_cifar100c(tmp_path), BATCH)
     assert result["evaluated"] == ["brightness", "zoom_blur"] and list(result["corruptions"]) == result["evaluated"]
     assert "fog.npy holds uint8 (35, 16, 16, 3)" in result["unreadable"]["fog"]
 
@@ -91,7 +92,7 @@ def test_an_unreadable_corruption_file_is_skipped_and_the_others_complete(model1
 def test_cifar100c_needs_a_100_class_model(tmp_path, rng):
     write_cifar100c(tmp_path, randomized_torch_model("resnet8", 100), rng, corruptions=("fog",))
     with pytest.raises(UserError, match="CIFAR-100-C has 100 classes, but the model has 10"):
-        evaluate.evaluate_cifar100c(get_model("resnet8", 10), None, cifar100c.open_cifar100c(tmp_path), BATCH)
+        evaluation.evaluate_cifar100c(get_model("resnet8", 10), None, cifar100c.open_cifar100c(tmp_path), BATCH)
 
 
 # --------------------------------------------------------------------------------------- one compile
@@ -103,15 +104,15 @@ def test_one_compile_for_every_batch_and_every_dataset(model100, tmp_path, rng, 
     opened = cifar100c.open_cifar100c(tmp_path)
     clean_images = random_images(rng, 2 * BATCH + 5)
     clean_labels = rng.integers(0, 100, len(clean_images))
-    step = evaluate.eval_step_for(model)
+    step = evaluation.eval_step_for(model)
     step.clear_cache()
 
     def compilations():
         with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles():
             caplog.clear()
-            placed = evaluate.place_variables(variables)
-            evaluate.evaluate_split(model, placed, clean_images, clean_labels, BATCH)
-            evaluate.evaluate_cifar100c(model, placed, opened, BATCH)
+            placed = evaluation.place_variables(variables)
+            evaluation.evaluate_split(model, placed, clean_images, clean_labels, BATCH)
+            evaluation.evaluate_cifar100c(model, placed, opened, BATCH)
         return [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling ")]
 
     # 3 clean batches (the last one partial) and 15 corruption x severity sets: one compile of the step.
@@ -277,13 +278,13 @@ def test_cifar100c_folder_without_any_corruption_file(tmp_path, capsys):
 
 EIGHT_DEVICES = """
 import sys, jax, numpy as np
-from jaxkd import evaluate
+from jaxkd.tools import evaluate
 from jaxkd.models import get_model
 data = np.load(sys.argv[1], allow_pickle=True)
 assert jax.device_count() == 8
 model = get_model("resnet8", 10)
-result = evaluate.evaluate_split(model, data["variables"].item(), data["images"], data["labels"], 20)
-print(result["correct1"], result["correct5"], result["count"], evaluate.eval_step_for(model)._cache_size())
+result = evaluation.evaluate_split(model, data["variables"].item(), data["images"], data["labels"], 20)
+print(result["correct1"], result["correct5"], result["count"], evaluation.eval_step_for(model)._cache_size())
 """
 
 
@@ -298,5 +299,5 @@ def test_eight_devices_count_the_same_as_one(tmp_path, rng):
     done = subprocess.run([sys.executable, "-c", EIGHT_DEVICES, str(tmp_path / "data.npz")], env=env,
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert done.returncode == 0, done.stderr
-    one = evaluate.evaluate_split(get_model("resnet8", 10), variables, images, labels, 20)
+    one = evaluation.evaluate_split(get_model("resnet8", 10), variables, images, labels, 20)
     assert done.stdout.split() == [str(one["correct1"]), str(one["correct5"]), str(len(labels)), "1"]

@@ -1,4 +1,4 @@
-"""`jaxkd.host_allocator`: after `keep_freed_memory()`, a large block freed and allocated again reuses the same
+"""`jaxkd.engine.host_allocator`: after `keep_freed_memory()`, a large block freed and allocated again reuses the same
 pages (few page faults), where glibc's defaults map fresh ones each time; a `MALLOC_` variable or
 JAXKD_HOST_ALLOCATOR=0 leaves the allocator alone. Each case runs in a fresh process: the setting is
 process-wide."""
@@ -19,7 +19,7 @@ HUGE_PAGES_TOUCHED = REPEATS * BLOCK_MB // 2  # 2 MiB pages, where the kernel ba
 SCRIPT = f"""
 import resource
 import numpy as np
-from jaxkd.host_allocator import keep_freed_memory
+from jaxkd.engine.host_allocator import keep_freed_memory
 
 applied = keep_freed_memory()
 np.ones({BLOCK_MB} << 17).sum()  # the block once, so that the heap has grown to it

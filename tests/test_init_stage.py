@@ -1,4 +1,4 @@
-"""The engine's init stage (jaxkd/init_stage.py) end to end on digits, with AB (connectors and the student's
+"""The engine's init stage (jaxkd/engine/init_stage.py) end to end on digits, with AB (connectors and the student's
 feature modules train in it): a run stopped (SIGTERM) inside the init stage resumes there, one stopped during the
 stage's last step resumes after it, a run stopped in training resumes without rerunning it, and all end bitwise
 equal to a straight run, every row logged once. One init epoch and one

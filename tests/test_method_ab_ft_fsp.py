@@ -21,8 +21,8 @@ import torch.nn as nn
 import convert
 from configs import repdistiller
 from jaxkd.errors import UserError
-from jaxkd.evaluate import data_mesh
-from jaxkd.init_stage import InitState, init_optimizer, make_init_update
+from jaxkd.tools.evaluate import data_mesh
+from jaxkd.engine.init_stage import InitState, init_optimizer, make_init_update
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.base import INIT_MODULES
 from jaxkd.models import ModelOutput, get_model
@@ -430,7 +430,7 @@ def test_three_ft_train_steps_match_pytorch():
 def test_feature_modules_are_repdistillers_get_feat_modules():
     """The student's modules the init stage trains, per family: all but the classifier, and but the WRN family's
     final BN (`bn1`), MobileNetV2's final 1x1 conv (`conv2`), ShuffleV2's final conv and BN (`conv2`, `bn2`)."""
-    from jaxkd.init_stage import feature_module_names
+    from jaxkd.engine.init_stage import feature_module_names
 
     left_out = {"rd_resnet8": {"fc"}, "wideresnet16_2": {"finalact", "linear"}, "resnet8": {"finalact", "linear"},
                 "vgg8": {"classifier"}, "MobileNetV2": {"conv2.0", "conv2.1", "classifier.0"},

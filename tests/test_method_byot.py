@@ -16,9 +16,9 @@ import torch
 from ml_collections import ConfigDict
 
 from configs import byot_wrn, default
-from convert.torch_models import get_torch_model
+from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.errors import UserError
-from jaxkd.losses import cross_entropy
+from jaxkd.engine.losses import cross_entropy
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.byot import BYOT, HEAD_NAMES
 from jaxkd.models import ModelOutput, get_model

@@ -22,7 +22,7 @@ from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods import crd_kernels
 from jaxkd.methods.crd import CHUNK_ELEMENTS, CRD, init_state
 from jaxkd.methods.crd_kernels import counts_from_indices, sample_contrast_indices, sample_negative_counts, top_k_mask
-from jaxkd.model_checkpoint import load_model_checkpoint
+from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.train import Teacher, build, create_train_state, make_train_step, train_and_evaluate, zero_sums
 from tests.conftest import assert_close_scaled, on_digits, save_random_teacher

@@ -9,7 +9,7 @@ import pytest
 import torch
 from ml_collections import ConfigDict
 
-from jaxkd.losses import kd_divergence, standardize_logits
+from jaxkd.engine.losses import kd_divergence, standardize_logits
 from jaxkd.methods import Batch, get_method
 from jaxkd.methods.dkd import DKD
 from jaxkd.models import ModelOutput

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from configs import at_wrn, default, fitnet_wrn
-from convert.torch_models import get_torch_model
+from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.errors import UserError
 from jaxkd.methods import Probe, get_method
 from jaxkd.methods.at import AT

@@ -28,9 +28,9 @@ from ml_collections import ConfigDict
 
 import convert
 from configs import repdistiller
-from convert.torch_models import get_torch_model
+from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.data import Split
-from jaxkd.losses import kd_divergence
+from jaxkd.engine.losses import kd_divergence
 from jaxkd.methods import Batch, Probe, apply_module, get_method
 from jaxkd.methods.crd_kernels import sample_contrast_indices
 from jaxkd.models import ModelOutput, get_model

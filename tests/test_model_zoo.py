@@ -1,4 +1,4 @@
-"""RepDistiller's model zoo against the PyTorch references (`convert.torch_zoo`, `convert.torch_models`), one test
+"""RepDistiller's model zoo against the PyTorch references (`jaxkd.pytorch.torch_zoo`, `jaxkd.pytorch.torch_models`), one test
 per architecture: every output of `forward` (stem, stage features and their pre-activation versions, pooled
 vector, logits) in eval and train mode, the updated BN statistics, the parameter count, and the converter both
 ways (import -> export bitwise, the export loading strictly into the reference); and the sizes table."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import convert
-from convert.torch_models import REPDISTILLER_MODELS, get_torch_model
+from jaxkd.pytorch.torch_models import REPDISTILLER_MODELS, get_torch_model
 from jaxkd.models import all_architectures, canonical_name, get_model
 from jaxkd.models.__main__ import main as models_main
 from jaxkd.models.summary import model_size

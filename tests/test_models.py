@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convert.torch_models import get_torch_model
+from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.errors import UserError
 from jaxkd.models import ARCHITECTURES, canonical_name, get_model
 

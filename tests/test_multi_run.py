@@ -1,11 +1,11 @@
-"""Seeds in one program (`jaxkd.multi_run`): each of N runs stepped together by the vmapped engine step equals
+"""Seeds in one program (`jaxkd.tools.multi_run`): each of N runs stepped together by the vmapped engine step equals
 the same run (same seed) stepped alone by the engine's own train program."""
 
 import jax
 import numpy as np
 
 from configs import kd_wrn
-from jaxkd import bench, multi_run
+from jaxkd.tools import bench, multi_run
 from jaxkd.data import epoch_permutation
 from jaxkd.train import create_train_state, make_train_step, zero_sums
 

@@ -1,4 +1,4 @@
-"""jaxkd.report: the benchmark table from workdirs. Its numbers are checked against numpy on the metrics.jsonl the
+"""jaxkd.tools.report: the benchmark table from workdirs. Its numbers are checked against numpy on the metrics.jsonl the
 test writes (with the engine's MetricLog) and on one real digits run; its published numbers against cells copied
 by hand from the READMEs."""
 
@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from configs import crd_kd_wrn, kd_wrn
-from jaxkd import report
-from jaxkd.metric_log import MetricLog
-from jaxkd.published import SOURCES, published_for
+from jaxkd.tools import report
+from jaxkd.io.metric_log import MetricLog
+from jaxkd.tools.published import SOURCES, published_for
 from jaxkd.train import train_and_evaluate
 from tests.conftest import small_config
 
@@ -113,8 +113,8 @@ def test_robustness_columns_from_results_json(tmp_path, table_runs):
     kd = workdirs[:3]
     records = [{"checkpoint": str(w), "clean": {"top1": 70.0 + i}, "cifar100c": {"top1": 40.0 + 2 * i}}
                for i, w in enumerate(kd)]
-    # two runs as jaxkd.robustness --json writes them (rows, each with the model/ it loaded), one as
-    # jaxkd.evaluate --out writes it (one record, the checkpoint as given)
+    # two runs as jaxkd.tools.robustness --json writes them (rows, each with the model/ it loaded), one as
+    # jaxkd.tools.evaluate --out writes it (one record, the checkpoint as given)
     robustness, evaluate = tmp_path / "robustness.json", tmp_path / "evaluate.json"
     robustness.write_text(json.dumps({"rows": [{"checkpoint": "as typed elsewhere", "loaded": str(w / "model"),
                                                 "results": r} for w, r in zip(kd[:2], records)]}))

@@ -1,4 +1,4 @@
-"""The robustness table: rows named from each checkpoint's metadata, numbers equal to jaxkd.evaluate's (and, for
+"""The robustness table: rows named from each checkpoint's metadata, numbers equal to jaxkd.tools.evaluate's (and, for
 clean top-1, to PyTorch's), the JSON holding them all, and bad inputs refused (one line, exit 2, nothing written,
 nothing evaluated)."""
 
@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import convert
-from jaxkd import evaluate, robustness
+from jaxkd.tools import robustness
+from jaxkd.engine import evaluation
 from jaxkd.data import cifar100c
 from jaxkd.errors import UserError
-from jaxkd.model_checkpoint import save_model_checkpoint
+from jaxkd.io.model_checkpoint import save_model_checkpoint
 from jaxkd.models import get_model
 from tests.conftest import (BATCH, assert_matches_reference, assert_one_line_error, labels_half_right, random_images,
                             spread_model, torch_logits, write_cifar100_python, write_cifar100c)
@@ -101,8 +102,8 @@ def test_table_and_json_equal_evaluates_numbers_for_a_pth_a_checkpoint_dir_and_a
     rows = []
     for method, argument, flax_variables, row in zip(["Seed model", "KD + SaliencyMix", "Baseline"],
                                                      [pth, kd_dir, workdir], variables, report["rows"]):
-        clean = evaluate.evaluate_split(model, flax_variables, images, labels, BATCH)
-        robust = evaluate.evaluate_cifar100c(model, flax_variables, opened, BATCH)
+        clean = evaluation.evaluate_split(model, flax_variables, images, labels, BATCH)
+        robust = evaluation.evaluate_cifar100c(model, flax_variables, opened, BATCH)
         assert (row["model"], row["method"], row["checkpoint"]) == ("ResNet8", method, str(argument))
         assert row["results"]["clean"] == clean and row["results"]["cifar100c"] == robust
         assert (row["CIFAR100"], row["CIFAR100C"]) == (clean["top1"], robust["top1"])

@@ -1,6 +1,6 @@
 """`python -m jaxkd.runs`: a small table (one pair x KD x 3 seeds on digits) written as a run list, run,
 stopped once mid-way with SIGTERM (as a preempted job is) and run again: finished runs are skipped, the stopped
-one resumes exactly, the runs after it start, and `jaxkd.report` turns the workdirs into the table their metrics
+one resumes exactly, the runs after it start, and `jaxkd.tools.report` turns the workdirs into the table their metrics
 give (its grouping of several cells: tests/test_report.py)."""
 
 import json
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from convert.torch_models import get_torch_model
-from jaxkd import report, runs
+from jaxkd.pytorch.torch_models import get_torch_model
+from jaxkd.tools import report, runs
 from tests.conftest import assert_bitwise_equal, assert_one_line_error, final_params
 
 REPO = Path(__file__).resolve().parent.parent

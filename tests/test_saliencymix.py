@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jaxkd.data import augment, saliencymix
-from jaxkd.losses import cross_entropy
+from jaxkd.engine.losses import cross_entropy
 
 BATCH = 8
 _saliencymix = jax.jit(saliencymix.saliencymix, static_argnames=("prob", "beta", "per_example"))

@@ -30,12 +30,12 @@ import pytest
 import torch
 
 from configs import crd_kd_wrn
-from convert.torch_models import get_torch_model
+from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd import train
-from jaxkd.mesh import data_mesh, replicated
-from jaxkd.model_checkpoint import load_model_checkpoint
-from jaxkd.optimizer import make_optimizer
-from jaxkd.run_checkpoint import RunCheckpoints
+from jaxkd.engine.mesh import data_mesh, replicated
+from jaxkd.io.model_checkpoint import load_model_checkpoint
+from jaxkd.engine.optimizer import make_optimizer
+from jaxkd.io.run_checkpoint import RunCheckpoints
 from tests.conftest import save_random_teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,7 +261,7 @@ def own_output(stdout: str) -> str:
 
 
 def test_evaluation_commands_on_two_processes_report_like_one(tmp_path):
-    """`jaxkd.robustness` and `jaxkd.evaluate` on 2 processes x 2 devices: the same numbers as one process
+    """`jaxkd.tools.robustness` and `jaxkd.tools.evaluate` on 2 processes x 2 devices: the same numbers as one process
     (70 clean images and 35 per corruption: not multiples of the 4 devices' batch shares); process 0 alone
     prints and writes."""
     from tests.conftest import write_evaluation_files

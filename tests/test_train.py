@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from configs import demo
-from convert.torch_models import get_torch_model
+from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd import train
 from jaxkd.errors import UserError
 from jaxkd.train import main, train_and_evaluate
@@ -121,7 +121,7 @@ def test_sigterm_and_ctrl_c_stop_the_loop_with_their_exit_statuses_and_a_second_
     the process ignores (a background job, as CI runs the suite) stays ignored."""
     import os
 
-    from jaxkd.stop_request import StopRequest
+    from jaxkd.io.stop_request import StopRequest
 
     started_with = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in an interactive shell
     try:
@@ -155,8 +155,8 @@ def test_ctrl_c_twice_waits_for_the_checkpoint_write_with_one_line(tmp_path, cap
     `-tmp` folder, and step 8 is the checkpoint a resume starts from."""
     import os
 
-    from jaxkd.run_checkpoint import RunCheckpoints
-    from jaxkd.stop_request import StopRequest
+    from jaxkd.io.run_checkpoint import RunCheckpoints
+    from jaxkd.io.stop_request import StopRequest
 
     real_before_dispatch, real_wait = StopRequest.before_dispatch, RunCheckpoints.wait_until_saved
     calls, during_write = {"count": 0}, []
@@ -197,10 +197,10 @@ def test_ctrl_c_twice_waits_for_the_checkpoint_write_with_one_line(tmp_path, cap
 
 
 def test_a_second_run_on_a_live_workdir_is_one_line_and_a_dead_runs_lock_is_taken_over(tmp_path, capsys):
-    from jaxkd.workdir import WorkdirLock
+    from jaxkd.io.workdir import WorkdirLock
 
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from jaxkd.workdir import WorkdirLock; lock = WorkdirLock(Path(sys.argv[1])); lock.acquire(); "
+                               "from jaxkd.io.workdir import WorkdirLock; lock = WorkdirLock(Path(sys.argv[1])); lock.acquire(); "
                                "print('locked', flush=True); time.sleep(120)", str(tmp_path)],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -230,7 +230,7 @@ def test_a_second_run_on_a_live_workdir_is_one_line_and_a_dead_runs_lock_is_take
 def test_a_resumed_log_drops_what_was_logged_after_its_checkpoint(tmp_path):
     from tensorboardX.proto.event_pb2 import Event
 
-    from jaxkd.metric_log import MetricLog
+    from jaxkd.io.metric_log import MetricLog
 
     log = MetricLog(tmp_path)
     for step in (0, 5, 10, 15):
@@ -332,7 +332,7 @@ def test_a_workdir_that_is_a_file_is_one_line_before_any_load(workdir, message, 
 
 def test_a_workdir_resumes_only_the_same_run_up_to_intervals_and_rounding_settings(tmp_path):
     from configs import crd_wrn
-    from jaxkd.workdir import save_config
+    from jaxkd.io.workdir import save_config
 
     save_config(crd_wrn.get_config(), tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"step": 50, "kind": "train", "loss": 4.0}\n')  # the run started
@@ -378,7 +378,7 @@ def test_a_workdir_whose_run_never_started_takes_the_corrected_config(tmp_path, 
     """A run that ended on a user error before its first checkpoint and log step (config.json and the teacher's
     row written) does not hold its workdir: the corrected command is accepted, with one line saying so. Once a
     train row or a checkpoint exists the workdir holds the run."""
-    from jaxkd.workdir import save_config
+    from jaxkd.io.workdir import save_config
 
     failed = small_config()
     failed.eval_batch_size = 7
@@ -406,7 +406,7 @@ def test_a_run_started_before_a_config_key_existed_still_resumes(tmp_path):
     """A config.json without `loss.logit_standardization` (written before the key was added) is the same run as
     one with it False; with it True, another run."""
     from configs import kd_wrn
-    from jaxkd.workdir import save_config
+    from jaxkd.io.workdir import save_config
 
     save_config(kd_wrn.get_config(), tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"step": 50, "kind": "train", "loss": 4.0}\n')  # the run started
@@ -420,7 +420,7 @@ def test_a_run_started_before_a_config_key_existed_still_resumes(tmp_path):
         save_config(standardized, tmp_path)
 
 
-# configs/default.py's keys before `loss.logit_standardization` and `wandb` were added: runs may have started
+# jaxkd/config/default.py's keys before `loss.logit_standardization` and `wandb` were added: runs may have started
 # with a config.json holding just these
 KEYS_OF_STARTED_RUNS = {
     "batch_size", "checkpoint_every_epochs", "data.data_dir", "data.download", "data.drop_last", "data.normalization",
@@ -434,10 +434,10 @@ KEYS_OF_STARTED_RUNS = {
 
 def test_a_key_added_to_the_default_config_leaves_started_runs_resumable(tmp_path):
     """Every default key newer than KEYS_OF_STARTED_RUNS: a config.json without it (a run started before it
-    existed) must still be accepted as the same run, i.e. the key is in jaxkd/workdir.py's ADDED_KEYS (with the
+    existed) must still be accepted as the same run, i.e. the key is in jaxkd/io/workdir.py's ADDED_KEYS (with the
     value the older runs behave as) or RESUME_MAY_CHANGE; else upgrading jaxkd would strand every started run."""
     from configs import default
-    from jaxkd.workdir import save_config
+    from jaxkd.io.workdir import save_config
 
     def flattened(tree, prefix=""):
         for name, value in tree.items():
@@ -518,7 +518,7 @@ def test_a_teacher_is_checked_before_the_data_loads_and_its_classes_against_the_
 
 def test_bfloat16_compute_keeps_float32_parameters_statistics_and_loss():
     from jaxkd.data import epoch_permutation
-    from jaxkd.mesh import replicated
+    from jaxkd.engine.mesh import replicated
 
     losses, hlo = {}, {}
     for dtype in ("float32", "bfloat16"):
@@ -543,7 +543,7 @@ def test_bfloat16_compute_keeps_float32_parameters_statistics_and_loss():
 
 
 def test_dispatch_plan_runs_whole_chunks_and_stops_at_every_fetch_and_epoch_end():
-    from jaxkd.dispatch import dispatch_plan
+    from jaxkd.engine.dispatch import dispatch_plan
 
     spe, log_every, chunk = 22, 5, 4  # small_config's epoch, log interval, and a chunk that divides neither
     stops = set(range(log_every, 2 * spe, log_every)) | {spe, 2 * spe}  # fetches: every 5 steps, epoch ends
@@ -568,7 +568,7 @@ def test_dispatch_plan_runs_whole_chunks_and_stops_at_every_fetch_and_epoch_end(
 
 
 def test_automatic_steps_per_dispatch_is_one_on_cpu_and_whole_chunks_between_fetches_elsewhere():
-    from jaxkd.dispatch import AUTO_STEPS_PER_DISPATCH, steps_per_dispatch
+    from jaxkd.engine.dispatch import AUTO_STEPS_PER_DISPATCH, steps_per_dispatch
 
     config = demo.get_config()
     assert config.steps_per_dispatch == 0  # the default: automatic
@@ -587,7 +587,7 @@ def test_a_chunk_of_steps_in_one_call_equals_single_steps_up_to_rounding(unroll)
     updates), unrolled (the CPU default) or as a loop (elsewhere); XLA compiles the chunk on its own, so only
     float rounding may differ."""
     from jaxkd.data import epoch_permutation
-    from jaxkd.mesh import replicated
+    from jaxkd.engine.mesh import replicated
 
     config = small_config()
     setup = train.build(config, jax.devices()[:1])
@@ -667,7 +667,7 @@ def test_assert_bitwise_equal_fails_on_a_missing_or_extra_leaf_and_on_any_bit():
 
 
 # One key of each family that defines a run (its value here differs from configs/crd_wrn.py's), and every key
-# a resumed run may change (jaxkd/workdir.py's RESUME_MAY_CHANGE).
+# a resumed run may change (jaxkd/io/workdir.py's RESUME_MAY_CHANGE).
 REFUSED_ON_RESUME = [("seed", 1), ("model", "resnet8"), ("method", "kd"), ("crd.nce_k", 4096), ("crd.nce_t", 0.1),
                      ("data.source", "digits"), ("data.padding", "reflect"), ("batch_size", 128),
                      ("teacher.checkpoint", "other.pth"), ("teacher.arch", "resnet56"), ("optimizer.lr", 0.1),
@@ -682,7 +682,7 @@ ALLOWED_ON_RESUME = [("log_every_steps", 7), ("eval_every_epochs", 3), ("checkpo
 def _started_run(workdir):
     """`workdir` holding a started configs/crd_wrn.py run (config.json and a train row); returns its config."""
     from configs import crd_wrn
-    from jaxkd.workdir import save_config
+    from jaxkd.io.workdir import save_config
 
     save_config(crd_wrn.get_config(), workdir)
     (workdir / "metrics.jsonl").write_text('{"step": 100, "kind": "train", "loss": 2.0}\n')
@@ -700,7 +700,7 @@ def _with(config, key, value):
 
 @pytest.mark.parametrize("key, value", REFUSED_ON_RESUME, ids=[key for key, _ in REFUSED_ON_RESUME])
 def test_a_key_that_changes_the_run_is_refused_on_resume_and_config_json_is_kept(key, value, tmp_path):
-    from jaxkd.workdir import save_config
+    from jaxkd.io.workdir import save_config
 
     config = _with(_started_run(tmp_path), key, value)
     before = (tmp_path / "config.json").read_text()
@@ -711,7 +711,7 @@ def test_a_key_that_changes_the_run_is_refused_on_resume_and_config_json_is_kept
 
 @pytest.mark.parametrize("key, value", ALLOWED_ON_RESUME, ids=[key for key, _ in ALLOWED_ON_RESUME])
 def test_a_key_that_does_not_change_the_run_may_change_on_resume(key, value, tmp_path):
-    from jaxkd.workdir import save_config
+    from jaxkd.io.workdir import save_config
 
     config = _with(_started_run(tmp_path), key, value)
     save_config(config, tmp_path)  # accepted, and written
@@ -729,7 +729,7 @@ def _rows(workdir) -> list[dict]:
 
 def _damage(checkpoint: Path, how: str) -> None:
     """Damages the checkpoint folder `checkpoint` as a disk or a careless copy might."""
-    from jaxkd.run_checkpoint import MANIFEST
+    from jaxkd.io.run_checkpoint import MANIFEST
 
     arrays = sorted((p for p in (checkpoint / "state").rglob("*") if p.is_file() and p.name != MANIFEST),
                     key=lambda p: p.stat().st_size)
@@ -750,7 +750,7 @@ def test_a_truncated_or_incomplete_newest_checkpoint_is_one_line_and_set_aside(h
                                                                                capsys):
     """The straight run's workdir with step 44 truncated or without its _METADATA: the checkpoints report step
     22 as the newest, with one line, and step 44 is set aside (what follows is the flipped byte's test below)."""
-    from jaxkd.run_checkpoint import RunCheckpoints
+    from jaxkd.io.run_checkpoint import RunCheckpoints
 
     workdir = tmp_path / "run"
     shutil.copytree(straight_run[0], workdir)
@@ -826,7 +826,7 @@ def test_a_finished_run_resumes_from_its_newest_checkpoint_with_its_best(straigh
     evals = [row for row in rows if row["kind"] == "eval"]
     best = max(evals, key=lambda row: row["top1"])
     assert result["best_top1"] == best["top1"] == evals[-1]["best_top1"]
-    from jaxkd.model_checkpoint import load_model_checkpoint
+    from jaxkd.io.model_checkpoint import load_model_checkpoint
 
     assert load_model_checkpoint(workdir / "model")[1]["best_top1"] == best["top1"]
     assert f"(best {best['top1']:.2f})" in out
@@ -836,7 +836,7 @@ def test_a_workdir_that_lost_its_checkpoints_or_its_config_is_refused_and_kept(s
     """A run's workdir (the straight run's, copied) without checkpoints/ (its .checkpointed says it had some), or
     with its checkpoints but without config.json: one line each, nothing written; a run that stopped before its
     first checkpoint (no .checkpointed) or while writing it (a temporary folder) starts anew as before."""
-    from jaxkd.workdir import save_config
+    from jaxkd.io.workdir import save_config
 
     config = small_config()
     config.progress_bar = True  # the straight run's config
@@ -868,7 +868,7 @@ def test_a_damaged_metrics_line_or_a_cut_log_is_reported_and_no_later_row_is_dro
     """Resuming at step 15: a damaged line inside metrics.jsonl is reported and dropped, the rows after it kept;
     a log cut before step 15 (its rows up to the checkpoint lost) is reported; a killed write's partial last
     line after the checkpoint's row is dropped silently, as always."""
-    from jaxkd.metric_log import MetricLog
+    from jaxkd.io.metric_log import MetricLog
 
     rows = [json.dumps({"step": step, "kind": kind, "top1": 1.0}) for step, kind in
             [(0, "train"), (5, "train"), (10, "train"), (10, "eval"), (15, "train")]]
@@ -898,8 +898,8 @@ def test_init_checkpoints_are_verified_and_a_missing_manifest_counts_as_damage_o
     """The init stage's checkpoints (`init_checkpoints`) carry manifests like training's: a checkpoint whose
     manifest was deleted is damaged once the workdir's .checkpointed says manifests are written; a workdir from
     before manifests (no .checkpointed) restores its newest checkpoint unverified."""
-    from jaxkd.run_checkpoint import MANIFEST, RunCheckpoints
-    from jaxkd.train_state import TrainState
+    from jaxkd.io.run_checkpoint import MANIFEST, RunCheckpoints
+    from jaxkd.engine.train_state import TrainState
 
     def state(step):
         return TrainState(step=jax.numpy.asarray(step, jax.numpy.int32), params={"w": jax.numpy.full(4, step * 1.0)},
@@ -979,7 +979,7 @@ def fill_disk_under(sink: str, workdir: Path, monkeypatch) -> FullDisk:
 
     import tensorboardX.record_writer
 
-    from jaxkd import metric_log, safe_write
+    from jaxkd.io import metric_log, safe_write
 
     disk = FullDisk()
     real_write, real_export = metric_log.MetricLog.write, train.export_models
@@ -1087,7 +1087,7 @@ def test_a_tensorboard_file_that_cannot_be_written_is_one_output_error_at_once(t
     import tensorboardX.record_writer
 
     from jaxkd.errors import OutputError
-    from jaxkd.metric_log import MetricLog
+    from jaxkd.io.metric_log import MetricLog
 
     disk = FullDisk()
     monkeypatch.setattr(tensorboardX.record_writer, "open",
@@ -1113,7 +1113,7 @@ def test_a_checkpoint_save_that_stalls_is_one_output_error_after_the_bound(tmp_p
     itself in progress forever) is one OutputError from `wait_until_saved`, and `close` then returns at once."""
     from typing import Any, NamedTuple
 
-    from jaxkd import run_checkpoint
+    from jaxkd.io import run_checkpoint
     from jaxkd.errors import OutputError
 
     class State(NamedTuple):

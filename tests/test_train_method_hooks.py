@@ -7,11 +7,11 @@ import numpy as np
 import torch
 
 import convert
-from convert.torch_models import get_torch_model
+from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd import methods
 from jaxkd.data import load_split, normalize
 from jaxkd.methods.base import Method, MethodInit
-from jaxkd.model_checkpoint import load_model_checkpoint
+from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.models import get_model
 from jaxkd.train import train_and_evaluate
 from tests.conftest import small_config

@@ -16,11 +16,12 @@ SCRIPT = r"""
 import functools, json, sys
 import jax, numpy as np, torch
 from configs import crd_wrn, demo, repdistiller
-from convert.torch_models import get_torch_model
-from jaxkd import init_stage, train
+from jaxkd.pytorch.torch_models import get_torch_model
+from jaxkd.engine import init_stage
+from jaxkd import train
 from jaxkd.data import epoch_permutation
-from jaxkd.mesh import replicated
-from jaxkd.run_checkpoint import RunCheckpoints
+from jaxkd.engine.mesh import replicated
+from jaxkd.io.run_checkpoint import RunCheckpoints
 
 # CRD amplifies float noise about 5x more per step than KD: compare it after one step from the same state.
 # AB: two steps of its init stage (connectors and the student's feature modules), SaliencyMix on.

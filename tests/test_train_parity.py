@@ -40,16 +40,16 @@ import torch
 
 import convert
 from configs import default
-from convert.torch_models import get_torch_model
-from jaxkd.compile_options import compiler_options
+from jaxkd.pytorch.torch_models import get_torch_model
+from jaxkd.engine.compile_options import compiler_options
 from jaxkd.data import Split
-from jaxkd.evaluate import data_mesh
+from jaxkd.tools.evaluate import data_mesh
 from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
 from jaxkd.models.batchnorm import BatchNorm
-from jaxkd.optimizer import config_learning_rate_schedule, make_optimizer
+from jaxkd.engine.optimizer import config_learning_rate_schedule, make_optimizer
 from jaxkd.train import Setup, Teacher, make_update, train_state_layout
-from jaxkd.train_state import TrainState
+from jaxkd.engine.train_state import TrainState
 from tests.conftest import nchw, randomized_torch_model
 from tests.reference import torch_training
 

@@ -21,15 +21,15 @@ import torch.nn.functional as F
 
 import convert
 from configs import mdistiller
-from convert.torch_models import get_torch_model
-from jaxkd.compile_options import compiler_options
+from jaxkd.pytorch.torch_models import get_torch_model
+from jaxkd.engine.compile_options import compiler_options
 from jaxkd.data import Split
-from jaxkd.evaluate import data_mesh
+from jaxkd.tools.evaluate import data_mesh
 from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
-from jaxkd.optimizer import make_optimizer
+from jaxkd.engine.optimizer import make_optimizer
 from jaxkd.train import Setup, Teacher, make_update, train_state_layout
-from jaxkd.train_state import TrainState
+from jaxkd.engine.train_state import TrainState
 from tests.conftest import nchw, randomize_batchnorm_and_bias
 from tests.reference import mdistiller_training
 from tests.reference.mdistiller_losses import ReviewKDStudentSide, dkd_loss, dkd_warmup, kd_loss

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 
 from configs import kd_saliencymix_wrn, saliencymix_wrn
-from jaxkd.mesh import replicated
-from jaxkd.model_checkpoint import load_model_checkpoint
+from jaxkd.engine.mesh import replicated
+from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.train import build, create_train_state, make_train_step, train_and_evaluate, zero_sums
 from tests.conftest import save_random_teacher
 from tests.conftest import small_config

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 mkdir -p .whl
-# ml-collections: the configs; tensorboardX: the TensorBoard event files (jaxkd.metric_log).
+# ml-collections: the configs; tensorboardX: the TensorBoard event files (jaxkd.io.metric_log).
 python3 -m pip download --quiet --no-deps --only-binary=:all: --dest .whl \
     "ml-collections>=0.1.1" "tensorboardX>=2.6"
 ls -l .whl

@@ -3,7 +3,7 @@
 The release is one folder with `labels.npy` and one `<corruption>.npy` per corruption, each (50000, 32, 32, 3)
 uint8: the 10,000 test images at severity 1, then at 2, ..., 5. Files are memory-mapped, so the 950,000 images
 are never all in host memory; a missing corruption file is reported by name and the others still load. The
-folder may be a `gs://` URL (`jaxkd.paths`): each file is then read whole when used, one corruption at a time.
+folder may be a `gs://` URL (`jaxkd.io.paths`): each file is then read whole when used, one corruption at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxkd.errors import UserError
-from jaxkd.paths import as_path, check_cloud_location, is_url
+from jaxkd.io.paths import as_path, check_cloud_location, is_url
 
 # The seed's list, in its order.
 CORRUPTIONS = (

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxkd.data.saliency import saliency_argmax
-from jaxkd.losses import cross_entropy
+from jaxkd.engine.losses import cross_entropy
 
 
 def sample_saliencymix(

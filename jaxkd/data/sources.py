@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxkd.errors import UserError
-from jaxkd.paths import as_path, check_cloud_location, is_url
+from jaxkd.io.paths import as_path, check_cloud_location, is_url
 
 SOURCES = ("tfds", "cifar100-python", "digits")
 SOURCE_CLASSES = {"tfds": 100, "cifar100-python": 100, "digits": 10}  # the number of classes of each source
@@ -42,7 +42,7 @@ CIFAR100_PYTHON_ARCHIVE = "cifar-100-python.tar.gz"
 CIFAR100_PYTHON_FOLDER = "cifar-100-python"
 DEFAULT_CIFAR100_PYTHON_DIR = "./data"  # torchvision's and the seed's `root`
 # How a user asks for a download: the commands' settings behind load_split's `download` argument.
-DOWNLOAD_FLAGS = "--config.data.download=True for jaxkd.train, --download for jaxkd.evaluate and jaxkd.robustness"
+DOWNLOAD_FLAGS = "--config.data.download=True for jaxkd.train, --download for jaxkd.tools.evaluate and jaxkd.tools.robustness"
 
 DIGITS_TEST_EVERY = 5  # within each class, in sklearn's order, examples 0, 5, 10, ... are the test split
 

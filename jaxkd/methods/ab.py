@@ -14,7 +14,7 @@ it (`--distill abound`; `distiller_zoo/AB.py` `ABLoss`, `models/util.py` `Connec
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config_checks import non_negative_float, non_negative_int
+from jaxkd.config.specs import non_negative_float, non_negative_int
 from jaxkd.errors import UserError
 from jaxkd.methods.base import INIT_MODULES, InitStage, Method, MethodInit, apply_module
 from jaxkd.models.heads import ConvReg

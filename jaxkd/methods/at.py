@@ -7,7 +7,7 @@ stage outputs the mean squared difference of the student's and the teacher's map
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config_checks import positive_int
+from jaxkd.config.specs import positive_int
 from jaxkd.methods.base import Method, TermOutput
 from jaxkd.methods.functional import normalize
 from jaxkd.methods.pooling import pool_to_common_size

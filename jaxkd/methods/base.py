@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config_checks import check_settings
+from jaxkd.config.specs import check_settings
 from jaxkd.errors import UserError
 from jaxkd.models import ModelOutput
 
@@ -122,7 +122,7 @@ class Method:
 
     uses_teacher = False
     defaults: dict = {}  # config.<name>'s keys and default values
-    # config.<name>'s keys -> what each accepts (jaxkd.config_checks: positive_int, fraction, one_of(...), ...),
+    # config.<name>'s keys -> what each accepts (jaxkd.config.checks: positive_int, fraction, one_of(...), ...),
     # checked as the method is made, before any work
     specs: dict = {}
 

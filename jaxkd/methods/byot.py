@@ -27,10 +27,10 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config_checks import fraction, non_negative_float, positive_float
+from jaxkd.config.specs import fraction, non_negative_float, positive_float
 from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.errors import UserError
-from jaxkd.losses import cross_entropy
+from jaxkd.engine.losses import cross_entropy
 from jaxkd.methods.base import Method, MethodInit, TermOutput, apply_module
 from jaxkd.models.heads import BYOTHead
 

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config_checks import positive_int
+from jaxkd.config.specs import positive_int
 from jaxkd.methods.base import Method, MethodInit, TermOutput
 from jaxkd.models.torch_layers import linear
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.config_checks import fraction, positive_float, positive_int
+from jaxkd.config.specs import fraction, positive_float, positive_int
 from jaxkd.errors import UserError
 from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput
 from jaxkd.methods.crd_kernels import Negatives, ScoredBank, batch_chunks, chunked_loss_pair, map_chunks

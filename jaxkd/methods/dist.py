@@ -12,7 +12,7 @@ CE of weight 1: the engine's loss.beta 2, loss.gamma 1 (configs/mdistiller.py).
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config_checks import non_negative_float, positive_float
+from jaxkd.config.specs import non_negative_float, positive_float
 from jaxkd.methods.base import Method, TermOutput
 
 COSINE_EPS = 1e-8  # dist_kd.py's cosine_similarity: <a, b> / (|a| |b| + eps)

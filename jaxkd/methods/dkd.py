@@ -15,8 +15,8 @@ Under SaliencyMix an example has two labels: the term is mixed as the engine's C
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config_checks import flag, non_negative_float, positive_float, positive_int
-from jaxkd.losses import standardize_logits
+from jaxkd.config.specs import flag, non_negative_float, positive_float, positive_int
+from jaxkd.engine.losses import standardize_logits
 from jaxkd.methods.base import Method, TermOutput, epoch_warmup
 
 NON_TARGET_SHIFT = 1000.0  # mdistiller: logits / T - 1000 * gt_mask before NCKD's softmaxes

@@ -30,10 +30,10 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config_checks import ModelNames, one_of
+from jaxkd.config.specs import ModelNames, one_of
 from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.errors import UserError
-from jaxkd.losses import cross_entropy, kd_divergence
+from jaxkd.engine.losses import cross_entropy, kd_divergence
 from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, apply_module
 from jaxkd.models import canonical_name, get_model
 

@@ -6,7 +6,7 @@
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config_checks import non_negative_int
+from jaxkd.config.specs import non_negative_int
 from jaxkd.errors import UserError
 from jaxkd.methods.base import Method, MethodInit, TermOutput, apply_module
 from jaxkd.models.heads import ConvReg

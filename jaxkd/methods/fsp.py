@@ -14,7 +14,7 @@ is": FSP.
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config_checks import non_negative_int
+from jaxkd.config.specs import non_negative_int
 from jaxkd.errors import UserError
 from jaxkd.methods.base import INIT_MODULES, InitStage, Method, MethodInit
 from jaxkd.methods.pooling import adaptive_avg_pool2d

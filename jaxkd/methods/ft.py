@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config_checks import non_negative_int, positive_float
+from jaxkd.config.specs import non_negative_int, positive_float
 from jaxkd.methods.base import INIT_MODULES, InitStage, Method, MethodInit, TermOutput, apply_module
 from jaxkd.methods.pooling import adaptive_avg_pool2d
 from jaxkd.models import canonical_name

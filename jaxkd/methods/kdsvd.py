@@ -16,7 +16,7 @@ positive, so that the term is the same on every device (docs/methods.md, "Where 
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config_checks import positive_int
+from jaxkd.config.specs import positive_int
 from jaxkd.errors import UserError
 from jaxkd.methods.base import Method, MethodInit, TermOutput
 from jaxkd.methods.functional import normalize

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.config_checks import flag, positive_int
+from jaxkd.config.specs import flag, positive_int
 from jaxkd.methods.base import Method, MethodInit, TermOutput, apply_module, epoch_warmup
 from jaxkd.methods.pooling import adaptive_avg_pool2d
 from jaxkd.models.torch_layers import batch_norm, conv

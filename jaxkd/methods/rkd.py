@@ -9,7 +9,7 @@ the term is w_d * distance + w_a * angle. Relations between examples: any pair o
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config_checks import non_negative_float
+from jaxkd.config.specs import non_negative_float
 from jaxkd.methods.base import Method, TermOutput
 from jaxkd.methods.functional import normalize, smooth_l1_loss
 

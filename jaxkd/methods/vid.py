@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.config_checks import positive_float
+from jaxkd.config.specs import positive_float
 from jaxkd.errors import UserError
 from jaxkd.methods.base import Method, MethodInit, TermOutput
 from jaxkd.methods.pooling import pool_to_common_size

@@ -13,6 +13,8 @@ Names are case-insensitive; `-` and `_` are interchangeable.
 
 from functools import partial
 
+import jax.numpy as jnp
+
 from jaxkd.errors import UserError
 from jaxkd.models.mobilenetv2 import MobileNetV2
 from jaxkd.models.output import ModelOutput
@@ -21,6 +23,9 @@ from jaxkd.models.resnet import ResNet
 from jaxkd.models.resnet50 import ResNet50
 from jaxkd.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from jaxkd.models.vgg import VGG
+
+# `config.dtype` -> the dtype the models compute in (parameters and losses stay float32)
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # The seed family: name -> (blocks per stage n, width k). WRN-d-k has n = (d - 4) / 6; resnet{6n+2} has width 1.
 ARCHITECTURES = {
@@ -92,5 +97,5 @@ def get_model(name: str, num_classes: int = 100, **kwargs):
     return REPDISTILLER_ARCHITECTURES[name](num_classes=num_classes, **kwargs)
 
 
-__all__ = ["ALIASES", "ARCHITECTURES", "REPDISTILLER_ARCHITECTURES", "ModelOutput", "ResNet", "all_architectures",
+__all__ = ["ALIASES", "ARCHITECTURES", "COMPUTE_DTYPES", "REPDISTILLER_ARCHITECTURES", "ModelOutput", "ResNet", "all_architectures",
            "canonical_name", "get_model", "is_seed_architecture"]

@@ -18,7 +18,7 @@ def train(student: torch.nn.Module, teacher: torch.nn.Module, modules: torch.nn.
           steps_per_epoch: int, lr: float, decay_stages, decay_rate: float = 0.1, momentum: float = 0.9,
           weight_decay: float = 5e-4) -> list[dict]:
     """Trains `student` (and `modules`) in place. `losses(student_out, teacher_out, labels, epoch)` -> dict of
-    the distiller's weighted loss terms, from convert.torch_zoo's `forward_all` outputs (TorchOutput). Returns
+    the distiller's weighted loss terms, from jaxkd.pytorch.torch_zoo's `forward_all` outputs (TorchOutput). Returns
     each step's terms (floats) and lr."""
     parameters = list(student.parameters()) + (list(modules.parameters()) if modules is not None else [])
     optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)

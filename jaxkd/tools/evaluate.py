@@ -1,0 +1,205 @@
+"""Evaluation: clean test accuracy and CIFAR-100-C robustness of a model checkpoint.
+
+    python -m jaxkd.evaluate --checkpoint CKPT [--arch NAME] [--cifar100c DIR] [--out results.json]
+                             [--source tfds|cifar100-python|digits] [--data-dir DIR] [--batch-size 500] [--force]
+
+CKPT is a jaxkd model checkpoint directory (`python -m convert import`, training) or a `.pth` (seed or
+RepDistiller layout, converted in memory). Prints a markdown table (clean top-1/top-5, the CIFAR-100-C mean,
+then every corruption x severity) and writes the same numbers as JSON to --out. User mistakes print one line
+starting with "error:" and exit with status 2; nothing is written then.
+
+The counting itself is jaxkd/engine/evaluation.py (`evaluate_split`, `evaluate_cifar100c`), which training uses
+too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+
+from jaxkd.data.augment import NORMALIZATIONS
+from jaxkd.data.cifar100c import SEVERITIES, Cifar100C
+from jaxkd.engine import distributed
+from jaxkd.engine.evaluation import (CIFAR100C_CLASSES, DEFAULT_BATCH_SIZE, check_labels, evaluate_cifar100c,
+                                     evaluate_split, place_variables, readable_corruptions)
+from jaxkd.engine.mesh import data_mesh
+from jaxkd.errors import UserError, run_command
+from jaxkd.io.safe_write import check_output, write_text_atomically
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+
+def percent(value) -> str:
+    """An accuracy for the markdown tables: two decimals, "-" when missing."""
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_report(results: dict) -> str:
+    """The markdown tables printed by the command: clean and CIFAR-100-C mean, then corruption x severity."""
+    clean = results["clean"]
+    lines = [f"{results['checkpoint']}: {results['arch']}, {results['num_classes']} classes; inputs normalized with "
+             f"the {results['normalization']} mean/std", "",
+             "| test set | top-1 | top-5 | images |", "|---|---:|---:|---:|",
+             f"| {results['dataset']} | {percent(clean['top1'])} | {percent(clean['top5'])} | {clean['count']} |"]
+    c100c = results.get("cifar100c")
+    if c100c is None:
+        return "\n".join(lines)
+    evaluated = c100c["evaluated"]
+    images = sum(r["count"] for c in c100c["corruptions"].values() for r in c["severities"].values())
+    lines.append(f"| CIFAR-100-C mean ({len(evaluated)} corruptions x {len(SEVERITIES)} severities) | "
+                 f"{percent(c100c['top1'])} | {percent(c100c['top5'])} | {images} |")
+    skipped = c100c["missing"] + list(c100c["unreadable"])
+    if skipped:
+        lines.append(f"\nCIFAR-100-C mean leaves out {len(skipped)} corruption(s) not evaluated: {', '.join(skipped)}")
+    lines += ["", "| corruption (top-1) | " + " | ".join(f"s{s}" for s in SEVERITIES) + " | mean |",
+              "|---|" + "---:|" * (len(SEVERITIES) + 1)]
+    for name, result in c100c["corruptions"].items():
+        cells = [percent(result["severities"][str(s)]["top1"]) for s in SEVERITIES]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {percent(result['top1'])} |")
+    return "\n".join(lines)
+
+
+def write_json(results: dict, out: Path, force: bool) -> None:
+    """Writes `results` as JSON beside-then-into `out` (see `jaxkd.io.safe_write`); an existing `out` is replaced
+    only with `force`."""
+    write_text_atomically(json.dumps(results, indent=2) + "\n", out, force, "the results")
+
+
+# ----------------------------------------------------------------------------- checks shared by the commands
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {batch_size}")
+
+
+def open_checked_cifar100c(directory, models: dict[str, int]) -> tuple[Cifar100C, tuple[str, ...], dict[str, str]]:
+    """(opened CIFAR-100-C, readable corruptions, {unreadable corruption: why}) for the models {name: classes} to
+    be evaluated on it: one line if a model lacks CIFAR-100's classes, a label is out of range or no corruption
+    file is readable; missing and unreadable corruptions are named in warnings and left out of the means."""
+    from jaxkd.data.cifar100c import open_cifar100c
+
+    c100c = open_cifar100c(directory)
+    for name, num_classes in models.items():
+        if num_classes != CIFAR100C_CLASSES:
+            raise UserError(f"{name}: the model has {num_classes} classes; CIFAR-100-C has {CIFAR100C_CLASSES}")
+    check_labels(c100c.labels, CIFAR100C_CLASSES, f"CIFAR-100-C {c100c.directory}")
+    evaluated, unreadable = readable_corruptions(c100c)
+    if not evaluated:
+        raise UserError(f"CIFAR-100-C folder {c100c.directory} has no readable corruption file")
+    if c100c.missing:
+        distributed.print_once(f"warning: CIFAR-100-C: no file for {len(c100c.missing)} corruption(s) in "
+                               f"{c100c.directory}: {', '.join(c100c.missing)}; the means are over the others",
+                               file=sys.stderr)
+    for name, reason in unreadable.items():
+        distributed.print_once(f"warning: CIFAR-100-C: skipping {name}: {reason}", file=sys.stderr)
+    return c100c, evaluated, unreadable
+
+
+def load_checked_test_split(args, models: dict[str, int]):
+    """The clean test split the command line names (`add_data_arguments`), checked against the models
+    {name: classes}."""
+    from jaxkd.data.sources import load_split
+
+    split = load_split(args.source, "test", args.data_dir, download=args.download)
+    for name, num_classes in models.items():
+        if split.num_classes != num_classes:
+            raise UserError(f"{name}: the model has {num_classes} classes, but the {args.source} test split has "
+                            f"{split.num_classes}")
+    return split
+
+
+# ------------------------------------------------------------------------------------------- command line
+
+
+def run(args) -> dict:
+    """Loads, checks every input, evaluates and reports; returns the results written as JSON."""
+    from tqdm import tqdm
+
+    from jaxkd import __version__
+    from jaxkd.io.model_checkpoint import input_normalization, load_model_and_metadata
+    from jaxkd.models import get_model
+
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    out = check_output(args.out, args.force) if args.out else None
+    check_batch_size(args.batch_size)
+    variables, arch, num_classes, metadata = load_model_and_metadata(args.checkpoint, arch=args.arch)
+    normalization = args.normalization or input_normalization(metadata)
+    model = get_model(arch, num_classes)
+    models = {str(args.checkpoint): num_classes}
+    c100c, evaluated = None, ()
+    if args.cifar100c:
+        c100c, evaluated, _ = open_checked_cifar100c(args.cifar100c, models)
+    split = load_checked_test_split(args, models)
+
+    mesh = data_mesh()
+    placed = place_variables(variables, mesh)
+    total = len(split) + (len(c100c.labels) * len(evaluated) if c100c is not None else 0)
+    with tqdm(total=total, unit="img", desc="evaluating", leave=False, dynamic_ncols=True,
+              disable=True if args.quiet or not distributed.is_primary() else None) as bar:
+        clean = evaluate_split(model, placed, split.images, split.labels, args.batch_size, mesh=mesh,
+                               progress=bar.update, normalization=normalization)
+        robust = None
+        if c100c is not None:
+            robust = evaluate_cifar100c(model, placed, c100c, args.batch_size, mesh=mesh, progress=bar.update,
+                                        normalization=normalization)
+
+    results = {
+        "checkpoint": str(args.checkpoint),
+        "arch": arch,
+        "num_classes": num_classes,
+        "dataset": f"{args.source} test",
+        "batch_size": args.batch_size,
+        "normalization": normalization,
+        "devices": f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
+        "clean": clean,
+        "cifar100c": robust,
+        "written_by": f"jaxkd {__version__} evaluate",
+    }
+    distributed.print_once(format_report(results))
+    if out is not None and distributed.is_primary():
+        write_json(results, out, args.force)
+        print(f"\nwrote {out}")
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+
+    parser = argparse.ArgumentParser(prog="python -m jaxkd.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True,
+                        help="a model checkpoint directory (convert import, training) or a .pth file")
+    parser.add_argument("--arch", help="architecture name (default: from the checkpoint or the .pth shapes)")
+    parser.add_argument("--cifar100c", metavar="DIR", help="the CIFAR-100-C folder (labels.npy, <corruption>.npy)")
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    add_data_arguments(parser)
+    return parser
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every evaluation command shares: where the clean test split comes from, batch, progress,
+    and the multi-process settings."""
+    from jaxkd.data.sources import SOURCES
+
+    parser.add_argument("--source", default="tfds", choices=SOURCES, help="where the clean test split comes from")
+    parser.add_argument("--data-dir", help="the source's data directory (see docs/data.md)")
+    parser.add_argument("--download", action="store_true", help="fetch or prepare the clean data if absent")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--normalization", choices=tuple(NORMALIZATIONS),
+                        help="the mean/std the images are normalized with (default: the model's training run's, "
+                             "from its metadata; the seed's for a .pth)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    distributed.add_process_arguments(parser)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

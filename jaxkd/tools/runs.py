@@ -1,0 +1,261 @@
+"""A table's training runs as a list of commands, and a runner that works through the list on one machine.
+
+    python -m jaxkd.runs list --root workdirs/rd_table [--table repdistiller-same] [--pairs T:S,T:S ...]
+                              [--methods kd,crd ...] [--seeds 0,1,2] [--config configs/repdistiller.py]
+                              [--out runs.txt] [--force] [-- --config.key=value ...]
+    python -m jaxkd.runs run runs.txt
+
+`list` writes one `python -m jaxkd.train` command per (pair, method, seed), each with its own workdir,
+ROOT/TEACHER-STUDENT/METHOD/seedSEED, in RepDistiller's model names (`configs/repdistiller.py:T,S,M`); what
+follows `--` is added to every command (e.g. `--config.teacher.checkpoint=...` is better left to the config's
+released-teacher path). `--table` takes the pairs of one of RepDistiller's README tables (`jaxkd/tools/published.py`).
+
+`run` runs the file's commands in order: a command whose workdir has evaluated its final epoch is skipped, any
+other one is started, and `jaxkd.train` resumes it from its last checkpoint; so after a crash, a preemption or a
+Ctrl-C the same `run` continues where the list stopped. SIGTERM and Ctrl-C are passed to the current run, which
+saves a checkpoint and stops, and the list stops with it (exit status 143 or 130). A run that fails is named and
+the list goes on; the exit status is then 1. Blank lines and `#` comments are ignored.
+
+For several GPUs or hosts the same file feeds an existing scheduler, one line per task (docs/reproduce.md: a
+SLURM job array, a loop of one process per GPU); jaxkd has no scheduler of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from jaxkd.errors import UserError, run_command
+from jaxkd.io.safe_write import check_output, write_text_atomically
+
+TRAIN_COMMAND = ["python", "-m", "jaxkd.train"]
+DEFAULT_CONFIG = "configs/repdistiller.py"
+EXIT_STATUS = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + the signal's number, as jaxkd.train's
+
+
+def table_pairs(name: str) -> tuple[list[tuple[str, str]], set[tuple[str, str, str]]]:
+    """The (teacher, student) pairs of one of RepDistiller's README tables, in its model names, and the
+    (teacher, student, method) cells it marks N/A (FSP where the shapes do not allow it)."""
+    from configs.repdistiller import repdistiller_name
+    from jaxkd.tools import published
+
+    tables = {"repdistiller-same": (published.REPDISTILLER_PAIRS_SAME, published.REPDISTILLER_TABLE_SAME),
+              "repdistiller-different": (published.REPDISTILLER_PAIRS_DIFFERENT,
+                                         published.REPDISTILLER_TABLE_DIFFERENT)}
+    if name not in tables:
+        raise UserError(f"--table {name!r}: known tables are {', '.join(tables)}")
+    pairs, numbers = tables[name]
+    pairs = [(repdistiller_name(teacher), repdistiller_name(student)) for teacher, student in pairs]
+    repdistiller_methods = set(published.REPDISTILLER_TABLE_SAME) | set(published.REPDISTILLER_TABLE_DIFFERENT)
+    not_applicable = {(*pair, method) for method in repdistiller_methods for i, pair in enumerate(pairs)
+                      if method not in numbers or numbers[method][i] is None}
+    return pairs, not_applicable
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        teacher, colon, student = item.partition(":")
+        if not colon or not teacher or not student:
+            raise UserError(f"--pairs {text!r}: each pair is TEACHER:STUDENT, got {item!r}")
+        pairs.append((teacher.strip(), student.strip()))
+    return pairs
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: a comma-separated list of integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: at least one seed, each once")
+    return seeds
+
+
+def run_commands(pairs, methods, seeds, root: str, config: str, extra: list[str],
+                 not_applicable=frozenset()) -> list[str]:
+    """One shell command line per (pair, method, seed), in that order: the seeds of a cell run one after
+    another, so that a cell's first numbers come early. A cell in `not_applicable` is one comment line."""
+    lines = []
+    for teacher, student in pairs:
+        for method in methods:
+            if (teacher, student, method) in not_applicable:
+                lines.append(f"# {method} on {teacher} -> {student}: N/A in RepDistiller's table")
+                continue
+            for seed in seeds:
+                workdir = f"{root.rstrip('/')}/{teacher}-{student}/{method}/seed{seed}"
+                argv = [*TRAIN_COMMAND, "--config", f"{config}:{teacher},{student},{method}", "--workdir", workdir,
+                        f"--config.seed={seed}", *extra]
+                lines.append(shlex.join(argv))
+    return lines
+
+
+def list_runs(args) -> list[str]:
+    """`list`: checks the pairs and methods against the config's recipes before writing anything."""
+    from configs import repdistiller
+
+    if not args.table and not args.pairs:
+        raise UserError("name the pairs: --table repdistiller-same|repdistiller-different and/or --pairs T:S,...")
+    pairs, not_applicable = table_pairs(args.table) if args.table else ([], set())
+    pairs += parse_pairs(args.pairs) if args.pairs else []
+    methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
+               else list(repdistiller.METHOD_WEIGHTS))
+    if Path(args.config).name == Path(DEFAULT_CONFIG).name:  # its checks: a typo found now, not at the 40th run
+        unknown = [m for m in methods if m not in repdistiller.METHOD_WEIGHTS]
+        if unknown:
+            raise UserError(f"--methods: {unknown[0]!r} is not one of {', '.join(repdistiller.METHOD_WEIGHTS)}")
+        for name in {name for pair in pairs for name in pair}:
+            repdistiller.jaxkd_name(name)  # an unknown model is one line
+    if args.extra and args.extra[0] != "--":
+        raise UserError(f"unexpected argument {args.extra[0]!r}: flags for every run go after `--`")
+    extra = args.extra[1:]
+    if any(flag.startswith("--config.seed") for flag in extra):
+        raise UserError("the seeds are --seeds, not --config.seed after `--`")
+    lines = run_commands(pairs, methods, parse_seeds(args.seeds), args.root, args.config, extra, not_applicable)
+    text = "".join(line + "\n" for line in lines)
+    if args.out:
+        check_output(Path(args.out), args.force)
+        write_text_atomically(text, Path(args.out), args.force, "the run list")
+        runs = sum(not line.startswith("#") for line in lines)
+        print(f"wrote {runs} runs to {args.out}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+def workdir_of(argv: list[str], where: str) -> str:
+    for i, arg in enumerate(argv):
+        if arg == "--workdir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--workdir="):
+            return arg.split("=", 1)[1]
+    raise UserError(f"{where}: the command has no --workdir")
+
+
+def read_run_list(path: str) -> list[tuple[list[str], str]]:
+    """(argv, workdir) of every command of the file, checked before anything runs."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the run list ({error.strerror})") from None
+    runs, seen = [], {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        try:
+            argv = shlex.split(line)
+        except ValueError as error:
+            raise UserError(f"{where}: cannot parse the command ({error})") from None
+        if argv[:3] != TRAIN_COMMAND:
+            raise UserError(f"{where}: not a `python -m jaxkd.train` command")
+        workdir = workdir_of(argv, where)
+        key = Path(workdir).expanduser().absolute()
+        if key in seen:
+            raise UserError(f"{where}: workdir {workdir} is also line {seen[key]}'s")
+        seen[key] = number
+        runs.append((argv, workdir))
+    if not runs:
+        raise UserError(f"{path}: no commands")
+    return runs
+
+
+def finished(workdir: str) -> bool:
+    """Whether the run in `workdir` has evaluated its final epoch (what jaxkd.tools.report counts as finished)."""
+    from jaxkd.tools.report import load_run
+
+    try:
+        return load_run(workdir).finished
+    except UserError:  # not started, or not a workdir yet
+        return False
+
+
+class ForwardedStop:
+    """While installed: SIGTERM and SIGINT are passed to the current run once each time they arrive (the run
+    is in its own process group, so a terminal's Ctrl-C reaches it only this way, not twice) and remembered."""
+
+    def __init__(self):
+        self.signal: signal.Signals | None = None
+        self.child: subprocess.Popen | None = None
+        handled = [signum for signum in EXIT_STATUS if signal.getsignal(signum) is not signal.SIG_IGN]
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in handled}
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum)
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signum)
+
+    def restore(self):
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
+def run_list(args) -> int:
+    """`run`: the list's runs in order; returns the exit status."""
+    runs = read_run_list(args.run_list)
+    failed, stop = [], ForwardedStop()
+    try:
+        for number, (argv, workdir) in enumerate(runs, 1):
+            if stop.signal is not None:
+                break
+            if finished(workdir):
+                print(f"[{number}/{len(runs)}] finished, skipped: {workdir}", flush=True)
+                continue
+            print(f"[{number}/{len(runs)}] running: {shlex.join(argv)}", flush=True)
+            # the list's `python` is the one running this list (its environment)
+            stop.child = subprocess.Popen([sys.executable, *argv[1:]], process_group=0)
+            status = stop.child.wait()
+            stop.child = None
+            if stop.signal is not None or status in EXIT_STATUS.values():
+                print(f"stopped during {workdir}: run the same list again to resume it", flush=True)
+                return EXIT_STATUS.get(stop.signal, status)
+            if status != 0:
+                print(f"[{number}/{len(runs)}] failed with exit status {status}: {workdir}", flush=True)
+                failed.append(workdir)
+    finally:
+        stop.restore()
+    if failed:
+        print(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}", flush=True)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jaxkd.runs", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("list", help="write the commands of a table's runs, one per line")
+    make.add_argument("--root", required=True, help="the folder that holds the runs' workdirs")
+    make.add_argument("--table", help="the pairs of RepDistiller's table: repdistiller-same or repdistiller-different")
+    make.add_argument("--pairs", help="TEACHER:STUDENT,... in RepDistiller's model names (or jaxkd's)")
+    make.add_argument("--methods", help="comma list (default: every method of configs/repdistiller.py)")
+    make.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default 0,1,2)")
+    make.add_argument("--config", default=DEFAULT_CONFIG, help="a config taking TEACHER,STUDENT,METHOD")
+    make.add_argument("--out", metavar="FILE", help="write the list here (default: print it)")
+    make.add_argument("--force", action="store_true", help="replace an existing --out file")
+    make.add_argument("extra", nargs=argparse.REMAINDER, help="-- then flags added to every command")
+    execute = commands.add_parser("run", help="run a list's commands in order, skipping finished runs")
+    execute.add_argument("run_list", metavar="RUNS.txt")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "list":
+        return run_command(list_runs, args)
+    outcome = {"status": 0}  # run_list's exit status, unless a user mistake makes it 2
+
+    def run_and_keep_status():
+        outcome["status"] = run_list(args)
+
+    return run_command(run_and_keep_status) or outcome["status"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -191,7 +191,7 @@ def torch_side_setup(monkeypatch, teacher: str, student: str, examples: int):
 
 def test_torch_step_runs_a_zoo_pair_on_its_pytorch_references(monkeypatch, one_torch_thread):
     """The PyTorch part for RepDistiller's architectures (vgg8 -> MobileNetV2): both models come from their
-    references (convert/torch_zoo), whose forward returns the logits alone, and a KD step runs on them."""
+    references (jaxkd/pytorch/torch_zoo), whose forward returns the logits alone, and a KD step runs on them."""
     import torch
 
     config, setup, built = torch_side_setup(monkeypatch, "vgg8", "MobileNetV2", examples=8)

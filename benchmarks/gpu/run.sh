@@ -16,7 +16,7 @@
 #   pairs      RepDistiller's 13 pairs, KD, float32, against PyTorch eager
 #   full_run   the 240-epoch KD run wrn40_2 -> wrn16_2 as a user runs it (jaxkd.train on synthetic CIFAR-100:
 #              an evaluation every epoch, checkpoints, exports), stopped at its time limit and then estimated
-#              from its epoch times (jaxkd.tools.bench_full_run); run alone it gets the whole budget
+#              from its epoch times (jaxkd.bench_full_run); run alone it gets the whole budget
 #   pairs_compiled   the 13 pairs, KD, float32, against torch.compile reduce-overhead
 #   pairs_crd  the 13 pairs, CRD, float32, against PyTorch eager (whose step is CE + KD only: flattering it)
 #   pairs_bf16 the 13 pairs, KD and CRD, bfloat16 (PyTorch: autocast), against PyTorch eager
@@ -81,7 +81,7 @@ part() {  # part NAME SECONDS COMMAND...: runs it under a time limit, logs it, p
     fi
     ((limit > left)) && limit=$left
     echo "== $(date -u +%H:%M:%S) $name (at most ${limit} s): $*" | tee -a "$log"
-    # the part's own limit, for a command that stops itself in time (jaxkd.tools.bench_full_run)
+    # the part's own limit, for a command that stops itself in time (jaxkd.bench_full_run)
     JAXKD_PART_LIMIT=$limit timeout --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$log"
     echo "== exit ${PIPESTATUS[0]} ($name)" | tee -a "$log"
     cp "$log" "$records/" && tar czf "$out/gpu_results.tgz.tmp" -C "$records" . && \

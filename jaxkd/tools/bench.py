@@ -6,7 +6,7 @@ For a method config and its student/teacher pair, one run times, on the same dev
       student forward/backward, method term, SGD, metric sums), N steps per repeat, dispatched as
       `jaxkd.train` does (`config.steps_per_dispatch` steps per call where they fit);
   (b) `torch step`: the same step in PyTorch eager with the PyTorch reference of each architecture
-      (`jaxkd.pytorch.torch_models`: the seed's models, and RepDistiller's zoo from `convert/torch_zoo`): teacher in
+      (`jaxkd.pytorch.torch_models`: the seed's models, and RepDistiller's zoo from `jaxkd/pytorch/torch_zoo`): teacher in
       eval mode under no_grad, gamma * CE + alpha * KD (DistillKL), SGD momentum/weight decay from the config,
       on pre-normalized batches (the seed augments in DataLoader workers, off the training thread); for
       methods other than none and kd only this CE + KD step is timed, without the method's term (noted);

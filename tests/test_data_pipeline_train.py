@@ -1,10 +1,8 @@
 """RepDistiller's data pipeline in training: each epoch's last partial batch is a step of its own (782 at
-50,000 / 64), CRD refreshes that batch's bank rows, resume is exact, and several devices step it like one."""
+50,000 / 64) and resume is exact. (CRD's refresh of that batch's bank rows, on 1 and 8 devices:
+tests/test_train_multidevice.py.)"""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -123,67 +121,3 @@ def test_resume_after_an_epoch_is_bitwise_exact(straight_run, tmp_path):
     for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(ours),
                                  jax.tree_util.tree_leaves_with_path(straight)):
         assert np.array_equal(a, b), jax.tree_util.keystr(path)
-
-
-SCRIPT = r"""
-import functools, json, sys
-import jax, jax.numpy as jnp, numpy as np, torch
-from configs import crd_wrn
-from jaxkd.pytorch.torch_models import get_torch_model
-from jaxkd import train
-from jaxkd.data import epoch_permutation
-from jaxkd.engine.mesh import replicated
-
-assert jax.device_count() == 8, jax.devices()
-torch.manual_seed(0)
-torch.save(get_torch_model("resnet8", 10).state_dict(), f"{sys.argv[1]}/teacher.pth")
-config = crd_wrn.get_config()  # RepDistiller's recipe: the last partial batch is kept
-config.data.source, config.model, config.crd.nce_k = "digits", "resnet8", 256
-config.teacher.checkpoint, config.teacher.arch = f"{sys.argv[1]}/teacher.pth", "resnet8"
-report, finals = {}, {}
-for devices in (1, 8):
-    setup = train.build(config, jax.devices()[:devices])
-    whole = replicated(setup.mesh)
-    report[f"{devices}:layout"] = [setup.steps_per_epoch, setup.last_batch_size]
-    state = train.create_train_state(setup, config)
-    state = jax.device_put(state.replace(step=jnp.asarray(setup.steps_per_epoch - 1, jnp.int32)), whole)
-    before = jax.device_get(state.method_state)
-    teacher = jax.device_put(setup.teacher.variables, whole)
-    data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
-    permutation = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
-                          out_shardings=whole)(jax.random.PRNGKey(config.seed), 0)
-    step = train.make_train_step(setup, config, batch_size=setup.last_batch_size)
-    state, sums = step(state, train.zero_sums(setup), teacher, *data, permutation)
-    after = jax.device_get(state.method_state)
-    last_rows = np.sort(np.asarray(setup.train.index)[np.asarray(permutation)[(setup.steps_per_epoch - 1) * 64:]])
-    for bank in ("bank_student", "bank_teacher"):
-        moved = np.flatnonzero(np.any(after[bank] != before[bank], axis=1))
-        report[f"{devices}:{bank} moved the last batch's rows"] = moved.tolist() == last_rows.tolist()
-    report[f"{devices}:step"] = int(state.step)
-    finals[devices] = jax.device_get((state.params, state.batch_stats, state.method_state, sums))
-# Per tensor: max |diff| over (1e-4 * max |value| + 1e-5); > 1 fails.
-worst = 0.0
-for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(finals[1]),
-                             jax.tree_util.tree_leaves_with_path(finals[8])):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    worst = max(worst, float(np.max(np.abs(a - b), initial=0)) / (1e-4 * float(np.max(np.abs(a), initial=0)) + 1e-5))
-report["worst"] = worst
-print(json.dumps(report))
-"""
-
-
-def test_crds_last_partial_batch_refreshes_its_rows_and_eight_devices_step_it_like_one(tmp_path):
-    """digits at batch 64: 22 full batches and one of 25, which 8 devices do not divide: that step runs
-    replicated on every device (the same result, no data parallelism for it), nothing dropped."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    for devices in (1, 8):
-        assert report[f"{devices}:layout"] == [23, 25]
-        assert report[f"{devices}:step"] == 23
-        assert report[f"{devices}:bank_student moved the last batch's rows"]
-        assert report[f"{devices}:bank_teacher moved the last batch's rows"]
-    assert report["worst"] <= 1.0, report

@@ -1,22 +1,9 @@
-"""glibc's allocator set up to reuse freed memory, for training on CPU.
-
-XLA:CPU allocates each step's temporary buffer (185 MB for KD wrn40_2 -> wrn16_2 at batch 64) on the heap and
-frees it at the step's end. glibc serves a block that large with a fresh `mmap` and returns it with `munmap`, so
-every step touches new pages: millions of page faults per minute, the kernel zeroing and charging each one
-(benchmarks/README.md: 10-19% of the cycles). With large blocks kept on the heap (no mmap, no trimming) and one
-arena shared by all threads, the step reuses the same pages; this is what the environment variables
-`MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...` do, set here with `mallopt` by the commands
-themselves, before JAX starts its threads (a thread takes its arena at its first allocation).
-
-Measured on a 2-core AMD EPYC (benchmarks/README.md): KD wrn40_2 -> wrn16_2 at batch 64 from ~91 to ~100
-img/s, page faults of a bench process 2.9 M -> 0.41 M, the same with the variables or with this.
-
-The cost: freed memory stays with the process (its peak, not its current, use), which a training process
-reaches again at the next step anyway. Only for runs on the CPU (`JAX_PLATFORMS` starting with `cpu`, or no
-accelerator plugin installed): an accelerator's temporary buffers live on the device. Left alone when any
-`MALLOC_` variable is set (the user's own choice), with `JAXKD_HOST_ALLOCATOR=0`, and on a C library without
-`mallopt` (musl, macOS).
-"""
+"""glibc's allocator set up to reuse freed memory, for training on CPU: XLA:CPU allocates each step's large
+temporary buffer afresh, which glibc serves with a new `mmap` every step (millions of page faults a minute).
+Keeping large blocks on the heap in one arena (what `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=...` do, here by `mallopt` before JAX starts its threads) reuses the same pages; the
+process then keeps its peak memory. CPU runs only; left alone when a `MALLOC_` variable is set, with
+`JAXKD_HOST_ALLOCATOR=0`, and without `mallopt`. Measurements: benchmarks/README.md."""
 
 import ctypes
 import importlib.util

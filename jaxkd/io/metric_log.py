@@ -1,23 +1,10 @@
-"""Where a run's numbers go: one JSON object per line in `WORKDIR/metrics.jsonl`, and TensorBoard event files in
-`WORKDIR/tensorboard` (written with tensorboardX, no TensorFlow needed). In a multi-process run only process 0
-writes (`active`); the others' logs record nothing.
-
-A run resumed from the checkpoint at step S (None: started anew) first drops what a killed run logged after S:
-`metrics.jsonl` keeps its rows up to S (none for a new start), rewritten atomically, and the new TensorBoard file
-starts with a purge marker at S + 1, which makes TensorBoard hide the older files' events from that step on.
-So every step is recorded once, however often the run was interrupted. With `config.wandb` on, the rows also go
-to Weights & Biases (`jaxkd.io.wandb_log`).
-
-Every row reaches every sink on the caller's thread, flushed before `write` returns (TensorBoard's event file
-too: tensorboardX's SummaryWriter hands events to a background thread through a bounded queue, and on a full
-disk that thread died and the run's next `add_scalar` waited forever on the full queue). So a sink that fails
-raises `OutputError` (one line naming the file and the cause) within the write, and `close` waits for wandb
-to have every row, for a bounded time.
-
-In cloud storage (`gs://`), where objects cannot be appended to, `metrics.jsonl` is rewritten whole at every
-write (GCS replaces an object whole, so a reader never sees a partial row), and the TensorBoard event file is
-uploaded whole through tensorboardX's GCS client at most every CLOUD_FLUSH_SECONDS, and at the end.
-"""
+"""Where a run's numbers go: one JSON object per line in `WORKDIR/metrics.jsonl`, TensorBoard event files in
+`WORKDIR/tensorboard` (tensorboardX, no TensorFlow), and Weights & Biases with `config.wandb` (jaxkd.io.wandb_log).
+Process 0 writes; a resumed run first drops what a killed run logged after its checkpoint, so every step is
+recorded once. Every row reaches every sink on the caller's thread before `write` returns, so a failing sink is
+one `OutputError` at the row, never a writer thread dying alone (docs/faults.md). In `gs://` workdirs
+`metrics.jsonl` is rewritten whole at each write and TensorBoard's file uploaded at most every
+CLOUD_FLUSH_SECONDS."""
 
 import json
 import math

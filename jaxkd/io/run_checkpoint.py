@@ -1,31 +1,11 @@
-"""Train-state checkpoints of a run, in `WORKDIR/checkpoints` with Orbax's CheckpointManager.
+"""Train-state checkpoints of a run in `WORKDIR/checkpoints`, with Orbax's CheckpointManager: named by the global
+step, the whole `TrainState` plus the run's progress (epoch, best accuracy), saved asynchronously by every process.
 
-Each checkpoint is named by the global step and holds the whole `TrainState` plus a small JSON record of the
-run's progress (epoch, best accuracy). Orbax writes to a temporary directory and renames it on completion, so an
-interrupted save never replaces the last good checkpoint (in cloud storage, where nothing renames, a checkpoint
-counts once Orbax has written its commit marker); saves are asynchronous and `close` waits for them. Every
-process of a multi-process run takes part in each save.
-
-Integrity: before Orbax commits a checkpoint (renames its temporary directory, or writes its commit marker in
-cloud storage), process 0 writes `jaxkd_manifest.json` into it: the size and SHA-256 of every file Orbax wrote
-(all but the step's `_CHECKPOINT_METADATA` and commit marker, which Orbax rewrites as it commits and restore does
-not need). The manifest commits with the checkpoint (no window in which a committed checkpoint lacks one) and the
-save stays asynchronous (it is written by Orbax's background thread). The first manifest also writes
-`WORKDIR/.checkpointed`: from then on the run has checkpoints to lose (`jaxkd.io.workdir`) and every checkpoint
-must carry a manifest. Before restoring, process 0 verifies the newest checkpoint, and older ones while the
-newer are damaged (a file missing, of another size or other bytes; no manifest where one is due), moves the
-damaged ones to `WORKDIR/<subdirectory>.damaged/` with one line, and the run resumes from the newest intact one
-(the steps after it are redone and logged once: the metrics log resumes from that step). No intact checkpoint
-left: one line, and nothing is moved or written. A checkpoint from before manifests (no `.checkpointed`) is
-restored unverified. In a multi-process run the checkpoint directory is shared (Orbax requires it): process 0
-verifies and the others take its verdict.
-
-A save that fails (a full disk, an I/O error, a bucket refusing an upload) is one `OutputError` naming the
-directory and the cause, raised by the call that sees it: `save` itself, or, for the part Orbax writes in the
-background, `check` (the train loop calls it at every metrics fetch), the next `save`, `wait_until_saved` or
-`close`. Reported once; the failed save's temporary directory never counts as a checkpoint. The run waits at
-most SAVE_WAIT_SECONDS for a save still being written (`wait_until_saved`, `close`), then reports it.
-"""
+Orbax commits a checkpoint only once complete, so an interrupted save never replaces the last good one. Before
+it commits, process 0 writes `jaxkd_manifest.json` (size and SHA-256 of each file); restore verifies the newest
+checkpoint against it and sets damaged ones aside, resuming from the newest intact one. A save that fails is one
+`OutputError`, raised by the call that sees it (`save`, or `check` at the loop's next metrics fetch, for Orbax's
+background part). What a run guarantees under each fault: docs/faults.md."""
 
 import contextlib
 import hashlib

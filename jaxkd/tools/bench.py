@@ -1,46 +1,6 @@
-"""Throughput benchmark: `python -m jaxkd.bench --config configs/NAME.py [--config.key=value ...] [--methods=all]
-[--steps N] [--repeats R] [--out benchmarks/results]`.
-
-For a method config and its student/teacher pair, one run times, on the same device and batch size:
-  (a) `jaxkd step`: the engine's real jitted train programs (batch gather, augmentation, teacher forward,
-      student forward/backward, method term, SGD, metric sums), N steps per repeat, dispatched as
-      `jaxkd.train` does (`config.steps_per_dispatch` steps per call where they fit);
-  (b) `torch step`: the same step in PyTorch eager with the PyTorch reference of each architecture
-      (`jaxkd.pytorch.torch_models`: the seed's models, and RepDistiller's zoo from `jaxkd/pytorch/torch_zoo`): teacher in
-      eval mode under no_grad, gamma * CE + alpha * KD (DistillKL), SGD momentum/weight decay from the config,
-      on pre-normalized batches (the seed augments in DataLoader workers, off the training thread); for
-      methods other than none and kd only this CE + KD step is timed, without the method's term (noted);
-  (c) `jaxkd epoch`: an epoch as `jaxkd.train` runs it (epoch permutation, steps, metric fetches every
-      `log_every_steps` and at the end), on `--epoch_images` images.
-`--torch_modes eager,default,reduce-overhead` times (b) also under torch.compile, side by side with a ratio each
-(`jaxkd.tools.bench_torch`); `--pairs repdistiller` (or TEACHER:STUDENT,...) runs every method on each pair;
-`--num_runs 2,4,8` also times N runs of the config trained in one program (`jaxkd.tools.multi_run`), against one.
-Compilation and warm-up are excluded; every repeat ends with `block_until_ready` (CUDA: synchronize); the parts
-are interleaved repeat by repeat so that load from other processes hits them alike; medians are reported.
-The jaxkd step is compiled with the engine's compiler options (`jaxkd.engine.compile_options`: the YNN fusions on CPU
-unless JAXKD_CPU_YNN=0); the record says which.
-
-`--ab=KEY` times two variants of (a) in one process, with (b) unless --notorch and without (c), interleaved
-repeat by repeat (the two variants alternate which goes first), and reports the median of the per-repeat speed
-ratios B/A:
-  `--ab=ynn`: the step built with JAXKD_CPU_YNN=0 (A: XLA's defaults) and =1 (B: the YNN option; CPU only);
-  `--ab=saliencymix` (any boolean config key, dotted for sections): the config with KEY=False (A) and True (B);
-  `--ab=steps_per_dispatch=1,16` (any config key): the config with KEY=1 (A) and KEY=16 (B).
-
-No dataset is needed: the training set is random uint8 32x32 images with random labels, as many classes as
-`config.data.source` has (CIFAR-100's 100, digits' 10: a configured teacher file fits), and a teacher without
-`config.teacher.checkpoint` gets random weights -- the bench measures speed, not accuracy.
-FLOPs are XLA's count for the train step as lowered (`Lowered.cost_analysis()["flops"]`, HloCostAnalysis
-before the backend's rewrites, which on GPU turn convolutions into cuDNN calls the count skips: a multiply-add
-is 2 FLOPs; forward, backward, teacher forward, optimizer and augmentation all included; one device's
-program, so it is multiplied by the number of devices).
-The PyTorch FLOP/s divides the same count by PyTorch's time (the same arithmetic, minus augmentation).
-
-It prints a table and, with `--out DIR` (benchmarks/results holds the recorded ones), writes one JSON record
-per method there as `<date>-<device>-<method>.json`
-(`...-<method>-ab-<key>.json` for an A/B; a `-2`, `-3`... suffix when that name exists: nothing is ever
-overwritten). benchmarks/README.md has the results.
-"""
+"""`python -m jaxkd.bench`: the engine's jitted train step against the same step in PyTorch (eager and
+torch.compile), and an epoch as training runs it, on synthetic data, for any method and pair; an in-process A/B
+of two config variants (`--ab`). What each part times, how, and what a record holds: benchmarks/README.md."""
 
 from __future__ import annotations
 
@@ -80,8 +40,7 @@ from jaxkd.train import (Setup, Teacher, build, create_train_state, make_train_s
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
-RECORD_VERSION = 4  # 2: compiler options, cpu_ynn, saliencymix, A/B runs; 3: FLOPs of the lowered step;
-# 4: torch_modes (PyTorch eager and torch.compile side by side), pairs
+RECORD_VERSION = 4  # what each version added: benchmarks/README.md, "Record versions"
 AB_YNN = "ynn"
 
 

@@ -1,21 +1,8 @@
-"""The benchmark table from training runs: mean +- std over seeds of the last- and best-epoch test top-1 per
-(teacher, student, method, SaliencyMix), with its data, epochs and recipe, beside the published numbers of that data
-and recipe (jaxkd.tools.published).
-
-    python -m jaxkd.report WORKDIR [WORKDIR ...] [--out table.md] [--csv table.csv] [--json table.json]
-                           [--plot curves.png] [--robustness results.json ...] [--force]
-
-Each WORKDIR is a `python -m jaxkd.train` workdir: its `config.json` gives the group, its `metrics.jsonl` the
-test top-1 of every evaluated epoch. A group's runs must share one config up to the seed (and the keys listed in
-IGNORED_KEYS, with the reason beside each); a run whose config differs from its group's most common one, a run
-that has not evaluated its final epoch (`config.epochs`) and a second run with the same config and seed are named
-under "Not merged" and left out of the numbers. std is the sample standard deviation (ddof=1, as papers report
-it); a group of one run has none. `--robustness` takes what `python -m jaxkd.robustness --json` or
-`python -m jaxkd.evaluate --out` wrote for those workdirs and adds CIFAR-100 / CIFAR-100-C columns. The markdown
-is printed and written to --out; --csv and --json hold the same numbers, --json every run's as well; --plot draws
-each group's test top-1 over epochs (needs matplotlib: `pip install 'jaxkd[report]'`). User mistakes print one
-line starting with "error:" and exit with status 2, and nothing is written then.
-"""
+"""`python -m jaxkd.report WORKDIR ...`: the table of training runs, mean +- std over seeds of the last- and
+best-epoch test top-1 per (teacher, student, method, SaliencyMix), beside the published numbers of the same data
+and recipe (jaxkd.tools.published). Runs whose config differs from their group's in more than the seed (and
+IGNORED_KEYS), unfinished runs and duplicates are named under "Not merged", never averaged in. Options and
+outputs: docs/reproduce.md."""
 
 from __future__ import annotations
 

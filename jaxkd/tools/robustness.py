@@ -1,19 +1,6 @@
-"""The robustness table: clean CIFAR-100 and CIFAR-100-C top-1 of several checkpoints, one row each.
-
-    python -m jaxkd.robustness CHECKPOINT [CHECKPOINT ...] [--cifar100c DIR] [--label CHECKPOINT=TEXT ...]
-                               [--out table.md] [--json results.json] [--force]
-                               [--source tfds|cifar100-python|digits] [--data-dir DIR] [--download]
-                               [--batch-size 500] [--quiet]
-
-A CHECKPOINT is a model checkpoint directory, a training workdir (its final `model/`) or a `.pth`. Each row's
-model is the architecture (WRN40-2, ResNet56) and its method comes from the checkpoint's metadata (KD, FitNets,
-"... + SaliencyMix"); a `.pth` has no metadata and is named by its file stem. `--label CHECKPOINT=TEXT` replaces
-the method cell of the checkpoint given as CHECKPOINT. Prints the markdown table (the seed's robustness table,
-percentages with 2 decimals) and writes it to --out, and every number (per checkpoint: what `jaxkd.tools.evaluate`
-writes) to --json. Without --cifar100c the table has the clean column alone: the seed's baseline tables. Every
-input is checked before anything is evaluated; user mistakes print one line starting with "error:" and exit with
-status 2, and nothing is written then.
-"""
+"""`python -m jaxkd.robustness CHECKPOINT ...`: the seed's robustness table, clean CIFAR-100 and CIFAR-100-C
+top-1 of several checkpoints (model directories, training workdirs or `.pth` files), one row each, named from
+each checkpoint's metadata. Every input is checked before anything is evaluated. Options: docs/evaluate.md."""
 
 from __future__ import annotations
 

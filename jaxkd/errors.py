@@ -6,7 +6,6 @@ Command-line entry points print the message as a single `error: ...` line and ex
 74 (OutputError, EX_IOERR of sysexits.h); any other exception is a bug and keeps its traceback.
 """
 
-import logging
 import os
 import re
 import sys
@@ -51,39 +50,6 @@ def write_errors() -> tuple:
 def output_error(path, what: str, error: BaseException) -> OutputError:
     """`OutputError("{path}: cannot write {what}: {cause}")` for `error`, the exception a write raised."""
     return OutputError(f"{path}: cannot write {what}: {io_cause(error)}")
-
-
-class _OrbaxErrorLogs(logging.Filter):
-    """Drops the ERROR records Orbax logs (through absl) when a save fails in one of its threads: each failure
-    also reaches the caller as an exception (jaxkd.io.run_checkpoint, jaxkd.io.model_checkpoint), which the command
-    reports as its one `error:` line, while these logs are a page of tracebacks per failed save."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
-def _drop_closed_loop_callbacks(previous_hook):
-    """A `sys.unraisablehook` that drops "Event loop is closed": after one write of an Orbax save fails, its
-    event loop closes and TensorStore's other writes, ending later, report into it (tens of such tracebacks per
-    failed save); every other unraisable exception goes to `previous_hook`."""
-
-    def hook(unraisable):
-        error = unraisable.exc_value
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
-            previous_hook(unraisable)
-
-    hook.drops_closed_loop_callbacks = True
-    return hook
-
-
-def quiet_orbax_failures() -> None:
-    """Installs `_OrbaxErrorLogs` on the absl logger and `_drop_closed_loop_callbacks`, once (the modules that
-    save with Orbax call it as they load)."""
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _OrbaxErrorLogs) for f in logger.filters):
-        logger.addFilter(_OrbaxErrorLogs())
-    if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
-        sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
 
 
 def run_command(body, *args) -> int:

@@ -20,7 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxkd.engine import distributed
-from jaxkd.errors import UserError, output_error, quiet_orbax_failures, write_errors
+from jaxkd.errors import UserError, output_error, write_errors
+from jaxkd.io.orbax_logs import quiet_orbax_failures
 from jaxkd.io.paths import absolute, as_path, input_exists, remove_tree
 from jaxkd.models import canonical_name
 

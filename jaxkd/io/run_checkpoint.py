@@ -16,7 +16,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxkd.engine import distributed
-from jaxkd.errors import OutputError, UserError, output_error, quiet_orbax_failures, write_errors
+from jaxkd.errors import OutputError, UserError, output_error, write_errors
+from jaxkd.io.orbax_logs import quiet_orbax_failures
 from jaxkd.io.paths import absolute
 
 quiet_orbax_failures()  # a failed save is reported as one line, not as Orbax's logged tracebacks

@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 
 import jax
+from tqdm import tqdm
 
+from jaxkd import __version__
 from jaxkd.data.augment import NORMALIZATIONS
 from jaxkd.data.cifar100c import SEVERITIES, Cifar100C
 from jaxkd.engine import distributed
@@ -29,6 +31,11 @@ from jaxkd.engine.evaluation import (CIFAR100C_CLASSES, DEFAULT_BATCH_SIZE, chec
 from jaxkd.engine.mesh import data_mesh
 from jaxkd.errors import UserError, run_command
 from jaxkd.io.safe_write import check_output, write_text_atomically
+from jaxkd.data.cifar100c import open_cifar100c
+from jaxkd.data.sources import SOURCES
+from jaxkd.data.sources import load_split
+from jaxkd.io.model_checkpoint import input_normalization, load_model_and_metadata
+from jaxkd.models import get_model
 
 # ---------------------------------------------------------------------------------------------- reporting
 
@@ -81,7 +88,6 @@ def open_checked_cifar100c(directory, models: dict[str, int]) -> tuple[Cifar100C
     """(opened CIFAR-100-C, readable corruptions, {unreadable corruption: why}) for the models {name: classes} to
     be evaluated on it: one line if a model lacks CIFAR-100's classes, a label is out of range or no corruption
     file is readable; missing and unreadable corruptions are named in warnings and left out of the means."""
-    from jaxkd.data.cifar100c import open_cifar100c
 
     c100c = open_cifar100c(directory)
     for name, num_classes in models.items():
@@ -103,7 +109,6 @@ def open_checked_cifar100c(directory, models: dict[str, int]) -> tuple[Cifar100C
 def load_checked_test_split(args, models: dict[str, int]):
     """The clean test split the command line names (`add_data_arguments`), checked against the models
     {name: classes}."""
-    from jaxkd.data.sources import load_split
 
     split = load_split(args.source, "test", args.data_dir, download=args.download)
     for name, num_classes in models.items():
@@ -118,11 +123,7 @@ def load_checked_test_split(args, models: dict[str, int]):
 
 def run(args) -> dict:
     """Loads, checks every input, evaluates and reports; returns the results written as JSON."""
-    from tqdm import tqdm
 
-    from jaxkd import __version__
-    from jaxkd.io.model_checkpoint import input_normalization, load_model_and_metadata
-    from jaxkd.models import get_model
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     out = check_output(args.out, args.force) if args.out else None
@@ -183,7 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every evaluation command shares: where the clean test split comes from, batch, progress,
     and the multi-process settings."""
-    from jaxkd.data.sources import SOURCES
 
     parser.add_argument("--source", default="tfds", choices=SOURCES, help="where the clean test split comes from")
     parser.add_argument("--data-dir", help="the source's data directory (see docs/data.md)")

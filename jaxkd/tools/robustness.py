@@ -8,13 +8,22 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+import jax
+from tqdm import tqdm
 
+from jaxkd import __version__
 from jaxkd.engine import distributed
 from jaxkd.errors import UserError, run_command
 from jaxkd.engine.evaluation import evaluate_cifar100c, evaluate_split, place_variables
 from jaxkd.tools.evaluate import add_data_arguments, check_batch_size, load_checked_test_split, open_checked_cifar100c, percent, write_json
 from jaxkd.methods import display_name
 from jaxkd.io.safe_write import check_output, write_text_atomically
+from jaxkd.data.cifar100c import SEVERITIES
+from jaxkd.engine.mesh import data_mesh
+from jaxkd.io.model_checkpoint import TRAINED_MODEL_DIR, load_model_and_metadata, resolve_model_dir
+from jaxkd.io.model_checkpoint import input_normalization
+from jaxkd.models import canonical_name
+from jaxkd.models import get_model
 
 COLUMNS = ("model", "method", "CIFAR100", "CIFAR100C")
 CLEAN_ONLY_COLUMNS = COLUMNS[:3]
@@ -38,7 +47,6 @@ class Entry:
 
 def display_arch(arch: str) -> str:
     """The seed's name for an architecture: wideresnet40_2 -> WRN40-2, resnet56 -> ResNet56."""
-    from jaxkd.models import canonical_name
 
     name = canonical_name(arch)
     if name.startswith("wideresnet"):
@@ -96,8 +104,6 @@ def parse_labels(labels: list[str], checkpoints: list[str]) -> dict[str, str]:
 
 def load_entry(argument: str, label: str | None = None) -> Entry:
     """Loads a checkpoint argument (model checkpoint directory, training workdir, .pth) with its metadata."""
-    from jaxkd.io.model_checkpoint import TRAINED_MODEL_DIR, load_model_and_metadata, resolve_model_dir
-    from jaxkd.models import canonical_name
 
     path = Path(argument).expanduser()
     variables, arch, num_classes, metadata = load_model_and_metadata(path)
@@ -157,14 +163,7 @@ def _check_outputs(args) -> list[Path]:
 
 def run(args) -> dict:
     """Checks every input, evaluates every checkpoint, prints the table and writes it; returns the JSON report."""
-    import jax
-    from tqdm import tqdm
 
-    from jaxkd import __version__
-    from jaxkd.data.cifar100c import SEVERITIES
-    from jaxkd.engine.mesh import data_mesh
-    from jaxkd.io.model_checkpoint import input_normalization
-    from jaxkd.models import get_model
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     # Every input first: outputs, options, checkpoints, CIFAR-100-C, the clean split. Nothing is evaluated yet.

@@ -1130,3 +1130,54 @@ def test_a_checkpoint_save_that_stalls_is_one_output_error_after_the_bound(tmp_p
         checkpoints.wait_until_saved()
     checkpoints.close()
     assert time.monotonic() - start < 5
+
+
+# A `python -m jaxkd.train` that kills itself (SIGKILL: no handler, no cleanup) at a chosen point: during a
+# checkpoint's write (Orbax's asynchronous save under way), during an evaluation, or right after an evaluation's
+# row is logged and before that epoch's checkpoint. The hooks go in before the engine imports what they replace.
+KILLED_AT = r"""
+import os, signal, sys
+point = sys.argv[1]
+
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if point == "checkpoint-write":
+    import orbax.checkpoint as ocp
+    save = ocp.CheckpointManager.save
+    def save_then_die(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        kill()
+    ocp.CheckpointManager.save = save_then_die
+elif point == "evaluation":
+    from jaxkd.engine import evaluation
+    evaluation.evaluate_classifiers = lambda *args, **kwargs: kill()
+elif point == "after-an-eval-row":
+    from jaxkd.io.metric_log import MetricLog
+    write = MetricLog.write
+    def write_then_die(self, step, kind, *args, **kwargs):
+        write(self, step, kind, *args, **kwargs)
+        if kind == "eval":
+            kill()
+    MetricLog.write = write_then_die
+from jaxkd.train import main
+sys.exit(main(["jaxkd.train", *sys.argv[2:]]))
+"""
+
+
+def test_killed_during_checkpoint_writes_and_evaluations_resumes_to_the_uninterrupted_run(straight_run, tmp_path):
+    """SIGKILL three times (in a checkpoint's write, in an evaluation, after an evaluation's row), each followed
+    by the same command: the run ends bitwise equal to an uninterrupted one, with every metrics row once and
+    equal in value (losses, accuracies, evaluations, best), and no temporary checkpoint left."""
+    arguments = ["--config", "configs/demo.py:teacher", "--workdir", str(tmp_path), *SMALL]
+    for point in ("checkpoint-write", "evaluation", "after-an-eval-row"):
+        killed = subprocess.run([sys.executable, "-c", KILLED_AT, point, *arguments], cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
+        assert not (tmp_path / "model").exists(), point
+    finished = subprocess.run([sys.executable, "-m", "jaxkd.train", *arguments], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert_bitwise_equal(final_params(tmp_path), final_params(straight_run[0]))
+    assert _rows(tmp_path) == _rows(straight_run[0])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["22", "44"]

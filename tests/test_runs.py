@@ -178,3 +178,27 @@ def test_a_table_list_has_every_cell_of_repdistillers_table_and_its_na_cells_as_
     assert len(lines) == 7 * 2 * 2 - 2 + 1
     assert "# fsp on wrn_40_2 -> wrn_40_1: N/A in RepDistiller's table" in lines
     assert any("resnet32x4,resnet8x4,fsp --workdir t/resnet32x4-resnet8x4/fsp/seed1" in line for line in lines)
+
+
+def test_a_run_that_cannot_write_its_outputs_stops_the_list(tmp_path, capsys, monkeypatch):
+    """Exit status 74 (a full disk, a bucket refusing uploads: jaxkd.errors.OutputError) would fail every later
+    run alike: the runner stops there with one line and the same status, the later runs not started."""
+    monkeypatch.chdir(tmp_path)
+    Path("runs.txt").write_text("python -m jaxkd.train --workdir a\npython -m jaxkd.train --workdir b\n")
+    started = []
+
+    class RunThatCannotWrite:
+        def __init__(self, argv, **kwargs):
+            started.append(argv)
+
+        def wait(self):
+            return 74
+
+        def poll(self):
+            return 74
+
+    monkeypatch.setattr(runs.subprocess, "Popen", RunThatCannotWrite)
+    assert runs.main(["run", "runs.txt"]) == 74
+    assert [argv[-1] for argv in started] == ["a"]
+    out = capsys.readouterr().out
+    assert "[1/2] could not write its outputs (see its error line): a; stopped the list" in out

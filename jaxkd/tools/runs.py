@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jaxkd.errors import UserError, run_command
+from jaxkd.errors import OUTPUT_ERROR_STATUS, UserError, run_command
 from jaxkd.io.safe_write import check_output, write_text_atomically
 
 TRAIN_COMMAND = ["python", "-m", "jaxkd.train"]
@@ -216,6 +216,11 @@ def run_list(args) -> int:
             if stop.signal is not None or status in EXIT_STATUS.values():
                 print(f"stopped during {workdir}: run the same list again to resume it", flush=True)
                 return EXIT_STATUS.get(stop.signal, status)
+            if status == OUTPUT_ERROR_STATUS:  # a full disk or a refused upload: the next runs would fail alike
+                print(f"[{number}/{len(runs)}] could not write its outputs (see its error line): {workdir}; stopped "
+                      f"the list: free space (or fix the storage) and run the same list again to resume it",
+                      flush=True)
+                return OUTPUT_ERROR_STATUS
             if status != 0:
                 print(f"[{number}/{len(runs)}] failed with exit status {status}: {workdir}", flush=True)
                 failed.append(workdir)

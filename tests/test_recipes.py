@@ -218,7 +218,7 @@ def test_every_method_has_a_recipe_for_the_benchmark():
 
 
 def test_report_labels_the_standardized_runs_apart():
-    """jaxkd.tools.report groups runs by method label: KD + LS and DKD + LS are rows of their own, not KD's and DKD's."""
+    """jaxkd.tools.report groups runs by method label: KD + LS and DKD + LS are rows of their own."""
     labels = {m: method_label(recipes.mdistiller("resnet32x4", "resnet8x4", m).to_dict())
               for m in ("dkd", "dist", "reviewkd", "kd_ls", "dkd_ls")}
     assert labels == {"dkd": "dkd", "dist": "dist", "reviewkd": "reviewkd", "kd_ls": "kd+ls", "dkd_ls": "dkd+ls"}

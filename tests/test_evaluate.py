@@ -278,7 +278,7 @@ def test_cifar100c_folder_without_any_corruption_file(tmp_path, capsys):
 
 EIGHT_DEVICES = """
 import sys, jax, numpy as np
-from jaxkd.tools import evaluate
+from jaxkd.engine import evaluation
 from jaxkd.models import get_model
 data = np.load(sys.argv[1], allow_pickle=True)
 assert jax.device_count() == 8

@@ -9,18 +9,9 @@ first step of epochs 151, 181, 211, zero padding, RepDistiller's mean/std, the l
 Reference: RepDistiller reports 74.08 for AT wrn_40_2 -> wrn_16_2 (CIFAR-100 top-1).
 """
 
-from configs import default
-from jaxkd.methods import config_section
+from jaxkd.config import recipes
 
 
 def get_config():
-    config = default.repdistiller_recipe(default.get_config())
-    config.model = "wideresnet16_2"
-    config.method = "at"
-    config.teacher.arch = "wideresnet40_2"
-    config.loss.gamma = 1.0
-    config.loss.alpha = 0.0
-    config.loss.beta = 1000.0
-    config.loss.kd_temperature = 4.0
-    config.at = config_section("at")  # RepDistiller's p = 2 (jaxkd/methods/at.py)
-    return config
+    # RepDistiller's entry for the pair; the teacher file comes from --config.teacher.checkpoint
+    return recipes.repdistiller("wrn_40_2", "wrn_16_2", "at", teacher_checkpoint="")

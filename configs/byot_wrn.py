@@ -18,18 +18,8 @@ BYOT's self-distilled WRN16-2 compares directly with the seed's baseline (74.03)
 students, and its heads (64k = 128 channels) are cheap next to the backbone.
 """
 
-from configs import default
-from jaxkd.methods import config_section
+from jaxkd.config import recipes
 
 
 def get_config():
-    config = default.get_config()
-    config.model = "wideresnet16_2"
-    config.method = "byot"
-    # BYOT-U's alpha 0.1 (the soft-CE's weight; every classifier's CE gets 1 - alpha), temperature 3 and
-    # feature_weight (lambda, on the batch-summed squared L2 feature distance) 1e-6: jaxkd/methods/byot.py.
-    config.byot = config_section("byot")
-    config.loss.gamma = 1.0 - config.byot.alpha  # the deepest classifier's CE, (1 - alpha) as in BYOT-U
-    config.loss.alpha = 0.0  # no teacher, no KD term
-    config.loss.beta = 1.0  # the term already carries its weights
-    return config
+    return recipes.byot()

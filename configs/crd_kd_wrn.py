@@ -7,11 +7,9 @@ T = 4 (times T^2) + 0.8 * CRD; CRD settings as in configs/crd_wrn.py.
 Reference: the CRD paper (Table 1) reports 75.64 for CRD+KD wrn_40_2 -> wrn_16_2.
 """
 
-from configs import crd_wrn
+from jaxkd.config import recipes
 
 
 def get_config():
-    config = crd_wrn.get_config()
-    config.loss.alpha = 1.0
-    config.loss.kd_temperature = 4.0
-    return config
+    # RepDistiller's entry for the pair; the teacher file comes from --config.teacher.checkpoint
+    return recipes.repdistiller("wrn_40_2", "wrn_16_2", "crd_kd", teacher_checkpoint="")

@@ -12,20 +12,9 @@ directory or a jaxkd training workdir. Reference: the CRD paper (Table 1) report
 wrn_40_2 -> wrn_16_2 (student alone 73.26, KD 74.92).
 """
 
-from configs import default
-from jaxkd.methods import config_section
+from jaxkd.config import recipes
 
 
 def get_config():
-    config = default.repdistiller_recipe(default.get_config())
-    config.model = "wideresnet16_2"
-    config.method = "crd"
-    config.teacher.arch = "wideresnet40_2"
-    config.loss.gamma = 1.0
-    config.loss.alpha = 0.0
-    config.loss.beta = 0.8
-    # RepDistiller's nce_k 16384, nce_t 0.07, nce_m 0.5, feat_dim 128, and chunk_elements 2^19, (anchor, dataset
-    # row) pairs per chunk of the sampling and scoring: a memory bound, not part of the recipe (results change
-    # only by rounding); a large accelerator can take the whole batch (64 x 50000). jaxkd/methods/crd.py.
-    config.crd = config_section("crd")
-    return config
+    # RepDistiller's entry for the pair; the teacher file comes from --config.teacher.checkpoint
+    return recipes.repdistiller("wrn_40_2", "wrn_16_2", "crd", teacher_checkpoint="")

@@ -12,17 +12,8 @@ Expected: each peer somewhat above a WRN16-2 trained alone (73.26 in the CRD pap
 reports gains of one to a few points for pairs of equal CIFAR-100 networks (no jaxkd CIFAR-100 run recorded yet).
 """
 
-from configs import default
-from jaxkd.methods import config_section
+from jaxkd.config import recipes
 
 
 def get_config():
-    config = default.get_config()
-    config.model = "wideresnet16_2"
-    config.method = "dml"
-    config.loss.gamma = 1.0  # CE of the student (peer 0)
-    config.loss.alpha = 0.0  # no teacher
-    config.loss.beta = 1.0  # the peers' CEs and every peer's mutual-learning KL, unweighted
-    # peers: the architectures of peers 1..K-1; forward "auto": same-architecture peers loop on CPU, vmap elsewhere
-    config.dml = config_section("dml", peers=("wideresnet16_2",))
-    return config
+    return recipes.dml()

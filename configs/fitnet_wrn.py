@@ -10,18 +10,9 @@ padding, RepDistiller's mean/std, the last partial batch kept).
 Reference: RepDistiller reports 73.58 for FitNet wrn_40_2 -> wrn_16_2 (CIFAR-100 top-1).
 """
 
-from configs import default
-from jaxkd.methods import config_section
+from jaxkd.config import recipes
 
 
 def get_config():
-    config = default.repdistiller_recipe(default.get_config())
-    config.model = "wideresnet16_2"
-    config.method = "fitnet"
-    config.teacher.arch = "wideresnet40_2"
-    config.loss.gamma = 1.0
-    config.loss.alpha = 0.0
-    config.loss.beta = 100.0
-    config.loss.kd_temperature = 4.0
-    config.fitnet = config_section("fitnet")  # hint_layer 1: the 2nd stage output (RepDistiller's --hint_layer 2)
-    return config
+    # RepDistiller's entry for the pair; the teacher file comes from --config.teacher.checkpoint
+    return recipes.repdistiller("wrn_40_2", "wrn_16_2", "fitnet", teacher_checkpoint="")

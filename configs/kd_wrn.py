@@ -10,16 +10,9 @@ The teacher may be the seed's released `wrn40_2.pth`, a RepDistiller teacher fil
 directory or a jaxkd training workdir. Reference: RepDistiller reports 74.92 for KD wrn_40_2 -> wrn_16_2.
 """
 
-from configs import default
+from jaxkd.config import recipes
 
 
 def get_config():
-    config = default.repdistiller_recipe(default.get_config())
-    config.model = "wideresnet16_2"
-    config.method = "kd"
-    config.teacher.arch = "wideresnet40_2"
-    config.loss.gamma = 0.1
-    config.loss.alpha = 0.9
-    config.loss.beta = 0.0
-    config.loss.kd_temperature = 4.0
-    return config
+    # RepDistiller's entry for the pair; the teacher file comes from --config.teacher.checkpoint
+    return recipes.repdistiller("wrn_40_2", "wrn_16_2", "kd", teacher_checkpoint="")

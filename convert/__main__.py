@@ -71,11 +71,11 @@ def run_export(args) -> None:
     from jaxkd.pytorch.converter import flax_to_torch, native_layout
     from jaxkd.pytorch.layout import rename_repdistiller_key
     from jaxkd.pytorch.torch_files import torch_file_contents, write_torch_file
-    from jaxkd.io.model_checkpoint import load_model_checkpoint, resolve_model_dir
+    from jaxkd.io.model_reference import open_model
 
     out = check_output(args.out, args.force)
-    variables, metadata = load_model_checkpoint(resolve_model_dir(args.src))  # a training workdir: its model/
-    arch, num_classes = metadata["arch"], int(metadata["num_classes"])
+    opened = open_model(args.src)
+    variables, arch, num_classes, metadata = opened.variables, opened.arch, opened.num_classes, opened.metadata or {}
     # default: the layout an imported model came in (its metadata), so that its own code loads it back strictly
     layout = args.layout or metadata.get("source_layout") or native_layout(arch)
     state_dict = flax_to_torch(variables, arch, layout=layout)
@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     importer.set_defaults(run=run_import)
 
     exporter = commands.add_parser("export", help="an Orbax model checkpoint -> a .pth state_dict")
-    exporter.add_argument("src", help="the checkpoint directory (from `convert import`, or a training workdir)")
+    exporter.add_argument("src", help="the model: a checkpoint directory (from `convert import`), a training "
+                                      "workdir or a .pth (written again in --layout)")
     exporter.add_argument("--out", required=True, help="the .pth file to write")
     exporter.add_argument("--layout", choices=("pytorch-kd", "repdistiller"),
                           help="default: the layout an imported model came in (its metadata's source_layout), "

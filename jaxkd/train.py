@@ -42,7 +42,7 @@ from jaxkd.engine.losses import cross_entropy, kd_divergence
 from jaxkd.engine.mesh import batch_sharded, data_mesh, replicated
 from jaxkd.methods import Batch, Method, Probe, apply_module, get_method
 from jaxkd.io.metric_log import MetricLog
-from jaxkd.io.model_checkpoint import load_model
+from jaxkd.io.model_reference import open_model
 from jaxkd.models import COMPUTE_DTYPES, get_model
 from jaxkd.engine.optimizer import config_learning_rate_schedule, make_optimizer
 from jaxkd.io.paths import input_exists
@@ -129,13 +129,14 @@ def load_teacher(config, method: Method) -> Teacher | None:
         return None
     check_teacher_path(config, method)
     try:
-        variables, arch, teacher_classes = load_model(config.teacher.checkpoint, config.teacher.arch or None)
+        opened = open_model(config.teacher.checkpoint, config.teacher.arch or None,
+                            dtype=COMPUTE_DTYPES[config.dtype])
     except UserError as error:
         if not config.teacher.arch:
             raise
         raise UserError(f"{error}; the config names teacher.arch={config.teacher.arch}: pass "
                         f"--config.teacher.arch='' to take the architecture from the file") from None
-    return Teacher(get_model(arch, teacher_classes, dtype=COMPUTE_DTYPES[config.dtype]), variables, arch)
+    return Teacher(opened.model, opened.variables, opened.arch)
 
 
 def build(config, devices=None, *, data=None, teacher: Teacher | None = None) -> Setup:

@@ -10,6 +10,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from configs import default, mdistiller, repdistiller
+from jaxkd.config import recipes
 from jaxkd.tools import published
 from jaxkd.config.specs import Epochs, Flag, ModelName, ModelNames, Number, OneOf, Text
 from jaxkd.config.checks import check_run_config, engine_specs
@@ -109,21 +110,21 @@ def shipped_configs():
              if path.stem not in ("__init__", "demo", "repdistiller", "mdistiller")]
     names += [(f"demo.py:{role}", importlib.import_module("configs.demo").get_config, (role,))
               for role in ("teacher", "student")]
-    pairs = {(repdistiller.repdistiller_name(t), repdistiller.repdistiller_name(s))
+    pairs = {(recipes.repdistiller_name(t), recipes.repdistiller_name(s))
              for t, s in published.REPDISTILLER_PAIRS_SAME + published.REPDISTILLER_PAIRS_DIFFERENT}
     names += [(f"repdistiller.py:{t},{s},{m}", repdistiller.get_config, (f"{t},{s},{m}",))
-              for t, s in sorted(pairs) for m in repdistiller.METHOD_WEIGHTS]
-    recipe_pairs = {*mdistiller.KD_LS, *mdistiller.DKD_LS} | {
-        (repdistiller.repdistiller_name(t), repdistiller.repdistiller_name(s))
-        for t, s in [*mdistiller.DKD_BETA, *mdistiller.REVIEWKD_WEIGHT]}
+              for t, s in sorted(pairs) for m in recipes.REPDISTILLER_WEIGHTS]
+    recipe_pairs = {*recipes.KD_LS, *recipes.DKD_LS} | {
+        (recipes.repdistiller_name(t), recipes.repdistiller_name(s))
+        for t, s in [*recipes.DKD_BETA, *recipes.REVIEWKD_WEIGHT]}
     names += [(f"mdistiller.py:{t},{s},{m}", mdistiller.get_config, (f"{t},{s},{m}",))
-              for t, s in sorted(pairs | recipe_pairs) for m in mdistiller.METHODS]
+              for t, s in sorted(pairs | recipe_pairs) for m in recipes.MDISTILLER_METHODS]
     return names
 
 
 def test_every_shipped_config_passes_the_checks_with_nothing_unused():
     configs = shipped_configs()
-    assert len(configs) > 13 * len(repdistiller.METHOD_WEIGHTS) + 13 * len(mdistiller.METHODS)
+    assert len(configs) > 13 * len(recipes.REPDISTILLER_WEIGHTS) + 13 * len(recipes.MDISTILLER_METHODS)
     for name, get_config, arguments in configs:
         config = get_config(*arguments)
         assert check_run_config(config) == [], name  # no refusal, and no setting listed as unused

@@ -16,7 +16,8 @@ import convert
 from convert.__main__ import main
 from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.errors import UserError
-from jaxkd.io.model_checkpoint import load_model, load_model_checkpoint
+from jaxkd.io.model_checkpoint import load_model_checkpoint
+from jaxkd.io.model_reference import open_model
 from tests.conftest import randomized_torch_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +155,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(name, tmp_path, capsys):
     assert _listing(tmp_path) == before  # nothing written, and a pickle payload never ran (no payload_ran)
     if name == "pickled_object":  # the loader behind evaluate and a run's teacher refuses it too, without running it
         with pytest.raises(UserError, match="refused, it holds pickled Python objects"):
-            load_model(argv[1])
+            open_model(argv[1])
         assert _listing(tmp_path) == before
 
 
@@ -269,4 +270,4 @@ def test_a_damaged_pth_is_one_line_naming_the_file_and_the_damage_wherever_it_is
     assert err.startswith(f"error: {src}: ") and expected in err, err
     assert _listing(tmp_path) == before
     with pytest.raises(UserError, match=re.escape(expected)):
-        load_model(src)
+        open_model(src)

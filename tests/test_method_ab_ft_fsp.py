@@ -26,6 +26,7 @@ from jaxkd.engine.init_stage import InitState, init_optimizer, make_init_update
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.base import INIT_MODULES
 from jaxkd.models import ModelOutput, get_model
+from jaxkd.tools import published
 from jaxkd.train import Setup, Teacher
 from tests.conftest import engine_train_steps, nchw, nhwc, randomized_torch_model
 from tests.reference import repdistiller_init_methods as reference
@@ -447,20 +448,22 @@ def test_repdistillers_benchmark_pairs_build_ab_and_ft_and_fsp_only_where_its_ta
     (jax.eval_shape), nothing computed."""
     import functools
 
-    from tests.test_config_repdistiller import CROSS_ARCHITECTURE, SAME_ARCHITECTURE
+    same, cross = published.REPDISTILLER_PAIRS_SAME, published.REPDISTILLER_PAIRS_DIFFERENT
+    fsp_pairs = [pair for pair, top1 in zip(same, published.REPDISTILLER_TABLE_SAME["fsp"], strict=True) if top1]
+    assert len(fsp_pairs) == 6 and "fsp" not in published.REPDISTILLER_TABLE_DIFFERENT
 
     @functools.cache
     def output_shapes(arch):
         model, x = get_model(arch, 100), jnp.zeros((2, 32, 32, 3))
         return jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), x), x, method=model.forward))
 
-    for teacher, student in SAME_ARCHITECTURE + CROSS_ARCHITECTURE:
+    for teacher, student in same + cross:
         for method_name in ("ab", "ft", "fsp"):
             config = repdistiller.get_config(f"{teacher},{student},{method_name}")
             method = get_method(method_name, config)
             build = lambda s, t: method.init(jax.random.PRNGKey(0), Probe(s, t, None, None, 100))  # noqa: E731,B023
             shapes = output_shapes(config.model), output_shapes(config.teacher.arch)
-            if method_name == "fsp" and (teacher, student) not in SAME_ARCHITECTURE[:1] + SAME_ARCHITECTURE[2:]:
+            if method_name == "fsp" and (teacher, student) not in fsp_pairs:
                 with pytest.raises(UserError, match="fsp needs"):
                     jax.eval_shape(build, *shapes)
             else:

@@ -15,12 +15,12 @@ import scipy.stats
 import torch
 from ml_collections import ConfigDict
 
-from configs import crd_kd_wrn, crd_wrn, default, kd_wrn
+from configs import crd_wrn, default, kd_wrn
 from jaxkd.data import Split
 from jaxkd.errors import UserError
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods import crd_kernels
-from jaxkd.methods.crd import CHUNK_ELEMENTS, CRD, init_state
+from jaxkd.methods.crd import CRD, init_state
 from jaxkd.methods.crd_kernels import counts_from_indices, sample_contrast_indices, sample_negative_counts, top_k_mask
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.models import ModelOutput, get_model
@@ -45,14 +45,8 @@ def crd_config(**settings):
     return ConfigDict({"crd": dict(CRD.defaults, **settings)})
 
 
-def test_configs_hold_repdistiller_recipes():
-    crd, crd_kd = crd_wrn.get_config(), crd_kd_wrn.get_config()
-    assert (crd.method, crd.model, crd.teacher.arch) == ("crd", "wideresnet16_2", "wideresnet40_2")
-    assert (crd.loss.gamma, crd.loss.alpha, crd.loss.beta) == (1.0, 0.0, 0.8)
-    assert (crd_kd.loss.gamma, crd_kd.loss.alpha, crd_kd.loss.beta, crd_kd.loss.kd_temperature) == (1, 1, 0.8, 4)
-    assert dict(crd.crd) == {"nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "feat_dim": 128,
-                             "chunk_elements": CHUNK_ELEMENTS}
-    # no crd section: RepDistiller's defaults and the default chunk bound
+def test_crd_settings_default_to_repdistillers_and_refuse_unknown_keys():
+    # no crd section: RepDistiller's defaults and the default chunk bound (the recipe: tests/test_recipes.py)
     assert get_method("crd", default.get_config()).settings == CRD.defaults
     with pytest.raises(UserError, match="unknown config.crd keys"):
         get_method("crd", ConfigDict({"crd": {"nce_kk": 5}}))

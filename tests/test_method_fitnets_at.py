@@ -255,15 +255,6 @@ def test_at_of_a_zero_feature_is_finite():
     assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))
 
 
-def test_configs_hold_repdistillers_recipes():
-    fitnet, at = fitnet_wrn.get_config(), at_wrn.get_config()
-    for config, method, beta in ((fitnet, "fitnet", 100.0), (at, "at", 1000.0)):
-        assert (config.model, config.teacher.arch, config.method) == ("wideresnet16_2", "wideresnet40_2", method)
-        assert (config.loss.gamma, config.loss.alpha, config.loss.beta, config.loss.kd_temperature) == \
-            (1.0, 0.0, beta, 4.0)
-    assert fitnet.fitnet.hint_layer == 1
-
-
 # --- end to end on digits -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """A model on disk: an Orbax checkpoint directory holding its Flax variables and a JSON metadata item.
 
-Written by `python -m convert import` (and by training's final export), read by evaluation, distillation
-(teachers) and `python -m convert export`. The metadata names the architecture and number of classes, so the
-model can be rebuilt without the user repeating them, and records where the weights came from.
+Written by `python -m convert import` (and by training's final export), read through
+`jaxkd.io.model_reference.open_model` by evaluation, distillation (teachers) and `python -m convert export`. The
+metadata names the architecture and number of classes, so the model can be rebuilt without the user repeating
+them, and records where the weights came from.
 
 Writes never leave a half-written or lost directory: Orbax writes into a fresh temporary directory beside the
 target, which is renamed into place only once complete; an existing target is kept unless `force` is given,
@@ -23,7 +24,6 @@ from jaxkd.engine import distributed
 from jaxkd.errors import UserError, output_error, write_errors
 from jaxkd.io.orbax_logs import quiet_orbax_failures
 from jaxkd.io.paths import absolute, as_path, input_exists, remove_tree
-from jaxkd.models import canonical_name
 
 quiet_orbax_failures()  # a failed save is reported as one line, not as Orbax's logged tracebacks
 
@@ -71,17 +71,30 @@ def save_model_checkpoint(directory, variables: dict, metadata: dict, force: boo
     return directory
 
 
+def not_a_checkpoint(directory) -> UserError:
+    """The one line for an existing directory that is no model checkpoint: a training workdir not yet finished, or
+    anything else."""
+    directory = absolute(directory)
+    if (directory / "config.json").is_file():
+        return UserError(f"{directory}: a training workdir without its final {TRAINED_MODEL_DIR}/ (written when the "
+                         f"run ends; running its command again resumes it)")
+    return UserError(f"{directory}: not a jaxkd model checkpoint (expected the '{VARIABLES_ITEM}' and "
+                     f"'{METADATA_ITEM}' items written by `python -m convert import` or by training)")
+
+
 def load_model_checkpoint(directory) -> tuple[dict, dict]:
-    """(variables as numpy arrays, metadata) from a directory written by `save_model_checkpoint`."""
+    """(variables as numpy arrays, metadata) from a directory written by `save_model_checkpoint` (any model
+    reference: jaxkd.io.model_reference.open_model)."""
     directory = absolute(directory)
     if not input_exists(directory, str(directory)):
         raise UserError(f"{directory}: no such checkpoint directory")
-    if not is_model_checkpoint(directory) and (directory / "config.json").is_file():
-        raise UserError(f"{directory}: a training workdir without its final {TRAINED_MODEL_DIR}/ (written when the "
-                        f"run ends; running its command again resumes it)")
     if not is_model_checkpoint(directory):
-        raise UserError(f"{directory}: not a jaxkd model checkpoint (expected the '{VARIABLES_ITEM}' and "
-                        f"'{METADATA_ITEM}' items written by `python -m convert import` or by training)")
+        raise not_a_checkpoint(directory)
+    return read_model_checkpoint(directory)
+
+
+def read_model_checkpoint(directory) -> tuple[dict, dict]:
+    """`load_model_checkpoint` of a directory known to be a model checkpoint."""
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(directory, ocp.args.Composite(**{
             VARIABLES_ITEM: ocp.args.StandardRestore(),
@@ -92,48 +105,3 @@ def load_model_checkpoint(directory) -> tuple[dict, dict]:
     if missing:
         raise UserError(f"{directory}: its metadata lacks {', '.join(missing)}")
     return jax.tree.map(np.asarray, restored[VARIABLES_ITEM]), metadata
-
-
-def resolve_model_dir(path):
-    """The model checkpoint a directory stands for: itself, or a training workdir's final `model/`."""
-    path = as_path(path)
-    if not is_model_checkpoint(path) and is_model_checkpoint(path / TRAINED_MODEL_DIR):
-        return path / TRAINED_MODEL_DIR
-    return path
-
-
-def load_model(path, arch: str | None = None) -> tuple[dict, str, int]:
-    """(variables, architecture, num_classes) from a model checkpoint directory, a training workdir (its final
-    `model/`) or a `.pth` file: `load_model_and_metadata` without the metadata."""
-    return load_model_and_metadata(path, arch)[:3]
-
-
-def load_model_and_metadata(path, arch: str | None = None) -> tuple[dict, str, int, dict | None]:
-    """(variables, architecture, num_classes, metadata) from a model checkpoint directory, a training workdir
-    (its final `model/`) or a `.pth` file (metadata None).
-
-    A `.pth` (seed or RepDistiller layout) is converted in memory, its architecture inferred from the shapes
-    unless `arch` is given; for a checkpoint directory the architecture comes from its metadata, and an `arch`
-    that disagrees is an error.
-    """
-
-    path = as_path(path)
-    if input_exists(path, str(path)) and path.is_dir():
-        path = resolve_model_dir(path)
-        variables, metadata = load_model_checkpoint(path)
-        stored = metadata["arch"]
-        if arch is not None and canonical_name(arch) != canonical_name(stored):
-            raise UserError(f"{path}: holds a {stored}, not a {canonical_name(arch)}")
-        return variables, stored, int(metadata["num_classes"]), metadata
-    if not path.exists():
-        raise UserError(f"{path}: no such file or checkpoint directory")
-
-    from jaxkd.pytorch.converter import import_torch  # torch is optional: needed only for a .pth
-    imported = import_torch(path, arch=arch)
-    return imported.variables, imported.arch, imported.num_classes, None
-
-
-def input_normalization(metadata: dict | None) -> str:
-    """The mean/std (jaxkd.data.augment.NORMALIZATIONS) a model's inputs were normalized with in training: its
-    metadata says it (jaxkd.train writes it); otherwise the seed's, as for the seed's released `.pth` files."""
-    return (metadata or {}).get("normalization", "seed")

@@ -25,6 +25,7 @@ from jaxkd.tools.bench_timing import Part, lowered_flops
 from jaxkd.tools.bench_torch import TORCH_MODES, forget_compiled_steps, torch_device_for, torch_part, torch_part_name
 from jaxkd.engine.compile_options import compiler_options, cpu_ynn_setting
 from jaxkd.config.command_line import parse_config_command_line
+from jaxkd.config.recipes import method_recipe
 from jaxkd.data import Split, epoch_permutation
 from jaxkd.data.sources import SOURCE_CLASSES
 from jaxkd.engine.dispatch import dispatch_plan, steps_per_dispatch
@@ -45,51 +46,20 @@ AB_YNN = "ynn"
 
 
 # ----------------------------------------------------------------------------------------------- configs
-# the pair a parameterized recipe (`configs/repdistiller.py:T,S,M`) is asked for: only its loss weights and
-# method section are taken, which do not depend on it for the methods it has
-RECIPE_PAIR = "wrn_40_2,wrn_16_2"
-
-
-def _recipe_configs(method: str) -> dict:
-    """{name: config} of every recipe in configs/ for `method`: a config that loads without arguments and runs
-    it, or a parameterized one that takes it as `T,S,M` (name `FILE.py:T,S,M`)."""
-    recipes = {}
-    for path in sorted((REPO / "configs").glob("*.py")):
-        if path.stem.startswith("_"):
-            continue
-        try:
-            module = importlib.import_module(f"configs.{path.stem}")
-        except Exception:  # a recipe being written: not a candidate
-            continue
-        for name, arguments in ((f"{path.stem}.py", ()), (f"{path.stem}.py:{RECIPE_PAIR},{method}",
-                                                          (f"{RECIPE_PAIR},{method}",))):
-            try:
-                config = module.get_config(*arguments)
-            except Exception:  # needs another argument, or does not take this method
-                continue
-            if config.get("method") == method:
-                recipes[name] = config
-    return recipes
-
-
 def method_config(base, method: str):
-    """`base` with `config.method = method`, taking the method's recipe from configs/ (the one with the same
-    student if several, else an argument-free one): its loss weights, its teacher architecture when `base` has
-    none, and the sections `base` lacks (e.g. `fitnet`). The model pair, batch size and optimizer stay `base`'s.
+    """`base` with `config.method = method`, taking the method's recipe from the recipe table
+    (jaxkd/config/recipes.py `method_recipe`): its loss weights, its teacher architecture when `base` has none, and
+    the sections `base` lacks (e.g. `fitnet`). The model pair, batch size and optimizer stay `base`'s.
     Returns (config, note)."""
     if method == base.method:
         return base, ""
     config = base.copy_and_resolve_references()
-    candidates = list(_recipe_configs(method).items())
-    # the same student first, then a recipe of the method alone (crd_wrn.py before crd_kd_wrn.py, which adds
-    # KD's term), then an argument-free file before a parameterized one
-    candidates.sort(key=lambda item: (item[1].get("model") != base.model,
-                                      method != "kd" and item[1].loss.get("alpha", 0.0) > 0, ":" in item[0]))
+    found = method_recipe(method)
     with config.unlocked():
         config.method = method
-        if not candidates:
-            return config, f"no recipe for {method!r} in configs/: loss weights of the base config"
-        name, recipe = candidates[0]
+        if found is None:
+            return config, f"no recipe for {method!r} in jaxkd/config/recipes.py: loss weights of the base config"
+        name, recipe = found
         config.loss = recipe.loss.copy_and_resolve_references()
         if not config.teacher.arch and recipe.teacher.arch:
             config.teacher.arch = recipe.teacher.arch
@@ -97,7 +67,7 @@ def method_config(base, method: str):
             if key not in config:
                 config[key] = recipe[key].copy_and_resolve_references() if hasattr(recipe[key], "keys") \
                     else recipe[key]
-    return config, f"loss weights and method sections from configs/{name}"
+    return config, f"loss weights and method sections from {name}"
 
 
 # ------------------------------------------------------------------------------------------------- setup
@@ -637,7 +607,7 @@ def _define_bench_flags(flag_values) -> None:
     from absl import flags
 
     flags.DEFINE_string("methods", "", "'' = the config's method; 'all' = every registered method; or a comma "
-                        "list. Other methods take their loss weights and sections from their recipe in configs/",
+                        "list. Other methods take their loss weights and sections from their recipe (jaxkd/config/recipes.py)",
                         flag_values=flag_values)
     flags.DEFINE_integer("steps", 20, "train steps per timed repeat", flag_values=flag_values)
     flags.DEFINE_integer("repeats", 5, "timed repeats (the median is reported)", flag_values=flag_values)

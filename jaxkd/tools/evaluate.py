@@ -3,8 +3,8 @@
     python -m jaxkd.evaluate --checkpoint CKPT [--arch NAME] [--cifar100c DIR] [--out results.json]
                              [--source tfds|cifar100-python|digits] [--data-dir DIR] [--batch-size 500] [--force]
 
-CKPT is a jaxkd model checkpoint directory (`python -m convert import`, training) or a `.pth` (seed or
-RepDistiller layout, converted in memory). Prints a markdown table (clean top-1/top-5, the CIFAR-100-C mean,
+CKPT is a jaxkd model checkpoint directory (`python -m convert import`, training), a training workdir (its final
+`model/`) or a `.pth` (seed or RepDistiller layout, converted in memory), local or `gs://`. Prints a markdown table (clean top-1/top-5, the CIFAR-100-C mean,
 then every corruption x severity) and writes the same numbers as JSON to --out. User mistakes print one line
 starting with "error:" and exit with status 2; nothing is written then.
 
@@ -30,12 +30,11 @@ from jaxkd.engine.evaluation import (CIFAR100C_CLASSES, DEFAULT_BATCH_SIZE, chec
                                      evaluate_split, place_variables, readable_corruptions)
 from jaxkd.engine.mesh import data_mesh
 from jaxkd.errors import UserError, run_command
+from jaxkd.io.model_reference import open_model
 from jaxkd.io.safe_write import check_output, write_text_atomically
 from jaxkd.data.cifar100c import open_cifar100c
 from jaxkd.data.sources import SOURCES
 from jaxkd.data.sources import load_split
-from jaxkd.io.model_checkpoint import input_normalization, load_model_and_metadata
-from jaxkd.models import get_model
 
 # ---------------------------------------------------------------------------------------------- reporting
 
@@ -124,13 +123,12 @@ def load_checked_test_split(args, models: dict[str, int]):
 def run(args) -> dict:
     """Loads, checks every input, evaluates and reports; returns the results written as JSON."""
 
-
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     out = check_output(args.out, args.force) if args.out else None
     check_batch_size(args.batch_size)
-    variables, arch, num_classes, metadata = load_model_and_metadata(args.checkpoint, arch=args.arch)
-    normalization = args.normalization or input_normalization(metadata)
-    model = get_model(arch, num_classes)
+    opened = open_model(args.checkpoint, arch=args.arch)
+    variables, arch, num_classes, model = opened.variables, opened.arch, opened.num_classes, opened.model
+    normalization = args.normalization or opened.normalization
     models = {str(args.checkpoint): num_classes}
     c100c, evaluated = None, ()
     if args.cifar100c:
@@ -172,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m jaxkd.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True,
-                        help="a model checkpoint directory (convert import, training) or a .pth file")
+                        help="a model checkpoint directory (convert import, training), a training workdir or a .pth file")
     parser.add_argument("--arch", help="architecture name (default: from the checkpoint or the .pth shapes)")
     parser.add_argument("--cifar100c", metavar="DIR", help="the CIFAR-100-C folder (labels.npy, <corruption>.npy)")
     parser.add_argument("--out", help="write the results as JSON to this file")

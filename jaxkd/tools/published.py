@@ -137,7 +137,7 @@ DIST = [(74.43, 0.24), (71.75, 0.30), (76.31, 0.19), (68.66, 0.23), (76.34, 0.18
 # where those have the pair (the DKD cell for wrn_40_2 -> wrn_16_2 as 76.24, mdistiller's 76.23) and give others
 # for pairs they lack; only numbers not already listed for the group are kept from those two rows. The per-pair
 # settings are in its log names (`logs/KD/kd,vgg13,vgg8,3,9.txt`: base temperature 3, KD weight 9), not always
-# the README's commands' 2 and 9: configs/mdistiller.py's `KD_LS` and `DKD_LS` hold them.
+# the README's commands' 2 and 9: jaxkd/config/recipes.py's `KD_LS` and `DKD_LS` hold them.
 LS_PAIRS_IDENTICAL = [("rd_resnet32x4", "rd_resnet8x4"), ("vgg13", "vgg8"), ("wideresnet40_2", "wideresnet40_1"),
                       ("wideresnet40_2", "wideresnet16_2"), ("rd_resnet56", "rd_resnet20"),
                       ("rd_resnet110", "rd_resnet32"), ("rd_resnet110", "rd_resnet20")]

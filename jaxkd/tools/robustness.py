@@ -17,11 +17,12 @@ from jaxkd.errors import UserError, run_command
 from jaxkd.engine.evaluation import evaluate_cifar100c, evaluate_split, place_variables
 from jaxkd.tools.evaluate import add_data_arguments, check_batch_size, load_checked_test_split, open_checked_cifar100c, percent, write_json
 from jaxkd.methods import display_name
+from jaxkd.io.model_checkpoint import TRAINED_MODEL_DIR
+from jaxkd.io.model_reference import input_normalization, open_model
+from jaxkd.io.paths import absolute
 from jaxkd.io.safe_write import check_output, write_text_atomically
 from jaxkd.data.cifar100c import SEVERITIES
 from jaxkd.engine.mesh import data_mesh
-from jaxkd.io.model_checkpoint import TRAINED_MODEL_DIR, load_model_and_metadata, resolve_model_dir
-from jaxkd.io.model_checkpoint import input_normalization
 from jaxkd.models import canonical_name
 from jaxkd.models import get_model
 
@@ -105,13 +106,11 @@ def parse_labels(labels: list[str], checkpoints: list[str]) -> dict[str, str]:
 def load_entry(argument: str, label: str | None = None) -> Entry:
     """Loads a checkpoint argument (model checkpoint directory, training workdir, .pth) with its metadata."""
 
-    path = Path(argument).expanduser()
-    variables, arch, num_classes, metadata = load_model_and_metadata(path)
-    if path.is_dir():
-        path = resolve_model_dir(path)
-    named = path.parent if path.name == TRAINED_MODEL_DIR and metadata is not None else path
-    return Entry(argument, variables, canonical_name(arch), num_classes, metadata,
-                 label or method_name(metadata, named), path.absolute())
+    opened = open_model(argument)
+    path = opened.path
+    named = path.parent if path.name == TRAINED_MODEL_DIR and opened.metadata is not None else path
+    return Entry(argument, opened.variables, canonical_name(opened.arch), opened.num_classes, opened.metadata,
+                 label or method_name(opened.metadata, named), absolute(path))
 
 
 # --------------------------------------------------------------------------------------------- reporting

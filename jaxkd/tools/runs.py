@@ -29,8 +29,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from jaxkd.config.recipes import REPDISTILLER_WEIGHTS, jaxkd_name, repdistiller_name
 from jaxkd.errors import OUTPUT_ERROR_STATUS, UserError, run_command
 from jaxkd.io.safe_write import check_output, write_text_atomically
+from jaxkd.tools import published
 
 TRAIN_COMMAND = ["python", "-m", "jaxkd.train"]
 DEFAULT_CONFIG = "configs/repdistiller.py"
@@ -40,9 +42,6 @@ EXIT_STATUS = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + the signal's nu
 def table_pairs(name: str) -> tuple[list[tuple[str, str]], set[tuple[str, str, str]]]:
     """The (teacher, student) pairs of one of RepDistiller's README tables, in its model names, and the
     (teacher, student, method) cells it marks N/A (FSP where the shapes do not allow it)."""
-    from configs.repdistiller import repdistiller_name
-    from jaxkd.tools import published
-
     tables = {"repdistiller-same": (published.REPDISTILLER_PAIRS_SAME, published.REPDISTILLER_TABLE_SAME),
               "repdistiller-different": (published.REPDISTILLER_PAIRS_DIFFERENT,
                                          published.REPDISTILLER_TABLE_DIFFERENT)}
@@ -96,20 +95,18 @@ def run_commands(pairs, methods, seeds, root: str, config: str, extra: list[str]
 
 def list_runs(args) -> list[str]:
     """`list`: checks the pairs and methods against the config's recipes before writing anything."""
-    from configs import repdistiller
-
     if not args.table and not args.pairs:
         raise UserError("name the pairs: --table repdistiller-same|repdistiller-different and/or --pairs T:S,...")
     pairs, not_applicable = table_pairs(args.table) if args.table else ([], set())
     pairs += parse_pairs(args.pairs) if args.pairs else []
     methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
-               else list(repdistiller.METHOD_WEIGHTS))
+               else list(REPDISTILLER_WEIGHTS))
     if Path(args.config).name == Path(DEFAULT_CONFIG).name:  # its checks: a typo found now, not at the 40th run
-        unknown = [m for m in methods if m not in repdistiller.METHOD_WEIGHTS]
+        unknown = [m for m in methods if m not in REPDISTILLER_WEIGHTS]
         if unknown:
-            raise UserError(f"--methods: {unknown[0]!r} is not one of {', '.join(repdistiller.METHOD_WEIGHTS)}")
+            raise UserError(f"--methods: {unknown[0]!r} is not one of {', '.join(REPDISTILLER_WEIGHTS)}")
         for name in {name for pair in pairs for name in pair}:
-            repdistiller.jaxkd_name(name)  # an unknown model is one line
+            jaxkd_name(name)  # an unknown model is one line
     if args.extra and args.extra[0] != "--":
         raise UserError(f"unexpected argument {args.extra[0]!r}: flags for every run go after `--`")
     extra = args.extra[1:]

@@ -32,6 +32,18 @@ import threading
 import time
 from pathlib import Path
 
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxkd.config.command_line import parse_config_command_line
+from jaxkd.errors import UserError, run_command
+from jaxkd.io.model_checkpoint import save_model_checkpoint
+from jaxkd.io.safe_write import check_output_directory
+from jaxkd.models import canonical_name, get_model
+from jaxkd.tools.bench import device_info, git_commit, versions, write_record
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/kd_wrn.py"
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+): ")
@@ -40,7 +52,6 @@ EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+): ")
 def write_synthetic_cifar100(folder: Path, train_images: int, test_images: int, seed: int = 0) -> None:
     """`folder`/train and test (and meta) in the cifar-100-python pickle format, random uint8 images (CHW rows)
     and random fine labels."""
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,11 +64,7 @@ def write_synthetic_cifar100(folder: Path, train_images: int, test_images: int, 
 
 def write_random_teacher(directory: Path, arch: str, seed: int = 1) -> None:
     """A model checkpoint of `arch` (100 classes) with its initial random weights."""
-    import jax
-    import jax.numpy as jnp
 
-    from jaxkd.io.model_checkpoint import save_model_checkpoint
-    from jaxkd.models import canonical_name, get_model
 
     arch = canonical_name(arch)
     variables = get_model(arch, 100).init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)), train=False)
@@ -77,9 +84,6 @@ def estimate_total_s(epoch_end_s: list[float], epochs: int) -> float | None:
 
 def run(workdir: Path, out: str, time_limit: float, train_images: int, test_images: int,
         overrides: list[str]) -> dict:
-    from jaxkd.tools.bench import device_info, git_commit, versions, write_record
-    from jaxkd.config.command_line import parse_config_command_line
-    from jaxkd.errors import UserError
 
     config = parse_config_command_line(["bench_full_run", f"--config={REPO / CONFIG}", *overrides],
                                        lambda _: None, USAGE).config
@@ -91,7 +95,6 @@ def run(workdir: Path, out: str, time_limit: float, train_images: int, test_imag
     write_random_teacher(teacher_dir, config.teacher.arch)
     prepare_s = time.perf_counter() - prepare_start
 
-    import jax
 
     command = [sys.executable, "-m", "jaxkd.train", "--config", CONFIG, "--workdir", str(run_dir),
                "--config.data.source=cifar100-python", f"--config.data.data_dir={data_dir}",
@@ -158,10 +161,7 @@ USAGE = ("usage: python -m jaxkd.bench_full_run --workdir DIR [--out DIR] [--tim
 def parse_command_line(argv):
     """(flag values, config overrides: the words after `--`) of a command line; checks the overrides against
     the config. A bad command line raises UserError."""
-    from absl import flags
 
-    from jaxkd.config.command_line import parse_config_command_line
-    from jaxkd.errors import UserError
 
     own, overrides = argv[1:], []
     if "--" in argv:
@@ -187,7 +187,6 @@ def parse_command_line(argv):
 
 
 def _command(argv) -> None:
-    from jaxkd.io.safe_write import check_output_directory
 
     flag_values, overrides = parse_command_line(argv)
     if flag_values.out:
@@ -201,7 +200,6 @@ def _command(argv) -> None:
 
 
 def main(argv=None) -> int:
-    from jaxkd.errors import run_command
 
     return run_command(_command, sys.argv if argv is None else argv)
 

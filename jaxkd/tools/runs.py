@@ -33,6 +33,7 @@ from jaxkd.config.recipes import REPDISTILLER_WEIGHTS, jaxkd_name, repdistiller_
 from jaxkd.errors import OUTPUT_ERROR_STATUS, UserError, run_command
 from jaxkd.io.safe_write import check_output, write_text_atomically
 from jaxkd.tools import published
+from jaxkd.tools.report import load_run
 
 TRAIN_COMMAND = ["python", "-m", "jaxkd.train"]
 DEFAULT_CONFIG = "configs/repdistiller.py"
@@ -166,7 +167,6 @@ def read_run_list(path: str) -> list[tuple[list[str], str]]:
 
 def finished(workdir: str) -> bool:
     """Whether the run in `workdir` has evaluated its final epoch (what jaxkd.tools.report counts as finished)."""
-    from jaxkd.tools.report import load_run
 
     try:
         return load_run(workdir).finished

@@ -1,0 +1,48 @@
+"""The package layers: the library (`jaxkd`) imports neither the recipes (`configs`) nor the converter's command
+line (`convert`), which both build on it, so no import cycle runs between the top-level packages; and no module
+of the library imports another of its modules inside a function (where a cycle would hide), except the optional
+heavy dependencies' users listed here with their reason."""
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# module -> the jaxkd modules it may import inside a function, and why
+LAZY_IMPORTS = {
+    "jaxkd/io/workdir.py": {"jaxkd.pytorch.converter", "jaxkd.pytorch.torch_files"},  # torch is optional
+    "jaxkd/io/model_reference.py": {"jaxkd.pytorch.converter"},  # torch is optional: only a .pth needs it
+    "jaxkd/tools/bench_torch.py": {"jaxkd.pytorch.torch_models"},  # torch is optional: only the PyTorch side
+}
+
+
+def imports(path: Path):
+    """(module imported, whether inside a function or class body) for every import statement of `path`."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, node.col_offset > 0))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, node.col_offset > 0) for alias in node.names]
+    return found
+
+
+def library_modules():
+    return sorted(REPO.glob("jaxkd/**/*.py"))
+
+
+def test_the_library_imports_neither_configs_nor_convert():
+    offenders = [f"{path.relative_to(REPO)}: {module}" for path in library_modules()
+                 for module, _ in imports(path) if module.split(".")[0] in ("configs", "convert")]
+    assert not offenders, offenders
+
+
+def test_no_library_module_imports_another_inside_a_function_unless_listed():
+    offenders = []
+    for path in library_modules():
+        name = str(path.relative_to(REPO))
+        for module, nested in imports(path):
+            if nested and module.split(".")[0] == "jaxkd" and module not in LAZY_IMPORTS.get(name, set()):
+                offenders.append(f"{name}: {module}")
+    assert not offenders, offenders

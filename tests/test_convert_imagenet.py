@@ -55,27 +55,45 @@ def assert_same_tensors(loaded: dict, source: dict):
             assert torch.equal(loaded[key], tensor), key
 
 
-@pytest.mark.parametrize("arch", list(TORCHVISION))
-def test_torchvision_state_dict_imports_and_exports_bitwise_and_the_reference_loads_it(arch):
-    """Every torchvision architecture, ResNet-101 and -152 included (tests/test_imagenet_models.py runs the
-    others' forward passes): inferred from the keys, parameter count, bitwise export in torchvision's key order,
-    strict loads into torchvision's class and into `convert/torch_zoo`'s reference, which computes torchvision's
-    logits (what `--verify` compares JAX with)."""
+def assert_reference_computes_upstream_logits(reference: torch.nn.Module, upstream: torch.nn.Module):
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, ours = upstream(images), reference.eval()(images)
+    assert float((ours - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+
+
+@pytest.mark.parametrize("arch", ["tv_resnet101", "tv_resnet152", "tv_wide_resnet50_2"])
+def test_deeper_and_wider_torchvision_resnets_import_and_export_bitwise(arch):
+    """ResNet-101, -152 and Wide ResNet-50-2, whose forward passes tests/test_imagenet_models.py leaves to
+    ResNet-50: inferred from the keys, parameter count (torchvision's documented one for Wide ResNet-50-2), bitwise export in torchvision's key order, strict loads into torchvision's
+    class and into `convert/torch_zoo`'s reference (what `--verify` compares JAX with), which computes
+    torchvision's logits."""
     upstream = torchvision_model(arch)
     state_dict = upstream.state_dict()
     imported = convert.import_torch(state_dict)
     assert (imported.arch, imported.num_classes, imported.layout) == (arch, CLASSES, "torchvision")
-    assert sum(int(leaf.size) for leaf in jax.tree.leaves(imported.variables["params"])) == sum(
-        p.numel() for p in upstream.parameters())
+    count = sum(int(leaf.size) for leaf in jax.tree.leaves(imported.variables["params"]))
+    assert count == sum(p.numel() for p in upstream.parameters())
+    if arch == "tv_wide_resnet50_2":  # torchvision's documented 68,883,240 with 1000 classes
+        assert count + (1000 - CLASSES) * (2048 + 1) == 68_883_240
     exported = convert.flax_to_torch(imported.variables, arch)
     assert_same_tensors(exported, state_dict)
-    torchvision_model(arch, seed=1).load_state_dict(exported, strict=True)
-    reference = get_torch_model(arch, CLASSES).eval()
+    upstream.load_state_dict(exported, strict=True)
+    reference = get_torch_model(arch, CLASSES)
     reference.load_state_dict(exported, strict=True)
-    images = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        expected, ours = upstream(images), reference(images)
-    assert float((ours - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+    assert_reference_computes_upstream_logits(reference, upstream)
+
+
+@pytest.mark.parametrize("arch", ["tv_resnet18", "tv_resnet50", "tv_mobilenet_v2"])
+def test_verify_reference_loads_torchvision_state_dicts_and_computes_its_logits(arch):
+    """`convert/torch_zoo`'s transcriptions of torchvision's code (`--verify`'s reference) against torchvision's
+    classes: each block type and MobileNetV2 (ResNet-34's blocks are ResNet-18's; the deeper and wider ResNets:
+    above)."""
+    upstream = torchvision_model(arch)
+    reference = get_torch_model(arch, CLASSES)
+    reference.load_state_dict(upstream.state_dict(), strict=True)
+    assert list(reference.state_dict()) == list(upstream.state_dict())
+    assert_reference_computes_upstream_logits(reference, upstream)
 
 
 def test_mdistiller_reference_matches_the_transcription_of_mdistillers_code():

@@ -6,9 +6,10 @@ pre-activation versions, pooled vector, logits) in eval and train mode and the B
 pass, within the zoo's margins (tests/test_model_zoo.py), at 64x64 inputs (ImageNet's networks take any size;
 the last maps are 2x2); parameter counts; export -> the upstream class loads it strictly, bitwise equal.
 
-ResNet-101 and -152 are ResNet-50 with more bottlenecks per stage: their full forward passes here would cost 20 s
-of compilation and check no code that ResNet-50 does not; their import, parameter count and bitwise export are
-tests/test_convert_imagenet.py's."""
+ResNet-101 and -152 are ResNet-50 with more bottlenecks per stage, Wide ResNet-50-2 is ResNet-50 with twice the
+inner width (68M parameters): their full passes here would cost half this file's time and check no code that
+ResNet-50 does not; tests/test_convert_imagenet.py checks their import, parameter counts (the widths), bitwise
+export and torchvision's logits from the converter's PyTorch reference."""
 
 import copy
 
@@ -34,10 +35,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TORCHVISION_NAMES = {"tv_resnet18": "resnet18", "tv_resnet34": "resnet34", "tv_resnet50": "resnet50",
                      "tv_resnet101": "resnet101", "tv_resnet152": "resnet152",
                      "tv_wide_resnet50_2": "wide_resnet50_2", "tv_mobilenet_v2": "mobilenet_v2"}
-# torchvision's documented parameter counts (its weights' `_meta["num_params"]`, 1000 classes) and mdistiller's
-# MobileNetV1 (4.23M, as the KD papers' ImageNet tables list it): checks of the upstream classes used here.
+# torchvision's documented parameter counts (its weights' `_meta["num_params"]`, 1000 classes), and MobileNetV1's
+# paper's 4.2 million (Howard et al. 2017, Table 8, 1.0 MobileNet-224): checks of the upstream classes used here.
 PUBLISHED_PARAMETERS = {"tv_resnet18": 11_689_512, "tv_resnet34": 21_797_672, "tv_resnet50": 25_557_032,
-                        "tv_wide_resnet50_2": 68_883_240, "tv_mobilenet_v2": 3_504_872}
+                        "tv_mobilenet_v2": 3_504_872}
+PUBLISHED_MILLIONS = {"MobileNetV1": 4.2}
 
 
 def upstream_model(arch: str, seed: int = 0) -> torch.nn.Module:
@@ -131,7 +133,7 @@ def eval_and_train_forward(arch: str, variables, images):
     return jax.jit(both, compiler_options=ONCE)(variables, images)
 
 
-FULL_PARITY = ["tv_resnet18", "tv_resnet34", "tv_resnet50", "tv_wide_resnet50_2", "tv_mobilenet_v2", "MobileNetV1"]
+FULL_PARITY = ["tv_resnet18", "tv_resnet34", "tv_resnet50", "tv_mobilenet_v2", "MobileNetV1"]
 
 
 @pytest.mark.parametrize("arch", FULL_PARITY)
@@ -143,9 +145,12 @@ def test_matches_the_upstream_code_through_the_converter(arch, rng):
     variables = imported.variables
     count = sum(int(leaf.size) for leaf in jax.tree.leaves(variables["params"]))
     assert count == sum(p.numel() for p in reference.parameters())
-    if arch in PUBLISHED_PARAMETERS:  # with 1000 classes: 990 more rows of the classifier
-        classifier = [m for m in reference.modules() if isinstance(m, torch.nn.Linear)][-1]
-        assert count + (1000 - CLASSES) * (classifier.in_features + 1) == PUBLISHED_PARAMETERS[arch]
+    classifier = [m for m in reference.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with_1000_classes = count + (1000 - CLASSES) * (classifier.in_features + 1)  # 990 more classifier rows
+    if arch in PUBLISHED_PARAMETERS:
+        assert with_1000_classes == PUBLISHED_PARAMETERS[arch]
+    else:
+        assert round(with_1000_classes / 1e6, 1) == PUBLISHED_MILLIONS[arch]
 
     exported = convert.flax_to_torch(variables, arch)
     assert list(exported) == list(state_dict)  # upstream's key order
@@ -181,16 +186,16 @@ def test_mobilenet_v2_applies_its_classifier_dropout_only_in_train_mode_with_a_d
     variables = convert.import_torch(upstream_model("tv_mobilenet_v2").state_dict()).variables  # no init to compile
 
     def passes(variables, dropout_key):
-        run = lambda train, rngs: model.apply(variables, images, train=train, method=model.forward,  # noqa: E731
-                                              rngs=rngs, mutable=["batch_stats"])[0]
-        dropout = {"dropout": dropout_key}
-        return run(True, {}), run(True, dropout), run(False, {}), run(False, dropout)
+        run = lambda train: model.apply(variables, images, train=train, method=model.forward,  # noqa: E731
+                                        rngs={"dropout": dropout_key}, mutable=["batch_stats"])[0]
+        return run(True), run(False)
 
-    plain, dropped, evaluated, evaluated_with_rng = jax.jit(passes, compiler_options=ONCE)(variables,
-                                                                                           jax.random.key(1))
-    np.testing.assert_array_equal(plain.pooled, dropped.pooled)  # dropout acts on the classifier's input only
-    assert not np.allclose(plain.logits, dropped.logits)
-    np.testing.assert_array_equal(evaluated.logits, evaluated_with_rng.logits)
+    trained, evaluated = jax.jit(passes, compiler_options=ONCE)(variables, jax.random.key(1))
+    classifier = variables["params"]["classifier.1"]
+    undropped = lambda out: np.asarray(out.pooled) @ classifier["kernel"] + classifier["bias"]  # noqa: E731
+    np.testing.assert_allclose(evaluated.logits, undropped(evaluated), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(trained.logits, undropped(trained), rtol=1e-3, atol=1e-4)
+    # without a dropout RNG a train-mode pass has no dropout: test_matches_the_upstream_code_through_the_converter
 
 
 def test_names_do_not_clash_with_the_cifar_zoo():

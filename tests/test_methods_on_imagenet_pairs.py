@@ -1,7 +1,7 @@
 """KD, DKD, AT, CRD and ReviewKD on the ImageNet pairs' feature shapes (mdistiller's ResNet34 -> ResNet18 and
 ResNet50 -> MobileNetV1: `tv_resnet34 -> tv_resnet18`, `tv_resnet50 -> MobileNetV1`), against the PyTorch
 references (tests/reference: mdistiller's KD, DKD and ReviewKD, RepDistiller's AT and CRD, which mdistiller
-runs unchanged), with mdistiller's ImageNet settings (`configs/imagenet/r34_r18/*.yaml`, `r50_mv1/*.yaml`: KD
+runs unchanged; AT stage by stage), with mdistiller's ImageNet settings (`configs/imagenet/r34_r18/*.yaml`, `r50_mv1/*.yaml`: KD
 T 1; DKD alpha 1, beta 0.5, T 1, warm-up 1; ReviewKD on the student's pre-activations, warm-up 1, mid channels
 at most 256 for R50 -> MobileNetV1).
 
@@ -128,7 +128,8 @@ def test_terms_and_their_output_gradients_match_the_references(teacher_arch, stu
         "kd": kd_loss(s.logits, torch.from_numpy(teacher.logits), 1.0, False),
         "dkd": dkd_warmup(EPOCH, 1) * dkd_loss(s.logits, torch.from_numpy(teacher.logits), labels, 1.0, 0.5,
                                                1.0)[0],
-        # mdistiller's AT on ImageNet: feats[1:], the four stage outputs after the stem
+        # stage i against stage i: mdistiller's feats[1:] for the ResNets (for R50 -> MobileNetV1 its feats[1:]
+        # shifts the pairing by one stage, MobileNetV1's feats having no stem: docs/models.md)
         "at": sum(Attention(p=2)(s.features, [t_map(f) for f in teacher.features])),
         "crd": crd(s.pooled, torch.from_numpy(teacher.pooled), torch.from_numpy(index.astype(np.int64)),
                    torch.from_numpy(contrast_idx.astype(np.int64))).reshape(()),

@@ -122,7 +122,6 @@ def test_terms_and_their_output_gradients_match_the_references(teacher_arch, stu
                                 for name in ("kd", *methods)}, compiler_options=ONCE)(student)
 
     s = torch_leaves(student)
-    t_map = lambda x: nchw(x)  # noqa: E731
     labels = torch.from_numpy(train_labels[index].astype(np.int64))
     references = {
         "kd": kd_loss(s.logits, torch.from_numpy(teacher.logits), 1.0, False),
@@ -130,11 +129,11 @@ def test_terms_and_their_output_gradients_match_the_references(teacher_arch, stu
                                                1.0)[0],
         # stage i against stage i: mdistiller's feats[1:] for the ResNets (for R50 -> MobileNetV1 its feats[1:]
         # shifts the pairing by one stage, MobileNetV1's feats having no stem: docs/models.md)
-        "at": sum(Attention(p=2)(s.features, [t_map(f) for f in teacher.features])),
+        "at": sum(Attention(p=2)(s.features, [nchw(f) for f in teacher.features])),
         "crd": crd(s.pooled, torch.from_numpy(teacher.pooled), torch.from_numpy(index.astype(np.int64)),
                    torch.from_numpy(contrast_idx.astype(np.int64))).reshape(()),
         "reviewkd": dkd_warmup(EPOCH, 1) * review(s.preact_features, s.pooled,
-                                                  [t_map(f) for f in teacher.preact_features],
+                                                  [nchw(f) for f in teacher.preact_features],
                                                   torch.from_numpy(teacher.pooled))[1],
     }
     leaves = named_fields(s)

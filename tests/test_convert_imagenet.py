@@ -186,3 +186,10 @@ def test_torchvision_file_missing_a_tensor_names_the_closest_architecture(resnet
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "the closest is tv_resnet18: missing keys: layer4.1.bn2.weight" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_command_line_offers_every_layout_of_the_converter():
+    from convert import __main__ as command_line
+    from convert.layout import LAYOUTS
+
+    assert command_line.LAYOUTS == LAYOUTS  # the command line's copy, kept to start without importing JAX

@@ -2,6 +2,7 @@
 
     python -m convert import wrn40_2.pth --out checkpoints/wrn40_2 [--arch NAME] [--layout auto]
     python -m convert export checkpoints/wrn40_2 --out wrn40_2_jax.pth [--layout pytorch-kd|repdistiller] [--verify]
+    python -m convert import resnet34-b627a593.pth --out checkpoints/tv_resnet34    # torchvision's files too
 
 User mistakes print one line starting with "error:" and exit with status 2; nothing is written then.
 """
@@ -13,7 +14,9 @@ from jaxkd.errors import UserError, run_command
 from jaxkd.io.paths import absolute
 from jaxkd.io.safe_write import check_output
 
+LAYOUTS = ("pytorch-kd", "repdistiller", "torchvision", "mdistiller")  # jaxkd.pytorch.layout's, without importing JAX
 VERIFY_BATCH = 8
+VERIFY_IMAGE_SIZE = {"imagenet": 64, "cifar": 32}  # 64: the ImageNet networks' last maps are 2x2, pooled
 VERIFY_TOLERANCE = 1e-4  # max |diff| relative to max |logit|; fp32 on CPU gives ~1e-6
 
 
@@ -53,12 +56,13 @@ def verify_export(state_dict, variables, arch: str, num_classes: int) -> tuple[f
     import torch
 
     from jaxkd.pytorch.torch_models import get_torch_model
-    from jaxkd.models import get_model
+    from jaxkd.models import IMAGENET_ARCHITECTURES, canonical_name, get_model
 
     torch_model = get_torch_model(arch, num_classes)
     torch_model.load_state_dict(state_dict, strict=True)
     torch_model.eval()
-    images = np.random.default_rng().standard_normal((VERIFY_BATCH, 32, 32, 3), dtype=np.float32)
+    size = VERIFY_IMAGE_SIZE["imagenet" if canonical_name(arch) in IMAGENET_ARCHITECTURES else "cifar"]
+    images = np.random.default_rng().standard_normal((VERIFY_BATCH, size, size, 3), dtype=np.float32)
     with torch.no_grad():
         reference = torch_model.forward_all(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).logits
     with jax.default_matmul_precision("highest"):
@@ -93,7 +97,8 @@ def run_export(args) -> None:
                             f"{scale:.3g}; {out} not written")
     write_torch_file(torch_file_contents(state_dict, layout, accuracy=metadata.get("test_top1")), out,
                      force=args.force)
-    wrapped = ", under 'model' as RepDistiller saves it" if layout == "repdistiller" else ""
+    wrapped = {"repdistiller": ", under 'model' as RepDistiller saves it",
+               "mdistiller": ", under 'model' as mdistiller saves a student"}.get(layout, "")
     why = ", the layout it was imported from" if not args.layout and metadata.get("source_layout") else ""
     print(f"wrote {out} ({layout} layout{why}{wrapped}, {arch}, {len(state_dict)} tensors)")
 
@@ -103,10 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     importer = commands.add_parser("import", help="a .pth state_dict -> an Orbax model checkpoint directory")
-    importer.add_argument("src", help="the .pth file (seed or RepDistiller layout, plain or wrapped)")
+    importer.add_argument("src", help="the .pth file (seed, RepDistiller, torchvision or mdistiller layout, plain "
+                                      "or wrapped)")
     importer.add_argument("--out", required=True, help="the checkpoint directory to write")
     importer.add_argument("--arch", help="architecture name (default: inferred from the tensor shapes)")
-    importer.add_argument("--layout", default="auto", choices=("auto", "pytorch-kd", "repdistiller"))
+    importer.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
     importer.add_argument("--force", action="store_true", help="replace an existing --out")
     importer.set_defaults(run=run_import)
 
@@ -114,10 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument("src", help="the model: a checkpoint directory (from `convert import`), a training "
                                       "workdir or a .pth (written again in --layout)")
     exporter.add_argument("--out", required=True, help="the .pth file to write")
-    exporter.add_argument("--layout", choices=("pytorch-kd", "repdistiller"),
+    exporter.add_argument("--layout", choices=LAYOUTS,
                           help="default: the layout an imported model came in (its metadata's source_layout), "
                                "else the architecture's own (pytorch-kd for the seed's family, repdistiller for "
-                               "RepDistiller's other architectures)")
+                               "RepDistiller's other architectures, torchvision for tv_*, mdistiller for "
+                               "MobileNetV1)")
     exporter.add_argument("--verify", action="store_true",
                           help="load the export strictly into the PyTorch reference and compare logits with JAX")
     exporter.add_argument("--force", action="store_true", help="replace an existing --out")

@@ -7,7 +7,10 @@ Two sources (docs/models.md lists every name with its size):
 - RepDistiller's `models/__init__.py` `model_dict`: its post-activation resnets as `rd_resnet{8,14,20,32,44,56,110}`,
   `rd_resnet8x4`, `rd_resnet32x4` (RepDistiller's own `resnet8x4` and `resnet32x4` are accepted too; its
   `resnet8`..`resnet110` are not, since the seed's `resnet8`..`resnet56` are another family), `ResNet50`,
-  `vgg8/11/13/16/19` (BN; also `vgg13_bn`), `MobileNetV2` (also `mobile_half`), `ShuffleV1`, `ShuffleV2`.
+  `vgg8/11/13/16/19` (BN; also `vgg13_bn`), `MobileNetV2` (also `mobile_half`), `ShuffleV1`, `ShuffleV2`;
+- ImageNet's: torchvision's `resnet18/34/50/101/152`, `wide_resnet50_2` and `mobilenet_v2` as `tv_resnet18` ...
+  `tv_wide_resnet50_2`, `tv_mobilenet_v2` (`tv_`: the bare names are the CIFAR families' `resnet8`.., `ResNet50`,
+  `MobileNetV2`), and mdistiller's ImageNet `MobileNetV1` (also `mobilenet_v1`).
 Names are case-insensitive; `-` and `_` are interchangeable.
 """
 
@@ -16,12 +19,15 @@ from functools import partial
 import jax.numpy as jnp
 
 from jaxkd.errors import UserError
+from jaxkd.models.mobilenetv1 import MobileNetV1
 from jaxkd.models.mobilenetv2 import MobileNetV2
 from jaxkd.models.output import ModelOutput
 from jaxkd.models.postact_resnet import PostActResNet
 from jaxkd.models.resnet import ResNet
 from jaxkd.models.resnet50 import ResNet50
 from jaxkd.models.shufflenet import ShuffleNetV1, ShuffleNetV2
+from jaxkd.models.torchvision_mobilenetv2 import TorchvisionMobileNetV2
+from jaxkd.models.torchvision_resnet import CONFIGS as TORCHVISION_RESNETS, TorchvisionResNet
 from jaxkd.models.vgg import VGG
 
 # `config.dtype` -> the dtype the models compute in (parameters and losses stay float32)
@@ -53,20 +59,29 @@ REPDISTILLER_ARCHITECTURES = {
     "ShuffleV1": ShuffleNetV1,
     "ShuffleV2": ShuffleNetV2,
 }
+# ImageNet architectures (torchvision's files and mdistiller's student; any input size): name -> module class.
+IMAGENET_ARCHITECTURES = {
+    **{f"tv_{name}": partial(TorchvisionResNet, block, layers, width) for name, (block, layers, width)
+       in TORCHVISION_RESNETS.items()},
+    "tv_mobilenet_v2": TorchvisionMobileNetV2,
+    "MobileNetV1": MobileNetV1,
+}
 ALIASES = {
     **{name.replace("wideresnet", "wrn"): name for name in ARCHITECTURES if name.startswith("wideresnet")},
     "resnet8x4": "rd_resnet8x4",
     "resnet32x4": "rd_resnet32x4",
     **{f"vgg{depth}_bn": f"vgg{depth}" for depth in (8, 11, 13, 16, 19)},
     "mobile_half": "MobileNetV2",
+    "mobilenet_v1": "MobileNetV1",
 }
-_BY_LOWER_NAME = {name.lower(): name for name in (*ARCHITECTURES, *REPDISTILLER_ARCHITECTURES)}
+_BY_LOWER_NAME = {name.lower(): name for name in (*ARCHITECTURES, *REPDISTILLER_ARCHITECTURES,
+                                                  *IMAGENET_ARCHITECTURES)}
 _BY_LOWER_NAME.update({alias.lower(): name for alias, name in ALIASES.items()})
 
 
 def all_architectures() -> list[str]:
-    """Every canonical architecture name: the seed family, then RepDistiller's."""
-    return [*ARCHITECTURES, *REPDISTILLER_ARCHITECTURES]
+    """Every canonical architecture name: the seed family, RepDistiller's, then the ImageNet ones."""
+    return [*ARCHITECTURES, *REPDISTILLER_ARCHITECTURES, *IMAGENET_ARCHITECTURES]
 
 
 def canonical_name(name: str) -> str:
@@ -94,8 +109,10 @@ def get_model(name: str, num_classes: int = 100, **kwargs):
     if name in ARCHITECTURES:
         blocks_per_stage, width = ARCHITECTURES[name]
         return ResNet(blocks_per_stage=blocks_per_stage, width=width, num_classes=num_classes, **kwargs)
+    if name in IMAGENET_ARCHITECTURES:
+        return IMAGENET_ARCHITECTURES[name](num_classes=num_classes, **kwargs)
     return REPDISTILLER_ARCHITECTURES[name](num_classes=num_classes, **kwargs)
 
 
-__all__ = ["ALIASES", "ARCHITECTURES", "COMPUTE_DTYPES", "REPDISTILLER_ARCHITECTURES", "ModelOutput", "ResNet", "all_architectures",
-           "canonical_name", "get_model", "is_seed_architecture"]
+__all__ = ["ALIASES", "ARCHITECTURES", "COMPUTE_DTYPES", "IMAGENET_ARCHITECTURES", "REPDISTILLER_ARCHITECTURES",
+           "ModelOutput", "ResNet", "all_architectures", "canonical_name", "get_model", "is_seed_architecture"]

@@ -1,4 +1,4 @@
-"""`python -m jaxkd.models [--classes N]`: every architecture with its parameter count and GMACs (multiply-accumulates) per 32x32 image."""
+"""`python -m jaxkd.models [--classes N]`: every architecture with its parameter count and GMACs (multiply-accumulates) per 32x32 image (the ImageNet ones also per 224x224 image, 1000 classes)."""
 
 import argparse
 

@@ -1,4 +1,5 @@
-"""Every architecture's size: parameters and forward GMACs per 32x32 image (`python -m jaxkd.models`).
+"""Every architecture's size: parameters and forward GMACs per 32x32 image, and for the ImageNet architectures
+per 224x224 image with 1000 classes, as their papers and torchvision list them (`python -m jaxkd.models`).
 
 GMACs (billions of multiply-accumulates; one is 2 FLOPs) as the distillation papers count them, which call them
 "FLOPs": multiply-accumulates of the convolutions and linear
@@ -14,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxkd.models import all_architectures, canonical_name, get_model
+from jaxkd.models import IMAGENET_ARCHITECTURES, all_architectures, canonical_name, get_model
 
 
 class ModelSize(NamedTuple):
@@ -45,9 +46,15 @@ def model_size(arch: str, num_classes: int = 100, image_size: int = 32) -> Model
 
 
 def size_table(num_classes: int = 100) -> str:
-    """A markdown table of every architecture: name, parameters (millions), GMACs per 32x32 image."""
-    rows = ["| architecture | parameters | GMACs |", "|---|---:|---:|"]
+    """Markdown tables of every architecture: name, parameters (millions), GMACs per 32x32 image with
+    `num_classes` outputs; then the ImageNet architectures per 224x224 image with 1000 classes."""
+    header = ["| architecture | parameters | GMACs |", "|---|---:|---:|"]
+    rows = [*header]
     for arch in all_architectures():
         size = model_size(arch, num_classes)
+        rows.append(f"| `{size.arch}` | {size.parameters / 1e6:.2f}M | {size.gmacs:.3f} |")
+    rows += ["", "ImageNet architectures, 224x224 images, 1000 classes:", "", *header]
+    for arch in IMAGENET_ARCHITECTURES:
+        size = model_size(arch, 1000, image_size=224)
         rows.append(f"| `{size.arch}` | {size.parameters / 1e6:.2f}M | {size.gmacs:.3f} |")
     return "\n".join(rows)

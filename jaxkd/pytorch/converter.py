@@ -2,7 +2,8 @@
 
 Every tensor's place is given by a layout: `jaxkd.pytorch.layout.seed_layout` for the seed's family (its own keys, or
 RepDistiller's WideResNet keys renamed onto them), `jaxkd.pytorch.module_paths.mirrored_layout` (one rule, derived from
-the Flax model) for RepDistiller's other architectures. Convs are transposed OIHW <-> HWIO and linear weights
+the Flax model) for RepDistiller's other architectures and the ImageNet ones (torchvision's, mdistiller's
+MobileNetV1). Convs are transposed OIHW <-> HWIO and linear weights
 (out, in) <-> (in, out), nothing else changes, so `torch_to_flax(flax_to_torch(v)) == v` bitwise.
 """
 
@@ -19,9 +20,12 @@ from jaxkd.pytorch.layout import (LAYOUTS, REPDISTILLER_WRN, detect_layout, rena
 from jaxkd.pytorch.module_paths import mirrored_layout
 from jaxkd.pytorch.torch_files import extract_state_dict, read_torch_file
 from jaxkd.errors import UserError
-from jaxkd.models import ARCHITECTURES, REPDISTILLER_ARCHITECTURES, canonical_name
+from jaxkd.models import ARCHITECTURES, IMAGENET_ARCHITECTURES, REPDISTILLER_ARCHITECTURES, canonical_name
 from jaxkd.models.resnet import STAGE_CHANNELS
+from jaxkd.models.torchvision_resnet import CONFIGS as TORCHVISION_RESNETS
 
+# tv_resnet* -> its blocks per stage (torchvision's resnet18 ... wide_resnet50_2)
+_TORCHVISION_RESNET_BLOCKS = {f"tv_{name}": layers for name, (_, layers, _) in TORCHVISION_RESNETS.items()}
 SHOWN_KEYS = 6  # how many offending keys an error message lists before summarizing
 
 
@@ -74,9 +78,10 @@ def infer_architecture(tensors: Mapping) -> tuple[str, int]:
 
 
 def _infer_repdistiller_architecture(tensors: Mapping) -> tuple[str, int]:
-    """The architecture of REPDISTILLER_ARCHITECTURES whose state_dict keys and shapes `tensors` has exactly."""
+    """The architecture of REPDISTILLER_ARCHITECTURES or IMAGENET_ARCHITECTURES whose state_dict keys and shapes
+    `tensors` has exactly."""
     closest = None
-    for arch in REPDISTILLER_ARCHITECTURES:
+    for arch in (*REPDISTILLER_ARCHITECTURES, *_imagenet_candidates(tensors)):
         probe = layout_entries(arch, 1)
         if not any(k in tensors for k in (probe[0].key, _classifier(probe).key)):
             continue  # neither the first nor the classifier's key: nothing like it
@@ -95,13 +100,27 @@ def _infer_repdistiller_architecture(tensors: Mapping) -> tuple[str, int]:
     if closest is None:
         raise UserError(f"not a state_dict of an architecture jaxkd knows: no 'layer0.weight' (the seed's "
                         f"layout), no 'conv1.weight' + 'block1.layer.*' (RepDistiller's WideResNet), and none of "
-                        f"RepDistiller's other architectures' keys (first keys: {first})")
+                        f"RepDistiller's other architectures', torchvision's or mdistiller's MobileNetV1's keys "
+                        f"(first keys: {first})")
     _, arch, missing, unexpected, mismatched = closest
     parts = ([f"missing keys: {_listing(missing)}"] if missing else []) + (
         [f"unexpected keys: {_listing(unexpected)}"] if unexpected else []) + (
         [f"shape mismatch: {_listing(mismatched)}"] if mismatched else [])
     raise UserError(f"the keys and shapes fit none of jaxkd's architectures; the closest is {arch}: "
                     f"{'; '.join(parts)}")
+
+
+def _imagenet_candidates(tensors: Mapping) -> list[str]:
+    """The ImageNet architectures to match `tensors` against (each is one trace of its model): torchvision's
+    ResNets only where `tensors` has their blocks per stage (`layer{1..4}.{i}.conv1.weight`)."""
+    pattern = re.compile(r"^layer([1-4])\.(\d+)\.conv1\.weight$")
+    blocks = [set() for _ in range(4)]
+    for key in tensors:
+        if match := pattern.match(key):
+            blocks[int(match.group(1)) - 1].add(match.group(2))
+    blocks = tuple(len(indices) for indices in blocks)
+    return [arch for arch in IMAGENET_ARCHITECTURES
+            if arch not in _TORCHVISION_RESNET_BLOCKS or _TORCHVISION_RESNET_BLOCKS[arch] == blocks]
 
 
 def _infer_seed_architecture(tensors: Mapping) -> tuple[str, int]:
@@ -170,10 +189,6 @@ def import_torch(src, arch: str | None = None, layout: str = "auto", source: str
         source = source or str(src)
         tensors = extract_state_dict(read_torch_file(src), source)
     detected = detect_layout(tensors)
-    found = "repdistiller" if detected == REPDISTILLER_WRN else detected
-    if layout not in ("auto", found):
-        raise UserError(f"{source}: layout {layout} was asked for, but its keys are in the {found} layout")
-    layout = found
     if detected == REPDISTILLER_WRN:
         tensors = {rename_repdistiller_key(k): v for k, v in tensors.items()}
 
@@ -183,6 +198,12 @@ def import_torch(src, arch: str | None = None, layout: str = "auto", source: str
     else:
         arch = canonical_name(arch)
         num_classes = _num_classes(tensors, arch)
+    # the seed's keys, RepDistiller's WRN keys, or the mirrored keys of the architecture's own code
+    found = {"pytorch-kd": "pytorch-kd", REPDISTILLER_WRN: "repdistiller"}.get(detected)
+    found = found or (native_layout(arch) if arch not in ARCHITECTURES else "repdistiller")
+    if layout not in ("auto", found):
+        raise UserError(f"{source}: layout {layout} was asked for, but its keys are in the {found} layout")
+    layout = found
 
     entries = layout_entries(arch, num_classes)
     missing, unexpected, mismatched = _misfit(tensors, entries, arch)
@@ -216,8 +237,14 @@ def _leaf_paths(tree, prefix=()):
 
 
 def native_layout(arch: str) -> str:
-    """The layout an architecture's own PyTorch code has: the seed's for its family, RepDistiller's otherwise."""
-    return "pytorch-kd" if canonical_name(arch) in ARCHITECTURES else "repdistiller"
+    """The layout an architecture's own PyTorch code has: the seed's for its family, torchvision's for its
+    architectures, mdistiller's for its MobileNetV1, RepDistiller's otherwise."""
+    arch = canonical_name(arch)
+    if arch in ARCHITECTURES:
+        return "pytorch-kd"
+    if arch in IMAGENET_ARCHITECTURES:
+        return "mdistiller" if arch == "MobileNetV1" else "torchvision"
+    return "repdistiller"
 
 
 def flax_to_torch(variables: Mapping, arch: str, layout: str | None = None,
@@ -233,7 +260,7 @@ def flax_to_torch(variables: Mapping, arch: str, layout: str | None = None,
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; choose {', '.join(LAYOUTS)}")
     if layout != native_layout(arch) and arch not in ARCHITECTURES:
-        raise UserError(f"{arch} has RepDistiller's layout only; use --layout repdistiller")
+        raise UserError(f"{arch} has the {native_layout(arch)} layout only; use --layout {native_layout(arch)}")
     kernel = variables.get("params", {})
     for part in _classifier(layout_entries(arch, 1)).path:
         kernel = kernel.get(part, {}) if isinstance(kernel, Mapping) else {}

@@ -13,7 +13,8 @@ from typing import NamedTuple
 from jaxkd.models import ARCHITECTURES, canonical_name
 from jaxkd.models.resnet import STAGE_CHANNELS
 
-LAYOUTS = ("pytorch-kd", "repdistiller")
+# torchvision: its plain `state_dict()` files; mdistiller: `{"model": state_dict}` as its trainer writes a student
+LAYOUTS = ("pytorch-kd", "repdistiller", "torchvision", "mdistiller")
 REPDISTILLER_WRN = "repdistiller-wrn"  # RepDistiller's names for the seed's WideResNets: the repdistiller layout
 
 BN_TENSORS = (  # torch name -> (Flax collection, Flax leaf); num_batches_tracked has no Flax counterpart

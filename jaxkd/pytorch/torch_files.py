@@ -176,9 +176,12 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict:
 
 
 def torch_file_contents(state_dict, layout: str, **info) -> object:
-    """What a `.pth` of `layout` holds: the seed's bare `state_dict()`, or RepDistiller's `train_teacher.py` dict
-    `{"model": state_dict, ...}` (its `load_teacher` reads `torch.load(path)["model"]`), with the known `info`
-    (e.g. `epoch`, `accuracy`) beside it."""
+    """What a `.pth` of `layout` holds: the seed's and torchvision's bare `state_dict()`, RepDistiller's
+    `train_teacher.py` dict `{"model": state_dict, ...}` (its `load_teacher` reads `torch.load(path)["model"]`),
+    with the known `info` (e.g. `epoch`, `accuracy`) beside it, or mdistiller's student file `{"model":
+    state_dict}` (its trainer's `student_state`)."""
+    if layout == "mdistiller":
+        return {"model": state_dict}
     if layout != "repdistiller":
         return state_dict
     return {"model": state_dict, **{key: value for key, value in info.items() if value is not None}}

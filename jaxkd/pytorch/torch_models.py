@@ -14,10 +14,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from jaxkd.pytorch.torch_zoo import TorchOutput
+from jaxkd.pytorch.torch_zoo.mobilenetv1 import MobileNetV1
 from jaxkd.pytorch.torch_zoo.mobilenetv2 import MobileNetV2
 from jaxkd.pytorch.torch_zoo.resnet import ResNet as PostActResNet
 from jaxkd.pytorch.torch_zoo.resnetv2 import ResNet50
 from jaxkd.pytorch.torch_zoo.shufflenet import ShuffleV1, ShuffleV2
+from jaxkd.pytorch.torch_zoo.torchvision_mobilenetv2 import MobileNetV2 as TorchvisionMobileNetV2
+from jaxkd.pytorch.torch_zoo.torchvision_resnet import ResNet as TorchvisionResNet
 from jaxkd.pytorch.torch_zoo.vgg import VGG
 from jaxkd.models import ARCHITECTURES, canonical_name
 
@@ -31,6 +34,17 @@ REPDISTILLER_MODELS = {
     "MobileNetV2": MobileNetV2,
     "ShuffleV1": ShuffleV1,
     "ShuffleV2": ShuffleV2,
+}
+# The ImageNet architectures (jaxkd's names): torchvision's, with its module names, and mdistiller's MobileNetV1.
+IMAGENET_MODELS = {
+    "tv_resnet18": partial(TorchvisionResNet, "basic", (2, 2, 2, 2)),
+    "tv_resnet34": partial(TorchvisionResNet, "basic", (3, 4, 6, 3)),
+    "tv_resnet50": partial(TorchvisionResNet, "bottleneck", (3, 4, 6, 3)),
+    "tv_resnet101": partial(TorchvisionResNet, "bottleneck", (3, 4, 23, 3)),
+    "tv_resnet152": partial(TorchvisionResNet, "bottleneck", (3, 8, 36, 3)),
+    "tv_wide_resnet50_2": partial(TorchvisionResNet, "bottleneck", (3, 4, 6, 3), 128),
+    "tv_mobilenet_v2": TorchvisionMobileNetV2,
+    "MobileNetV1": MobileNetV1,
 }
 
 
@@ -118,9 +132,12 @@ class ResNet(nn.Module):
 
 def get_torch_model(name: str, num_classes: int = 100) -> nn.Module:
     """The PyTorch reference model for architecture `name` (same names and aliases as `jaxkd.models`): the
-    seed's layout for the seed family (RepDistiller's WideResNets included), RepDistiller's for the others."""
+    seed's layout for the seed family (RepDistiller's WideResNets included), torchvision's and mdistiller's for
+    the ImageNet ones, RepDistiller's for the others."""
     name = canonical_name(name)
     if name in ARCHITECTURES:
         blocks_per_stage, width = ARCHITECTURES[name]
         return ResNet(blocks_per_stage, width, num_classes)
+    if name in IMAGENET_MODELS:
+        return IMAGENET_MODELS[name](num_classes=num_classes)
     return REPDISTILLER_MODELS[name](num_classes=num_classes)

@@ -34,6 +34,7 @@ from jaxkd.paths import as_path, check_cloud_location, is_url
 
 CHECKS = ("quick", "full", "none")
 CHECK_THREADS = 16  # opening files is I/O: threads overlap the waits (more so on gs://)
+CHECK_CHUNK = 4096
 JPEG_END = b"\xff\xd9"  # the EOI marker every complete JPEG ends with
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk (type and CRC) every complete PNG ends with
 
@@ -70,13 +71,17 @@ def _check_image(opener, what: str, full: bool) -> None:
                                 f"or remove it")
 
 
-def _check_all(names, opener_of, check: str) -> None:
-    """Runs `_check_image` over every name (threads; the first failure in list order is raised)."""
-    if check == "none" or not names:
+def _check_all(source, opener_of, check: str) -> None:
+    """Runs `_check_image` over every example of `source` (`opener_of(k)` opens example k's encoded image) in
+    threads, CHECK_CHUNK at a time (ImageNet's 1.28M futures at once would hold gigabytes); the first failure in
+    the source's order is raised."""
+    if check == "none":
         return
     with concurrent.futures.ThreadPoolExecutor(CHECK_THREADS) as pool:
-        for future in [pool.submit(_check_image, opener_of(name), name, check == "full") for name in names]:
-            future.result()
+        for start in range(0, len(source), CHECK_CHUNK):
+            chunk = range(start, min(start + CHECK_CHUNK, len(source)))
+            for future in [pool.submit(_check_image, opener_of(k), source.name(k), check == "full") for k in chunk]:
+                future.result()
 
 
 def _checked_choice(check: str) -> str:
@@ -112,7 +117,7 @@ class ImageFolderSource:
         self.classes = classes
         self.paths = paths
         self.labels = np.asarray(labels, np.int32)
-        _check_all(paths, lambda path: (lambda: as_path(path).open("rb")), check)
+        _check_all(self, lambda k: (lambda: as_path(self.paths[k]).open("rb")), check)
 
     @staticmethod
     def _class_folders(folder) -> list[str]:
@@ -192,7 +197,7 @@ class TfdsImageSource:
             raise UserError(f"TFDS {name}: feature {label_key!r} is not a ClassLabel")
         self._length = len(records)
         if check != "none":
-            _check_all(list(range(self._length)), lambda i: (lambda: io.BytesIO(self._encoded(i))), check)
+            _check_all(self, lambda k: (lambda: io.BytesIO(self._encoded(k))), check)
 
     def _open(self):
         """`tfds.data_source` over the split, images left encoded (decoded by Pillow in `image`)."""

@@ -149,15 +149,27 @@ class TrainIterator:
         if not 0 <= step <= self.num_steps:
             raise UserError(f"start step {step} outside 0..{self.num_steps}")
         self.step = step
-        self._iterator = iter(_iter_dataset(self._examples, step, self._workers, self._threads))
+        self._iterator = None  # made by the first `next`: an iterator never read starts no thread or process
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        batch = next(self._iterator)
+        if self._iterator is None:
+            self._iterator = iter(_iter_dataset(self._examples, self.step, self._workers, self._threads))
+        try:
+            batch = next(self._iterator)
+        except BaseException:  # the end, or an error (a file that cannot be read): stop the threads and workers
+            self.close()
+            raise
         self.step += 1
         return batch
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
     def get_state(self) -> dict:
         """The position: the next global step, with the run's data size, seed, batch and drop_last."""
@@ -174,10 +186,11 @@ class TrainIterator:
         self._start(int(state["step"]))
 
     def close(self) -> None:
-        """Stops the worker processes (also done when the iterator is garbage-collected)."""
-        close = getattr(self._iterator, "close", None)
-        if close is not None:
-            close()
+        """Stops the reading threads and worker processes now (at the end of the batches this happens by itself;
+        Grain's own clean-up at garbage collection comes at an unpredictable moment)."""
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
 
 
 def make_train_iterator(source, transforms: ImageTransforms, seed: int, batch: int, process_index: int = 0,
@@ -208,7 +221,11 @@ class EvalBatches:
         return self._examples.num_steps
 
     def __iter__(self):
-        return iter(_iter_dataset(self._examples, 0, self._workers, self._threads))
+        iterator = iter(_iter_dataset(self._examples, 0, self._workers, self._threads))
+        try:
+            yield from iterator
+        finally:  # at the end, or when the loop over it stops early
+            iterator.close()
 
 
 def make_eval_batches(source, transforms: ImageTransforms, batch: int, process_index: int = 0,

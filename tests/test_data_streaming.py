@@ -116,6 +116,23 @@ def test_evaluation_inputs_equal_torchvisions_resize_centercrop_totensor_normali
         assert seen == len(source)
 
 
+def test_evaluation_with_other_sizes_and_bicubic_equals_torchvisions(photos):
+    """The config-level sizes and interpolation: Resize(20, bicubic) + CenterCrop(23), a crop larger than the
+    resized image (torchvision zero-pads it, the odd pixel right/bottom), against torchvision's, bit for bit."""
+    transforms, _ = _torchvision()
+    folder = load_torchvision_module("datasets.folder")
+    recipe = ImageTransforms(eval_resize=20, eval_crop=23, interpolation="bicubic", mean=(0.5, 0.4, 0.3),
+                             std=(0.2, 0.25, 0.3))
+    reference = transforms.Compose([transforms.Resize(20, transforms.InterpolationMode.BICUBIC),
+                                    transforms.CenterCrop(23), transforms.ToTensor(),
+                                    transforms.Normalize(recipe.mean, recipe.std)])
+    source = ImageFolderSource(photos, "val")
+    for index, path in enumerate(source.paths):
+        expected = reference(folder.pil_loader(path)).numpy().transpose(1, 2, 0)
+        assert expected[0].std() > 0 or expected[:, -1].std() > 0  # padded rows or columns are present
+        np.testing.assert_array_equal(recipe.normalize(recipe.eval(source.image(index))), expected)
+
+
 @pytest.mark.parametrize("crop,flip", [((10, 20, 150, 100), True), ((0, 0, 300, 220), False),
                                        ((5, 7, 224, 224), True), ((100, 30, 37, 21), False)],
                          ids=["downscale-flip", "whole", "no-resampling-flip", "upscale"])
@@ -222,8 +239,9 @@ def test_eval_padding_and_mask_count_every_image_once_across_processes(photos):
 
 
 def test_saved_iterator_state_resumes_with_the_same_batches(photos):
-    """A run stopped mid-epoch 1 (step 5 of 3-step epochs) whose JSON state is restored into a new iterator, and
-    one started at that step, continue with the straight run's batches; a state of another seed is refused."""
+    """A run stopped mid-epoch 1 (step 5 of 3-step epochs) whose JSON state is restored into a new iterator, on one
+    process or on two, and one started at that step, continue with the straight run's batches; a state of another
+    seed is refused."""
     source = ImageFolderSource(photos, "train")
     straight = _all_batches(make_train_iterator(source, SMALL, seed=7, batch=4, num_epochs=3))
     stopped = make_train_iterator(source, SMALL, seed=7, batch=4, num_epochs=3)
@@ -235,6 +253,12 @@ def test_saved_iterator_state_resumes_with_the_same_batches(photos):
     _assert_same_batches(straight[5:], _all_batches(resumed))
     _assert_same_batches(straight[5:], _all_batches(make_train_iterator(source, SMALL, seed=7, batch=4,
                                                                         num_epochs=3, start_step=5)))
+    halves = [make_train_iterator(source, SMALL, seed=7, batch=4, process_index=p, process_count=2, num_epochs=3)
+              for p in (0, 1)]
+    for half in halves:  # the position is a global step: it resumes on another number of processes too
+        half.restore(state)
+    _assert_same_batches(straight[5:], [{key: np.concatenate([first[key], second[key]]) for key in first}
+                                        for first, second in zip(*map(_all_batches, halves))])
     other = make_train_iterator(source, SMALL, seed=8, batch=4, num_epochs=3)
     with pytest.raises(UserError, match="different batches"):
         other.restore(state)
@@ -274,7 +298,7 @@ def _write_tfds_copy(data_dir, photos, splits):
     split_infos = []
     for folder_split, tfds_split in splits.items():
         source = ImageFolderSource(photos, folder_split)
-        records = [(None, features.serialize_example({"image": open(path, "rb").read(), "label": int(label)}))
+        records = [(None, features.serialize_example({"image": Path(path).read_bytes(), "label": int(label)}))
                    for path, label in zip(source.paths, source.labels)]
         file_adapters.ArrayRecordFileAdapter.write_examples(
             version_dir / f"photo_classes-{tfds_split}.array_record-00000-of-00001", iter(records))

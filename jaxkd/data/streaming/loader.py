@@ -32,8 +32,8 @@ import dataclasses
 import threading
 
 import grain
-from absl import flags
 import numpy as np
+from absl import flags
 
 from jaxkd.data.streaming.transforms import ImageTransforms
 from jaxkd.errors import UserError
@@ -137,7 +137,11 @@ class _RunKey:
 
 class TrainIterator:
     """The training batches of one process from step `step` on; `get_state()`/`restore(state)` save and resume the
-    position (a small JSON-able dict: the next global step and what it is valid for)."""
+    position (a small JSON-able dict: the next global step and what it is valid for).
+
+    The batches being a function of the step, the step is the whole position. Grain's own iterator state would also
+    do, but it records each worker's place, so it only restores with the same number of workers, and it differs
+    per process; the step restores with any number of either."""
 
     def __init__(self, examples: _Examples, key: _RunKey, start_step: int, workers: int, threads: int):
         self._examples, self._key, self._workers, self._threads = examples, key, workers, threads

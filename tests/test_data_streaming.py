@@ -12,7 +12,12 @@ import pytest
 from PIL import Image
 
 from jaxkd.data.streaming import (
-    ImageFolderSource, ImageTransforms, TfdsImageSource, make_eval_batches, make_train_iterator, sample_crop,
+    ImageFolderSource,
+    ImageTransforms,
+    TfdsImageSource,
+    make_eval_batches,
+    make_train_iterator,
+    sample_crop,
 )
 from jaxkd.errors import UserError
 from tests.helpers.torchvision_modules import load_torchvision_module

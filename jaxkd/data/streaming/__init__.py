@@ -22,12 +22,32 @@ follows (the device-resident CIFAR path stays as it is):
 """
 
 from jaxkd.data.streaming.loader import (
-    EvalBatches, TrainIterator, epoch_permutation, example_rng, make_eval_batches, make_train_iterator,
+    EvalBatches,
+    TrainIterator,
+    epoch_permutation,
+    example_rng,
+    make_eval_batches,
+    make_train_iterator,
 )
 from jaxkd.data.streaming.sources import ImageFolderSource, TfdsImageSource
-from jaxkd.data.streaming.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransforms, sample_crop
+from jaxkd.data.streaming.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageTransforms,
+    sample_crop,
+)
 
 __all__ = [
-    "EvalBatches", "IMAGENET_MEAN", "IMAGENET_STD", "ImageFolderSource", "ImageTransforms", "TfdsImageSource",
-    "TrainIterator", "epoch_permutation", "example_rng", "make_eval_batches", "make_train_iterator", "sample_crop",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "EvalBatches",
+    "ImageFolderSource",
+    "ImageTransforms",
+    "TfdsImageSource",
+    "TrainIterator",
+    "epoch_permutation",
+    "example_rng",
+    "make_eval_batches",
+    "make_train_iterator",
+    "sample_crop",
 ]

@@ -144,7 +144,8 @@ class ImageFolderSource:
         while pending:
             here = pending.pop()
             entries = list(here.iterdir())
-            listing.append((str(here), sorted(e.name for e in entries if not e.is_dir() and not e.name.startswith("."))))
+            names = sorted(e.name for e in entries if not e.is_dir() and not e.name.startswith("."))
+            listing.append((str(here), names))
             pending += [e for e in entries if e.is_dir() and not e.name.startswith(".")]
         return [f"{here}/{name}" for here, names in sorted(listing) for name in names]
 

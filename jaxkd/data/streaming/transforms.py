@@ -52,17 +52,17 @@ def sample_crop(rng: np.random.Generator, height: int, width: int, scale=(0.08, 
     for _ in range(CROP_ATTEMPTS):
         target_area = area * rng.uniform(scale[0], scale[1])
         aspect_ratio = math.exp(rng.uniform(log_low, log_high))
-        crop_width = int(round(math.sqrt(target_area * aspect_ratio)))
-        crop_height = int(round(math.sqrt(target_area / aspect_ratio)))
+        crop_width = round(math.sqrt(target_area * aspect_ratio))
+        crop_height = round(math.sqrt(target_area / aspect_ratio))
         if 0 < crop_width <= width and 0 < crop_height <= height:
             top = int(rng.integers(0, height - crop_height + 1))
             left = int(rng.integers(0, width - crop_width + 1))
             return top, left, crop_height, crop_width
     image_ratio = width / height
     if image_ratio < min(ratio):
-        crop_width, crop_height = width, int(round(width / min(ratio)))
+        crop_width, crop_height = width, round(width / min(ratio))
     elif image_ratio > max(ratio):
-        crop_width, crop_height = int(round(height * max(ratio))), height
+        crop_width, crop_height = round(height * max(ratio)), height
     else:
         crop_width, crop_height = width, height
     return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
@@ -89,7 +89,7 @@ def resize_shorter_side(image: Image.Image, size: int, resample) -> Image.Image:
 def center_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """torchvision's `CenterCrop(size)` on a PIL image, `size` = (height, width): zero-padded first where the image
     is smaller (the extra pixel of an odd difference on the right/bottom), then cut at
-    `int(round((image - crop) / 2))` (Python's round: halves to even)."""
+    `round((image - crop) / 2)` (Python's round: halves to even)."""
     crop_height, crop_width = size
     width, height = image.size
     if crop_width > width or crop_height > height:
@@ -100,8 +100,8 @@ def center_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
         image, (width, height) = padded, padded.size
         if (width, height) == (crop_width, crop_height):
             return image
-    top = int(round((height - crop_height) / 2.0))
-    left = int(round((width - crop_width) / 2.0))
+    top = round((height - crop_height) / 2.0)
+    left = round((width - crop_width) / 2.0)
     return image.crop((left, top, left + crop_width, top + crop_height))
 
 

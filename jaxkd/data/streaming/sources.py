@@ -14,10 +14,11 @@ They hold only names and paths, so that Grain can pickle them into its worker pr
   (not by TFDS, which may use OpenCV), so both sources feed the transforms the same pixels.
 
 Mistakes in the data are one `UserError` naming the file or folder, raised when the source is opened (before any
-compile): a missing folder, an empty class folder, a validation class that training lacks, and with
-`check="quick"` (the default) a file Pillow cannot identify and a JPEG or PNG whose end is missing (truncated).
-`check="full"` decodes every image first; `check="none"` leaves it to the read, which raises the same kind of
-error naming the file (in a worker process too) rather than skipping it.
+compile): a missing folder, an empty class folder, a validation class that training lacks, and with `check="quick"`
+(the default) a file Pillow cannot identify and a JPEG or PNG whose end is missing (truncated). `check="full"`
+decodes every image first (a JPEG cut short but closed by an end marker still decodes, in Pillow as in torchvision:
+neither check finds it); `check="none"` (TFDS's default: a check reads the whole dataset) leaves it to the read,
+which raises the same kind of error naming the file (in a worker process too) rather than skipping it.
 """
 
 from __future__ import annotations

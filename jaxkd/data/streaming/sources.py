@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from jaxkd.errors import UserError
-from jaxkd.paths import as_path, check_cloud_location, is_url
+from jaxkd.io.paths import as_path, check_cloud_location, is_url
 
 CHECKS = ("quick", "full", "none")
 CHECK_THREADS = 16  # opening files is I/O: threads overlap the waits (more so on gs://)

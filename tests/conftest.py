@@ -34,7 +34,8 @@ from jaxkd.methods import Batch, get_method
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.engine.optimizer import make_optimizer
-from jaxkd.train import Setup, Teacher, make_update
+from jaxkd.engine.setup import Setup, Teacher
+from jaxkd.engine.step import make_update
 from jaxkd.engine.train_state import TrainState
 
 
@@ -287,7 +288,7 @@ def random_model_outputs(rng, batch: int, stage_shapes, pooled_size: int, scale=
 
 def engine_train_steps(config, student_arch: str, teacher_arch: str, num_classes: int, student_variables: dict,
                        teacher_variables: dict, method_variables: dict, images, labels, method_state=None):
-    """`jaxkd.train.make_update` (jitted once) for len(images) steps from the given weights (the method's
+    """`jaxkd.engine.step.make_update` (jitted once) for len(images) steps from the given weights (the method's
     {"params", "batch_stats"} and state), one epoch: per-step {loss, ce, term} and the final train state."""
     steps, batch_size = len(images), len(images[0])
     setup = Setup(student=get_model(student_arch, num_classes), method=get_method(config.method, config),

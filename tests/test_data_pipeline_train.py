@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from configs import default, demo
-from jaxkd.train import build, train_and_evaluate
+from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.engine.setup import build
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_TRAIN = 1433  # digits' training images: at batch 256, 5 full batches and one of 153
@@ -130,7 +131,8 @@ import functools, json, sys
 import jax, jax.numpy as jnp, numpy as np, torch
 from configs import crd_wrn
 from jaxkd.pytorch.torch_models import get_torch_model
-from jaxkd import train
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.step import make_train_step, zero_sums
 from jaxkd.data import epoch_permutation
 from jaxkd.engine.mesh import replicated
 
@@ -142,18 +144,18 @@ config.data.source, config.model, config.crd.nce_k = "digits", "resnet8", 256
 config.teacher.checkpoint, config.teacher.arch = f"{sys.argv[1]}/teacher.pth", "resnet8"
 report, finals = {}, {}
 for devices in (1, 8):
-    setup = train.build(config, jax.devices()[:devices])
+    setup = build(config, jax.devices()[:devices])
     whole = replicated(setup.mesh)
     report[f"{devices}:layout"] = [setup.steps_per_epoch, setup.last_batch_size]
-    state = train.create_train_state(setup, config)
+    state = create_train_state(setup, config)
     state = jax.device_put(state.replace(step=jnp.asarray(setup.steps_per_epoch - 1, jnp.int32)), whole)
     before = jax.device_get(state.method_state)
     teacher = jax.device_put(setup.teacher.variables, whole)
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
     permutation = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
                           out_shardings=whole)(jax.random.PRNGKey(config.seed), 0)
-    step = train.make_train_step(setup, config, batch_size=setup.last_batch_size)
-    state, sums = step(state, train.zero_sums(setup), teacher, *data, permutation)
+    step = make_train_step(setup, config, batch_size=setup.last_batch_size)
+    state, sums = step(state, zero_sums(setup), teacher, *data, permutation)
     after = jax.device_get(state.method_state)
     last_rows = np.sort(np.asarray(setup.train.index)[np.asarray(permutation)[(setup.steps_per_epoch - 1) * 64:]])
     for bank in ("bank_student", "bank_teacher"):

@@ -24,7 +24,10 @@ from jaxkd.methods.crd import CHUNK_ELEMENTS, CRD, init_state
 from jaxkd.methods.crd_kernels import counts_from_indices, sample_contrast_indices, sample_negative_counts, top_k_mask
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.models import ModelOutput, get_model
-from jaxkd.train import Teacher, build, create_train_state, make_train_step, train_and_evaluate, zero_sums
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.engine.setup import Teacher, build
+from jaxkd.engine.step import make_train_step, zero_sums
 from tests.conftest import assert_close_scaled, on_digits, save_random_teacher
 from tests.reference.repdistiller_crd import CRDLoss, InstanceSampler
 

@@ -34,8 +34,9 @@ from jaxkd.engine.losses import kd_divergence
 from jaxkd.methods import Batch, Probe, apply_module, get_method
 from jaxkd.methods.crd_kernels import sample_contrast_indices
 from jaxkd.models import ModelOutput, get_model
-from jaxkd.train import (Teacher, build, create_train_state, make_update, train_programs, train_state_layout,
-                         zero_sums)
+from jaxkd.engine.initial_state import create_train_state, train_state_layout
+from jaxkd.engine.setup import Teacher, build
+from jaxkd.engine.step import make_update, train_programs, zero_sums
 from tests.conftest import assert_close_scaled, nchw, nhwc, randomize_batchnorm_and_bias
 from tests.reference.repdistiller_crd import CRDLoss
 from tests.reference.repdistiller_losses import Attention, ConvReg, HintLoss

@@ -7,7 +7,8 @@ import numpy as np
 from configs import kd_wrn
 from jaxkd.tools import bench, multi_run
 from jaxkd.data import epoch_permutation
-from jaxkd.train import create_train_state, make_train_step, zero_sums
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.step import make_train_step, zero_sums
 
 STEPS = 3
 

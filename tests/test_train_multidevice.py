@@ -18,7 +18,9 @@ import jax, numpy as np, torch
 from configs import crd_wrn, demo, repdistiller
 from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.engine import init_stage
-from jaxkd import train
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.setup import build
+from jaxkd.engine.step import make_train_step, zero_sums
 from jaxkd.data import epoch_permutation
 from jaxkd.engine.mesh import replicated
 from jaxkd.io.run_checkpoint import RunCheckpoints
@@ -45,10 +47,10 @@ for method in STEPS:
         config.saliencymix, config.saliencymix_prob = True, 1.0
     finals, states = {}, {}
     for devices in (1, 8):
-        setup = train.build(config, jax.devices()[:devices])
+        setup = build(config, jax.devices()[:devices])
         whole = replicated(setup.mesh)
         assert setup.mesh.devices.size == devices
-        state = jax.device_put(train.create_train_state(setup, config), whole)
+        state = jax.device_put(create_train_state(setup, config), whole)
         teacher = jax.device_put(setup.teacher.variables, whole) if setup.teacher else None
         data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
         permutation = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
@@ -62,7 +64,7 @@ for method in STEPS:
                 init_state, sums = step(init_state, sums, jax.random.PRNGKey(1), teacher, *data, permutation)
             state = init_stage.merged_into(state, init_state)
         else:
-            step, sums = train.make_train_step(setup, config), train.zero_sums(setup)
+            step, sums = make_train_step(setup, config), zero_sums(setup)
             for _ in range(STEPS[method]):
                 state, sums = step(state, sums, teacher, *data, permutation)
         finals[devices] = jax.device_get((state.params, state.batch_stats, state.method_state, sums))

@@ -48,7 +48,9 @@ from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
 from jaxkd.models.batchnorm import BatchNorm
 from jaxkd.engine.optimizer import config_learning_rate_schedule, make_optimizer
-from jaxkd.train import Setup, Teacher, make_update, train_state_layout
+from jaxkd.engine.initial_state import train_state_layout
+from jaxkd.engine.setup import Setup, Teacher
+from jaxkd.engine.step import make_update
 from jaxkd.engine.train_state import TrainState
 from tests.conftest import nchw, randomized_torch_model
 from tests.reference import torch_training

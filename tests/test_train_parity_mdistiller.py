@@ -28,7 +28,9 @@ from jaxkd.tools.evaluate import data_mesh
 from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
 from jaxkd.engine.optimizer import make_optimizer
-from jaxkd.train import Setup, Teacher, make_update, train_state_layout
+from jaxkd.engine.initial_state import train_state_layout
+from jaxkd.engine.setup import Setup, Teacher
+from jaxkd.engine.step import make_update
 from jaxkd.engine.train_state import TrainState
 from tests.conftest import nchw, randomize_batchnorm_and_bias
 from tests.reference import mdistiller_training

@@ -10,7 +10,10 @@ import numpy as np
 from configs import kd_saliencymix_wrn, saliencymix_wrn
 from jaxkd.engine.mesh import replicated
 from jaxkd.io.model_checkpoint import load_model_checkpoint
-from jaxkd.train import build, create_train_state, make_train_step, train_and_evaluate, zero_sums
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.engine.setup import build
+from jaxkd.engine.step import make_train_step, zero_sums
 from tests.conftest import save_random_teacher
 from tests.conftest import small_config
 

@@ -75,8 +75,9 @@ from jaxkd.models import COMPUTE_DTYPES, canonical_name, get_model
 from jaxkd.tools.multi_run import multi_run_part, stacked_train_states
 from jaxkd.tools.published import REPDISTILLER_PAIRS_DIFFERENT, REPDISTILLER_PAIRS_SAME
 from jaxkd.io.safe_write import check_output_directory
-from jaxkd.train import (Setup, Teacher, build, create_train_state, make_train_step, train_programs,
-                         zero_sums)
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.setup import Setup, Teacher, build
+from jaxkd.engine.step import make_train_step, train_programs, zero_sums
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
@@ -152,7 +153,7 @@ def synthetic_split(num_examples: int, num_classes: int = NUM_CLASSES, seed: int
 
 def random_teacher(config, num_classes: int) -> Teacher | None:
     """A teacher of `config.teacher.arch` with random weights, for a method that needs one when the config names
-    no checkpoint (else None: `jaxkd.train.build` loads the configured one)."""
+    no checkpoint (else None: `jaxkd.engine.setup.build` loads the configured one)."""
     if not get_method(config.method, config).uses_teacher or config.teacher.checkpoint:
         return None
     if not config.teacher.arch:
@@ -171,7 +172,7 @@ def bench_classes(config) -> int:
 
 
 def bench_setup(config, train: Split, devices) -> Setup:
-    """`jaxkd.train.build` on the bench's training split (also its test split), with a random teacher when no
+    """`jaxkd.engine.setup.build` on the bench's training split (also its test split), with a random teacher when no
     checkpoint is configured."""
     return build(config, devices, data=(train, train), teacher=random_teacher(config, train.num_classes))
 

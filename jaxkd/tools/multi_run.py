@@ -3,7 +3,7 @@
 At batch 64 the CIFAR models use a few percent of a modern GPU, while a results table needs 3-5 seeds per
 cell. Here N runs, each with its own seed (`config.seed + i`: its own initialization, data order, augmentation,
 BN statistics, method state and metric sums), are stacked along a leading axis and stepped together by
-`jax.vmap` of the engine's own train program (`jaxkd.train.make_train_step`), with one teacher shared by all.
+`jax.vmap` of the engine's own train program (`jaxkd.engine.step.make_train_step`), with one teacher shared by all.
 Each run computes what it would compute alone (up to float rounding: vmapped convolutions with per-run weights
 become grouped convolutions, whose kernels sum in another order); tests/test_multi_run.py checks that.
 
@@ -23,7 +23,9 @@ from jaxkd.engine.compile_options import compiler_options
 from jaxkd.data import epoch_permutation
 from jaxkd.engine.dispatch import dispatch_plan, steps_per_dispatch
 from jaxkd.engine.mesh import replicated
-from jaxkd.train import Setup, create_train_state, make_train_step, zero_sums
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.setup import Setup
+from jaxkd.engine.step import make_train_step, zero_sums
 
 # the train program's arguments: state, sums, teacher variables, images, labels, index, permutation;
 # per run (0) or shared (None)

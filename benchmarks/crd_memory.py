@@ -41,12 +41,12 @@ def compiled_variant(train, get_config, student, teacher, steps, options):
         config.crd.nce_k = K
     setup = bench_setup(config, train, jax.devices()[:1])
     on_all = replicated(setup.mesh)
-    state = jax.device_put(create_train_state(setup, config), on_all)
+    state = jax.device_put(create_train_state(setup), on_all)
     teacher_variables = jax.device_put(setup.teacher.variables, on_all)
     data = jax.device_put((train.images, train.labels, train.index), on_all)
     permutation = jax.device_put(epoch_permutation(jax.random.PRNGKey(0), 0, len(train)), on_all)
     sums = zero_sums(setup)
-    compiled = make_train_step(setup, config).lower(state, sums, teacher_variables, *data, permutation).compile(
+    compiled = make_train_step(setup).lower(state, sums, teacher_variables, *data, permutation).compile(
         compiler_options=options)
     stats = compiled.memory_analysis()
     memory = {"peak_mib": (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes

@@ -294,13 +294,13 @@ def engine_train_steps(config, student_arch: str, teacher_arch: str, num_classes
     setup = Setup(student=get_model(student_arch, num_classes), method=get_method(config.method, config),
                   teacher=Teacher(get_model(teacher_arch, num_classes), teacher_variables, teacher_arch),
                   optimizer=make_optimizer(config, steps), train=None, test=None, steps_per_epoch=steps,
-                  mesh=data_mesh())
+                  mesh=data_mesh(), config=config)
     params = {"student": student_variables["params"], "method": method_variables.get("params", {})}
     batch_stats = {"student": student_variables["batch_stats"], "method": method_variables.get("batch_stats", {})}
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                        opt_state=setup.optimizer.init(params), rng=jax.random.PRNGKey(0),
                        method_state={} if method_state is None else method_state)
-    update = jax.jit(make_update(setup, config))
+    update = jax.jit(make_update(setup))
     history = []
     for step in range(steps):
         batch = Batch(jnp.asarray(images[step]), jnp.asarray(labels[step]), jnp.arange(batch_size, dtype=jnp.int32),

@@ -87,9 +87,9 @@ def test_flops_of_a_step_lowered_for_gpu_are_counted_by_the_cpu_backend(monkeypa
     config.model, config.teacher.arch, config.batch_size = "resnet8", "resnet8", 16
     train = bench.synthetic_split(64)
     setup = bench.bench_setup(config, train, jax.devices()[:1])
-    args = (create_train_state(setup, config), zero_sums(setup), setup.teacher.variables, train.images,
+    args = (create_train_state(setup), zero_sums(setup), setup.teacher.variables, train.images,
             train.labels, train.index, jax.numpy.arange(64))
-    program = train_programs(setup, config)[1]
+    program = train_programs(setup)[1]
     on_cpu = bench.lowered_flops(program.trace(*args).lower(lowering_platforms=("cpu",)))
     for_cuda = program.trace(*args).lower(lowering_platforms=("cuda",))
     monkeypatch.setattr(type(for_cuda), "cost_analysis", lambda self: None)  # as on a plugin backend

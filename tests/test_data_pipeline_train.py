@@ -147,14 +147,14 @@ for devices in (1, 8):
     setup = build(config, jax.devices()[:devices])
     whole = replicated(setup.mesh)
     report[f"{devices}:layout"] = [setup.steps_per_epoch, setup.last_batch_size]
-    state = create_train_state(setup, config)
+    state = create_train_state(setup)
     state = jax.device_put(state.replace(step=jnp.asarray(setup.steps_per_epoch - 1, jnp.int32)), whole)
     before = jax.device_get(state.method_state)
     teacher = jax.device_put(setup.teacher.variables, whole)
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
     permutation = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
                           out_shardings=whole)(jax.random.PRNGKey(config.seed), 0)
-    step = make_train_step(setup, config, batch_size=setup.last_batch_size)
+    step = make_train_step(setup, batch_size=setup.last_batch_size)
     state, sums = step(state, zero_sums(setup), teacher, *data, permutation)
     after = jax.device_get(state.method_state)
     last_rows = np.sort(np.asarray(setup.train.index)[np.asarray(permutation)[(setup.steps_per_epoch - 1) * 64:]])

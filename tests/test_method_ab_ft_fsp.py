@@ -292,7 +292,7 @@ def setup_for(method: str, config, teacher_variables) -> Setup:
     teacher = INIT_TEACHERS[method]
     return Setup(student=get_model(STUDENT, NUM_CLASSES), method=get_method(method, config),
                  teacher=Teacher(get_model(teacher, NUM_CLASSES), teacher_variables, teacher),
-                 optimizer=None, train=None, test=None, steps_per_epoch=STEPS, mesh=data_mesh())
+                 optimizer=None, train=None, test=None, steps_per_epoch=STEPS, mesh=data_mesh(), config=config)
 
 
 def torch_init_modules(method: str, student, out_s, out_t):
@@ -343,7 +343,7 @@ def test_three_init_steps_match_pytorch(method, seed):
                            batch_stats={"student": student_init["batch_stats"],
                                         "modules": initial_modules["batch_stats"]},
                            opt_state=init_optimizer(stage, config, params).init(params))
-    update = jax.jit(make_init_update(setup, config, stage))
+    update = jax.jit(make_init_update(setup, stage))
     losses = []
     for step in range(STEPS):
         batch = Batch(jnp.asarray(images[step]), jnp.zeros(TRAIN_BATCH, jnp.int32),

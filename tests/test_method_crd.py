@@ -275,8 +275,8 @@ def compiled_step_memory(config, num_examples: int) -> int:
     teacher_variables = teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), train=False)
     setup = build(config, jax.devices()[:1], data=(train, train),
                   teacher=Teacher(teacher, teacher_variables, config.teacher.arch))
-    state = create_train_state(setup, config)
-    step = make_train_step(setup, config)
+    state = create_train_state(setup)
+    step = make_train_step(setup)
     stats = step.lower(state, zero_sums(setup), setup.teacher.variables, train.images, train.labels, train.index,
                        jnp.arange(num_examples, dtype=jnp.int32)).compile().memory_analysis()
     return (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes

@@ -135,7 +135,7 @@ def restore_on_one_device(workdir, teacher):
     """The latest train state of `workdir`, restored onto this process's single device."""
     config = config_of(teacher)
     setup = build(config, jax.devices()[:1])
-    template = jax.device_put(create_train_state(setup, config), replicated(setup.mesh))
+    template = jax.device_put(create_train_state(setup), replicated(setup.mesh))
     checkpoints = RunCheckpoints(workdir, keep=2)
     try:
         state, _ = checkpoints.restore(template)
@@ -183,7 +183,7 @@ def test_two_processes_train_like_one_device(runs, teacher):
     banks = ("bank_student", "bank_teacher", "z_student", "z_teacher")
     assert worst_ratio({k: crd_one[k] for k in banks}, {k: crd_two[k] for k in banks}) <= 1
     # The memory banks really moved (the comparison is not between two initial banks).
-    initial = create_train_state(build(config_of(teacher), jax.devices()[:1]), config_of(teacher))
+    initial = create_train_state(build(config_of(teacher), jax.devices()[:1]))
     moved = np.abs(np.asarray(crd_two["bank_student"]) - np.asarray(initial.method_state["bank_student"]))
     assert np.count_nonzero(moved.max(axis=1) > 1e-3) >= BATCH
 

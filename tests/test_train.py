@@ -530,10 +530,10 @@ def test_bfloat16_compute_keeps_float32_parameters_statistics_and_loss():
         config.dtype = dtype
         setup = build(config, jax.devices()[:1])
         whole = replicated(setup.mesh)
-        state = jax.device_put(create_train_state(setup, config), whole)
+        state = jax.device_put(create_train_state(setup), whole)
         data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
         permutation = epoch_permutation(jax.random.PRNGKey(0), 0, num_examples=len(setup.train))
-        step = make_train_step(setup, config)
+        step = make_train_step(setup)
         arguments = (state, zero_sums(setup), None, *data, permutation)
         hlo[dtype] = step.lower(*arguments).as_text()
         state, sums = step(*arguments)
@@ -600,8 +600,8 @@ def test_a_chunk_of_steps_in_one_call_equals_single_steps_up_to_rounding(unroll)
     permutation = jax.device_put(epoch_permutation(jax.random.PRNGKey(0), 0, num_examples=len(setup.train)), whole)
     results = {}
     for chunk, calls in ((1, 2), (2, 1), (1, 1)):
-        state, sums = jax.device_put(create_train_state(setup, config), whole), zero_sums(setup)
-        step = make_train_step(setup, config, chunk, unroll=unroll)
+        state, sums = jax.device_put(create_train_state(setup), whole), zero_sums(setup)
+        step = make_train_step(setup, chunk, unroll=unroll)
         for _ in range(calls):
             state, sums = step(state, sums, None, *data, permutation)
         results[chunk, calls] = jax.device_get((state, sums))

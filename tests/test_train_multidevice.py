@@ -50,21 +50,21 @@ for method in STEPS:
         setup = build(config, jax.devices()[:devices])
         whole = replicated(setup.mesh)
         assert setup.mesh.devices.size == devices
-        state = jax.device_put(create_train_state(setup, config), whole)
+        state = jax.device_put(create_train_state(setup), whole)
         teacher = jax.device_put(setup.teacher.variables, whole) if setup.teacher else None
         data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
         permutation = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
                               out_shardings=whole)(jax.random.PRNGKey(config.seed), 0)
         if method == "ab":  # the init stage's step instead of training's
             stage = setup.method.init_stage(config)
-            init_state = init_stage.initial_init_state(setup, config, state, stage)
-            step, sums = (init_stage.make_init_step(setup, config, stage, config.batch_size),
+            init_state = init_stage.initial_init_state(setup, state, stage)
+            step, sums = (init_stage.make_init_step(setup, stage, config.batch_size),
                           jax.device_put(np.zeros((), np.float32), whole))
             for _ in range(STEPS[method]):
                 init_state, sums = step(init_state, sums, jax.random.PRNGKey(1), teacher, *data, permutation)
             state = init_stage.merged_into(state, init_state)
         else:
-            step, sums = make_train_step(setup, config), zero_sums(setup)
+            step, sums = make_train_step(setup), zero_sums(setup)
             for _ in range(STEPS[method]):
                 state, sums = step(state, sums, teacher, *data, permutation)
         finals[devices] = jax.device_get((state.params, state.batch_stats, state.method_state, sums))

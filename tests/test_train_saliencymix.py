@@ -58,9 +58,9 @@ def test_mixed_and_unmixed_steps_share_one_compile():
     config = small_config()
     config.saliencymix, config.saliencymix_prob = True, 0.5
     setup = build(config)
-    step = make_train_step(setup, config)
+    step = make_train_step(setup)
     whole = replicated(setup.mesh)  # placed as the training loop places them
-    state = jax.device_put(create_train_state(setup, config), whole)
+    state = jax.device_put(create_train_state(setup), whole)
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
     permutation = jax.device_put(np.arange(len(setup.train), dtype=np.int32), whole)
     sums = zero_sums(setup)

@@ -44,12 +44,12 @@ class EpochLoop:
     label = "epoch"  # in the progress bar and lines: "epoch 3/240"
     finishes_epoch_before_stop = True  # a stop during an epoch's last call lets the epoch end first
 
-    def __init__(self, setup: Setup, config, context: RunContext, checkpoints: RunCheckpoints, epochs: int,
+    def __init__(self, setup: Setup, context: RunContext, checkpoints: RunCheckpoints, epochs: int,
                  programs: TrainPrograms, last_batch_program, inputs: tuple, permutation_key, step: int):
         """`last_batch_program`: each epoch's last, partial batch (one step per call), when the pipeline keeps
         one; `inputs`: the programs' arguments between the sums and the epoch's permutation; `step`: where the
         loop starts (for the throughput of the first fetch)."""
-        self.setup, self.config, self.context, self.checkpoints = setup, config, context, checkpoints
+        self.setup, self.config, self.context, self.checkpoints = setup, setup.config, context, checkpoints
         self.epochs, self.total = epochs, epochs * setup.steps_per_epoch
         self.programs, self.last_batch_program, self.inputs = programs, last_batch_program, inputs
         self.permutation_key = permutation_key

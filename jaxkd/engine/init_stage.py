@@ -93,13 +93,13 @@ def frozen_batch_norms(names: frozenset):
     return intercept
 
 
-def initial_init_state(setup, config, state: TrainState, stage: InitStage) -> InitState:
+def initial_init_state(setup, state: TrainState, stage: InitStage) -> InitState:
     """The stage's state at its start: the train state's student, the method's init modules, SGD at rest."""
     modules = state.method_state[INIT_MODULES]
     params = {"student": state.params["student"], "modules": modules.get("params", {})}
     batch_stats = {"student": state.batch_stats["student"], "modules": modules.get("batch_stats", {})}
     return InitState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                     opt_state=init_optimizer(stage, config, params).init(params))
+                     opt_state=init_optimizer(stage, setup.config, params).init(params))
 
 
 def merged_into(state: TrainState, init_state: InitState) -> TrainState:
@@ -112,7 +112,7 @@ def merged_into(state: TrainState, init_state: InitState) -> TrainState:
                          method_state=method_state)
 
 
-def make_init_update(setup, config, stage: InitStage):
+def make_init_update(setup, stage: InitStage):
     """update(init_state, batch, teacher_variables) -> (init_state, loss): one step of RepDistiller's `init`
     loop on a prepared batch. Pure and unjitted (the parity tests call it on fixed batches)."""
     student, method, teacher = setup.student, setup.method, setup.teacher
@@ -121,7 +121,7 @@ def make_init_update(setup, config, stage: InitStage):
     def update(init_state: InitState, batch: Batch, teacher_variables):
         teacher_out = apply_module(teacher.model, teacher_variables, batch.images, train=False,
                                    method=teacher.model.forward)[0]
-        optimizer = init_optimizer(stage, config, init_state.params)
+        optimizer = init_optimizer(stage, setup.config, init_state.params)
 
         def loss_fn(params):
             student_out, student_stats = None, init_state.batch_stats["student"]
@@ -142,16 +142,16 @@ def make_init_update(setup, config, stage: InitStage):
     return update
 
 
-def make_init_step(setup, config, stage: InitStage, batch_size: int):
+def make_init_step(setup, stage: InitStage, batch_size: int):
     """step(init_state, loss_sum, key, teacher_variables, images, labels, index, permutation) -> (init_state,
     loss_sum), jitted, state and sum donated: one init step on batches of `batch_size` (the run's, or the
     epoch's partial last one)."""
-    update = make_init_update(setup, config, stage)
+    update = make_init_update(setup, stage)
     state_sharding = replicated(setup.mesh)
     batch_sharding = batch_sharded(setup.mesh) if batch_size % setup.mesh.devices.size == 0 else state_sharding
 
     def init_step(init_state, loss_sum, key, teacher_variables, images, labels, index, permutation):
-        batch = prepare_batch(setup.pipeline, config, key, init_state.step, permutation, images, labels, index,
+        batch = prepare_batch(setup.pipeline, setup.config, key, init_state.step, permutation, images, labels, index,
                               batch_size, batch_sharding, setup.steps_per_epoch)
         init_state, loss = update(init_state, batch, teacher_variables)
         return init_state, loss_sum + loss.astype(jnp.float32)
@@ -164,9 +164,10 @@ def total_steps(setup, stage: InitStage) -> int:
     return stage.epochs * setup.steps_per_epoch
 
 
-def log_resume_step(setup, config, workdir, train_checkpoint_step: int | None) -> int | None:
+def log_resume_step(setup, workdir, train_checkpoint_step: int | None) -> int | None:
     """The step metrics.jsonl resumes from: the train checkpoint's, else (inside the init stage) the init
     checkpoint's, `init_step - total`, else None (a new start)."""
+    config = setup.config
     stage = setup.method.init_stage(config)
     if train_checkpoint_step is not None or stage is None:
         return train_checkpoint_step
@@ -178,21 +179,22 @@ def log_resume_step(setup, config, workdir, train_checkpoint_step: int | None) -
     return None if init_step is None else init_step - total_steps(setup, stage)
 
 
-def run_init_stage(setup, config, state: TrainState, teacher_variables, data, context: RunContext) -> TrainState:
+def run_init_stage(setup, state: TrainState, teacher_variables, data, context: RunContext) -> TrainState:
     """Runs (or resumes) the method's init stage; returns the train state with its results (`merged_into`).
     `data`: (images, labels, index) of the training set on the devices. A stop request saves the stage's
     state and exits as the training loop does."""
+    config = setup.config
     stage = setup.method.init_stage(config)
     if setup.teacher is None:
         raise UserError(f"method {setup.method.name!r}: its init stage needs a teacher")
-    init_state = jax.device_put(initial_init_state(setup, config, state, stage), replicated(setup.mesh))
+    init_state = jax.device_put(initial_init_state(setup, state, stage), replicated(setup.mesh))
     checkpoints = RunCheckpoints(context.workdir, config.keep_checkpoints, "init_checkpoints")
     try:
         if checkpoints.latest_step() is not None:
             init_state, _ = checkpoints.restore(init_state)
             context.say(f"resumed the init stage from {checkpoints.directory} at init step {int(init_state.step)}")
         step = int(init_state.step)
-        loop = InitLoop(setup, config, context, checkpoints, stage, state.rng, teacher_variables, data, step)
+        loop = InitLoop(setup, context, checkpoints, stage, state.rng, teacher_variables, data, step)
         if step == 0:
             context.say(f"init stage of {setup.method.name}: {stage.epochs} epochs at lr {stage.learning_rate}")
         init_state, _ = loop.run(init_state, step)
@@ -209,13 +211,13 @@ class InitLoop(EpochLoop):
     label = "init epoch"
     finishes_epoch_before_stop = False
 
-    def __init__(self, setup, config, context: RunContext, checkpoints: RunCheckpoints, stage: InitStage, rng,
+    def __init__(self, setup, context: RunContext, checkpoints: RunCheckpoints, stage: InitStage, rng,
                  teacher_variables, data: tuple, step: int):
         key = jax.random.fold_in(rng, INIT_STREAM)
-        full_batch_program = make_init_step(setup, config, stage, config.batch_size)
-        last_batch_program = (make_init_step(setup, config, stage, setup.last_batch_size)
+        full_batch_program = make_init_step(setup, stage, setup.config.batch_size)
+        last_batch_program = (make_init_step(setup, stage, setup.last_batch_size)
                               if setup.partial_last_batch else None)
-        super().__init__(setup, config, context, checkpoints, stage.epochs,
+        super().__init__(setup, context, checkpoints, stage.epochs,
                          TrainPrograms(lambda num_steps: full_batch_program, steps_per_dispatch=1),
                          last_batch_program, (key, teacher_variables, *data), jax.random.fold_in(key, 1), step)
         self.stage = stage

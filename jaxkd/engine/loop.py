@@ -42,7 +42,7 @@ def train_and_evaluate(config, workdir) -> dict:
         # The method checks its settings against the models' shapes as the state is made (FitNets' hint layer):
         # before the workdir exists, so that a refused run leaves nothing behind. `_run` takes the state out of
         # the dict, so that no reference to the initial state outlives its placement on the devices.
-        initial = {"state": create_train_state(setup, config)}
+        initial = {"state": create_train_state(setup)}
         create_workdir(workdir)
         lock.acquire()
         save_config(config, workdir)
@@ -50,17 +50,17 @@ def train_and_evaluate(config, workdir) -> dict:
         cleanup.callback(checkpoints.close)
         # metrics that a killed run logged after the checkpoint this run resumes from are dropped
         log = MetricLog(workdir, active=distributed.is_primary(),
-                        resume_step=log_resume_step(setup, config, workdir, checkpoints.latest_step()), config=config)
+                        resume_step=log_resume_step(setup, workdir, checkpoints.latest_step()), config=config)
         cleanup.callback(log.close)
         stop = StopRequest()
         cleanup.callback(stop.restore)
-        return _run(setup, config, initial, RunContext(workdir, log, checkpoints, stop))
+        return _run(setup, initial, RunContext(workdir, log, checkpoints, stop))
 
 
-def first_logged_step(setup: Setup, config) -> int:
+def first_logged_step(setup: Setup) -> int:
     """The step of a run's first row, the teacher's: 0, or before an init stage's first row (its steps are
     `init_step - its total`: -total + 1 .. 0), so that the row survives a resume anywhere after it."""
-    stage = setup.method.init_stage(config)
+    stage = setup.method.init_stage(setup.config)
     return -init_stage_steps(setup, stage) if stage is not None else 0
 
 
@@ -69,11 +69,12 @@ class TrainLoop(EpochLoop):
     "train", the evaluation every `eval_every_epochs` (and of the last epoch), which keeps the best top-1 in
     `progress`, and a checkpoint every `checkpoint_every_epochs`."""
 
-    def __init__(self, setup: Setup, config, context: RunContext, step: int, teacher_variables, data: tuple,
+    def __init__(self, setup: Setup, context: RunContext, step: int, teacher_variables, data: tuple,
                  progress: dict):
-        last_batch_program = (make_train_step(setup, config, batch_size=setup.last_batch_size)
+        config = setup.config
+        last_batch_program = (make_train_step(setup, batch_size=setup.last_batch_size)
                               if setup.partial_last_batch else None)
-        super().__init__(setup, config, context, context.checkpoints, config.epochs, train_programs(setup, config),
+        super().__init__(setup, context, context.checkpoints, config.epochs, train_programs(setup),
                          last_batch_program, (teacher_variables, *data), jax.random.PRNGKey(config.seed), step)
         self.progress = progress
         self.lr_at = config_learning_rate_schedule(config, setup.steps_per_epoch)  # the lr each step used
@@ -135,10 +136,10 @@ class TrainLoop(EpochLoop):
         return f"a checkpoint at step {step}"
 
 
-def _run(setup: Setup, config, initial: dict, context: RunContext):
+def _run(setup: Setup, initial: dict, context: RunContext):
     """The run from its initial state (or its latest checkpoint): the teacher's evaluation on a new start, the
     init stage when the method has one, the epochs, then the exports."""
-    mesh, spe, checkpoints = setup.mesh, setup.steps_per_epoch, context.checkpoints
+    config, mesh, spe, checkpoints = setup.config, setup.mesh, setup.steps_per_epoch, context.checkpoints
     on_all_devices = replicated(mesh)
     total_steps = spe * config.epochs
 
@@ -159,15 +160,15 @@ def _run(setup: Setup, config, initial: dict, context: RunContext):
                                     setup.test.labels, config.eval_batch_size, mesh=mesh,
                                     normalization=setup.pipeline.normalization)
             context.say(f"teacher {setup.teacher.arch}: test top-1 {result['top1']:.2f}")
-            context.log.write(first_logged_step(setup, config), "teacher",
+            context.log.write(first_logged_step(setup), "teacher",
                               {"top1": result["top1"], "top5": result["top5"]})
 
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), on_all_devices)
     if not resumed and setup.method.init_stage(config) is not None:  # a train checkpoint: the stage is done
-        state = run_init_stage(setup, config, state, teacher_variables, data, context)
+        state = run_init_stage(setup, state, teacher_variables, data, context)
         checkpoints.save(state, progress)  # at step 0: a run stopped from here on never reruns the stage
     step = int(state.step)
-    loop = TrainLoop(setup, config, context, step, teacher_variables, data, progress)
+    loop = TrainLoop(setup, context, step, teacher_variables, data, progress)
     state, step = loop.run(state, step)
     result, progress = loop.result, loop.progress
 
@@ -175,5 +176,5 @@ def _run(setup: Setup, config, initial: dict, context: RunContext):
         result = evaluate_split(setup.student, state.student_variables(), setup.test.images, setup.test.labels,
                                 config.eval_batch_size, mesh=mesh, normalization=setup.pipeline.normalization)
     checkpoints.wait_until_saved()  # the last checkpoint is on disk (or its failure is reported) before the export
-    export_models(setup, config, state, context.workdir, result, progress)
+    export_models(setup, state, context.workdir, result, progress)
     return {"last_top1": result["top1"], "best_top1": progress["best_top1"], "step": step}

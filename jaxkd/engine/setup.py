@@ -4,6 +4,7 @@ pipeline made (`build` -> `Setup`), before anything is compiled."""
 import dataclasses
 
 import jax
+import ml_collections
 import optax
 
 from jaxkd.config.checks import check_run_config
@@ -31,7 +32,7 @@ class Teacher:
 
 @dataclasses.dataclass
 class Setup:
-    """Everything `train_and_evaluate` builds from the config before the first compile."""
+    """Everything `train_and_evaluate` builds from the config before the first compile, and the config."""
 
     student: object
     method: Method
@@ -41,6 +42,7 @@ class Setup:
     test: object
     steps_per_epoch: int
     mesh: jax.sharding.Mesh
+    config: ml_collections.ConfigDict  # the run's
     pipeline: DataPipeline = DataPipeline()  # the seed's: reflect padding, its constants, full batches only
     last_batch_size: int = 0  # of each epoch's last step, when the pipeline keeps a partial batch; 0: none
 
@@ -130,5 +132,5 @@ def build(config, devices=None, *, data=None, teacher: Teacher | None = None) ->
     return Setup(student=get_model(config.model, train.num_classes, dtype=COMPUTE_DTYPES[config.dtype]),
                  method=method, teacher=teacher,
                  optimizer=make_optimizer(config, spe), train=train, test=test, steps_per_epoch=spe,
-                 mesh=mesh, pipeline=pipeline,
+                 mesh=mesh, config=config, pipeline=pipeline,
                  last_batch_size=0 if last_batch_size == config.batch_size else last_batch_size)

@@ -24,12 +24,12 @@ from jaxkd.engine.train_state import TrainState
 from jaxkd.methods import Batch, apply_module
 
 
-def make_update(setup: Setup, config):
+def make_update(setup: Setup):
     """update(state, batch, teacher_variables) -> (state, metrics): one SGD step on a prepared batch.
 
     The loss is `gamma * CE + alpha * KD + beta * method term`; the teacher runs in eval mode and gets no
     gradient. Pure and unjitted: `make_train_step` wraps it, and the parity tests call it on fixed batches."""
-    student, method, teacher = setup.student, setup.method, setup.teacher
+    student, method, teacher, config = setup.student, setup.method, setup.teacher, setup.config
     loss_weights = config.loss
 
     def update(state: TrainState, batch: Batch, teacher_variables):
@@ -64,7 +64,7 @@ def make_update(setup: Setup, config):
     return update
 
 
-def make_train_step(setup: Setup, config, num_steps: int = 1, unroll: bool | None = None,
+def make_train_step(setup: Setup, num_steps: int = 1, unroll: bool | None = None,
                     batch_size: int | None = None):
     """steps(state, sums, teacher_variables, images, labels, index, permutation) -> (state, sums), jitted:
     `num_steps` consecutive train steps in one call (a `lax.scan` when more than one), all in one epoch.
@@ -82,7 +82,7 @@ def make_train_step(setup: Setup, config, num_steps: int = 1, unroll: bool | Non
     order: each step gathers its batch (step `state.step % steps_per_epoch` of the epoch), augments it with the
     step's key (crop, flip, SaliencyMix when on, normalize), and applies `make_update`. `sums` accumulates
     `setup.metric_names` on the device until the host fetches them. State and sums are donated."""
-    update = make_update(setup, config)
+    update, config = make_update(setup), setup.config
     spe, pipeline = setup.steps_per_epoch, setup.pipeline
     batch_size = config.batch_size if batch_size is None else batch_size
     if unroll is None:
@@ -134,10 +134,9 @@ def eval_variables(state: TrainState) -> dict:
     return {"student": state.student_variables(), "method": state.method_variables()}
 
 
-def train_programs(setup: Setup, config) -> TrainPrograms:
+def train_programs(setup: Setup) -> TrainPrograms:
     """The loop's train programs (one step per call, and `steps_per_dispatch` per call), built on first use."""
-    return TrainPrograms(functools.partial(make_train_step, setup, config),
-                         steps_per_dispatch(config, setup.platform))
+    return TrainPrograms(functools.partial(make_train_step, setup), steps_per_dispatch(setup.config, setup.platform))
 
 
 def zero_sums(setup: Setup):

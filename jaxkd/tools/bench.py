@@ -184,11 +184,11 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
     and `config.steps_per_dispatch` steps per call where they fit, as `jaxkd.train` dispatches them), compiled
     and warmed up here; they are built with `JAXKD_CPU_YNN` saying `cpu_ynn` (None: as the environment says)."""
     on_all = replicated(setup.mesh)
-    state = jax.device_put(create_train_state(setup, config), on_all)
+    state = jax.device_put(create_train_state(setup), on_all)
     teacher_variables = jax.device_put(setup.teacher.variables, on_all) if setup.teacher else None
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), on_all)
     with cpu_ynn_setting(cpu_ynn):
-        programs = train_programs(setup, config)
+        programs = train_programs(setup)
         options = compiler_options(setup.mesh)  # what the engine's jit was given
     chunk = programs.steps_per_dispatch
     permutation_of = jax.jit(lambda key, epoch: epoch_permutation(key, epoch, len(setup.train)),
@@ -208,7 +208,7 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
             step_flops = lowered_flops(lowered)
     if setup.partial_last_batch:  # the epoch's last step, on the partial batch the pipeline keeps
         with cpu_ynn_setting(cpu_ynn):
-            last_program = make_train_step(setup, config, batch_size=setup.last_batch_size)
+            last_program = make_train_step(setup, batch_size=setup.last_batch_size)
         compiled["last"] = last_program.lower(carry["state"], carry["sums"], teacher_variables, *data,
                                               permutation).compile()
     # XLA counts one device's program: times the devices, for the whole step (the replicated optimizer

@@ -13,6 +13,7 @@ what that would take. `python -m jaxkd.bench --num_runs 1,2,4,8` measures the ag
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -52,7 +53,8 @@ def stack(trees: list):
 
 def stacked_train_states(setup: Setup, config, num_runs: int):
     """The initial train states of the N runs (each as `create_train_state` makes it for its seed), stacked."""
-    return stack([create_train_state(setup, run_config(config, seed)) for seed in run_seeds(config, num_runs)])
+    return stack([create_train_state(dataclasses.replace(setup, config=run_config(config, seed)))
+                  for seed in run_seeds(config, num_runs)])
 
 
 def stacked_zero_sums(setup: Setup, num_runs: int):
@@ -70,7 +72,7 @@ def make_multi_train_step(setup: Setup, config, num_steps: int = 1):
     the engine's `num_steps`-step train program (`make_train_step`) mapped over the runs' axis of the stacked
     states, sums and permutations; the teacher and the training set are shared. States and sums are donated."""
     # the engine's program unjitted (its jit's own compiler options may not be nested in this jit)
-    one_run = make_train_step(setup, config, num_steps).__wrapped__
+    one_run = make_train_step(dataclasses.replace(setup, config=config), num_steps).__wrapped__
     return jax.jit(jax.vmap(one_run, in_axes=RUN_AXES), donate_argnums=(0, 1),
                    compiler_options=compiler_options(setup.mesh))
 

@@ -30,7 +30,7 @@ def test_each_vmapped_run_equals_the_run_trained_alone(monkeypatch):
     initial = {seed: create_train_state(dataclasses.replace(setup, config=multi_run.run_config(config, seed)))
                for seed in (7, 8)}
     initial_copies = jax.tree.map(np.array, initial)  # `alone` donates the states it is given
-    monkeypatch.setattr(multi_run, "create_train_state", lambda setup, run_config: initial[run_config.seed])
+    monkeypatch.setattr(multi_run, "create_train_state", lambda setup: initial[setup.config.seed])
     states, sums = multi_run.stacked_train_states(setup, config, 2), multi_run.stacked_zero_sums(setup, 2)
     permutations = multi_run.epoch_permutations(config, 2, 0, len(train))
     step = multi_run.make_multi_train_step(setup, config)

@@ -3,7 +3,7 @@
     python benchmarks/crd_memory.py [--pairs resnet8:resnet8,wideresnet16_2:wideresnet40_2] [--steps 4]
         [--repeats 7] [--ynn] [--examples 50000]
 
-For each student:teacher pair, the engine's train step (`jaxkd.train.make_train_step`) at batch 64 on a
+For each student:teacher pair, the engine's train step (`jaxkd.engine.step.make_train_step`) at batch 64 on a
 synthetic CIFAR-sized set of N = `--examples` (default 50000, 100 classes), K 16384: compiled (peak = arguments +
 outputs + temporaries - outputs aliased to donated arguments, `compiled.memory_analysis()`), warmed up one step,
 then timed `--steps` steps per repeat, variants interleaved repeat by repeat; the median ms per step is
@@ -26,7 +26,8 @@ from configs import crd_wrn, kd_wrn  # noqa: E402
 from jaxkd.tools.bench import bench_setup, synthetic_split, zero_sums  # noqa: E402
 from jaxkd.data import epoch_permutation  # noqa: E402
 from jaxkd.engine.mesh import replicated  # noqa: E402
-from jaxkd.train import create_train_state, make_train_step  # noqa: E402
+from jaxkd.engine.initial_state import create_train_state  # noqa: E402
+from jaxkd.engine.step import make_train_step  # noqa: E402
 
 MIB = 2**20
 K, BATCH = 16384, 64
@@ -40,12 +41,12 @@ def compiled_variant(train, get_config, student, teacher, steps, options):
         config.crd.nce_k = K
     setup = bench_setup(config, train, jax.devices()[:1])
     on_all = replicated(setup.mesh)
-    state = jax.device_put(create_train_state(setup, config), on_all)
+    state = jax.device_put(create_train_state(setup), on_all)
     teacher_variables = jax.device_put(setup.teacher.variables, on_all)
     data = jax.device_put((train.images, train.labels, train.index), on_all)
     permutation = jax.device_put(epoch_permutation(jax.random.PRNGKey(0), 0, len(train)), on_all)
     sums = zero_sums(setup)
-    compiled = make_train_step(setup, config).lower(state, sums, teacher_variables, *data, permutation).compile(
+    compiled = make_train_step(setup).lower(state, sums, teacher_variables, *data, permutation).compile(
         compiler_options=options)
     stats = compiled.memory_analysis()
     memory = {"peak_mib": (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes

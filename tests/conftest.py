@@ -34,7 +34,8 @@ from jaxkd.methods import Batch, get_method
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.engine.optimizer import make_optimizer
-from jaxkd.train import Setup, Teacher, make_update
+from jaxkd.engine.setup import Setup, Teacher
+from jaxkd.engine.step import make_update
 from jaxkd.engine.train_state import TrainState
 
 
@@ -287,19 +288,19 @@ def random_model_outputs(rng, batch: int, stage_shapes, pooled_size: int, scale=
 
 def engine_train_steps(config, student_arch: str, teacher_arch: str, num_classes: int, student_variables: dict,
                        teacher_variables: dict, method_variables: dict, images, labels, method_state=None):
-    """`jaxkd.train.make_update` (jitted once) for len(images) steps from the given weights (the method's
+    """`jaxkd.engine.step.make_update` (jitted once) for len(images) steps from the given weights (the method's
     {"params", "batch_stats"} and state), one epoch: per-step {loss, ce, term} and the final train state."""
     steps, batch_size = len(images), len(images[0])
     setup = Setup(student=get_model(student_arch, num_classes), method=get_method(config.method, config),
                   teacher=Teacher(get_model(teacher_arch, num_classes), teacher_variables, teacher_arch),
                   optimizer=make_optimizer(config, steps), train=None, test=None, steps_per_epoch=steps,
-                  mesh=data_mesh())
+                  mesh=data_mesh(), config=config)
     params = {"student": student_variables["params"], "method": method_variables.get("params", {})}
     batch_stats = {"student": student_variables["batch_stats"], "method": method_variables.get("batch_stats", {})}
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                        opt_state=setup.optimizer.init(params), rng=jax.random.PRNGKey(0),
                        method_state={} if method_state is None else method_state)
-    update = jax.jit(make_update(setup, config))
+    update = jax.jit(make_update(setup))
     history = []
     for step in range(steps):
         batch = Batch(jnp.asarray(images[step]), jnp.asarray(labels[step]), jnp.arange(batch_size, dtype=jnp.int32),

@@ -80,15 +80,16 @@ def test_flops_of_a_step_lowered_for_gpu_are_counted_by_the_cpu_backend(monkeypa
     """On GPU and TPU, `Lowered.cost_analysis()` gives None (plugin backends cannot count) and the compiled
     program's count misses the cuDNN convolutions; the bench then counts the lowered HLO with the CPU backend.
     Here the real KD step is lowered for CUDA and counted that way, against the CPU lowering's own count."""
-    from jaxkd.train import create_train_state, train_programs, zero_sums
+    from jaxkd.engine.initial_state import create_train_state
+    from jaxkd.engine.step import train_programs, zero_sums
 
     config = kd_wrn.get_config()
     config.model, config.teacher.arch, config.batch_size = "resnet8", "resnet8", 16
     train = bench.synthetic_split(64)
     setup = bench.bench_setup(config, train, jax.devices()[:1])
-    args = (create_train_state(setup, config), zero_sums(setup), setup.teacher.variables, train.images,
+    args = (create_train_state(setup), zero_sums(setup), setup.teacher.variables, train.images,
             train.labels, train.index, jax.numpy.arange(64))
-    program = train_programs(setup, config)[1]
+    program = train_programs(setup)[1]
     on_cpu = bench.lowered_flops(program.trace(*args).lower(lowering_platforms=("cpu",)))
     for_cuda = program.trace(*args).lower(lowering_platforms=("cuda",))
     monkeypatch.setattr(type(for_cuda), "cost_analysis", lambda self: None)  # as on a plugin backend
@@ -175,7 +176,7 @@ def torch_side_setup(monkeypatch, teacher: str, student: str, examples: int):
     the PyTorch models as the part builds them (student, then teacher)."""
     import jaxkd.pytorch.torch_models
     from jaxkd.models import get_model
-    from jaxkd.train import Teacher, build
+    from jaxkd.engine.setup import Teacher, build
 
     config = kd_wrn.get_config()
     config.model, config.teacher.arch, config.batch_size = student, teacher, 4

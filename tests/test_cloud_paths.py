@@ -26,8 +26,9 @@ from jaxkd.tools import report
 from jaxkd import train
 from jaxkd.errors import UserError
 from jaxkd.engine.mesh import data_mesh
+from jaxkd.engine.setup import check_config
 from jaxkd.io.model_checkpoint import load_model_checkpoint
-from jaxkd.train import train_and_evaluate
+from jaxkd.engine.loop import train_and_evaluate
 from tests.conftest import (assert_bitwise_equal, assert_one_line_error, final_params, on_digits,
                             save_random_teacher, write_evaluation_files)
 from tests.gcs_server import environment_for
@@ -285,7 +286,7 @@ def test_a_wandb_mode_it_does_not_have_is_one_line():
     config = on_digits(demo.get_config("student"), epochs=1)
     config.wandb.mode = "sometimes"
     with pytest.raises(UserError, match=r"^--config.wandb.mode=sometimes: must be one of disabled, offline, online$"):
-        train.check_config(config, data_mesh(tuple(jax.devices()[:1])))
+        check_config(config, data_mesh(tuple(jax.devices()[:1])))
 
 
 def test_a_bucket_without_permission_is_one_line(tmp_path, monkeypatch, capsys):

@@ -213,7 +213,7 @@ def test_the_reported_commands_are_one_line_before_any_work(config, override, me
     def no_data(*args, **kwargs):
         raise AssertionError("the data was loaded before the config was checked")
 
-    monkeypatch.setattr("jaxkd.train.load_split", no_data)
+    monkeypatch.setattr("jaxkd.engine.setup.load_split", no_data)
     jax.monitoring.register_event_duration_secs_listener(on_event)
     workdir = tmp_path / "run"
     try:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from configs import default, demo
-from jaxkd.train import build, train_and_evaluate
+from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.engine.setup import build
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_TRAIN = 1433  # digits' training images: at batch 256, 5 full batches and one of 153

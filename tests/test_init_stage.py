@@ -13,7 +13,7 @@ import json
 import pytest
 
 from configs import repdistiller
-from jaxkd.train import train_and_evaluate
+from jaxkd.engine.loop import train_and_evaluate
 from tests.conftest import assert_bitwise_equal, final_params, on_digits, save_random_teacher, stop_during_call
 
 def ab_config(teacher_path):

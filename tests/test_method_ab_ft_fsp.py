@@ -27,7 +27,7 @@ from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.base import INIT_MODULES
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.tools import published
-from jaxkd.train import Setup, Teacher
+from jaxkd.engine.setup import Setup, Teacher
 from tests.conftest import engine_train_steps, nchw, nhwc, randomized_torch_model
 from tests.reference import repdistiller_init_methods as reference
 from tests.reference import torch_training
@@ -293,7 +293,7 @@ def setup_for(method: str, config, teacher_variables) -> Setup:
     teacher = INIT_TEACHERS[method]
     return Setup(student=get_model(STUDENT, NUM_CLASSES), method=get_method(method, config),
                  teacher=Teacher(get_model(teacher, NUM_CLASSES), teacher_variables, teacher),
-                 optimizer=None, train=None, test=None, steps_per_epoch=STEPS, mesh=data_mesh())
+                 optimizer=None, train=None, test=None, steps_per_epoch=STEPS, mesh=data_mesh(), config=config)
 
 
 def torch_init_modules(method: str, student, out_s, out_t):
@@ -344,7 +344,7 @@ def test_three_init_steps_match_pytorch(method, seed):
                            batch_stats={"student": student_init["batch_stats"],
                                         "modules": initial_modules["batch_stats"]},
                            opt_state=init_optimizer(stage, config, params).init(params))
-    update = jax.jit(make_init_update(setup, config, stage))
+    update = jax.jit(make_init_update(setup, stage))
     losses = []
     for step in range(STEPS):
         batch = Batch(jnp.asarray(images[step]), jnp.zeros(TRAIN_BATCH, jnp.int32),

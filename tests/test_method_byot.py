@@ -23,7 +23,7 @@ from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.byot import BYOT, HEAD_NAMES
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import BYOTHead
-from jaxkd.train import train_and_evaluate
+from jaxkd.engine.loop import train_and_evaluate
 from tests.conftest import assert_bitwise_equal, assert_close_scaled, final_params, nchw, nhwc, on_digits
 from tests.reference.byot_loss import ShallowHead, byot_total_loss
 

@@ -24,7 +24,10 @@ from jaxkd.methods.crd import CRD, init_state
 from jaxkd.methods.crd_kernels import counts_from_indices, sample_contrast_indices, sample_negative_counts, top_k_mask
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.models import ModelOutput, get_model
-from jaxkd.train import Teacher, build, create_train_state, make_train_step, train_and_evaluate, zero_sums
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.engine.setup import Teacher, build
+from jaxkd.engine.step import make_train_step, zero_sums
 from tests.conftest import assert_close_scaled, on_digits, save_random_teacher
 from tests.reference.repdistiller_crd import CRDLoss, InstanceSampler
 
@@ -266,8 +269,8 @@ def compiled_step_memory(config, num_examples: int) -> int:
     teacher_variables = teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), train=False)
     setup = build(config, jax.devices()[:1], data=(train, train),
                   teacher=Teacher(teacher, teacher_variables, config.teacher.arch))
-    state = create_train_state(setup, config)
-    step = make_train_step(setup, config)
+    state = create_train_state(setup)
+    step = make_train_step(setup)
     stats = step.lower(state, zero_sums(setup), setup.teacher.variables, train.images, train.labels, train.index,
                        jnp.arange(num_examples, dtype=jnp.int32)).compile().memory_analysis()
     return (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes

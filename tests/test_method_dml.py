@@ -26,7 +26,7 @@ from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.dml import DML, mutual_losses
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.models import get_model
-from jaxkd.train import train_and_evaluate
+from jaxkd.engine.loop import train_and_evaluate
 from tests.conftest import assert_bitwise_equal, assert_close_scaled, nchw, on_digits
 from tests.reference.dml_loss import dml_losses as torch_dml_losses
 

@@ -22,7 +22,7 @@ from jaxkd.methods.at import AT
 from jaxkd.methods.pooling import adaptive_avg_pool2d
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import STRIDE2, TRANSPOSE, VALID, ConvReg, ConvTranspose4x4Stride2
-from jaxkd.train import train_and_evaluate
+from jaxkd.engine.loop import train_and_evaluate
 from tests.conftest import assert_bitwise_equal, assert_close_scaled, final_params, nchw, nhwc, on_digits
 from tests.reference.repdistiller_losses import Attention, ConvReg as TorchConvReg, HintLoss
 

@@ -15,7 +15,7 @@ import pytest
 
 from configs import mdistiller, repdistiller
 from jaxkd.methods import METHODS
-from jaxkd.train import train_and_evaluate
+from jaxkd.engine.loop import train_and_evaluate
 from tests.conftest import on_digits
 
 PAIR = ("resnet8", "resnet8")  # RepDistiller's names: post-activation rd_resnet8 -> rd_resnet8, the smallest

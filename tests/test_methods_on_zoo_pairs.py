@@ -34,8 +34,9 @@ from jaxkd.engine.losses import kd_divergence
 from jaxkd.methods import Batch, Probe, apply_module, get_method
 from jaxkd.methods.crd_kernels import sample_contrast_indices
 from jaxkd.models import ModelOutput, get_model
-from jaxkd.train import (Teacher, build, create_train_state, make_update, train_programs, train_state_layout,
-                         zero_sums)
+from jaxkd.engine.initial_state import create_train_state, train_state_layout
+from jaxkd.engine.setup import Teacher, build
+from jaxkd.engine.step import make_update, train_programs, zero_sums
 from tests.conftest import assert_close_scaled, nchw, nhwc, randomize_batchnorm_and_bias
 from tests.reference.repdistiller_crd import CRDLoss
 from tests.reference.repdistiller_losses import Attention, ConvReg, HintLoss
@@ -226,9 +227,9 @@ def test_engine_step_builds_for_the_pairs(teacher_name, student_name, method):
     dtypes, nothing compiled): the step keeps the state's structure, and the method's modules have the shapes
     RepDistiller's would for these features."""
     config, setup = engine_setup(teacher_name, student_name, method)
-    state = train_state_layout(setup, config)
+    state = train_state_layout(setup)
     data = (setup.train.images, jnp.asarray(setup.train.labels), jnp.asarray(setup.train.index))
-    step = train_programs(setup, config)[1]
+    step = train_programs(setup)[1]
     new_state, sums = jax.eval_shape(step, state, zero_sums(setup), setup.teacher.variables, *data,
                                      jnp.arange(ENGINE_EXAMPLES, dtype=jnp.int32))
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
@@ -257,9 +258,8 @@ def test_one_engine_step_on_the_heterogeneous_pair_trains():
     batch = Batch(setup.pipeline.normalize(setup.train.images[:ENGINE_BATCH]), jnp.asarray(setup.train.labels)[index],
                   index, jax.random.PRNGKey(1))
 
-    state = create_train_state(setup, config)
-    new_state, metrics = jax.jit(make_update(setup, config), compiler_options=ONCE)(state, batch,
-                                                                                    setup.teacher.variables)
+    state = create_train_state(setup)
+    new_state, metrics = jax.jit(make_update(setup), compiler_options=ONCE)(state, batch, setup.teacher.variables)
     assert np.isfinite(float(metrics["loss"])) and float(metrics["term"]) > 0
     for part in ("student", "method"):
         assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params[part]),

@@ -1,13 +1,16 @@
 """Seeds in one program (`jaxkd.tools.multi_run`): each of N runs stepped together by the vmapped engine step equals
 the same run (same seed) stepped alone by the engine's own train program."""
 
+import dataclasses
+
 import jax
 import numpy as np
 
 from configs import kd_wrn
 from jaxkd.tools import bench, multi_run
 from jaxkd.data import epoch_permutation
-from jaxkd.train import create_train_state, make_train_step, zero_sums
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.step import make_train_step, zero_sums
 
 STEPS = 3
 
@@ -24,16 +27,17 @@ def test_each_vmapped_run_equals_the_run_trained_alone(monkeypatch):
     data = (train.images, train.labels, train.index)
     # each run's initial state is the engine's for its seed (made once here: the init costs seconds on CPU)
     assert multi_run.run_seeds(config, 2) == [7, 8]
-    initial = {seed: create_train_state(setup, multi_run.run_config(config, seed)) for seed in (7, 8)}
+    initial = {seed: create_train_state(dataclasses.replace(setup, config=multi_run.run_config(config, seed)))
+               for seed in (7, 8)}
     initial_copies = jax.tree.map(np.array, initial)  # `alone` donates the states it is given
-    monkeypatch.setattr(multi_run, "create_train_state", lambda setup, run_config: initial[run_config.seed])
+    monkeypatch.setattr(multi_run, "create_train_state", lambda setup: initial[setup.config.seed])
     states, sums = multi_run.stacked_train_states(setup, config, 2), multi_run.stacked_zero_sums(setup, 2)
     permutations = multi_run.epoch_permutations(config, 2, 0, len(train))
     step = multi_run.make_multi_train_step(setup, config)
     for _ in range(STEPS):
         states, sums = step(states, sums, setup.teacher.variables, *data, permutations)
 
-    alone = make_train_step(setup, config)
+    alone = make_train_step(setup)
     for run, seed in enumerate((7, 8)):
         state, run_sums = initial[seed], zero_sums(setup)
         permutation = epoch_permutation(jax.random.PRNGKey(seed), 0, len(train))  # as jaxkd.train draws it

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from configs import demo
-from jaxkd.train import train_and_evaluate
+from jaxkd.engine.loop import train_and_evaluate
 
 
 def test_metrics_show_the_seeds_decay_after_the_first_step_of_the_epoch(tmp_path):

@@ -13,7 +13,7 @@ from configs import crd_kd_wrn, kd_wrn
 from jaxkd.tools import report
 from jaxkd.io.metric_log import MetricLog
 from jaxkd.tools.published import SOURCES, published_for
-from jaxkd.train import train_and_evaluate
+from jaxkd.engine.loop import train_and_evaluate
 from tests.conftest import small_config
 
 

@@ -31,7 +31,9 @@ import torch
 from configs import crd_kd_wrn
 from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd import train
+from jaxkd.engine.initial_state import create_train_state
 from jaxkd.engine.mesh import data_mesh, replicated
+from jaxkd.engine.setup import build, check_config
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.engine.optimizer import make_optimizer
 from jaxkd.io.run_checkpoint import RunCheckpoints
@@ -131,8 +133,8 @@ def worst_ratio(reference: dict, other: dict) -> float:
 def restore_on_one_device(workdir, teacher):
     """The latest train state of `workdir`, restored onto this process's single device."""
     config = config_of(teacher)
-    setup = train.build(config, jax.devices()[:1])
-    template = jax.device_put(train.create_train_state(setup, config), replicated(setup.mesh))
+    setup = build(config, jax.devices()[:1])
+    template = jax.device_put(create_train_state(setup), replicated(setup.mesh))
     checkpoints = RunCheckpoints(workdir, keep=2)
     try:
         state, _ = checkpoints.restore(template)
@@ -180,7 +182,7 @@ def test_two_processes_train_like_one_device(runs, teacher):
     banks = ("bank_student", "bank_teacher", "z_student", "z_teacher")
     assert worst_ratio({k: crd_one[k] for k in banks}, {k: crd_two[k] for k in banks}) <= 1
     # The memory banks really moved (the comparison is not between two initial banks).
-    initial = train.create_train_state(train.build(config_of(teacher), jax.devices()[:1]), config_of(teacher))
+    initial = create_train_state(build(config_of(teacher), jax.devices()[:1]))
     moved = np.abs(np.asarray(crd_two["bank_student"]) - np.asarray(initial.method_state["bank_student"]))
     assert np.count_nonzero(moved.max(axis=1) > 1e-3) >= BATCH
 
@@ -371,4 +373,4 @@ def test_documented_commands_parse_with_the_train_command_line(document, monkeyp
     monkeypatch.chdir(REPO)  # config paths in the docs are relative to the repository
     for arguments in commands:
         flags_ = train.parse_command_line(["jaxkd.train", *arguments])
-        train.check_config(flags_.config, data_mesh(tuple(jax.devices()[:1])))
+        check_config(flags_.config, data_mesh(tuple(jax.devices()[:1])))

@@ -19,9 +19,14 @@ import torch
 
 from configs import demo
 from jaxkd.pytorch.torch_models import get_torch_model
-from jaxkd import train
 from jaxkd.errors import UserError
-from jaxkd.train import main, train_and_evaluate
+from jaxkd.engine import loop
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.engine.setup import build
+from jaxkd.engine.step import make_train_step, zero_sums
+from jaxkd.io.stop_request import StopRequest
+from jaxkd.train import main
 from tests.conftest import assert_bitwise_equal, final_params, small_config, stop_during_call
 
 REPO = Path(__file__).resolve().parents[1]
@@ -321,7 +326,7 @@ def test_a_workdir_that_is_a_file_is_one_line_before_any_load(workdir, message, 
     def no_build(config):
         raise AssertionError("the data and models were loaded before the workdir was checked")
 
-    monkeypatch.setattr(train, "build", no_build)
+    monkeypatch.setattr(loop, "build", no_build)
     (tmp_path / "notes.txt").write_text("kept\n")
     argv = ["train", "--config", str(REPO / "configs/demo.py"), "--workdir", str(tmp_path / workdir)]
     assert main(argv) == 2
@@ -465,8 +470,7 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monke
     checkpoint = tmp_path / "checkpoints" / "22"
     before = {p.relative_to(checkpoint): p.read_bytes() for p in checkpoint.rglob("*") if p.is_file()}
 
-    import jaxkd.train as train_module
-    monkeypatch.setattr(train_module, "cross_entropy", lambda logits, labels: jax.numpy.nan * logits.sum())
+    monkeypatch.setattr("jaxkd.engine.step.cross_entropy", lambda logits, labels: jax.numpy.nan * logits.sum())
     with pytest.raises(UserError, match=r"the loss became nan before step 25; stopping \(the last good "
                                         r"checkpoint \(step 22\) is kept: running the same command resumes"):
         train_and_evaluate(small_config(epochs=2), tmp_path)
@@ -487,7 +491,7 @@ def test_teacher_of_another_architecture_is_refused_before_any_compile(tmp_path,
 
 
 def test_an_unreadable_or_another_runs_config_json_is_refused_before_anything_loads(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(train, "build", lambda config: pytest.fail("the data and models were loaded first"))
+    monkeypatch.setattr(loop, "build", lambda config: pytest.fail("the data and models were loaded first"))
     argv = ["train", "--config", str(REPO / "configs/demo.py:teacher"), "--workdir", str(tmp_path)]
     for text, message in [("{not json", "config.json: not a run config jaxkd can read"),
                           ('{"model": "resnet20", "seed": 5}', "holds a run with another config (differs in: ")]:
@@ -507,13 +511,13 @@ def test_a_teacher_is_checked_before_the_data_loads_and_its_classes_against_the_
     torch.save(get_torch_model("resnet8", 10).state_dict(), tmp_path / "teacher.pth")
     config = demo.get_config("student")
     config.teacher.checkpoint, config.teacher.arch = str(tmp_path / "teacher.pth"), "wideresnet40_2"
-    monkeypatch.setattr(train, "load_split", lambda *args, **kwargs: pytest.fail("the data was loaded first"))
+    monkeypatch.setattr("jaxkd.engine.setup.load_split", lambda *args, **kwargs: pytest.fail("the data was loaded first"))
     with pytest.raises(UserError, match="does not fit wideresnet40_2"):
-        train.build(config)
+        build(config)
     config.teacher.arch = ""
     hundred = Split(np.zeros((4, 32, 32, 3), np.uint8), np.arange(4, dtype=np.int32), np.arange(4, dtype=np.int32), 100)
     with pytest.raises(UserError, match=r"teacher .*teacher.pth has 10 classes, the dataset 100"):
-        train.build(config, data=(hundred, hundred))
+        build(config, data=(hundred, hundred))
 
 
 def test_bfloat16_compute_keeps_float32_parameters_statistics_and_loss():
@@ -524,13 +528,13 @@ def test_bfloat16_compute_keeps_float32_parameters_statistics_and_loss():
     for dtype in ("float32", "bfloat16"):
         config = small_config()
         config.dtype = dtype
-        setup = train.build(config, jax.devices()[:1])
+        setup = build(config, jax.devices()[:1])
         whole = replicated(setup.mesh)
-        state = jax.device_put(train.create_train_state(setup, config), whole)
+        state = jax.device_put(create_train_state(setup), whole)
         data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
         permutation = epoch_permutation(jax.random.PRNGKey(0), 0, num_examples=len(setup.train))
-        step = train.make_train_step(setup, config)
-        arguments = (state, train.zero_sums(setup), None, *data, permutation)
+        step = make_train_step(setup)
+        arguments = (state, zero_sums(setup), None, *data, permutation)
         hlo[dtype] = step.lower(*arguments).as_text()
         state, sums = step(*arguments)
         losses[dtype] = float(sums["loss"])
@@ -590,14 +594,14 @@ def test_a_chunk_of_steps_in_one_call_equals_single_steps_up_to_rounding(unroll)
     from jaxkd.engine.mesh import replicated
 
     config = small_config()
-    setup = train.build(config, jax.devices()[:1])
+    setup = build(config, jax.devices()[:1])
     whole = replicated(setup.mesh)
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
     permutation = jax.device_put(epoch_permutation(jax.random.PRNGKey(0), 0, num_examples=len(setup.train)), whole)
     results = {}
     for chunk, calls in ((1, 2), (2, 1), (1, 1)):
-        state, sums = jax.device_put(train.create_train_state(setup, config), whole), train.zero_sums(setup)
-        step = train.make_train_step(setup, config, chunk, unroll=unroll)
+        state, sums = jax.device_put(create_train_state(setup), whole), zero_sums(setup)
+        step = make_train_step(setup, chunk, unroll=unroll)
         for _ in range(calls):
             state, sums = step(state, sums, None, *data, permutation)
         results[chunk, calls] = jax.device_get((state, sums))
@@ -617,15 +621,13 @@ def test_chunked_run_logs_like_single_steps_and_resumes_bitwise(tmp_path, monkey
     """steps_per_dispatch=2 through the real loop (calls of 2, 2, 1 steps between fetches every 5): metrics at
     the same steps as one step per call, and a run stopped between two calls (here after the first chunk, at
     step 2) resumes to the same final weights."""
-    import jaxkd.train as train_module
-
     config = small_config(epochs=1)
     config.steps_per_dispatch = 2
     straight = train_and_evaluate(config, tmp_path / "straight")
     assert straight["step"] == 22
 
     calls = {"count": 0}
-    real_before_dispatch = train_module.StopRequest.before_dispatch
+    real_before_dispatch = StopRequest.before_dispatch
 
     def stop_before_the_second_call(self):  # as if SIGTERM arrived during the first call
         calls["count"] += 1
@@ -633,7 +635,7 @@ def test_chunked_run_logs_like_single_steps_and_resumes_bitwise(tmp_path, monkey
             self._handle(signal.SIGTERM, None)
         return real_before_dispatch(self)
 
-    monkeypatch.setattr(train_module.StopRequest, "before_dispatch", stop_before_the_second_call)
+    monkeypatch.setattr(StopRequest, "before_dispatch", stop_before_the_second_call)
     with pytest.raises(SystemExit) as stopped:
         train_and_evaluate(config, tmp_path / "stopped")
     assert stopped.value.code == 143
@@ -982,7 +984,7 @@ def fill_disk_under(sink: str, workdir: Path, monkeypatch) -> FullDisk:
     from jaxkd.io import metric_log, safe_write
 
     disk = FullDisk()
-    real_write, real_export = metric_log.MetricLog.write, train.export_models
+    real_write, real_export = metric_log.MetricLog.write, loop.export_models
     fault_row = {"metrics.jsonl": (25, "train"), "tensorboard": (44, "eval")}.get(sink)
 
     def write(log, step, kind, values):
@@ -1002,7 +1004,7 @@ def fill_disk_under(sink: str, workdir: Path, monkeypatch) -> FullDisk:
     elif sink == "tensorboard":
         monkeypatch.setattr(tensorboardX.record_writer, "open", open_failing, raising=False)
     else:
-        monkeypatch.setattr(train, "export_models", export_models)
+        monkeypatch.setattr(loop, "export_models", export_models)
         real_os = safe_write.os
         monkeypatch.setattr(safe_write, "os", type("os", (), {
             "__getattr__": lambda self, name: getattr(real_os, name),

@@ -13,7 +13,7 @@ from jaxkd.data import load_split, normalize
 from jaxkd.methods.base import Method, MethodInit
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.models import get_model
-from jaxkd.train import train_and_evaluate
+from jaxkd.engine.loop import train_and_evaluate
 from tests.conftest import small_config
 
 

@@ -20,7 +20,9 @@ import jax, jax.numpy as jnp, numpy as np, torch
 from configs import crd_kd_wrn, repdistiller
 from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.engine import init_stage
-from jaxkd import train
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.setup import build
+from jaxkd.engine.step import make_train_step, zero_sums
 from jaxkd.data import epoch_permutation
 from jaxkd.engine.mesh import replicated
 from jaxkd.io.run_checkpoint import RunCheckpoints
@@ -45,10 +47,10 @@ for case in STEPS:
         config.crd.nce_k = 256
     finals, states = {}, {}
     for devices in (1, 8):
-        setup = train.build(config, jax.devices()[:devices])
+        setup = build(config, jax.devices()[:devices])
         whole = replicated(setup.mesh)
         assert setup.mesh.devices.size == devices
-        state = train.create_train_state(setup, config)
+        state = create_train_state(setup)
         if case == "crd_kd_last_batch":
             report[f"{devices}:layout"] = [setup.steps_per_epoch, setup.last_batch_size]
             state = state.replace(step=jnp.asarray(setup.steps_per_epoch - 1, jnp.int32))
@@ -59,16 +61,16 @@ for case in STEPS:
                               out_shardings=whole)(jax.random.PRNGKey(config.seed), 0)
         if case == "ab":  # the init stage's step instead of training's
             stage = setup.method.init_stage(config)
-            init_state = init_stage.initial_init_state(setup, config, state, stage)
-            step, sums = (init_stage.make_init_step(setup, config, stage, config.batch_size),
+            init_state = init_stage.initial_init_state(setup, state, stage)
+            step, sums = (init_stage.make_init_step(setup, stage, config.batch_size),
                           jax.device_put(np.zeros((), np.float32), whole))
             for _ in range(STEPS[case]):
                 init_state, sums = step(init_state, sums, jax.random.PRNGKey(1), teacher, *data, permutation)
             state = init_stage.merged_into(state, init_state)
         else:
             last = case == "crd_kd_last_batch"
-            step = train.make_train_step(setup, config, batch_size=setup.last_batch_size if last else None)
-            before, sums = jax.device_get(state.method_state), train.zero_sums(setup)
+            step = make_train_step(setup, batch_size=setup.last_batch_size if last else None)
+            before, sums = jax.device_get(state.method_state), zero_sums(setup)
             for _ in range(STEPS[case]):
                 state, sums = step(state, sums, teacher, *data, permutation)
             if last:

@@ -48,7 +48,9 @@ from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
 from jaxkd.models.batchnorm import BatchNorm
 from jaxkd.engine.optimizer import config_learning_rate_schedule, make_optimizer
-from jaxkd.train import Setup, Teacher, make_update, train_state_layout
+from jaxkd.engine.initial_state import train_state_layout
+from jaxkd.engine.setup import Setup, Teacher
+from jaxkd.engine.step import make_update
 from jaxkd.engine.train_state import TrainState
 from tests.conftest import nchw, randomized_torch_model
 from tests.reference import torch_training
@@ -141,8 +143,8 @@ def _run_jax(config, student_init: dict, teacher_variables, images, labels):
     probe = Split(jnp.zeros((BATCH, 32, 32, 3), jnp.uint8), labels[0], np.arange(BATCH, dtype=np.int32), NUM_CLASSES)
     setup = Setup(student=get_model(STUDENT, NUM_CLASSES), method=get_method(config.method, config), teacher=teacher,
                   optimizer=make_optimizer(config, STEPS_PER_EPOCH), train=probe, test=None,
-                  steps_per_epoch=STEPS_PER_EPOCH, mesh=data_mesh())
-    layout = train_state_layout(setup, config)
+                  steps_per_epoch=STEPS_PER_EPOCH, mesh=data_mesh(), config=config)
+    layout = train_state_layout(setup)
     assert not jax.tree_util.tree_leaves((layout.params["method"], layout.batch_stats["method"], layout.method_state))
     params = {"student": jax.tree_util.tree_map(jnp.asarray, student_init["params"]), "method": {}}
     batch_stats = {"student": jax.tree_util.tree_map(jnp.asarray, student_init["batch_stats"]), "method": {}}
@@ -153,7 +155,7 @@ def _run_jax(config, student_init: dict, teacher_variables, images, labels):
     assert [(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(state)] == \
         [(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(layout)]
 
-    engine_update = make_update(setup, config)
+    engine_update = make_update(setup)
 
     def update(state, batch, teacher_variables):
         with nn.intercept_methods(_record_preactivations):

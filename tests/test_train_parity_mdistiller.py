@@ -28,7 +28,9 @@ from jaxkd.tools.evaluate import data_mesh
 from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
 from jaxkd.engine.optimizer import make_optimizer
-from jaxkd.train import Setup, Teacher, make_update, train_state_layout
+from jaxkd.engine.initial_state import train_state_layout
+from jaxkd.engine.setup import Setup, Teacher
+from jaxkd.engine.step import make_update
 from jaxkd.engine.train_state import TrainState
 from tests.conftest import nchw, randomize_batchnorm_and_bias
 from tests.reference import mdistiller_training
@@ -74,8 +76,8 @@ def _run_jax(config, student_init, teacher_variables, method_variables, images, 
     probe = Split(jnp.zeros((BATCH, 32, 32, 3), jnp.uint8), labels[0], np.arange(BATCH, dtype=np.int32), NUM_CLASSES)
     setup = Setup(student=get_model(ARCH, NUM_CLASSES), method=get_method(config.method, config), teacher=teacher,
                   optimizer=make_optimizer(config, STEPS_PER_EPOCH), train=probe, test=None,
-                  steps_per_epoch=STEPS_PER_EPOCH, mesh=data_mesh())
-    layout = train_state_layout(setup, config)  # the engine's state layout
+                  steps_per_epoch=STEPS_PER_EPOCH, mesh=data_mesh(), config=config)
+    layout = train_state_layout(setup)  # the engine's state layout
     params = {"student": student_init["params"], "method": method_variables.get("params", {})}
     batch_stats = {"student": student_init["batch_stats"], "method": method_variables.get("batch_stats", {})}
     params, batch_stats = jax.tree_util.tree_map(jnp.asarray, (params, batch_stats))
@@ -84,7 +86,7 @@ def _run_jax(config, student_init, teacher_variables, method_variables, images, 
                        rng=jax.random.PRNGKey(config.seed))
     assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(layout)
     assert [a.shape for a in jax.tree_util.tree_leaves(state)] == [a.shape for a in jax.tree_util.tree_leaves(layout)]
-    update = jax.jit(make_update(setup, config), compiler_options=compiler_options(setup.mesh))
+    update = jax.jit(make_update(setup), compiler_options=compiler_options(setup.mesh))
     history = []
     for step in range(STEPS):
         batch = Batch(jnp.asarray(images[step]), jnp.asarray(labels[step]), jnp.arange(BATCH, dtype=jnp.int32),

@@ -10,7 +10,10 @@ import numpy as np
 from configs import kd_saliencymix_wrn, saliencymix_wrn
 from jaxkd.engine.mesh import replicated
 from jaxkd.io.model_checkpoint import load_model_checkpoint
-from jaxkd.train import build, create_train_state, make_train_step, train_and_evaluate, zero_sums
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.engine.setup import build
+from jaxkd.engine.step import make_train_step, zero_sums
 from tests.conftest import save_random_teacher
 from tests.conftest import small_config
 
@@ -55,9 +58,9 @@ def test_mixed_and_unmixed_steps_share_one_compile():
     config = small_config()
     config.saliencymix, config.saliencymix_prob = True, 0.5
     setup = build(config)
-    step = make_train_step(setup, config)
+    step = make_train_step(setup)
     whole = replicated(setup.mesh)  # placed as the training loop places them
-    state = jax.device_put(create_train_state(setup, config), whole)
+    state = jax.device_put(create_train_state(setup), whole)
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
     permutation = jax.device_put(np.arange(len(setup.train), dtype=np.int32), whole)
     sums = zero_sums(setup)

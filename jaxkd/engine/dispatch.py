@@ -1,7 +1,7 @@
 """How the host hands train steps to the device: how many per call, which programs, and when it fetches.
 
 One host call runs one train step or `steps_per_dispatch` of them (a `lax.scan`, see
-`jaxkd.train.make_train_step`). The loop stops to fetch the metric sums every `log_every_steps` and at each
+`jaxkd.engine.step.make_train_step`). The loop stops to fetch the metric sums every `log_every_steps` and at each
 epoch's end; between two stops it dispatches whole chunks where they fit and single steps for the rest, so a run
 compiles at most two train programs. The engine's loop and the bench both follow `dispatch_plan`.
 """

@@ -20,10 +20,6 @@ never reruns the stage. Its rows in metrics.jsonl have `kind` "init" and the ste
 (<= 0, before training's step 1), with `init_step` and `init_epoch`.
 """
 
-import functools
-import math
-import sys
-import time
 
 import flax.linen as nn
 import flax.struct
@@ -31,10 +27,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxkd.engine import distributed
 from jaxkd.engine.compile_options import compiler_options
-from jaxkd.data import epoch_permutation
-from jaxkd.engine.dispatch import dispatch_plan
+from jaxkd.engine.dispatch import TrainPrograms
+from jaxkd.engine.epoch_loop import EpochLoop, RunContext
 from jaxkd.errors import UserError
 from jaxkd.engine.mesh import batch_sharded, replicated
 from jaxkd.methods.base import INIT_MODULES, Batch, InitStage, apply_module
@@ -98,13 +93,13 @@ def frozen_batch_norms(names: frozenset):
     return intercept
 
 
-def initial_init_state(setup, config, state: TrainState, stage: InitStage) -> InitState:
+def initial_init_state(setup, state: TrainState, stage: InitStage) -> InitState:
     """The stage's state at its start: the train state's student, the method's init modules, SGD at rest."""
     modules = state.method_state[INIT_MODULES]
     params = {"student": state.params["student"], "modules": modules.get("params", {})}
     batch_stats = {"student": state.batch_stats["student"], "modules": modules.get("batch_stats", {})}
     return InitState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                     opt_state=init_optimizer(stage, config, params).init(params))
+                     opt_state=init_optimizer(stage, setup.config, params).init(params))
 
 
 def merged_into(state: TrainState, init_state: InitState) -> TrainState:
@@ -117,7 +112,7 @@ def merged_into(state: TrainState, init_state: InitState) -> TrainState:
                          method_state=method_state)
 
 
-def make_init_update(setup, config, stage: InitStage):
+def make_init_update(setup, stage: InitStage):
     """update(init_state, batch, teacher_variables) -> (init_state, loss): one step of RepDistiller's `init`
     loop on a prepared batch. Pure and unjitted (the parity tests call it on fixed batches)."""
     student, method, teacher = setup.student, setup.method, setup.teacher
@@ -126,7 +121,7 @@ def make_init_update(setup, config, stage: InitStage):
     def update(init_state: InitState, batch: Batch, teacher_variables):
         teacher_out = apply_module(teacher.model, teacher_variables, batch.images, train=False,
                                    method=teacher.model.forward)[0]
-        optimizer = init_optimizer(stage, config, init_state.params)
+        optimizer = init_optimizer(stage, setup.config, init_state.params)
 
         def loss_fn(params):
             student_out, student_stats = None, init_state.batch_stats["student"]
@@ -147,16 +142,16 @@ def make_init_update(setup, config, stage: InitStage):
     return update
 
 
-def make_init_step(setup, config, stage: InitStage, batch_size: int):
+def make_init_step(setup, stage: InitStage, batch_size: int):
     """step(init_state, loss_sum, key, teacher_variables, images, labels, index, permutation) -> (init_state,
     loss_sum), jitted, state and sum donated: one init step on batches of `batch_size` (the run's, or the
     epoch's partial last one)."""
-    update = make_init_update(setup, config, stage)
+    update = make_init_update(setup, stage)
     state_sharding = replicated(setup.mesh)
     batch_sharding = batch_sharded(setup.mesh) if batch_size % setup.mesh.devices.size == 0 else state_sharding
 
     def init_step(init_state, loss_sum, key, teacher_variables, images, labels, index, permutation):
-        batch = prepare_batch(setup.pipeline, config, key, init_state.step, permutation, images, labels, index,
+        batch = prepare_batch(setup.pipeline, setup.config, key, init_state.step, permutation, images, labels, index,
                               batch_size, batch_sharding, setup.steps_per_epoch)
         init_state, loss = update(init_state, batch, teacher_variables)
         return init_state, loss_sum + loss.astype(jnp.float32)
@@ -169,9 +164,10 @@ def total_steps(setup, stage: InitStage) -> int:
     return stage.epochs * setup.steps_per_epoch
 
 
-def log_resume_step(setup, config, workdir, train_checkpoint_step: int | None) -> int | None:
+def log_resume_step(setup, workdir, train_checkpoint_step: int | None) -> int | None:
     """The step metrics.jsonl resumes from: the train checkpoint's, else (inside the init stage) the init
     checkpoint's, `init_step - total`, else None (a new start)."""
+    config = setup.config
     stage = setup.method.init_stage(config)
     if train_checkpoint_step is not None or stage is None:
         return train_checkpoint_step
@@ -183,94 +179,73 @@ def log_resume_step(setup, config, workdir, train_checkpoint_step: int | None) -
     return None if init_step is None else init_step - total_steps(setup, stage)
 
 
-def run_init_stage(setup, config, state: TrainState, teacher_variables, data, workdir, log, stop, say
-                   ) -> TrainState:
+def run_init_stage(setup, state: TrainState, teacher_variables, data, context: RunContext) -> TrainState:
     """Runs (or resumes) the method's init stage; returns the train state with its results (`merged_into`).
     `data`: (images, labels, index) of the training set on the devices. A stop request saves the stage's
     state and exits as the training loop does."""
+    config = setup.config
     stage = setup.method.init_stage(config)
     if setup.teacher is None:
         raise UserError(f"method {setup.method.name!r}: its init stage needs a teacher")
-    total = total_steps(setup, stage)
-    init_state = jax.device_put(initial_init_state(setup, config, state, stage), replicated(setup.mesh))
-    checkpoints = RunCheckpoints(workdir, config.keep_checkpoints, "init_checkpoints")
+    init_state = jax.device_put(initial_init_state(setup, state, stage), replicated(setup.mesh))
+    checkpoints = RunCheckpoints(context.workdir, config.keep_checkpoints, "init_checkpoints")
     try:
         if checkpoints.latest_step() is not None:
             init_state, _ = checkpoints.restore(init_state)
-            say(f"resumed the init stage from {checkpoints.directory} at init step {int(init_state.step)}")
-        init_state = _init_loop(setup, config, stage, init_state, state, teacher_variables, data, checkpoints,
-                                log, stop, say, total)
+            context.say(f"resumed the init stage from {checkpoints.directory} at init step {int(init_state.step)}")
+        step = int(init_state.step)
+        loop = InitLoop(setup, context, checkpoints, stage, state.rng, teacher_variables, data, step)
+        if step == 0:
+            context.say(f"init stage of {setup.method.name}: {stage.epochs} epochs at lr {stage.learning_rate}")
+        init_state, _ = loop.run(init_state, step)
     finally:
         checkpoints.close()
     return merged_into(state, init_state)
 
 
-def _init_loop(setup, config, stage, init_state, state, teacher_variables, data, checkpoints, log, stop, say,
-               total):
-    spe, on_all_devices = setup.steps_per_epoch, replicated(setup.mesh)
-    key = jax.random.fold_in(state.rng, INIT_STREAM)
-    full_step = make_init_step(setup, config, stage, config.batch_size)
-    last_step = make_init_step(setup, config, stage, setup.last_batch_size) if setup.partial_last_batch else None
-    permutation_of = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
-                             out_shardings=on_all_devices)
+class InitLoop(EpochLoop):
+    """The init stage's epochs: one step per call, rows of kind "init" at the steps `init_step - total` (<= 0),
+    a line per epoch, a checkpoint in `init_checkpoints` after every epoch but the last (whose state goes into the
+    train state's checkpoint at step 0), and a stop saves at once, even at an epoch's end."""
 
-    def zero():
-        return jax.device_put(jnp.zeros((), jnp.float32), on_all_devices)
+    label = "init epoch"
+    finishes_epoch_before_stop = False
 
-    loss_sum, step = zero(), int(init_state.step)
-    fetched_step, fetched_time, examples = step, time.perf_counter(), 0
-    if step == 0:
-        say(f"init stage of {setup.method.name}: {stage.epochs} epochs at lr {stage.learning_rate}")
+    def __init__(self, setup, context: RunContext, checkpoints: RunCheckpoints, stage: InitStage, rng,
+                 teacher_variables, data: tuple, step: int):
+        key = jax.random.fold_in(rng, INIT_STREAM)
+        full_batch_program = make_init_step(setup, stage, setup.config.batch_size)
+        last_batch_program = (make_init_step(setup, stage, setup.last_batch_size)
+                              if setup.partial_last_batch else None)
+        super().__init__(setup, context, checkpoints, stage.epochs,
+                         TrainPrograms(lambda num_steps: full_batch_program, steps_per_dispatch=1),
+                         last_batch_program, (key, teacher_variables, *data), jax.random.fold_in(key, 1), step)
+        self.stage = stage
 
-    def fetch_and_log(loss_sum, step):
-        nonlocal fetched_step, fetched_time, examples
-        now, count = time.perf_counter(), step - fetched_step
-        loss = float(jax.device_get(loss_sum)) / count
-        if not math.isfinite(loss):
-            raise UserError(f"the init stage's loss became {loss} before init step {step}; stopping")
-        checkpoints.check()  # a background save that failed (a full disk) stops the stage here
-        log.write(step - total, "init", {"init_step": step, "init_epoch": step / spe, "loss": loss,
-                                         "lr": stage.learning_rate,
-                                         "images_per_s": examples / max(now - fetched_time, 1e-9)})
-        fetched_step, fetched_time, examples = step, now, 0
-        return zero(), loss
+    def new_sums(self):
+        return jax.device_put(jnp.zeros((), jnp.float32), replicated(self.setup.mesh))
 
-    # progress within an epoch, as training shows it: a bar on a terminal, a line per log step to a file or pipe
-    show_progress = config.progress_bar and distributed.is_primary()
-    progress_lines = show_progress and not sys.stdout.isatty()
-    while step < total:
-        epoch = step // spe
-        permutation = permutation_of(jax.random.fold_in(key, 1), epoch)
-        loss, bar = None, None
-        if show_progress:
-            from tqdm import tqdm
-            bar = tqdm(total=spe, initial=step % spe, desc=f"init epoch {epoch + 1}/{stage.epochs}", leave=False,
-                       dynamic_ncols=True, file=sys.stdout, disable=None)  # off when not a TTY
-        for _, fetch in dispatch_plan(step, (epoch + 1) * spe, spe, config.log_every_steps, 1,
-                                      last_step_alone=setup.partial_last_batch):
-            if stop.before_dispatch():
-                break
-            partial = setup.partial_last_batch and step % spe == spe - 1
-            program = last_step if partial else full_step
-            init_state, loss_sum = program(init_state, loss_sum, key, teacher_variables, *data, permutation)
-            step += 1
-            examples += setup.last_batch_size if partial else config.batch_size
-            if bar is not None:
-                bar.update(1)
-            if fetch:
-                loss_sum, loss = fetch_and_log(loss_sum, step)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                if progress_lines:
-                    print(f"init epoch {epoch + 1}/{stage.epochs} step {step - epoch * spe}/{spe}: loss {loss:.4f}",
-                          flush=True)
-        if bar is not None:
-            bar.close()
-        if stop.requested:
-            if step > fetched_step:
-                fetch_and_log(loss_sum, step)
-            stop.save_and_exit(checkpoints, init_state, {}, f"the init stage at init step {step}", say)
-        say(f"init epoch {step // spe}/{stage.epochs}: loss {loss:.4f}")
-        if step < total:  # the last epoch's state goes into the train state's checkpoint at step 0
-            checkpoints.save(init_state, {})
-    return init_state
+    def means(self, values, count: int, step: int) -> dict:
+        return {"init_step": step, "init_epoch": step / self.setup.steps_per_epoch,
+                "loss": float(values) / count, "lr": self.stage.learning_rate}
+
+    def write(self, step: int, means: dict) -> None:
+        self.context.log.write(step - self.total, "init", means)
+
+    def diverged(self, loss: float, step: int) -> str:
+        return f"the init stage's loss became {loss} before init step {step}; stopping"
+
+    def postfix(self, means: dict) -> dict:
+        return dict(loss=f"{means['loss']:.4f}")
+
+    def progress_text(self, means: dict) -> str:
+        return f"loss {means['loss']:.4f}"
+
+    def end_epoch(self, state, step: int, means: dict | None) -> None:
+        self.context.say(f"init epoch {step // self.setup.steps_per_epoch}/{self.epochs}: loss {means['loss']:.4f}")
+
+    def checkpoint_due(self, step: int) -> bool:
+        return step < self.total  # the last epoch's state goes into the train state's checkpoint at step 0
+
+    def checkpoint_name(self, step: int) -> str:
+        return f"the init stage at init step {step}"

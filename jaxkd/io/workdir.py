@@ -253,10 +253,11 @@ def save_config(config, workdir: Path) -> None:
         write_text_atomically(text, path, force=True, what="the run's config")
 
 
-def export_models(setup, config, state: TrainState, workdir: Path, result: dict, progress: dict) -> None:
+def export_models(setup, state: TrainState, workdir: Path, result: dict, progress: dict) -> None:
     """The final student as `model/` (model checkpoint) and `student.pth` (seed layout, loads strictly), and
     each extra model of the method (DML's peers) as `{name}/` and `{name}.pth`. Every process takes part in
-    the Orbax writes; process 0 writes the `.pth` files. `setup` is the run's `jaxkd.train.Setup`."""
+    the Orbax writes; process 0 writes the `.pth` files. `setup` is the run's `jaxkd.engine.setup.Setup`."""
+    config = setup.config
     common = {"num_classes": setup.train.num_classes, "method": config.method,
               "saliencymix": bool(config.saliencymix), "step": int(state.step), "written_by": "jaxkd.train",
               "normalization": setup.pipeline.normalization}  # the mean/std its inputs were normalized with

@@ -36,8 +36,9 @@ from jaxkd.models import COMPUTE_DTYPES, canonical_name, get_model
 from jaxkd.tools.multi_run import multi_run_part, stacked_train_states
 from jaxkd.tools.published import REPDISTILLER_PAIRS_DIFFERENT, REPDISTILLER_PAIRS_SAME
 from jaxkd.io.safe_write import check_output_directory
-from jaxkd.train import (Setup, Teacher, build, create_train_state, make_train_step, train_programs,
-                         zero_sums)
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.setup import Setup, Teacher, build
+from jaxkd.engine.step import make_train_step, train_programs, zero_sums
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
@@ -81,7 +82,7 @@ def synthetic_split(num_examples: int, num_classes: int = NUM_CLASSES, seed: int
 
 def random_teacher(config, num_classes: int) -> Teacher | None:
     """A teacher of `config.teacher.arch` with random weights, for a method that needs one when the config names
-    no checkpoint (else None: `jaxkd.train.build` loads the configured one)."""
+    no checkpoint (else None: `jaxkd.engine.setup.build` loads the configured one)."""
     if not get_method(config.method, config).uses_teacher or config.teacher.checkpoint:
         return None
     if not config.teacher.arch:
@@ -100,7 +101,7 @@ def bench_classes(config) -> int:
 
 
 def bench_setup(config, train: Split, devices) -> Setup:
-    """`jaxkd.train.build` on the bench's training split (also its test split), with a random teacher when no
+    """`jaxkd.engine.setup.build` on the bench's training split (also its test split), with a random teacher when no
     checkpoint is configured."""
     return build(config, devices, data=(train, train), teacher=random_teacher(config, train.num_classes))
 
@@ -112,11 +113,11 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
     and `config.steps_per_dispatch` steps per call where they fit, as `jaxkd.train` dispatches them), compiled
     and warmed up here; they are built with `JAXKD_CPU_YNN` saying `cpu_ynn` (None: as the environment says)."""
     on_all = replicated(setup.mesh)
-    state = jax.device_put(create_train_state(setup, config), on_all)
+    state = jax.device_put(create_train_state(setup), on_all)
     teacher_variables = jax.device_put(setup.teacher.variables, on_all) if setup.teacher else None
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), on_all)
     with cpu_ynn_setting(cpu_ynn):
-        programs = train_programs(setup, config)
+        programs = train_programs(setup)
         options = compiler_options(setup.mesh)  # what the engine's jit was given
     chunk = programs.steps_per_dispatch
     permutation_of = jax.jit(lambda key, epoch: epoch_permutation(key, epoch, len(setup.train)),
@@ -136,7 +137,7 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
             step_flops = lowered_flops(lowered)
     if setup.partial_last_batch:  # the epoch's last step, on the partial batch the pipeline keeps
         with cpu_ynn_setting(cpu_ynn):
-            last_program = make_train_step(setup, config, batch_size=setup.last_batch_size)
+            last_program = make_train_step(setup, batch_size=setup.last_batch_size)
         compiled["last"] = last_program.lower(carry["state"], carry["sums"], teacher_variables, *data,
                                               permutation).compile()
     # XLA counts one device's program: times the devices, for the whole step (the replicated optimizer

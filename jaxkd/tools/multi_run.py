@@ -3,7 +3,7 @@
 At batch 64 the CIFAR models use a few percent of a modern GPU, while a results table needs 3-5 seeds per
 cell. Here N runs, each with its own seed (`config.seed + i`: its own initialization, data order, augmentation,
 BN statistics, method state and metric sums), are stacked along a leading axis and stepped together by
-`jax.vmap` of the engine's own train program (`jaxkd.train.make_train_step`), with one teacher shared by all.
+`jax.vmap` of the engine's own train program (`jaxkd.engine.step.make_train_step`), with one teacher shared by all.
 Each run computes what it would compute alone (up to float rounding: vmapped convolutions with per-run weights
 become grouped convolutions, whose kernels sum in another order); tests/test_multi_run.py checks that.
 
@@ -13,6 +13,7 @@ what that would take. `python -m jaxkd.bench --num_runs 1,2,4,8` measures the ag
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -23,7 +24,9 @@ from jaxkd.engine.compile_options import compiler_options
 from jaxkd.data import epoch_permutation
 from jaxkd.engine.dispatch import dispatch_plan, steps_per_dispatch
 from jaxkd.engine.mesh import replicated
-from jaxkd.train import Setup, create_train_state, make_train_step, zero_sums
+from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.setup import Setup
+from jaxkd.engine.step import make_train_step, zero_sums
 
 # the train program's arguments: state, sums, teacher variables, images, labels, index, permutation;
 # per run (0) or shared (None)
@@ -50,7 +53,8 @@ def stack(trees: list):
 
 def stacked_train_states(setup: Setup, config, num_runs: int):
     """The initial train states of the N runs (each as `create_train_state` makes it for its seed), stacked."""
-    return stack([create_train_state(setup, run_config(config, seed)) for seed in run_seeds(config, num_runs)])
+    return stack([create_train_state(dataclasses.replace(setup, config=run_config(config, seed)))
+                  for seed in run_seeds(config, num_runs)])
 
 
 def stacked_zero_sums(setup: Setup, num_runs: int):
@@ -68,7 +72,7 @@ def make_multi_train_step(setup: Setup, config, num_steps: int = 1):
     the engine's `num_steps`-step train program (`make_train_step`) mapped over the runs' axis of the stacked
     states, sums and permutations; the teacher and the training set are shared. States and sums are donated."""
     # the engine's program unjitted (its jit's own compiler options may not be nested in this jit)
-    one_run = make_train_step(setup, config, num_steps).__wrapped__
+    one_run = make_train_step(dataclasses.replace(setup, config=config), num_steps).__wrapped__
     return jax.jit(jax.vmap(one_run, in_axes=RUN_AXES), donate_argnums=(0, 1),
                    compiler_options=compiler_options(setup.mesh))
 

@@ -132,6 +132,7 @@ import jax, jax.numpy as jnp, numpy as np, torch
 from configs import crd_wrn
 from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.setup import build
 from jaxkd.engine.step import make_train_step, zero_sums
 from jaxkd.data import epoch_permutation
 from jaxkd.engine.mesh import replicated

@@ -44,7 +44,7 @@ for method in STEPS:
     if method == "crd":
         config.crd.nce_k = 256
     if method == "ab":
-        config.saliencymix, config.saliencymix_prob = True, 1.0
+        config.data.saliencymix, config.data.saliencymix_prob = True, 1.0
     finals, states = {}, {}
     for devices in (1, 8):
         setup = build(config, jax.devices()[:devices])

@@ -24,7 +24,7 @@ unless JAXKD_CPU_YNN=0); the record says which.
 repeat by repeat (the two variants alternate which goes first), and reports the median of the per-repeat speed
 ratios B/A:
   `--ab=ynn`: the step built with JAXKD_CPU_YNN=0 (A: XLA's defaults) and =1 (B: the YNN option; CPU only);
-  `--ab=saliencymix` (any boolean config key, dotted for sections): the config with KEY=False (A) and True (B);
+  `--ab=data.saliencymix` (any boolean config key, dotted for sections): the config with KEY=False (A) and True (B);
   `--ab=steps_per_dispatch=1,16` (any config key): the config with KEY=1 (A) and KEY=16 (B).
 
 No dataset is needed: the training set is random uint8 32x32 images with random labels, as many classes as
@@ -529,7 +529,7 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         "batch_size": batch, "compute_dtype": _same_or_none([variant.dtype for _, variant, _ in variants]),
         "steps": steps, "repeats": repeats,
         "warmup_steps": warmup_steps, "epoch_images": len(train),
-        "saliencymix": bool(config.get("saliencymix", False)), "ab": ab or None,
+        "saliencymix": bool(config.data.saliencymix), "ab": ab or None,
         "steps_per_dispatch": _same_or_none([p.info["steps_per_dispatch"] for p in step_parts]),
         "compiler_options": _same_or_none([p.info["compiler_options"] for p in step_parts]),
         "cpu_ynn": _same_or_none([p.info["cpu_ynn"] for p in step_parts]),
@@ -704,7 +704,7 @@ def _define_bench_flags(flag_values) -> None:
                         "benchmarks/results)",
                         flag_values=flag_values)
     flags.DEFINE_string("ab", "", f"'' = no A/B; '{AB_YNN}' = the jaxkd step without vs with the CPU YNN compiler "
-                        "option; a boolean config key (e.g. saliencymix) = the config with it False vs True; "
+                        "option; a boolean config key (e.g. data.saliencymix) = the config with it False vs True; "
                         "KEY=A,B (e.g. steps_per_dispatch=1,16) = the config with KEY=A vs KEY=B. The two steps "
                         "are timed interleaved in this process", flag_values=flag_values)
     flags.DEFINE_string("num_runs", "", "'' = none; a comma list of N (e.g. 1,2,4,8): also time N independent "

@@ -11,5 +11,5 @@ from configs import kd_wrn
 
 def get_config():
     config = kd_wrn.get_config()
-    config.saliencymix = True
+    config.data.saliencymix = True
     return config

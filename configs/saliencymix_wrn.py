@@ -13,5 +13,5 @@ from configs import default
 def get_config():
     config = default.get_config()
     config.model = "wideresnet40_2"
-    config.saliencymix = True
+    config.data.saliencymix = True
     return config

@@ -118,9 +118,10 @@ def test_ab_of_the_ynn_option_times_both_steps_in_one_process(tmp_path, capsys, 
 def test_ab_of_a_boolean_config_key():
     config = kd_wrn.get_config()
     config.lock()
-    variants = bench.ab_variants(config, "saliencymix", "cpu")
-    assert [name for name, _, _ in variants] == ["jaxkd step [saliencymix=False]", "jaxkd step [saliencymix=True]"]
-    assert [c.saliencymix for _, c, _ in variants] == [False, True] and not config.saliencymix
+    variants = bench.ab_variants(config, "data.saliencymix", "cpu")
+    assert [name for name, _, _ in variants] == ["jaxkd step [data.saliencymix=False]",
+                                                 "jaxkd step [data.saliencymix=True]"]
+    assert [c.data.saliencymix for _, c, _ in variants] == [False, True] and not config.data.saliencymix
     assert variants[0][2] is variants[1][2] is None  # both with the engine's compiler options
     with pytest.raises(UserError, match="boolean config key"):
         bench.ab_variants(config, "loss.alpha", "cpu")

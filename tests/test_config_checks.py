@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The keys that accept any value of their type (paths, names, switches): a type check only, no range to leave.
 # Every other key must have a value out of its range; a key added without a spec fails below.
-TYPE_ONLY = {"data.data_dir", "data.download", "data.drop_last", "saliencymix", "saliencymix_per_example",
+TYPE_ONLY = {"data.data_dir", "data.download", "data.drop_last", "data.saliencymix", "data.saliencymix_per_example",
              "optimizer.nesterov", "loss.logit_standardization", "teacher.checkpoint", "progress_bar",
              "wandb.project", "wandb.entity", "dkd.logit_standardization", "reviewkd.student_preact"}
 
@@ -161,11 +161,13 @@ def kd_wrn():
     (lambda: importlib.import_module("configs.byot_wrn").get_config(), {"loss__logit_standardization": True},
      "--config.loss.logit_standardization=True: method 'byot' uses no teacher"),
     (demo_student, {"loss__beta": 1.0}, "--config.loss.beta=1.0: method 'kd' has no term for beta to weight"),
-    (demo_teacher, {"saliencymix_prob": 0.2}, "--config.saliencymix_prob=0.2: SaliencyMix is off"),
-    (demo_teacher, {"saliencymix_per_example": True}, "--config.saliencymix_per_example=True: SaliencyMix is off"),
+    (demo_teacher, {"data__saliencymix_prob": 0.2}, "--config.data.saliencymix_prob=0.2: SaliencyMix is off"),
+    (demo_teacher, {"data__saliencymix_per_example": True},
+     "--config.data.saliencymix_per_example=True: SaliencyMix is off"),
     (demo_teacher, {"optimizer__lr_reference_batch": 256},
      "--config.optimizer.lr_reference_batch=256: it scales the lr only with --config.optimizer.lr_scaling=linear"),
     (demo_teacher, {"notes": "x"}, "config.notes: not a key jaxkd reads"),
+    (demo_teacher, {"saliencymix": True}, "config.saliencymix is now config.data.saliencymix"),  # a key that moved
 ])
 def test_a_setting_that_cannot_take_effect_is_refused_in_one_line(get_config, changes, refusal):
     config = with_changes(get_config, **changes)
@@ -201,6 +203,9 @@ def test_settings_a_recipe_carries_unused_are_listed_not_refused():
     ("demo.py:teacher", "--config.eval_batch_size=0", "--config.eval_batch_size=0: must be an integer >= 1"),
     ("demo.py:teacher", "--config.loss.kd_temperature=0", "--config.loss.kd_temperature=0.0: must be a number > 0"),
     ("demo.py:student", "--config.loss.kd_temperature=0", "--config.loss.kd_temperature=0.0: must be a number > 0"),
+    # issue 28, item 2: a key that moved
+    ("demo.py:teacher", "--config.saliencymix_prob=0.3",
+     "bad command line or config: --config.saliencymix_prob is now --config.data.saliencymix_prob"),
 ])
 def test_the_reported_commands_are_one_line_before_any_work(config, override, message, tmp_path, capsys,
                                                              monkeypatch):

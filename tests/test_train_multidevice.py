@@ -42,7 +42,7 @@ for case in STEPS:
     config.data.source, config.model = "digits", "resnet8"
     config.teacher.checkpoint, config.teacher.arch = f"{sys.argv[1]}/teacher.pth", "resnet8"
     if case == "ab":
-        config.saliencymix, config.saliencymix_prob = True, 1.0
+        config.data.saliencymix, config.data.saliencymix_prob = True, 1.0
     else:
         config.crd.nce_k = 256
     finals, states = {}, {}

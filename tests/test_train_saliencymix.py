@@ -1,5 +1,5 @@
-"""SaliencyMix inside the training step: baseline and KD on digits end to end, and one compile for mixed and
-unmixed batches."""
+"""SaliencyMix inside the training step: baseline and KD on digits end to end, one compile for mixed and unmixed
+batches, and a run started when its settings sat at the config's top level resumes."""
 
 import json
 from pathlib import Path
@@ -14,15 +14,20 @@ from jaxkd.engine.initial_state import create_train_state
 from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.engine.setup import build
 from jaxkd.engine.step import make_train_step, zero_sums
+from jaxkd.io.workdir import MOVED_KEYS
+from jaxkd.tools import report
 from tests.conftest import save_random_teacher
 from tests.conftest import small_config
 
 
 def _on_digits(config, epochs=2):
+    """The recipe's run on digits (tests/conftest.py's small run), with the recipe's SaliencyMix settings."""
     small = small_config(epochs)
+    mix = {key: config.data[key] for key in ("saliencymix", "saliencymix_prob", "saliencymix_per_example")}
     for key in ("model", "data", "epochs", "eval_every_epochs", "checkpoint_every_epochs", "log_every_steps",
                 "progress_bar", "optimizer"):
         config[key] = small[key]
+    config.data.update(mix)
     return config
 
 
@@ -33,12 +38,12 @@ def _train_records(workdir):
 
 def test_baseline_with_saliencymix_learns_and_differs_from_plain(tmp_path):
     config = _on_digits(saliencymix_wrn.get_config())
-    assert config.saliencymix
+    assert config.data.saliencymix
     mixed = train_and_evaluate(config, tmp_path / "mixed")
     records = _train_records(tmp_path / "mixed")
     # chance is 10%; learning as tests/test_methods_learn.py counts it: at least twice chance
     assert records[-1]["loss"] < records[0]["loss"] and mixed["last_top1"] >= 20.0, mixed
-    config.saliencymix = False
+    config.data.saliencymix = False
     train_and_evaluate(config, tmp_path / "plain")
     with_mix = load_model_checkpoint(tmp_path / "mixed" / "model")[0]["params"]["linear"]["kernel"]
     without = load_model_checkpoint(tmp_path / "plain" / "model")[0]["params"]["linear"]["kernel"]
@@ -56,7 +61,7 @@ def test_kd_with_saliencymix_runs_end_to_end(tmp_path):
 
 def test_mixed_and_unmixed_steps_share_one_compile():
     config = small_config()
-    config.saliencymix, config.saliencymix_prob = True, 0.5
+    config.data.saliencymix, config.data.saliencymix_prob = True, 0.5
     setup = build(config)
     step = make_train_step(setup)
     whole = replicated(setup.mesh)  # placed as the training loop places them
@@ -68,3 +73,19 @@ def test_mixed_and_unmixed_steps_share_one_compile():
         state, sums = step(state, sums, None, *data, permutation)
     assert step._cache_size() == 1
     assert np.isfinite(float(sums["loss"]))
+
+
+def test_a_run_started_with_the_settings_at_the_top_level_resumes_and_reports(tmp_path):
+    """SaliencyMix's settings moved from the config's top level into `config.data`: a workdir whose config.json
+    holds them at the top level (a run started before) resumes as the same run, and the report reads them."""
+    config = small_config(epochs=1)
+    config.data.saliencymix, config.data.saliencymix_prob = True, 0.25
+    train_and_evaluate(config, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for old, new in MOVED_KEYS.items():
+        saved[old] = saved["data"].pop(new.removeprefix("data."))
+    (tmp_path / "config.json").write_text(json.dumps(saved, indent=2, sort_keys=True))
+    assert report.load_run(str(tmp_path)).key[3] is True
+    config.epochs = 2
+    assert train_and_evaluate(config, tmp_path)["step"] == 44  # resumed at step 22 (a new run is refused)
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["saliencymix_prob"] == 0.25  # today's layout

@@ -24,6 +24,7 @@ from jaxkd.data.sources import SOURCES
 from jaxkd.engine.optimizer import LR_DECAY_TIMINGS, LR_SCALINGS
 from jaxkd.errors import UserError
 from jaxkd.io.wandb_log import MODES
+from jaxkd.io.workdir import MOVED_KEYS
 from jaxkd.methods import METHODS, Method
 from jaxkd.models import COMPUTE_DTYPES
 
@@ -42,9 +43,9 @@ def engine_specs() -> dict[str, Spec]:
         "data.padding": one_of(*PADDINGS),
         "data.normalization": one_of(*NORMALIZATIONS),
         "data.drop_last": flag,
-        "saliencymix": flag,
-        "saliencymix_prob": fraction,
-        "saliencymix_per_example": flag,
+        "data.saliencymix": flag,
+        "data.saliencymix_prob": fraction,
+        "data.saliencymix_per_example": flag,
         "batch_size": positive_int,
         "dtype": one_of(*COMPUTE_DTYPES),
         "eval_batch_size": positive_int,
@@ -103,6 +104,9 @@ def unused_settings(config) -> list[str]:
     defaults = default.get_config()
     sections = {key.split(".")[0] for key in engine_specs()}
     unknown = sorted(key for key in config.keys() if key not in sections and key not in METHODS)
+    moved = [key for key in unknown if key in MOVED_KEYS]
+    if moved:
+        raise UserError(f"config.{moved[0]} is now config.{MOVED_KEYS[moved[0]]}")
     if unknown:
         raise UserError(f"config.{unknown[0]}: not a key jaxkd reads (neither a key of jaxkd/config/default.py nor a "
                         f"method's section)")
@@ -128,10 +132,10 @@ def unused_settings(config) -> list[str]:
                 refuse(key, f"{no_teacher}; leave it at {shown(_value(defaults, key))}")
     if method.term is Method.term and method.init_stage is Method.init_stage and get("loss.beta") != 0:
         refuse("loss.beta", f"method {name!r} has no term for beta to weight; set 0")
-    if not get("saliencymix"):
-        for key in ("saliencymix_prob", "saliencymix_per_example"):
+    if not get("data.saliencymix"):
+        for key in ("data.saliencymix_prob", "data.saliencymix_per_example"):
             if get(key) != _value(defaults, key):
-                refuse(key, "SaliencyMix is off; turn it on with --config.saliencymix=True, or leave this at "
+                refuse(key, "SaliencyMix is off; turn it on with --config.data.saliencymix=True, or leave this at "
                             f"{shown(_value(defaults, key))}")
     if get("optimizer.lr_scaling") == "none" and get("optimizer.lr_reference_batch") != _value(
             defaults, "optimizer.lr_reference_batch"):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from jaxkd.errors import UserError
+from jaxkd.io.workdir import MOVED_KEYS
 from jaxkd.methods import METHODS
 from jaxkd.models import ALIASES, all_architectures
 
@@ -32,12 +33,15 @@ def config_error_line(error: Exception) -> str:
 def unknown_key_line(argv, line: str) -> str:
     """The error line of an override naming a key the config lacks (ml_collections says only "'lr'", or adds a
     near spelling at the same level): the override, and the config's keys of that name at other levels
-    (`--config.lr` -> optimizer.lr)."""
+    (`--config.lr` -> optimizer.lr); for a key that moved (MOVED_KEYS), its new name."""
     from absl import flags
 
     name = line.split()[0].strip("'\"")
     overrides = [arg for arg in argv if arg.startswith("--config.")
                  and name in arg.partition("=")[0].removeprefix("--config.").split(".")]
+    moved = [key for key in (arg.partition("=")[0].removeprefix("--config.") for arg in overrides) if key in MOVED_KEYS]
+    if moved:
+        return f"--config.{moved[0]} is now --config.{MOVED_KEYS[moved[0]]}"
     if not overrides or "Did you mean" in line:
         return line
     base_argv = [arg for arg in argv if not arg.startswith("--config.")]

@@ -24,12 +24,11 @@ def get_config() -> ConfigDict:
     config.data.padding = "reflect"  # reflect | zeros
     config.data.normalization = "seed"  # seed | repdistiller (also used to evaluate)
     config.data.drop_last = True
-
     # SaliencyMix (Uddin et al. 2021) on every batch with probability saliencymix_prob; the teacher sees the same
     # mixed images. Per-example boxes (each centred on its own source's saliency peak) are an extension.
-    config.saliencymix = False
-    config.saliencymix_prob = 0.5
-    config.saliencymix_per_example = False
+    config.data.saliencymix = False
+    config.data.saliencymix_prob = 0.5
+    config.data.saliencymix_per_example = False
 
     config.batch_size = 64  # global batch, split over the devices; data.drop_last: the last partial batch
     # The models' compute dtype: "bfloat16" for accelerators (parameters, BN statistics and losses stay float32;

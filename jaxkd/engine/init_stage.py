@@ -151,8 +151,8 @@ def make_init_step(setup, stage: InitStage, batch_size: int):
     batch_sharding = batch_sharded(setup.mesh) if batch_size % setup.mesh.devices.size == 0 else state_sharding
 
     def init_step(init_state, loss_sum, key, teacher_variables, images, labels, index, permutation):
-        batch = prepare_batch(setup.pipeline, setup.config, key, init_state.step, permutation, images, labels, index,
-                              batch_size, batch_sharding, setup.steps_per_epoch)
+        batch = prepare_batch(setup, key, init_state.step, permutation, images, labels, index, batch_size,
+                              batch_sharding)
         init_state, loss = update(init_state, batch, teacher_variables)
         return init_state, loss_sum + loss.astype(jnp.float32)
 

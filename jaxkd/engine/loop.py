@@ -112,7 +112,8 @@ class TrainLoop(EpochLoop):
         if not (epoch_done % config.eval_every_epochs == 0 or epoch_done == config.epochs):
             return
         if stop.requested and step < self.total:
-            self.context.say(f"{stop.signal.name}: epoch {epoch_done} has ended: evaluating it before its checkpoint is saved")
+            self.context.say(f"{stop.signal.name}: epoch {epoch_done} has ended: evaluating it before its checkpoint "
+                             f"is saved")
         results = evaluate_classifiers(self.eval_logits, eval_variables(state), setup.test.images, setup.test.labels,
                                        config.eval_batch_size, mesh=setup.mesh,
                                        normalization=setup.pipeline.normalization)

@@ -41,7 +41,7 @@ def make_update(setup: Setup):
                 student, {"params": params["student"], "batch_stats": state.batch_stats["student"]},
                 batch.images, train=True, method=student.forward)
             ce = (mixed_cross_entropy(student_out.logits, batch.labels, batch.partners, batch.lam)
-                  if config.saliencymix else cross_entropy(student_out.logits, batch.labels))
+                  if setup.pipeline.saliencymix else cross_entropy(student_out.logits, batch.labels))
             kd = (kd_divergence(student_out.logits, teacher_out.logits, loss_weights.kd_temperature,
                                 loss_weights.get("logit_standardization", False))
                   if teacher else jnp.zeros((), jnp.float32))
@@ -83,7 +83,6 @@ def make_train_step(setup: Setup, num_steps: int = 1, unroll: bool | None = None
     step's key (crop, flip, SaliencyMix when on, normalize), and applies `make_update`. `sums` accumulates
     `setup.metric_names` on the device until the host fetches them. State and sums are donated."""
     update, config = make_update(setup), setup.config
-    spe, pipeline = setup.steps_per_epoch, setup.pipeline
     batch_size = config.batch_size if batch_size is None else batch_size
     if unroll is None:
         unroll = setup.platform == "cpu"
@@ -92,8 +91,8 @@ def make_train_step(setup: Setup, num_steps: int = 1, unroll: bool | None = None
 
     def train_step(state: TrainState, sums, teacher_variables, images, labels, index, permutation):
         # Each device gathers and augments only its rows of the global batch.
-        batch = prepare_batch(pipeline, config, state.rng, state.step, permutation, images, labels, index,
-                              batch_size, batch_sharding, spe)
+        batch = prepare_batch(setup, state.rng, state.step, permutation, images, labels, index, batch_size,
+                              batch_sharding)
         state, metrics = update(state, batch, teacher_variables)
         sums = {name: sums[name] + metrics[name].astype(jnp.float32) for name in setup.metric_names}
         return state, sums

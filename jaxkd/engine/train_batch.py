@@ -1,25 +1,21 @@
-"""The batch of one step, gathered and augmented on the device: shared by the training step (`jaxkd.train`) and
-the init stage's (`jaxkd.engine.init_stage`), so that both see the data the same way."""
+"""The batch of one step, gathered and augmented on the device: shared by the training step (`jaxkd.engine.step`)
+and the init stage's (`jaxkd.engine.init_stage`), so that both see the data the same way."""
 
 import jax
 
 from jaxkd.data import batch_indices
-from jaxkd.data.saliencymix import saliencymix
 from jaxkd.methods.base import Batch
 
 
-def prepare_batch(pipeline, config, key, step, permutation, images, labels, index, batch_size: int,
-                  batch_sharding, steps_per_epoch: int) -> Batch:
-    """Batch `step % steps_per_epoch` of the epoch whose order is `permutation`, augmented with keys from
-    fold_in(key, step) as a training step's are (crop, flip, SaliencyMix when on, normalization)."""
+def prepare_batch(setup, key, step, permutation, images, labels, index, batch_size: int, batch_sharding) -> Batch:
+    """Batch `step % steps_per_epoch` of the epoch whose order is `permutation` (`batch_size` examples: the run's,
+    or an epoch's partial last batch), augmented by `setup.pipeline` with keys from fold_in(key, step) as a
+    training step's are (crop, flip, SaliencyMix when on, normalization)."""
+    pipeline, steps_per_epoch = setup.pipeline, setup.steps_per_epoch
     indices = jax.lax.with_sharding_constraint(
-        batch_indices(permutation, step % steps_per_epoch, config.batch_size, batch_size), batch_sharding)
+        batch_indices(permutation, step % steps_per_epoch, setup.config.batch_size, batch_size), batch_sharding)
     augment_rng, method_rng, mix_rng = jax.random.split(jax.random.fold_in(key, step), 3)
-    pixels = pipeline.crop_flip(augment_rng, images[indices])
-    partners, lam = None, 1.0
-    if config.saliencymix:
-        pixels, partners, lam = saliencymix(mix_rng, pixels, config.saliencymix_prob,
-                                            per_example=config.saliencymix_per_example)
+    pixels, partners, lam = pipeline.mix(mix_rng, pipeline.crop_flip(augment_rng, images[indices]))
     return Batch(jax.lax.with_sharding_constraint(pipeline.normalize(pixels), batch_sharding),
                  jax.lax.with_sharding_constraint(labels[indices], batch_sharding), index[indices], method_rng,
                  partners, lam, epoch=step // steps_per_epoch + 1)

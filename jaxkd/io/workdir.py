@@ -33,6 +33,11 @@ RESERVED_EXPORT_NAMES = {TRAINED_MODEL_DIR, "checkpoints", "tensorboard", "stude
 # Config keys added after runs may have started, with the value that gives those runs' behaviour: a config.json
 # written before a key existed compares as if it held that value, so such a run still resumes.
 ADDED_KEYS = {"loss.logit_standardization": False}
+# Config keys moved after runs may have started (old dotted key -> new): a config.json that holds the old key
+# compares, resumes and reports as if it held the new one; a config or command line that sets the old key is
+# refused with one line naming the new one.
+MOVED_KEYS = {"saliencymix": "data.saliencymix", "saliencymix_prob": "data.saliencymix_prob",
+              "saliencymix_per_example": "data.saliencymix_per_example"}
 
 
 def create_workdir(workdir: Path) -> None:
@@ -112,7 +117,7 @@ def without_keys(config: dict, keys) -> dict:
 
 
 def _run_defining(config_json: str) -> dict:
-    """A `config.json` text as a dict, without the RESUME_MAY_CHANGE keys, with the ADDED_KEYS it lacks."""
+    """A `config.json` text as a dict in today's layout (`with_added_keys`), without the RESUME_MAY_CHANGE keys."""
     config = json.loads(config_json)
     if not isinstance(config, dict):
         raise ValueError("not a JSON object")
@@ -120,7 +125,13 @@ def _run_defining(config_json: str) -> dict:
 
 
 def with_added_keys(config: dict) -> dict:
-    """`config` (a config.json dict, changed in place) with the ADDED_KEYS it lacks at their old behaviour's value."""
+    """`config` (a config.json dict, changed in place) in today's layout: its MOVED_KEYS at their new place, and
+    the ADDED_KEYS it lacks at their old behaviour's value."""
+    for old, new in MOVED_KEYS.items():
+        old_holder, old_name = _holder(config, old)
+        new_holder, new_name = _holder(config, new)
+        if old_holder is not None and old_name in old_holder and new_holder is not None:
+            new_holder.setdefault(new_name, old_holder.pop(old_name))
     for key, value in ADDED_KEYS.items():
         holder, name = _holder(config, key)
         if holder is not None:
@@ -259,7 +270,7 @@ def export_models(setup, state: TrainState, workdir: Path, result: dict, progres
     the Orbax writes; process 0 writes the `.pth` files. `setup` is the run's `jaxkd.engine.setup.Setup`."""
     config = setup.config
     common = {"num_classes": setup.train.num_classes, "method": config.method,
-              "saliencymix": bool(config.saliencymix), "step": int(state.step), "written_by": "jaxkd.train",
+              "saliencymix": bool(config.data.saliencymix), "step": int(state.step), "written_by": "jaxkd.train",
               "normalization": setup.pipeline.normalization}  # the mean/std its inputs were normalized with
     models = {"student": (canonical_name(config.model), state.student_variables(),
                           {"test_top1": result["top1"], "best_top1": progress["best_top1"]})}

@@ -458,7 +458,7 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         "batch_size": batch, "compute_dtype": _same_or_none([variant.dtype for _, variant, _ in variants]),
         "steps": steps, "repeats": repeats,
         "warmup_steps": warmup_steps, "epoch_images": len(train),
-        "saliencymix": bool(config.get("saliencymix", False)), "ab": ab or None,
+        "saliencymix": bool(config.data.saliencymix), "ab": ab or None,
         "steps_per_dispatch": _same_or_none([p.info["steps_per_dispatch"] for p in step_parts]),
         "compiler_options": _same_or_none([p.info["compiler_options"] for p in step_parts]),
         "cpu_ynn": _same_or_none([p.info["cpu_ynn"] for p in step_parts]),
@@ -633,7 +633,7 @@ def _define_bench_flags(flag_values) -> None:
                         "benchmarks/results)",
                         flag_values=flag_values)
     flags.DEFINE_string("ab", "", f"'' = no A/B; '{AB_YNN}' = the jaxkd step without vs with the CPU YNN compiler "
-                        "option; a boolean config key (e.g. saliencymix) = the config with it False vs True; "
+                        "option; a boolean config key (e.g. data.saliencymix) = the config with it False vs True; "
                         "KEY=A,B (e.g. steps_per_dispatch=1,16) = the config with KEY=A vs KEY=B. The two steps "
                         "are timed interleaved in this process", flag_values=flag_values)
     flags.DEFINE_string("num_runs", "", "'' = none; a comma list of N (e.g. 1,2,4,8): also time N independent "

@@ -97,7 +97,9 @@ class Run:
 
     @property
     def key(self) -> tuple:
-        return (self.teacher, self.config.get("model"), method_label(self.config), bool(self.config.get("saliencymix")))
+        # config.data.saliencymix, or at the top level for runs started before it moved
+        saliencymix = self.config.get("data", {}).get("saliencymix", self.config.get("saliencymix"))
+        return (self.teacher, self.config.get("model"), method_label(self.config), bool(saliencymix))
 
 
 def method_label(config: dict) -> str:
@@ -165,7 +167,7 @@ def load_run(workdir: str) -> Run:
 
 def comparable_config(config: dict) -> dict:
     """`config` without the IGNORED_KEYS."""
-    return with_added_keys(without_keys(config, IGNORED_KEYS))  # a copy, with the keys added since older runs
+    return with_added_keys(without_keys(config, IGNORED_KEYS))  # a copy, in today's layout (moved and added keys)
 
 
 def _flat(config, prefix="") -> dict:

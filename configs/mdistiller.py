@@ -85,8 +85,8 @@ def get_config(arguments: str = "resnet32x4,resnet8x4,dkd"):
     elif method == "dkd_ls":
         temperature, weight, logged_beta = DKD_LS.get(named_pair, (LS_TEMPERATURE, LS_KD_WEIGHT, None))
         beta = beta if logged_beta is None else logged_beta
-        config.dkd = config_section("dkd", alpha=weight, beta=beta * weight, temperature=temperature,
-                                    logit_standardization=True)
+        config.dkd = config_section("dkd", alpha=weight, beta=beta * weight, temperature=temperature)
+        config.loss.logit_standardization = True
     elif method == "dist":
         config.loss.beta = 2.0
         config.dist = config_section("dist")

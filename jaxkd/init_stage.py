@@ -124,8 +124,8 @@ def make_init_update(setup, config, stage: InitStage):
     outside = frozenset(OUTSIDE_FEATURE_MODULES)
 
     def update(init_state: InitState, batch: Batch, teacher_variables):
-        teacher_out = apply_module(teacher.model, teacher_variables, batch.images, train=False,
-                                   method=teacher.model.forward)[0]
+        teacher_out = jax.lax.stop_gradient(apply_module(teacher.model, teacher_variables, batch.images,
+                                                         train=False, method=teacher.model.forward)[0])
         optimizer = init_optimizer(stage, config, init_state.params)
 
         def loss_fn(params):

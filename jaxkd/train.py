@@ -38,9 +38,10 @@ from jaxkd.dispatch import TrainPrograms, dispatch_plan, steps_per_dispatch
 from jaxkd.errors import UserError, exit_process, run_command
 from jaxkd.evaluate import evaluate_classifiers, evaluate_split
 from jaxkd.init_stage import log_resume_step, run_init_stage, total_steps as init_stage_steps
-from jaxkd.losses import cross_entropy, kd_divergence
+from jaxkd.losses import cross_entropy
 from jaxkd.mesh import batch_sharded, data_mesh, replicated
 from jaxkd.methods import Batch, Method, Probe, apply_module, get_method
+from jaxkd.methods.kd import kd_term
 from jaxkd.metric_log import MetricLog
 from jaxkd.model_checkpoint import load_model
 from jaxkd.models import get_model
@@ -223,8 +224,10 @@ def make_update(setup: Setup, config):
     loss_weights = config.loss
 
     def update(state: TrainState, batch: Batch, teacher_variables):
-        teacher_out = (apply_module(teacher.model, teacher_variables, batch.images, train=False,
-                                    method=teacher.model.forward)[0] if teacher else None)
+        # the teacher's outputs enter the terms without gradient
+        teacher_out = (jax.lax.stop_gradient(apply_module(teacher.model, teacher_variables, batch.images,
+                                                          train=False, method=teacher.model.forward)[0])
+                       if teacher else None)
 
         def loss_fn(params):
             student_out, student_stats = apply_module(
@@ -232,9 +235,7 @@ def make_update(setup: Setup, config):
                 batch.images, train=True, method=student.forward)
             ce = (mixed_cross_entropy(student_out.logits, batch.labels, batch.partners, batch.lam)
                   if config.saliencymix else cross_entropy(student_out.logits, batch.labels))
-            kd = (kd_divergence(student_out.logits, teacher_out.logits, loss_weights.kd_temperature,
-                                loss_weights.get("logit_standardization", False))
-                  if teacher else jnp.zeros((), jnp.float32))
+            kd = kd_term(student_out, teacher_out, loss_weights) if teacher else jnp.zeros((), jnp.float32)
             method_variables = {"params": params["method"], "batch_stats": state.batch_stats["method"]}
             method_out = method.term(method_variables, state.method_state, student_out, teacher_out, batch,
                                      train=True).completed(method_variables, state.method_state)

@@ -29,8 +29,11 @@ def logits_pair(rng, constant_rows: bool):
     return student, teacher
 
 
-def dkd_method(**settings) -> DKD:
-    return get_method("dkd", ConfigDict({"dkd": dict(DKD.defaults, **settings)}))
+def dkd_method(logit_standardization: bool = False, **settings) -> DKD:
+    """DKD with `settings` over its defaults; logit standardization is the loss section's, as for every logit
+    term."""
+    return get_method("dkd", ConfigDict({"dkd": dict(DKD.defaults, **settings),
+                                         "loss": {"logit_standardization": logit_standardization}}))
 
 
 def term_and_grad(method, student, teacher, batch):

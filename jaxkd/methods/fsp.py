@@ -36,8 +36,8 @@ def fsp_matrices(maps) -> list:
 
 
 def fsp_loss(student_maps, teacher_maps) -> jax.Array:
-    """RepDistiller's FSP losses summed: the teacher's matrices get no gradient."""
-    pairs = zip(fsp_matrices(student_maps), fsp_matrices([jax.lax.stop_gradient(t) for t in teacher_maps]))
+    """RepDistiller's FSP losses summed."""
+    pairs = zip(fsp_matrices(student_maps), fsp_matrices(teacher_maps))
     return sum(jnp.mean(jnp.square(s - t)) for s, t in pairs)
 
 
@@ -47,6 +47,7 @@ def fsp_maps(output) -> list:
 
 
 class FSP(Method):
+    display_name = "FSP"
     uses_teacher = True
     defaults = {"init_epochs": 30}  # RepDistiller's --init_epochs
     specs = {"init_epochs": non_negative_int}

@@ -22,11 +22,12 @@ def similarity(feature: jax.Array) -> jax.Array:
 def similarity_loss(student_feature: jax.Array, teacher_feature: jax.Array) -> jax.Array:
     """`Similarity.similarity_loss`: the squared Frobenius distance of the two similarities over B^2."""
     batch = student_feature.shape[0]
-    diff = similarity(jax.lax.stop_gradient(teacher_feature)) - similarity(student_feature)
+    diff = similarity(teacher_feature) - similarity(student_feature)
     return jnp.sum(jnp.square(diff)) / (batch * batch)
 
 
 class SP(Method):
+    display_name = "SP"
     uses_teacher = True
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:

@@ -37,7 +37,7 @@ from jaxkd.data import epoch_permutation
 from jaxkd.dispatch import dispatch_plan
 from jaxkd.errors import UserError
 from jaxkd.mesh import batch_sharded, replicated
-from jaxkd.methods.base import INIT_MODULES, Batch, InitStage, apply_module
+from jaxkd.methods.base import INIT_MODULES, Batch, InitStage, apply_module, float32_outputs
 from jaxkd.train_batch import prepare_batch
 from jaxkd.models.batchnorm import BatchNorm
 from jaxkd.run_checkpoint import RunCheckpoints
@@ -124,8 +124,8 @@ def make_init_update(setup, config, stage: InitStage):
     outside = frozenset(OUTSIDE_FEATURE_MODULES)
 
     def update(init_state: InitState, batch: Batch, teacher_variables):
-        teacher_out = jax.lax.stop_gradient(apply_module(teacher.model, teacher_variables, batch.images,
-                                                         train=False, method=teacher.model.forward)[0])
+        teacher_out = jax.lax.stop_gradient(float32_outputs(apply_module(
+            teacher.model, teacher_variables, batch.images, train=False, method=teacher.model.forward)[0]))
         optimizer = init_optimizer(stage, config, init_state.params)
 
         def loss_fn(params):
@@ -135,6 +135,7 @@ def make_init_update(setup, config, stage: InitStage):
                     student_out, student_stats = apply_module(
                         student, {"params": params["student"], "batch_stats": student_stats}, batch.images,
                         train=True, method=student.forward)
+                student_out = float32_outputs(student_out)
             modules = {"params": params["modules"], "batch_stats": init_state.batch_stats["modules"]}
             loss, module_stats = method.init_loss(modules, student_out, teacher_out, batch)
             return loss, {"student": student_stats, "modules": module_stats}

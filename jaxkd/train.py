@@ -41,6 +41,7 @@ from jaxkd.init_stage import log_resume_step, run_init_stage, total_steps as ini
 from jaxkd.losses import cross_entropy
 from jaxkd.mesh import batch_sharded, data_mesh, replicated
 from jaxkd.methods import Batch, Method, Probe, apply_module, get_method
+from jaxkd.methods.base import float32_outputs
 from jaxkd.methods.kd import kd_term
 from jaxkd.metric_log import MetricLog
 from jaxkd.model_checkpoint import load_model
@@ -203,8 +204,9 @@ def _initial_state(setup: Setup, config, seed_key, images, labels, index, teache
     sample = setup.pipeline.augment(probe_rng, images)
     student_variables = setup.student.init(student_rng, sample, train=False)
     student_out, _ = apply_module(setup.student, student_variables, sample, train=True, method=setup.student.forward)
-    teacher_out = (apply_module(setup.teacher.model, teacher_variables, sample, train=False,
-                                method=setup.teacher.model.forward)[0] if setup.teacher else None)
+    student_out = float32_outputs(student_out)
+    teacher_out = float32_outputs(apply_module(setup.teacher.model, teacher_variables, sample, train=False,
+                                               method=setup.teacher.model.forward)[0] if setup.teacher else None)
     batch = Batch(sample, labels, index, probe_batch_rng)
     method_init = setup.method.initialize(method_rng, Probe(student_out, teacher_out, batch, setup.train.labels,
                                                             setup.train.num_classes))
@@ -224,15 +226,16 @@ def make_update(setup: Setup, config):
     loss_weights = config.loss
 
     def update(state: TrainState, batch: Batch, teacher_variables):
-        # the teacher's outputs enter the terms without gradient
-        teacher_out = (jax.lax.stop_gradient(apply_module(teacher.model, teacher_variables, batch.images,
-                                                          train=False, method=teacher.model.forward)[0])
+        # the teacher's outputs enter the terms in float32 and without gradient
+        teacher_out = (jax.lax.stop_gradient(float32_outputs(apply_module(
+            teacher.model, teacher_variables, batch.images, train=False, method=teacher.model.forward)[0]))
                        if teacher else None)
 
         def loss_fn(params):
             student_out, student_stats = apply_module(
                 student, {"params": params["student"], "batch_stats": state.batch_stats["student"]},
                 batch.images, train=True, method=student.forward)
+            student_out = float32_outputs(student_out)  # the one cast of the student's outputs for the losses
             ce = (mixed_cross_entropy(student_out.logits, batch.labels, batch.partners, batch.lam)
                   if config.saliencymix else cross_entropy(student_out.logits, batch.labels))
             kd = kd_term(student_out, teacher_out, loss_weights) if teacher else jnp.zeros((), jnp.float32)
@@ -311,7 +314,7 @@ def make_eval_logits(setup: Setup):
 
     def eval_logits(variables, images):
         out = student.apply(variables["student"], images, train=False, method=student.forward)
-        extra = method.eval_logits(variables["method"], out, images)
+        extra = method.eval_logits(variables["method"], float32_outputs(out), images)
         logits = {"student": out.logits, **extra}
         if extra:
             probabilities = jnp.mean(jnp.stack([jax.nn.softmax(z) for z in logits.values()]), axis=0)

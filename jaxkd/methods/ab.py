@@ -27,7 +27,6 @@ def ab_loss(student_maps, teacher_maps, margin: float) -> jax.Array:
     count, batch = len(student_maps), student_maps[0].shape[0]
     total = jnp.zeros((), jnp.float32)
     for i, (s, t) in enumerate(zip(student_maps, teacher_maps)):
-        s, t = s.astype(jnp.float32), t.astype(jnp.float32)
         inactive = (jnp.square(s + margin) * ((s > -margin) & (t <= 0))
                     + jnp.square(s - margin) * ((s <= margin) & (t > 0)))
         total += 2.0 ** (i - count + 1) * jnp.sum(jnp.abs(inactive)) / batch / 1000 * 3
@@ -51,7 +50,7 @@ class Connectors(nn.Module):
 
     @nn.compact
     def __call__(self, maps, train: bool):
-        return [x if fields is None else ConvReg(*fields, name=f"connector{i}")(x.astype(jnp.float32), train=train)
+        return [x if fields is None else ConvReg(*fields, name=f"connector{i}")(x, train=train)
                 for i, (fields, x) in enumerate(zip(self.connectors, maps))]
 
 
@@ -74,7 +73,7 @@ class AB(Method):
         connectors = self.connectors(probe.student, probe.teacher).connectors
         keys = jax.random.split(rng, len(connectors))
         return MethodInit(state={INIT_MODULES: nested({
-            f"connector{i}": ConvReg(*fields).init(key, x.astype(jnp.float32), train=False)
+            f"connector{i}": ConvReg(*fields).init(key, x, train=False)
             for i, (fields, x, key) in enumerate(zip(connectors, probe.student.preact_features, keys))
             if fields is not None})})
 

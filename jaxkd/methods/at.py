@@ -15,7 +15,7 @@ from jaxkd.methods.pooling import pool_to_common_size
 
 def attention_map(feature: jax.Array, p: int, eps: float = 1e-12) -> jax.Array:
     """(B, H, W, C) -> (B, H*W): `F.normalize(f.pow(p).mean(1).view(B, -1))`, v / max(||v||_2, eps)."""
-    mean = jnp.mean(feature.astype(jnp.float32) ** p, axis=-1).reshape(feature.shape[0], -1)
+    mean = jnp.mean(feature ** p, axis=-1).reshape(feature.shape[0], -1)
     return normalize(mean, axis=1, eps=eps)
 
 

@@ -11,7 +11,8 @@ The engine computes, every step, `gamma * CE(student) + alpha * KD(student, teac
 - non-trainable device state (CRD's memory banks): returned by `init`, threaded through every step, donated
   and checkpointed with the train state;
 - whether it needs a pretrained teacher (`uses_teacher`), whose eval-mode outputs the engine then computes and
-  hands to the method without gradient;
+  hands to the method without gradient. The student's and the teacher's outputs arrive in float32
+  (`float32_outputs`), whatever the models' compute dtype;
 - `display_name`, how tables and reports name it.
 The metrics it logs are the keys of `TermOutput.metrics`, found once by `initialize` (no compute). A new
 method is one file in `jaxkd/methods/` and one line in the registry, `jaxkd/methods/__init__.py`
@@ -67,6 +68,14 @@ class Batch(NamedTuple):
     # The 1-based epoch of this step (mdistiller's `epoch`, for DKD's and ReviewKD's linear warm-ups), int32,
     # traced: computed in the step from the step number, so no recompile and no host sync.
     epoch: jax.Array | int = 1
+
+
+def float32_outputs(output: ModelOutput | None) -> ModelOutput | None:
+    """`output` with every array in float32: the one cast of a model's outputs (computed in `config.dtype`) as the
+    engine hands them to a method, so that every term computes in float32."""
+    if output is None:
+        return None
+    return jax.tree.map(lambda x: x.astype(jnp.float32), output)
 
 
 def epoch_warmup(epoch, warmup_epochs: float) -> jax.Array:

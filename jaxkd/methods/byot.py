@@ -42,8 +42,8 @@ HEAD_NAMES = tuple(f"head{s}" for s in range(1, NUM_HEADS + 1))
 def soft_cross_entropy(logits, target_logits, temperature: float):
     """BYOT-U's `kd_loss_function`: -mean_b sum_c softmax(target / T) * log_softmax(logits / T), the target
     without gradient (the caller multiplies by T^2)."""
-    targets = jax.nn.softmax(jax.lax.stop_gradient(target_logits.astype(jnp.float32)) / temperature, axis=-1)
-    log_probabilities = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    targets = jax.nn.softmax(jax.lax.stop_gradient(target_logits) / temperature, axis=-1)
+    log_probabilities = jax.nn.log_softmax(logits / temperature, axis=-1)
     return -jnp.mean(jnp.sum(targets * log_probabilities, axis=-1))
 
 
@@ -51,8 +51,7 @@ def feature_loss(feature, target_feature):
     """BYOT-U's `feature_loss_function`: the squared L2 distance summed over batch and channels, the target
     without gradient. BYOT-U masks it with (F > 0) | (F_target > 0); both are post-ReLU means here, so where the
     mask is 0 both are 0 and the mask changes nothing."""
-    target_feature = jax.lax.stop_gradient(target_feature.astype(jnp.float32))
-    return jnp.sum(jnp.square(feature.astype(jnp.float32) - target_feature))
+    return jnp.sum(jnp.square(feature - jax.lax.stop_gradient(target_feature)))
 
 
 class Heads(nn.Module):

@@ -23,7 +23,7 @@ class LinearEmbeddings(nn.Module):
 
     @nn.compact
     def __call__(self, student_vectors, teacher_vectors, train: bool = False):  # no BN: `train` changes nothing
-        flat = lambda x: x.reshape(x.shape[0], -1).astype(jnp.float32)  # noqa: E731
+        flat = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731
         return (linear(flat(student_vectors), self.features, "embed_student"),
                 linear(flat(teacher_vectors), self.features, "embed_teacher"))
 

@@ -55,7 +55,7 @@ class Embed(nn.Module):
             return jax.random.uniform(key, shape, dtype, -bound, bound)
 
         return l2_normalize(nn.Dense(self.features, kernel_init=linear_init, bias_init=bias_init,
-                                     name="linear")(x.astype(jnp.float32)))
+                                     name="linear")(x))
 
 
 class Embeddings(nn.Module):

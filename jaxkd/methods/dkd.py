@@ -31,8 +31,6 @@ def dkd_per_example(student_logits: jax.Array, teacher_logits: jax.Array, labels
                     logit_standardization: bool = False):
     """(TCKD, NCKD) per example, (B,) each, both times T^2; their batch means are mdistiller's tckd_loss and
     nckd_loss."""
-    student_logits = student_logits.astype(jnp.float32)
-    teacher_logits = teacher_logits.astype(jnp.float32)
     if logit_standardization:
         student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
     gt_mask = jax.nn.one_hot(labels, student_logits.shape[-1], dtype=jnp.float32)

@@ -23,7 +23,7 @@ class FitNets(Method):
         if not 0 <= layer < count:
             raise UserError(f"fitnet.hint_layer {layer} is out of range: the models have {count} stage outputs "
                             f"(0 to {count - 1})")
-        return student.features[layer].astype(jnp.float32), teacher.features[layer].astype(jnp.float32)
+        return student.features[layer], teacher.features[layer]
 
     def module(self, student, teacher) -> ConvReg:
         """The regressor: it follows the hint layer's shapes."""
@@ -35,5 +35,5 @@ class FitNets(Method):
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
         regressed, batch_stats = self.apply_module_of(variables, student, teacher, train)
-        mse = jnp.mean(jnp.square(regressed.astype(jnp.float32) - self.hint_pair(student, teacher)[1]))
+        mse = jnp.mean(jnp.square(regressed - self.hint_pair(student, teacher)[1]))
         return TermOutput(mse, batch_stats=batch_stats)

@@ -21,10 +21,9 @@ from jaxkd.methods.pooling import adaptive_avg_pool2d
 
 
 def fsp_matrices(maps) -> list:
-    """The FSP matrix (B, C_top, C_bottom) of each consecutive pair of NHWC maps, float32."""
+    """The FSP matrix (B, C_top, C_bottom) of each consecutive pair of NHWC maps."""
     matrices = []
     for bottom, top in zip(maps[:-1], maps[1:]):
-        bottom, top = bottom.astype(jnp.float32), top.astype(jnp.float32)
         size = min(bottom.shape[1], top.shape[1])  # RepDistiller pools to (H, H), the smaller map's height
         if bottom.shape[1] > size:
             bottom = adaptive_avg_pool2d(bottom, size, size)

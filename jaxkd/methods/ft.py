@@ -67,7 +67,7 @@ class Paraphraser(nn.Module):
     @nn.compact
     def __call__(self, x, decode: bool = True):
         channels, factor_channels = x.shape[-1], int(x.shape[-1] * self.rate)
-        factor = x.astype(jnp.float32)
+        factor = x
         for i, features in enumerate((channels, factor_channels, factor_channels)):
             factor = nn.leaky_relu(conv3x3(factor, features, f"encoder{i}"), LEAKY_SLOPE)
         if not decode:
@@ -88,7 +88,6 @@ class Translator(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         factor_channels = int(self.teacher_channels * self.rate)
-        x = x.astype(jnp.float32)
         for i, features in enumerate((x.shape[-1], factor_channels, factor_channels)):
             x = BatchNorm(name=f"bn{i}")(conv3x3(x, features, f"conv{i}"), use_running_average=not train)
             x = nn.leaky_relu(x, LEAKY_SLOPE)
@@ -134,7 +133,7 @@ class FT(Method):
         """The translator from `split(rng)[1]` and the paraphraser from `split(rng)[0]` (the keys FT's runs have
         always used)."""
         paraphraser_rng, translator_rng = jax.random.split(rng)
-        paraphraser = self.paraphraser.init(paraphraser_rng, probe.teacher.features[-1].astype(jnp.float32))
+        paraphraser = self.paraphraser.init(paraphraser_rng, probe.teacher.features[-1])
         return MethodInit(super().init(translator_rng, probe).variables,
                           {INIT_MODULES: {"params": paraphraser["params"], "batch_stats": {}}})
 
@@ -144,7 +143,7 @@ class FT(Method):
                          learning_rate=LOW_INIT_LR if low else config.optimizer.lr)
 
     def init_loss(self, modules, student, teacher, batch):
-        f_t = teacher.features[-1].astype(jnp.float32)
+        f_t = teacher.features[-1]
         _, reconstruction = self.paraphraser.apply({"params": modules["params"]}, f_t)
         return jnp.mean(jnp.square(reconstruction - f_t)), {}
 
@@ -152,7 +151,7 @@ class FT(Method):
         factor_s, batch_stats = self.apply_module_of(variables, student, teacher, train)
         # the paraphraser is frozen after the init stage
         factor_t = jax.lax.stop_gradient(self.paraphraser.apply({"params": state[INIT_MODULES]["params"]},
-                                                                teacher.features[-1].astype(jnp.float32),
+                                                                teacher.features[-1],
                                                                 decode=False))
         return TermOutput(factor_transfer_loss(factor_s, factor_t, self.settings["p1"], self.settings["p2"]),
                           batch_stats=batch_stats)

@@ -23,8 +23,8 @@ def conditional_probabilities(vectors: jax.Array) -> jax.Array:
 
 
 def pkt_loss(student_vectors: jax.Array, teacher_vectors: jax.Array) -> jax.Array:
-    p_s = conditional_probabilities(student_vectors.astype(jnp.float32))
-    p_t = conditional_probabilities(teacher_vectors.astype(jnp.float32))
+    p_s = conditional_probabilities(student_vectors)
+    p_t = conditional_probabilities(teacher_vectors)
     return jnp.mean(p_t * jnp.log((p_t + EPS) / (p_s + EPS)))
 
 

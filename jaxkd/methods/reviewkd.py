@@ -83,7 +83,6 @@ def hcl_loss(student_maps, teacher_maps) -> jax.Array:
     """mdistiller's `hcl_loss`: summed over levels, each the normalized pyramid of MSEs described above."""
     total = jnp.zeros((), jnp.float32)
     for fs, ft in zip(student_maps, teacher_maps):
-        fs, ft = fs.astype(jnp.float32), ft.astype(jnp.float32)
         loss, weight, weights = jnp.mean(jnp.square(fs - ft)), 1.0, 1.0
         for size in HCL_POOL_SIZES:
             if size >= fs.shape[1]:
@@ -123,7 +122,7 @@ class ReviewKD(Method):
                            tuple(t.shape[-1] for t in deepest_first), tuple(t.shape[2] for t in deepest_first))
 
     def module_inputs(self, student, teacher) -> tuple:
-        return ([m.astype(jnp.float32) for m in self.levels(student, teacher)[0]],)
+        return (self.levels(student, teacher)[0],)
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
         outputs, batch_stats = self.apply_module_of(variables, student, teacher, train)

@@ -35,8 +35,8 @@ def angles(vectors: jax.Array) -> jax.Array:
 
 def rkd_losses(student_vectors: jax.Array, teacher_vectors: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(distance loss, angle loss), unweighted."""
-    student = student_vectors.reshape(student_vectors.shape[0], -1).astype(jnp.float32)
-    teacher = teacher_vectors.reshape(teacher_vectors.shape[0], -1).astype(jnp.float32)
+    student = student_vectors.reshape(student_vectors.shape[0], -1)
+    teacher = teacher_vectors.reshape(teacher_vectors.shape[0], -1)
     distance = smooth_l1_loss(normalized_distances(student), normalized_distances(teacher))
     return distance, smooth_l1_loss(angles(student), angles(teacher))
 

@@ -15,7 +15,7 @@ from jaxkd.methods.functional import normalize
 def similarity(feature: jax.Array) -> jax.Array:
     """(B, ...) -> (B, B): `F.normalize(f @ f.T)` of the flattened feature (the order of the flattening does
     not change a dot product, so NHWC serves as NCHW)."""
-    flat = feature.reshape(feature.shape[0], -1).astype(jnp.float32)
+    flat = feature.reshape(feature.shape[0], -1)
     return normalize(jnp.matmul(flat, flat.T, precision=jax.lax.Precision.HIGHEST), axis=1)
 
 

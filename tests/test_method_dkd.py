@@ -1,6 +1,9 @@
 """DKD and logit standardization: DKD's term (with its warm-up at epochs 0, 10, 20, 30, with and without logit
 standardization) and the KD term with logit standardization, values and gradients against the PyTorch
-references (tests/reference/mdistiller_losses.py), constant-logit rows included; DKD under SaliencyMix."""
+references (tests/reference/mdistiller_losses.py), constant-logit rows included; DKD under SaliencyMix; logit
+standardization's one setting, `loss.logit_standardization`, and the old `dkd.logit_standardization`."""
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -9,10 +12,13 @@ import pytest
 import torch
 from ml_collections import ConfigDict
 
+from configs import mdistiller
+from jaxkd.errors import UserError
 from jaxkd.engine.losses import kd_divergence, standardize_logits
 from jaxkd.methods import Batch, get_method
 from jaxkd.methods.dkd import DKD
 from jaxkd.models import ModelOutput
+from jaxkd.io.workdir import check_config_json, save_config
 from tests.conftest import assert_close_scaled
 from tests.reference.mdistiller_losses import dkd_loss, dkd_warmup, kd_loss, standardize
 
@@ -29,8 +35,11 @@ def logits_pair(rng, constant_rows: bool):
     return student, teacher
 
 
-def dkd_method(**settings) -> DKD:
-    return get_method("dkd", ConfigDict({"dkd": dict(DKD.defaults, **settings)}))
+def dkd_method(logit_standardization: bool = False, **settings) -> DKD:
+    """DKD with `settings` over its defaults; logit standardization is the loss section's, as for every logit
+    term."""
+    return get_method("dkd", ConfigDict({"dkd": dict(DKD.defaults, **settings),
+                                         "loss": {"logit_standardization": logit_standardization}}))
 
 
 def term_and_grad(method, student, teacher, batch):
@@ -134,3 +143,27 @@ def test_dkd_under_saliencymix_mixes_both_labels_as_the_cross_entropy(per_exampl
     assert_close_scaled(value, expected, REL, "mixed dkd")
     unmixed, _, _ = term_and_grad(method, student, teacher, batch._replace(partners=None, lam=1.0))
     assert abs(float(unmixed) - expected) > 1e-3 * expected  # the partners' labels count
+
+
+def test_dkd_reads_logit_standardization_from_its_one_home(tmp_path):
+    """`dkd.logit_standardization` (earlier versions) is refused with one line naming `loss.logit_standardization`;
+    a started DKD + LS run, whose config.json holds the old key, is still the same run as the new recipe's."""
+    with pytest.raises(UserError) as error:
+        get_method("dkd", ConfigDict({"dkd": {"logit_standardization": True}}))
+    assert str(error.value) == "config.dkd.logit_standardization is now config.loss.logit_standardization"
+    assert dkd_method(logit_standardization=True).logit_standardization
+    assert not get_method("dkd", None).logit_standardization
+
+    config = mdistiller.get_config("resnet32x4,resnet8x4,dkd_ls")
+    save_config(config, tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 50, "kind": "train", "loss": 4.0}\n')  # the run started
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["loss"]["logit_standardization"] = False  # as the DKD + LS recipe wrote it before the move
+    saved["dkd"]["logit_standardization"] = True
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert check_config_json(config, tmp_path) == []
+    plain = mdistiller.get_config("resnet32x4,resnet8x4,dkd_ls")
+    plain.loss.logit_standardization = False
+    with pytest.raises(UserError, match=r"differs in: loss"):
+        check_config_json(plain, tmp_path)
+

@@ -87,7 +87,7 @@ def test_fitnets_matches_pytorch_hint_loss_with_conv_reg(branch, rng):
                                                      10))
     variables = flax_variables_of(reg)
     assert jax.tree.map(np.shape, init.variables) == jax.tree.map(np.shape, variables)  # same layout
-    module = method.hint_pair(stages(f_s), stages(f_t))[0]
+    module = method.module(stages(f_s), stages(f_t))
     assert module.kind == branch.split("_3x3")[0]
 
     x = nchw(f_s).requires_grad_(True)
@@ -192,7 +192,7 @@ def test_fitnet_regressor_for_pairs_of_the_family(teacher, student, in_channels,
     stage-2 channels to the teacher's."""
     s_feature, t_feature = (jnp.zeros(probe_shapes(arch)[1]) for arch in (student, teacher))
     method = get_method("fitnet", fitnet_wrn.get_config())
-    assert method.hint_pair(stages(s_feature), stages(t_feature))[0].kind == VALID
+    assert method.module(stages(s_feature), stages(t_feature)).kind == VALID
     init = method.init(jax.random.PRNGKey(0), Probe(stages(s_feature), stages(t_feature), None, None, 100))
     assert init.variables["params"]["conv"]["kernel"].shape == (1, 1, in_channels, out_channels)
     assert init.variables["batch_stats"]["bn"]["mean"].shape == (out_channels,)

@@ -60,7 +60,7 @@ def test_abf_chain_and_hcl_match_mdistiller(rng):
         this_student = student._replace(features=features, pooled=pooled)
         out = method.term({"params": params, "batch_stats": variables["batch_stats"]}, {}, this_student, teacher,
                           batch, True)
-        chain_outputs = method.chain(this_student, teacher).apply(
+        chain_outputs = method.module(this_student, teacher).apply(
             {"params": params, "batch_stats": variables["batch_stats"]}, method.levels(this_student, teacher)[0],
             train=True, mutable=["batch_stats"])[0]
         return out.term, (out, chain_outputs)

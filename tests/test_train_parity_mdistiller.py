@@ -62,7 +62,7 @@ def _reference_losses(config, abfs):
             s = config.dkd
             terms["kd"] = loss.alpha * kd_loss(student.logits, teacher.logits, loss.kd_temperature, True)
             terms["term"] = dkd_warmup(epoch, s.warmup) * dkd_loss(
-                student.logits, teacher.logits, labels, s.alpha, s.beta, s.temperature, s.logit_standardization)[0]
+                student.logits, teacher.logits, labels, s.alpha, s.beta, s.temperature, loss.logit_standardization)[0]
         else:
             hcl = abfs(student.features, student.pooled, teacher.preact_features, teacher.pooled)[1]
             terms["term"] = loss.beta * dkd_warmup(epoch, config.reviewkd.warmup) * hcl

@@ -140,8 +140,8 @@ def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
     elif method == "dkd_ls":
         temperature, weight, logged_beta = DKD_LS.get(named_pair, (LS_TEMPERATURE, LS_KD_WEIGHT, None))
         beta = beta if logged_beta is None else logged_beta
-        config.dkd = config_section("dkd", alpha=weight, beta=beta * weight, temperature=temperature,
-                                    logit_standardization=True)
+        config.dkd = config_section("dkd", alpha=weight, beta=beta * weight, temperature=temperature)
+        config.loss.logit_standardization = True
     elif method == "dist":
         config.loss.beta = 2.0
         config.dist = config_section("dist")

@@ -32,7 +32,7 @@ from jaxkd.engine.dispatch import TrainPrograms
 from jaxkd.engine.epoch_loop import EpochLoop, RunContext
 from jaxkd.errors import UserError
 from jaxkd.engine.mesh import batch_sharded, replicated
-from jaxkd.methods.base import INIT_MODULES, Batch, InitStage, apply_module
+from jaxkd.methods.base import INIT_MODULES, Batch, InitStage, apply_module, float32_outputs
 from jaxkd.engine.train_batch import prepare_batch
 from jaxkd.models.batchnorm import BatchNorm
 from jaxkd.io.run_checkpoint import RunCheckpoints
@@ -119,8 +119,8 @@ def make_init_update(setup, stage: InitStage):
     outside = frozenset(OUTSIDE_FEATURE_MODULES)
 
     def update(init_state: InitState, batch: Batch, teacher_variables):
-        teacher_out = apply_module(teacher.model, teacher_variables, batch.images, train=False,
-                                   method=teacher.model.forward)[0]
+        teacher_out = jax.lax.stop_gradient(float32_outputs(apply_module(
+            teacher.model, teacher_variables, batch.images, train=False, method=teacher.model.forward)[0]))
         optimizer = init_optimizer(stage, setup.config, init_state.params)
 
         def loss_fn(params):
@@ -130,6 +130,7 @@ def make_init_update(setup, stage: InitStage):
                     student_out, student_stats = apply_module(
                         student, {"params": params["student"], "batch_stats": student_stats}, batch.images,
                         train=True, method=student.forward)
+                student_out = float32_outputs(student_out)
             modules = {"params": params["modules"], "batch_stats": init_state.batch_stats["modules"]}
             loss, module_stats = method.init_loss(modules, student_out, teacher_out, batch)
             return loss, {"student": student_stats, "modules": module_stats}

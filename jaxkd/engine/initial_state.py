@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jaxkd.engine.setup import Setup
 from jaxkd.engine.train_state import TrainState
 from jaxkd.methods import Batch, Probe, apply_module
+from jaxkd.methods.base import float32_outputs
 
 
 # XLA options for the one-off program of `create_train_state` on CPU (fast to compile, slower to run)
@@ -45,8 +46,9 @@ def _initial_state(setup: Setup, seed_key, images, labels, index, teacher_variab
     sample = setup.pipeline.augment(probe_rng, images)
     student_variables = setup.student.init(student_rng, sample, train=False)
     student_out, _ = apply_module(setup.student, student_variables, sample, train=True, method=setup.student.forward)
-    teacher_out = (apply_module(setup.teacher.model, teacher_variables, sample, train=False,
-                                method=setup.teacher.model.forward)[0] if setup.teacher else None)
+    student_out = float32_outputs(student_out)
+    teacher_out = float32_outputs(apply_module(setup.teacher.model, teacher_variables, sample, train=False,
+                                               method=setup.teacher.model.forward)[0] if setup.teacher else None)
     batch = Batch(sample, labels, index, probe_batch_rng)
     method_init = setup.method.initialize(method_rng, Probe(student_out, teacher_out, batch, setup.train.labels,
                                                             setup.train.num_classes))

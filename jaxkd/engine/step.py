@@ -16,12 +16,14 @@ import optax
 from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.engine.compile_options import compiler_options
 from jaxkd.engine.dispatch import TrainPrograms, steps_per_dispatch
-from jaxkd.engine.losses import cross_entropy, kd_divergence
+from jaxkd.engine.losses import cross_entropy
 from jaxkd.engine.mesh import batch_sharded, replicated
 from jaxkd.engine.setup import Setup
 from jaxkd.engine.train_batch import prepare_batch
 from jaxkd.engine.train_state import TrainState
 from jaxkd.methods import Batch, apply_module
+from jaxkd.methods.base import float32_outputs
+from jaxkd.methods.kd import kd_term
 
 
 def make_update(setup: Setup):
@@ -33,18 +35,19 @@ def make_update(setup: Setup):
     loss_weights = config.loss
 
     def update(state: TrainState, batch: Batch, teacher_variables):
-        teacher_out = (apply_module(teacher.model, teacher_variables, batch.images, train=False,
-                                    method=teacher.model.forward)[0] if teacher else None)
+        # the teacher's outputs enter the terms in float32 and without gradient
+        teacher_out = (jax.lax.stop_gradient(float32_outputs(apply_module(
+            teacher.model, teacher_variables, batch.images, train=False, method=teacher.model.forward)[0]))
+                       if teacher else None)
 
         def loss_fn(params):
             student_out, student_stats = apply_module(
                 student, {"params": params["student"], "batch_stats": state.batch_stats["student"]},
                 batch.images, train=True, method=student.forward)
+            student_out = float32_outputs(student_out)  # the one cast of the student's outputs for the losses
             ce = (mixed_cross_entropy(student_out.logits, batch.labels, batch.partners, batch.lam)
                   if setup.pipeline.saliencymix else cross_entropy(student_out.logits, batch.labels))
-            kd = (kd_divergence(student_out.logits, teacher_out.logits, loss_weights.kd_temperature,
-                                loss_weights.get("logit_standardization", False))
-                  if teacher else jnp.zeros((), jnp.float32))
+            kd = kd_term(student_out, teacher_out, loss_weights) if teacher else jnp.zeros((), jnp.float32)
             method_variables = {"params": params["method"], "batch_stats": state.batch_stats["method"]}
             method_out = method.term(method_variables, state.method_state, student_out, teacher_out, batch,
                                      train=True).completed(method_variables, state.method_state)
@@ -119,7 +122,7 @@ def make_eval_logits(setup: Setup):
 
     def eval_logits(variables, images):
         out = student.apply(variables["student"], images, train=False, method=student.forward)
-        extra = method.eval_logits(variables["method"], out, images)
+        extra = method.eval_logits(variables["method"], float32_outputs(out), images)
         logits = {"student": out.logits, **extra}
         if extra:
             probabilities = jnp.mean(jnp.stack([jax.nn.softmax(z) for z in logits.values()]), axis=0)

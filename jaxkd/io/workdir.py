@@ -38,6 +38,9 @@ ADDED_KEYS = {"loss.logit_standardization": False}
 # refused with one line naming the new one.
 MOVED_KEYS = {"saliencymix": "data.saliencymix", "saliencymix_prob": "data.saliencymix_prob",
               "saliencymix_per_example": "data.saliencymix_per_example"}
+# Flags that moved to another key: a config.json that holds the old one compares as if the new one were on where
+# either is (logit standardization's one home, for every logit method, is loss.logit_standardization).
+MOVED_FLAGS = {"dkd.logit_standardization": "loss.logit_standardization"}
 
 
 def create_workdir(workdir: Path) -> None:
@@ -121,7 +124,20 @@ def _run_defining(config_json: str) -> dict:
     config = json.loads(config_json)
     if not isinstance(config, dict):
         raise ValueError("not a JSON object")
-    return without_keys(with_added_keys(config), RESUME_MAY_CHANGE)
+    return without_keys(with_moved_flags(with_added_keys(config)), RESUME_MAY_CHANGE)
+
+
+def with_moved_flags(config: dict) -> dict:
+    """`config` (a config.json dict, changed in place) with each of the MOVED_FLAGS it holds moved to its new key."""
+    for old_key, new_key in MOVED_FLAGS.items():
+        holder, name = _holder(config, old_key)
+        if holder is None or name not in holder:
+            continue
+        moved = holder.pop(name)
+        new_holder, new_name = _holder(config, new_key)
+        if new_holder is not None:
+            new_holder[new_name] = bool(new_holder.get(new_name, False) or moved)
+    return config
 
 
 def with_added_keys(config: dict) -> dict:

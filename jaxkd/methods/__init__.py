@@ -15,6 +15,7 @@ from jaxkd.methods.dml import DML
 from jaxkd.methods.fitnets import FitNets
 from jaxkd.methods.fsp import FSP
 from jaxkd.methods.ft import FT
+from jaxkd.methods.kd import KD
 from jaxkd.methods.kdsvd import KDSVD
 from jaxkd.methods.nst import NST
 from jaxkd.methods.pkt import PKT
@@ -25,9 +26,7 @@ from jaxkd.methods.vid import VID
 
 METHODS: dict[str, type[Method]] = {
     "none": Method,  # the baseline: cross-entropy only
-    # Hinton et al. 2015 as RepDistiller's `--distill kd`: the KD term is the engine's alpha term, so the method
-    # only asks for the teacher.
-    "kd": type("KD", (Method,), {"uses_teacher": True}),
+    "kd": KD,  # Hinton et al. 2015, RepDistiller's `--distill kd` (its term, `kd_term`, is alpha's)
     "fitnet": FitNets,  # Romero et al. 2015, hint on the second stage
     "at": AT,  # Zagoruyko & Komodakis 2017, attention transfer
     "crd": CRD,  # Tian et al. 2020, contrastive representation distillation
@@ -49,16 +48,11 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-# How tables and reports name each method (its paper's or RepDistiller's README spelling).
-DISPLAY_NAMES = {"none": "Baseline", "kd": "KD", "fitnet": "FitNets", "at": "AT", "crd": "CRD", "sp": "SP", "cc": "CC",
-                 "vid": "VID", "rkd": "RKD", "pkt": "PKT", "nst": "NST", "kdsvd": "KDSVD", "ab": "AB", "ft": "FT",
-                 "fsp": "FSP", "dml": "DML", "byot": "BYOT", "dkd": "DKD", "dist": "DIST", "reviewkd": "ReviewKD"}
-
-
 def display_name(label: str) -> str:
-    """A method, or a report's label of one (`crd+kd`, `dkd+ls`), as tables print it: `CRD+KD`, `DKD+LS`; a name
-    it does not know, unchanged."""
-    return "+".join(DISPLAY_NAMES.get(part, "LS" if part == "ls" else part) for part in label.split("+"))
+    """A method, or a report's label of one (`crd+kd`, `dkd+ls`), as tables print it (each method's
+    `display_name`): `CRD+KD`, `DKD+LS`; a name it does not know, unchanged."""
+    return "+".join(METHODS[part].display_name if part in METHODS else "LS" if part == "ls" else part
+                    for part in label.split("+"))
 
 
 def get_method(name: str, config) -> Method:
@@ -76,5 +70,5 @@ def config_section(name: str, **overrides) -> ConfigDict:
                                             METHODS[name].defaults))
 
 
-__all__ = ["Batch", "DISPLAY_NAMES", "METHODS", "Method", "MethodInit", "Probe", "TermOutput", "apply_module",
+__all__ = ["Batch", "METHODS", "Method", "MethodInit", "Probe", "TermOutput", "apply_module",
            "config_section", "display_name", "get_method"]

@@ -11,68 +11,76 @@ it (`--distill abound`; `distiller_zoo/AB.py` `ABLoss`, `models/util.py` `Connec
   AB term is 0 (`train_distill`: loss_kd = 0) and the connectors are frozen: the student learns from CE alone.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxkd.config.specs import non_negative_float, non_negative_int
 from jaxkd.errors import UserError
-from jaxkd.methods.base import INIT_MODULES, InitStage, Method, MethodInit, apply_module
+from jaxkd.methods.base import INIT_MODULES, InitStage, Method, MethodInit, apply_module, nested
 from jaxkd.models.heads import ConvReg
 
 
 def ab_loss(student_maps, teacher_maps, margin: float) -> jax.Array:
     """RepDistiller's `ABLoss` summed over stages: the margin loss of the connected student maps against the
-    teacher's pre-activation maps (no gradient to the teacher)."""
+    teacher's pre-activation maps."""
     count, batch = len(student_maps), student_maps[0].shape[0]
     total = jnp.zeros((), jnp.float32)
     for i, (s, t) in enumerate(zip(student_maps, teacher_maps)):
-        s, t = s.astype(jnp.float32), jax.lax.stop_gradient(t.astype(jnp.float32))
         inactive = (jnp.square(s + margin) * ((s > -margin) & (t <= 0))
                     + jnp.square(s - margin) * ((s <= margin) & (t > 0)))
         total += 2.0 ** (i - count + 1) * jnp.sum(jnp.abs(inactive)) / batch / 1000 * 3
     return total
 
 
+def connector(student_shape, teacher_shape) -> tuple | None:
+    """RepDistiller's `Connector` for one stage as ConvReg's fields (kind, features, kernel size, no ReLU), or
+    None where it is the identity (channels and height agree)."""
+    if (student_shape[3], student_shape[1]) == (teacher_shape[3], teacher_shape[1]):
+        return None
+    reg = ConvReg.between(student_shape, teacher_shape, use_relu=False)
+    return reg.kind, reg.features, reg.kernel_size, reg.use_relu
+
+
+class Connectors(nn.Module):
+    """AB's init-stage modules: a connector per stage, `connector{i}` (none where it is the identity); called on
+    the student's pre-activation stage outputs, returns the connected maps."""
+
+    connectors: tuple  # per stage: `connector`'s fields or None
+
+    @nn.compact
+    def __call__(self, maps, train: bool):
+        return [x if fields is None else ConvReg(*fields, name=f"connector{i}")(x, train=train)
+                for i, (fields, x) in enumerate(zip(self.connectors, maps))]
+
+
 class AB(Method):
+    display_name = "AB"
     uses_teacher = True
     defaults = {"margin": 1.0, "init_epochs": 30}  # ABLoss's margin; RepDistiller's --init_epochs
     specs = {"margin": non_negative_float, "init_epochs": non_negative_int}
 
-    def connectors(self, student, teacher) -> list:
-        """One ConvReg (no ReLU) per stage, or None where RepDistiller's Connector is the identity."""
+    def connectors(self, student, teacher) -> Connectors:
         s_maps, t_maps = student.preact_features, teacher.preact_features
         if not s_maps or not t_maps or len(s_maps) != len(t_maps):
             raise UserError(f"abound needs the same number of pre-activation stage outputs in student and teacher "
                             f"(got {len(s_maps or [])} and {len(t_maps or [])})")
-        return [None if (s.shape[3], s.shape[1]) == (t.shape[3], t.shape[1]) else
-                ConvReg.between(s.shape, t.shape, use_relu=False) for s, t in zip(s_maps, t_maps)]
-
-    def connected(self, modules: dict, student, teacher, train: bool):
-        """(the connectors' outputs, their updated batch statistics)."""
-        outputs, batch_stats = [], {}
-        for i, (connector, s) in enumerate(zip(self.connectors(student, teacher), student.preact_features)):
-            if connector is None:
-                outputs.append(s)
-                continue
-            name = f"connector{i}"
-            out, batch_stats[name] = apply_module(
-                connector, {"params": modules["params"][name], "batch_stats": modules["batch_stats"][name]},
-                s.astype(jnp.float32), train=train)
-            outputs.append(out)
-        return outputs, batch_stats
+        return Connectors(tuple(connector(s.shape, t.shape) for s, t in zip(s_maps, t_maps)))
 
     def init(self, rng, probe) -> MethodInit:
-        params, batch_stats = {}, {}
-        connectors = self.connectors(probe.student, probe.teacher)
-        for i, (connector, rng_i) in enumerate(zip(connectors, jax.random.split(rng, len(connectors)))):
-            if connector is not None:
-                variables = connector.init(rng_i, probe.student.preact_features[i].astype(jnp.float32), train=False)
-                params[f"connector{i}"], batch_stats[f"connector{i}"] = variables["params"], variables["batch_stats"]
-        return MethodInit(state={INIT_MODULES: {"params": params, "batch_stats": batch_stats}})
+        """No trainable module in training: the connectors are init-stage modules, in the method state.
+        Connector i from `split(rng, stages)[i]`, the keys AB's runs have always used."""
+        connectors = self.connectors(probe.student, probe.teacher).connectors
+        keys = jax.random.split(rng, len(connectors))
+        return MethodInit(state={INIT_MODULES: nested({
+            f"connector{i}": ConvReg(*fields).init(key, x, train=False)
+            for i, (fields, x, key) in enumerate(zip(connectors, probe.student.preact_features, keys))
+            if fields is not None})})
 
     def init_stage(self, config) -> InitStage:
         return InitStage(self.settings["init_epochs"], student_features=True, learning_rate=config.optimizer.lr)
 
     def init_loss(self, modules, student, teacher, batch):
-        outputs, batch_stats = self.connected(modules, student, teacher, train=True)
+        outputs, batch_stats = apply_module(self.connectors(student, teacher), modules, student.preact_features,
+                                            train=True)
         return ab_loss(outputs, teacher.preact_features, self.settings["margin"]), batch_stats

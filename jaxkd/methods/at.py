@@ -15,17 +15,18 @@ from jaxkd.methods.pooling import pool_to_common_size
 
 def attention_map(feature: jax.Array, p: int, eps: float = 1e-12) -> jax.Array:
     """(B, H, W, C) -> (B, H*W): `F.normalize(f.pow(p).mean(1).view(B, -1))`, v / max(||v||_2, eps)."""
-    mean = jnp.mean(feature.astype(jnp.float32) ** p, axis=-1).reshape(feature.shape[0], -1)
+    mean = jnp.mean(feature ** p, axis=-1).reshape(feature.shape[0], -1)
     return normalize(mean, axis=1, eps=eps)
 
 
 def attention_loss(student_feature: jax.Array, teacher_feature: jax.Array, p: int) -> jax.Array:
     """`Attention.at_loss`: the larger map is first pooled down to the smaller one's size."""
-    student_feature, teacher_feature = pool_to_common_size(student_feature, jax.lax.stop_gradient(teacher_feature))
+    student_feature, teacher_feature = pool_to_common_size(student_feature, teacher_feature)
     return jnp.mean(jnp.square(attention_map(student_feature, p) - attention_map(teacher_feature, p)))
 
 
 class AT(Method):
+    display_name = "AT"
     uses_teacher = True
     defaults = {"p": 2}  # the power of the attention map (RepDistiller's Attention(p=2))
     specs = {"p": positive_int}

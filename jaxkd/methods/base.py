@@ -5,11 +5,15 @@ The engine computes, every step, `gamma * CE(student) + alpha * KD(student, teac
 - settings: `defaults`, its config section's keys and RepDistiller's values, and `specs`, what each accepts
   (checked as the method is made); `self.settings` is `config.<name>` over them (a config sets only what
   differs);
-- trainable modules (FitNets' regressor, CRD's embeddings, BYOT's heads, DML's peers): their variables are
-  returned by `init`, trained and weight-decayed with the student, checkpointed with it;
+- trainable modules (FitNets' regressor, CRD's embeddings, BYOT's heads, DML's peers): one Flax module declared
+  by `module`, called on `module_inputs`; the base initializes it (`init`) and applies it (`apply_module_of`,
+  with its batch statistics); its variables are trained and weight-decayed with the student, checkpointed with it;
 - non-trainable device state (CRD's memory banks): returned by `init`, threaded through every step, donated
   and checkpointed with the train state;
-- whether it needs a pretrained teacher (`uses_teacher`), whose eval-mode outputs the engine then computes.
+- whether it needs a pretrained teacher (`uses_teacher`), whose eval-mode outputs the engine then computes and
+  hands to the method without gradient. The student's and the teacher's outputs arrive in float32
+  (`float32_outputs`), whatever the models' compute dtype;
+- `display_name`, how tables and reports name it.
 The metrics it logs are the keys of `TermOutput.metrics`, found once by `initialize` (no compute). A new
 method is one file in `jaxkd/methods/` and one line in the registry, `jaxkd/methods/__init__.py`
 (docs/methods.md, "Adding a method").
@@ -17,6 +21,7 @@ method is one file in `jaxkd/methods/` and one line in the registry, `jaxkd/meth
 
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -63,6 +68,14 @@ class Batch(NamedTuple):
     # The 1-based epoch of this step (mdistiller's `epoch`, for DKD's and ReviewKD's linear warm-ups), int32,
     # traced: computed in the step from the step number, so no recompile and no host sync.
     epoch: jax.Array | int = 1
+
+
+def float32_outputs(output: ModelOutput | None) -> ModelOutput | None:
+    """`output` with every array in float32: the one cast of a model's outputs (computed in `config.dtype`) as the
+    engine hands them to a method, so that every term computes in float32."""
+    if output is None:
+        return None
+    return jax.tree.map(lambda x: x.astype(jnp.float32), output)
 
 
 def epoch_warmup(epoch, warmup_epochs: float) -> jax.Array:
@@ -114,21 +127,37 @@ class InitStage(NamedTuple):
     learning_rate: float
 
 
+def nested(children: dict, collections: tuple = ("params", "batch_stats")) -> dict:
+    """The Flax variables of a module whose children `children` (name -> the child's own variables) are: each
+    collection in `collections` holds {name: the child's tree}, as Flax nests them. For a module whose `init`
+    gives each child its own key (the keys runs have always used), so that a seed starts where it did."""
+    return {collection: {name: variables[collection] for name, variables in children.items()
+                         if collection in variables} for collection in collections}
+
+
 class Method:
     """Base class: a method with no term, no modules and no state (the plain baseline, "none").
 
     `name` is the method's name in the registry (`config.method`), the name of its config section and the
     prefix of its metrics."""
 
+    display_name = "Baseline"  # how tables and reports name the method (its paper's or RepDistiller's spelling)
     uses_teacher = False
     defaults: dict = {}  # config.<name>'s keys and default values
     # config.<name>'s keys -> what each accepts (jaxkd.config.checks: positive_int, fraction, one_of(...), ...),
     # checked as the method is made, before any work
     specs: dict = {}
 
+    # config.<name>'s keys that moved elsewhere -> their new key (refused with one line naming it)
+    moved_settings: dict = {}
+
     def __init__(self, name: str, config=None):
         self.name = name
         self.config = config
+        section = config.get(name, None) if config is not None else None
+        for key, new_key in self.moved_settings.items():
+            if section is not None and key in section:
+                raise UserError(f"config.{name}.{key} is now config.{new_key}")
         self.settings = section_over_defaults(config, name, self.defaults)
         check_settings(name, self.settings, self.specs)
         self.metric_names: tuple[str, ...] | None = None  # set by `initialize`
@@ -143,8 +172,44 @@ class Method:
         self.metric_names = tuple(output.metrics)
         return method_init
 
+    @property
+    def logit_standardization(self) -> bool:
+        """`config.loss.logit_standardization` (Sun et al. 2024): whether terms on logits z-score both sides'
+        logits first (`jaxkd.engine.losses.standardize_logits`). The one setting for the KD term and every logit
+        method (DKD); False without a config or in one that predates the key."""
+        loss = self.config.get("loss", None) if self.config is not None else None
+        return bool(loss.get("logit_standardization", False)) if loss is not None else False
+
+    def module(self, student: ModelOutput, teacher: ModelOutput | None) -> nn.Module | None:
+        """The method's trainable modules as one Flax module, sized from the models' outputs (so that `init`
+        and `term` build the same one), or None: no trainable modules. Its `__call__` takes
+        `*module_inputs(student, teacher)` and `train` (batch statistics in train mode)."""
+        return None
+
+    def module_inputs(self, student: ModelOutput, teacher: ModelOutput | None) -> tuple:
+        """The arguments `module` is called with: by default the student's outputs."""
+        return (student,)
+
     def init(self, rng: jax.Array, probe: Probe) -> MethodInit:
-        return MethodInit()
+        """The module's variables (`module.init` on the probe, in eval mode), and no state. A method with
+        state or init-stage modules adds them. Jitted: Flax's op-by-op init would compile each of the module's
+        ops on its own (inside the engine's jitted initial state it is inlined)."""
+        module = self.module(probe.student, probe.teacher)
+        if module is None:
+            return MethodInit()
+        init = jax.jit(lambda key, inputs: self.init_variables(module, key, inputs))
+        return MethodInit(dict(init(rng, self.module_inputs(probe.student, probe.teacher))))
+
+    def init_variables(self, module: nn.Module, rng: jax.Array, inputs: tuple) -> dict:
+        """The module's initial variables: `module.init(rng, *inputs, train=False)`. A method whose runs have
+        always given each of the module's children a key of its own overrides it with those keys (`nested`), so
+        that a seed starts where it always did."""
+        return module.init(rng, *inputs, train=False)
+
+    def apply_module_of(self, variables: dict, student: ModelOutput, teacher: ModelOutput | None, train: bool):
+        """(the module's output on `module_inputs`, its batch statistics: updated in train mode)."""
+        return apply_module(self.module(student, teacher), variables, *self.module_inputs(student, teacher),
+                            train=train)
 
     def term(self, variables: dict, state, student: ModelOutput, teacher: ModelOutput | None, batch: Batch,
              train: bool) -> TermOutput:

@@ -24,6 +24,7 @@ Settings: `config.byot.alpha`, `temperature`, `feature_weight` (lambda), BYOT-U'
 
 import warnings
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -31,7 +32,7 @@ from jaxkd.config.specs import fraction, non_negative_float, positive_float
 from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.errors import UserError
 from jaxkd.engine.losses import cross_entropy
-from jaxkd.methods.base import Method, MethodInit, TermOutput, apply_module
+from jaxkd.methods.base import Method, TermOutput, nested
 from jaxkd.models.heads import BYOTHead
 
 NUM_HEADS = 2  # heads on stages 1 and 2 of the 3-stage family
@@ -41,8 +42,8 @@ HEAD_NAMES = tuple(f"head{s}" for s in range(1, NUM_HEADS + 1))
 def soft_cross_entropy(logits, target_logits, temperature: float):
     """BYOT-U's `kd_loss_function`: -mean_b sum_c softmax(target / T) * log_softmax(logits / T), the target
     without gradient (the caller multiplies by T^2)."""
-    targets = jax.nn.softmax(jax.lax.stop_gradient(target_logits.astype(jnp.float32)) / temperature, axis=-1)
-    log_probabilities = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    targets = jax.nn.softmax(jax.lax.stop_gradient(target_logits) / temperature, axis=-1)
+    log_probabilities = jax.nn.log_softmax(logits / temperature, axis=-1)
     return -jnp.mean(jnp.sum(targets * log_probabilities, axis=-1))
 
 
@@ -50,11 +51,24 @@ def feature_loss(feature, target_feature):
     """BYOT-U's `feature_loss_function`: the squared L2 distance summed over batch and channels, the target
     without gradient. BYOT-U masks it with (F > 0) | (F_target > 0); both are post-ReLU means here, so where the
     mask is 0 both are 0 and the mask changes nothing."""
-    target_feature = jax.lax.stop_gradient(target_feature.astype(jnp.float32))
-    return jnp.sum(jnp.square(feature.astype(jnp.float32) - target_feature))
+    return jnp.sum(jnp.square(feature - jax.lax.stop_gradient(target_feature)))
+
+
+class Heads(nn.Module):
+    """BYOT's trainable modules: the shallow heads `head1`, `head2`; called on the student's stage outputs,
+    returns each head's (logits, feature)."""
+
+    heads: tuple  # each head's BYOTHead fields: (bottleneck, features, stride, num_classes)
+
+    @nn.compact
+    def __call__(self, features, train: bool):
+        return [BYOTHead(*fields, name=name)(feature, train=train)
+                for name, fields, feature in zip(HEAD_NAMES, self.heads, features)]
+
 
 
 class BYOT(Method):
+    display_name = "BYOT"
     defaults = {"alpha": 0.1, "temperature": 3.0, "feature_weight": 1e-6}  # BYOT-U's train.py
     specs = {"alpha": fraction, "temperature": positive_float, "feature_weight": non_negative_float}
 
@@ -80,29 +94,21 @@ class BYOT(Method):
             heads.append(BYOTHead(channels // 4, channels, size // last_size, num_classes))
         return heads
 
-    def init(self, rng, probe) -> MethodInit:
-        student = probe.student
-        heads = self.heads(student.features, student.pooled, probe.num_classes)
-        params, batch_stats = {}, {}
-        for name, head, feature, head_rng in zip(HEAD_NAMES, heads, student.features,
-                                                 jax.random.split(rng, NUM_HEADS)):
-            variables = head.init(head_rng, feature, train=False)
-            params[name], batch_stats[name] = variables["params"], variables["batch_stats"]
-        return MethodInit({"params": params, "batch_stats": batch_stats}, {})
-
-    def _apply_heads(self, variables, student, train: bool):
-        """[(logits, feature)] of every head, and the heads' updated batch statistics."""
+    def module(self, student, teacher) -> Heads:
         heads = self.heads(student.features, student.pooled, student.logits.shape[-1])
-        outputs, batch_stats = [], {}
-        for name, head, feature in zip(HEAD_NAMES, heads, student.features):
-            head_variables = {"params": variables["params"][name], "batch_stats": variables["batch_stats"][name]}
-            out, batch_stats[name] = apply_module(head, head_variables, feature, train=train)
-            outputs.append(out)
-        return outputs, batch_stats
+        return Heads(tuple((h.bottleneck, h.features, h.stride, h.num_classes) for h in heads))
+
+    def module_inputs(self, student, teacher) -> tuple:
+        return (student.features[:NUM_HEADS],)
+
+    def init_variables(self, module, rng, inputs) -> dict:
+        """Head i from `jax.random.split(rng, 2)[i]`, the keys BYOT's runs have always used."""
+        return nested({name: BYOTHead(*fields).init(key, feature, train=False) for name, fields, feature, key
+                       in zip(HEAD_NAMES, module.heads, inputs[0], jax.random.split(rng, NUM_HEADS))})
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
         alpha, temperature = self.settings["alpha"], self.settings["temperature"]
-        outputs, batch_stats = self._apply_heads(variables, student, train)
+        outputs, batch_stats = self.apply_module_of(variables, student, teacher, train)
         total, metrics = jnp.zeros((), jnp.float32), {}
         for name, (logits, feature) in zip(HEAD_NAMES, outputs):
             ce = (cross_entropy(logits, batch.labels) if batch.partners is None
@@ -116,5 +122,5 @@ class BYOT(Method):
 
     def eval_logits(self, variables, student, images) -> dict:
         """The shallow heads' logits in eval mode (running statistics): {"head1": ..., "head2": ...}."""
-        outputs, _ = self._apply_heads(variables, student, train=False)
+        outputs, _ = self.apply_module_of(variables, student, None, train=False)
         return {name: logits for name, (logits, _) in zip(HEAD_NAMES, outputs)}

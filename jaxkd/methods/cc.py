@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.config.specs import positive_int
-from jaxkd.methods.base import Method, MethodInit, TermOutput
+from jaxkd.methods.base import Method, TermOutput
 from jaxkd.models.torch_layers import linear
 
 
@@ -22,8 +22,8 @@ class LinearEmbeddings(nn.Module):
     features: int
 
     @nn.compact
-    def __call__(self, student_vectors, teacher_vectors):
-        flat = lambda x: x.reshape(x.shape[0], -1).astype(jnp.float32)  # noqa: E731
+    def __call__(self, student_vectors, teacher_vectors, train: bool = False):  # no BN: `train` changes nothing
+        flat = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731
         return (linear(flat(student_vectors), self.features, "embed_student"),
                 linear(flat(teacher_vectors), self.features, "embed_teacher"))
 
@@ -35,15 +35,17 @@ def correlation_loss(student_embedding: jax.Array, teacher_embedding: jax.Array)
 
 
 class CC(Method):
+    display_name = "CC"
     uses_teacher = True
     defaults = {"feat_dim": 128}  # the embeddings' size (RepDistiller's --feat_dim)
     specs = {"feat_dim": positive_int}
 
-    def init(self, rng, probe) -> MethodInit:
-        embeddings = LinearEmbeddings(self.settings["feat_dim"])
-        return MethodInit(dict(embeddings.init(rng, probe.student.pooled, probe.teacher.pooled)))
+    def module(self, student, teacher) -> LinearEmbeddings:
+        return LinearEmbeddings(self.settings["feat_dim"])
+
+    def module_inputs(self, student, teacher) -> tuple:
+        return student.pooled, teacher.pooled
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
-        embed_student, embed_teacher = LinearEmbeddings(self.settings["feat_dim"]).apply(
-            variables, student.pooled, jax.lax.stop_gradient(teacher.pooled))
+        (embed_student, embed_teacher), _ = self.apply_module_of(variables, student, teacher, train)
         return TermOutput(correlation_loss(embed_student, embed_teacher))

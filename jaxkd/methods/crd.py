@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxkd.config.specs import fraction, positive_float, positive_int
 from jaxkd.errors import UserError
-from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput
+from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, nested
 from jaxkd.methods.crd_kernels import Negatives, ScoredBank, batch_chunks, chunked_loss_pair, map_chunks
 from jaxkd.models.resnet import linear_init
 
@@ -55,7 +55,19 @@ class Embed(nn.Module):
             return jax.random.uniform(key, shape, dtype, -bound, bound)
 
         return l2_normalize(nn.Dense(self.features, kernel_init=linear_init, bias_init=bias_init,
-                                     name="linear")(x.astype(jnp.float32)))
+                                     name="linear")(x))
+
+
+class Embeddings(nn.Module):
+    """CRD's trainable modules: `embed_student` and `embed_teacher`, called on the two pooled vectors."""
+
+    features: int = 128
+
+    @nn.compact
+    def __call__(self, student_vectors, teacher_vectors, train: bool = False):  # no BN: `train` changes nothing
+        return (Embed(self.features, name="embed_student")(student_vectors),
+                Embed(self.features, name="embed_teacher")(teacher_vectors))
+
 
 
 def init_state(rng, train_labels, feat_dim: int, num_negatives: int) -> dict:
@@ -174,32 +186,38 @@ def contrast_term(embed_student, embed_teacher, state: dict, positive, negatives
 class CRD(Method):
     """The CRD term (weighted by beta; RepDistiller's CRD recipe: gamma 1, alpha 0, beta 0.8)."""
 
+    display_name = "CRD"
     uses_teacher = True
     # RepDistiller's train_student.py, and the chunk bound (a memory setting, not part of the recipe)
     defaults = {"nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "feat_dim": 128, "chunk_elements": CHUNK_ELEMENTS}
     specs = {"nce_k": positive_int, "nce_t": positive_float, "nce_m": fraction, "feat_dim": positive_int,
              "chunk_elements": positive_int}
 
-    def __init__(self, name, config=None):
-        super().__init__(name, config)
-        self.embed = Embed(self.settings["feat_dim"])
+    def module(self, student, teacher) -> Embeddings:
+        return Embeddings(self.settings["feat_dim"])
+
+    def module_inputs(self, student, teacher) -> tuple:
+        return student.pooled, teacher.pooled
+
+    def init_variables(self, module, rng, inputs) -> dict:
+        """The embeddings from `split(rng, 3)[0]` and `[1]` (the keys CRD's runs have always used; the state
+        takes `[2]`)."""
+        student_rng, teacher_rng, _ = jax.random.split(rng, 3)
+        return nested({"embed_student": Embed(module.features).init(student_rng, inputs[0]),
+                       "embed_teacher": Embed(module.features).init(teacher_rng, inputs[1])}, ("params",))
 
     def init(self, rng, probe: Probe) -> MethodInit:
         if probe.teacher is None:
             raise UserError("CRD needs a teacher")
-        student_rng, teacher_rng, state_rng = jax.random.split(rng, 3)
-        params = {"embed_student": self.embed.init(student_rng, probe.student.pooled)["params"],
-                  "embed_teacher": self.embed.init(teacher_rng, probe.teacher.pooled)["params"]}
-        state = init_state(state_rng, probe.train_labels, self.settings["feat_dim"], self.settings["nce_k"])
+        state = init_state(jax.random.split(rng, 3)[2], probe.train_labels, self.settings["feat_dim"],
+                           self.settings["nce_k"])
         if "class_order" in state:
             warnings.warn(f"CRD: K = {self.settings['nce_k']} exceeds the other-class examples of some classes; "
                           f"their anchors draw negatives with replacement (as RepDistiller does)", stacklevel=2)
-        return MethodInit({"params": params}, state)
+        return MethodInit(super().init(rng, probe).variables, state)
 
     def embeddings(self, variables, student, teacher):
-        params = variables["params"]
-        return (self.embed.apply({"params": params["embed_student"]}, student.pooled),
-                self.embed.apply({"params": params["embed_teacher"]}, teacher.pooled))
+        return self.apply_module_of(variables, student, teacher, train=False)[0]
 
     def _term(self, variables, state, student, teacher, batch: Batch, positive, negatives: Negatives,
               num_negatives: int, train: bool) -> TermOutput:

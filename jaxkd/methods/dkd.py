@@ -6,7 +6,7 @@ teacher and student, and NCKD, the KL between their distributions over the non-t
 logit pushed down by 1000 before the softmax), each summed over classes, divided by B, times T^2. The term is
 `min(epoch / warmup, 1) * (alpha * TCKD + beta * NCKD)`, the linear warm-up over mdistiller's 1-based epoch
 (`Batch.epoch`); the engine's gamma * CE is mdistiller's CE_WEIGHT * CE, its beta 1. With
-`logit_standardization` both logits are z-scored first, as logit-standardization-KD's `dkd_loss`.
+`loss.logit_standardization` both logits are z-scored first, as logit-standardization-KD's `dkd_loss`.
 
 Under SaliencyMix an example has two labels: the term is mixed as the engine's CE is, lam * DKD(own label) +
 (1 - lam) * DKD(partner's label), per example when lam is.
@@ -15,7 +15,7 @@ Under SaliencyMix an example has two labels: the term is mixed as the engine's C
 import jax
 import jax.numpy as jnp
 
-from jaxkd.config.specs import flag, non_negative_float, positive_float, positive_int
+from jaxkd.config.specs import non_negative_float, positive_float, positive_int
 from jaxkd.engine.losses import standardize_logits
 from jaxkd.methods.base import Method, TermOutput, epoch_warmup
 
@@ -30,9 +30,7 @@ def _kl_rows(target: jax.Array, log_target: jax.Array, log_input: jax.Array) -> 
 def dkd_per_example(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array, temperature: float,
                     logit_standardization: bool = False):
     """(TCKD, NCKD) per example, (B,) each, both times T^2; their batch means are mdistiller's tckd_loss and
-    nckd_loss. The teacher gets no gradient."""
-    student_logits = student_logits.astype(jnp.float32)
-    teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
+    nckd_loss."""
     if logit_standardization:
         student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
     gt_mask = jax.nn.one_hot(labels, student_logits.shape[-1], dtype=jnp.float32)
@@ -52,19 +50,21 @@ def dkd_per_example(student_logits: jax.Array, teacher_logits: jax.Array, labels
 
 
 class DKD(Method):
+    display_name = "DKD"
     uses_teacher = True
     # mdistiller's engine/cfg.py CFG.DKD (its CE_WEIGHT is the engine's loss.gamma); configs/mdistiller.py sets
     # each pair's values (beta 6 for wrn_40_2 -> wrn_16_2)
-    defaults = {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20, "logit_standardization": False}
+    defaults = {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20}
     specs = {"alpha": non_negative_float, "beta": non_negative_float, "temperature": positive_float,
-             "warmup": positive_int, "logit_standardization": flag}  # warmup: epochs (mdistiller divides by it)
+             "warmup": positive_int}  # warmup: epochs (mdistiller divides by it)
+    moved_settings = {"logit_standardization": "loss.logit_standardization"}
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
         s = self.settings
 
         def losses(labels):
             return dkd_per_example(student.logits, teacher.logits, labels, s["temperature"],
-                                   s["logit_standardization"])
+                                   self.logit_standardization)
 
         tckd, nckd = losses(batch.labels)
         if batch.partners is not None:  # SaliencyMix: each example's two labels, weighted as the CE's

@@ -73,6 +73,7 @@ def mutual_losses(logits: Sequence[jax.Array], labels: jax.Array, partners=None,
 class DML(Method):
     """Peers 1..K-1 as method params; the term is their CEs plus every peer's mutual-learning KL."""
 
+    display_name = "DML"
     # peers: architectures of peers 1..K-1 (None: one of the student's). forward: how a group of same-architecture
     # peers runs. "vmap": one vmapped forward (XLA grouped convolutions); "loop": one forward per peer, unrolled
     # in the same jitted step; "auto": loop on CPU, where XLA's grouped convolutions are slow (2 stacked resnet8

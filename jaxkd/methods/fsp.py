@@ -21,10 +21,9 @@ from jaxkd.methods.pooling import adaptive_avg_pool2d
 
 
 def fsp_matrices(maps) -> list:
-    """The FSP matrix (B, C_top, C_bottom) of each consecutive pair of NHWC maps, float32."""
+    """The FSP matrix (B, C_top, C_bottom) of each consecutive pair of NHWC maps."""
     matrices = []
     for bottom, top in zip(maps[:-1], maps[1:]):
-        bottom, top = bottom.astype(jnp.float32), top.astype(jnp.float32)
         size = min(bottom.shape[1], top.shape[1])  # RepDistiller pools to (H, H), the smaller map's height
         if bottom.shape[1] > size:
             bottom = adaptive_avg_pool2d(bottom, size, size)
@@ -36,8 +35,8 @@ def fsp_matrices(maps) -> list:
 
 
 def fsp_loss(student_maps, teacher_maps) -> jax.Array:
-    """RepDistiller's FSP losses summed: the teacher's matrices get no gradient."""
-    pairs = zip(fsp_matrices(student_maps), fsp_matrices([jax.lax.stop_gradient(t) for t in teacher_maps]))
+    """RepDistiller's FSP losses summed."""
+    pairs = zip(fsp_matrices(student_maps), fsp_matrices(teacher_maps))
     return sum(jnp.mean(jnp.square(s - t)) for s, t in pairs)
 
 
@@ -47,6 +46,7 @@ def fsp_maps(output) -> list:
 
 
 class FSP(Method):
+    display_name = "FSP"
     uses_teacher = True
     defaults = {"init_epochs": 30}  # RepDistiller's --init_epochs
     specs = {"init_epochs": non_negative_int}

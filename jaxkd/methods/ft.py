@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.config.specs import non_negative_int, positive_float
-from jaxkd.methods.base import INIT_MODULES, InitStage, Method, MethodInit, TermOutput, apply_module
+from jaxkd.methods.base import INIT_MODULES, InitStage, Method, MethodInit, TermOutput
 from jaxkd.methods.pooling import adaptive_avg_pool2d
 from jaxkd.models import canonical_name
 from jaxkd.models.batchnorm import BatchNorm
@@ -67,7 +67,7 @@ class Paraphraser(nn.Module):
     @nn.compact
     def __call__(self, x, decode: bool = True):
         channels, factor_channels = x.shape[-1], int(x.shape[-1] * self.rate)
-        factor = x.astype(jnp.float32)
+        factor = x
         for i, features in enumerate((channels, factor_channels, factor_channels)):
             factor = nn.leaky_relu(conv3x3(factor, features, f"encoder{i}"), LEAKY_SLOPE)
         if not decode:
@@ -88,7 +88,6 @@ class Translator(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         factor_channels = int(self.teacher_channels * self.rate)
-        x = x.astype(jnp.float32)
         for i, features in enumerate((x.shape[-1], factor_channels, factor_channels)):
             x = BatchNorm(name=f"bn{i}")(conv3x3(x, features, f"conv{i}"), use_running_average=not train)
             x = nn.leaky_relu(x, LEAKY_SLOPE)
@@ -113,6 +112,7 @@ def factor_transfer_loss(factor_s, factor_t, p1: float, p2: float) -> jax.Array:
 
 
 class FT(Method):
+    display_name = "FT"
     uses_teacher = True
     # FactorTransfer's p1, p2; the paraphrase rate k of Paraphraser and Translator; RepDistiller's --init_epochs
     defaults = {"p1": 2.0, "p2": 1.0, "rate": 0.5, "init_epochs": 30}
@@ -120,17 +120,22 @@ class FT(Method):
 
     def __init__(self, name, config=None):
         super().__init__(name, config)
-        self.paraphraser = Paraphraser(self.settings["rate"])
+        self.paraphraser = Paraphraser(self.settings["rate"])  # the init-stage module, in the method state
 
-    def translator(self, teacher_map) -> Translator:
-        return Translator(teacher_map.shape[-1], self.settings["rate"])
+    def module(self, student, teacher) -> Translator:
+        """The translator, trained with the student."""
+        return Translator(teacher.features[-1].shape[-1], self.settings["rate"])
+
+    def module_inputs(self, student, teacher) -> tuple:
+        return (student.features[-1],)
 
     def init(self, rng, probe) -> MethodInit:
+        """The translator from `split(rng)[1]` and the paraphraser from `split(rng)[0]` (the keys FT's runs have
+        always used)."""
         paraphraser_rng, translator_rng = jax.random.split(rng)
-        f_s, f_t = probe.student.features[-1].astype(jnp.float32), probe.teacher.features[-1].astype(jnp.float32)
-        paraphraser = self.paraphraser.init(paraphraser_rng, f_t)
-        translator = self.translator(f_t).init(translator_rng, f_s, train=False)
-        return MethodInit(dict(translator), {INIT_MODULES: {"params": paraphraser["params"], "batch_stats": {}}})
+        paraphraser = self.paraphraser.init(paraphraser_rng, probe.teacher.features[-1])
+        return MethodInit(super().init(translator_rng, probe).variables,
+                          {INIT_MODULES: {"params": paraphraser["params"], "batch_stats": {}}})
 
     def init_stage(self, config) -> InitStage:
         low = canonical_name(config.model).startswith(LOW_INIT_LR_PREFIXES)
@@ -138,14 +143,15 @@ class FT(Method):
                          learning_rate=LOW_INIT_LR if low else config.optimizer.lr)
 
     def init_loss(self, modules, student, teacher, batch):
-        f_t = jax.lax.stop_gradient(teacher.features[-1].astype(jnp.float32))
+        f_t = teacher.features[-1]
         _, reconstruction = self.paraphraser.apply({"params": modules["params"]}, f_t)
         return jnp.mean(jnp.square(reconstruction - f_t)), {}
 
     def term(self, variables, state, student, teacher, batch, train):
-        f_t = jax.lax.stop_gradient(teacher.features[-1].astype(jnp.float32))
-        factor_s, batch_stats = apply_module(self.translator(f_t), variables, student.features[-1], train=train)
-        factor_t = jax.lax.stop_gradient(
-            self.paraphraser.apply({"params": state[INIT_MODULES]["params"]}, f_t, decode=False))
+        factor_s, batch_stats = self.apply_module_of(variables, student, teacher, train)
+        # the paraphraser is frozen after the init stage
+        factor_t = jax.lax.stop_gradient(self.paraphraser.apply({"params": state[INIT_MODULES]["params"]},
+                                                                teacher.features[-1],
+                                                                decode=False))
         return TermOutput(factor_transfer_loss(factor_s, factor_t, self.settings["p1"], self.settings["p2"]),
                           batch_stats=batch_stats)

@@ -69,13 +69,13 @@ def kdsvd_losses(student_features, teacher_features, k: int) -> list:
     losses, previous = [], None
     batch = student_features[0].shape[0]
     for f_s, f_t in zip(student_features, teacher_features):
-        s_t, v_t = leading_right_vectors(jax.lax.stop_gradient(f_t), k)
+        s_t, v_t = leading_right_vectors(f_t, k)
         _, v_s = leading_right_vectors(f_s, k + 3)
         v_t = canonical_sign(v_t)
         scale = s_t[:, None, :]
         v_s, v_t = aligned(v_s, v_t) * scale, v_t * scale
         if previous is not None:
-            difference = jnp.square(rbf(v_s, previous[0]) - jax.lax.stop_gradient(rbf(v_t, previous[1])))
+            difference = jnp.square(rbf(v_s, previous[0]) - rbf(v_t, previous[1]))
             losses.append(jnp.sum(finite_or_zero(difference)) / batch)
         previous = (v_s, v_t)
     return losses
@@ -90,6 +90,7 @@ def check_channels(student, teacher) -> None:
 
 
 class KDSVD(Method):
+    display_name = "KDSVD"
     uses_teacher = True
     defaults = {"k": 1}  # KDSVD(k=1): singular vectors of the teacher; the student's first k + 3 are searched
     specs = {"k": positive_int}

@@ -26,12 +26,13 @@ def mean_poly_kernel(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def nst_loss(student_feature: jax.Array, teacher_feature: jax.Array) -> jax.Array:
-    student_feature, teacher_feature = pool_to_common_size(student_feature, jax.lax.stop_gradient(teacher_feature))
+    student_feature, teacher_feature = pool_to_common_size(student_feature, teacher_feature)
     s, t = channel_maps(student_feature), channel_maps(teacher_feature)
     return mean_poly_kernel(t, t) + mean_poly_kernel(s, s) - 2.0 * mean_poly_kernel(s, t)
 
 
 class NST(Method):
+    display_name = "NST"
     uses_teacher = True
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:

@@ -23,12 +23,13 @@ def conditional_probabilities(vectors: jax.Array) -> jax.Array:
 
 
 def pkt_loss(student_vectors: jax.Array, teacher_vectors: jax.Array) -> jax.Array:
-    p_s = conditional_probabilities(student_vectors.astype(jnp.float32))
-    p_t = conditional_probabilities(jax.lax.stop_gradient(teacher_vectors).astype(jnp.float32))
+    p_s = conditional_probabilities(student_vectors)
+    p_t = conditional_probabilities(teacher_vectors)
     return jnp.mean(p_t * jnp.log((p_t + EPS) / (p_s + EPS)))
 
 
 class PKT(Method):
+    display_name = "PKT"
     uses_teacher = True
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:

@@ -24,9 +24,8 @@ def adaptive_avg_pool2d(x: jax.Array, out_h: int, out_w: int) -> jax.Array:
 
 def pool_to_common_size(student: jax.Array, teacher: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(student, teacher) NHWC feature maps at the smaller one's H and W: the larger is adaptive-average-pooled
-    down, as RepDistiller's AT, NST and VID do before comparing maps of different sizes (float32)."""
+    down, as RepDistiller's AT, NST and VID do before comparing maps of different sizes."""
     out_h, out_w = min(student.shape[1], teacher.shape[1]), min(student.shape[2], teacher.shape[2])
-    student, teacher = student.astype(jnp.float32), teacher.astype(jnp.float32)
     if student.shape[1:3] != (out_h, out_w):
         student = adaptive_avg_pool2d(student, out_h, out_w)
     if teacher.shape[1:3] != (out_h, out_w):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkd.config.specs import flag, positive_int
-from jaxkd.methods.base import Method, MethodInit, TermOutput, apply_module, epoch_warmup
+from jaxkd.methods.base import Method, TermOutput, epoch_warmup
 from jaxkd.methods.pooling import adaptive_avg_pool2d
 from jaxkd.models.torch_layers import batch_norm, conv
 
@@ -83,7 +83,6 @@ def hcl_loss(student_maps, teacher_maps) -> jax.Array:
     """mdistiller's `hcl_loss`: summed over levels, each the normalized pyramid of MSEs described above."""
     total = jnp.zeros((), jnp.float32)
     for fs, ft in zip(student_maps, teacher_maps):
-        fs, ft = fs.astype(jnp.float32), ft.astype(jnp.float32)
         loss, weight, weights = jnp.mean(jnp.square(fs - ft)), 1.0, 1.0
         for size in HCL_POOL_SIZES:
             if size >= fs.shape[1]:
@@ -102,6 +101,7 @@ def as_map(pooled: jax.Array) -> jax.Array:
 
 
 class ReviewKD(Method):
+    display_name = "ReviewKD"
     uses_teacher = True
     # mdistiller's engine/cfg.py CFG.REVIEWKD: WARMUP_EPOCHS 20, STU_PREACT False, the mid channels' cap 512
     # (hard-coded in its ReviewKD.__init__); REVIEWKD_WEIGHT (5 in configs/cifar100/reviewkd.yaml) is loss.beta
@@ -113,25 +113,19 @@ class ReviewKD(Method):
         stages = student.preact_features if self.settings["student_preact"] else student.features
         student_maps = [as_map(student.pooled), *reversed(stages)]
         teacher_maps = [*teacher.preact_features, as_map(teacher.pooled)]
-        return student_maps, [jax.lax.stop_gradient(t) for t in teacher_maps]
+        return student_maps, teacher_maps
 
-    def chain(self, student, teacher) -> ReviewChain:
+    def module(self, student, teacher) -> ReviewChain:
         student_maps, teacher_maps = self.levels(student, teacher)
         deepest_first = teacher_maps[::-1]
         return ReviewChain(min(self.settings["max_mid_channels"], student_maps[0].shape[-1]),
                            tuple(t.shape[-1] for t in deepest_first), tuple(t.shape[2] for t in deepest_first))
 
-    def init(self, rng, probe) -> MethodInit:
-        student_maps, _ = self.levels(probe.student, probe.teacher)
-        chain = self.chain(probe.student, probe.teacher)
-        # jitted: Flax's op-by-op init would compile each of the chain's ops on its own (about twice as slow)
-        init = jax.jit(lambda key, maps: chain.init(key, maps, train=False))
-        return MethodInit(dict(init(rng, [m.astype(jnp.float32) for m in student_maps])))
+    def module_inputs(self, student, teacher) -> tuple:
+        return (self.levels(student, teacher)[0],)
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
-        student_maps, teacher_maps = self.levels(student, teacher)
-        outputs, batch_stats = apply_module(self.chain(student, teacher), variables,
-                                            [m.astype(jnp.float32) for m in student_maps], train=train)
-        hcl = hcl_loss(outputs, teacher_maps)
+        outputs, batch_stats = self.apply_module_of(variables, student, teacher, train)
+        hcl = hcl_loss(outputs, self.levels(student, teacher)[1])
         factor = epoch_warmup(batch.epoch, self.settings["warmup"])
         return TermOutput(factor * hcl, metrics={"hcl": hcl, "warmup": factor}, batch_stats=batch_stats)

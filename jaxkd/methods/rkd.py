@@ -35,13 +35,14 @@ def angles(vectors: jax.Array) -> jax.Array:
 
 def rkd_losses(student_vectors: jax.Array, teacher_vectors: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(distance loss, angle loss), unweighted."""
-    student = student_vectors.reshape(student_vectors.shape[0], -1).astype(jnp.float32)
-    teacher = jax.lax.stop_gradient(teacher_vectors).reshape(teacher_vectors.shape[0], -1).astype(jnp.float32)
+    student = student_vectors.reshape(student_vectors.shape[0], -1)
+    teacher = teacher_vectors.reshape(teacher_vectors.shape[0], -1)
     distance = smooth_l1_loss(normalized_distances(student), normalized_distances(teacher))
     return distance, smooth_l1_loss(angles(student), angles(teacher))
 
 
 class RKD(Method):
+    display_name = "RKD"
     uses_teacher = True
     defaults = {"distance_weight": 25.0, "angle_weight": 50.0}  # RKDLoss(w_d=25, w_a=50)
     specs = {"distance_weight": non_negative_float, "angle_weight": non_negative_float}

@@ -15,18 +15,19 @@ from jaxkd.methods.functional import normalize
 def similarity(feature: jax.Array) -> jax.Array:
     """(B, ...) -> (B, B): `F.normalize(f @ f.T)` of the flattened feature (the order of the flattening does
     not change a dot product, so NHWC serves as NCHW)."""
-    flat = feature.reshape(feature.shape[0], -1).astype(jnp.float32)
+    flat = feature.reshape(feature.shape[0], -1)
     return normalize(jnp.matmul(flat, flat.T, precision=jax.lax.Precision.HIGHEST), axis=1)
 
 
 def similarity_loss(student_feature: jax.Array, teacher_feature: jax.Array) -> jax.Array:
     """`Similarity.similarity_loss`: the squared Frobenius distance of the two similarities over B^2."""
     batch = student_feature.shape[0]
-    diff = similarity(jax.lax.stop_gradient(teacher_feature)) - similarity(student_feature)
+    diff = similarity(teacher_feature) - similarity(student_feature)
     return jnp.sum(jnp.square(diff)) / (batch * batch)
 
 
 class SP(Method):
+    display_name = "SP"
     uses_teacher = True
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:

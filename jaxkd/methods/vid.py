@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxkd.config.specs import positive_float
 from jaxkd.errors import UserError
-from jaxkd.methods.base import Method, MethodInit, TermOutput
+from jaxkd.methods.base import Method, TermOutput, nested
 from jaxkd.methods.pooling import pool_to_common_size
 from jaxkd.models.torch_layers import conv
 
@@ -43,14 +43,28 @@ class VariationalRegressor(nn.Module):
         return mean, variance
 
 
-def vid_loss(regressor: VariationalRegressor, variables: dict, student_feature, teacher_feature) -> jax.Array:
+class Regressors(nn.Module):
+    """VID's trainable modules: one `VariationalRegressor` per stage pair, `stage1`, `stage2`, ...; called on the
+    paired student maps pooled to the teacher's size, returns each pair's (mean, variance)."""
+
+    channels: tuple  # the teacher's, per stage
+    init_pred_var: float
+    eps: float
+
+    @nn.compact
+    def __call__(self, student_maps, train: bool = False):  # no BN: `train` changes nothing
+        return [VariationalRegressor(c, self.init_pred_var, self.eps, name=f"stage{i + 1}")(x)
+                for i, (c, x) in enumerate(zip(self.channels, student_maps))]
+
+
+
+def vid_loss(mean, variance, teacher_feature) -> jax.Array:
     """`VIDLoss.forward`: the negative log-likelihood of the teacher feature, averaged over every element."""
-    student_feature, teacher_feature = pool_to_common_size(student_feature, jax.lax.stop_gradient(teacher_feature))
-    mean, variance = regressor.apply(variables, student_feature)
     return jnp.mean(0.5 * (jnp.square(mean - teacher_feature) / variance + jnp.log(variance)))
 
 
 class VID(Method):
+    display_name = "VID"
     uses_teacher = True
     defaults = {"init_pred_var": 5.0, "eps": 1e-5}  # VIDLoss(init_pred_var=5.0, eps=1e-5)
     specs = {"init_pred_var": positive_float, "eps": positive_float}
@@ -61,19 +75,25 @@ class VID(Method):
             raise UserError(f"--config.vid.init_pred_var={self.settings['init_pred_var']:g}: must exceed "
                             f"vid.eps ({self.settings['eps']:g})")
 
-    def regressors(self, student, teacher) -> list[VariationalRegressor]:
-        """One regressor per stage pair, sized by the teacher's channels."""
-        return [VariationalRegressor(t.shape[-1], self.settings["init_pred_var"], self.settings["eps"])
-                for _, t in zip(student.features, teacher.features)]
+    def pooled_pairs(self, student, teacher) -> list:
+        """(student map, teacher map) per stage pair, the larger pooled to the smaller's size."""
+        return [pool_to_common_size(s, t) for s, t in zip(student.features, teacher.features)]
 
-    def init(self, rng, probe) -> MethodInit:
-        params = {}
-        for i, (regressor, s) in enumerate(zip(self.regressors(probe.student, probe.teacher), probe.student.features)):
-            params[f"stage{i + 1}"] = regressor.init(jax.random.fold_in(rng, i), s.astype(jnp.float32))["params"]
-        return MethodInit({"params": params})
+    def module(self, student, teacher) -> Regressors:
+        """Sized by the teacher's channels."""
+        return Regressors(tuple(t.shape[-1] for _, t in zip(student.features, teacher.features)),
+                          self.settings["init_pred_var"], self.settings["eps"])
+
+    def module_inputs(self, student, teacher) -> tuple:
+        return ([s for s, _ in self.pooled_pairs(student, teacher)],)
+
+    def init_variables(self, module, rng, inputs) -> dict:
+        """Regressor i from `fold_in(rng, i)`, the keys VID's runs have always used."""
+        return nested({f"stage{i + 1}": VariationalRegressor(c, module.init_pred_var, module.eps).init(
+            jax.random.fold_in(rng, i), x) for i, (c, x) in enumerate(zip(module.channels, inputs[0]))}, ("params",))
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:
-        losses = [vid_loss(regressor, {"params": variables["params"][f"stage{i + 1}"]}, s, t)
-                  for i, (regressor, s, t) in enumerate(zip(self.regressors(student, teacher), student.features,
-                                                            teacher.features))]
+        predictions, _ = self.apply_module_of(variables, student, teacher, train)
+        losses = [vid_loss(mean, variance, t) for (mean, variance), (_, t)
+                  in zip(predictions, self.pooled_pairs(student, teacher))]
         return TermOutput(sum(losses), metrics={f"stage{i + 1}": loss for i, loss in enumerate(losses)})

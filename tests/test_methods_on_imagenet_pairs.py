@@ -34,7 +34,7 @@ REL = 1e-5
 ONCE = {"xla_backend_optimization_level": 0}  # the program runs once: compile it fast
 # (teacher, student, ReviewKD's MAX_MID_CHANNEL: mdistiller's 512 default, 256 in r50_mv1/reviewkd.yaml)
 PAIRS = [("tv_resnet34", "tv_resnet18", 512), ("tv_resnet50", "MobileNetV1", 256)]
-SETTINGS = {"dkd": {"alpha": 1.0, "beta": 0.5, "temperature": 1.0, "warmup": 1, "logit_standardization": False},
+SETTINGS = {"dkd": {"alpha": 1.0, "beta": 0.5, "temperature": 1.0, "warmup": 1},
             "crd": {"nce_k": CRD_K}, "reviewkd": {"warmup": 1, "student_preact": True}}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

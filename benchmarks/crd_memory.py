@@ -23,11 +23,11 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import crd_wrn, kd_wrn  # noqa: E402
-from jaxkd.tools.bench import bench_setup, synthetic_split, zero_sums  # noqa: E402
 from jaxkd.data import epoch_permutation  # noqa: E402
-from jaxkd.engine.mesh import replicated  # noqa: E402
 from jaxkd.engine.initial_state import create_train_state  # noqa: E402
+from jaxkd.engine.mesh import replicated  # noqa: E402
 from jaxkd.engine.step import make_train_step  # noqa: E402
+from jaxkd.tools.bench import bench_setup, synthetic_split, zero_sums  # noqa: E402
 
 MIB = 2**20
 K, BATCH = 16384, 64

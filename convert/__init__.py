@@ -7,7 +7,7 @@ models, for every architecture of `jaxkd.models`.
 Command line: `python -m convert import SRC.pth --out DIR` and `python -m convert export DIR --out OUT.pth`.
 """
 
-from jaxkd.pytorch.converter import (ImportedModel, flax_to_torch, import_torch, infer_architecture,
-                                     native_layout, torch_to_flax)
+from jaxkd.pytorch.converter import (ImportedModel, flax_to_torch, import_torch, infer_architecture, native_layout,
+                                     torch_to_flax)
 
 __all__ = ["ImportedModel", "flax_to_torch", "import_torch", "infer_architecture", "native_layout", "torch_to_flax"]

@@ -26,10 +26,10 @@ def _count_parameters(variables) -> int:
 
 
 def run_import(args) -> None:
-    from jaxkd.pytorch.converter import import_torch
-    from jaxkd.pytorch.torch_files import sha256_of
     from jaxkd import __version__
     from jaxkd.io.model_checkpoint import save_model_checkpoint
+    from jaxkd.pytorch.converter import import_torch
+    from jaxkd.pytorch.torch_files import sha256_of
 
     out = check_output(args.out, args.force, directory=True)
     imported = import_torch(args.src, arch=args.arch, layout=args.layout)
@@ -55,8 +55,8 @@ def verify_export(state_dict, variables, arch: str, num_classes: int) -> tuple[f
     import numpy as np
     import torch
 
-    from jaxkd.pytorch.torch_models import get_torch_model
     from jaxkd.models import IMAGENET_ARCHITECTURES, canonical_name, get_model
+    from jaxkd.pytorch.torch_models import get_torch_model
 
     torch_model = get_torch_model(arch, num_classes)
     torch_model.load_state_dict(state_dict, strict=True)
@@ -72,10 +72,10 @@ def verify_export(state_dict, variables, arch: str, num_classes: int) -> tuple[f
 
 
 def run_export(args) -> None:
+    from jaxkd.io.model_reference import open_model
     from jaxkd.pytorch.converter import flax_to_torch, native_layout
     from jaxkd.pytorch.layout import rename_repdistiller_key
     from jaxkd.pytorch.torch_files import torch_file_contents, write_torch_file
-    from jaxkd.io.model_reference import open_model
 
     out = check_output(args.out, args.force)
     opened = open_model(args.src)

@@ -10,7 +10,6 @@ from jaxkd.engine import distributed, host_allocator
 from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.errors import UserError, exit_process, run_command
 
-
 TRAIN_USAGE = "usage: python -m jaxkd.train --config configs/NAME.py --workdir DIR [--config.key=value ...]"
 
 

@@ -11,10 +11,10 @@ import jax
 import pytest
 
 from configs import kd_wrn
-from jaxkd.tools import bench, bench_torch
 from jaxkd.engine.compile_options import CPU_YNN_OPTIONS, ENV_VAR
 from jaxkd.errors import UserError
 from jaxkd.methods import METHODS
+from jaxkd.tools import bench, bench_torch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--config.model=resnet8", "--config.teacher.arch=resnet8", "--config.batch_size=16", "--steps=2",
@@ -176,8 +176,8 @@ def torch_side_setup(monkeypatch, teacher: str, student: str, examples: int):
     """(config, setup, built) for the PyTorch part of a KD pair at batch 4 without a JAX teacher; `built` lists
     the PyTorch models as the part builds them (student, then teacher)."""
     import jaxkd.pytorch.torch_models
-    from jaxkd.models import get_model
     from jaxkd.engine.setup import Teacher, build
+    from jaxkd.models import get_model
 
     config = kd_wrn.get_config()
     config.model, config.teacher.arch, config.batch_size = student, teacher, 4
@@ -376,8 +376,8 @@ def gpu_script_commands(dry_run: bool) -> list[tuple[str, str, list[str]]]:
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_gpu_script_runs_valid_bench_and_train_commands(monkeypatch, dry_run):
     """The prepared GPU run must not find a stale flag or config key on a machine that is lent for minutes."""
-    from jaxkd.tools import bench_full_run
     from jaxkd.engine.dispatch import steps_per_dispatch
+    from jaxkd.tools import bench_full_run
 
     commands = gpu_script_commands(dry_run)
     parts = [part for part, _, _ in commands]

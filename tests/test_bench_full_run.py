@@ -5,9 +5,9 @@ line."""
 import numpy as np
 import pytest
 
-from jaxkd.tools import bench_full_run
 from jaxkd.data import load_split
 from jaxkd.errors import UserError
+from jaxkd.tools import bench_full_run
 
 
 def test_the_synthetic_dataset_loads_as_cifar100_python(tmp_path):

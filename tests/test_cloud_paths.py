@@ -21,16 +21,15 @@ import torch
 
 from configs import demo
 from convert.__main__ import main as convert_main
-from jaxkd.tools import evaluate
-from jaxkd.tools import report
 from jaxkd import train
-from jaxkd.errors import UserError
+from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.engine.mesh import data_mesh
 from jaxkd.engine.setup import check_config
+from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import load_model_checkpoint
-from jaxkd.engine.loop import train_and_evaluate
-from tests.conftest import (assert_bitwise_equal, assert_one_line_error, final_params, on_digits,
-                            save_random_teacher, write_evaluation_files)
+from jaxkd.tools import evaluate, report
+from tests.conftest import (assert_bitwise_equal, assert_one_line_error, final_params, on_digits, save_random_teacher,
+                            write_evaluation_files)
 from tests.gcs_server import environment_for
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,11 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxkd.engine import compile_options
-from jaxkd.engine import evaluation
+from jaxkd.engine import compile_options, evaluation
 from jaxkd.engine.compile_options import CPU_YNN_OPTIONS, ENV_VAR, YNN_OPTION, compiler_options
-from jaxkd.errors import UserError
 from jaxkd.engine.mesh import data_mesh
+from jaxkd.errors import UserError
 from jaxkd.models import get_model
 
 on_cpu = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the YNN option is XLA:CPU's")

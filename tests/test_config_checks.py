@@ -11,12 +11,12 @@ from ml_collections import ConfigDict
 
 from configs import default, mdistiller, repdistiller
 from jaxkd.config import recipes
-from jaxkd.tools import published
-from jaxkd.config.specs import Epochs, Flag, ModelName, ModelNames, Number, OneOf, Text
 from jaxkd.config.checks import check_run_config, engine_specs
 from jaxkd.config.command_line import dotted_keys
+from jaxkd.config.specs import Epochs, Flag, ModelName, ModelNames, Number, OneOf, Text
 from jaxkd.errors import UserError
 from jaxkd.methods import METHODS, get_method
+from jaxkd.tools import published
 from jaxkd.train import main
 
 REPO = Path(__file__).resolve().parents[1]

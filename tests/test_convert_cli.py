@@ -14,10 +14,10 @@ import torch
 
 import convert
 from convert.__main__ import main
-from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.io.model_reference import open_model
+from jaxkd.pytorch.torch_models import get_torch_model
 from tests.conftest import randomized_torch_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ import torch
 
 import convert
 from convert.__main__ import main as convert_main
-from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd import evaluate
 from jaxkd.data.sources import load_split
 from jaxkd.io.model_checkpoint import load_model_checkpoint
+from jaxkd.pytorch.torch_models import get_torch_model
 from tests.conftest import nchw, randomize_batchnorm_and_bias
 from tests.helpers.torchvision_modules import load_torchvision_module
 from tests.reference.mdistiller_mobilenetv1 import MobileNetV1 as MdistillerMobileNetV1

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import convert
-from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.errors import UserError
 from jaxkd.models import get_model
+from jaxkd.pytorch.torch_models import get_torch_model
 from tests.conftest import assert_close_scaled, nchw, randomize_batchnorm_and_bias, randomized_torch_model
 from tests.reference.repdistiller_wrn import WideResNet as RepDistillerWRN
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from convert.__main__ import main as convert_main
-from jaxkd.pytorch.torch_models import get_torch_model
-from jaxkd.tools import evaluate
 from jaxkd.data.sources import load_split
 from jaxkd.io.model_checkpoint import load_model_checkpoint
+from jaxkd.pytorch.torch_models import get_torch_model
+from jaxkd.tools import evaluate
 from tests.conftest import nchw
 from tests.reference.repdistiller_wrn import WideResNet
 

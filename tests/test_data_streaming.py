@@ -11,14 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxkd.data.streaming import (
-    ImageFolderSource,
-    ImageTransforms,
-    TfdsImageSource,
-    make_eval_batches,
-    make_train_iterator,
-    sample_crop,
-)
+from jaxkd.data.streaming import (ImageFolderSource, ImageTransforms, TfdsImageSource, make_eval_batches,
+                                  make_train_iterator, sample_crop)
 from jaxkd.errors import UserError
 from tests.helpers.torchvision_modules import load_torchvision_module
 

@@ -14,17 +14,16 @@ import pytest
 import torch
 
 import convert
-from jaxkd.engine import evaluation
-from jaxkd.tools import evaluate
 from jaxkd.data import cifar100c
 from jaxkd.data.sources import load_split
+from jaxkd.engine import evaluation
 from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import save_model_checkpoint
 from jaxkd.models import get_model
+from jaxkd.tools import evaluate
 from tests.conftest import (BATCH, BLOCK, MEAN, REPDISTILLER_MEAN_STD, STD, WRITTEN_CORRUPTIONS,
                             assert_matches_reference, assert_one_line_error, labels_half_right, random_images,
-                            randomized_torch_model, spread_model, torch_logits, write_cifar100_python,
-                            write_cifar100c)
+                            randomized_torch_model, spread_model, torch_logits, write_cifar100_python, write_cifar100c)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from configs import repdistiller
 from jaxkd.engine.loop import train_and_evaluate
 from tests.conftest import assert_bitwise_equal, final_params, on_digits, save_random_teacher, stop_during_call
 
+
 def ab_config(teacher_path):
     config = on_digits(repdistiller.get_config("wrn_16_2,resnet8,ab"), epochs=1, log_every_steps=11)
     config.teacher.checkpoint, config.teacher.arch = str(teacher_path), "wideresnet16_2"  # connectors: 1x1 convs

@@ -16,14 +16,14 @@ import torch
 from ml_collections import ConfigDict
 
 from configs import byot_wrn, default
-from jaxkd.pytorch.torch_models import get_torch_model
-from jaxkd.errors import UserError
+from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.engine.losses import cross_entropy
+from jaxkd.errors import UserError
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.byot import BYOT, HEAD_NAMES
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import BYOTHead
-from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.pytorch.torch_models import get_torch_model
 from tests.conftest import assert_bitwise_equal, assert_close_scaled, final_params, nchw, nhwc, on_digits
 from tests.reference.byot_loss import ShallowHead, byot_total_loss
 

@@ -23,8 +23,8 @@ import convert
 from configs import repdistiller
 from jaxkd.methods import Probe, get_method
 from jaxkd.models import ModelOutput
-from tests.conftest import (FEATURE_PAIRS, assert_close_scaled, engine_train_steps, nchw, nhwc,
-                            random_model_outputs, randomized_torch_model)
+from tests.conftest import (FEATURE_PAIRS, assert_close_scaled, engine_train_steps, nchw, nhwc, random_model_outputs,
+                            randomized_torch_model)
 from tests.reference import repdistiller_more_losses as reference
 from tests.reference import torch_training
 

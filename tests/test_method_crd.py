@@ -17,17 +17,16 @@ from ml_collections import ConfigDict
 
 from configs import crd_wrn, default, kd_wrn
 from jaxkd.data import Split
-from jaxkd.errors import UserError
-from jaxkd.methods import Batch, Probe, get_method
-from jaxkd.methods import crd_kernels
-from jaxkd.methods.crd import CRD, init_state
-from jaxkd.methods.crd_kernels import counts_from_indices, sample_contrast_indices, sample_negative_counts, top_k_mask
-from jaxkd.io.model_checkpoint import load_model_checkpoint
-from jaxkd.models import ModelOutput, get_model
 from jaxkd.engine.initial_state import create_train_state
 from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.engine.setup import Teacher, build
 from jaxkd.engine.step import make_train_step, zero_sums
+from jaxkd.errors import UserError
+from jaxkd.io.model_checkpoint import load_model_checkpoint
+from jaxkd.methods import Batch, Probe, crd_kernels, get_method
+from jaxkd.methods.crd import CRD, init_state
+from jaxkd.methods.crd_kernels import counts_from_indices, sample_contrast_indices, sample_negative_counts, top_k_mask
+from jaxkd.models import ModelOutput, get_model
 from tests.conftest import assert_close_scaled, on_digits, save_random_teacher
 from tests.reference.repdistiller_crd import CRDLoss, InstanceSampler
 

@@ -13,12 +13,12 @@ import torch
 from ml_collections import ConfigDict
 
 from configs import mdistiller
-from jaxkd.errors import UserError
 from jaxkd.engine.losses import kd_divergence, standardize_logits
+from jaxkd.errors import UserError
+from jaxkd.io.workdir import check_config_json, save_config
 from jaxkd.methods import Batch, get_method
 from jaxkd.methods.dkd import DKD
 from jaxkd.models import ModelOutput
-from jaxkd.io.workdir import check_config_json, save_config
 from tests.conftest import assert_close_scaled
 from tests.reference.mdistiller_losses import dkd_loss, dkd_warmup, kd_loss, standardize
 

@@ -16,17 +16,17 @@ import pytest
 import torch
 
 from configs import default, dml_wrn
-from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.data import load_split
 from jaxkd.data.augment import normalize
-from jaxkd.errors import UserError
 from jaxkd.engine.evaluation import evaluate_split
+from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.engine.losses import cross_entropy
+from jaxkd.errors import UserError
+from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.dml import DML, mutual_losses
-from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.models import get_model
-from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.pytorch.torch_models import get_torch_model
 from tests.conftest import assert_bitwise_equal, assert_close_scaled, nchw, on_digits
 from tests.reference.dml_loss import dml_losses as torch_dml_losses
 

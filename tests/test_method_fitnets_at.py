@@ -15,16 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from configs import at_wrn, default, fitnet_wrn
-from jaxkd.pytorch.torch_models import get_torch_model
+from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.errors import UserError
 from jaxkd.methods import Probe, get_method
 from jaxkd.methods.at import AT
 from jaxkd.methods.pooling import adaptive_avg_pool2d
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import STRIDE2, TRANSPOSE, VALID, ConvReg, ConvTranspose4x4Stride2
-from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.pytorch.torch_models import get_torch_model
 from tests.conftest import assert_bitwise_equal, assert_close_scaled, final_params, nchw, nhwc, on_digits
-from tests.reference.repdistiller_losses import Attention, ConvReg as TorchConvReg, HintLoss
+from tests.reference.repdistiller_losses import Attention
+from tests.reference.repdistiller_losses import ConvReg as TorchConvReg
+from tests.reference.repdistiller_losses import HintLoss
 
 REL = 1e-5  # float32 parity: max |jax - torch| <= REL * max |torch| for every compared tensor
 

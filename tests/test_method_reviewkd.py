@@ -14,7 +14,8 @@ from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.reviewkd import ABF, ReviewKD
 from jaxkd.models import ModelOutput
 from tests.conftest import assert_close_scaled, nchw, nhwc
-from tests.reference.mdistiller_losses import ABF as TorchABF, ReviewKDStudentSide, dkd_warmup
+from tests.reference.mdistiller_losses import ABF as TorchABF
+from tests.reference.mdistiller_losses import ReviewKDStudentSide, dkd_warmup
 
 REL = 1e-5
 BATCH = 4

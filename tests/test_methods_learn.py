@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from configs import mdistiller, repdistiller
-from jaxkd.methods import METHODS
 from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.methods import METHODS
 from tests.conftest import on_digits
 
 PAIR = ("resnet8", "resnet8")  # RepDistiller's names: post-activation rd_resnet8 -> rd_resnet8, the smallest

@@ -28,15 +28,15 @@ from ml_collections import ConfigDict
 
 import convert
 from configs import repdistiller
-from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.data import Split
+from jaxkd.engine.initial_state import create_train_state, train_state_layout
 from jaxkd.engine.losses import kd_divergence
+from jaxkd.engine.setup import Teacher, build
+from jaxkd.engine.step import make_update, train_programs, zero_sums
 from jaxkd.methods import Batch, Probe, apply_module, get_method
 from jaxkd.methods.crd_kernels import sample_contrast_indices
 from jaxkd.models import ModelOutput, get_model
-from jaxkd.engine.initial_state import create_train_state, train_state_layout
-from jaxkd.engine.setup import Teacher, build
-from jaxkd.engine.step import make_update, train_programs, zero_sums
+from jaxkd.pytorch.torch_models import get_torch_model
 from tests.conftest import assert_close_scaled, nchw, nhwc, randomize_batchnorm_and_bias
 from tests.reference.repdistiller_crd import CRDLoss
 from tests.reference.repdistiller_losses import Attention, ConvReg, HintLoss

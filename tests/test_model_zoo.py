@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import convert
-from jaxkd.pytorch.torch_models import REPDISTILLER_MODELS, get_torch_model
 from jaxkd.models import all_architectures, canonical_name, get_model
 from jaxkd.models.__main__ import main as models_main
 from jaxkd.models.summary import model_size
+from jaxkd.pytorch.torch_models import REPDISTILLER_MODELS, get_torch_model
 from tests.conftest import assert_close_scaled, nchw, nhwc, randomize_batchnorm_and_bias
 
 REL = 1e-5  # max|diff| <= 1e-5 * max|ref|, float32 on both sides

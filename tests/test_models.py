@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.errors import UserError
 from jaxkd.models import ARCHITECTURES, canonical_name, get_model
+from jaxkd.pytorch.torch_models import get_torch_model
 
 # Parameter counts of RepDistiller's WRNs, which the seed's same-named models equal (RepDistiller's `models/wrn.py`).
 REPDISTILLER_PARAMS = {"wideresnet16_1": 180_916, "wideresnet16_2": 703_284,

@@ -7,10 +7,10 @@ import jax
 import numpy as np
 
 from configs import kd_wrn
-from jaxkd.tools import bench, multi_run
 from jaxkd.data import epoch_permutation
 from jaxkd.engine.initial_state import create_train_state
 from jaxkd.engine.step import make_train_step, zero_sums
+from jaxkd.tools import bench, multi_run
 
 STEPS = 3
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from jaxkd.errors import UserError
 from jaxkd.engine.optimizer import config_learning_rate_schedule, make_optimizer
+from jaxkd.errors import UserError
 
 EPOCHS, LR, DECAY_EPOCHS, RATE = 240, 0.05, (150, 180, 210), 0.1
 

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from configs import crd_kd_wrn, kd_wrn
-from jaxkd.tools import report
-from jaxkd.io.metric_log import MetricLog
-from jaxkd.tools.published import SOURCES, published_for
 from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.io.metric_log import MetricLog
+from jaxkd.tools import report
+from jaxkd.tools.published import SOURCES, published_for
 from tests.conftest import small_config
 
 

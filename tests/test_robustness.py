@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import convert
-from jaxkd.tools import robustness
-from jaxkd.engine import evaluation
 from jaxkd.data import cifar100c
+from jaxkd.engine import evaluation
 from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import save_model_checkpoint
 from jaxkd.models import get_model
+from jaxkd.tools import robustness
 from tests.conftest import (BATCH, assert_matches_reference, assert_one_line_error, labels_half_right, random_images,
                             spread_model, torch_logits, write_cifar100_python, write_cifar100c)
 

@@ -29,14 +29,14 @@ import pytest
 import torch
 
 from configs import crd_kd_wrn
-from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd import train
 from jaxkd.engine.initial_state import create_train_state
 from jaxkd.engine.mesh import data_mesh, replicated
+from jaxkd.engine.optimizer import make_optimizer
 from jaxkd.engine.setup import build, check_config
 from jaxkd.io.model_checkpoint import load_model_checkpoint
-from jaxkd.engine.optimizer import make_optimizer
 from jaxkd.io.run_checkpoint import RunCheckpoints
+from jaxkd.pytorch.torch_models import get_torch_model
 from tests.conftest import save_random_teacher
 
 REPO = Path(__file__).resolve().parents[1]

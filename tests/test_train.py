@@ -18,14 +18,14 @@ import pytest
 import torch
 
 from configs import demo
-from jaxkd.pytorch.torch_models import get_torch_model
-from jaxkd.errors import UserError
 from jaxkd.engine import loop
 from jaxkd.engine.initial_state import create_train_state
 from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.engine.setup import build
 from jaxkd.engine.step import make_train_step, zero_sums
+from jaxkd.errors import UserError
 from jaxkd.io.stop_request import StopRequest
+from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.train import main
 from tests.conftest import assert_bitwise_equal, final_params, small_config, stop_during_call
 
@@ -902,8 +902,8 @@ def test_init_checkpoints_are_verified_and_a_missing_manifest_counts_as_damage_o
     """The init stage's checkpoints (`init_checkpoints`) carry manifests like training's: a checkpoint whose
     manifest was deleted is damaged once the workdir's .checkpointed says manifests are written; a workdir from
     before manifests (no .checkpointed) restores its newest checkpoint unverified."""
-    from jaxkd.io.run_checkpoint import MANIFEST, RunCheckpoints
     from jaxkd.engine.train_state import TrainState
+    from jaxkd.io.run_checkpoint import MANIFEST, RunCheckpoints
 
     def state(step):
         return TrainState(step=jax.numpy.asarray(step, jax.numpy.int32), params={"w": jax.numpy.full(4, step * 1.0)},
@@ -1117,8 +1117,8 @@ def test_a_checkpoint_save_that_stalls_is_one_output_error_after_the_bound(tmp_p
     itself in progress forever) is one OutputError from `wait_until_saved`, and `close` then returns at once."""
     from typing import Any, NamedTuple
 
-    from jaxkd.io import run_checkpoint
     from jaxkd.errors import OutputError
+    from jaxkd.io import run_checkpoint
 
     class State(NamedTuple):
         step: Any

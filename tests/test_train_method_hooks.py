@@ -7,13 +7,13 @@ import numpy as np
 import torch
 
 import convert
-from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd import methods
 from jaxkd.data import load_split, normalize
-from jaxkd.methods.base import Method, MethodInit
-from jaxkd.io.model_checkpoint import load_model_checkpoint
-from jaxkd.models import get_model
 from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.io.model_checkpoint import load_model_checkpoint
+from jaxkd.methods.base import Method, MethodInit
+from jaxkd.models import get_model
+from jaxkd.pytorch.torch_models import get_torch_model
 from tests.conftest import small_config
 
 

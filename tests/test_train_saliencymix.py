@@ -8,16 +8,15 @@ import jax
 import numpy as np
 
 from configs import kd_saliencymix_wrn, saliencymix_wrn
-from jaxkd.engine.mesh import replicated
-from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.engine.initial_state import create_train_state
 from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.engine.mesh import replicated
 from jaxkd.engine.setup import build
 from jaxkd.engine.step import make_train_step, zero_sums
+from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.io.workdir import MOVED_KEYS
 from jaxkd.tools import report
-from tests.conftest import save_random_teacher
-from tests.conftest import small_config
+from tests.conftest import save_random_teacher, small_config
 
 
 def _on_digits(config, epochs=2):

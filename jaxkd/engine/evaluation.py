@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.engine.compile_options import compiler_options
 from jaxkd.data.augment import normalize
 from jaxkd.data.cifar100c import SEVERITIES, Cifar100C
-from jaxkd.errors import UserError
+from jaxkd.engine.compile_options import compiler_options
 from jaxkd.engine.mesh import batch_sharded, data_mesh, process_rows, replicated
+from jaxkd.errors import UserError
 
 DEFAULT_BATCH_SIZE = 500
 TOP_K = 5

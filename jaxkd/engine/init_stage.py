@@ -30,13 +30,13 @@ import optax
 from jaxkd.engine.compile_options import compiler_options
 from jaxkd.engine.dispatch import TrainPrograms
 from jaxkd.engine.epoch_loop import EpochLoop, RunContext
-from jaxkd.errors import UserError
 from jaxkd.engine.mesh import batch_sharded, replicated
-from jaxkd.methods.base import INIT_MODULES, Batch, InitStage, apply_module, float32_outputs
 from jaxkd.engine.train_batch import prepare_batch
-from jaxkd.models.batchnorm import BatchNorm
-from jaxkd.io.run_checkpoint import RunCheckpoints
 from jaxkd.engine.train_state import TrainState
+from jaxkd.errors import UserError
+from jaxkd.io.run_checkpoint import RunCheckpoints
+from jaxkd.methods.base import INIT_MODULES, Batch, InitStage, apply_module, float32_outputs
+from jaxkd.models.batchnorm import BatchNorm
 
 # Top-level student modules outside RepDistiller's `get_feat_modules`, by family: the classifiers (`fc`,
 # `linear`, `classifier`, `classifier.0`), the WRN family's final BN (`finalact`, its `bn1`), MobileNetV2's

@@ -10,7 +10,6 @@ from jaxkd.engine.train_state import TrainState
 from jaxkd.methods import Batch, Probe, apply_module
 from jaxkd.methods.base import float32_outputs
 
-
 # XLA options for the one-off program of `create_train_state` on CPU (fast to compile, slower to run)
 INITIAL_STATE_CPU_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 

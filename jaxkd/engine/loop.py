@@ -14,7 +14,8 @@ import jax
 from jaxkd.engine import distributed
 from jaxkd.engine.epoch_loop import EpochLoop, RunContext
 from jaxkd.engine.evaluation import evaluate_classifiers, evaluate_split
-from jaxkd.engine.init_stage import log_resume_step, run_init_stage, total_steps as init_stage_steps
+from jaxkd.engine.init_stage import log_resume_step, run_init_stage
+from jaxkd.engine.init_stage import total_steps as init_stage_steps
 from jaxkd.engine.initial_state import create_train_state
 from jaxkd.engine.mesh import replicated
 from jaxkd.engine.optimizer import config_learning_rate_schedule
@@ -24,8 +25,7 @@ from jaxkd.io.metric_log import MetricLog
 from jaxkd.io.run_checkpoint import RunCheckpoints
 from jaxkd.io.safe_write import check_output_directory
 from jaxkd.io.stop_request import StopRequest
-from jaxkd.io.workdir import (WorkdirLock, check_config_json, check_epochs, create_workdir, export_models,
-                              save_config)
+from jaxkd.io.workdir import WorkdirLock, check_config_json, check_epochs, create_workdir, export_models, save_config
 
 
 def train_and_evaluate(config, workdir) -> dict:

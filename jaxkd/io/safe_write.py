@@ -10,7 +10,7 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Callable, BinaryIO
+from typing import BinaryIO, Callable
 
 from jaxkd.errors import UserError, output_error, write_errors
 from jaxkd.io.paths import as_path, check_cloud_location, is_cloud_object, is_url

@@ -16,13 +16,13 @@ from pathlib import Path
 import jax
 
 from jaxkd.engine import distributed
+from jaxkd.engine.train_state import TrainState
 from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import TRAINED_MODEL_DIR, save_model_checkpoint
-from jaxkd.models import canonical_name
 from jaxkd.io.paths import as_path, is_url
 from jaxkd.io.run_checkpoint import MARKER
 from jaxkd.io.safe_write import write_text_atomically
-from jaxkd.engine.train_state import TrainState
+from jaxkd.models import canonical_name
 
 # Config keys a resumed run may change: logging (also to wandb), evaluation and checkpoint intervals, the run's
 # length, and settings that change results by float rounding at most (dotted: a key of a section; a section's

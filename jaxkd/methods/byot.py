@@ -30,8 +30,8 @@ import jax.numpy as jnp
 
 from jaxkd.config.specs import fraction, non_negative_float, positive_float
 from jaxkd.data.saliencymix import mixed_cross_entropy
-from jaxkd.errors import UserError
 from jaxkd.engine.losses import cross_entropy
+from jaxkd.errors import UserError
 from jaxkd.methods.base import Method, TermOutput, nested
 from jaxkd.models.heads import BYOTHead
 

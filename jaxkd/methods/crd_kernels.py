@@ -18,6 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+
 def top_k_mask(keys, allowed, k: int):
     """Boolean mask of the k largest `keys` (uint32, (B, N)) among the `allowed` entries of every row, found
     by radix select: bit by bit from the top, the threshold is the largest value with >= k allowed keys at or

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 
 from jaxkd.config.specs import ModelNames, one_of
 from jaxkd.data.saliencymix import mixed_cross_entropy
-from jaxkd.errors import UserError
 from jaxkd.engine.losses import cross_entropy, kd_divergence
+from jaxkd.errors import UserError
 from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, apply_module
 from jaxkd.models import canonical_name, get_model
 

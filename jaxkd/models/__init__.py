@@ -27,7 +27,8 @@ from jaxkd.models.resnet import ResNet
 from jaxkd.models.resnet50 import ResNet50
 from jaxkd.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from jaxkd.models.torchvision_mobilenetv2 import TorchvisionMobileNetV2
-from jaxkd.models.torchvision_resnet import CONFIGS as TORCHVISION_RESNETS, TorchvisionResNet
+from jaxkd.models.torchvision_resnet import CONFIGS as TORCHVISION_RESNETS
+from jaxkd.models.torchvision_resnet import TorchvisionResNet
 from jaxkd.models.vgg import VGG
 
 # `config.dtype` -> the dtype the models compute in (parameters and losses stay float32)

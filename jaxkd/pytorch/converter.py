@@ -15,14 +15,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from jaxkd.pytorch.layout import (LAYOUTS, REPDISTILLER_WRN, detect_layout, rename_repdistiller_key, seed_layout,
-                            to_repdistiller_key)
-from jaxkd.pytorch.module_paths import mirrored_layout
-from jaxkd.pytorch.torch_files import extract_state_dict, read_torch_file
 from jaxkd.errors import UserError
 from jaxkd.models import ARCHITECTURES, IMAGENET_ARCHITECTURES, REPDISTILLER_ARCHITECTURES, canonical_name
 from jaxkd.models.resnet import STAGE_CHANNELS
 from jaxkd.models.torchvision_resnet import CONFIGS as TORCHVISION_RESNETS
+from jaxkd.pytorch.layout import (LAYOUTS, REPDISTILLER_WRN, detect_layout, rename_repdistiller_key, seed_layout,
+                                  to_repdistiller_key)
+from jaxkd.pytorch.module_paths import mirrored_layout
+from jaxkd.pytorch.torch_files import extract_state_dict, read_torch_file
 
 # tv_resnet* -> its blocks per stage (torchvision's resnet18 ... wide_resnet50_2)
 _TORCHVISION_RESNET_BLOCKS = {f"tv_{name}": layers for name, (_, layers, _) in TORCHVISION_RESNETS.items()}

@@ -19,8 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxkd.pytorch.layout import BN_TENSORS, Entry
 from jaxkd.models import get_model
+from jaxkd.pytorch.layout import BN_TENSORS, Entry
 
 PROBE_SHAPE = (1, 32, 32, 3)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from jaxkd.models import ARCHITECTURES, canonical_name
 from jaxkd.pytorch.torch_zoo import TorchOutput
 from jaxkd.pytorch.torch_zoo.mobilenetv1 import MobileNetV1
 from jaxkd.pytorch.torch_zoo.mobilenetv2 import MobileNetV2
@@ -22,7 +23,6 @@ from jaxkd.pytorch.torch_zoo.shufflenet import ShuffleV1, ShuffleV2
 from jaxkd.pytorch.torch_zoo.torchvision_mobilenetv2 import MobileNetV2 as TorchvisionMobileNetV2
 from jaxkd.pytorch.torch_zoo.torchvision_resnet import ResNet as TorchvisionResNet
 from jaxkd.pytorch.torch_zoo.vgg import VGG
-from jaxkd.models import ARCHITECTURES, canonical_name
 
 # RepDistiller's `model_dict` beyond its WideResNets (which are the seed's architecture), by jaxkd's names.
 REPDISTILLER_MODELS = {

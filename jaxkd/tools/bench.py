@@ -20,25 +20,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.engine import host_allocator
-from jaxkd.tools.bench_timing import Part, lowered_flops
-from jaxkd.tools.bench_torch import TORCH_MODES, forget_compiled_steps, torch_device_for, torch_part, torch_part_name
-from jaxkd.engine.compile_options import compiler_options, cpu_ynn_setting
 from jaxkd.config.command_line import parse_config_command_line
 from jaxkd.config.recipes import method_recipe
 from jaxkd.data import Split, epoch_permutation
 from jaxkd.data.sources import SOURCE_CLASSES
+from jaxkd.engine import host_allocator
+from jaxkd.engine.compile_options import compiler_options, cpu_ynn_setting
 from jaxkd.engine.dispatch import dispatch_plan, steps_per_dispatch
-from jaxkd.errors import UserError, run_command
-from jaxkd.engine.mesh import replicated
-from jaxkd.methods import METHODS, get_method
-from jaxkd.models import COMPUTE_DTYPES, canonical_name, get_model
-from jaxkd.tools.multi_run import multi_run_part, stacked_train_states
-from jaxkd.tools.published import REPDISTILLER_PAIRS_DIFFERENT, REPDISTILLER_PAIRS_SAME
-from jaxkd.io.safe_write import check_output_directory
 from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.mesh import replicated
 from jaxkd.engine.setup import Setup, Teacher, build
 from jaxkd.engine.step import make_train_step, train_programs, zero_sums
+from jaxkd.errors import UserError, run_command
+from jaxkd.io.safe_write import check_output_directory
+from jaxkd.methods import METHODS, get_method
+from jaxkd.models import COMPUTE_DTYPES, canonical_name, get_model
+from jaxkd.tools.bench_timing import Part, lowered_flops
+from jaxkd.tools.bench_torch import TORCH_MODES, forget_compiled_steps, torch_device_for, torch_part, torch_part_name
+from jaxkd.tools.multi_run import multi_run_part, stacked_train_states
+from jaxkd.tools.published import REPDISTILLER_PAIRS_DIFFERENT, REPDISTILLER_PAIRS_SAME
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 100  # CIFAR-100's classifier size

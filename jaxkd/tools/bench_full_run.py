@@ -32,10 +32,10 @@ import threading
 import time
 from pathlib import Path
 
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from jaxkd.config.command_line import parse_config_command_line
 from jaxkd.errors import UserError, run_command

@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from jaxkd.tools.bench_timing import Part
 from jaxkd.data.augment import MEAN, STD
+from jaxkd.tools.bench_timing import Part
 
 TORCH_MODES = ("eager", "default", "reduce-overhead")
 COMPILED_WARMUP_STEPS = 3  # the first step compiles, the second recompiles the optimizer step (momentum buffers)

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from jaxkd import __version__
 from jaxkd.data.augment import NORMALIZATIONS
-from jaxkd.data.cifar100c import SEVERITIES, Cifar100C
+from jaxkd.data.cifar100c import SEVERITIES, Cifar100C, open_cifar100c
+from jaxkd.data.sources import SOURCES, load_split
 from jaxkd.engine import distributed
 from jaxkd.engine.evaluation import (CIFAR100C_CLASSES, DEFAULT_BATCH_SIZE, check_labels, evaluate_cifar100c,
                                      evaluate_split, place_variables, readable_corruptions)
@@ -32,9 +33,6 @@ from jaxkd.engine.mesh import data_mesh
 from jaxkd.errors import UserError, run_command
 from jaxkd.io.model_reference import open_model
 from jaxkd.io.safe_write import check_output, write_text_atomically
-from jaxkd.data.cifar100c import open_cifar100c
-from jaxkd.data.sources import SOURCES
-from jaxkd.data.sources import load_split
 
 # ---------------------------------------------------------------------------------------------- reporting
 

@@ -19,14 +19,14 @@ import time
 import jax
 import numpy as np
 
-from jaxkd.tools.bench_timing import Part, lowered_flops
-from jaxkd.engine.compile_options import compiler_options
 from jaxkd.data import epoch_permutation
+from jaxkd.engine.compile_options import compiler_options
 from jaxkd.engine.dispatch import dispatch_plan, steps_per_dispatch
-from jaxkd.engine.mesh import replicated
 from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.mesh import replicated
 from jaxkd.engine.setup import Setup
 from jaxkd.engine.step import make_train_step, zero_sums
+from jaxkd.tools.bench_timing import Part, lowered_flops
 
 # the train program's arguments: state, sums, teacher variables, images, labels, index, permutation;
 # per run (0) or shared (None)

@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from jaxkd.errors import UserError, run_command
-from jaxkd.methods import display_name
+from jaxkd.io.model_checkpoint import TRAINED_MODEL_DIR
 from jaxkd.io.paths import as_path, check_cloud_location, is_url, resolved
-from jaxkd.tools.published import SOURCES, published_for
 from jaxkd.io.safe_write import check_output, write_atomically, write_text_atomically
 from jaxkd.io.workdir import RESUME_MAY_CHANGE, with_added_keys, without_keys
-from jaxkd.io.model_checkpoint import TRAINED_MODEL_DIR
-from jaxkd.methods import METHODS
+from jaxkd.methods import METHODS, display_name
 from jaxkd.models import canonical_name
+from jaxkd.tools.published import SOURCES, published_for
 from jaxkd.tools.robustness import display_arch
 
 # Config keys in which the runs of one group may differ, and why (dotted: a key of a section).

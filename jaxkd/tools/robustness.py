@@ -8,23 +8,24 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+
 import jax
 from tqdm import tqdm
 
 from jaxkd import __version__
+from jaxkd.data.cifar100c import SEVERITIES
 from jaxkd.engine import distributed
-from jaxkd.errors import UserError, run_command
 from jaxkd.engine.evaluation import evaluate_cifar100c, evaluate_split, place_variables
-from jaxkd.tools.evaluate import add_data_arguments, check_batch_size, load_checked_test_split, open_checked_cifar100c, percent, write_json
-from jaxkd.methods import display_name
+from jaxkd.engine.mesh import data_mesh
+from jaxkd.errors import UserError, run_command
 from jaxkd.io.model_checkpoint import TRAINED_MODEL_DIR
 from jaxkd.io.model_reference import input_normalization, open_model
 from jaxkd.io.paths import absolute
 from jaxkd.io.safe_write import check_output, write_text_atomically
-from jaxkd.data.cifar100c import SEVERITIES
-from jaxkd.engine.mesh import data_mesh
-from jaxkd.models import canonical_name
-from jaxkd.models import get_model
+from jaxkd.methods import display_name
+from jaxkd.models import canonical_name, get_model
+from jaxkd.tools.evaluate import (add_data_arguments, check_batch_size, load_checked_test_split, open_checked_cifar100c,
+                                  percent, write_json)
 
 COLUMNS = ("model", "method", "CIFAR100", "CIFAR100C")
 CLEAN_ONLY_COLUMNS = COLUMNS[:3]

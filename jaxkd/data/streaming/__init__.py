@@ -21,21 +21,10 @@ follows (the device-resident CIFAR path stays as it is):
 4. evaluation iterates `make_eval_batches(...)` and counts only `mask`ed examples.
 """
 
-from jaxkd.data.streaming.loader import (
-    EvalBatches,
-    TrainIterator,
-    epoch_permutation,
-    example_rng,
-    make_eval_batches,
-    make_train_iterator,
-)
+from jaxkd.data.streaming.loader import (EvalBatches, TrainIterator, epoch_permutation, example_rng, make_eval_batches,
+                                         make_train_iterator)
 from jaxkd.data.streaming.sources import ImageFolderSource, TfdsImageSource
-from jaxkd.data.streaming.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageTransforms,
-    sample_crop,
-)
+from jaxkd.data.streaming.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransforms, sample_crop
 
 __all__ = [
     "IMAGENET_MEAN",

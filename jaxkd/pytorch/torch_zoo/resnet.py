@@ -3,7 +3,7 @@
 import torch.nn as nn
 import torch.nn.functional as F
 
-from jaxkd.pytorch.torch_zoo import RepDistillerForward, TorchOutput, run_stages, init_kaiming_fan_out
+from jaxkd.pytorch.torch_zoo import RepDistillerForward, TorchOutput, init_kaiming_fan_out, run_stages
 
 
 class BasicBlock(nn.Module):

@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from configs import demo
+from jaxkd.engine.mesh import data_mesh
 from jaxkd.engine.optimizer import make_optimizer
 from jaxkd.engine.setup import Setup, Teacher
 from jaxkd.engine.step import make_update
@@ -36,7 +37,6 @@ from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.methods import Batch, get_method
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.pytorch.torch_models import get_torch_model
-from jaxkd.tools.evaluate import data_mesh
 
 
 def randomized_torch_model(arch: str, num_classes: int = 100, seed: int = 0):

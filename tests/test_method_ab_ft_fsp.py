@@ -21,13 +21,13 @@ import torch.nn as nn
 import convert
 from configs import repdistiller
 from jaxkd.engine.init_stage import InitState, init_optimizer, make_init_update
+from jaxkd.engine.mesh import data_mesh
 from jaxkd.engine.setup import Setup, Teacher
 from jaxkd.errors import UserError
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.base import INIT_MODULES
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.tools import published
-from jaxkd.tools.evaluate import data_mesh
 from tests.conftest import engine_train_steps, nchw, nhwc, randomized_torch_model
 from tests.reference import repdistiller_init_methods as reference
 from tests.reference import torch_training

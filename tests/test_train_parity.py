@@ -43,6 +43,7 @@ from configs import default
 from jaxkd.data import Split
 from jaxkd.engine.compile_options import compiler_options
 from jaxkd.engine.initial_state import train_state_layout
+from jaxkd.engine.mesh import data_mesh
 from jaxkd.engine.optimizer import config_learning_rate_schedule, make_optimizer
 from jaxkd.engine.setup import Setup, Teacher
 from jaxkd.engine.step import make_update
@@ -51,7 +52,6 @@ from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
 from jaxkd.models.batchnorm import BatchNorm
 from jaxkd.pytorch.torch_models import get_torch_model
-from jaxkd.tools.evaluate import data_mesh
 from tests.conftest import nchw, randomized_torch_model
 from tests.reference import torch_training
 

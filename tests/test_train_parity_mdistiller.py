@@ -24,6 +24,7 @@ from configs import mdistiller
 from jaxkd.data import Split
 from jaxkd.engine.compile_options import compiler_options
 from jaxkd.engine.initial_state import train_state_layout
+from jaxkd.engine.mesh import data_mesh
 from jaxkd.engine.optimizer import make_optimizer
 from jaxkd.engine.setup import Setup, Teacher
 from jaxkd.engine.step import make_update
@@ -31,7 +32,6 @@ from jaxkd.engine.train_state import TrainState
 from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
 from jaxkd.pytorch.torch_models import get_torch_model
-from jaxkd.tools.evaluate import data_mesh
 from tests.conftest import nchw, randomize_batchnorm_and_bias
 from tests.reference import mdistiller_training
 from tests.reference.mdistiller_losses import ReviewKDStudentSide, dkd_loss, dkd_warmup, kd_loss

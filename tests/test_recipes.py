@@ -4,7 +4,8 @@ line, the method sections, the report's labels and the benchmark.
 
 Upstream commits read: HobbitLong/RepDistiller b84f547, megvii-research/mdistiller a08d46f,
 sunshangquan/logit-standardization-KD (README.md), dvlab-research/ReviewKD (CIFAR-100/script/reviewKD.sh),
-hunto/image_classification_sota (configs/strategies/distill/dist_cifar.yaml, lib/models/losses/kd_loss.py).
+hunto/image_classification_sota (configs/strategies/distill/dist_cifar.yaml, lib/models/losses/kd_loss.py),
+yzd-v/cls_KD 1e5d48f (configs/distillers/cifar100/res34_distill_res18_cifar.py), zkxufo/TTM fe457b3 (README.md).
 """
 
 import pytest
@@ -175,6 +176,16 @@ def test_mdistiller_entries_are_the_published_settings(teacher, student):
     assert dict(dkd_ls.dkd) == {"alpha": weight, "beta": weight * (beta if logged_beta is None else logged_beta),
                                 "temperature": temperature, "warmup": 20}
     assert dkd_ls.loss.logit_standardization  # one home for every logit method
+    # yzd-v/cls_KD configs/distillers/cifar100/res34_distill_res18_cifar.py: NKDLoss(temp=3.0, gamma=3.5) beside the
+    # student's loss (distiller.py: `ori_loss` and `loss_nkd`, both weight 1)
+    nkd = entries["nkd"]
+    assert (nkd.method, nkd.loss.gamma, nkd.loss.alpha, nkd.loss.beta) == ("nkd", 1.0, 0.0, 1.0)
+    assert dict(nkd.nkd) == {"temperature": 3.0, "gamma": 3.5}
+    # zkxufo/TTM README.md's WTTM command (`--add wttm --ttm_l 0.2 ... -a 4`): exponent 0.2, weight 4, CE 1 (-r 1)
+    wttm = entries["wttm"]
+    assert (wttm.method, wttm.loss.gamma, wttm.loss.alpha, wttm.loss.beta) == ("wttm", 1.0, 0.0, 4.0)
+    assert dict(wttm.wttm) == {"exponent": 0.2}
+    assert not nkd.loss.logit_standardization and not wttm.loss.logit_standardization
 
 
 # --------------------------------------------------------------------------------- what reads the table

@@ -13,7 +13,7 @@ from configs import crd_kd_wrn, kd_wrn
 from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.io.metric_log import MetricLog
 from jaxkd.tools import report
-from jaxkd.tools.published import SOURCES, published_for
+from jaxkd.tools.published import PUBLISHED, SOURCES, published_for
 from tests.conftest import small_config
 
 
@@ -217,8 +217,21 @@ def test_published_dist_and_logit_standardization_numbers_match_the_readmes():
     assert SOURCES[source].scoring == SOURCES["DIST README"].scoring == "best"
 
 
+def test_published_wttm_numbers_match_the_ttm_readme():
+    # zkxufo/TTM README, table 1: "|**WTTM**|76.37|74.58|71.92|71.67|74.13|76.06|74.44|" (wrn-40-2 -> wrn-16-2 ...
+    # vgg13 -> vgg8, RepDistiller's order); table 2: "|**WTTM**|69.16|69.59|74.82|74.37|76.55|75.42|"
+    assert [(p.top1, p.source, p.scoring) for p in published_for("wideresnet40_2", "wideresnet16_2", "wttm",
+                                                                 False)] == [(76.37, "TTM README", "best")]
+    assert [p.top1 for p in published_for("rd_resnet32x4", "rd_resnet8x4", "wttm", False)] == [76.06]
+    assert [p.top1 for p in published_for("vgg13", "vgg8", "wttm", False)] == [74.44]
+    assert [p.top1 for p in published_for("vgg13", "MobileNetV2", "wttm", False)] == [69.16]
+    assert [p.top1 for p in published_for("wideresnet40_2", "ShuffleV1", "wttm", False)] == [75.42]
+    assert [p.method for p in PUBLISHED if p.source == "TTM README"] == ["wttm"] * 13
+    assert not [p for p in PUBLISHED if p.method == "nkd"]  # cls_KD publishes no CIFAR-100 table
+
+
 @pytest.mark.parametrize("method,label,top1", [("dist", "dist", 76.31), ("kd_ls", "kd+ls", 76.62),
-                                               ("dkd_ls", "dkd+ls", 77.01)])
+                                               ("dkd_ls", "dkd+ls", 77.01), ("wttm", "wttm", 76.06)])
 def test_a_report_group_of_an_mdistiller_method_shows_its_published_number(tmp_path, method, label, top1):
     """A finished run of configs/mdistiller.py:resnet32x4,resnet8x4,M: its group's label and published number."""
     from configs import mdistiller

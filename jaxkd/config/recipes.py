@@ -36,7 +36,7 @@ REPDISTILLER_WEIGHTS = {
 }
 
 # ------------------------------------------------------------------------------------------- mdistiller
-MDISTILLER_METHODS = ("dkd", "dist", "reviewkd", "kdsvd", "kd_ls", "dkd_ls")
+MDISTILLER_METHODS = ("dkd", "dist", "reviewkd", "kdsvd", "kd_ls", "dkd_ls", "nkd", "wttm")
 # mdistiller configs/cifar100/dkd/*.yaml: DKD.BETA where it differs from CFG.DKD's 8 (jaxkd names)
 DKD_BETA = {
     ("rd_resnet56", "rd_resnet20"): 2.0,
@@ -62,6 +62,11 @@ LS_TEMPERATURE, LS_KD_WEIGHT = 2.0, 9.0  # tools/train.py: --base-temp 2 --kd-we
 # dvlab-research/ReviewKD script/reviewKD.sh --kd-loss-weight where not mdistiller's 5 (jaxkd names)
 REVIEWKD_WEIGHT = {("rd_resnet56", "rd_resnet20"): 0.6, ("rd_resnet110", "rd_resnet32"): 1.0,
                    ("rd_resnet32x4", "ShuffleV2"): 8.0}
+
+# zkxufo/TTM README.md, its one WTTM command (`--add wttm --ttm_l 0.2 ... -a 4`, WTTM beside CRD on vgg13 -> vgg8):
+# the exponent and the weight of the WTTM term for every pair. The paper's per-pair values (its appendix A.4) are
+# not in the repository.
+WTTM_EXPONENT, WTTM_WEIGHT = 0.2, 4.0
 
 # ----------------------------------------------------------------------------- the benchmark's recipes
 # The pair whose entry gives a method's loss weights and section when the bench times a method the config does
@@ -116,9 +121,9 @@ def repdistiller(teacher: str, student: str, method: str, teacher_checkpoint: st
 
 
 def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
-    """mdistiller's CIFAR-100 recipe (and DIST's, ReviewKD's and logit standardization's weights) for `method`,
-    one of MDISTILLER_METHODS, on the pair in RepDistiller's or jaxkd's spelling; the teacher file is where
-    mdistiller's `cifar_teachers.tar` puts it."""
+    """mdistiller's CIFAR-100 recipe (and DIST's, ReviewKD's, logit standardization's, NKD's and WTTM's weights) for
+    `method`, one of MDISTILLER_METHODS, on the pair in RepDistiller's or jaxkd's spelling; the teacher file is
+    where mdistiller's `cifar_teachers.tar` puts it."""
     config = repdistiller_recipe(get_config())
     config.model, config.teacher.arch = jaxkd_name(student), jaxkd_name(teacher)
     config.teacher.checkpoint = f"download_ckpts/cifar_teachers/{teacher}_vanilla/ckpt_epoch_240.pth"
@@ -147,6 +152,11 @@ def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
         config.dist = config_section("dist")
     elif method == "kdsvd":
         config.kdsvd = config_section("kdsvd")
+    elif method == "nkd":  # cls_KD's CIFAR-100 config: CE 1, NKD 1 (temp 3, gamma 3.5: the section's defaults)
+        config.nkd = config_section("nkd")
+    elif method == "wttm":  # zkxufo/TTM train_student.py: -r 1 -a 0 -b WEIGHT --ttm_l EXPONENT
+        config.loss.beta = WTTM_WEIGHT
+        config.wttm = config_section("wttm", exponent=WTTM_EXPONENT)
     else:
         config.loss.beta = REVIEWKD_WEIGHT.get(pair, 5.0)
         config.reviewkd = config_section("reviewkd")

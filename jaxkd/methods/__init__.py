@@ -17,12 +17,14 @@ from jaxkd.methods.fsp import FSP
 from jaxkd.methods.ft import FT
 from jaxkd.methods.kd import KD
 from jaxkd.methods.kdsvd import KDSVD
+from jaxkd.methods.nkd import NKD
 from jaxkd.methods.nst import NST
 from jaxkd.methods.pkt import PKT
 from jaxkd.methods.reviewkd import ReviewKD
 from jaxkd.methods.rkd import RKD
 from jaxkd.methods.sp import SP
 from jaxkd.methods.vid import VID
+from jaxkd.methods.wttm import WTTM
 
 METHODS: dict[str, type[Method]] = {
     "none": Method,  # the baseline: cross-entropy only
@@ -45,6 +47,8 @@ METHODS: dict[str, type[Method]] = {
     "dkd": DKD,  # Zhao et al. 2022, decoupled KD (mdistiller)
     "dist": DIST,  # Huang et al. 2022, KD from a stronger teacher (Pearson relations)
     "reviewkd": ReviewKD,  # Chen et al. 2021, knowledge review (ABF + HCL, mdistiller)
+    "nkd": NKD,  # Yang et al. 2023, normalized KD (target and non-target parts, cls_KD)
+    "wttm": WTTM,  # Zheng & Yang 2024, weighted transformed teacher matching (zkxufo/TTM)
 }
 
 

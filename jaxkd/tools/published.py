@@ -54,6 +54,11 @@ SOURCES = {
         "and Logs', tables 1 (identical structures) and 2 (distinct)", "best",
         "its mdistiller/engine/trainer.py ends a run with best_acc, as its logs/ do; the README's numbers are averages "
         "('Due to average operation and randomness') of runs it does not count", None),
+    "TTM README": Source(
+        "TTM README", "github.com/zkxufo/TTM README.md, 'Benchmark Results on CIFAR-100', tables 1 (same "
+        "architectural type) and 2 (different)", "best",
+        "the README does not say; its train_student.py (RepDistiller's, otherwise) keeps best_acc and ends each log "
+        "with 'best: '", None),
 }
 
 
@@ -159,6 +164,14 @@ LS_TABLE_DISTINCT = {
 }
 LS_QUOTED_ROWS = ("kd", "dkd")
 
+# TTM README, the WTTM rows of its tables 1 and 2, whose pairs and order are RepDistiller's tables' (its other rows
+# quote RepDistiller's, DIST's and DKD's numbers or its reimplementations of them; its TTM row is a method jaxkd does
+# not implement).
+WTTM_SAME = [76.37, 74.58, 71.92, 71.67, 74.13, 76.06, 74.44]
+WTTM_DIFFERENT = [69.16, 69.59, 74.82, 74.37, 76.55, 75.42]
+
+# NKD: neither yzd-v/cls_KD's README nor its nkd.md has a CIFAR-100 table (their tables are ImageNet's).
+
 # ReviewKD: neither dvlab-research/ReviewKD's READMEs (README.md, CIFAR-100/README.md) nor mdistiller's has a
 # CIFAR-100 table; its numbers are its paper's (docs/methods.md), not listed here.
 
@@ -203,6 +216,12 @@ def _dist() -> list[Published]:
             for (teacher, student), (top1, std) in zip(DIST_PAIRS, DIST, strict=True)]
 
 
+def _wttm() -> list[Published]:
+    return [Published(teacher, student, "wttm", False, top1, "TTM README")
+            for pairs, values in ((REPDISTILLER_PAIRS_SAME, WTTM_SAME), (REPDISTILLER_PAIRS_DIFFERENT, WTTM_DIFFERENT))
+            for (teacher, student), top1 in zip(pairs, values, strict=True)]
+
+
 def _logit_standardization(listed: list[Published]) -> list[Published]:
     """Its tables' cells, less the KD and DKD cells that repeat a number `listed` already has for the group."""
     known = {(p.teacher, p.student, p.method, p.top1) for p in listed}
@@ -216,7 +235,7 @@ def _logit_standardization(listed: list[Published]) -> list[Published]:
 
 
 def _all() -> list[Published]:
-    listed = [*_repdistiller(), *_seed(), *_mdistiller(), *_dist()]
+    listed = [*_repdistiller(), *_seed(), *_mdistiller(), *_dist(), *_wttm()]
     return listed + _logit_standardization(listed)
 
 

@@ -9,6 +9,7 @@ from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, app
 from jaxkd.methods.byot import BYOT
 from jaxkd.methods.cc import CC
 from jaxkd.methods.crd import CRD
+from jaxkd.methods.ctkd import CTKD
 from jaxkd.methods.dist import DIST
 from jaxkd.methods.dkd import DKD
 from jaxkd.methods.dml import DML
@@ -45,6 +46,7 @@ METHODS: dict[str, type[Method]] = {
     "dkd": DKD,  # Zhao et al. 2022, decoupled KD (mdistiller)
     "dist": DIST,  # Huang et al. 2022, KD from a stronger teacher (Pearson relations)
     "reviewkd": ReviewKD,  # Chen et al. 2021, knowledge review (ABF + HCL, mdistiller)
+    "ctkd": CTKD,  # Li et al. 2023, curriculum temperature (KD or DKD at a learned, adversarial temperature)
 }
 
 

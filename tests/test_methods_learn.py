@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from configs import mdistiller, repdistiller
+from configs import ctkd, mdistiller, repdistiller
 from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.methods import METHODS
 from tests.conftest import on_digits
@@ -71,6 +71,7 @@ LEARNING_RUNS.update({method: repdistiller_run(method) for method in ("sp", "cc"
 # the methods with RepDistiller's init stage, one init epoch (AB's and FSP's term is 0 after it: their init rows
 # are checked instead)
 LEARNING_RUNS.update({method: with_init_epochs(repdistiller_run(method)) for method in ("ab", "ft", "fsp")})
+LEARNING_RUNS["ctkd"] = lambda: ctkd.get_config(f"{PAIR[0]},{PAIR[1]},ctkd")  # KD at CTKD's learned temperature
 COVERED_ELSEWHERE = {
     "none": "the teacher fixture below",
     "dml": "tests/test_method_dml.py (peers, their evaluation and exports)",

@@ -1,5 +1,5 @@
-"""The recipe tables: RepDistiller's and mdistiller's published settings by method and (teacher, student) pair,
-and jaxkd's own BYOT and DML recipes, each as a full config.
+"""The recipe tables: RepDistiller's, mdistiller's and CTKD's published settings by method and (teacher, student)
+pair, and jaxkd's own BYOT and DML recipes, each as a full config.
 
 configs/*.py are views of these tables (`configs/repdistiller.py:T,S,M`, `configs/kd_wrn.py`, ...); the run list
 (`jaxkd.runs`) and the benchmark (`jaxkd.bench`) read them here, so the library never imports `configs`. Where
@@ -163,6 +163,28 @@ def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
     return config
 
 
+# ------------------------------------------------------------------------------------------------- CTKD
+# zhengli97/CTKD is RepDistiller's train_student.py with a learnable temperature: its recipe is RepDistiller's, and
+# its scripts/run_cifar_distill.sh weights (-r, -a, -b) are, for KD, 0.1, 0.9 (KD at the learned temperature),
+# 0; for DKD (its commented line), 1, 0, 1 with --dkd_alpha 1 --dkd_beta 2. In jaxkd the learned-temperature loss
+# is CTKD's term (loss.beta) and the engine's fixed-temperature KD term (loss.alpha) is 0.
+CTKD_METHODS = ("ctkd", "ctkd_dkd")
+
+
+def ctkd(teacher: str, student: str, method: str, teacher_checkpoint: str | None = None) -> ConfigDict:
+    """CTKD's recipe for `method`, one of CTKD_METHODS (the KD or the DKD base), on the pair in RepDistiller's or
+    jaxkd's spelling: RepDistiller's (`repdistiller`), the teacher where CTKD's README puts it (./save/models)."""
+    config = repdistiller(teacher, student, "kd", teacher_checkpoint)
+    config.method = "ctkd"
+    if method == "ctkd":
+        config.loss.gamma, config.loss.alpha, config.loss.beta = 0.1, 0.0, 0.9
+        config.ctkd = config_section("ctkd")
+    else:
+        config.loss.gamma, config.loss.alpha, config.loss.beta = 1.0, 0.0, 1.0
+        config.ctkd = config_section("ctkd", base="dkd")
+    return config
+
+
 # ------------------------------------------------------------------------------------ jaxkd's own recipes
 def byot() -> ConfigDict:
     """BYOT on WRN16-2 with the seed's recipe and BYOT-U's settings (jaxkd/methods/byot.py): the deepest
@@ -199,6 +221,8 @@ def method_recipe(method: str) -> tuple[str, ConfigDict] | None:
         return f"configs/repdistiller.py:{arguments}", repdistiller(*RECIPE_PAIR, method)
     if method in MDISTILLER_METHODS:
         return f"configs/mdistiller.py:{arguments}", mdistiller(*RECIPE_PAIR, method)
+    if method == "ctkd":
+        return f"configs/ctkd.py:{arguments}", ctkd(*RECIPE_PAIR, method)
     own = {"byot": ("configs/byot_wrn.py", byot), "dml": ("configs/dml_wrn.py", dml)}
     if method not in own:
         return None

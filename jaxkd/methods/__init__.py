@@ -9,6 +9,7 @@ from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, app
 from jaxkd.methods.byot import BYOT
 from jaxkd.methods.cc import CC
 from jaxkd.methods.crd import CRD
+from jaxkd.methods.ctkd import CTKD
 from jaxkd.methods.dist import DIST
 from jaxkd.methods.dkd import DKD
 from jaxkd.methods.dml import DML
@@ -49,6 +50,7 @@ METHODS: dict[str, type[Method]] = {
     "reviewkd": ReviewKD,  # Chen et al. 2021, knowledge review (ABF + HCL, mdistiller)
     "nkd": NKD,  # Yang et al. 2023, normalized KD (target and non-target parts, cls_KD)
     "wttm": WTTM,  # Zheng & Yang 2024, weighted transformed teacher matching (zkxufo/TTM)
+    "ctkd": CTKD,  # Li et al. 2023, curriculum temperature (KD or DKD at a learned, adversarial temperature)
 }
 
 

@@ -59,6 +59,10 @@ SOURCES = {
         "architectural type) and 2 (different)", "best",
         "the README does not say; its train_student.py (RepDistiller's, otherwise) keeps best_acc and ends each log "
         "with 'best: '", None),
+    "CTKD README": Source(
+        "CTKD README", "github.com/zhengli97/CTKD README.md, 'Main Results', 'On CIFAR-100' (its +CTKD row)", "best",
+        "its train_student.py keeps best_acc over the epochs and writes it to test_best_metrics.json, saving the best "
+        "epoch's model", None),
 }
 
 
@@ -172,6 +176,12 @@ WTTM_DIFFERENT = [69.16, 69.59, 74.82, 74.37, 76.55, 75.42]
 
 # NKD: neither yzd-v/cls_KD's README nor its nkd.md has a CIFAR-100 table (their tables are ImageNet's).
 
+# CTKD README, 'On CIFAR-100' (header order; the "+CTKD" row is KD with CTKD's learned temperature, the report's
+# `kd+ctkd`). Its KD row quotes RepDistiller's numbers (70.66 for RN-110 -> RN-20, RepDistiller's 70.67), not kept.
+CTKD_PAIRS = [("rd_resnet56", "rd_resnet20"), ("rd_resnet110", "rd_resnet32"), ("rd_resnet110", "rd_resnet20"),
+              ("wideresnet40_2", "wideresnet16_2"), ("wideresnet40_2", "wideresnet40_1"), ("vgg13", "vgg8")]
+CTKD_KD = [71.19, 73.52, 70.99, 75.45, 73.93, 73.52]
+
 # ReviewKD: neither dvlab-research/ReviewKD's READMEs (README.md, CIFAR-100/README.md) nor mdistiller's has a
 # CIFAR-100 table; its numbers are its paper's (docs/methods.md), not listed here.
 
@@ -222,6 +232,11 @@ def _wttm() -> list[Published]:
             for (teacher, student), top1 in zip(pairs, values, strict=True)]
 
 
+def _ctkd() -> list[Published]:
+    return [Published(teacher, student, "kd+ctkd", False, top1, "CTKD README")
+            for (teacher, student), top1 in zip(CTKD_PAIRS, CTKD_KD, strict=True)]
+
+
 def _logit_standardization(listed: list[Published]) -> list[Published]:
     """Its tables' cells, less the KD and DKD cells that repeat a number `listed` already has for the group."""
     known = {(p.teacher, p.student, p.method, p.top1) for p in listed}
@@ -235,7 +250,7 @@ def _logit_standardization(listed: list[Published]) -> list[Published]:
 
 
 def _all() -> list[Published]:
-    listed = [*_repdistiller(), *_seed(), *_mdistiller(), *_dist(), *_wttm()]
+    listed = [*_repdistiller(), *_seed(), *_mdistiller(), *_dist(), *_wttm(), *_ctkd()]
     return listed + _logit_standardization(listed)
 
 

@@ -7,6 +7,7 @@ from jaxkd.methods.ab import AB
 from jaxkd.methods.at import AT
 from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, apply_module, section_over_defaults
 from jaxkd.methods.byot import BYOT
+from jaxkd.methods.catkd import CATKD
 from jaxkd.methods.cc import CC
 from jaxkd.methods.crd import CRD
 from jaxkd.methods.dist import DIST
@@ -21,6 +22,7 @@ from jaxkd.methods.nst import NST
 from jaxkd.methods.pkt import PKT
 from jaxkd.methods.reviewkd import ReviewKD
 from jaxkd.methods.rkd import RKD
+from jaxkd.methods.sdd import SDD
 from jaxkd.methods.sp import SP
 from jaxkd.methods.vid import VID
 
@@ -45,6 +47,8 @@ METHODS: dict[str, type[Method]] = {
     "dkd": DKD,  # Zhao et al. 2022, decoupled KD (mdistiller)
     "dist": DIST,  # Huang et al. 2022, KD from a stronger teacher (Pearson relations)
     "reviewkd": ReviewKD,  # Chen et al. 2021, knowledge review (ABF + HCL, mdistiller)
+    "sdd": SDD,  # Wei et al. 2024, scale decoupled distillation (KD or DKD over the classifier's region logits)
+    "catkd": CATKD,  # Guo et al. 2023, class attention transfer (the classifier's class activation maps)
 }
 
 

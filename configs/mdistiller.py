@@ -1,4 +1,4 @@
-"""mdistiller's CIFAR-100 recipe for DKD, DIST, ReviewKD, KDSVD and logit standardization:
+"""mdistiller's CIFAR-100 recipe for DKD, DIST, ReviewKD, KDSVD, logit standardization, SDD and CAT-KD:
 `--config configs/mdistiller.py:T,S,M`.
 
     python -m jaxkd.train --config configs/mdistiller.py:resnet32x4,resnet8x4,dkd --workdir workdirs/dkd_r32x4_r8x4
@@ -19,7 +19,13 @@ T and S are model names in mdistiller's (= RepDistiller's) spelling, or any jaxk
   --kd-weight W` on its mdistiller configs: KD with CE 0.1, KD weight W, temperature T; DKD with alpha W and beta
   W times DKD's beta, temperature T. T and W (and DKD's beta, where given) are those of the log its README links for
   the pair (`logs/KD/kd,T,S,T,W.txt`, `logs/DKD/dkd,T,S,T,W[,BETA].txt`: `KD_LS`, `DKD_LS`), else the README's
-  commands' 2 and 9 with the pair's mdistiller beta.
+  commands' 2 and 9 with the pair's mdistiller beta;
+- `sdd_kd`, `sdd_dkd`: shicaiwei123/SDD-CVPR2024 `train_origin.py --cfg configs/cifar100/sdd_{kd,dkd}/*.yaml --M M`
+  (method `sdd`, base `kd` or `dkd`): SDD_KD with CFG.KD's CE 0.1, KD 0.9, T 4; SDD_DKD with CFG.DKD's CE 1,
+  alpha 1, beta 8 (its yaml files' 2 or 6 for some pairs: `SDD_DKD_BETA`), T 4, `--warmup` 20; M 1,2,4, or
+  1,2 where its teacher_*.sh run the pair so (`SDD_SCALES`);
+- `catkd`: GzyAftermath/CAT-KD `configs/cifar100/CAT_KD/*.yaml`: CE 1, CAT_loss_weight as beta, CAM_RESOLUTION,
+  IF_NORMALIZE (`CATKD`; other pairs take CFG.CAT_KD's 400, 2, True).
 The training recipe is mdistiller's `configs/cifar100/*.yaml` and `mdistiller/engine/utils.py`: 240 epochs,
 batch 64, SGD momentum 0.9, weight decay 5e-4, lr 0.05 (0.01 for MobileNetV2, ShuffleV1 and ShuffleV2 students,
 as its yaml files), x0.1 from the first step of epochs 151, 181, 211 (`adjust_learning_rate` at the start of each

@@ -9,6 +9,7 @@ import pytest
 import torch
 from ml_collections import ConfigDict
 
+from jaxkd.config import recipes
 from jaxkd.errors import UserError
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.models import ModelOutput
@@ -75,3 +76,17 @@ def test_refuses_a_pair_with_other_classes_or_without_the_fields():
     with pytest.raises(UserError, match="no last feature map"):
         method.initialize(jax.random.key(0), probe(10, fields=False))
     method.initialize(jax.random.key(0), probe(10))
+
+
+def test_recipes_are_the_authors_cifar_configs():
+    # configs/cifar100/CAT_KD/wrn_40_2_wrn_16_2.yaml: CAT_loss_weight 12., CAM_RESOLUTION 2, CE_WEIGHT 1.,
+    # IF_NORMALIZE False; res32x4_shuv1.yaml: 600., 4, True, LR 0.01
+    wrn = recipes.mdistiller("wrn_40_2", "wrn_16_2", "catkd")
+    assert (wrn.method, wrn.loss.gamma, wrn.loss.alpha, wrn.loss.beta) == ("catkd", 1.0, 0.0, 12.0)
+    assert dict(wrn.catkd) == {"resolution": 2, "normalize": False}
+    shuffle = recipes.mdistiller("resnet32x4", "ShuffleV1", "catkd")
+    assert (shuffle.loss.beta, dict(shuffle.catkd), shuffle.optimizer.lr) == (
+        600.0, {"resolution": 4, "normalize": True}, 0.01)
+    # a pair without a config: mdistiller/engine/cfg.py CFG.CAT_KD's 400, 2, True
+    other = recipes.mdistiller("resnet32x4", "wrn_16_2", "catkd")
+    assert (other.loss.beta, dict(other.catkd)) == (400.0, {"resolution": 2, "normalize": True})

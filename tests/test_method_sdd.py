@@ -10,10 +10,13 @@ import pytest
 import torch
 from ml_collections import ConfigDict
 
+from jaxkd.config import recipes
 from jaxkd.errors import UserError
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.sdd import SDD
 from jaxkd.models import ModelOutput
+from jaxkd.tools.published import published_for
+from jaxkd.tools.report import method_label
 from tests.conftest import assert_close_scaled
 from tests.reference import mdistiller_losses
 from tests.reference import sdd_cvpr2024_sdd as reference
@@ -142,3 +145,24 @@ def test_refuses_what_it_cannot_serve():
         get_method("sdd", ConfigDict({"sdd": dict(SDD.defaults), "loss": {"logit_standardization": True}}))
     method.initialize(jax.random.key(0), probe((2, 4, 4, 3), 10))
     assert method.metric_names == ("complementary",)
+
+
+def test_recipes_are_the_authors_cifar_settings_and_the_report_names_them_as_the_readme():
+    # configs/cifar100/sdd_kd/*.yaml over CFG.KD (CE 0.1, KD 0.9, T 4); teacher_resnet32x4.sh: --M [1,2] for
+    # res32x4_res8x4 (SDD_KD), [1,2,4] for res32x4_shuv1
+    sdd_kd = recipes.mdistiller("resnet32x4", "resnet8x4", "sdd_kd")
+    assert (sdd_kd.method, sdd_kd.loss.gamma, sdd_kd.loss.alpha, sdd_kd.loss.beta) == ("sdd", 0.1, 0.0, 0.9)
+    assert (sdd_kd.sdd.base, sdd_kd.sdd.scales, sdd_kd.sdd.temperature) == ("kd", "1,2", 4.0)
+    assert recipes.mdistiller("resnet32x4", "ShuffleV1", "sdd_kd").sdd.scales == "1,2,4"
+    # configs/cifar100/sdd_dkd/wrn40_2_wrn_16_2.yaml: DKD.BETA 6.0 over CFG.DKD (CE 1, alpha 1, T 4); --warmup 20
+    sdd_dkd = recipes.mdistiller("wrn_40_2", "wrn_16_2", "sdd_dkd")
+    assert (sdd_dkd.loss.gamma, sdd_dkd.loss.alpha, sdd_dkd.loss.beta) == (1.0, 0.0, 1.0)
+    assert dict(sdd_dkd.sdd) == {"base": "dkd", "scales": "1,2,4", "temperature": 4.0, "dkd_alpha": 1.0,
+                                 "dkd_beta": 6.0, "warmup": 20}
+    assert recipes.mdistiller("wrn_40_2", "ShuffleV1", "sdd_dkd").sdd.dkd_beta == 8.0  # its yaml sets no BETA
+    # SDD README, cifar100.png: SD-KD "76.30(+2.23)" and SD-DKD "77.30(+0.85)" for ResNet32x4 -> ShufleNetV1
+    labels = [method_label(recipes.mdistiller("resnet32x4", "ShuffleV1", m).to_dict()) for m in ("sdd_kd", "sdd_dkd")]
+    assert labels == ["sdd", "sdd+dkd"]
+    assert [[p.top1 for p in published_for("rd_resnet32x4", "ShuffleV1", label, False)] for label in labels] == [
+        [76.30], [77.30]]
+    assert [p.top1 for p in published_for("ResNet50", "vgg8", "sdd+dkd", False)] == [75.86]

@@ -54,6 +54,7 @@ def with_init_epochs(run, epochs: int = 1):
 # method -> the config of its learning run; methods whose end-to-end runs live elsewhere name their test file
 LEARNING_RUNS = {method: repdistiller_run(method) for method in ("kd", "fitnet", "at")}
 LEARNING_RUNS.update({method: mdistiller_run(method) for method in ("dkd", "dist", "reviewkd", "kdsvd")})
+LEARNING_RUNS.update(sdd=mdistiller_run("sdd_dkd"), catkd=mdistiller_run("catkd"))  # SDD's DKD base: its warm-up
 LEARNING_RUNS.update({method: repdistiller_run(method) for method in ("sp", "cc", "vid", "rkd", "pkt", "nst")})
 # the methods with RepDistiller's init stage, one init epoch (AB's and FSP's term is 0 after it: their init rows
 # are checked instead)

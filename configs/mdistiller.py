@@ -1,4 +1,5 @@
-"""mdistiller's CIFAR-100 recipe for DKD, DIST, ReviewKD, KDSVD, logit standardization, NKD and WTTM:
+"""mdistiller's CIFAR-100 recipe for DKD, DIST, ReviewKD, KDSVD, logit standardization, NKD, WTTM, SDD and
+CAT-KD:
 `--config configs/mdistiller.py:T,S,M`.
 
     python -m jaxkd.train --config configs/mdistiller.py:resnet32x4,resnet8x4,dkd --workdir workdirs/dkd_r32x4_r8x4
@@ -25,6 +26,12 @@ T and S are model names in mdistiller's (= RepDistiller's) spelling, or any jaxk
 - `wttm`: zkxufo/TTM README's WTTM command (`--ttm_l 0.2`, WTTM weight 4; its paper's per-pair values are not in
   the repository): exponent 0.2, weight 4, CE weight 1, no KD term. Its `train_student.py` is RepDistiller's, with
   the same training recipe.
+- `sdd_kd`, `sdd_dkd`: shicaiwei123/SDD-CVPR2024 `train_origin.py --cfg configs/cifar100/sdd_{kd,dkd}/*.yaml --M M`
+  (method `sdd`, base `kd` or `dkd`): SDD_KD with CFG.KD's CE 0.1, KD 0.9, T 4; SDD_DKD with CFG.DKD's CE 1,
+  alpha 1, beta 8 (its yaml files' 2 or 6 for some pairs: `SDD_DKD_BETA`), T 4, `--warmup` 20; M 1,2,4, or
+  1,2 where its teacher_*.sh run the pair so (`SDD_SCALES`);
+- `catkd`: GzyAftermath/CAT-KD `configs/cifar100/CAT_KD/*.yaml`: CE 1, CAT_loss_weight as beta, CAM_RESOLUTION,
+  IF_NORMALIZE (`CATKD`; other pairs take CFG.CAT_KD's 400, 2, True).
 The training recipe is mdistiller's `configs/cifar100/*.yaml` and `mdistiller/engine/utils.py`: 240 epochs,
 batch 64, SGD momentum 0.9, weight decay 5e-4, lr 0.05 (0.01 for MobileNetV2, ShuffleV1 and ShuffleV2 students,
 as its yaml files), x0.1 from the first step of epochs 151, 181, 211 (`adjust_learning_rate` at the start of each

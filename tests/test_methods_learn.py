@@ -67,6 +67,7 @@ LEARNING_RUNS.update({method: mdistiller_run(method) for method in ("dkd", "dist
 # at seed 0 this run's test top-1 is 17.6 (below the 2x-chance bar; DKD's, warmed up, 23.4), at seeds 1 and 2 37.9
 # and 34.1
 LEARNING_RUNS["nkd"] = with_seed(mdistiller_run("nkd"), 1)
+LEARNING_RUNS.update(sdd=mdistiller_run("sdd_dkd"), catkd=mdistiller_run("catkd"))  # SDD's DKD base: its warm-up
 LEARNING_RUNS.update({method: repdistiller_run(method) for method in ("sp", "cc", "vid", "rkd", "pkt", "nst")})
 # the methods with RepDistiller's init stage, one init epoch (AB's and FSP's term is 0 after it: their init rows
 # are checked instead)

@@ -36,7 +36,10 @@ REPDISTILLER_WEIGHTS = {
 }
 
 # ------------------------------------------------------------------------------------------- mdistiller
-MDISTILLER_METHODS = ("dkd", "dist", "reviewkd", "kdsvd", "kd_ls", "dkd_ls", "nkd", "wttm")
+MDISTILLER_METHODS = ("dkd", "dist", "reviewkd", "kdsvd", "kd_ls", "dkd_ls", "nkd", "wttm", "sdd_kd", "sdd_dkd",
+                      "catkd")
+# the entry that stands for a jaxkd method whose entries have other names (the bench's recipe of `sdd`)
+MDISTILLER_ENTRY_OF = {"sdd": "sdd_kd"}
 # mdistiller configs/cifar100/dkd/*.yaml: DKD.BETA where it differs from CFG.DKD's 8 (jaxkd names)
 DKD_BETA = {
     ("rd_resnet56", "rd_resnet20"): 2.0,
@@ -67,6 +70,24 @@ REVIEWKD_WEIGHT = {("rd_resnet56", "rd_resnet20"): 0.6, ("rd_resnet110", "rd_res
 # the exponent and the weight of the WTTM term for every pair. The paper's per-pair values (its appendix A.4) are
 # not in the repository.
 WTTM_EXPONENT, WTTM_WEIGHT = 0.2, 4.0
+# shicaiwei123/SDD-CVPR2024 (on mdistiller): its CIFAR-100 runs' --M where not [1,2,4] (teacher_resnet32x4.sh,
+# teacher_vgg.sh; jaxkd names), by base loss
+SDD_SCALES = {("kd", "rd_resnet32x4", "rd_resnet8x4"): "1,2", ("kd", "vgg13", "vgg8"): "1,2",
+              ("dkd", "vgg13", "vgg8"): "1,2"}
+# its configs/cifar100/sdd_dkd/*.yaml DKD.BETA where a pair's file sets it, else CFG.DKD's 8
+SDD_DKD_BETA = {("rd_resnet110", "rd_resnet32"): 2.0, ("rd_resnet56", "rd_resnet20"): 2.0,
+                ("vgg13", "MobileNetV2"): 6.0, ("vgg13", "ShuffleV1"): 6.0, ("vgg13", "vgg8"): 6.0,
+                ("wideresnet40_2", "MobileNetV2"): 6.0, ("wideresnet40_2", "wideresnet16_2"): 6.0,
+                ("wideresnet40_2", "wideresnet40_1"): 6.0}
+# GzyAftermath/CAT-KD configs/cifar100/CAT_KD/*.yaml: (CAT_loss_weight, CAM_RESOLUTION, IF_NORMALIZE); other pairs
+# take mdistiller/engine/cfg.py CFG.CAT_KD's (400, 2, True)
+CATKD = {("rd_resnet110", "rd_resnet32"): (1.8, 2, False), ("rd_resnet32x4", "rd_resnet8x4"): (15.0, 2, False),
+         ("rd_resnet32x4", "ShuffleV1"): (600.0, 4, True), ("rd_resnet32x4", "ShuffleV2"): (600.0, 4, True),
+         ("ResNet50", "MobileNetV2"): (40.0, 2, True), ("rd_resnet56", "rd_resnet20"): (0.7, 2, False),
+         ("vgg13", "MobileNetV2"): (15.0, 2, True), ("vgg13", "vgg8"): (4.5, 2, False),
+         ("wideresnet40_2", "ShuffleV1"): (80.0, 4, True), ("wideresnet40_2", "wideresnet16_2"): (12.0, 2, False),
+         ("wideresnet40_2", "wideresnet40_1"): (1.5, 2, False)}
+CATKD_DEFAULT = (400.0, 2, True)
 
 # ----------------------------------------------------------------------------- the benchmark's recipes
 # The pair whose entry gives a method's loss weights and section when the bench times a method the config does
@@ -121,9 +142,9 @@ def repdistiller(teacher: str, student: str, method: str, teacher_checkpoint: st
 
 
 def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
-    """mdistiller's CIFAR-100 recipe (and DIST's, ReviewKD's, logit standardization's, NKD's and WTTM's weights) for
-    `method`, one of MDISTILLER_METHODS, on the pair in RepDistiller's or jaxkd's spelling; the teacher file is
-    where mdistiller's `cifar_teachers.tar` puts it."""
+    """mdistiller's CIFAR-100 recipe (and DIST's, ReviewKD's, logit standardization's, NKD's, WTTM's, SDD's and
+    CAT-KD's weights and settings, from their code) for `method`, one of MDISTILLER_METHODS, on the pair in
+    RepDistiller's or jaxkd's spelling; the teacher file is where mdistiller's `cifar_teachers.tar` puts it."""
     config = repdistiller_recipe(get_config())
     config.model, config.teacher.arch = jaxkd_name(student), jaxkd_name(teacher)
     config.teacher.checkpoint = f"download_ckpts/cifar_teachers/{teacher}_vanilla/ckpt_epoch_240.pth"
@@ -137,6 +158,19 @@ def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
         config.method = "kd"
         config.loss.gamma, config.loss.alpha, config.loss.beta = 0.1, weight, 0.0
         config.loss.kd_temperature, config.loss.logit_standardization = temperature, True
+        return config
+    if method in ("sdd_kd", "sdd_dkd"):  # SDD_KD: CFG.KD's CE 0.1, KD 0.9, T 4; SDD_DKD: CFG.DKD's, warm-up 20
+        base = method.removeprefix("sdd_")
+        config.method = "sdd"
+        config.loss.gamma, config.loss.alpha, config.loss.beta = (0.1, 0.0, 0.9) if base == "kd" else (1.0, 0.0, 1.0)
+        dkd_settings = {} if base == "kd" else {"dkd_beta": SDD_DKD_BETA.get(pair, 8.0)}
+        config.sdd = config_section("sdd", base=base, scales=SDD_SCALES.get((base, *pair), "1,2,4"), **dkd_settings)
+        return config
+    if method == "catkd":  # CE weight 1, CAT_loss_weight as beta
+        weight, resolution, normalize = CATKD.get(pair, CATKD_DEFAULT)
+        config.method = "catkd"
+        config.loss.gamma, config.loss.alpha, config.loss.beta = 1.0, 0.0, weight
+        config.catkd = config_section("catkd", resolution=resolution, normalize=normalize)
         return config
     config.method = "dkd" if method == "dkd_ls" else method
     config.loss.gamma, config.loss.alpha, config.loss.beta = 1.0, 0.0, 1.0
@@ -219,8 +253,9 @@ def method_recipe(method: str) -> tuple[str, ConfigDict] | None:
     arguments = f"{','.join(RECIPE_PAIR)},{method}"
     if method in REPDISTILLER_WEIGHTS:
         return f"configs/repdistiller.py:{arguments}", repdistiller(*RECIPE_PAIR, method)
-    if method in MDISTILLER_METHODS:
-        return f"configs/mdistiller.py:{arguments}", mdistiller(*RECIPE_PAIR, method)
+    entry = MDISTILLER_ENTRY_OF.get(method, method)
+    if entry in MDISTILLER_METHODS:
+        return f"configs/mdistiller.py:{','.join(RECIPE_PAIR)},{entry}", mdistiller(*RECIPE_PAIR, entry)
     if method == "ctkd":
         return f"configs/ctkd.py:{arguments}", ctkd(*RECIPE_PAIR, method)
     own = {"byot": ("configs/byot_wrn.py", byot), "dml": ("configs/dml_wrn.py", dml)}

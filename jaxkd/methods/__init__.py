@@ -7,6 +7,7 @@ from jaxkd.methods.ab import AB
 from jaxkd.methods.at import AT
 from jaxkd.methods.base import Batch, Method, MethodInit, Probe, TermOutput, apply_module, section_over_defaults
 from jaxkd.methods.byot import BYOT
+from jaxkd.methods.catkd import CATKD
 from jaxkd.methods.cc import CC
 from jaxkd.methods.crd import CRD
 from jaxkd.methods.ctkd import CTKD
@@ -23,6 +24,7 @@ from jaxkd.methods.nst import NST
 from jaxkd.methods.pkt import PKT
 from jaxkd.methods.reviewkd import ReviewKD
 from jaxkd.methods.rkd import RKD
+from jaxkd.methods.sdd import SDD
 from jaxkd.methods.sp import SP
 from jaxkd.methods.vid import VID
 from jaxkd.methods.wttm import WTTM
@@ -51,6 +53,8 @@ METHODS: dict[str, type[Method]] = {
     "nkd": NKD,  # Yang et al. 2023, normalized KD (target and non-target parts, cls_KD)
     "wttm": WTTM,  # Zheng & Yang 2024, weighted transformed teacher matching (zkxufo/TTM)
     "ctkd": CTKD,  # Li et al. 2023, curriculum temperature (KD or DKD at a learned, adversarial temperature)
+    "sdd": SDD,  # Wei et al. 2024, scale decoupled distillation (KD or DKD over the classifier's region logits)
+    "catkd": CATKD,  # Guo et al. 2023, class attention transfer (the classifier's class activation maps)
 }
 
 

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxkd.models.torch_layers import global_average_pool, linear
+from jaxkd.models.torch_layers import global_average_pool, linear_layer
 
 
 class ModelOutput(NamedTuple):
@@ -14,6 +14,9 @@ class ModelOutput(NamedTuple):
 
     In RepDistiller's terms (`forward(x, is_feat=True, preact=...)` returns `feat, logits`): `stem` is feat[0],
     `features` are feat[1:-1], `preact_features` are feat[1:-1] with `preact=True`, `pooled` is feat[-1].
+    The last three fields are what SDD and CAT-KD apply the classifier to: the map that is pooled into `pooled`
+    and the classifier's parameters, read inside the model's apply so that gradients reach the student's
+    classifier (`logits == pooled @ classifier_kernel + classifier_bias`, in eval mode and float32).
     """
 
     features: list  # the stage outputs, NHWC (the seed family: pre-activation residual sums)
@@ -21,6 +24,9 @@ class ModelOutput(NamedTuple):
     logits: Any  # (B, num_classes), float32
     stem: Any = None  # the output of the stem, before the first stage
     preact_features: list | None = None  # the stage outputs before their final ReLU (see each family's docstring)
+    pooled_map: Any = None  # (B, H, W, C), NHWC: the map global-average-pooled into `pooled`
+    classifier_kernel: Any = None  # (C, num_classes): the classifier's weight, PyTorch's `fc.weight.T`
+    classifier_bias: Any = None  # (num_classes,)
 
 
 class FeatureModel(nn.Module):
@@ -35,9 +41,20 @@ class FeatureModel(nn.Module):
         raise NotImplementedError
 
 
+def classifier_output(classifier: nn.Dense, classifier_input, pooled_map, pooled, stem, features, preacts
+                      ) -> ModelOutput:
+    """The ModelOutput of a pass whose last map `pooled_map`, pooled into `pooled`, the Dense `classifier` reads
+    (as `classifier_input`: `pooled`, or `pooled` after dropout); the classifier's parameters are read from it
+    after the call, inside the apply, so that they carry gradients."""
+    logits = classifier(classifier_input)
+    params = classifier.variables["params"]
+    return ModelOutput(features, pooled, logits.astype(jnp.float32), stem, preacts, pooled_map, params["kernel"],
+                       params["bias"])
+
+
 def classify(module: nn.Module, x, stem, features, preacts, name: str, **linear_kwargs) -> ModelOutput:
     """The common tail: global average pooling, the linear classifier `name` of `module` (its `num_classes` and
     `dtype`), and the ModelOutput of the pass."""
     pooled = global_average_pool(x)
-    logits = linear(pooled, module.num_classes, name, dtype=module.dtype, **linear_kwargs)
-    return ModelOutput(features, pooled, logits.astype(jnp.float32), stem, preacts)
+    classifier = linear_layer(pooled.shape[-1], module.num_classes, name, dtype=module.dtype, **linear_kwargs)
+    return classifier_output(classifier, pooled, x, pooled, stem, features, preacts)

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxkd.models.batchnorm import BatchNorm
-from jaxkd.models.output import ModelOutput
+from jaxkd.models.output import ModelOutput, classifier_output
 
 STAGE_CHANNELS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
@@ -89,6 +89,6 @@ class ResNet(nn.Module):
         preacts.append(x)
         x = nn.relu(x)
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        logits = nn.Dense(self.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
-                          dtype=self.dtype, name="linear")(pooled)
-        return ModelOutput(features, pooled, logits.astype(jnp.float32), stem, preacts)
+        classifier = nn.Dense(self.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
+                              dtype=self.dtype, name="linear")
+        return classifier_output(classifier, pooled, x, pooled, stem, features, preacts)

@@ -44,11 +44,18 @@ def conv(x, features: int, kernel: int, name: str, *, stride: int = 1, padding: 
                    bias_init=bias_init or nn.initializers.zeros, dtype=dtype, name=name)(x)
 
 
+def linear_layer(in_features: int, features: int, name: str, *, kernel_init=torch_default_kernel, bias_init=None,
+                 dtype: Any = jnp.float32) -> nn.Dense:
+    """The module `torch.nn.Linear(in_features, features)` (kernel = weight.T); `bias_init` defaults to
+    PyTorch's."""
+    bias_init = bias_init or torch_uniform(in_features)
+    return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype, name=name)
+
+
 def linear(x, features: int, name: str, *, kernel_init=torch_default_kernel, bias_init=None,
            dtype: Any = jnp.float32):
-    """`torch.nn.Linear(in, features)` (kernel = weight.T); `bias_init` defaults to PyTorch's."""
-    bias_init = bias_init or torch_uniform(x.shape[-1])
-    return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype, name=name)(x)
+    """`torch.nn.Linear(in, features)` applied to `x` (kernel = weight.T); `bias_init` defaults to PyTorch's."""
+    return linear_layer(x.shape[-1], features, name, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype)(x)
 
 
 def batch_norm(x, name: str, train: bool):

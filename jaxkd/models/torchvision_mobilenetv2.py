@@ -24,8 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxkd.models.output import FeatureModel, ModelOutput
-from jaxkd.models.torch_layers import batch_norm, conv, global_average_pool, kaiming_fan_out, linear
+from jaxkd.models.output import FeatureModel, ModelOutput, classifier_output
+from jaxkd.models.torch_layers import batch_norm, conv, global_average_pool, kaiming_fan_out, linear_layer
 
 # (expansion t, channels c, blocks n, first stride s) per group, before the width multiplier.
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
@@ -95,6 +95,7 @@ class TorchvisionMobileNetV2(FeatureModel):
                           train, dtype=self.dtype)
         pooled = global_average_pool(x)
         dropped = nn.Dropout(self.dropout_rate, deterministic=not (train and self.has_rng("dropout")))(pooled)
-        logits = linear(dropped, self.num_classes, "classifier.1", kernel_init=jax.nn.initializers.normal(0.01),
-                        bias_init=nn.initializers.zeros, dtype=self.dtype)
-        return ModelOutput(features, pooled, logits.astype(jnp.float32), stem, list(features))
+        classifier = linear_layer(pooled.shape[-1], self.num_classes, "classifier.1",
+                                  kernel_init=jax.nn.initializers.normal(0.01), bias_init=nn.initializers.zeros,
+                                  dtype=self.dtype)
+        return classifier_output(classifier, dropped, x, pooled, stem, features, list(features))

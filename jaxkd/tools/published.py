@@ -63,6 +63,11 @@ SOURCES = {
         "CTKD README", "github.com/zhengli97/CTKD README.md, 'Main Results', 'On CIFAR-100' (its +CTKD row)", "best",
         "its train_student.py keeps best_acc over the epochs and writes it to test_best_metrics.json, saving the best "
         "epoch's model", None),
+    "SDD README": Source(
+        "SDD README", "github.com/shicaiwei123/SDD-CVPR2024 README.md, 'Main result', 'On CIFAR100' (its image "
+        "cifar100.png, rows SD-KD and SD-DKD)", "best",
+        "its train_origin.py trains with mdistiller's BaseTrainer (mdistiller/engine/trainer.py), which keeps and "
+        "ends with best_acc", None),
 }
 
 
@@ -185,6 +190,14 @@ CTKD_KD = [71.19, 73.52, 70.99, 75.45, 73.93, 73.52]
 # ReviewKD: neither dvlab-research/ReviewKD's READMEs (README.md, CIFAR-100/README.md) nor mdistiller's has a
 # CIFAR-100 table; its numbers are its paper's (docs/methods.md), not listed here.
 
+# SDD README, 'On CIFAR100' (cifar100.png), header order; "SD-KD" is SDD with the KD base (the report's `sdd`),
+# "SD-DKD" with the DKD base (`sdd+dkd`), the bracketed gains over its KD and DKD rows left out; its KD, DKD and NKD
+# rows are the baselines it compares with (RepDistiller's and mdistiller's numbers where those have the pair).
+SDD_PAIRS = [("rd_resnet32x4", "ShuffleV1"), ("wideresnet40_2", "ShuffleV1"), ("ResNet50", "MobileNetV2"),
+             ("vgg13", "MobileNetV2"), ("rd_resnet32x4", "ShuffleV2"), ("ResNet50", "vgg8")]
+SDD_TABLE = {"sdd": [76.30, 76.65, 69.55, 68.79, 76.67, 74.89], "sdd+dkd": [77.30, 77.21, 71.36, 70.25, 78.05, 75.86]}
+# CAT-KD: GzyAftermath/CAT-KD's README has no results table; its numbers are its paper's, not listed here.
+
 # pytorch-kd README (the seed): 'Baseline Models' (the seed's pre-activation resnets) and 'Results on CIFAR100C'.
 SEED_BASELINES = {"wideresnet40_2": 76.44, "wideresnet40_1": 71.91, "wideresnet28_4": 79.03,
                   "wideresnet16_4": 77.35, "wideresnet16_2": 74.03, "wideresnet16_1": 67.85, "resnet56": 72.55,
@@ -237,6 +250,11 @@ def _ctkd() -> list[Published]:
             for (teacher, student), top1 in zip(CTKD_PAIRS, CTKD_KD, strict=True)]
 
 
+def _sdd() -> list[Published]:
+    return [Published(teacher, student, method, False, top1, "SDD README")
+            for method, values in SDD_TABLE.items() for (teacher, student), top1 in zip(SDD_PAIRS, values, strict=True)]
+
+
 def _logit_standardization(listed: list[Published]) -> list[Published]:
     """Its tables' cells, less the KD and DKD cells that repeat a number `listed` already has for the group."""
     known = {(p.teacher, p.student, p.method, p.top1) for p in listed}
@@ -250,7 +268,7 @@ def _logit_standardization(listed: list[Published]) -> list[Published]:
 
 
 def _all() -> list[Published]:
-    listed = [*_repdistiller(), *_seed(), *_mdistiller(), *_dist(), *_wttm(), *_ctkd()]
+    listed = [*_repdistiller(), *_seed(), *_mdistiller(), *_dist(), *_wttm(), *_ctkd(), *_sdd()]
     return listed + _logit_standardization(listed)
 
 

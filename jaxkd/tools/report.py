@@ -105,12 +105,15 @@ def method_label(config: dict) -> str:
     """The method as the report names it: `config.method`, `+kd` added when a method other than KD also has the KD
     term (`loss.alpha` > 0: RepDistiller's CRD+KD column), `+ls` with logit standardization (the KD term's
     `loss.logit_standardization` or the method's own, DKD's: configs/mdistiller.py's kd_ls and dkd_ls); CTKD as
-    `BASE+ctkd` (`kd+ctkd`, `dkd+ctkd`)."""
+    `BASE+ctkd` (`kd+ctkd`, `dkd+ctkd`); the base loss of a method on top of another where not KD (SDD's
+    `sdd.base`: `sdd+dkd`, the SDD README's SD-DKD)."""
     method = str(config.get("method", "none"))
     loss = config.get("loss") or {}
     if method == "ctkd":  # CTKD names its base: KD+CTKD, DKD+CTKD (its README's rows)
         method = f"{(config.get('ctkd') or {}).get('base', 'kd')}+ctkd"
     label = f"{method}+kd" if method not in ("none", "kd") and (loss.get("alpha") or 0) > 0 else method
+    base = (config.get(method) or {}).get("base")
+    label = f"{label}+{base}" if base and base != "kd" else label
     standardized = loss.get("logit_standardization") or (config.get(method) or {}).get("logit_standardization")
     return f"{label}+ls" if standardized else label
 

@@ -53,7 +53,7 @@ def with_init_epochs(run, epochs: int = 1):
 
 # method -> the config of its learning run; methods whose end-to-end runs live elsewhere name their test file
 LEARNING_RUNS = {method: repdistiller_run(method) for method in ("kd", "fitnet", "at")}
-LEARNING_RUNS.update({method: mdistiller_run(method) for method in ("dkd", "dist", "reviewkd", "kdsvd")})
+LEARNING_RUNS.update({method: mdistiller_run(method) for method in ("dkd", "dist", "reviewkd", "kdsvd", "ofd")})
 LEARNING_RUNS.update({method: repdistiller_run(method) for method in ("sp", "cc", "vid", "rkd", "pkt", "nst")})
 # the methods with RepDistiller's init stage, one init epoch (AB's and FSP's term is 0 after it: their init rows
 # are checked instead)
@@ -101,10 +101,10 @@ def test_method_learns_on_digits(method, digits_teacher, tmp_path):
     assert all(math.isfinite(record["loss"]) and math.isfinite(record["term"]) for record in train)
     if config.loss.beta and method not in ("ab", "fsp"):  # a method with a term: it is computed, not zero
         assert all(record["term"] != 0 for record in train)
-    # per-stage metrics (AT, NST, VID; KDSVD's stage pairs), summed on the device between two logs, add up to the
-    # logged term
+    # per-stage metrics (AT, NST, VID; KDSVD's stage pairs; OFD's weighted stages), summed on the device between two
+    # logs, add up to the logged term
     stages = [name for name in train[0] if name.startswith(f"{method}_stage")]
-    assert bool(stages) == (method in ("at", "nst", "vid", "kdsvd"))
+    assert bool(stages) == (method in ("at", "nst", "vid", "kdsvd", "ofd"))
     if stages:
         for record in train:
             assert sum(record[name] for name in stages) == pytest.approx(record["term"], rel=1e-5), record

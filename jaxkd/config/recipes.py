@@ -36,7 +36,7 @@ REPDISTILLER_WEIGHTS = {
 }
 
 # ------------------------------------------------------------------------------------------- mdistiller
-MDISTILLER_METHODS = ("dkd", "dist", "reviewkd", "kdsvd", "kd_ls", "dkd_ls")
+MDISTILLER_METHODS = ("dkd", "dist", "reviewkd", "kdsvd", "ofd", "kd_ls", "dkd_ls")
 # mdistiller configs/cifar100/dkd/*.yaml: DKD.BETA where it differs from CFG.DKD's 8 (jaxkd names)
 DKD_BETA = {
     ("rd_resnet56", "rd_resnet20"): 2.0,
@@ -147,6 +147,9 @@ def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
         config.dist = config_section("dist")
     elif method == "kdsvd":
         config.kdsvd = config_section("kdsvd")
+    elif method == "ofd":
+        config.loss.beta = 0.001  # CFG.OFD.LOSS.FEAT_WEIGHT (CE_WEIGHT 1)
+        config.ofd = config_section("ofd")
     else:
         config.loss.beta = REVIEWKD_WEIGHT.get(pair, 5.0)
         config.reviewkd = config_section("reviewkd")

@@ -18,6 +18,7 @@ from jaxkd.methods.ft import FT
 from jaxkd.methods.kd import KD
 from jaxkd.methods.kdsvd import KDSVD
 from jaxkd.methods.nst import NST
+from jaxkd.methods.ofd import OFD
 from jaxkd.methods.pkt import PKT
 from jaxkd.methods.reviewkd import ReviewKD
 from jaxkd.methods.rkd import RKD
@@ -45,6 +46,7 @@ METHODS: dict[str, type[Method]] = {
     "dkd": DKD,  # Zhao et al. 2022, decoupled KD (mdistiller)
     "dist": DIST,  # Huang et al. 2022, KD from a stronger teacher (Pearson relations)
     "reviewkd": ReviewKD,  # Chen et al. 2021, knowledge review (ABF + HCL, mdistiller)
+    "ofd": OFD,  # Heo et al. 2019, overhaul of feature distillation (margins from the teacher's BNs, mdistiller)
 }
 
 

@@ -54,6 +54,11 @@ SOURCES = {
         "and Logs', tables 1 (identical structures) and 2 (distinct)", "best",
         "its mdistiller/engine/trainer.py ends a run with best_acc, as its logs/ do; the README's numbers are averages "
         "('Due to average operation and randomness') of runs it does not count", None),
+    "overhaul-distillation README": Source(
+        "overhaul-distillation README", "github.com/clovaai/overhaul-distillation README.md, 'CIFAR-100', "
+        "'Experimental results' (error rates; top-1 = 100 - error)", "last",
+        "CIFAR-100/train_with_distillation.py prints each epoch's test accuracy and keeps no best", None,
+        epochs=200, batch_size=128),
 }
 
 
@@ -159,6 +164,13 @@ LS_TABLE_DISTINCT = {
 }
 LS_QUOTED_ROWS = ("kd", "dkd")
 
+# OFD: the official clovaai/overhaul-distillation README, 'Experimental results' on CIFAR-100, as error rates (its
+# "Proposed" column), with its own recipe (train_with_distillation.py: 200 epochs, batch 128, lr 0.1, Nesterov);
+# its setups (a) WRN 28-4 -> WRN 16-4 and (c) WRN 28-4 -> WRN 16-2 are jaxkd's WRNs; (b)'s WRN 28-2, (d)'s ResNet 56
+# (its own models/ResNet.py) and the PyramidNets are not jaxkd architectures. mdistiller's README has no OFD row.
+OVERHAUL_PAIRS = [("wideresnet28_4", "wideresnet16_4"), ("wideresnet28_4", "wideresnet16_2")]
+OVERHAUL_ERRORS = [20.89, 24.08]
+
 # ReviewKD: neither dvlab-research/ReviewKD's READMEs (README.md, CIFAR-100/README.md) nor mdistiller's has a
 # CIFAR-100 table; its numbers are its paper's (docs/methods.md), not listed here.
 
@@ -203,6 +215,11 @@ def _dist() -> list[Published]:
             for (teacher, student), (top1, std) in zip(DIST_PAIRS, DIST, strict=True)]
 
 
+def _overhaul() -> list[Published]:
+    return [Published(teacher, student, "ofd", False, round(100.0 - error, 2), "overhaul-distillation README")
+            for (teacher, student), error in zip(OVERHAUL_PAIRS, OVERHAUL_ERRORS, strict=True)]
+
+
 def _logit_standardization(listed: list[Published]) -> list[Published]:
     """Its tables' cells, less the KD and DKD cells that repeat a number `listed` already has for the group."""
     known = {(p.teacher, p.student, p.method, p.top1) for p in listed}
@@ -216,7 +233,7 @@ def _logit_standardization(listed: list[Published]) -> list[Published]:
 
 
 def _all() -> list[Published]:
-    listed = [*_repdistiller(), *_seed(), *_mdistiller(), *_dist()]
+    listed = [*_repdistiller(), *_seed(), *_mdistiller(), *_dist(), *_overhaul()]
     return listed + _logit_standardization(listed)
 
 

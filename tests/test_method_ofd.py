@@ -55,17 +55,6 @@ def random_output(rng, stages) -> ModelOutput:
     return ModelOutput([np.maximum(p, 0) for p in preacts], None, None, None, preacts)
 
 
-def connector_variables(reference: OFDReference) -> dict:
-    """The reference's connectors in jaxkd's layout (conv OIHW -> HWIO)."""
-    as_np = lambda t: t.detach().numpy().copy()  # noqa: E731
-    params, stats = {}, {}
-    for i, (conv, bn) in enumerate(reference.connectors):
-        params[f"connector{i}_conv"] = {"kernel": as_np(conv.weight).transpose(2, 3, 1, 0)}
-        params[f"connector{i}_bn"] = {"scale": as_np(bn.weight), "bias": as_np(bn.bias)}
-        stats[f"connector{i}_bn"] = {"mean": as_np(bn.running_mean), "var": as_np(bn.running_var)}
-    return {"params": params, "batch_stats": stats}
-
-
 def test_margin_matches_get_margin_from_bn(rng):
     """Both branches (cdf(-m / s) above and below 0.001), negative weights (|s|), at float32."""
     weight = rng.normal(0.0, 1.0, 200).astype(np.float32)
@@ -96,7 +85,7 @@ def test_term_and_gradients_match_mdistiller(pair, rng):
     assert method.teacher_train_mode
     init = method.init(jax.random.PRNGKey(0), Probe(student, teacher, None, None, 10, StubTeacher(len(bns)),
                                                     teacher_variables))
-    variables = connector_variables(reference)
+    variables = reference.jax_variables()
     assert jax.tree.map(np.shape, init.variables) == jax.tree.map(np.shape, variables)
     count = min(len(s_stages), len(t_stages))
     assert len(init.state["margins"]) == count

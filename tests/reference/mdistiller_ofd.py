@@ -77,6 +77,18 @@ class OFDReference(nn.Module):
         return total, stages
 
 
+    def jax_variables(self) -> dict:
+        """The connectors in jaxkd's OFD variable layout (`connector{i}_conv`, `connector{i}_bn`; conv weights
+        OIHW -> HWIO), to start both sides from the same weights."""
+        as_np = lambda t: t.detach().numpy().copy()  # noqa: E731
+        params, stats = {}, {}
+        for i, (conv, bn) in enumerate(self.connectors):
+            params[f"connector{i}_conv"] = {"kernel": as_np(conv.weight).transpose(2, 3, 1, 0)}
+            params[f"connector{i}_bn"] = {"scale": as_np(bn.weight), "bias": as_np(bn.bias)}
+            stats[f"connector{i}_bn"] = {"mean": as_np(bn.running_mean), "var": as_np(bn.running_var)}
+        return {"params": params, "batch_stats": stats}
+
+
 def bn_before_relu(model: nn.Module, family: str) -> list:
     """mdistiller's `get_bn_before_relu` of each family on the project's PyTorch models."""
     if family == "wrn":  # wrn.py: block2.layer[0].bn1, block3.layer[0].bn1, bn1

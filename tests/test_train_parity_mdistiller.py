@@ -1,15 +1,13 @@
-"""Train-step parity of DKD (with logit standardization, and the engine's KD term standardized too), ReviewKD and
-OFD: jaxkd's `make_update` against a PyTorch loop written from mdistiller's trainer
-(tests/reference/mdistiller_training.py) with the reference losses (tests/reference/mdistiller_losses.py,
-tests/reference/mdistiller_ofd.py; OFD's teacher in train mode, as its `OFD.train` leaves it).
+"""Train-step parity of DKD (with logit standardization, and the engine's KD term standardized too) and ReviewKD:
+jaxkd's `make_update` against a PyTorch loop written from mdistiller's trainer (tests/reference/mdistiller_training.py)
+with the reference losses (tests/reference/mdistiller_losses.py).
 
 From the same weights (a randomized PyTorch rd_resnet8 student converted with `convert.torch_to_flax`, a randomized
-rd_resnet8 teacher, ReviewKD's ABFs and OFD's connectors as the reference initializes them, OFD's margins from the
-teacher's BNs on each side) and the same un-augmented batches (random
+rd_resnet8 teacher, ReviewKD's ABFs as the reference initializes them) and the same un-augmented batches (random
 normalized 32x32 images, batch 8, random labels), 3 SGD steps of one step per epoch (epochs 1, 2, 3: a 2-epoch
 warm-up gives factors 0.5, 1, 1; lr 0.05, x0.1 from epoch 3), float32, must give on both sides the same losses at
 every step (|jax - torch| <= 1e-4 * |torch|, tests/test_train_parity.py's margin) and the same student weights, BN
-running statistics and ABF or connector weights after the 3 steps (per tensor, max|jax - torch| <= 1e-4 * max|torch|), every
+running statistics and ABF weights after the 3 steps (per tensor, max|jax - torch| <= 1e-4 * max|torch|), every
 weight tensor having moved by more than that. At this size no ReLU input fell within rounding of zero (the
 tie-exact machinery of tests/test_train_parity.py is not needed; a tie would fail here, loudly).
 """
@@ -32,13 +30,11 @@ from jaxkd.engine.setup import Setup, Teacher
 from jaxkd.engine.step import make_update
 from jaxkd.engine.train_state import TrainState
 from jaxkd.methods import Batch, get_method
-from jaxkd.methods.ofd import teacher_margins
 from jaxkd.models import get_model
 from jaxkd.pytorch.torch_models import get_torch_model
 from tests.conftest import nchw, randomize_batchnorm_and_bias
 from tests.reference import mdistiller_training
 from tests.reference.mdistiller_losses import ReviewKDStudentSide, dkd_loss, dkd_warmup, kd_loss
-from tests.reference.mdistiller_ofd import OFDReference, bn_before_relu
 
 ARCH, NUM_CLASSES = "rd_resnet8", 10
 BATCH, STEPS, STEPS_PER_EPOCH, WARMUP = 8, 3, 1, 2
@@ -50,8 +46,7 @@ def _config(method: str):
     """configs/mdistiller.py's recipe for the pair, shortened: the warm-up and the lr decay within 3 epochs."""
     config = mdistiller.get_config(f"resnet8,resnet8,{method}")
     config.batch_size, config.optimizer.lr, config.optimizer.lr_decay_epochs = BATCH, LR, DECAY_EPOCHS
-    if "warmup" in config[config.method]:
-        config[config.method].warmup = WARMUP
+    config[config.method].warmup = WARMUP
     if method == "dkd_ls":  # and the engine's KD term, standardized too (KD + LS's T 2)
         config.loss.alpha, config.loss.kd_temperature, config.loss.logit_standardization = 0.5, 2.0, True
     return config
@@ -68,8 +63,6 @@ def _reference_losses(config, abfs):
             terms["kd"] = loss.alpha * kd_loss(student.logits, teacher.logits, loss.kd_temperature, True)
             terms["term"] = dkd_warmup(epoch, s.warmup) * dkd_loss(
                 student.logits, teacher.logits, labels, s.alpha, s.beta, s.temperature, loss.logit_standardization)[0]
-        elif config.method == "ofd":  # OFD.forward_train: ofd_loss(preact_feats[1:]), the stem not among them here
-            terms["term"] = loss.beta * abfs.ofd_loss(student.preact_features, teacher.preact_features)[0]
         else:
             hcl = abfs(student.features, student.pooled, teacher.preact_features, teacher.pooled)[1]
             terms["term"] = loss.beta * dkd_warmup(epoch, config.reviewkd.warmup) * hcl
@@ -88,10 +81,8 @@ def _run_jax(config, student_init, teacher_variables, method_variables, images, 
     params = {"student": student_init["params"], "method": method_variables.get("params", {})}
     batch_stats = {"student": student_init["batch_stats"], "method": method_variables.get("batch_stats", {})}
     params, batch_stats = jax.tree_util.tree_map(jnp.asarray, (params, batch_stats))
-    method_state = ({"margins": teacher_margins(teacher.model, teacher_variables)} if config.method == "ofd"
-                    else layout.method_state)  # OFD's margins from the teacher's variables, as its init takes them
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                       opt_state=setup.optimizer.init(params), method_state=method_state,
+                       opt_state=setup.optimizer.init(params), method_state=layout.method_state,
                        rng=jax.random.PRNGKey(config.seed))
     assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(layout)
     assert [a.shape for a in jax.tree_util.tree_leaves(state)] == [a.shape for a in jax.tree_util.tree_leaves(layout)]
@@ -119,9 +110,9 @@ def _relative(actual, reference) -> float:
     return float(np.max(np.abs(np.subtract(actual, reference, dtype=np.float64))) / np.max(np.abs(reference)))
 
 
-@pytest.mark.parametrize("method", ["dkd_ls", "reviewkd", "ofd"])
+@pytest.mark.parametrize("method", ["dkd_ls", "reviewkd"])
 def test_three_sgd_steps_match_mdistillers_loop(method):
-    seed = {"dkd_ls": 11, "reviewkd": 12, "ofd": 13}[method]
+    seed = {"dkd_ls": 11, "reviewkd": 12}[method]
     config = _config(method)
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((STEPS, BATCH, 32, 32, 3), dtype=np.float32)
@@ -138,12 +129,6 @@ def test_three_sgd_steps_match_mdistillers_loop(method):
                                    [f.shape[1] for f in t_out.preact_features] + [t_out.pooled.shape[1]],
                                    [1] + [f.shape[2] for f in out.features][::-1],
                                    [1] + [f.shape[2] for f in t_out.preact_features][::-1])
-    if config.method == "ofd":  # the connectors as OFD.init_ofd_modules builds them, its margins from the teacher
-        torch.manual_seed(seed)
-        out = student.forward_all(torch.zeros(1, 3, 32, 32))
-        t_out = teacher.forward_all(torch.zeros(1, 3, 32, 32))
-        abfs = OFDReference([f.shape[1] for f in out.preact_features], [f.shape[1] for f in t_out.preact_features],
-                            bn_before_relu(teacher, "resnet"))
     method_variables = abfs.jax_variables() if abfs is not None else {}
     initial_abfs = {k: v.detach().clone() for k, v in abfs.state_dict().items()} if abfs is not None else {}
 
@@ -152,7 +137,7 @@ def test_three_sgd_steps_match_mdistillers_loop(method):
     torch_history = mdistiller_training.train(
         student, teacher, abfs, _reference_losses(config, abfs),
         [(nchw(images[s]), torch.from_numpy(labels[s]).long()) for s in range(STEPS)], STEPS_PER_EPOCH, LR,
-        DECAY_EPOCHS, teacher_train=config.method == "ofd")
+        DECAY_EPOCHS)
 
     weights = {"loss": 1.0, "ce": config.loss.gamma, "kd": config.loss.alpha, "term": config.loss.beta}
     for step, (ours, ref) in enumerate(zip(jax_history, torch_history)):
@@ -181,9 +166,7 @@ def test_three_sgd_steps_match_mdistillers_loop(method):
         for (path, ref), (_, ours) in zip(jax.tree_util.tree_leaves_with_path(reference_abfs),
                                           jax.tree_util.tree_leaves_with_path(ours_abfs)):
             if path[-1].key == "mean":  # to the features' scale: abf0's BN after a BN over 1x1 maps has mean ~0
-                stats = reference_abfs
-                for key in path[:-1]:
-                    stats = stats[key.key]
+                stats = reference_abfs["batch_stats"][path[1].key][path[2].key]
                 rel = float(np.max(np.abs(ours - ref)) / np.sqrt(np.max(stats["var"])))
             else:
                 rel = _relative(ours, ref)

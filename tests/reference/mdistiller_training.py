@@ -6,8 +6,7 @@ megvii-research/mdistiller `mdistiller/engine/trainer.py` (`BaseTrainer.train`, 
 - Optimizer (`BaseTrainer.init_optimizer`): `SGD(distiller.module.get_learnable_parameters(), lr,
   momentum=0.9, weight_decay=5e-4)`: the student's parameters and the method's modules (ReviewKD's ABFs).
 - Each 1-based epoch starts with `adjust_learning_rate(epoch)`: lr * 0.1^#{stages < epoch}; the distiller is
-  put in train mode, which puts the teacher back in eval mode (`Distiller.train`), except OFD's, whose
-  `OFD.train` override leaves the teacher in train mode too (`teacher_train=True`).
+  put in train mode, which puts the teacher back in eval mode.
 - Each step: `preds, losses_dict = distiller(image, target, epoch=epoch)`, the loss is the sum of the dict's
   values, then zero_grad, backward, step.
 """
@@ -17,7 +16,7 @@ import torch
 
 def train(student: torch.nn.Module, teacher: torch.nn.Module, modules: torch.nn.Module | None, losses, batches,
           steps_per_epoch: int, lr: float, decay_stages, decay_rate: float = 0.1, momentum: float = 0.9,
-          weight_decay: float = 5e-4, teacher_train: bool = False) -> list[dict]:
+          weight_decay: float = 5e-4) -> list[dict]:
     """Trains `student` (and `modules`) in place. `losses(student_out, teacher_out, labels, epoch)` -> dict of
     the distiller's weighted loss terms, from jaxkd.pytorch.torch_zoo's `forward_all` outputs (TorchOutput). Returns
     each step's terms (floats) and lr."""
@@ -33,7 +32,7 @@ def train(student: torch.nn.Module, teacher: torch.nn.Module, modules: torch.nn.
             student.train()
             if modules is not None:
                 modules.train()
-            teacher.train(teacher_train)
+            teacher.eval()
         student_out = student.forward_all(images)
         with torch.no_grad():
             teacher_out = teacher.forward_all(images)

@@ -16,8 +16,15 @@ from ml_collections import ConfigDict
 
 import convert
 from jaxkd.config import recipes
+from jaxkd.data import Split
+from jaxkd.engine import step
+from jaxkd.engine.initial_state import train_state_layout
+from jaxkd.engine.mesh import data_mesh
+from jaxkd.engine.optimizer import make_optimizer
+from jaxkd.engine.setup import Setup, Teacher
+from jaxkd.engine.step import make_update
 from jaxkd.errors import UserError
-from jaxkd.methods import Probe, get_method
+from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.ofd import OFD, margin_from_bn, teacher_margins
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.pytorch.torch_models import get_torch_model
@@ -206,3 +213,36 @@ def test_published_numbers_are_the_official_readmes():
     assert [p.top1 for p in published_for("wideresnet28_4", "wideresnet16_2", "ofd", False)] == [75.92]
     source = SOURCES["overhaul-distillation README"]
     assert (source.epochs, source.batch_size, source.scoring) == (200, 128, "last")
+
+
+def test_the_engine_runs_ofds_teacher_in_train_mode(monkeypatch):
+    """The engine's train step, traced for OFD on rd_resnet8 -> rd_resnet8 (nothing compiled): the initial state
+    takes the margins from the teacher the engine holds (its Probe carries the teacher's model and variables: OFD's
+    init refuses a Probe without them), and the update runs that teacher in train mode (BN on batch statistics),
+    as mdistiller's `OFD.train` leaves it; `ofd.teacher_train_mode=False` is eval mode."""
+    teacher_modes = []
+    real_apply_module = step.apply_module
+
+    def spying_apply_module(module, variables, *args, train, **kwargs):
+        if module is teacher.model:
+            teacher_modes.append(train)
+        return real_apply_module(module, variables, *args, train=train, **kwargs)
+
+    monkeypatch.setattr(step, "apply_module", spying_apply_module)
+    config = recipes.mdistiller("resnet8", "resnet8", "ofd")
+    config.batch_size = 4
+    model = get_model("rd_resnet8", 10)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    teacher = Teacher(model, variables, "rd_resnet8")
+    train = Split(jnp.zeros((4, 32, 32, 3), jnp.uint8), np.arange(4, dtype=np.int32), np.arange(4, dtype=np.int32),
+                  10)
+    setup = Setup(student=get_model("rd_resnet8", 10), method=get_method("ofd", config), teacher=teacher,
+                  optimizer=make_optimizer(config, 1), train=train, test=None, steps_per_epoch=1, mesh=data_mesh(),
+                  config=config)
+    state = train_state_layout(setup)
+    assert [m.shape for m in state.method_state["margins"]] == [(16,), (32,), (64,)]
+    batch = Batch(jnp.zeros((4, 32, 32, 3)), jnp.arange(4), jnp.arange(4), jax.random.PRNGKey(0))
+    jax.eval_shape(make_update(setup), state, batch, variables)
+    assert teacher_modes == [True]
+    config.ofd.teacher_train_mode = False
+    assert not get_method("ofd", config).teacher_train_mode

@@ -1,5 +1,5 @@
-"""mdistiller's CIFAR-100 recipe for DKD, DIST, ReviewKD, KDSVD, logit standardization, NKD, WTTM, SDD and
-CAT-KD:
+"""mdistiller's CIFAR-100 recipe for DKD, DIST, ReviewKD, KDSVD, OFD, logit standardization, NKD, WTTM, SDD
+and CAT-KD:
 `--config configs/mdistiller.py:T,S,M`.
 
     python -m jaxkd.train --config configs/mdistiller.py:resnet32x4,resnet8x4,dkd --workdir workdirs/dkd_r32x4_r8x4
@@ -16,6 +16,9 @@ T and S are model names in mdistiller's (= RepDistiller's) spelling, or any jaxk
   the weight of dvlab-research/ReviewKD `CIFAR-100/script/reviewKD.sh` (`REVIEWKD_WEIGHT`);
 - `kdsvd`: mdistiller's `configs/cifar100/kdsvd.yaml` and CFG.KDSVD: CE weight 1, FEAT_WEIGHT 1, K 1 (RepDistiller's
   `train_student.py` wires KDSVD but its `run_cifar_distill.sh` gives it no weight);
+- `ofd`: mdistiller's `configs/cifar100/ofd.yaml` and CFG.OFD: CE weight 1, FEAT_WEIGHT 0.001, 1x1 connectors
+  (CONNECTOR.KERNEL_SIZE 1), the teacher in train mode as its `OFD.train` leaves it; the teacher's family must
+  name its BNs before the stage ReLUs (not the ShuffleNets, as in mdistiller);
 - `kd_ls`, `dkd_ls`: sunshangquan/logit-standardization-KD `tools/train.py --logit-stand --base-temp T
   --kd-weight W` on its mdistiller configs: KD with CE 0.1, KD weight W, temperature T; DKD with alpha W and beta
   W times DKD's beta, temperature T. T and W (and DKD's beta, where given) are those of the log its README links for

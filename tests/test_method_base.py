@@ -147,7 +147,8 @@ def test_method_variables_keep_the_structure_runs_have_checkpointed():
                 outputs.append(apply_module(model, variables, images, train=arch == "resnet8" and key == 1,
                                             method=model.forward)[0])
             batch = Batch(images, jnp.arange(4) % 10, jnp.arange(4), jax.random.PRNGKey(3))
-            method_init = method.init(jax.random.PRNGKey(4), Probe(*outputs, batch, np.arange(200) % 10, 10))
+            method_init = method.init(jax.random.PRNGKey(4), Probe(*outputs, batch, np.arange(200) % 10, 10,
+                                                                   model, variables))  # the teacher's
             return dict(method_init.variables), method_init.state
 
         variables, state = jax.eval_shape(init, images)

@@ -62,7 +62,8 @@ def with_seed(run, seed: int):
 
 # method -> the config of its learning run; methods whose end-to-end runs live elsewhere name their test file
 LEARNING_RUNS = {method: repdistiller_run(method) for method in ("kd", "fitnet", "at")}
-LEARNING_RUNS.update({method: mdistiller_run(method) for method in ("dkd", "dist", "reviewkd", "kdsvd", "wttm")})
+LEARNING_RUNS.update({method: mdistiller_run(method) for method in ("dkd", "dist", "reviewkd", "kdsvd", "wttm",
+                                                                    "ofd")})
 # NKD has no warm-up and its non-target part (gamma T^2 = 31.5 times a cross-entropy) pulls hard from the first step:
 # at seed 0 this run's test top-1 is 17.6 (below the 2x-chance bar; DKD's, warmed up, 23.4), at seeds 1 and 2 37.9
 # and 34.1
@@ -116,10 +117,10 @@ def test_method_learns_on_digits(method, digits_teacher, tmp_path):
     assert all(math.isfinite(record["loss"]) and math.isfinite(record["term"]) for record in train)
     if config.loss.beta and method not in ("ab", "fsp"):  # a method with a term: it is computed, not zero
         assert all(record["term"] != 0 for record in train)
-    # per-stage metrics (AT, NST, VID; KDSVD's stage pairs), summed on the device between two logs, add up to the
-    # logged term
+    # per-stage metrics (AT, NST, VID; KDSVD's stage pairs; OFD's weighted stages), summed on the device between two
+    # logs, add up to the logged term
     stages = [name for name in train[0] if name.startswith(f"{method}_stage")]
-    assert bool(stages) == (method in ("at", "nst", "vid", "kdsvd"))
+    assert bool(stages) == (method in ("at", "nst", "vid", "kdsvd", "ofd"))
     if stages:
         for record in train:
             assert sum(record[name] for name in stages) == pytest.approx(record["term"], rel=1e-5), record

@@ -163,6 +163,9 @@ def test_mdistiller_entries_are_the_published_settings(teacher, student):
     kdsvd = entries["kdsvd"]  # engine/cfg.py:94 K 1, :96 CE 1, :97 FEAT_WEIGHT 1
     assert (kdsvd.method, kdsvd.loss.gamma, kdsvd.loss.alpha, kdsvd.loss.beta, kdsvd.kdsvd.k) == \
         ("kdsvd", 1.0, 0.0, 1.0, 1)
+    ofd = entries["ofd"]  # engine/cfg.py:102 CE 1, :103 FEAT_WEIGHT 0.001, :105 CONNECTOR.KERNEL_SIZE 1
+    assert (ofd.method, ofd.loss.gamma, ofd.loss.alpha, ofd.loss.beta) == ("ofd", 1.0, 0.0, 0.001)
+    assert dict(ofd.ofd) == {"connector_kernel_size": 1, "teacher_train_mode": True}  # OFD.train: teacher too
     # logit standardization: tools/train.py --logit-stand --base-temp 2 --kd-weight 9 (README.md:57, :66) unless the
     # pair's log names others; KD's CE weight is mdistiller's 0.1 (engine/cfg.py:63)
     temperature, weight = KD_LS.get((teacher, student), (2.0, 9.0))

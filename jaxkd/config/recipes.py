@@ -36,8 +36,8 @@ REPDISTILLER_WEIGHTS = {
 }
 
 # ------------------------------------------------------------------------------------------- mdistiller
-MDISTILLER_METHODS = ("dkd", "dist", "reviewkd", "kdsvd", "kd_ls", "dkd_ls", "nkd", "wttm", "sdd_kd", "sdd_dkd",
-                      "catkd")
+MDISTILLER_METHODS = ("dkd", "dist", "reviewkd", "kdsvd", "ofd", "kd_ls", "dkd_ls", "nkd", "wttm", "sdd_kd",
+                      "sdd_dkd", "catkd")
 # the entry that stands for a jaxkd method whose entries have other names (the bench's recipe of `sdd`)
 MDISTILLER_ENTRY_OF = {"sdd": "sdd_kd"}
 # mdistiller configs/cifar100/dkd/*.yaml: DKD.BETA where it differs from CFG.DKD's 8 (jaxkd names)
@@ -191,6 +191,9 @@ def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
     elif method == "wttm":  # zkxufo/TTM train_student.py: -r 1 -a 0 -b WEIGHT --ttm_l EXPONENT
         config.loss.beta = WTTM_WEIGHT
         config.wttm = config_section("wttm", exponent=WTTM_EXPONENT)
+    elif method == "ofd":
+        config.loss.beta = 0.001  # CFG.OFD.LOSS.FEAT_WEIGHT (CE_WEIGHT 1)
+        config.ofd = config_section("ofd")
     else:
         config.loss.beta = REVIEWKD_WEIGHT.get(pair, 5.0)
         config.reviewkd = config_section("reviewkd")

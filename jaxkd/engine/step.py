@@ -3,9 +3,9 @@ one or `steps_per_dispatch` steps that gather and augment their batches on the d
 evaluation's logits.
 
 One jitted step does all per-example work on the device: it gathers the batch from the training set held on
-the device, augments it, runs the teacher (eval mode) and the student (train mode), composes the loss and
-applies SGD; the train state is donated. config.dtype is the models' compute dtype; parameters, BN statistics,
-losses and the optimizer stay float32."""
+the device, augments it, runs the teacher (eval mode; OFD's in train mode) and the student (train mode),
+composes the loss and applies SGD; the train state is donated. config.dtype is the models' compute dtype;
+parameters, BN statistics, losses and the optimizer stay float32."""
 
 import functools
 
@@ -29,16 +29,17 @@ from jaxkd.methods.kd import kd_term
 def make_update(setup: Setup):
     """update(state, batch, teacher_variables) -> (state, metrics): one SGD step on a prepared batch.
 
-    The loss is `gamma * CE + alpha * KD + beta * method term`; the teacher runs in eval mode and gets no
-    gradient. Pure and unjitted: `make_train_step` wraps it, and the parity tests call it on fixed batches."""
+    The loss is `gamma * CE + alpha * KD + beta * method term`; the teacher runs in eval mode (train mode, its
+    running statistics untouched, for a method with `teacher_train_mode`: OFD) and gets no gradient. Pure and
+    unjitted: `make_train_step` wraps it, and the parity tests call it on fixed batches."""
     student, method, teacher, config = setup.student, setup.method, setup.teacher, setup.config
     loss_weights = config.loss
 
     def update(state: TrainState, batch: Batch, teacher_variables):
         # the teacher's outputs enter the terms in float32 and without gradient
         teacher_out = (jax.lax.stop_gradient(float32_outputs(apply_module(
-            teacher.model, teacher_variables, batch.images, train=False, method=teacher.model.forward)[0]))
-                       if teacher else None)
+            teacher.model, teacher_variables, batch.images, train=method.teacher_train_mode,
+            method=teacher.model.forward)[0])) if teacher else None)
 
         def loss_fn(params):
             student_out, student_stats = apply_module(

@@ -21,6 +21,7 @@ from jaxkd.methods.kd import KD
 from jaxkd.methods.kdsvd import KDSVD
 from jaxkd.methods.nkd import NKD
 from jaxkd.methods.nst import NST
+from jaxkd.methods.ofd import OFD
 from jaxkd.methods.pkt import PKT
 from jaxkd.methods.reviewkd import ReviewKD
 from jaxkd.methods.rkd import RKD
@@ -55,6 +56,7 @@ METHODS: dict[str, type[Method]] = {
     "ctkd": CTKD,  # Li et al. 2023, curriculum temperature (KD or DKD at a learned, adversarial temperature)
     "sdd": SDD,  # Wei et al. 2024, scale decoupled distillation (KD or DKD over the classifier's region logits)
     "catkd": CATKD,  # Guo et al. 2023, class attention transfer (the classifier's class activation maps)
+    "ofd": OFD,  # Heo et al. 2019, overhaul of feature distillation (margins from the teacher's BNs, mdistiller)
 }
 
 

@@ -84,13 +84,16 @@ def epoch_warmup(epoch, warmup_epochs: float) -> jax.Array:
 
 
 class Probe(NamedTuple):
-    """What `init` may use to size its modules and state: outputs on a sample batch, and the dataset."""
+    """What `init` may use to size its modules and state: outputs on a sample batch, the dataset, and the
+    teacher itself (OFD's margins come from its BN parameters)."""
 
     student: ModelOutput
     teacher: ModelOutput | None
     batch: Batch
     train_labels: Any  # numpy int array (N,): every training label, for per-class sampling tables
     num_classes: int
+    teacher_model: Any = None  # the teacher's Flax module (None without a teacher)
+    teacher_variables: Any = None  # its variables, {"params", "batch_stats"} (traced inside the initial state)
 
 
 class MethodInit(NamedTuple):
@@ -143,6 +146,9 @@ class Method:
 
     display_name = "Baseline"  # how tables and reports name the method (its paper's or RepDistiller's spelling)
     uses_teacher = False
+    # whether the engine runs the teacher in train mode (BN on batch statistics, its running statistics left
+    # unchanged) for the term's outputs; eval mode, False, for every method but OFD (mdistiller's OFD.train)
+    teacher_train_mode = False
     defaults: dict = {}  # config.<name>'s keys and default values
     # config.<name>'s keys -> what each accepts (jaxkd.config.checks: positive_int, fraction, one_of(...), ...),
     # checked as the method is made, before any work

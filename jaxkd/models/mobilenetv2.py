@@ -57,6 +57,12 @@ class MobileNetV2(FeatureModel):
     width: float = 0.5
     dtype: Any = jnp.float32
 
+    def bn_before_relu(self) -> tuple:
+        """The params paths of the projection BN (`conv.7`) of the last block of groups 1, 2, 4, 6, whose
+        outputs are the stage maps (OFD's margins): mdistiller's mobilenetv2 `get_bn_before_relu`
+        (blocks[g][-1].conv[-1])."""
+        return tuple((f"blocks.{group}.{SETTINGS[group][2] - 1}", "conv.7") for group in FEATURE_GROUPS)
+
     @nn.compact
     def forward(self, x, train: bool = False) -> ModelOutput:
         kw = dict(kernel_init=kaiming_fan_out, dtype=self.dtype)

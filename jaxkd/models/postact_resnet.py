@@ -48,6 +48,13 @@ class PostActResNet(FeatureModel):
     num_classes: int = 100
     dtype: Any = jnp.float32
 
+    def bn_before_relu(self) -> tuple:
+        """The params paths of the BN ending the residual branch of each stage's last block, whose sum is the
+        stage's `preact_features` map (OFD's margins): mdistiller's resnet `get_bn_before_relu`
+        (layer{1,2,3}[-1].bn2)."""
+        last = (self.depth - 2) // 6 - 1
+        return tuple((f"layer{stage}.{last}", "bn2") for stage in (1, 2, 3))
+
     @nn.compact
     def forward(self, x, train: bool = False) -> ModelOutput:
         blocks_per_stage = (self.depth - 2) // 6

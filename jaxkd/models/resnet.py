@@ -70,6 +70,12 @@ class ResNet(nn.Module):
         out = self.forward(x, train)
         return out.features, out.logits
 
+    def bn_before_relu(self) -> tuple:
+        """The params paths of the BN whose output is each `preact_features` map (OFD's margins): the next
+        stage's first bn1 and `finalact`, mdistiller's WRN `get_bn_before_relu` (block2.layer[0].bn1,
+        block3.layer[0].bn1, bn1)."""
+        return (("layer2_0", "bn1"), ("layer3_0", "bn1"), ("finalact",))
+
     @nn.compact
     def forward(self, x, train: bool = False) -> ModelOutput:
         """The full forward pass. `stem` is the layer0 conv's output; `features` are the stage outputs

@@ -50,6 +50,11 @@ class ResNet50(FeatureModel):
     blocks: tuple = (3, 4, 6, 3)
     dtype: Any = jnp.float32
 
+    def bn_before_relu(self) -> tuple:
+        """The params paths of the BN ending the residual branch of each stage's last bottleneck (OFD's
+        margins): mdistiller's resnetv2 `get_bn_before_relu` (layer{1..4}[-1].bn3)."""
+        return tuple((f"layer{stage}.{blocks - 1}", "bn3") for stage, blocks in enumerate(self.blocks, start=1))
+
     @nn.compact
     def forward(self, x, train: bool = False) -> ModelOutput:
         x = conv(x.astype(self.dtype), 64, 3, "conv1", padding=1, kernel_init=kaiming_fan_out, dtype=self.dtype)

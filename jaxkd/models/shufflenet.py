@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxkd.errors import UserError
 from jaxkd.models.output import FeatureModel, ModelOutput, classify
 from jaxkd.models.torch_layers import batch_norm, channel_shuffle, conv
 
@@ -91,6 +92,14 @@ class ShuffleV2Block(nn.Module):
         return out, jnp.concatenate([x1, branch], axis=-1)
 
 
+def no_bn_before_relu(name: str):
+    """mdistiller's ShuffleNets refuse to be OFD teachers (their `get_bn_before_relu` raises NotImplementedError,
+    'ShuffleNet currently is not supported for "Overhaul" teacher'); so do these, rather than name a BN it does
+    not (a stride-2 block's pre-ReLU map is partly an average-pooled input that no BN normalizes)."""
+    raise UserError(f"ofd: {name} cannot be OFD's teacher: mdistiller names no BN before its stage ReLUs (its "
+                    f"get_bn_before_relu raises); use another teacher")
+
+
 class ShuffleNetV1(FeatureModel):
     """RepDistiller's `ShuffleV1`."""
 
@@ -99,6 +108,9 @@ class ShuffleNetV1(FeatureModel):
     blocks: tuple = (4, 8, 4)
     groups: int = 3
     dtype: Any = jnp.float32
+
+    def bn_before_relu(self) -> tuple:
+        no_bn_before_relu("ShuffleV1")
 
     @nn.compact
     def forward(self, x, train: bool = False) -> ModelOutput:
@@ -123,6 +135,9 @@ class ShuffleNetV2(FeatureModel):
     blocks: tuple = (3, 7, 3)
     last_channels: int = 1024
     dtype: Any = jnp.float32
+
+    def bn_before_relu(self) -> tuple:
+        no_bn_before_relu("ShuffleV2")
 
     @nn.compact
     def forward(self, x, train: bool = False) -> ModelOutput:

@@ -41,6 +41,11 @@ class VGG(FeatureModel):
     num_classes: int = 100
     dtype: Any = jnp.float32
 
+    def bn_before_relu(self) -> tuple:
+        """The params paths of the last BN of blocks 1..4, whose outputs are the `preact_features` maps (OFD's
+        margins): mdistiller's vgg `get_bn_before_relu` (block{1..4}[-1])."""
+        return tuple((f"block{index}.{3 * (len(CONFIGS[self.depth][index]) - 1) + 1}",) for index in range(1, 5))
+
     def block(self, x, index: int, train: bool):
         """conv-BN-ReLU layers, without the last ReLU; layer j's conv is `block{index}.{3j}`, its BN `3j + 1`."""
         for j, channels in enumerate(CONFIGS[self.depth][index]):

@@ -68,6 +68,11 @@ SOURCES = {
         "cifar100.png, rows SD-KD and SD-DKD)", "best",
         "its train_origin.py trains with mdistiller's BaseTrainer (mdistiller/engine/trainer.py), which keeps and "
         "ends with best_acc", None),
+    "overhaul-distillation README": Source(
+        "overhaul-distillation README", "github.com/clovaai/overhaul-distillation README.md, 'CIFAR-100', "
+        "'Experimental results' (error rates; top-1 = 100 - error)", "last",
+        "CIFAR-100/train_with_distillation.py prints each epoch's test accuracy and keeps no best", None,
+        epochs=200, batch_size=128),
 }
 
 
@@ -187,6 +192,13 @@ CTKD_PAIRS = [("rd_resnet56", "rd_resnet20"), ("rd_resnet110", "rd_resnet32"), (
               ("wideresnet40_2", "wideresnet16_2"), ("wideresnet40_2", "wideresnet40_1"), ("vgg13", "vgg8")]
 CTKD_KD = [71.19, 73.52, 70.99, 75.45, 73.93, 73.52]
 
+# OFD: the official clovaai/overhaul-distillation README, 'Experimental results' on CIFAR-100, as error rates (its
+# "Proposed" column), with its own recipe (train_with_distillation.py: 200 epochs, batch 128, lr 0.1, Nesterov);
+# its setups (a) WRN 28-4 -> WRN 16-4 and (c) WRN 28-4 -> WRN 16-2 are jaxkd's WRNs; (b)'s WRN 28-2, (d)'s ResNet 56
+# (its own models/ResNet.py) and the PyramidNets are not jaxkd architectures. mdistiller's README has no OFD row.
+OVERHAUL_PAIRS = [("wideresnet28_4", "wideresnet16_4"), ("wideresnet28_4", "wideresnet16_2")]
+OVERHAUL_ERRORS = [20.89, 24.08]
+
 # ReviewKD: neither dvlab-research/ReviewKD's READMEs (README.md, CIFAR-100/README.md) nor mdistiller's has a
 # CIFAR-100 table; its numbers are its paper's (docs/methods.md), not listed here.
 
@@ -255,6 +267,11 @@ def _sdd() -> list[Published]:
             for method, values in SDD_TABLE.items() for (teacher, student), top1 in zip(SDD_PAIRS, values, strict=True)]
 
 
+def _overhaul() -> list[Published]:
+    return [Published(teacher, student, "ofd", False, round(100.0 - error, 2), "overhaul-distillation README")
+            for (teacher, student), error in zip(OVERHAUL_PAIRS, OVERHAUL_ERRORS, strict=True)]
+
+
 def _logit_standardization(listed: list[Published]) -> list[Published]:
     """Its tables' cells, less the KD and DKD cells that repeat a number `listed` already has for the group."""
     known = {(p.teacher, p.student, p.method, p.top1) for p in listed}
@@ -268,7 +285,7 @@ def _logit_standardization(listed: list[Published]) -> list[Published]:
 
 
 def _all() -> list[Published]:
-    listed = [*_repdistiller(), *_seed(), *_mdistiller(), *_dist(), *_wttm(), *_ctkd(), *_sdd()]
+    listed = [*_repdistiller(), *_seed(), *_mdistiller(), *_dist(), *_wttm(), *_ctkd(), *_sdd(), *_overhaul()]
     return listed + _logit_standardization(listed)
 
 

@@ -1,15 +1,14 @@
 """FitNets and AT: their terms against PyTorch references (tests/reference/repdistiller_losses.py), FitNets'
-regressor for each shape rule and for pairs of the model family, and both configs end to end on digits
-(learning, and FitNets' exact resume with its regressor's params and batch statistics)."""
+regressor for each shape rule and for pairs of the model family, and a hint layer out of range refused before
+any work. Both configs learn in tests/test_methods_learn.py (which also checks that the regressor's batch
+statistics ran); a method module's exact resume is tests/test_method_byot.py's (heads with BN) and
+tests/test_method_crd.py's."""
 
-import json
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,8 +21,7 @@ from jaxkd.methods.at import AT
 from jaxkd.methods.pooling import adaptive_avg_pool2d
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import STRIDE2, TRANSPOSE, VALID, ConvReg, ConvTranspose4x4Stride2
-from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import assert_bitwise_equal, assert_close_scaled, final_params, nchw, nhwc, on_digits
+from tests.conftest import assert_close_scaled, nchw, nhwc, on_digits, save_random_teacher
 from tests.reference.repdistiller_losses import Attention
 from tests.reference.repdistiller_losses import ConvReg as TorchConvReg
 from tests.reference.repdistiller_losses import HintLoss
@@ -257,72 +255,13 @@ def test_at_of_a_zero_feature_is_finite():
     assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))
 
 
-# --- end to end on digits -----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def teachers(tmp_path_factory):
-    """Randomly initialized seed-layout teachers (.pth): enough for a hint or attention target."""
-    directory = tmp_path_factory.mktemp("teachers")
-    torch.manual_seed(0)
-    for arch in ("resnet20", "resnet8"):
-        torch.save(get_torch_model(arch, 10).state_dict(), directory / f"{arch}.pth")
-    return directory
-
-
-def tiny(config_module, teacher_pth: Path, teacher_arch: str, epochs: int):
-    """The recipe's config file with resnet8 student, the given teacher, digits, 22 steps per epoch."""
-    config = on_digits(config_module.get_config(), epochs=epochs)
-    config.teacher.checkpoint, config.teacher.arch = str(teacher_pth), teacher_arch
-    return config
-
-
-def train_records(workdir):
-    records = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if r["kind"] == "train"]
-
-
-def final_state(workdir):
-    """The whole train state of the run's last checkpoint (student, regressor, optimizer, rng)."""
-    checkpoints = Path(workdir) / "checkpoints"
-    last = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-    return ocp.StandardCheckpointer().restore(checkpoints / str(last) / "state")
-
-
-def test_a_hint_layer_out_of_range_is_refused_before_the_workdir_exists(teachers, tmp_path):
+def test_a_hint_layer_out_of_range_is_refused_before_the_workdir_exists(tmp_path):
     """The method's check needs the models' shapes, so it runs as the state is made: still before the workdir
     is created, which would otherwise hold this run's config.json and refuse the corrected command."""
-    config = tiny(fitnet_wrn, teachers / "resnet8.pth", "resnet8", 1)
+    config = on_digits(fitnet_wrn.get_config(), epochs=1)
+    config.teacher.checkpoint = str(save_random_teacher(tmp_path / "resnet8.pth", "resnet8"))
+    config.teacher.arch = "resnet8"
     config.fitnet.hint_layer = 3
     with pytest.raises(UserError, match="fitnet.hint_layer 3 is out of range"):
         train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
-
-
-@pytest.fixture(scope="module")
-def fitnet_run(teachers, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("fitnet")
-    result = train_and_evaluate(tiny(fitnet_wrn, teachers / "resnet20.pth", "resnet20", 2), workdir)
-    return workdir, result
-
-
-def test_fitnet_config_learns_on_digits(fitnet_run):
-    workdir, result = fitnet_run
-    assert result["step"] == 44
-    train = train_records(workdir)
-    assert train[-1]["loss"] < train[0]["loss"] and train[-1]["term"] < train[0]["term"]
-    state = final_state(workdir)
-    assert state["params"]["method"]["conv"]["kernel"].shape == (1, 1, 32, 32)  # resnet8 -> resnet20: 1x1
-    assert np.any(np.asarray(state["batch_stats"]["method"]["bn"]["mean"]) != 0)  # the regressor's BN ran
-
-
-def test_fitnet_resume_after_an_epoch_is_bitwise_exact(fitnet_run, teachers, tmp_path):
-    train_and_evaluate(tiny(fitnet_wrn, teachers / "resnet20.pth", "resnet20", 1), tmp_path)
-    result = train_and_evaluate(tiny(fitnet_wrn, teachers / "resnet20.pth", "resnet20", 2), tmp_path)
-    assert result["step"] == 44
-    straight = final_state(fitnet_run[0])
-    resumed = final_state(tmp_path)
-    assert int(resumed["step"]) == 44
-    for part in ("params", "batch_stats", "opt_state"):  # the regressor's params and statistics included
-        assert jax.tree.structure(resumed[part]) == jax.tree.structure(straight[part])
-        assert_bitwise_equal(resumed[part], straight[part])
-    assert_bitwise_equal(final_params(tmp_path), final_params(fitnet_run[0]))

@@ -11,6 +11,9 @@ import json
 import math
 from pathlib import Path
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import ctkd, mdistiller, repdistiller
@@ -102,6 +105,7 @@ def test_method_learns_on_digits(method, digits_teacher, tmp_path):
     config = small_run(LEARNING_RUNS[method](), epochs=2)
     teacher_model, teacher_top1 = digits_teacher
     config.teacher.checkpoint, config.teacher.arch = str(teacher_model), ""
+    config.eval_every_epochs = config.checkpoint_every_epochs = 2  # at the end only: per-epoch ones are tested once
     result = train_and_evaluate(config, tmp_path)
     assert result["step"] == 178
     records = [json.loads(line) for line in (Path(tmp_path) / "metrics.jsonl").read_text().splitlines()]
@@ -127,3 +131,9 @@ def test_method_learns_on_digits(method, digits_teacher, tmp_path):
     warmup = config.get(config.method, {}).get("warmup")
     if warmup:  # DKD's and ReviewKD's warm-up: each step's epoch (Batch.epoch) reaches the term
         assert train[-1][f"{config.method}_warmup"] == pytest.approx(min(2 / warmup, 1.0)), train[-1]
+    # the method's modules with batch statistics (FitNets' regressor, VID's, ReviewKD's ABFs, OFD's connectors, AB's
+    # and FT's init-stage modules aside) ran in train mode: their running means moved from their initial zeros
+    state = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "178" / "state")
+    running_means = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state["batch_stats"]["method"])
+                     if jax.tree_util.keystr(path).endswith("['mean']")]
+    assert all(np.any(np.asarray(mean) != 0) for mean in running_means), method

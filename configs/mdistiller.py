@@ -1,4 +1,4 @@
-"""mdistiller's CIFAR-100 recipe for DKD, DIST, ReviewKD, KDSVD and logit standardization:
+"""mdistiller's CIFAR-100 recipe for DKD, DIST, ReviewKD, KDSVD, logit standardization and DOT:
 `--config configs/mdistiller.py:T,S,M`.
 
     python -m jaxkd.train --config configs/mdistiller.py:resnet32x4,resnet8x4,dkd --workdir workdirs/dkd_r32x4_r8x4
@@ -19,7 +19,10 @@ T and S are model names in mdistiller's (= RepDistiller's) spelling, or any jaxk
   --kd-weight W` on its mdistiller configs: KD with CE 0.1, KD weight W, temperature T; DKD with alpha W and beta
   W times DKD's beta, temperature T. T and W (and DKD's beta, where given) are those of the log its README links for
   the pair (`logs/KD/kd,T,S,T,W.txt`, `logs/DKD/dkd,T,S,T,W[,BETA].txt`: `KD_LS`, `DKD_LS`), else the README's
-  commands' 2 and 9 with the pair's mdistiller beta.
+  commands' 2 and 9 with the pair's mdistiller beta;
+- `kd_dot`, `dkd_dot`: the DOT optimizer (`optimizer.dot`, docs/methods.md "DOT"): mdistiller's
+  `configs/cifar100/dot/*.yaml` (trainer `dot`, DOT.DELTA 0.075) for KD with CFG.KD's CE weight 0.1, KD weight
+  0.9, T 4; `dkd_dot` is the `dkd` entry under the same trainer and delta (mdistiller has no DKD + DOT config).
 The training recipe is mdistiller's `configs/cifar100/*.yaml` and `mdistiller/engine/utils.py`: 240 epochs,
 batch 64, SGD momentum 0.9, weight decay 5e-4, lr 0.05 (0.01 for MobileNetV2, ShuffleV1 and ShuffleV2 students,
 as its yaml files), x0.1 from the first step of epochs 151, 181, 211 (`adjust_learning_rate` at the start of each

@@ -104,12 +104,14 @@ class Run:
 def method_label(config: dict) -> str:
     """The method as the report names it: `config.method`, `+kd` added when a method other than KD also has the KD
     term (`loss.alpha` > 0: RepDistiller's CRD+KD column), `+ls` with logit standardization (the KD term's
-    `loss.logit_standardization` or the method's own, DKD's: configs/mdistiller.py's kd_ls and dkd_ls)."""
+    `loss.logit_standardization` or the method's own, DKD's: configs/mdistiller.py's kd_ls and dkd_ls), `+dot`
+    when trained with DOT (`optimizer.dot`: configs/mdistiller.py's kd_dot and dkd_dot)."""
     method = str(config.get("method", "none"))
     loss = config.get("loss") or {}
     label = f"{method}+kd" if method not in ("none", "kd") and (loss.get("alpha") or 0) > 0 else method
     standardized = loss.get("logit_standardization") or (config.get(method) or {}).get("logit_standardization")
-    return f"{label}+ls" if standardized else label
+    label = f"{label}+ls" if standardized else label
+    return f"{label}+dot" if (config.get("optimizer") or {}).get("dot") else label
 
 
 def _read_json(path: Path, what: str):

@@ -1,5 +1,5 @@
-"""mdistiller's CIFAR-100 recipe for DKD, DIST, ReviewKD, KDSVD, OFD, logit standardization, NKD, WTTM, SDD
-and CAT-KD:
+"""mdistiller's CIFAR-100 recipe for DKD, DIST, ReviewKD, KDSVD, OFD, logit standardization, DOT, NKD, WTTM,
+SDD and CAT-KD:
 `--config configs/mdistiller.py:T,S,M`.
 
     python -m jaxkd.train --config configs/mdistiller.py:resnet32x4,resnet8x4,dkd --workdir workdirs/dkd_r32x4_r8x4
@@ -35,6 +35,9 @@ T and S are model names in mdistiller's (= RepDistiller's) spelling, or any jaxk
   1,2 where its teacher_*.sh run the pair so (`SDD_SCALES`);
 - `catkd`: GzyAftermath/CAT-KD `configs/cifar100/CAT_KD/*.yaml`: CE 1, CAT_loss_weight as beta, CAM_RESOLUTION,
   IF_NORMALIZE (`CATKD`; other pairs take CFG.CAT_KD's 400, 2, True).
+- `kd_dot`, `dkd_dot`: the DOT optimizer (`optimizer.dot`, docs/methods.md "DOT"): mdistiller's
+  `configs/cifar100/dot/*.yaml` (trainer `dot`, DOT.DELTA 0.075) for KD with CFG.KD's CE weight 0.1, KD weight
+  0.9, T 4; `dkd_dot` is the `dkd` entry under the same trainer and delta (mdistiller has no DKD + DOT config).
 The training recipe is mdistiller's `configs/cifar100/*.yaml` and `mdistiller/engine/utils.py`: 240 epochs,
 batch 64, SGD momentum 0.9, weight decay 5e-4, lr 0.05 (0.01 for MobileNetV2, ShuffleV1 and ShuffleV2 students,
 as its yaml files), x0.1 from the first step of epochs 151, 181, 211 (`adjust_learning_rate` at the start of each

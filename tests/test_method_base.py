@@ -108,8 +108,8 @@ def test_every_method_has_a_table_name_and_labels_compose():
     """The name is each class's `display_name`: a new method names itself for the report's tables."""
     assert all(isinstance(METHODS[name].display_name, str) for name in METHODS)
     assert len({METHODS[name].display_name for name in METHODS}) == len(METHODS)
-    assert [display_name(label) for label in ("none", "crd+kd", "dkd+ls", "reviewkd", "fitnet", "mine")] == [
-        "Baseline", "CRD+KD", "DKD+LS", "ReviewKD", "FitNets", "mine"]
+    assert [display_name(label) for label in ("none", "crd+kd", "dkd+ls", "reviewkd", "fitnet", "kd+dot", "mine")] == [
+        "Baseline", "CRD+KD", "DKD+LS", "ReviewKD", "FitNets", "KD+DOT", "mine"]
 
 
 # --- checkpoints: the method variables' tree as runs have saved it -----------------------------------------------

@@ -5,7 +5,7 @@ test top-1 at least 2x chance) and log a finite, non-zero term. mdistiller's rec
 linearly from their batch of 64 to 16 (0.0125): at the unscaled 0.05, DIST's and KDSVD's heavily weighted terms
 drove the run back to chance on this small batch (KDSVD's training accuracy 18% in epoch 1, 9% in epoch 2). A method missing from `LEARNING_RUNS`
 fails `test_every_method_has_a_learning_run`: a new method adds one line here (and its parity, resume and recipe
-tests in its own file)."""
+tests in its own file). `kd+dot` is KD trained with the DOT optimizer (tests/test_dot.py)."""
 
 import json
 import math
@@ -72,6 +72,13 @@ LEARNING_RUNS.update({method: mdistiller_run(method) for method in ("dkd", "dist
 # and 34.1
 LEARNING_RUNS["nkd"] = with_seed(mdistiller_run("nkd"), 1)
 LEARNING_RUNS.update(sdd=mdistiller_run("sdd_dkd"), catkd=mdistiller_run("catkd"))  # SDD's DKD base: its warm-up
+# the DOT optimizer (not a method): configs/mdistiller.py's kd_dot, KD's recipe (the `kd` line's weights, lr and
+# pipeline) under DOT, unscaled as the `kd` line
+LEARNING_RUNS["kd+dot"] = lambda: mdistiller.get_config(f"{PAIR[0]},{PAIR[1]},kd_dot")
+# The second epoch's training accuracy below which a run has not learned, where not 2x chance: KD + DOT's distillation
+# momentum (0.975) takes 4x SGD's step on the KD gradient once its buffer has filled (~40 steps), noisy at batch 16:
+# 15% training accuracy in epoch 2 against KD's 24%, for the same test top-1 (26% against 27%).
+TRAIN_ACCURACY_FLOOR = {"kd+dot": 12.0}
 LEARNING_RUNS.update({method: repdistiller_run(method) for method in ("sp", "cc", "vid", "rkd", "pkt", "nst")})
 # the methods with RepDistiller's init stage, one init epoch (AB's and FSP's term is 0 after it: their init rows
 # are checked instead)
@@ -116,7 +123,7 @@ def test_method_learns_on_digits(method, digits_teacher, tmp_path):
     assert bool(init) == (config.get(method, {}).get("init_epochs") is not None)
     assert all(math.isfinite(record["loss"]) and record["loss"] > 0 for record in init)
     # the second epoch's mean (KD's is ~24%: 0.9 of its loss is the soft targets of a teacher at ~50% top-1)
-    assert train[-1]["step"] == 178 and train[-1]["accuracy"] >= 20.0, train[-1]
+    assert train[-1]["step"] == 178 and train[-1]["accuracy"] >= TRAIN_ACCURACY_FLOOR.get(method, 20.0), train[-1]
     assert result["best_top1"] >= 20.0, result
     assert all(math.isfinite(record["loss"]) and math.isfinite(record["term"]) for record in train)
     if config.loss.beta and method not in ("ab", "fsp"):  # a method with a term: it is computed, not zero

@@ -189,6 +189,17 @@ def test_mdistiller_entries_are_the_published_settings(teacher, student):
     assert (wttm.method, wttm.loss.gamma, wttm.loss.alpha, wttm.loss.beta) == ("wttm", 1.0, 0.0, 4.0)
     assert dict(wttm.wttm) == {"exponent": 0.2}
     assert not nkd.loss.logit_standardization and not wttm.loss.logit_standardization
+    # DOT: configs/cifar100/dot/*.yaml: TRAINER "dot", DOT.DELTA 0.075, KD with CFG.KD (engine/cfg.py:61-64: T 4, CE
+    # 0.1, KD 0.9); DKD + DOT (no mdistiller config): the DKD entry under the same trainer and delta
+    kd_dot, dkd_dot = entries["kd_dot"], entries["dkd_dot"]
+    assert (kd_dot.method, kd_dot.loss.gamma, kd_dot.loss.alpha, kd_dot.loss.beta, kd_dot.loss.kd_temperature) == \
+        ("kd", 0.1, 0.9, 0.0, 4.0)
+    assert not kd_dot.loss.logit_standardization
+    assert [(entries[m].optimizer.dot, entries[m].optimizer.dot_delta) for m in ("kd_dot", "dkd_dot")] == [
+        (True, 0.075)] * 2
+    assert not any(config.optimizer.dot for method, config in entries.items() if not method.endswith("_dot"))
+    dkd_dot.optimizer.dot = False
+    assert dkd_dot.to_dict() == dkd.to_dict()
 
 
 # --------------------------------------------------------------------------------- what reads the table
@@ -234,5 +245,11 @@ def test_every_method_has_a_recipe_for_the_benchmark():
 def test_report_labels_the_standardized_runs_apart():
     """jaxkd.tools.report groups runs by method label: KD + LS and DKD + LS are rows of their own."""
     labels = {m: method_label(recipes.mdistiller("resnet32x4", "resnet8x4", m).to_dict())
-              for m in ("dkd", "dist", "reviewkd", "kd_ls", "dkd_ls")}
-    assert labels == {"dkd": "dkd", "dist": "dist", "reviewkd": "reviewkd", "kd_ls": "kd+ls", "dkd_ls": "dkd+ls"}
+              for m in ("dkd", "dist", "reviewkd", "kd_ls", "dkd_ls", "kd_dot", "dkd_dot")}
+    assert labels == {"dkd": "dkd", "dist": "dist", "reviewkd": "reviewkd", "kd_ls": "kd+ls", "dkd_ls": "dkd+ls",
+                      "kd_dot": "kd+dot", "dkd_dot": "dkd+dot"}
+    # mdistiller README, DOT, 'On CIFAR-100': "| **KD+DOT** | **75.12** | **73.77** | **75.55** |"
+    assert [(p.top1, p.source) for p in published.published_for("rd_resnet32x4", "rd_resnet8x4", "kd+dot", False)] == [
+        (75.12, "mdistiller README (DOT)")]
+    assert [p.top1 for p in published.published_for("vgg13", "vgg8", "kd+dot", False)] == [73.77]
+    assert [p.top1 for p in published.published_for("rd_resnet32x4", "ShuffleV2", "kd+dot", False)] == [75.55]

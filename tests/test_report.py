@@ -231,7 +231,8 @@ def test_published_wttm_numbers_match_the_ttm_readme():
 
 
 @pytest.mark.parametrize("method,label,top1", [("dist", "dist", 76.31), ("kd_ls", "kd+ls", 76.62),
-                                               ("dkd_ls", "dkd+ls", 77.01), ("wttm", "wttm", 76.06)])
+                                               ("dkd_ls", "dkd+ls", 77.01), ("wttm", "wttm", 76.06),
+                                               ("kd_dot", "kd+dot", 75.12)])
 def test_a_report_group_of_an_mdistiller_method_shows_its_published_number(tmp_path, method, label, top1):
     """A finished run of configs/mdistiller.py:resnet32x4,resnet8x4,M: its group's label and published number."""
     from configs import mdistiller

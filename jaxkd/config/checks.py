@@ -8,7 +8,8 @@ in `engine_specs` below, each method's settings beside its defaults (`Method.spe
 Settings that cannot take effect in the configured run (`unused_settings`) are refused when no recipe sets them
 so: the KD term's settings (loss.alpha, kd_temperature, logit_standardization) for a method without a teacher,
 loss.beta for a method without a term (none, kd), SaliencyMix's settings with SaliencyMix off,
-optimizer.lr_reference_batch without lr_scaling, and a top-level key jaxkd does not read. Two kinds that a
+optimizer.lr_reference_batch without lr_scaling, optimizer.dot_delta without DOT (and DOT without a
+distillation loss), and a top-level key jaxkd does not read. Two kinds that a
 config derived from another recipe legitimately carries (a recipe run with another method: `--config.method`,
 the bench's method swap) are only listed once at start as unused: a teacher for a method that uses none, and
 the section of a method not selected whose values differ from its defaults.
@@ -21,7 +22,7 @@ from jaxkd.config.specs import (Epochs, ModelName, Number, Spec, check_value, fl
                                 non_negative_int, one_of, positive_float, positive_int, shown, text)
 from jaxkd.data.augment import NORMALIZATIONS, PADDINGS
 from jaxkd.data.sources import SOURCES
-from jaxkd.engine.optimizer import LR_DECAY_TIMINGS, LR_SCALINGS
+from jaxkd.engine.optimizer import LR_DECAY_TIMINGS, LR_SCALINGS, check_dot_settings
 from jaxkd.errors import UserError
 from jaxkd.io.wandb_log import MODES
 from jaxkd.io.workdir import MOVED_KEYS
@@ -59,6 +60,8 @@ def engine_specs() -> dict[str, Spec]:
         "optimizer.lr_decay_timing": one_of(*LR_DECAY_TIMINGS),
         "optimizer.lr_scaling": one_of(*LR_SCALINGS),
         "optimizer.lr_reference_batch": positive_int,
+        "optimizer.dot": flag,
+        "optimizer.dot_delta": Number(False, 0, 1, high_open=True),
         "loss.gamma": non_negative_float,
         "loss.alpha": non_negative_float,
         "loss.beta": non_negative_float,
@@ -140,6 +143,14 @@ def unused_settings(config) -> list[str]:
     if get("optimizer.lr_scaling") == "none" and get("optimizer.lr_reference_batch") != _value(
             defaults, "optimizer.lr_reference_batch"):
         refuse("optimizer.lr_reference_batch", "it scales the lr only with --config.optimizer.lr_scaling=linear")
+    if not get("optimizer.dot") and get("optimizer.dot_delta") != _value(defaults, "optimizer.dot_delta"):
+        refuse("optimizer.dot_delta", "it sets DOT's momenta only with --config.optimizer.dot=True")
+    if get("optimizer.dot"):
+        has_term = method.term is not Method.term or method.init_stage is not Method.init_stage
+        if not (method.uses_teacher and get("loss.alpha") > 0) and not (has_term and get("loss.beta") > 0):
+            refuse("optimizer.dot", f"method {name!r} with loss.alpha {get('loss.alpha')} and loss.beta "
+                                    f"{get('loss.beta')} has no distillation loss for DOT to keep apart from CE")
+        check_dot_settings(get("optimizer.momentum"), get("optimizer.dot_delta"), get("optimizer.nesterov"))
 
     notes = []
     if not method.uses_teacher:

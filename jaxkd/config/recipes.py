@@ -36,10 +36,14 @@ REPDISTILLER_WEIGHTS = {
 }
 
 # ------------------------------------------------------------------------------------------- mdistiller
-MDISTILLER_METHODS = ("dkd", "dist", "reviewkd", "kdsvd", "ofd", "kd_ls", "dkd_ls", "nkd", "wttm", "sdd_kd",
-                      "sdd_dkd", "catkd")
+MDISTILLER_METHODS = ("dkd", "dist", "reviewkd", "kdsvd", "ofd", "kd_ls", "dkd_ls", "kd_dot", "dkd_dot", "nkd", "wttm",
+                      "sdd_kd", "sdd_dkd", "catkd")
 # the entry that stands for a jaxkd method whose entries have other names (the bench's recipe of `sdd`)
 MDISTILLER_ENTRY_OF = {"sdd": "sdd_kd"}
+# DOT: configs/cifar100/dot/*.yaml (res32x4_res8x4, vgg13_vgg8, res32x4_shuv2): KD with CFG.KD's weights and
+# temperature under the `dot` trainer with DOT.DELTA 0.075 (also CFG.SOLVER.DOT.DELTA, the default); mdistiller has
+# no DKD + DOT config: `dkd_dot` is its DKD entry under the same trainer and delta
+DOT_DELTA = 0.075
 # mdistiller configs/cifar100/dkd/*.yaml: DKD.BETA where it differs from CFG.DKD's 8 (jaxkd names)
 DKD_BETA = {
     ("rd_resnet56", "rd_resnet20"): 2.0,
@@ -143,8 +147,13 @@ def repdistiller(teacher: str, student: str, method: str, teacher_checkpoint: st
 
 def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
     """mdistiller's CIFAR-100 recipe (and DIST's, ReviewKD's, logit standardization's, NKD's, WTTM's, SDD's and
-    CAT-KD's weights and settings, from their code) for `method`, one of MDISTILLER_METHODS, on the pair in
-    RepDistiller's or jaxkd's spelling; the teacher file is where mdistiller's `cifar_teachers.tar` puts it."""
+    CAT-KD's weights and settings, from their code) for `method`, one of MDISTILLER_METHODS (or "kd", `kd_dot`'s
+    base), on the pair in RepDistiller's or jaxkd's spelling; the teacher file is where mdistiller's
+    `cifar_teachers.tar` puts it."""
+    if method in ("kd_dot", "dkd_dot"):  # the method's entry, trained with DOT
+        config = mdistiller(teacher, student, method.removesuffix("_dot"))
+        config.optimizer.dot, config.optimizer.dot_delta = True, DOT_DELTA
+        return config
     config = repdistiller_recipe(get_config())
     config.model, config.teacher.arch = jaxkd_name(student), jaxkd_name(teacher)
     config.teacher.checkpoint = f"download_ckpts/cifar_teachers/{teacher}_vanilla/ckpt_epoch_240.pth"
@@ -153,6 +162,10 @@ def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
     pair = (config.teacher.arch, config.model)
     beta = DKD_BETA.get(pair, 8.0)
     named_pair = (repdistiller_name(config.teacher.arch), repdistiller_name(config.model))
+    if method == "kd":  # mdistiller's CFG.KD (engine/cfg.py): CE weight 0.1, KD weight 0.9, temperature 4
+        config.method = "kd"
+        config.loss.gamma, config.loss.alpha, config.loss.beta, config.loss.kd_temperature = 0.1, 0.9, 0.0, 4.0
+        return config
     if method == "kd_ls":
         temperature, weight = KD_LS.get(named_pair, (LS_TEMPERATURE, LS_KD_WEIGHT))
         config.method = "kd"

@@ -4,20 +4,23 @@ evaluation's logits.
 
 One jitted step does all per-example work on the device: it gathers the batch from the training set held on
 the device, augments it, runs the teacher (eval mode; OFD's in train mode) and the student (train mode),
-composes the loss and applies SGD; the train state is donated. config.dtype is the models' compute dtype;
-parameters, BN statistics, losses and the optimizer stay float32."""
+composes the loss and applies SGD (or DOT, `optimizer.dot`: the task and distillation gradients apart); the train
+state is donated. config.dtype is the models' compute dtype; parameters, BN statistics, losses and the optimizer
+stay float32."""
 
 import functools
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.extend import core as jax_core
 
 from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.engine.compile_options import compiler_options
 from jaxkd.engine.dispatch import TrainPrograms, steps_per_dispatch
 from jaxkd.engine.losses import cross_entropy
 from jaxkd.engine.mesh import batch_sharded, replicated
+from jaxkd.engine.optimizer import BOTH, DISTILL, NEITHER, TASK, DotGradients, uses_dot
 from jaxkd.engine.setup import Setup
 from jaxkd.engine.train_batch import prepare_batch
 from jaxkd.engine.train_state import TrainState
@@ -30,10 +33,13 @@ def make_update(setup: Setup):
     """update(state, batch, teacher_variables) -> (state, metrics): one SGD step on a prepared batch.
 
     The loss is `gamma * CE + alpha * KD + beta * method term`; the teacher runs in eval mode (train mode, its
-    running statistics untouched, for a method with `teacher_train_mode`: OFD) and gets no gradient. Pure and
+    running statistics untouched, for a method with `teacher_train_mode`: OFD) and gets no gradient. With DOT
+    (`optimizer.dot`) the optimizer takes the gradient of the task loss (gamma * CE) and of the distillation loss
+    (alpha * KD + beta * term) apart: one forward pass, its pullback applied twice (`dot_gradients`). Pure and
     unjitted: `make_train_step` wraps it, and the parity tests call it on fixed batches."""
     student, method, teacher, config = setup.student, setup.method, setup.teacher, setup.config
     loss_weights = config.loss
+    dot = uses_dot(config)
 
     def update(state: TrainState, batch: Batch, teacher_variables):
         # the teacher's outputs enter the terms in float32 and without gradient
@@ -41,7 +47,8 @@ def make_update(setup: Setup):
             teacher.model, teacher_variables, batch.images, train=method.teacher_train_mode,
             method=teacher.model.forward)[0])) if teacher else None)
 
-        def loss_fn(params):
+        def weighted_losses(params):
+            """((gamma * CE, alpha * KD, beta * term), (batch_stats, method_state, metrics without "loss"))."""
             student_out, student_stats = apply_module(
                 student, {"params": params["student"], "batch_stats": state.batch_stats["student"]},
                 batch.images, train=True, method=student.forward)
@@ -52,20 +59,73 @@ def make_update(setup: Setup):
             method_variables = {"params": params["method"], "batch_stats": state.batch_stats["method"]}
             method_out = method.term(method_variables, state.method_state, student_out, teacher_out, batch,
                                      train=True).completed(method_variables, state.method_state)
-            loss = loss_weights.gamma * ce + loss_weights.alpha * kd + loss_weights.beta * method_out.term
             correct = jnp.sum(jnp.argmax(student_out.logits, -1) == batch.labels)
             batch_stats = {"student": student_stats, "method": method_out.batch_stats}
-            metrics = dict(loss=loss, ce=ce, kd=kd, term=method_out.term, correct=correct)
+            metrics = dict(ce=ce, kd=kd, term=method_out.term, correct=correct)
             metrics.update({f"{method.name}_{name}": value for name, value in method_out.metrics.items()})
-            return loss, (batch_stats, method_out.state, metrics)
+            weighted = (loss_weights.gamma * ce, loss_weights.alpha * kd, loss_weights.beta * method_out.term)
+            return weighted, (batch_stats, method_out.state, metrics)
 
-        grads, (batch_stats, method_state, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
+        if dot:
+            grads, loss, (batch_stats, method_state, metrics) = dot_gradients(
+                weighted_losses, state.params, (loss_weights.gamma, loss_weights.alpha, loss_weights.beta))
+        else:
+            def loss_fn(params):
+                (task, kd, term), aux = weighted_losses(params)
+                return task + kd + term, aux
+
+            (loss, (batch_stats, method_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params)
+        metrics = dict(loss=loss, **metrics)
         updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
         state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state, method_state=method_state)
         return state, metrics
 
     return update
+
+
+def dot_gradients(weighted_losses, params, weights):
+    """(DotGradients, loss, aux) for the DOT optimizer: `weighted_losses(params)` -> ((task, kd, term), aux) run
+    once; the task loss's and the distillation loss's (kd + term) gradients from its pullback, applied to (1, 0)
+    and (0, 1); and which of the two reaches each leaf (`gradient_sides`), found when the step is traced.
+    `weights` = (gamma, alpha, beta): a part weighted 0 is left out of its loss (not added as 0 * part), as the
+    reference distillers compute no such part, so that it reaches no parameter."""
+
+    def parts(params):
+        weighted, aux = weighted_losses(params)
+        task, kd, term = (part if weight else jnp.zeros((), jnp.float32) for part, weight in zip(weighted, weights))
+        return (task, kd + term), aux
+
+    (task, distill), pullback, aux = jax.vjp(parts, params, has_aux=True)
+    one, zero = jnp.ones_like(task), jnp.zeros_like(task)
+    (task_grads,), (distill_grads,) = pullback((one, zero)), pullback((zero, one))
+    grads = DotGradients(task_grads, distill_grads, gradient_sides(lambda p: parts(p)[0], params))
+    return grads, task + distill, aux
+
+
+def gradient_sides(parts, params) -> tuple[str, ...]:
+    """For each leaf of `params` (`jax.tree.leaves` order): which of the two losses `parts(params)` = (task,
+    distill) reaches it: BOTH, TASK, DISTILL or NEITHER, as PyTorch's autograd graph decides whether
+    `loss.backward()` leaves a tensor a gradient (mdistiller's DOT reads `p.grad is not None`). Found on the
+    traced JVP (`jax.make_jaxpr`, nothing runs): a parameter's tangent reaches a loss's tangent unless
+    `stop_gradient`, an integer path or no path at all separates them. An operation with nested programs (a
+    `jit`, a scan) counts as reaching all of its outputs from all of its inputs."""
+    count = len(jax.tree.leaves(params))
+    jaxpr = jax.make_jaxpr(lambda p, t: jax.jvp(parts, (p,), (t,))[1])(params, params).jaxpr
+    tangents = jaxpr.invars[count:]
+    task, distill = (_inputs_reaching(jaxpr, output) for output in jaxpr.outvars)
+    return tuple({(True, True): BOTH, (True, False): TASK, (False, True): DISTILL, (False, False): NEITHER}[
+        (tangent in task, tangent in distill)] for tangent in tangents)
+
+
+def _inputs_reaching(jaxpr, output) -> set:
+    """The variables of `jaxpr` that `output` depends on (a backward walk over its equations)."""
+    needed = {output} if isinstance(output, jax_core.Var) else set()
+    for equation in reversed(jaxpr.eqns):
+        if any(var in needed for var in equation.outvars):
+            needed.update(var for var in equation.invars if isinstance(var, jax_core.Var))
+    return needed
 
 
 def make_train_step(setup: Setup, num_steps: int = 1, unroll: bool | None = None,

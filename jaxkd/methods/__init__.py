@@ -61,9 +61,10 @@ METHODS: dict[str, type[Method]] = {
 
 
 def display_name(label: str) -> str:
-    """A method, or a report's label of one (`crd+kd`, `dkd+ls`), as tables print it (each method's
-    `display_name`): `CRD+KD`, `DKD+LS`; a name it does not know, unchanged."""
-    return "+".join(METHODS[part].display_name if part in METHODS else "LS" if part == "ls" else part
+    """A method, or a report's label of one (`crd+kd`, `dkd+ls`, `kd+dot`), as tables print it (each method's
+    `display_name`): `CRD+KD`, `DKD+LS`, `KD+DOT`; a name it does not know, unchanged."""
+    options = {"ls": "LS", "dot": "DOT"}  # logit standardization, the DOT optimizer
+    return "+".join(METHODS[part].display_name if part in METHODS else options.get(part, part)
                     for part in label.split("+"))
 
 

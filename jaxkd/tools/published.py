@@ -4,9 +4,10 @@ source and how it was scored (last or best epoch, how many runs), as far as the 
 Keys are jaxkd's: canonical architecture names (RepDistiller's post-activation `resnet56` is `rd_resnet56`, its
 `wrn-40-2` is `wideresnet40_2`, its ShuffleNetV1 is `ShuffleV1`; `jaxkd.models`), the method as the report names
 it (`jaxkd.tools.report.method_label`: `none` for a model trained alone, `crd+kd` for CRD with the KD term, `kd+ls` and
-`dkd+ls` with logit standardization; methods jaxkd does not implement keep their reference's short name), and
-SaliencyMix on or off. The tables below are written as their READMEs print them, one value per pair in the header's
-order, so that they can be checked cell by cell against the README (tests/test_report.py).
+`dkd+ls` with logit standardization, `kd+dot` with the DOT optimizer; methods jaxkd does not implement keep their
+reference's short name), and SaliencyMix on or off. The tables below are written as their READMEs print them, one
+value per pair in the header's order, so that they can be checked cell by cell against the README
+(tests/test_report.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ SOURCES = {
         "mdistiller README", "github.com/megvii-research/mdistiller README.md, 'Decoupled Knowledge Distillation', "
         "'Main Benchmark Results', CIFAR-100", "best",
         "mdistiller/engine/trainer.py ends a run with its best_acc (the best epoch's test accuracy)", None),
+    "mdistiller README (DOT)": Source(
+        "mdistiller README (DOT)", "github.com/megvii-research/mdistiller README.md, 'DOT: A Distillation-Oriented "
+        "Trainer', 'Main Benchmark Results', On CIFAR-100", "best",
+        "mdistiller/engine/trainer.py's DOT trainer ends a run with its best_acc (the best epoch's test accuracy)",
+        None),
     "DIST README": Source(
         "DIST README", "github.com/hunto/DIST_KD README.md, 'Reproducing our results', 'CIFAR-100' (mean ± std)",
         "best", "its classification/ (hunto/image_classification_sota) tools/train.py logs after each epoch "
@@ -144,6 +150,11 @@ MDISTILLER_DKD_PAIRS = [("rd_resnet56", "rd_resnet20"), ("rd_resnet110", "rd_res
 # the column is ShuffleV2.
 MDISTILLER_DKD = [71.97, 74.11, 76.32, 76.23, 74.81, 74.68, 76.45, 76.70, 69.71, 70.35, 77.07]
 
+# mdistiller README, DOT's CIFAR-100 table (header ResNet32x4/ResNet8x4, VGG13/VGG8, ResNet32x4/ShuffleNet-V2): its
+# "KD+DOT" row, the report's `kd+dot` (configs/mdistiller.py's kd_dot); its KD row is RepDistiller's numbers.
+MDISTILLER_DOT_PAIRS = [("rd_resnet32x4", "rd_resnet8x4"), ("vgg13", "vgg8"), ("rd_resnet32x4", "ShuffleV2")]
+MDISTILLER_KD_DOT = [75.12, 73.77, 75.55]
+
 # DIST README, the CIFAR-100 table (one row per pair: "Student (top-1) | Teacher (top-1) | DIST | ..."), as (mean,
 # std). Its students' and teachers' own numbers are RepDistiller's (listed above once). MobileNetV2 is its
 # `cifar_mobile_half`, RepDistiller's MobileNetV2.
@@ -243,7 +254,9 @@ def _seed() -> list[Published]:
 
 def _mdistiller() -> list[Published]:
     return [Published(teacher, student, "dkd", False, top1, "mdistiller README")
-            for (teacher, student), top1 in zip(MDISTILLER_DKD_PAIRS, MDISTILLER_DKD, strict=True)]
+            for (teacher, student), top1 in zip(MDISTILLER_DKD_PAIRS, MDISTILLER_DKD, strict=True)] + [
+        Published(teacher, student, "kd+dot", False, top1, "mdistiller README (DOT)")
+        for (teacher, student), top1 in zip(MDISTILLER_DOT_PAIRS, MDISTILLER_KD_DOT, strict=True)]
 
 
 def _dist() -> list[Published]:

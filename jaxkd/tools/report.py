@@ -106,7 +106,8 @@ def method_label(config: dict) -> str:
     term (`loss.alpha` > 0: RepDistiller's CRD+KD column), `+ls` with logit standardization (the KD term's
     `loss.logit_standardization` or the method's own, DKD's: configs/mdistiller.py's kd_ls and dkd_ls); CTKD as
     `BASE+ctkd` (`kd+ctkd`, `dkd+ctkd`); the base loss of a method on top of another where not KD (SDD's
-    `sdd.base`: `sdd+dkd`, the SDD README's SD-DKD)."""
+    `sdd.base`: `sdd+dkd`, the SDD README's SD-DKD); `+dot` when trained with DOT (`optimizer.dot`:
+    configs/mdistiller.py's kd_dot and dkd_dot)."""
     method = str(config.get("method", "none"))
     loss = config.get("loss") or {}
     if method == "ctkd":  # CTKD names its base: KD+CTKD, DKD+CTKD (its README's rows)
@@ -115,7 +116,8 @@ def method_label(config: dict) -> str:
     base = (config.get(method) or {}).get("base")
     label = f"{label}+{base}" if base and base != "kd" else label
     standardized = loss.get("logit_standardization") or (config.get(method) or {}).get("logit_standardization")
-    return f"{label}+ls" if standardized else label
+    label = f"{label}+ls" if standardized else label
+    return f"{label}+dot" if (config.get("optimizer") or {}).get("dot") else label
 
 
 def _read_json(path: Path, what: str):

@@ -16,10 +16,11 @@ import convert
 from configs import default, mdistiller
 from jaxkd.config.checks import check_run_config
 from jaxkd.data import Split
-from jaxkd.engine import step as step_module
+from jaxkd.engine import dot as dot_module
+from jaxkd.engine.dot import BOTH, DISTILL, NEITHER, TASK, DotGradients, DotState
 from jaxkd.engine.initial_state import INITIAL_STATE_CPU_OPTIONS, train_state_layout
 from jaxkd.engine.mesh import data_mesh
-from jaxkd.engine.optimizer import BOTH, DISTILL, NEITHER, TASK, DotGradients, DotState, make_optimizer
+from jaxkd.engine.optimizer import make_optimizer
 from jaxkd.engine.setup import Setup, Teacher
 from jaxkd.engine.step import make_update
 from jaxkd.engine.train_state import TrainState
@@ -212,8 +213,8 @@ def test_the_sides_are_where_pytorch_leaves_gradients(monkeypatch):
     config.batch_size = BATCH
     assert check_run_config(config) == []
     found = []
-    real = step_module.gradient_sides
-    monkeypatch.setattr(step_module, "gradient_sides", lambda *args: found.append(real(*args)) or found[-1])
+    real = dot_module.gradient_sides
+    monkeypatch.setattr(dot_module, "gradient_sides", lambda *args: found.append(real(*args)) or found[-1])
     teacher = _randomized(1)
     setup = _setup(config, convert.torch_to_flax(teacher.state_dict(), ARCH))
     layout = train_state_layout(setup)

@@ -22,7 +22,8 @@ from jaxkd.config.specs import (Epochs, ModelName, Number, Spec, check_value, fl
                                 non_negative_int, one_of, positive_float, positive_int, shown, text)
 from jaxkd.data.augment import NORMALIZATIONS, PADDINGS
 from jaxkd.data.sources import SOURCES
-from jaxkd.engine.optimizer import LR_DECAY_TIMINGS, LR_SCALINGS, check_dot_settings
+from jaxkd.engine.dot import check_dot_settings
+from jaxkd.engine.optimizer import LR_DECAY_TIMINGS, LR_SCALINGS
 from jaxkd.errors import UserError
 from jaxkd.io.wandb_log import MODES
 from jaxkd.io.workdir import MOVED_KEYS

@@ -50,7 +50,7 @@ def get_config() -> ConfigDict:
     # "linear": lr * batch_size / lr_reference_batch, for large global batches on many devices (docs/scale_out.md).
     config.optimizer.lr_scaling = "none"
     config.optimizer.lr_reference_batch = 64
-    # DOT (Zhao et al. 2023, mdistiller's `dot` trainer; jaxkd/engine/optimizer.py): the task (CE) gradient's
+    # DOT (Zhao et al. 2023, mdistiller's `dot` trainer; jaxkd/engine/dot.py): the task (CE) gradient's
     # momentum buffer at momentum - dot_delta, the distillation gradient's at momentum + dot_delta.
     config.optimizer.dot = False
     config.optimizer.dot_delta = 0.075  # mdistiller's CFG.SOLVER.DOT.DELTA

@@ -12,19 +12,15 @@ When the lr drops (`config.optimizer.lr_decay_timing`) follows one of the two re
   epoch): lr = base * rate ** (number of named epochs before the current one), so the decay at 150 starts
   with the first step of epoch 151 (0-based step 150 * steps_per_epoch).
 
-With `optimizer.dot`, DOT (mdistiller's `DistillationOrientedTrainer`, `dot_optimizer`): one momentum buffer for
-the task loss's gradient and one for the distillation loss's, at momentum -/+ `dot_delta`; its `update` takes both
-gradients and which losses reach each leaf (`DotGradients`, made by `jaxkd.engine.step.dot_gradients`).
+With `optimizer.dot`, DOT instead (jaxkd/engine/dot.py): one momentum buffer for the task loss's gradient and one
+for the distillation loss's, at momentum -/+ `dot_delta`.
 """
 
-from typing import Any, NamedTuple
-
-import flax.struct
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxkd.engine.dot import check_dot_settings, dot_optimizer, uses_dot
 from jaxkd.errors import UserError
 
 LR_SCALINGS = ("none", "linear")
@@ -108,98 +104,3 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
         optax.sgd(config_learning_rate_schedule(config, steps_per_epoch), momentum=opt.momentum or None,
                   nesterov=opt.nesterov),
     )
-
-
-# ----------------------------------------------------------------------------------------------------------- DOT
-def uses_dot(config) -> bool:
-    """Whether the run trains with DOT (`optimizer.dot`; configs written before the key existed: no)."""
-    return bool(config.optimizer.get("dot", False))
-
-
-# Which of the two losses reaches a parameter (mdistiller decides it per tensor by whether `loss.backward()` left a
-# gradient, `p.grad is not None`): the task loss and the distillation loss, only one of them, or neither.
-BOTH, TASK, DISTILL, NEITHER = "both", "task", "distill", "neither"
-
-
-@flax.struct.dataclass
-class DotGradients:
-    """What the DOT optimizer updates from, in place of one gradient: the gradient of the task loss (gamma * CE)
-    and of the distillation loss (alpha * KD + beta * method term), and for each leaf of the parameters (in
-    `jax.tree.leaves` order) which of the two reaches it (BOTH, TASK, DISTILL, NEITHER; static)."""
-
-    task: Any
-    distill: Any
-    sides: tuple = flax.struct.field(pytree_node=False)
-
-
-class DotState(NamedTuple):
-    """The DOT optimizer's state: steps taken, the task-gradient and the distillation-gradient momentum buffers
-    (zeros where a side does not reach the leaf)."""
-
-    count: jax.Array  # int32 scalar
-    task_momentum: optax.Params
-    distill_momentum: optax.Params
-
-
-def check_dot_settings(momentum: float, delta: float, nesterov: bool) -> None:
-    """DOT's momenta, momentum - dot_delta (task) and momentum + dot_delta (distillation), must both be in [0, 1);
-    nesterov is not DOT's (mdistiller's `DistillationOrientedTrainer` has none)."""
-    task, distill = momentum - delta, momentum + delta
-    if not 0 <= task or not distill < 1:
-        raise UserError(f"optimizer.dot_delta {delta} with momentum {momentum}: DOT's task momentum ({task:g}) and "
-                        f"distillation momentum ({distill:g}) must both be in [0, 1)")
-    if nesterov:
-        raise UserError("optimizer.nesterov cannot be combined with optimizer.dot (DOT's momentum is plain SGD's)")
-
-
-def dot_optimizer(schedule, momentum: float, delta: float, weight_decay: float) -> optax.GradientTransformation:
-    """DOT (Zhao et al. 2023), megvii-research/mdistiller `mdistiller/engine/dot.py` (`dot`, with the momenta of
-    `trainer.py` `DOT.init_optimizer`): SGD with one momentum buffer for the task gradient (momentum - delta) and
-    one for the distillation gradient (momentum + delta); `update` takes a `DotGradients`. Per leaf, by which
-    losses reach it:
-    * both: task buffer = (m - delta) * buf + (g_task + wd * p); distillation buffer = (m + delta) * buf + g_distill
-      (no weight decay: the task side has it);
-    * task only: buffer = m' * buf + (g_task + wd * p), m' = ((m - delta) + (m + delta)) / 2;
-    * distillation only: buffer = m' * buf + (g_distill + wd * p);
-    * neither: no update (no weight decay either).
-    On the first step each buffer is its gradient as given, as PyTorch's SGD's, so the distillation-only leaves
-    have no weight decay on that step (mdistiller clones the raw gradient before adding it). p -= lr * (task
-    buffer + distillation buffer)."""
-    task_momentum, distill_momentum = momentum - delta, momentum + delta
-    mean_momentum = (distill_momentum + task_momentum) / 2.0  # as mdistiller computes it
-
-    def init(params):
-        return DotState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params),
-                        jax.tree.map(jnp.zeros_like, params))
-
-    def update(grads: DotGradients, state: DotState, params=None):
-        if params is None:
-            raise ValueError("the DOT optimizer needs the parameters (weight decay)")
-        leaves, treedef = jax.tree.flatten(params)
-        task_grads, distill_grads = treedef.flatten_up_to(grads.task), treedef.flatten_up_to(grads.distill)
-        task_buffers = treedef.flatten_up_to(state.task_momentum)
-        distill_buffers = treedef.flatten_up_to(state.distill_momentum)
-        lr, first = schedule(state.count), state.count == 0
-        updates, new_task, new_distill = [], [], []
-        for p, g_task, g_distill, task_buffer, distill_buffer, side in zip(
-                leaves, task_grads, distill_grads, task_buffers, distill_buffers, grads.sides, strict=True):
-            update = jnp.zeros_like(p)
-            if side in (BOTH, TASK):
-                decayed = g_task + weight_decay * p
-                rate = task_momentum if side == BOTH else mean_momentum
-                task_buffer = jnp.where(first, decayed, rate * task_buffer + decayed)
-                update = update - lr * task_buffer
-            if side in (BOTH, DISTILL):
-                if side == BOTH:
-                    later = distill_momentum * distill_buffer + g_distill
-                else:
-                    later = mean_momentum * distill_buffer + (g_distill + weight_decay * p)
-                distill_buffer = jnp.where(first, g_distill, later)
-                update = update - lr * distill_buffer
-            updates.append(update)
-            new_task.append(task_buffer)
-            new_distill.append(distill_buffer)
-        return (treedef.unflatten(updates), DotState(optax.safe_int32_increment(state.count),
-                                                     treedef.unflatten(new_task), treedef.unflatten(new_distill)))
-
-    return optax.GradientTransformation(init, update)

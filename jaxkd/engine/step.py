@@ -13,14 +13,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
-from jax.extend import core as jax_core
 
 from jaxkd.data.saliencymix import mixed_cross_entropy
 from jaxkd.engine.compile_options import compiler_options
 from jaxkd.engine.dispatch import TrainPrograms, steps_per_dispatch
+from jaxkd.engine.dot import dot_gradients, uses_dot
 from jaxkd.engine.losses import cross_entropy
 from jaxkd.engine.mesh import batch_sharded, replicated
-from jaxkd.engine.optimizer import BOTH, DISTILL, NEITHER, TASK, DotGradients, uses_dot
 from jaxkd.engine.setup import Setup
 from jaxkd.engine.train_batch import prepare_batch
 from jaxkd.engine.train_state import TrainState
@@ -83,49 +82,6 @@ def make_update(setup: Setup):
         return state, metrics
 
     return update
-
-
-def dot_gradients(weighted_losses, params, weights):
-    """(DotGradients, loss, aux) for the DOT optimizer: `weighted_losses(params)` -> ((task, kd, term), aux) run
-    once; the task loss's and the distillation loss's (kd + term) gradients from its pullback, applied to (1, 0)
-    and (0, 1); and which of the two reaches each leaf (`gradient_sides`), found when the step is traced.
-    `weights` = (gamma, alpha, beta): a part weighted 0 is left out of its loss (not added as 0 * part), as the
-    reference distillers compute no such part, so that it reaches no parameter."""
-
-    def parts(params):
-        weighted, aux = weighted_losses(params)
-        task, kd, term = (part if weight else jnp.zeros((), jnp.float32) for part, weight in zip(weighted, weights))
-        return (task, kd + term), aux
-
-    (task, distill), pullback, aux = jax.vjp(parts, params, has_aux=True)
-    one, zero = jnp.ones_like(task), jnp.zeros_like(task)
-    (task_grads,), (distill_grads,) = pullback((one, zero)), pullback((zero, one))
-    grads = DotGradients(task_grads, distill_grads, gradient_sides(lambda p: parts(p)[0], params))
-    return grads, task + distill, aux
-
-
-def gradient_sides(parts, params) -> tuple[str, ...]:
-    """For each leaf of `params` (`jax.tree.leaves` order): which of the two losses `parts(params)` = (task,
-    distill) reaches it: BOTH, TASK, DISTILL or NEITHER, as PyTorch's autograd graph decides whether
-    `loss.backward()` leaves a tensor a gradient (mdistiller's DOT reads `p.grad is not None`). Found on the
-    traced JVP (`jax.make_jaxpr`, nothing runs): a parameter's tangent reaches a loss's tangent unless
-    `stop_gradient`, an integer path or no path at all separates them. An operation with nested programs (a
-    `jit`, a scan) counts as reaching all of its outputs from all of its inputs."""
-    count = len(jax.tree.leaves(params))
-    jaxpr = jax.make_jaxpr(lambda p, t: jax.jvp(parts, (p,), (t,))[1])(params, params).jaxpr
-    tangents = jaxpr.invars[count:]
-    task, distill = (_inputs_reaching(jaxpr, output) for output in jaxpr.outvars)
-    return tuple({(True, True): BOTH, (True, False): TASK, (False, True): DISTILL, (False, False): NEITHER}[
-        (tangent in task, tangent in distill)] for tangent in tangents)
-
-
-def _inputs_reaching(jaxpr, output) -> set:
-    """The variables of `jaxpr` that `output` depends on (a backward walk over its equations)."""
-    needed = {output} if isinstance(output, jax_core.Var) else set()
-    for equation in reversed(jaxpr.eqns):
-        if any(var in needed for var in equation.outvars):
-            needed.update(var for var in equation.invars if isinstance(var, jax_core.Var))
-    return needed
 
 
 def make_train_step(setup: Setup, num_steps: int = 1, unroll: bool | None = None,

@@ -83,6 +83,18 @@ def epoch_warmup(epoch, warmup_epochs: float) -> jax.Array:
     return jnp.minimum(jnp.asarray(epoch, jnp.float32) / warmup_epochs, 1.0)
 
 
+def label_mixed(per_label, batch: Batch):
+    """`per_label(labels)`, per-example losses of the batch's labels (an array or a tuple of them), under
+    SaliencyMix mixed with those of the partners' labels as the CE mixes them: lam * own + (1 - lam) * partner's
+    (DKD, CTKD's DKD base, SDD)."""
+    own = per_label(batch.labels)
+    if batch.partners is None:
+        return own
+    lam = jnp.asarray(batch.lam, jnp.float32)
+    partners = per_label(batch.labels[batch.partners])
+    return jax.tree.map(lambda a, b: lam * a + (1.0 - lam) * b, own, partners)
+
+
 class Probe(NamedTuple):
     """What `init` may use to size its modules and state: outputs on a sample batch, the dataset, and the
     teacher itself (OFD's margins come from its BN parameters)."""
@@ -94,6 +106,17 @@ class Probe(NamedTuple):
     num_classes: int
     teacher_model: Any = None  # the teacher's Flax module (None without a teacher)
     teacher_variables: Any = None  # its variables, {"params", "batch_stats"} (traced inside the initial state)
+
+
+def check_classifier_outputs(method_name: str, probe: Probe) -> None:
+    """A one-line UserError unless both models give their last feature map and classifier (`ModelOutput.pooled_map`,
+    `classifier_kernel`) and have the same classes: what SDD and CAT-KD read."""
+    for side, out in (("student", probe.student), ("teacher", probe.teacher)):
+        if out.pooled_map is None or out.classifier_kernel is None:
+            raise UserError(f"{method_name}: the {side}'s model returns no last feature map and classifier")
+    if probe.student.logits.shape[-1] != probe.teacher.logits.shape[-1]:
+        raise UserError(f"{method_name}: the student has {probe.student.logits.shape[-1]} classes and the teacher "
+                        f"{probe.teacher.logits.shape[-1]}: they must be the same")
 
 
 class MethodInit(NamedTuple):

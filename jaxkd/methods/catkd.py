@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.config.specs import flag, positive_int
-from jaxkd.errors import UserError
-from jaxkd.methods.base import Method, TermOutput
+from jaxkd.methods.base import Method, TermOutput, check_classifier_outputs
 from jaxkd.methods.pooling import adaptive_avg_pool2d
 
 NORMALIZE_EPS = 1e-12  # F.normalize's eps
@@ -53,12 +52,7 @@ class CATKD(Method):
     specs = {"resolution": positive_int, "normalize": flag}
 
     def init(self, rng, probe):
-        for side, out in (("student", probe.student), ("teacher", probe.teacher)):
-            if out.pooled_map is None or out.classifier_kernel is None:
-                raise UserError(f"{self.name}: the {side}'s model returns no last feature map and classifier")
-        if probe.student.logits.shape[-1] != probe.teacher.logits.shape[-1]:
-            raise UserError(f"{self.name}: the student has {probe.student.logits.shape[-1]} classes and the "
-                            f"teacher {probe.teacher.logits.shape[-1]}: their class activation maps cannot be matched")
+        check_classifier_outputs(self.name, probe)
         return super().init(rng, probe)
 
     def term(self, variables, state, student, teacher, batch, train) -> TermOutput:

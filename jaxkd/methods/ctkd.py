@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxkd.config.specs import non_negative_float, one_of, positive_float, positive_int
 from jaxkd.engine.losses import kd_divergence
-from jaxkd.methods.base import Method, TermOutput, apply_module
+from jaxkd.methods.base import Method, TermOutput, apply_module, label_mixed
 from jaxkd.methods.dkd import dkd_per_example
 
 
@@ -98,11 +98,6 @@ class CTKD(Method):
         def losses(labels):
             return dkd_per_example(student.logits, teacher.logits, labels, temperature, self.logit_standardization)
 
-        tckd, nckd = losses(batch.labels)
-        if batch.partners is not None:  # SaliencyMix: each example's two labels, weighted as the CE's (as DKD)
-            lam = jnp.asarray(batch.lam, jnp.float32)
-            tckd_partner, nckd_partner = losses(batch.labels[batch.partners])
-            tckd = lam * tckd + (1.0 - lam) * tckd_partner
-            nckd = lam * nckd + (1.0 - lam) * nckd_partner
+        tckd, nckd = label_mixed(losses, batch)  # SaliencyMix: each example's two labels, as DKD
         tckd, nckd = jnp.mean(tckd), jnp.mean(nckd)
         return TermOutput(s["dkd_alpha"] * tckd + s["dkd_beta"] * nckd, metrics={**metrics, "tckd": tckd, "nckd": nckd})

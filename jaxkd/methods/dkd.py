@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxkd.config.specs import non_negative_float, positive_float, positive_int
 from jaxkd.engine.losses import standardize_logits
-from jaxkd.methods.base import Method, TermOutput, epoch_warmup
+from jaxkd.methods.base import Method, TermOutput, epoch_warmup, label_mixed
 
 NON_TARGET_SHIFT = 1000.0  # mdistiller: logits / T - 1000 * gt_mask before NCKD's softmaxes
 
@@ -66,12 +66,7 @@ class DKD(Method):
             return dkd_per_example(student.logits, teacher.logits, labels, s["temperature"],
                                    self.logit_standardization)
 
-        tckd, nckd = losses(batch.labels)
-        if batch.partners is not None:  # SaliencyMix: each example's two labels, weighted as the CE's
-            lam = jnp.asarray(batch.lam, jnp.float32)
-            tckd_partner, nckd_partner = losses(batch.labels[batch.partners])
-            tckd = lam * tckd + (1.0 - lam) * tckd_partner
-            nckd = lam * nckd + (1.0 - lam) * nckd_partner
+        tckd, nckd = label_mixed(losses, batch)  # SaliencyMix: each example's two labels, weighted as the CE's
         tckd, nckd = jnp.mean(tckd), jnp.mean(nckd)
         factor = epoch_warmup(batch.epoch, s["warmup"])
         return TermOutput(factor * (s["alpha"] * tckd + s["beta"] * nckd),

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jaxkd.config.specs import non_negative_float, one_of, positive_float, positive_int
 from jaxkd.errors import UserError
-from jaxkd.methods.base import Method, TermOutput, epoch_warmup
+from jaxkd.methods.base import Method, TermOutput, check_classifier_outputs, epoch_warmup, label_mixed
 from jaxkd.methods.dkd import dkd_per_example
 from jaxkd.methods.pooling import adaptive_avg_pool2d
 
@@ -97,12 +97,7 @@ class SDD(Method):
                                     f"--config.{name}.base=dkd")
 
     def init(self, rng, probe):
-        for side, out in (("student", probe.student), ("teacher", probe.teacher)):
-            if out.pooled_map is None or out.classifier_kernel is None:
-                raise UserError(f"{self.name}: the {side}'s model returns no last feature map and classifier")
-        if probe.student.logits.shape[-1] != probe.teacher.logits.shape[-1]:
-            raise UserError(f"{self.name}: the student has {probe.student.logits.shape[-1]} classes and the "
-                            f"teacher {probe.teacher.logits.shape[-1]}: they must be the same")
+        check_classifier_outputs(self.name, probe)
         return super().init(rng, probe)
 
     def region_logits_of(self, out) -> jax.Array:
@@ -120,12 +115,7 @@ class SDD(Method):
             return sdd_per_example(student_regions, teacher_regions, labels, s["base"], s["temperature"],
                                    s["dkd_alpha"], s["dkd_beta"])
 
-        loss, complementary = losses(batch.labels)
-        if batch.partners is not None:  # SaliencyMix: each example's two labels, weighted as the CE's
-            lam = jnp.asarray(batch.lam, jnp.float32)
-            partner_loss, partner_complementary = losses(batch.labels[batch.partners])
-            loss = lam * loss + (1.0 - lam) * partner_loss
-            complementary = lam * complementary + (1.0 - lam) * partner_complementary
+        loss, complementary = label_mixed(losses, batch)  # SaliencyMix: each example's two labels, as DKD
         loss, metrics = jnp.mean(loss), {"complementary": jnp.mean(complementary)}
         if s["base"] == "dkd":
             factor = epoch_warmup(batch.epoch, s["warmup"])

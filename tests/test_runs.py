@@ -1,7 +1,7 @@
 """`python -m jaxkd.runs`: a small table (one pair x KD x 3 seeds on digits) written as a run list, run,
 stopped once mid-way with SIGTERM (as a preempted job is) and run again: finished runs are skipped, the stopped
-one resumes exactly, the runs after it start, and `jaxkd.tools.report` turns the workdirs into the table their metrics
-give (its grouping of several cells: tests/test_report.py)."""
+one resumes to its end, the runs after it start, and `jaxkd.tools.report` turns the workdirs into the table their
+metrics give (its grouping of several cells: tests/test_report.py)."""
 
 import json
 import os
@@ -18,7 +18,7 @@ import torch
 
 from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.tools import report, runs
-from tests.conftest import assert_bitwise_equal, assert_one_line_error, final_params
+from tests.conftest import assert_one_line_error, final_params
 
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = [("resnet14", "resnet8")]  # RepDistiller's names: post-activation rd_resnet*
@@ -94,7 +94,7 @@ def test_list_has_one_command_per_pair_method_and_seed(table):
                                "--workdir rd_table/resnet14-resnet8/kd/seed0 --config.seed=0 --config.data.source=")
 
 
-def test_a_stopped_list_skips_finished_runs_and_resumes_the_stopped_one_exactly(table, tmp_path):
+def test_a_stopped_list_skips_finished_runs_and_resumes_the_stopped_one(table):
     folder, workdirs, first_output, second_output = table
     stopped = workdirs[1].relative_to(folder)
     assert f"stopped during {stopped}" in first_output
@@ -104,13 +104,12 @@ def test_a_stopped_list_skips_finished_runs_and_resumes_the_stopped_one_exactly(
         assert f"[{number}/{total}] finished, skipped: {workdir.relative_to(folder)}" in second_output
     assert f"[2/{total}] running" in second_output and "resumed from" in second_output
     assert f"[{total}/{total}] running" in second_output
-    # the stopped run, resumed, ends bit for bit where the same command run straight through ends
-    line = (folder / "runs.txt").read_text().splitlines()[1]
-    straight = shlex.split(line.replace(str(stopped), str(tmp_path / "straight")))
-    completed = subprocess.run([sys.executable, *straight[1:]], cwd=folder, env=environment(),
-                               capture_output=True, text=True, timeout=1800)
-    assert completed.returncode == 0, completed.stderr
-    assert_bitwise_equal(final_params(workdirs[1]), final_params(tmp_path / "straight"))
+    # the stopped run, resumed by the same command, ends at its last step with each epoch's rows once (that a
+    # resumed run ends bit for bit where a straight one does is tests/test_train.py's SIGTERM and SIGKILL tests')
+    rows = [json.loads(line) for line in (workdirs[1] / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows if row["kind"] == "eval"] == list(range(1, EPOCHS + 1))
+    assert [row["step"] for row in rows if row["kind"] == "train"] == [11 * epoch for epoch in range(1, EPOCHS + 1)]
+    assert (workdirs[1] / "student.pth").is_file() and final_params(workdirs[1])  # exported at its end
 
 
 def test_report_of_the_table_equals_the_metrics_of_its_workdirs(table):

@@ -37,7 +37,8 @@ IGNORED_KEYS = {
     "data.data_dir": "where the data lives on that machine",
     "data.download": "whether missing data may be fetched",
 }
-DATA_NAMES = {"tfds": "CIFAR-100", "cifar100-python": "CIFAR-100", "digits": "digits"}  # by config.data.source
+# by config.data.source; "imagenet2012" is TFDS's ImageNet, the streaming input path's source name (docs/data.md)
+DATA_NAMES = {"tfds": "CIFAR-100", "cifar100-python": "CIFAR-100", "digits": "digits", "imagenet2012": "ImageNet"}
 PLOT_PANEL_PIXELS = (400, 300)  # width, height of one group's panel in --plot
 PLOT_COLUMNS = 3
 
@@ -90,9 +91,10 @@ class Run:
 
     def fits(self, source) -> bool:
         """Whether a published number of `source` (a jaxkd.tools.published.Source) compares with this run: the same data,
-        epochs and batch size as the recipe it was published for."""
-        return (self.data, self.epochs, self.config.get("batch_size")) == (source.data, source.epochs,
-                                                                             source.batch_size)
+        epochs and batch size as the recipe it was published for (epochs or batch not compared where the source's
+        numbers differ in them: None)."""
+        return (self.data == source.data and source.epochs in (None, self.epochs)
+                and source.batch_size in (None, self.config.get("batch_size")))
 
     @property
     def key(self) -> tuple:

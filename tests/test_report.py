@@ -293,8 +293,9 @@ def test_the_imagenet_published_column_stands_beside_imagenet_runs_only(tmp_path
     assert cifar["data"] == "CIFAR-100" and cifar["published"] == []
     assert [p["top1"] for p in cifar["published_elsewhere"]] == [71.70]
     table = report.format_markdown(built)
-    assert "| ImageNet | 100 | batch 512, lr 0.2, x0.1 at 30,60,90 | 1 | 71.00 | 71.00 | 71.70 (best; mdistiller " \
-           "README (ImageNet)) |" in table
+    assert "| ImageNet | 100 | batch 512, lr 0.2 (0.2 per 512), x0.1 at 30,60,90 | 1 | 71.00 | 71.00 | 71.70 (best; " \
+           "mdistiller README (ImageNet)) |" in table
+    assert crd["recipe"] == "batch 256, lr 0.1 (0.2 per 512), x0.1 at 30,60,90"  # the lr it trained with
     assert "71.70" not in report.format_markdown({**built, "rows": [cifar]}).split("\n\n")[0]  # not in its row
     assert "mdistiller README (ImageNet)'s 71.70, published for ImageNet, 100 epochs, batch 512." in \
         report.format_markdown({**built, "rows": [cifar]})

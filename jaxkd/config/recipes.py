@@ -1,9 +1,9 @@
-"""The recipe tables: RepDistiller's, mdistiller's and CTKD's published settings by method and (teacher, student)
-pair, and jaxkd's own BYOT and DML recipes, each as a full config.
+"""The recipe tables: RepDistiller's, mdistiller's (CIFAR-100 and ImageNet) and CTKD's published settings by method
+and (teacher, student) pair, and jaxkd's own BYOT and DML recipes, each as a full config.
 
 configs/*.py are views of these tables (`configs/repdistiller.py:T,S,M`, `configs/kd_wrn.py`, ...); the run list
 (`jaxkd.runs`) and the benchmark (`jaxkd.bench`) read them here, so the library never imports `configs`. Where
-each value comes from: the comments below, docs/methods.md and tests/test_recipes.py.
+each value comes from: the comments below, docs/methods.md, tests/test_recipes.py and tests/test_config_imagenet.py.
 """
 
 from ml_collections import ConfigDict

@@ -92,7 +92,8 @@ SOURCES = {
         data="ImageNet", epochs=100, batch_size=512),  # configs/imagenet/*/{kd,dkd,dot}.yaml: batch 512
     "DIST README (ImageNet)": Source(
         "DIST README (ImageNet)", "github.com/hunto/DIST_KD README.md, 'Reproducing our results', 'ImageNet', "
-        "'Baseline settings' (CONFIG=configs/strategies/distill/resnet_dist.yaml, 8 GPUs) and 'Stronger teachers'",
+        "'Baseline settings' (CONFIG=configs/strategies/distill/resnet_dist.yaml, 8 GPUs) and 'Stronger teachers' "
+        "(which names no config: the baseline settings', as far as the README says)",
         "best", "its classification/ (hunto/image_classification_sota) tools/train.py keeps the checkpoints ranked by "
         "top-1, the best first (lib/utils/misc.py CheckpointManager)", None,
         data="ImageNet", epochs=100, batch_size=256),  # resnet_dist.yaml batch_size 32 x 8 GPUs, epochs 100

@@ -84,10 +84,14 @@ class Run:
 
     @property
     def recipe(self) -> str:
-        """The run's schedule in short: batch, lr and its decay epochs."""
+        """The run's schedule in short: batch, lr (as trained: scaled to the batch where `lr_scaling` is linear) and
+        its decay epochs."""
         optimizer = self.config.get("optimizer") or {}
         decay = ",".join(str(epoch) for epoch in optimizer.get("lr_decay_epochs") or ()) or "none"
-        return f"batch {self.config.get('batch_size')}, lr {optimizer.get('lr')}, x{optimizer.get('lr_decay_rate')} at {decay}"
+        lr, batch = optimizer.get("lr"), self.config.get("batch_size")
+        if optimizer.get("lr_scaling") == "linear":  # jaxkd.engine.optimizer.base_learning_rate
+            lr = f"{lr * batch / optimizer['lr_reference_batch']:g} ({lr} per {optimizer['lr_reference_batch']})"
+        return f"batch {batch}, lr {lr}, x{optimizer.get('lr_decay_rate')} at {decay}"
 
     def fits(self, source) -> bool:
         """Whether a published number of `source` (a jaxkd.tools.published.Source) compares with this run: the same data,

@@ -104,10 +104,11 @@ def test_every_key_refuses_a_wrong_type_and_a_value_out_of_range_in_one_line():
 def shipped_configs():
     """Every config the project ships, with every argument its runners and docs use: the argument-free files,
     demo.py's two roles, repdistiller.py for each pair of RepDistiller's tables and each of its methods,
-    mdistiller.py for each of those pairs and the pairs it has recipes for, and each of its methods."""
+    mdistiller.py for each of those pairs and the pairs it has recipes for, and each of its methods, imagenet.py for
+    each of its pairs and methods."""
     names = [(f"{path.stem}.py", importlib.import_module(f"configs.{path.stem}").get_config, ())
              for path in sorted((REPO / "configs").glob("*.py"))
-             if path.stem not in ("__init__", "demo", "repdistiller", "mdistiller")]
+             if path.stem not in ("__init__", "demo", "repdistiller", "mdistiller", "imagenet")]
     names += [(f"demo.py:{role}", importlib.import_module("configs.demo").get_config, (role,))
               for role in ("teacher", "student")]
     pairs = {(recipes.repdistiller_name(t), recipes.repdistiller_name(s))
@@ -119,6 +120,8 @@ def shipped_configs():
         for t, s in [*recipes.DKD_BETA, *recipes.REVIEWKD_WEIGHT]}
     names += [(f"mdistiller.py:{t},{s},{m}", mdistiller.get_config, (f"{t},{s},{m}",))
               for t, s in sorted(pairs | recipe_pairs) for m in recipes.MDISTILLER_METHODS]
+    names += [(f"imagenet.py:{t},{s},{m}", importlib.import_module("configs.imagenet").get_config, (f"{t},{s},{m}",))
+              for t, s in recipes.IMAGENET_PAIRS for m in recipes.IMAGENET_METHODS]
     return names
 
 

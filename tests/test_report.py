@@ -230,6 +230,77 @@ def test_published_wttm_numbers_match_the_ttm_readme():
     assert not [p for p in PUBLISHED if p.method == "nkd"]  # cls_KD publishes no CIFAR-100 table
 
 
+def test_published_imagenet_numbers_match_the_readmes_and_torchdistills_table():
+    r34_r18, r50_mv1 = ("tv_resnet34", "tv_resnet18"), ("tv_resnet50", "MobileNetV1")
+
+    def cells(pair, method):
+        return [(p.top1, p.source) for p in published_for(*pair, method, False)]
+
+    mdistiller, dist, torchdistill = "mdistiller README (ImageNet)", "DIST README (ImageNet)", "torchdistill benchmarks"
+    original = "torchdistill benchmarks (original work)"
+    # mdistiller README, 'On ImageNet' (header ResNet34/ResNet18, ResNet50/MobileNet-V1): "| KD | 71.03 | 70.50 |",
+    # "| **KD+DOT** | **71.72** | **73.09** |", "| **DKD** | **71.70** | **72.05** |"
+    # torchdistill docs/source/_static/benchmarks/imagenet-resnet18_kd.tsv (Method, Original work, torchdistill):
+    # "KD  \tN/A  \t71.37", "CRD  \t71.17\t70.93", "KR  \t71.61\t71.64", "DIST  \t72.07\t71.95",
+    # "KD w/ LS  \t71.42\t71.23", "AT  \t70.70\t70.90"
+    # DIST README, ImageNet 'Baseline settings': "|ResNet-18 (69.76)|ResNet-34 (73.31)|72.07|...",
+    # "|MobileNet V1 (70.13)|ResNet-50 (76.16)|73.24|..."; 'Stronger teachers': "|ResNet-18 (69.76)|ResNet-34
+    # (73.31)|71.21|72.07|", "|ResNet-34 (73.31)|ResNet-152 (78.31)|74.87|75.42|"
+    assert cells(r34_r18, "kd") == [(71.03, mdistiller), (71.21, dist), (71.37, torchdistill)]
+    assert cells(r50_mv1, "kd") == [(70.50, mdistiller)]
+    assert cells(r34_r18, "kd+dot") == [(71.72, mdistiller)] and cells(r50_mv1, "kd+dot") == [(73.09, mdistiller)]
+    assert cells(r34_r18, "dkd") == [(71.70, mdistiller)] and cells(r50_mv1, "dkd") == [(72.05, mdistiller)]
+    assert cells(r34_r18, "dist") == [(72.07, dist), (71.95, torchdistill)]  # 72.07 once: README twice, tsv once
+    assert cells(r50_mv1, "dist") == [(73.24, dist)]
+    assert cells(("tv_resnet152", "tv_resnet34"), "dist") == [(75.42, dist)]
+    assert cells(("tv_resnet152", "tv_resnet34"), "kd") == [(74.87, dist)]
+    assert cells(r34_r18, "crd") == [(70.93, torchdistill), (71.17, original)]
+    assert cells(r34_r18, "reviewkd") == [(71.64, torchdistill), (71.61, original)]
+    assert cells(r34_r18, "kd+ls") == [(71.23, torchdistill), (71.42, original)]
+    assert cells(r34_r18, "at") == [(70.90, torchdistill), (70.70, original)]
+    assert cells(r34_r18, "ft") == [(71.56, torchdistill)]  # its original number is ILSVRC 2015's (footnote **)
+    imagenet_sources = {name for name, source in SOURCES.items() if source.data == "ImageNet"}
+    assert imagenet_sources == {mdistiller, dist, torchdistill, original}
+    assert {SOURCES[name].scoring for name in imagenet_sources} == {"best"}
+    # the ImageNet sources' numbers are all of ImageNet architectures, the CIFAR-100 ones' of none
+    imagenet_archs = {"tv_resnet18", "tv_resnet34", "tv_resnet50", "tv_resnet101", "tv_resnet152", "MobileNetV1"}
+    for p in PUBLISHED:
+        assert (p.source in imagenet_sources) == (p.student in imagenet_archs), p
+
+
+def imagenet_run(tmp_path, name, arguments, source="imagenet2012"):
+    """A finished 100-epoch run of configs/imagenet.py:ARGUMENTS whose data source is `source` (the streaming input
+    path's ImageNet: not a config value yet, so written into its config.json as that path will)."""
+    from configs import imagenet
+
+    config = imagenet.get_config(arguments)
+    config.data.source = source
+    return report.load_run(str(write_run(tmp_path / name, config, list(np.linspace(10.0, 71.0, config.epochs)), 0)))
+
+
+def test_the_imagenet_published_column_stands_beside_imagenet_runs_only(tmp_path):
+    """DKD on R34 -> R18: mdistiller's 71.70 beside the ImageNet run; the same run on CIFAR-100 data names it
+    under the table. CRD (batch 256): torchdistill's re-run (any batch) and its original work's number."""
+    built = report.build_report([imagenet_run(tmp_path, "dkd", "tv_resnet34,tv_resnet18,dkd"),
+                                 imagenet_run(tmp_path, "crd", "tv_resnet34,tv_resnet18,crd")], {})
+    dkd, crd = built["rows"]
+    (cifar,) = report.build_report([imagenet_run(tmp_path, "cifar", "tv_resnet34,tv_resnet18,dkd", "tfds")], {})["rows"]
+    assert (dkd["data"], dkd["teacher"], dkd["student"], dkd["method"]) == ("ImageNet", "tv_resnet34", "tv_resnet18",
+                                                                           "dkd")
+    assert [(p["top1"], p["scoring"]) for p in dkd["published"]] == [(71.70, "best")]
+    assert [(p["top1"], p["source"]) for p in crd["published"]] == [
+        (70.93, "torchdistill benchmarks"), (71.17, "torchdistill benchmarks (original work)")]
+    assert cifar["data"] == "CIFAR-100" and cifar["published"] == []
+    assert [p["top1"] for p in cifar["published_elsewhere"]] == [71.70]
+    table = report.format_markdown(built)
+    assert "| ImageNet | 100 | batch 512, lr 0.2 (0.2 per 512), x0.1 at 30,60,90 | 1 | 71.00 | 71.00 | 71.70 (best; " \
+           "mdistiller README (ImageNet)) |" in table
+    assert crd["recipe"] == "batch 256, lr 0.1 (0.2 per 512), x0.1 at 30,60,90"  # the lr it trained with
+    assert "71.70" not in report.format_markdown({**built, "rows": [cifar]}).split("\n\n")[0]  # not in its row
+    assert "mdistiller README (ImageNet)'s 71.70, published for ImageNet, 100 epochs, batch 512." in \
+        report.format_markdown({**built, "rows": [cifar]})
+
+
 @pytest.mark.parametrize("method,label,top1", [("dist", "dist", 76.31), ("kd_ls", "kd+ls", 76.62),
                                                ("dkd_ls", "dkd+ls", 77.01), ("wttm", "wttm", 76.06),
                                                ("kd_dot", "kd+dot", 75.12)])

@@ -179,6 +179,24 @@ def test_a_table_list_has_every_cell_of_repdistillers_table_and_its_na_cells_as_
     assert any("resnet32x4,resnet8x4,fsp --workdir t/resnet32x4-resnet8x4/fsp/seed1" in line for line in lines)
 
 
+def test_the_imagenet_table_list_has_its_pairs_and_methods_and_no_cell_without_upstream_settings(capsys):
+    """`--table imagenet`: configs/imagenet.py's methods on its two pairs (the config and methods by default),
+    the cells no upstream repository gives settings for as comments; its methods checked as the config's."""
+    assert runs.main(["list", "--root", "in", "--table", "imagenet", "--seeds", "0,1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("python -m jaxkd.train --config configs/imagenet.py:tv_resnet34,tv_resnet18,kd "
+                        "--workdir in/tv_resnet34-tv_resnet18/kd/seed0 --config.seed=0")
+    # 2 pairs x 9 methods x 2 seeds, less OFD on R34 -> R18 and KD + LS on R50 -> MobileNetV1 (a comment each)
+    assert len(lines) == 2 * 9 * 2 - 2 * 2 + 2
+    comments = [line for line in lines if line.startswith("#")]
+    why = "no ImageNet setting for the pair upstream (jaxkd/config/recipes.py IMAGENET_UPSTREAM)"
+    assert comments == [f"# ofd on tv_resnet34 -> tv_resnet18: {why}", f"# kd_ls on tv_resnet50 -> MobileNetV1: {why}"]
+    assert "python -m jaxkd.train --config configs/imagenet.py:tv_resnet50,MobileNetV1,kd_dot --workdir " \
+           "in/tv_resnet50-MobileNetV1/kd_dot/seed1 --config.seed=1" in lines
+    assert runs.main(["list", "--root", "in", "--table", "imagenet", "--methods", "kd,fitnet"]) == 2
+    assert "--methods: 'fitnet' is not one of kd, at, crd" in capsys.readouterr().err
+
+
 def test_a_run_that_cannot_write_its_outputs_stops_the_list(tmp_path, capsys, monkeypatch):
     """Exit status 74 (a full disk, a bucket refusing uploads: jaxkd.errors.OutputError) would fail every later
     run alike: the runner stops there with one line and the same status, the later runs not started."""

@@ -1,9 +1,9 @@
-"""The recipe tables: RepDistiller's, mdistiller's and CTKD's published settings by method and (teacher, student)
-pair, and jaxkd's own BYOT and DML recipes, each as a full config.
+"""The recipe tables: RepDistiller's, mdistiller's (CIFAR-100 and ImageNet) and CTKD's published settings by method
+and (teacher, student) pair, and jaxkd's own BYOT and DML recipes, each as a full config.
 
 configs/*.py are views of these tables (`configs/repdistiller.py:T,S,M`, `configs/kd_wrn.py`, ...); the run list
 (`jaxkd.runs`) and the benchmark (`jaxkd.bench`) read them here, so the library never imports `configs`. Where
-each value comes from: the comments below, docs/methods.md and tests/test_recipes.py.
+each value comes from: the comments below, docs/methods.md, tests/test_recipes.py and tests/test_config_imagenet.py.
 """
 
 from ml_collections import ConfigDict
@@ -92,6 +92,94 @@ CATKD = {("rd_resnet110", "rd_resnet32"): (1.8, 2, False), ("rd_resnet32x4", "rd
          ("wideresnet40_2", "ShuffleV1"): (80.0, 4, True), ("wideresnet40_2", "wideresnet16_2"): (12.0, 2, False),
          ("wideresnet40_2", "wideresnet40_1"): (1.5, 2, False)}
 CATKD_DEFAULT = (400.0, 2, True)
+
+# ---------------------------------------------------------------------------------------------- ImageNet
+# megvii-research/mdistiller configs/imagenet/{r34_r18,r50_mv1}/*.yaml over mdistiller/engine/cfg.py, and for DIST
+# and KD + LS their own repositories' ImageNet settings. The pairs, in jaxkd's names, and the folder of mdistiller's
+# configs/imagenet/ that holds each pair's files; a pair outside this table takes r34_r18's settings.
+IMAGENET_PAIRS = {("tv_resnet34", "tv_resnet18"): "r34_r18", ("tv_resnet50", "MobileNetV1"): "r50_mv1"}
+IMAGENET_METHODS = ("kd", "at", "crd", "reviewkd", "dkd", "ofd", "kd_dot", "dist", "kd_ls")
+# the pairs an upstream repository gives each method's ImageNet settings for (its config file or README command);
+# on the others the entry is jaxkd's extension of the nearest one, not a published setting
+IMAGENET_UPSTREAM = {**{method: ("r34_r18", "r50_mv1") for method in IMAGENET_METHODS},
+                     "ofd": ("r50_mv1",),  # configs/imagenet/r50_mv1/ofd.yaml only
+                     "kd_ls": ("r34_r18",)}  # logit-standardization-KD README: its one ImageNet command
+# mdistiller's SOLVER (every yaml: 100 epochs, LR_DECAY_STAGES [30, 60, 90] x0.1, WEIGHT_DECAY 1e-4, MOMENTUM 0.9):
+# LR 0.2 at BATCH_SIZE 512, lowered with the batch where a method's file lowers the batch (0.1 at 256, 0.05 at 128):
+# lr = 0.2 * batch / 512 throughout, jaxkd's optimizer.lr_scaling "linear" with lr_reference_batch 512.
+IMAGENET_LR, IMAGENET_REFERENCE_BATCH = 0.2, 512
+IMAGENET_BATCH = {"crd": 256, "reviewkd": 256, "ofd": 128, "dist": 256}  # the rest: 512
+# (DKD.BETA, REVIEWKD_WEIGHT, REVIEWKD.MAX_MID_CHANNEL) by folder
+IMAGENET_DKD_BETA = {"r34_r18": 0.5, "r50_mv1": 2.0}
+IMAGENET_REVIEWKD = {"r34_r18": (1.0, 512), "r50_mv1": (8.0, 256)}  # r34_r18 leaves MAX_MID_CHANNEL at cfg.py's
+IMAGENET_DOT_DELTA = 0.09  # configs/imagenet/*/dot.yaml SOLVER.DOT.DELTA
+OFD_IMAGENET_WEIGHT = 0.0001  # configs/imagenet/r50_mv1/ofd.yaml OFD.LOSS.FEAT_WEIGHT
+# torchvision's file names of its released ImageNet weights (IMAGENET1K_V1: the weights mdistiller's
+# models/imagenet/resnet.py loads, there under the older names resnet34-333f7ec4.pth, resnet50-19c8e357.pth), in the
+# folder torchvision downloads them to (torch.hub's default cache)
+TORCHVISION_FILES = {"tv_resnet18": "resnet18-f37072fd.pth", "tv_resnet34": "resnet34-b627a593.pth",
+                     "tv_resnet50": "resnet50-0676ba61.pth", "tv_resnet101": "resnet101-63fe2227.pth",
+                     "tv_resnet152": "resnet152-394f9c45.pth"}
+TORCHVISION_FOLDER = "~/.cache/torch/hub/checkpoints"
+
+
+def imagenet(teacher: str, student: str, method: str) -> ConfigDict:
+    """mdistiller's ImageNet recipe for `method`, one of IMAGENET_METHODS, on the pair (jaxkd names, or `mobilenet_v1`
+    and other aliases): configs/imagenet/<pair>/<method>.yaml over engine/cfg.py; DIST's from
+    hunto/image_classification_sota `configs/strategies/distill/resnet_dist.yaml`, KD + LS's from
+    sunshangquan/logit-standardization-KD (its `configs/imagenet/r34_r18/kd.yaml` with the README's `--logit-stand
+    --base-temp 2 --kd-weight 9`). The teacher is torchvision's released file where torchvision downloads it.
+
+    The data section is the default's: the ImageNet source (`data.source`, issue 29's streaming path) is not a
+    config value yet. TODO(streaming): set `config.data.source = "imagenet2012"` and ImageNet's normalization here
+    once the config checks accept them."""
+    config = get_config()
+    config.model, config.teacher.arch = canonical_name(student), canonical_name(teacher)
+    folder = IMAGENET_PAIRS.get((config.teacher.arch, config.model), "r34_r18")
+    config.teacher.checkpoint = (f"{TORCHVISION_FOLDER}/{TORCHVISION_FILES[config.teacher.arch]}"
+                                 if config.teacher.arch in TORCHVISION_FILES else "")
+    config.epochs = 100
+    config.batch_size = IMAGENET_BATCH.get(method.removesuffix("_dot"), 512)
+    config.optimizer.lr, config.optimizer.lr_reference_batch = IMAGENET_LR, IMAGENET_REFERENCE_BATCH
+    config.optimizer.lr_scaling = "linear"
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.lr_decay_epochs = (30, 60, 90)
+    config.optimizer.lr_decay_timing = "repdistiller"  # engine/utils.py adjust_learning_rate: from epoch 31, 61, 91
+    config.loss.gamma, config.loss.alpha, config.loss.beta = 1.0, 0.0, 1.0
+    if method in ("kd", "kd_dot"):  # configs/imagenet/*/kd.yaml, dot.yaml: T 1, CE 0.5, KD 0.5
+        config.method = "kd"
+        config.loss.gamma, config.loss.alpha, config.loss.beta, config.loss.kd_temperature = 0.5, 0.5, 0.0, 1.0
+        if method == "kd_dot":
+            config.optimizer.dot, config.optimizer.dot_delta = True, IMAGENET_DOT_DELTA
+        return config
+    if method == "kd_ls":  # its kd.yaml: CE_WEIGHT 1.0 (not mdistiller's 0.5); --kd-weight 9, --base-temp 2
+        config.method = "kd"
+        config.loss.gamma, config.loss.alpha, config.loss.beta = 1.0, LS_KD_WEIGHT, 0.0
+        config.loss.kd_temperature, config.loss.logit_standardization = LS_TEMPERATURE, True
+        return config
+    config.method = method
+    if method == "at":  # engine/cfg.py CFG.AT: CE 1, FEAT_WEIGHT 1000, P 2
+        config.loss.beta = 1000.0
+        config.at = config_section("at", p=2)
+    elif method == "crd":  # CFG.CRD: CE 1, FEAT_WEIGHT 0.8, DIM 128, NCE K 16384, T 0.07, MOMENTUM 0.5
+        config.loss.beta = 0.8
+        config.crd = config_section("crd", feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5)
+    elif method == "reviewkd":  # REVIEWKD: CE 1, the pair's weight and mid channels, WARMUP_EPOCHS 1, STU_PREACT
+        config.loss.beta, max_mid_channels = IMAGENET_REVIEWKD[folder]
+        config.reviewkd = config_section("reviewkd", warmup=1, student_preact=True, max_mid_channels=max_mid_channels)
+    elif method == "dkd":  # DKD: CE 1, ALPHA 1 (cfg.py), the pair's BETA, T 1, WARMUP 1
+        config.dkd = config_section("dkd", alpha=1.0, beta=IMAGENET_DKD_BETA[folder], temperature=1.0, warmup=1)
+    elif method == "ofd":  # OFD.LOSS: CE 1 (cfg.py), FEAT_WEIGHT 0.0001; CONNECTOR.KERNEL_SIZE 1 (cfg.py)
+        config.loss.beta = OFD_IMAGENET_WEIGHT
+        config.ofd = config_section("ofd")
+    else:  # dist: resnet_dist.yaml ori_loss_weight 1, kd_loss_weight 2, kd 'dist' (kd_loss.py: DIST(1, 1, tau=1)),
+        # batch 32 x 8 GPUs (README: tools/dist_train.sh 8), lr 0.1, decay x0.1 every 30 epochs, SGD Nesterov
+        # (tools/train.py: nesterov=not args.sgd_no_nesterov)
+        config.loss.beta = 2.0
+        config.dist = config_section("dist", beta=1.0, gamma=1.0, tau=1.0)
+        config.optimizer.nesterov = True
+    return config
+
 
 # ----------------------------------------------------------------------------- the benchmark's recipes
 # The pair whose entry gives a method's loss weights and section when the bench times a method the config does

@@ -1,4 +1,4 @@
-"""Published CIFAR-100 test top-1 numbers the report (`jaxkd.tools.report`) puts beside a group of runs, each with its
+"""Published CIFAR-100 and ImageNet test top-1 numbers the report (`jaxkd.tools.report`) puts beside a group of runs, each with its
 source and how it was scored (last or best epoch, how many runs), as far as the source states it.
 
 Keys are jaxkd's: canonical architecture names (RepDistiller's post-activation `resnet56` is `rd_resnet56`, its
@@ -7,7 +7,8 @@ it (`jaxkd.tools.report.method_label`: `none` for a model trained alone, `crd+kd
 `dkd+ls` with logit standardization, `kd+dot` with the DOT optimizer; methods jaxkd does not implement keep their
 reference's short name), and SaliencyMix on or off. The tables below are written as their READMEs print them, one
 value per pair in the header's order, so that they can be checked cell by cell against the README
-(tests/test_report.py).
+(tests/test_report.py). Each source names the data its numbers are of (`Source.data`: "CIFAR-100" or "ImageNet",
+ILSVRC 2012's validation set); the report puts a number only beside runs of that data, so the two tables never mix.
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ class Source:
     scoring: str  # "last" or "best" epoch
     scoring_basis: str  # why that scoring
     runs: int | None  # runs averaged per number; None when the source does not say
-    # The data and recipe its numbers were trained with: every source here trains on CIFAR-100 for 240 epochs at
-    # batch 64 (docs/methods.md); the report puts a number only beside runs of that data, length and batch.
+    # The data and recipe its numbers were trained with: the CIFAR-100 sources train for 240 epochs at batch 64
+    # (docs/methods.md), the ImageNet ones for 100 at their own batch; the report puts a number only beside runs of
+    # that data, length and batch. None: the source's numbers come from recipes that differ in it (torchdistill's
+    # table), so it is not compared.
     data: str = "CIFAR-100"
-    epochs: int = 240
-    batch_size: int = 64
+    epochs: int | None = 240
+    batch_size: int | None = 64
 
     @property
     def recipe(self) -> str:
-        return f"{self.data}, {self.epochs} epochs, batch {self.batch_size}"
+        epochs = "epochs as each number's recipe" if self.epochs is None else f"{self.epochs} epochs"
+        batch = "batch as each number's recipe" if self.batch_size is None else f"batch {self.batch_size}"
+        return f"{self.data}, {epochs}, {batch}"
 
 
 SOURCES = {
@@ -79,6 +84,30 @@ SOURCES = {
         "'Experimental results' (error rates; top-1 = 100 - error)", "last",
         "CIFAR-100/train_with_distillation.py prints each epoch's test accuracy and keeps no best", None,
         epochs=200, batch_size=128),
+    # ImageNet (ILSVRC 2012 validation top-1)
+    "mdistiller README (ImageNet)": Source(
+        "mdistiller README (ImageNet)", "github.com/megvii-research/mdistiller README.md, 'On ImageNet' under 'DOT: A "
+        "Distillation-Oriented Trainer' (KD, KD+DOT) and under 'Decoupled Knowledge Distillation' (KD, DKD)", "best",
+        "mdistiller/engine/trainer.py ends a run with its best_acc (the best epoch's validation accuracy)", None,
+        data="ImageNet", epochs=100, batch_size=512),  # configs/imagenet/*/{kd,dkd,dot}.yaml: batch 512
+    "DIST README (ImageNet)": Source(
+        "DIST README (ImageNet)", "github.com/hunto/DIST_KD README.md, 'Reproducing our results', 'ImageNet', "
+        "'Baseline settings' (CONFIG=configs/strategies/distill/resnet_dist.yaml, 8 GPUs) and 'Stronger teachers' "
+        "(which names no config: the baseline settings', as far as the README says)",
+        "best", "its classification/ (hunto/image_classification_sota) tools/train.py keeps the checkpoints ranked by "
+        "top-1, the best first (lib/utils/misc.py CheckpointManager)", None,
+        data="ImageNet", epochs=100, batch_size=256),  # resnet_dist.yaml batch_size 32 x 8 GPUs, epochs 100
+    "torchdistill benchmarks": Source(
+        "torchdistill benchmarks", "github.com/yoshitomo-matsubara/torchdistill docs/source/benchmarks.rst, 'ImageNet "
+        "(ILSVRC 2012)' (docs/source/_static/benchmarks/imagenet-resnet18_kd.tsv), its 'torchdistill' column: its "
+        "own re-runs", "best", "examples/torchvision/image_classification.py saves the student at its best "
+        "validation top-1 and tests that checkpoint at the end", None,
+        data="ImageNet", epochs=100, batch_size=None),  # its configs' batch differs (and 1 or 3 GPUs)
+    "torchdistill benchmarks (original work)": Source(
+        "torchdistill benchmarks (original work)", "github.com/yoshitomo-matsubara/torchdistill "
+        "docs/source/benchmarks.rst, 'ImageNet (ILSVRC 2012)', its 'Original work' column (each method's paper)",
+        "best", "torchdistill does not say; each number is its paper's own", None,
+        data="ImageNet", epochs=None, batch_size=None),
 }
 
 
@@ -221,6 +250,38 @@ SDD_PAIRS = [("rd_resnet32x4", "ShuffleV1"), ("wideresnet40_2", "ShuffleV1"), ("
 SDD_TABLE = {"sdd": [76.30, 76.65, 69.55, 68.79, 76.67, 74.89], "sdd+dkd": [77.30, 77.21, 71.36, 70.25, 78.05, 75.86]}
 # CAT-KD: GzyAftermath/CAT-KD's README has no results table; its numbers are its paper's, not listed here.
 
+# ------------------------------------------------------------------------------------------------ ImageNet
+# mdistiller README, 'On ImageNet' (header "ResNet34 <br> ResNet18 | ResNet50 <br> MobileNet-V1"), in the DOT section
+# (rows KD, KD+DOT) and the DKD section (rows KD, DKD; the same KD numbers). Its other ImageNet methods (AT, OFD, CRD,
+# ReviewKD) have configs but no row in the README.
+IMAGENET_PAIRS = [("tv_resnet34", "tv_resnet18"), ("tv_resnet50", "MobileNetV1")]
+MDISTILLER_IMAGENET = {"kd": [71.03, 70.50], "dkd": [71.70, 72.05], "kd+dot": [71.72, 73.09]}
+
+# DIST README, ImageNet 'Baseline settings' (one row per pair: Student | Teacher | DIST) and 'Stronger teachers'
+# (Student | Teacher | KD (T=4) | DIST); the students' and teachers' own numbers in brackets are torchvision's
+# released weights', not runs of this recipe (left out). The 'Stronger training strategies' table (dist_b2.yaml, a
+# timm teacher) is another recipe and teacher, left out.
+DIST_IMAGENET_BASELINE = [72.07, 73.24]  # IMAGENET_PAIRS' order
+DIST_IMAGENET_STRONGER = [  # (teacher, student, KD (T=4), DIST)
+    ("tv_resnet34", "tv_resnet18", 71.21, 72.07), ("tv_resnet50", "tv_resnet18", 71.35, 72.12),
+    ("tv_resnet101", "tv_resnet18", 71.09, 72.08), ("tv_resnet152", "tv_resnet18", 71.12, 72.24),
+    ("tv_resnet50", "tv_resnet34", 74.73, 75.06), ("tv_resnet101", "tv_resnet34", 74.89, 75.36),
+    ("tv_resnet152", "tv_resnet34", 74.87, 75.42)]
+
+# torchdistill's ImageNet table (imagenet-resnet18_kd.tsv: Method | Original work | torchdistill), ResNet-34 ->
+# ResNet-18, by jaxkd's method names (its KR is ReviewKD, KD w/ LS the report's `kd+ls`; methods jaxkd does not
+# implement keep torchdistill's short names); None: N/A in the table. Its "Pretrained" row (69.76) is torchvision's
+# ResNet-18, not a run of its recipe (left out).
+TORCHDISTILL_IMAGENET = {  # method: (original work, torchdistill)
+    "kd": (None, 71.37), "at": (70.70, 70.90), "ft": (71.43, 71.56), "crd": (71.17, 70.93), "tfkd": (70.42, 70.52),
+    "sskd": (71.62, 70.09), "l2": (70.90, 71.08), "pad_l2": (71.71, 71.71), "reviewkd": (71.61, 71.64),
+    "ickd": (72.19, 68.34), "dist": (72.07, 71.95), "srd": (71.63, 71.92), "kd+ls": (71.42, 71.23),
+    "dist_plus": (72.39, 71.37)}
+# Original-work cells kept: those of methods jaxkd implements, less DIST's (its README's 72.07, listed above) and
+# FT's (assessed on ILSVRC 2015 in its paper: the table's footnote **, not ILSVRC 2012).
+TORCHDISTILL_ORIGINAL_KEPT = ("at", "crd", "reviewkd", "kd+ls")
+
+
 # pytorch-kd README (the seed): 'Baseline Models' (the seed's pre-activation resnets) and 'Results on CIFAR100C'.
 SEED_BASELINES = {"wideresnet40_2": 76.44, "wideresnet40_1": 71.91, "wideresnet28_4": 79.03,
                   "wideresnet16_4": 77.35, "wideresnet16_2": 74.03, "wideresnet16_1": 67.85, "resnet56": 72.55,
@@ -297,9 +358,28 @@ def _logit_standardization(listed: list[Published]) -> list[Published]:
     return rows
 
 
+def _imagenet() -> list[Published]:
+    """mdistiller's, DIST's and torchdistill's ImageNet tables."""
+    rows = [Published(teacher, student, method, False, top1, "mdistiller README (ImageNet)")
+            for method, values in MDISTILLER_IMAGENET.items()
+            for (teacher, student), top1 in zip(IMAGENET_PAIRS, values, strict=True)]
+    rows += [Published(teacher, student, "dist", False, top1, "DIST README (ImageNet)")
+             for (teacher, student), top1 in zip(IMAGENET_PAIRS, DIST_IMAGENET_BASELINE, strict=True)]
+    for teacher, student, kd, dist in DIST_IMAGENET_STRONGER:
+        rows.append(Published(teacher, student, "kd", False, kd, "DIST README (ImageNet)"))
+        if (teacher, student, "dist", dist) not in {(p.teacher, p.student, p.method, p.top1) for p in rows}:
+            rows.append(Published(teacher, student, "dist", False, dist, "DIST README (ImageNet)"))
+    teacher, student = IMAGENET_PAIRS[0]
+    for method, (original, rerun) in TORCHDISTILL_IMAGENET.items():
+        rows.append(Published(teacher, student, method, False, rerun, "torchdistill benchmarks"))
+        if method in TORCHDISTILL_ORIGINAL_KEPT:
+            rows.append(Published(teacher, student, method, False, original, "torchdistill benchmarks (original work)"))
+    return rows
+
+
 def _all() -> list[Published]:
     listed = [*_repdistiller(), *_seed(), *_mdistiller(), *_dist(), *_wttm(), *_ctkd(), *_sdd(), *_overhaul()]
-    return listed + _logit_standardization(listed)
+    return listed + _logit_standardization(listed) + _imagenet()
 
 
 PUBLISHED: list[Published] = _all()

@@ -37,7 +37,8 @@ IGNORED_KEYS = {
     "data.data_dir": "where the data lives on that machine",
     "data.download": "whether missing data may be fetched",
 }
-DATA_NAMES = {"tfds": "CIFAR-100", "cifar100-python": "CIFAR-100", "digits": "digits"}  # by config.data.source
+# by config.data.source; "imagenet2012" is TFDS's ImageNet, the streaming input path's source name (docs/data.md)
+DATA_NAMES = {"tfds": "CIFAR-100", "cifar100-python": "CIFAR-100", "digits": "digits", "imagenet2012": "ImageNet"}
 PLOT_PANEL_PIXELS = (400, 300)  # width, height of one group's panel in --plot
 PLOT_COLUMNS = 3
 
@@ -83,16 +84,21 @@ class Run:
 
     @property
     def recipe(self) -> str:
-        """The run's schedule in short: batch, lr and its decay epochs."""
+        """The run's schedule in short: batch, lr (as trained: scaled to the batch where `lr_scaling` is linear) and
+        its decay epochs."""
         optimizer = self.config.get("optimizer") or {}
         decay = ",".join(str(epoch) for epoch in optimizer.get("lr_decay_epochs") or ()) or "none"
-        return f"batch {self.config.get('batch_size')}, lr {optimizer.get('lr')}, x{optimizer.get('lr_decay_rate')} at {decay}"
+        lr, batch = optimizer.get("lr"), self.config.get("batch_size")
+        if optimizer.get("lr_scaling") == "linear":  # jaxkd.engine.optimizer.base_learning_rate
+            lr = f"{lr * batch / optimizer['lr_reference_batch']:g} ({lr} per {optimizer['lr_reference_batch']})"
+        return f"batch {batch}, lr {lr}, x{optimizer.get('lr_decay_rate')} at {decay}"
 
     def fits(self, source) -> bool:
         """Whether a published number of `source` (a jaxkd.tools.published.Source) compares with this run: the same data,
-        epochs and batch size as the recipe it was published for."""
-        return (self.data, self.epochs, self.config.get("batch_size")) == (source.data, source.epochs,
-                                                                             source.batch_size)
+        epochs and batch size as the recipe it was published for (epochs or batch not compared where the source's
+        numbers differ in them: None)."""
+        return (self.data == source.data and source.epochs in (None, self.epochs)
+                and source.batch_size in (None, self.config.get("batch_size")))
 
     @property
     def key(self) -> tuple:

@@ -1,6 +1,6 @@
 """A table's training runs as a list of commands, and a runner that works through the list on one machine.
 
-    python -m jaxkd.runs list --root workdirs/rd_table [--table repdistiller-same] [--pairs T:S,T:S ...]
+    python -m jaxkd.runs list --root workdirs/rd_table [--table repdistiller-same|imagenet] [--pairs T:S,T:S ...]
                               [--methods kd,crd ...] [--seeds 0,1,2] [--config configs/repdistiller.py]
                               [--out runs.txt] [--force] [-- --config.key=value ...]
     python -m jaxkd.runs run runs.txt
@@ -8,7 +8,9 @@
 `list` writes one `python -m jaxkd.train` command per (pair, method, seed), each with its own workdir,
 ROOT/TEACHER-STUDENT/METHOD/seedSEED, in RepDistiller's model names (`configs/repdistiller.py:T,S,M`); what
 follows `--` is added to every command (e.g. `--config.teacher.checkpoint=...` is better left to the config's
-released-teacher path). `--table` takes the pairs of one of RepDistiller's README tables (`jaxkd/tools/published.py`).
+released-teacher path). `--table` takes the pairs of one of RepDistiller's README tables (`jaxkd/tools/published.py`),
+or `imagenet`: ResNet-34 -> ResNet-18 and ResNet-50 -> MobileNetV1 with every method of `configs/imagenet.py`
+(mdistiller's ImageNet recipe, jaxkd/config/recipes.py `imagenet`), its config and methods the default then.
 
 `run` runs the file's commands in order: a command whose workdir has evaluated its final epoch is skipped, any
 other one is started, and `jaxkd.train` resumes it from its last checkpoint; so after a crash, a preemption or a
@@ -29,7 +31,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jaxkd.config.recipes import REPDISTILLER_WEIGHTS, jaxkd_name, repdistiller_name
+from jaxkd.config.recipes import (IMAGENET_METHODS, IMAGENET_PAIRS, IMAGENET_UPSTREAM, REPDISTILLER_WEIGHTS, jaxkd_name,
+                                  repdistiller_name)
 from jaxkd.errors import OUTPUT_ERROR_STATUS, UserError, run_command
 from jaxkd.io.safe_write import check_output, write_text_atomically
 from jaxkd.tools import published
@@ -37,22 +40,32 @@ from jaxkd.tools.report import load_run
 
 TRAIN_COMMAND = ["python", "-m", "jaxkd.train"]
 DEFAULT_CONFIG = "configs/repdistiller.py"
+IMAGENET_CONFIG = "configs/imagenet.py"  # --table imagenet's default config; its methods: IMAGENET_METHODS
+TABLES = ("repdistiller-same", "repdistiller-different", "imagenet")
 EXIT_STATUS = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + the signal's number, as jaxkd.train's
 
 
-def table_pairs(name: str) -> tuple[list[tuple[str, str]], set[tuple[str, str, str]]]:
-    """The (teacher, student) pairs of one of RepDistiller's README tables, in its model names, and the
-    (teacher, student, method) cells it marks N/A (FSP where the shapes do not allow it)."""
+def table_pairs(name: str) -> tuple[list[tuple[str, str]], dict[tuple[str, str, str], str]]:
+    """The (teacher, student) pairs of a table and its cells that are not run, (teacher, student, method) -> why:
+    RepDistiller's README tables in its model names, their N/A cells (FSP where the shapes do not allow it); the
+    ImageNet table in jaxkd's names, the cells no upstream repository gives ImageNet settings for (OFD on
+    ResNet-34 -> ResNet-18, KD + LS on ResNet-50 -> MobileNetV1)."""
+    if name == "imagenet":
+        not_applicable = {(*pair, method): "no ImageNet setting for the pair upstream (jaxkd/config/recipes.py "
+                                           "IMAGENET_UPSTREAM)"
+                          for pair, folder in IMAGENET_PAIRS.items() for method in IMAGENET_METHODS
+                          if folder not in IMAGENET_UPSTREAM[method]}
+        return list(IMAGENET_PAIRS), not_applicable
     tables = {"repdistiller-same": (published.REPDISTILLER_PAIRS_SAME, published.REPDISTILLER_TABLE_SAME),
               "repdistiller-different": (published.REPDISTILLER_PAIRS_DIFFERENT,
                                          published.REPDISTILLER_TABLE_DIFFERENT)}
     if name not in tables:
-        raise UserError(f"--table {name!r}: known tables are {', '.join(tables)}")
+        raise UserError(f"--table {name!r}: known tables are {', '.join(TABLES)}")
     pairs, numbers = tables[name]
     pairs = [(repdistiller_name(teacher), repdistiller_name(student)) for teacher, student in pairs]
     repdistiller_methods = set(published.REPDISTILLER_TABLE_SAME) | set(published.REPDISTILLER_TABLE_DIFFERENT)
-    not_applicable = {(*pair, method) for method in repdistiller_methods for i, pair in enumerate(pairs)
-                      if method not in numbers or numbers[method][i] is None}
+    not_applicable = {(*pair, method): "N/A in RepDistiller's table" for method in repdistiller_methods
+                      for i, pair in enumerate(pairs) if method not in numbers or numbers[method][i] is None}
     return pairs, not_applicable
 
 
@@ -77,14 +90,16 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run_commands(pairs, methods, seeds, root: str, config: str, extra: list[str],
-                 not_applicable=frozenset()) -> list[str]:
+                 not_applicable: dict | None = None) -> list[str]:
     """One shell command line per (pair, method, seed), in that order: the seeds of a cell run one after
-    another, so that a cell's first numbers come early. A cell in `not_applicable` is one comment line."""
+    another, so that a cell's first numbers come early. A cell in `not_applicable` is one comment line, saying
+    why."""
+    not_applicable = not_applicable or {}
     lines = []
     for teacher, student in pairs:
         for method in methods:
             if (teacher, student, method) in not_applicable:
-                lines.append(f"# {method} on {teacher} -> {student}: N/A in RepDistiller's table")
+                lines.append(f"# {method} on {teacher} -> {student}: {not_applicable[(teacher, student, method)]}")
                 continue
             for seed in seeds:
                 workdir = f"{root.rstrip('/')}/{teacher}-{student}/{method}/seed{seed}"
@@ -97,15 +112,19 @@ def run_commands(pairs, methods, seeds, root: str, config: str, extra: list[str]
 def list_runs(args) -> list[str]:
     """`list`: checks the pairs and methods against the config's recipes before writing anything."""
     if not args.table and not args.pairs:
-        raise UserError("name the pairs: --table repdistiller-same|repdistiller-different and/or --pairs T:S,...")
-    pairs, not_applicable = table_pairs(args.table) if args.table else ([], set())
+        raise UserError(f"name the pairs: --table {'|'.join(TABLES)} and/or --pairs T:S,...")
+    pairs, not_applicable = table_pairs(args.table) if args.table else ([], {})
     pairs += parse_pairs(args.pairs) if args.pairs else []
+    if args.config is None:
+        args.config = IMAGENET_CONFIG if args.table == "imagenet" else DEFAULT_CONFIG
+    known_methods = {Path(DEFAULT_CONFIG).name: REPDISTILLER_WEIGHTS,
+                     Path(IMAGENET_CONFIG).name: IMAGENET_METHODS}.get(Path(args.config).name)
     methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
-               else list(REPDISTILLER_WEIGHTS))
-    if Path(args.config).name == Path(DEFAULT_CONFIG).name:  # its checks: a typo found now, not at the 40th run
-        unknown = [m for m in methods if m not in REPDISTILLER_WEIGHTS]
+               else list(known_methods or REPDISTILLER_WEIGHTS))
+    if known_methods is not None:  # the config's checks: a typo found now, not at the 40th run
+        unknown = [m for m in methods if m not in known_methods]
         if unknown:
-            raise UserError(f"--methods: {unknown[0]!r} is not one of {', '.join(REPDISTILLER_WEIGHTS)}")
+            raise UserError(f"--methods: {unknown[0]!r} is not one of {', '.join(known_methods)}")
         for name in {name for pair in pairs for name in pair}:
             jaxkd_name(name)  # an unknown model is one line
     if args.extra and args.extra[0] != "--":
@@ -234,11 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("list", help="write the commands of a table's runs, one per line")
     make.add_argument("--root", required=True, help="the folder that holds the runs' workdirs")
-    make.add_argument("--table", help="the pairs of RepDistiller's table: repdistiller-same or repdistiller-different")
+    make.add_argument("--table", help="the pairs of a table: RepDistiller's repdistiller-same or "
+                      "repdistiller-different, or imagenet (mdistiller's ImageNet pairs, configs/imagenet.py)")
     make.add_argument("--pairs", help="TEACHER:STUDENT,... in RepDistiller's model names (or jaxkd's)")
-    make.add_argument("--methods", help="comma list (default: every method of configs/repdistiller.py)")
+    make.add_argument("--methods", help="comma list (default: every method of the config: configs/repdistiller.py's, "
+                      "configs/imagenet.py's)")
     make.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default 0,1,2)")
-    make.add_argument("--config", default=DEFAULT_CONFIG, help="a config taking TEACHER,STUDENT,METHOD")
+    make.add_argument("--config", help="a config taking TEACHER,STUDENT,METHOD (default: configs/repdistiller.py, "
+                      "configs/imagenet.py with --table imagenet)")
     make.add_argument("--out", metavar="FILE", help="write the list here (default: print it)")
     make.add_argument("--force", action="store_true", help="replace an existing --out file")
     make.add_argument("extra", nargs=argparse.REMAINDER, help="-- then flags added to every command")

@@ -33,8 +33,7 @@ def train_state_layout(setup: Setup) -> TrainState:
 def _initial_state_inputs(setup: Setup) -> tuple:
     """`_initial_state`'s array inputs: the run's seed key, the first `batch_size` examples, the teacher."""
     config = setup.config
-    return (jax.random.PRNGKey(config.seed), setup.train.images[: config.batch_size],
-            setup.train.labels[: config.batch_size], setup.train.index[: config.batch_size],
+    return (jax.random.PRNGKey(config.seed), *setup.first_examples(),
             setup.teacher.variables if setup.teacher else None)
 
 

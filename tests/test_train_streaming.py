@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from configs import demo
+from jaxkd.data.streaming import ImageFolderSource
 from jaxkd.engine import loop
 from jaxkd.engine.loop import train_and_evaluate
+from jaxkd.engine.setup import build
 from jaxkd.errors import UserError
 from tests.conftest import assert_bitwise_equal, final_params, on_digits, stop_during_call
 
@@ -92,6 +94,27 @@ def test_sigterm_mid_epoch_then_resume_is_the_straight_run_bitwise(straight_run,
     assert result == straight_run[1]
     assert_bitwise_equal(final_params(tmp_path), final_params(straight_run[0]))
     assert rows(tmp_path, "eval") == rows(straight_run[0], "eval")
+
+
+def without_throughput(rows_of_a_kind):
+    return [{key: value for key, value in row.items() if key != "images_per_s"} for row in rows_of_a_kind]
+
+
+def test_a_tfds_format_copy_of_the_folder_trains_through_the_same_path(straight_run, photos, tmp_path):
+    """The folder stored as a TFDS image-classification dataset (TFDS's on-disk format, records in the folder's
+    order), trained by name (data.source "tfds_images"): its first epoch is the folder's, metric for metric."""
+    from tests.test_data_streaming import _write_tfds_copy
+
+    _write_tfds_copy(tmp_path / "tfds", photos, {"train": "train", "val": "validation"})
+    config = streaming_config(tmp_path / "tfds", epochs=1)
+    config.data.source, config.data.tfds_name = "tfds_images", "photo_classes"
+    result = train_and_evaluate(config, tmp_path / "run")
+    assert result["step"] == STEPS_PER_EPOCH
+    # every label, for a method's per-class tables (CRD's), read from the records only when asked for
+    assert np.array_equal(np.asarray(build(config).train_labels), ImageFolderSource(photos, "train").labels)
+    for kind in ("train", "eval"):
+        expected = [row for row in rows(straight_run[0], kind) if row["step"] <= STEPS_PER_EPOCH]
+        assert without_throughput(rows(tmp_path / "run", kind)) == without_throughput(expected)
 
 
 def _missing_folder(root):

@@ -49,6 +49,7 @@ def engine_specs() -> dict[str, Spec]:
         "data.saliencymix": flag,
         "data.saliencymix_prob": fraction,
         "data.saliencymix_per_example": flag,
+        "data.tfds_name": text,
         "data.image_size": positive_int,
         "data.eval_resize": positive_int,
         "data.eval_crop": positive_int,
@@ -151,6 +152,8 @@ def unused_settings(config) -> list[str]:
             if get(key) != _value(defaults, key):
                 refuse(key, f"it sets the streaming path (--config.data.source={STREAMING_SOURCES[0]}), not "
                             f"data.source {get('data.source')!r}; leave it at {shown(_value(defaults, key))}")
+    if get("data.source") != "tfds_images" and get("data.tfds_name"):
+        refuse("data.tfds_name", "it names the dataset of --config.data.source=tfds_images only; leave it empty")
     if get("optimizer.lr_scaling") == "none" and get("optimizer.lr_reference_batch") != _value(
             defaults, "optimizer.lr_reference_batch"):
         refuse("optimizer.lr_reference_batch", "it scales the lr only with --config.optimizer.lr_scaling=linear")

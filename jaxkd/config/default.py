@@ -16,7 +16,7 @@ def get_config() -> ConfigDict:
     config.method = "none"  # a name of jaxkd.methods.METHODS
 
     config.data = ConfigDict()
-    config.data.source = "tfds"  # tfds | cifar100-python | digits | imagefolder (docs/data.md)
+    config.data.source = "tfds"  # tfds | cifar100-python | digits | imagefolder | tfds_images (docs/data.md)
     config.data.data_dir = ""  # "" = the source's default location
     config.data.download = True  # fetch (and for tfds prepare) the data when it is missing
     # The training pipeline (jaxkd/data/pipeline.py), the seed's: reflect padding, its mean/std, full batches only
@@ -29,8 +29,10 @@ def get_config() -> ConfigDict:
     config.data.saliencymix = False
     config.data.saliencymix_prob = 0.5
     config.data.saliencymix_per_example = False
-    # The streaming path (data.source "imagefolder": data_dir/{train,val}/<class>/<image>, docs/data.md "Your own
-    # images"): torchvision's ImageNet transforms at these sizes, decoded in `workers` processes (0: threads).
+    # The streaming path (data.source "imagefolder": data_dir/{train,val}/<class>/<image>; "tfds_images": the TFDS
+    # dataset `tfds_name`; docs/data.md "Your own images"): torchvision's ImageNet transforms at these sizes,
+    # decoded in `workers` processes (0: threads).
+    config.data.tfds_name = ""  # e.g. imagenet2012
     config.data.image_size = 224  # RandomResizedCrop's output in training
     config.data.eval_resize = 256  # Resize (the shorter side) then
     config.data.eval_crop = 224  # CenterCrop in evaluation

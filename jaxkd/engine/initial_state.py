@@ -49,7 +49,7 @@ def _initial_state(setup: Setup, seed_key, images, labels, index, teacher_variab
                                                method=setup.teacher.model.forward)[0] if setup.teacher else None)
     batch = Batch(sample, labels, index, probe_batch_rng)
     method_init = setup.method.initialize(method_rng, Probe(
-        student_out, teacher_out, batch, setup.train.labels, setup.train.num_classes,
+        student_out, teacher_out, batch, setup.train_labels, setup.train.num_classes,
         teacher_model=setup.teacher.model if setup.teacher else None, teacher_variables=teacher_variables))
     params = {"student": student_variables["params"], "method": method_init.variables.get("params", {})}
     batch_stats = {"student": student_variables["batch_stats"],

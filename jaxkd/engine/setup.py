@@ -69,6 +69,11 @@ class Setup:
         return self.train.images[:count], self.train.labels[:count], self.train.index[:count]
 
     @property
+    def train_labels(self):
+        """Every training label, for the method's probe (`jaxkd.methods.Probe.train_labels`)."""
+        return self.train.labels if self.stream is None else self.stream.labels
+
+    @property
     def platform(self) -> str:
         """The devices' platform: "cpu", "gpu" or "tpu"."""
         return self.mesh.devices.flat[0].platform

@@ -1,7 +1,9 @@
 """A run's streaming data from its config: the training and validation sources, the transforms, the loader
 settings, and the training iterator and evaluation batches of this process (jaxkd.engine's host-fed data path).
 
-`config.data.source = "imagefolder"` reads `config.data.data_dir/{train,val}/<class>/<image>`; the images are
+`config.data.source = "imagefolder"` reads `config.data.data_dir/{train,val}/<class>/<image>`, and
+`"tfds_images"` the splits "train" and "validation" of the TFDS image-classification dataset
+`config.data.tfds_name` (e.g. imagenet2012, prepared in ArrayRecord in `data_dir` or TFDS's default); the images are
 cropped to `data.image_size` for training (RandomResizedCrop + flip) and to `data.eval_resize` then
 `data.eval_crop` for evaluation, decoded in `data.workers` worker processes (0: threads of this process), and
 normalized in the step with the constants of `data.normalization` ("imagenet": torchvision's). Every mistake in
@@ -15,12 +17,13 @@ import dataclasses
 import numpy as np
 
 from jaxkd.data.streaming.loader import TrainIterator, make_eval_batches, make_train_iterator
-from jaxkd.data.streaming.sources import ImageFolderSource
+from jaxkd.data.streaming.sources import ImageFolderSource, TfdsImageSource
 from jaxkd.data.streaming.transforms import ImageTransforms
 from jaxkd.errors import UserError
 
-STREAMING_SOURCES = ("imagefolder",)  # config.data.source values read from the host by the loader
+STREAMING_SOURCES = ("imagefolder", "tfds_images")  # config.data.source values read from the host by the loader
 TRAIN_SPLIT, EVAL_SPLIT = "train", "val"  # torchvision's ImageNet folder names
+TFDS_TRAIN_SPLIT, TFDS_EVAL_SPLIT = "train", "validation"  # TFDS imagenet2012's
 
 
 def is_streaming(config) -> bool:
@@ -32,8 +35,8 @@ def is_streaming(config) -> bool:
 class StreamingData:
     """The streaming sources of a run and how its loader reads them."""
 
-    train: ImageFolderSource
-    test: ImageFolderSource
+    train: ImageFolderSource | TfdsImageSource
+    test: ImageFolderSource | TfdsImageSource
     transforms: ImageTransforms
     workers: int
 
@@ -42,7 +45,10 @@ class StreamingData:
         """Opens (and checks) `config.data.data_dir`'s train and val splits; one UserError for a setting the
         streaming path does not serve or for bad data."""
         data = config.data
-        if not data.data_dir:
+        if data.source == "tfds_images" and not data.tfds_name:
+            raise UserError("data.source 'tfds_images' reads a TFDS image-classification dataset: name it with "
+                            "--config.data.tfds_name (e.g. imagenet2012)")
+        if data.source == "imagefolder" and not data.data_dir:
             raise UserError(f"data.source {data.source!r} reads an image folder: set --config.data.data_dir to the "
                             f"folder that holds {TRAIN_SPLIT}/<class>/<image> and {EVAL_SPLIT}/<class>/<image>")
         if data.saliencymix:
@@ -52,8 +58,12 @@ class StreamingData:
             raise UserError(f"data.source {data.source!r} trains on full batches only: set data.drop_last=True")
         transforms = ImageTransforms(train_size=data.image_size, eval_resize=data.eval_resize,
                                      eval_crop=data.eval_crop)
-        train = ImageFolderSource(data.data_dir, TRAIN_SPLIT)
-        test = ImageFolderSource(data.data_dir, EVAL_SPLIT, classes_from=TRAIN_SPLIT)
+        if data.source == "tfds_images":
+            train = TfdsImageSource(data.tfds_name, TFDS_TRAIN_SPLIT, data.data_dir or None)
+            test = TfdsImageSource(data.tfds_name, TFDS_EVAL_SPLIT, data.data_dir or None)
+        else:
+            train = ImageFolderSource(data.data_dir, TRAIN_SPLIT)
+            test = ImageFolderSource(data.data_dir, EVAL_SPLIT, classes_from=TRAIN_SPLIT)
         return cls(train, test, transforms, int(data.workers))
 
     def train_iterator(self, config, process_index: int, process_count: int, start_step: int) -> TrainIterator:
@@ -74,4 +84,25 @@ class StreamingData:
                                     eval_crop=self.transforms.train_size)
         indices = np.arange(min(count, len(self.train)))
         images = np.stack([probe.eval(self.train.image(int(k))) for k in indices])
-        return images, self.train.labels[indices], indices.astype(np.int32)
+        labels = np.asarray([self.train.label(int(k)) for k in indices], np.int32)
+        return images, labels, indices.astype(np.int32)
+
+    @property
+    def labels(self):
+        """Every training label (a method's per-class tables, CRD's): the folder's list, or for TFDS read when first
+        turned into an array (`np.asarray`), since that reads every record once."""
+        return self.train.labels if isinstance(self.train, ImageFolderSource) else _TfdsLabels(self.train)
+
+
+class _TfdsLabels:
+    """The labels of a TFDS source, read (every record once) only when a method asks for them as an array."""
+
+    def __init__(self, source: TfdsImageSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __array__(self, dtype=None, copy=None):
+        labels = np.asarray([self.source.label(k) for k in range(len(self.source))], np.int32)
+        return labels if dtype is None else labels.astype(dtype)

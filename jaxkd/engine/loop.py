@@ -174,17 +174,17 @@ class StreamingTrainLoop(TrainLoop):
         return _evaluate_stream(self.setup, self.eval_logits, eval_variables(state))
 
 
-def _stream_eval_batch_size(setup: Setup) -> int:
-    """eval_batch_size rounded up to a multiple of the devices (the extra rows are padding)."""
+def _stream_eval_batches(setup: Setup):
+    """(this process's batches of the streamed validation split, the global batch size): eval_batch_size rounded
+    up to a multiple of the devices, the last batch padded and masked."""
     devices = setup.mesh.devices.size
-    return -(-setup.config.eval_batch_size // devices) * devices
+    batch_size = -(-setup.config.eval_batch_size // devices) * devices
+    return setup.stream.eval_batches(batch_size, jax.process_index(), jax.process_count()), batch_size
 
 
 def _evaluate_stream(setup: Setup, logits_fn, variables) -> dict:
     """{classifier: summary} over the streamed validation split, every image counted once."""
-    batch_size = _stream_eval_batch_size(setup)
-    batches = setup.stream.eval_batches(batch_size, jax.process_index(), jax.process_count())
-    return evaluate_batches(logits_fn, variables, batches, batch_size, mesh=setup.mesh,
+    return evaluate_batches(logits_fn, variables, *_stream_eval_batches(setup), mesh=setup.mesh,
                             normalization=setup.pipeline.normalization)
 
 
@@ -193,9 +193,7 @@ def _evaluate_model(setup: Setup, model, variables) -> dict:
     if setup.stream is None:
         return evaluate_split(model, variables, setup.test.images, setup.test.labels, setup.config.eval_batch_size,
                               mesh=setup.mesh, normalization=setup.pipeline.normalization)
-    batch_size = _stream_eval_batch_size(setup)
-    batches = setup.stream.eval_batches(batch_size, jax.process_index(), jax.process_count())
-    return evaluate_model_batches(model, variables, batches, batch_size, mesh=setup.mesh,
+    return evaluate_model_batches(model, variables, *_stream_eval_batches(setup), mesh=setup.mesh,
                                   normalization=setup.pipeline.normalization)
 
 

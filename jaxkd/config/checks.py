@@ -9,7 +9,8 @@ Settings that cannot take effect in the configured run (`unused_settings`) are r
 so: the KD term's settings (loss.alpha, kd_temperature, logit_standardization) for a method without a teacher,
 loss.beta for a method without a term (none, kd), SaliencyMix's settings with SaliencyMix off,
 optimizer.lr_reference_batch without lr_scaling, optimizer.dot_delta without DOT (and DOT without a
-distillation loss), and a top-level key jaxkd does not read. Two kinds that a
+distillation loss), the streaming path's sizes and workers with a device-resident source, and a top-level key
+jaxkd does not read. Two kinds that a
 config derived from another recipe legitimately carries (a recipe run with another method: `--config.method`,
 the bench's method swap) are only listed once at start as unused: a teacher for a method that uses none, and
 the section of a method not selected whose values differ from its defaults.
@@ -21,7 +22,7 @@ from jaxkd.config import default
 from jaxkd.config.specs import (Epochs, ModelName, Number, Spec, check_value, flag, fraction, non_negative_float,
                                 non_negative_int, one_of, positive_float, positive_int, shown, text)
 from jaxkd.data.augment import NORMALIZATIONS, PADDINGS
-from jaxkd.data.sources import SOURCES
+from jaxkd.data.sources import SOURCES, STREAMING_SOURCES
 from jaxkd.engine.dot import check_dot_settings
 from jaxkd.engine.optimizer import LR_DECAY_TIMINGS, LR_SCALINGS
 from jaxkd.errors import UserError
@@ -39,7 +40,7 @@ def engine_specs() -> dict[str, Spec]:
         "seed": Number(True, 0, 2**32 - 1),  # jax.random.PRNGKey: 2**32 and above repeat the seeds below
         "model": ModelName(),
         "method": one_of(*METHODS),
-        "data.source": one_of(*SOURCES),
+        "data.source": one_of(*SOURCES, *STREAMING_SOURCES),
         "data.data_dir": text,
         "data.download": flag,
         "data.padding": one_of(*PADDINGS),
@@ -48,6 +49,11 @@ def engine_specs() -> dict[str, Spec]:
         "data.saliencymix": flag,
         "data.saliencymix_prob": fraction,
         "data.saliencymix_per_example": flag,
+        "data.tfds_name": text,
+        "data.image_size": positive_int,
+        "data.eval_resize": positive_int,
+        "data.eval_crop": positive_int,
+        "data.workers": non_negative_int,
         "batch_size": positive_int,
         "dtype": one_of(*COMPUTE_DTYPES),
         "eval_batch_size": positive_int,
@@ -141,6 +147,13 @@ def unused_settings(config) -> list[str]:
             if get(key) != _value(defaults, key):
                 refuse(key, "SaliencyMix is off; turn it on with --config.data.saliencymix=True, or leave this at "
                             f"{shown(_value(defaults, key))}")
+    if get("data.source") not in STREAMING_SOURCES:
+        for key in ("data.image_size", "data.eval_resize", "data.eval_crop", "data.workers"):
+            if get(key) != _value(defaults, key):
+                refuse(key, f"it sets the streaming path (--config.data.source={STREAMING_SOURCES[0]}), not "
+                            f"data.source {get('data.source')!r}; leave it at {shown(_value(defaults, key))}")
+    if get("data.source") != "tfds_images" and get("data.tfds_name"):
+        refuse("data.tfds_name", "it names the dataset of --config.data.source=tfds_images only; leave it empty")
     if get("optimizer.lr_scaling") == "none" and get("optimizer.lr_reference_batch") != _value(
             defaults, "optimizer.lr_reference_batch"):
         refuse("optimizer.lr_reference_batch", "it scales the lr only with --config.optimizer.lr_scaling=linear")

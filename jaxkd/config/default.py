@@ -16,19 +16,27 @@ def get_config() -> ConfigDict:
     config.method = "none"  # a name of jaxkd.methods.METHODS
 
     config.data = ConfigDict()
-    config.data.source = "tfds"  # tfds | cifar100-python | digits (docs/data.md)
+    config.data.source = "tfds"  # tfds | cifar100-python | digits | imagefolder | tfds_images (docs/data.md)
     config.data.data_dir = ""  # "" = the source's default location
     config.data.download = True  # fetch (and for tfds prepare) the data when it is missing
     # The training pipeline (jaxkd/data/pipeline.py), the seed's: reflect padding, its mean/std, full batches only
     # (781 steps per epoch at 50,000 / 64). RepDistiller's: "zeros", "repdistiller", False (782, the last of 16).
     config.data.padding = "reflect"  # reflect | zeros
-    config.data.normalization = "seed"  # seed | repdistiller (also used to evaluate)
+    config.data.normalization = "seed"  # seed | repdistiller | imagenet (also used to evaluate)
     config.data.drop_last = True
     # SaliencyMix (Uddin et al. 2021) on every batch with probability saliencymix_prob; the teacher sees the same
     # mixed images. Per-example boxes (each centred on its own source's saliency peak) are an extension.
     config.data.saliencymix = False
     config.data.saliencymix_prob = 0.5
     config.data.saliencymix_per_example = False
+    # The streaming path (data.source "imagefolder": data_dir/{train,val}/<class>/<image>; "tfds_images": the TFDS
+    # dataset `tfds_name`; docs/data.md "Your own images"): torchvision's ImageNet transforms at these sizes,
+    # decoded in `workers` processes (0: threads).
+    config.data.tfds_name = ""  # e.g. imagenet2012
+    config.data.image_size = 224  # RandomResizedCrop's output in training
+    config.data.eval_resize = 256  # Resize (the shorter side) then
+    config.data.eval_crop = 224  # CenterCrop in evaluation
+    config.data.workers = 0
 
     config.batch_size = 64  # global batch, split over the devices; data.drop_last: the last partial batch
     # The models' compute dtype: "bfloat16" for accelerators (parameters, BN statistics and losses stay float32;

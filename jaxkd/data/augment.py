@@ -29,6 +29,8 @@ NORMALIZATIONS = {
     "seed": ((np.array((129.3, 124.07, 112.43)) / 255).astype(np.float32),
              (np.array((68.17, 65.39, 70.42)) / 255).astype(np.float32)),
     "repdistiller": (np.array((0.5071, 0.4867, 0.4408), np.float32), np.array((0.2675, 0.2565, 0.2761), np.float32)),
+    # torchvision's ImageNet recipe (references/classification/presets.py), for the streaming path's images
+    "imagenet": (np.array((0.485, 0.456, 0.406), np.float32), np.array((0.229, 0.224, 0.225), np.float32)),
 }
 MEAN, STD = NORMALIZATIONS["seed"]
 

@@ -33,6 +33,8 @@ from jaxkd.errors import UserError
 from jaxkd.io.paths import as_path, check_cloud_location, is_url
 
 SOURCES = ("tfds", "cifar100-python", "digits")
+# config.data.source values read from the host by the streaming loader (jaxkd/data/streaming/), not held on the device
+STREAMING_SOURCES = ("imagefolder", "tfds_images")
 SOURCE_CLASSES = {"tfds": 100, "cifar100-python": 100, "digits": 10}  # the number of classes of each source
 SPLITS = ("train", "test")
 

@@ -137,7 +137,7 @@ class EpochLoop:
                 program, examples = self.last_batch_program, setup.last_batch_size
             else:
                 program, examples = self.programs[size], size * config.batch_size
-            state, self.sums = program(state, self.sums, *self.inputs, permutation)
+            state, self.sums = self.call(program, state, permutation)
             step += size
             self.examples += examples
             if bar is not None:
@@ -152,6 +152,10 @@ class EpochLoop:
         if bar is not None:
             bar.close()
         return state, step, means
+
+    def call(self, program, state, permutation):
+        """One host call of `program`: (state, sums) after it. (The streaming loop hands it the loader's batch.)"""
+        return program(state, self.sums, *self.inputs, permutation)
 
     def fetch_and_log(self, step: int) -> dict | None:
         """Fetches the sums, checks the loss, logs the means with the throughput since the last fetch, and starts

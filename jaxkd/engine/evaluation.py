@@ -205,6 +205,34 @@ def evaluate_classifiers(logits_fn, variables, images: np.ndarray, labels: np.nd
     return {name: _summary(row) for name, row in zip(names, counts)}
 
 
+def evaluate_batches(logits_fn, variables, batches, batch_size: int, *, mesh: jax.sharding.Mesh | None = None,
+                     normalization: str = "seed") -> dict:
+    """`evaluate_classifiers` over this process's `batches` of a streamed split (dicts of uint8 `image`, `label`,
+    `mask` holding `batch_size / process count` rows each, the padding masked: `jaxkd.data.streaming`'s
+    evaluation batches), every real image counted once. `batch_size`: the global batch, a multiple of the devices."""
+    mesh = data_mesh() if mesh is None else mesh
+    sharded, variables = batch_sharded(mesh), place_variables(variables, mesh)
+    step, counts, names = None, None, None
+    for batch in batches:
+        arrays = [jax.make_array_from_process_local_data(sharded, batch[key], (batch_size,) + batch[key].shape[1:])
+                  for key in ("image", "label", "mask")]
+        if step is None:  # the classifiers' names (and classes) from the first batch's shapes
+            shapes = jax.eval_shape(logits_fn, variables,
+                                    jax.ShapeDtypeStruct(arrays[0].shape, jnp.float32))
+            names = tuple(shapes)
+            step = classifiers_step_for(logits_fn, names, mesh, normalization)
+            counts = jax.device_put(np.zeros((len(names), 3), np.int32), replicated(mesh))
+        counts = step(variables, *arrays, counts)
+    if step is None:
+        raise UserError("the validation split holds no image")
+    return {name: _summary(row) for name, row in zip(names, jax.device_get(counts))}
+
+
+def evaluate_model_batches(model, variables, batches, batch_size: int, **kwargs) -> dict:
+    """`evaluate_split`'s summary of one model over streamed `batches` (`evaluate_batches`)."""
+    return evaluate_batches(_model_logits(model), variables, batches, batch_size, **kwargs)["model"]
+
+
 def readable_corruptions(c100c: Cifar100C) -> tuple[tuple[str, ...], dict[str, str]]:
     """(corruptions whose files open with the right shape and dtype, {corruption: why not} for the others)."""
     readable, unreadable = [], {}

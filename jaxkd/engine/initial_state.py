@@ -33,8 +33,7 @@ def train_state_layout(setup: Setup) -> TrainState:
 def _initial_state_inputs(setup: Setup) -> tuple:
     """`_initial_state`'s array inputs: the run's seed key, the first `batch_size` examples, the teacher."""
     config = setup.config
-    return (jax.random.PRNGKey(config.seed), setup.train.images[: config.batch_size],
-            setup.train.labels[: config.batch_size], setup.train.index[: config.batch_size],
+    return (jax.random.PRNGKey(config.seed), *setup.first_examples(),
             setup.teacher.variables if setup.teacher else None)
 
 
@@ -50,7 +49,7 @@ def _initial_state(setup: Setup, seed_key, images, labels, index, teacher_variab
                                                method=setup.teacher.model.forward)[0] if setup.teacher else None)
     batch = Batch(sample, labels, index, probe_batch_rng)
     method_init = setup.method.initialize(method_rng, Probe(
-        student_out, teacher_out, batch, setup.train.labels, setup.train.num_classes,
+        student_out, teacher_out, batch, setup.train_labels, setup.train.num_classes,
         teacher_model=setup.teacher.model if setup.teacher else None, teacher_variables=teacher_variables))
     params = {"student": student_variables["params"], "method": method_init.variables.get("params", {})}
     batch_stats = {"student": student_variables["batch_stats"],

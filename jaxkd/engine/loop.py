@@ -13,14 +13,15 @@ import jax
 
 from jaxkd.engine import distributed
 from jaxkd.engine.epoch_loop import EpochLoop, RunContext
-from jaxkd.engine.evaluation import evaluate_classifiers, evaluate_split
+from jaxkd.engine.evaluation import evaluate_batches, evaluate_classifiers, evaluate_model_batches, evaluate_split
 from jaxkd.engine.init_stage import log_resume_step, run_init_stage
 from jaxkd.engine.init_stage import total_steps as init_stage_steps
 from jaxkd.engine.initial_state import create_train_state
-from jaxkd.engine.mesh import replicated
+from jaxkd.engine.mesh import batch_sharded, replicated
 from jaxkd.engine.optimizer import config_learning_rate_schedule
 from jaxkd.engine.setup import Setup, build
 from jaxkd.engine.step import eval_variables, make_eval_logits, make_train_step, train_programs, zero_sums
+from jaxkd.errors import UserError
 from jaxkd.io.metric_log import MetricLog
 from jaxkd.io.run_checkpoint import RunCheckpoints
 from jaxkd.io.safe_write import check_output_directory
@@ -114,9 +115,7 @@ class TrainLoop(EpochLoop):
         if stop.requested and step < self.total:
             self.context.say(f"{stop.signal.name}: epoch {epoch_done} has ended: evaluating it before its checkpoint "
                              f"is saved")
-        results = evaluate_classifiers(self.eval_logits, eval_variables(state), setup.test.images, setup.test.labels,
-                                       config.eval_batch_size, mesh=setup.mesh,
-                                       normalization=setup.pipeline.normalization)
+        results = self.evaluate(state)
         result = self.result = results.pop("student")
         progress = self.progress
         if result["top1"] > progress["best_top1"]:
@@ -129,12 +128,88 @@ class TrainLoop(EpochLoop):
         self.context.say(f"epoch {epoch_done}/{config.epochs}: {train_text}test top-1 {result['top1']:.2f} "
             f"(best {progress['best_top1']:.2f} at epoch {progress['best_epoch']}){extra_text}")
 
+    def evaluate(self, state) -> dict:
+        """{classifier: summary} of the student (and a method's extra classifiers) on the test split."""
+        setup = self.setup
+        return evaluate_classifiers(self.eval_logits, eval_variables(state), setup.test.images, setup.test.labels,
+                                    self.config.eval_batch_size, mesh=setup.mesh,
+                                    normalization=setup.pipeline.normalization)
+
     def checkpoint_due(self, step: int) -> bool:
         epoch_done = step // self.setup.steps_per_epoch
         return epoch_done % self.config.checkpoint_every_epochs == 0 or epoch_done == self.config.epochs
 
     def checkpoint_name(self, step: int) -> str:
         return f"a checkpoint at step {step}"
+
+
+class StreamingTrainLoop(TrainLoop):
+    """Training's epochs on the streaming path: each call takes the next batch of the loader (`batches`, a
+    `jaxkd.data.streaming.TrainIterator`, made from the host's decoded and augmented images) and evaluation reads
+    the validation split through the loader. The loader's position is saved in every checkpoint beside the
+    progress (`progress["loader"]`), so that a resumed run reads the batches a straight run would have."""
+
+    def __init__(self, setup: Setup, context: RunContext, step: int, teacher_variables, batches, progress: dict):
+        super().__init__(setup, context, step, teacher_variables, (), progress)
+        self.batches = batches
+        self.batch_sharding = batch_sharded(setup.mesh)
+
+    @property
+    def progress(self) -> dict:
+        """What a checkpoint saves beside the state: the best top-1 so far and the loader's position."""
+        return {**self.best, "loader": self.batches.get_state()}
+
+    @progress.setter
+    def progress(self, progress: dict) -> None:
+        self.best = {key: value for key, value in progress.items() if key != "loader"}
+
+    def call(self, program, state, permutation):
+        batch, size = next(self.batches), self.config.batch_size
+        arrays = [jax.make_array_from_process_local_data(self.batch_sharding, batch[key],
+                                                         (size,) + batch[key].shape[1:])
+                  for key in ("image", "label", "index")]
+        return program(state, self.sums, *self.inputs, *arrays)
+
+    def evaluate(self, state) -> dict:
+        return _evaluate_stream(self.setup, self.eval_logits, eval_variables(state))
+
+
+def _stream_eval_batches(setup: Setup):
+    """(this process's batches of the streamed validation split, the global batch size): eval_batch_size rounded
+    up to a multiple of the devices, the last batch padded and masked."""
+    devices = setup.mesh.devices.size
+    batch_size = -(-setup.config.eval_batch_size // devices) * devices
+    return setup.stream.eval_batches(batch_size, jax.process_index(), jax.process_count()), batch_size
+
+
+def _evaluate_stream(setup: Setup, logits_fn, variables) -> dict:
+    """{classifier: summary} over the streamed validation split, every image counted once."""
+    return evaluate_batches(logits_fn, variables, *_stream_eval_batches(setup), mesh=setup.mesh,
+                            normalization=setup.pipeline.normalization)
+
+
+def _evaluate_model(setup: Setup, model, variables) -> dict:
+    """One model's summary on the test split: the arrays held on the device, or the streamed validation split."""
+    if setup.stream is None:
+        return evaluate_split(model, variables, setup.test.images, setup.test.labels, setup.config.eval_batch_size,
+                              mesh=setup.mesh, normalization=setup.pipeline.normalization)
+    return evaluate_model_batches(model, variables, *_stream_eval_batches(setup), mesh=setup.mesh,
+                                  normalization=setup.pipeline.normalization)
+
+
+def _train_batches(setup: Setup, progress: dict, step: int):
+    """The streaming loader of this process from `step`: at the position a checkpoint saved (`progress`), which
+    must be that step's, or from the start."""
+    batches = setup.stream.train_iterator(setup.config, jax.process_index(), jax.process_count(), start_step=0)
+    saved = progress.get("loader")
+    if saved is None and step:
+        raise UserError(f"the checkpoint at step {step} holds no streaming loader position: it was not saved by a "
+                        f"run on data.source {setup.config.data.source!r}")
+    if saved is not None:
+        batches.restore(saved)
+    if batches.step != step:
+        raise UserError(f"the checkpoint's loader position (step {batches.step}) is not its state's step {step}")
+    return batches
 
 
 def _run(setup: Setup, initial: dict, context: RunContext):
@@ -157,25 +232,29 @@ def _run(setup: Setup, initial: dict, context: RunContext):
     if setup.teacher:
         teacher_variables = jax.device_put(setup.teacher.variables, on_all_devices)
         if context.log.resume_step is None:  # a new start (a run resumed in training or in the init stage has the row)
-            result = evaluate_split(setup.teacher.model, teacher_variables, setup.test.images,
-                                    setup.test.labels, config.eval_batch_size, mesh=mesh,
-                                    normalization=setup.pipeline.normalization)
+            result = _evaluate_model(setup, setup.teacher.model, teacher_variables)
             context.say(f"teacher {setup.teacher.arch}: test top-1 {result['top1']:.2f}")
             context.log.write(first_logged_step(setup), "teacher",
                               {"top1": result["top1"], "top5": result["top5"]})
 
-    data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), on_all_devices)
-    if not resumed and setup.method.init_stage(config) is not None:  # a train checkpoint: the stage is done
-        state = run_init_stage(setup, state, teacher_variables, data, context)
-        checkpoints.save(state, progress)  # at step 0: a run stopped from here on never reruns the stage
     step = int(state.step)
-    loop = TrainLoop(setup, context, step, teacher_variables, data, progress)
-    state, step = loop.run(state, step)
-    result, progress = loop.result, loop.progress
+    if setup.stream is not None:  # the host-fed path: batches from the streaming loader (no init stage: `build`)
+        with _train_batches(setup, progress, step) as batches:
+            loop = StreamingTrainLoop(setup, context, step, teacher_variables, batches, progress)
+            state, step = loop.run(state, step)
+        result, progress = loop.result, loop.best
+    else:
+        data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), on_all_devices)
+        if not resumed and setup.method.init_stage(config) is not None:  # a train checkpoint: the stage is done
+            state = run_init_stage(setup, state, teacher_variables, data, context)
+            checkpoints.save(state, progress)  # at step 0: a run stopped from here on never reruns the stage
+            step = int(state.step)
+        loop = TrainLoop(setup, context, step, teacher_variables, data, progress)
+        state, step = loop.run(state, step)
+        result, progress = loop.result, loop.progress
 
     if result is None:  # resumed after the last epoch had finished
-        result = evaluate_split(setup.student, state.student_variables(), setup.test.images, setup.test.labels,
-                                config.eval_batch_size, mesh=mesh, normalization=setup.pipeline.normalization)
+        result = _evaluate_model(setup, setup.student, state.student_variables())
     checkpoints.wait_until_saved()  # the last checkpoint is on disk (or its failure is reported) before the export
     export_models(setup, state, context.workdir, result, progress)
     return {"last_top1": result["top1"], "best_top1": progress["best_top1"], "step": step}

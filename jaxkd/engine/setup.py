@@ -10,6 +10,7 @@ import optax
 from jaxkd.config.checks import check_run_config
 from jaxkd.data import load_split
 from jaxkd.data.pipeline import DataPipeline
+from jaxkd.data.streaming.run_data import StreamingData, is_streaming
 from jaxkd.engine import distributed
 from jaxkd.engine.mesh import data_mesh
 from jaxkd.engine.optimizer import make_optimizer
@@ -45,6 +46,9 @@ class Setup:
     config: ml_collections.ConfigDict  # the run's
     pipeline: DataPipeline = DataPipeline()  # the seed's: reflect padding, its constants, full batches only
     last_batch_size: int = 0  # of each epoch's last step, when the pipeline keeps a partial batch; 0: none
+    # The streaming path's sources and loader (data.source "imagefolder"): then `train` and `test` are its
+    # sources, read from the host batch by batch; None: the splits are arrays held on the device.
+    stream: StreamingData | None = None
 
     @property
     def partial_last_batch(self) -> bool:
@@ -56,6 +60,18 @@ class Setup:
         """What the step sums on the device: the engine's metrics, then the method's own (the keys of its
         term's metrics, found by `Method.initialize` in `create_train_state`)."""
         return METRIC_NAMES + tuple(f"{self.method.name}_{name}" for name in self.method.metric_names)
+
+    def first_examples(self):
+        """(images, labels, index) of the first `batch_size` training examples: the initial state's probe."""
+        count = self.config.batch_size
+        if self.stream is not None:
+            return self.stream.first_examples(count)
+        return self.train.images[:count], self.train.labels[:count], self.train.index[:count]
+
+    @property
+    def train_labels(self):
+        """Every training label, for the method's probe (`jaxkd.methods.Probe.train_labels`)."""
+        return self.train.labels if self.stream is None else self.stream.labels
 
     @property
     def platform(self) -> str:
@@ -117,7 +133,11 @@ def build(config, devices=None, *, data=None, teacher: Teacher | None = None) ->
     method = get_method(config.method, config)
     if teacher is None:  # before the data: a teacher file that does not fit is refused without loading it
         teacher = load_teacher(config, method)
-    if data is None:
+    stream = None
+    if data is None and is_streaming(config):
+        stream = _open_stream(config, method)
+        data = stream.train, stream.test
+    elif data is None:
         data_dir = config.data.data_dir or None
         data = tuple(load_split(config.data.source, split, data_dir, download=config.data.download)
                      for split in ("train", "test"))
@@ -134,4 +154,15 @@ def build(config, devices=None, *, data=None, teacher: Teacher | None = None) ->
                  method=method, teacher=teacher,
                  optimizer=make_optimizer(config, spe), train=train, test=test, steps_per_epoch=spe,
                  mesh=mesh, config=config, pipeline=pipeline,
-                 last_batch_size=0 if last_batch_size == config.batch_size else last_batch_size)
+                 last_batch_size=0 if last_batch_size == config.batch_size else last_batch_size, stream=stream)
+
+
+def _open_stream(config, method: Method) -> StreamingData:
+    """The streaming sources (their data checked), after one UserError for a run the streaming path cannot serve."""
+    if method.init_stage(config) is not None:
+        raise UserError(f"method {method.name!r} has an init stage, which the device-resident data only runs; "
+                        f"data.source {config.data.source!r} cannot serve it")
+    if config.batch_size % jax.process_count():
+        raise UserError(f"batch_size {config.batch_size} must be a multiple of the {jax.process_count()} processes: "
+                        f"each reads an equal slice of every batch")
+    return StreamingData.from_config(config)

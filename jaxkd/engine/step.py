@@ -131,6 +131,27 @@ def make_train_step(setup: Setup, num_steps: int = 1, unroll: bool | None = None
                    compiler_options=compiler_options(setup.mesh))
 
 
+def make_host_fed_step(setup: Setup):
+    """step(state, sums, teacher_variables, images, labels, index) -> (state, sums), jitted: one train step on a
+    batch the host's streaming loader made (`jaxkd.data.streaming`: decoded, cropped and flipped on the host;
+    uint8, split over the devices). The step normalizes it (`data.normalization`) and applies `make_update`, the
+    teacher and student as in the device-resident step; the method's key comes from the step as there. State and
+    sums are donated."""
+    update, pipeline, steps_per_epoch = make_update(setup), setup.pipeline, setup.steps_per_epoch
+    state_sharding, batch_sharding = replicated(setup.mesh), batch_sharded(setup.mesh)
+
+    def train_step(state: TrainState, sums, teacher_variables, images, labels, index):
+        _, method_rng, _ = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)  # as prepare_batch's
+        batch = Batch(jax.lax.with_sharding_constraint(pipeline.normalize(images), batch_sharding), labels, index,
+                      method_rng, epoch=state.step // steps_per_epoch + 1)
+        state, metrics = update(state, batch, teacher_variables)
+        sums = {name: sums[name] + metrics[name].astype(jnp.float32) for name in setup.metric_names}
+        return state, sums
+
+    return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(state_sharding, state_sharding),
+                   compiler_options=compiler_options(setup.mesh))
+
+
 def make_eval_logits(setup: Setup):
     """logits_fn(variables, images) -> {"student": ..., the method's extra classifiers, "ensemble"} for
     `evaluate_classifiers`; variables = `eval_variables(state)`. The ensemble (mean of every classifier's
@@ -154,7 +175,10 @@ def eval_variables(state: TrainState) -> dict:
 
 
 def train_programs(setup: Setup) -> TrainPrograms:
-    """The loop's train programs (one step per call, and `steps_per_dispatch` per call), built on first use."""
+    """The loop's train programs (one step per call, and `steps_per_dispatch` per call), built on first use; on
+    the streaming path one host-fed step per call."""
+    if setup.stream is not None:
+        return TrainPrograms(lambda num_steps: make_host_fed_step(setup), 1)
     return TrainPrograms(functools.partial(make_train_step, setup), steps_per_dispatch(setup.config, setup.platform))
 
 

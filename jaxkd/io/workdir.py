@@ -28,11 +28,13 @@ from jaxkd.models import canonical_name
 # length, and settings that change results by float rounding at most (dotted: a key of a section; a section's
 # name: all its keys, also for runs whose config.json predates it).
 RESUME_MAY_CHANGE = ("log_every_steps", "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
-                     "progress_bar", "epochs", "steps_per_dispatch", "crd.chunk_elements", "wandb")
+                     "progress_bar", "epochs", "steps_per_dispatch", "crd.chunk_elements", "wandb",
+                     "data.workers")
 RESERVED_EXPORT_NAMES = {TRAINED_MODEL_DIR, "checkpoints", "tensorboard", "student", "wandb"}
 # Config keys added after runs may have started, with the value that gives those runs' behaviour: a config.json
 # written before a key existed compares as if it held that value, so such a run still resumes.
-ADDED_KEYS = {"loss.logit_standardization": False, "optimizer.dot": False, "optimizer.dot_delta": 0.075}
+ADDED_KEYS = {"loss.logit_standardization": False, "optimizer.dot": False, "optimizer.dot_delta": 0.075,
+              "data.tfds_name": "", "data.image_size": 224, "data.eval_resize": 256, "data.eval_crop": 224, "data.workers": 0}
 # Config keys moved after runs may have started (old dotted key -> new): a config.json that holds the old key
 # compares, resumes and reports as if it held the new one; a config or command line that sets the old key is
 # refused with one line naming the new one.

@@ -268,13 +268,14 @@ def test_published_imagenet_numbers_match_the_readmes_and_torchdistills_table():
         assert (p.source in imagenet_sources) == (p.student in imagenet_archs), p
 
 
-def imagenet_run(tmp_path, name, arguments, source="imagenet2012"):
-    """A finished 100-epoch run of configs/imagenet.py:ARGUMENTS whose data source is `source` (the streaming input
-    path's ImageNet: not a config value yet, so written into its config.json as that path will)."""
+def imagenet_run(tmp_path, name, arguments, source=None):
+    """A finished 100-epoch run of configs/imagenet.py:ARGUMENTS (TFDS's imagenet2012 through the streaming path),
+    or with another data `source`."""
     from configs import imagenet
 
     config = imagenet.get_config(arguments)
-    config.data.source = source
+    if source is not None:
+        config.data.source = source
     return report.load_run(str(write_run(tmp_path / name, config, list(np.linspace(10.0, 71.0, config.epochs)), 0)))
 
 

@@ -130,10 +130,13 @@ def imagenet(teacher: str, student: str, method: str) -> ConfigDict:
     sunshangquan/logit-standardization-KD (its `configs/imagenet/r34_r18/kd.yaml` with the README's `--logit-stand
     --base-temp 2 --kd-weight 9`). The teacher is torchvision's released file where torchvision downloads it.
 
-    The data section is the default's: the ImageNet source (`data.source`, issue 29's streaming path) is not a
-    config value yet. TODO(streaming): set `config.data.source = "imagenet2012"` and ImageNet's normalization here
-    once the config checks accept them."""
+    The data: TFDS's `imagenet2012` through the streaming path (`data.source = "tfds_images"`, docs/data.md), with
+    torchvision's transforms (RandomResizedCrop 224 + flip; Resize 256 + CenterCrop 224) and normalization, as
+    mdistiller's `mdistiller/dataset/imagenet.py`; full batches only (the streaming path's rule: the epoch's last
+    partial batch, 1,281,167 mod the batch, is dropped where mdistiller's loader keeps it)."""
     config = get_config()
+    config.data.source, config.data.tfds_name, config.data.normalization = "tfds_images", "imagenet2012", "imagenet"
+    config.data.drop_last = True
     config.model, config.teacher.arch = canonical_name(student), canonical_name(teacher)
     folder = IMAGENET_PAIRS.get((config.teacher.arch, config.model), "r34_r18")
     config.teacher.checkpoint = (f"{TORCHVISION_FOLDER}/{TORCHVISION_FILES[config.teacher.arch]}"

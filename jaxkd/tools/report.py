@@ -37,8 +37,9 @@ IGNORED_KEYS = {
     "data.data_dir": "where the data lives on that machine",
     "data.download": "whether missing data may be fetched",
 }
-# by config.data.source; "imagenet2012" is TFDS's ImageNet, the streaming input path's source name (docs/data.md)
-DATA_NAMES = {"tfds": "CIFAR-100", "cifar100-python": "CIFAR-100", "digits": "digits", "imagenet2012": "ImageNet"}
+# by config.data.source, and for the streaming path's TFDS datasets by config.data.tfds_name (docs/data.md)
+DATA_NAMES = {"tfds": "CIFAR-100", "cifar100-python": "CIFAR-100", "digits": "digits", "imagefolder": "image folder"}
+TFDS_IMAGE_DATA_NAMES = {"imagenet2012": "ImageNet"}
 PLOT_PANEL_PIXELS = (400, 300)  # width, height of one group's panel in --plot
 PLOT_COLUMNS = 3
 
@@ -80,7 +81,10 @@ class Run:
     @property
     def data(self) -> str:
         """The dataset the run trained on, as the published sources name it."""
-        return DATA_NAMES.get(str((self.config.get("data") or {}).get("source")), "unknown")
+        data = self.config.get("data") or {}
+        if data.get("source") == "tfds_images":
+            return TFDS_IMAGE_DATA_NAMES.get(str(data.get("tfds_name")), str(data.get("tfds_name")))
+        return DATA_NAMES.get(str(data.get("source")), "unknown")
 
     @property
     def recipe(self) -> str:

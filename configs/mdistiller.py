@@ -13,8 +13,9 @@ T and S are model names in mdistiller's (= RepDistiller's) spelling, or any jaxk
 - `reviewkd`: mdistiller's `configs/cifar100/reviewkd.yaml` and CFG.REVIEWKD: CE weight 1, REVIEWKD_WEIGHT 5,
   warm-up 20, the student's post-ReLU stage outputs (STU_PREACT False); for pairs mdistiller has no config for,
   the weight of dvlab-research/ReviewKD `CIFAR-100/script/reviewKD.sh` (`REVIEWKD_WEIGHT`);
-- `kdsvd`: mdistiller's `configs/cifar100/kdsvd.yaml` and CFG.KDSVD: CE weight 1, FEAT_WEIGHT 1, K 1 (RepDistiller's
-  `train_student.py` wires KDSVD but its `run_cifar_distill.sh` gives it no weight);
+- `kdsvd`: mdistiller's `configs/cifar100/kdsvd.yaml` and CFG.KDSVD: CE weight 1, FEAT_WEIGHT 1, K 1, and its
+  `kdsvd_loss`, which decomposes each map as (C*H, W) (`kdsvd.layout = "mdistiller"`; RepDistiller's (H*W, C)
+  term, which its `run_cifar_distill.sh` gives no weight, is `--config.kdsvd.layout=repdistiller`);
 - `kd_ls`, `dkd_ls`: sunshangquan/logit-standardization-KD `tools/train.py --logit-stand --base-temp T
   --kd-weight W` on its mdistiller configs: KD with CE 0.1, KD weight W, temperature T; DKD with alpha W and beta
   W times DKD's beta, temperature T. T and W (and DKD's beta, where given) are those of the log its README links for

@@ -145,8 +145,8 @@ def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
     elif method == "dist":
         config.loss.beta = 2.0
         config.dist = config_section("dist")
-    elif method == "kdsvd":
-        config.kdsvd = config_section("kdsvd")
+    elif method == "kdsvd":  # mdistiller's kdsvd_loss: its (C*H, W) matrices, not RepDistiller's (H*W, C)
+        config.kdsvd = config_section("kdsvd", layout="mdistiller")
     else:
         config.loss.beta = REVIEWKD_WEIGHT.get(pair, 5.0)
         config.reviewkd = config_section("reviewkd")

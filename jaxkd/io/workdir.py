@@ -32,7 +32,8 @@ RESUME_MAY_CHANGE = ("log_every_steps", "eval_every_epochs", "checkpoint_every_e
 RESERVED_EXPORT_NAMES = {TRAINED_MODEL_DIR, "checkpoints", "tensorboard", "student", "wandb"}
 # Config keys added after runs may have started, with the value that gives those runs' behaviour: a config.json
 # written before a key existed compares as if it held that value, so such a run still resumes.
-ADDED_KEYS = {"loss.logit_standardization": False}
+ADDED_KEYS = {"loss.logit_standardization": False,
+              "kdsvd.layout": "repdistiller"}  # a kdsvd section without it ran RepDistiller's term (methods/kdsvd.py)
 # Config keys moved after runs may have started (old dotted key -> new): a config.json that holds the old key
 # compares, resumes and reports as if it held the new one; a config or command line that sets the old key is
 # refused with one line naming the new one.

@@ -1,8 +1,8 @@
 """KDSVD in both layouts (`kdsvd.layout`): the term and its gradients w.r.t. the student's features against
 PyTorch references of RepDistiller's `KDSVD` (tests/reference/repdistiller_kdsvd.py) and mdistiller's
 `kdsvd_loss` (tests/reference/mdistiller_kdsvd.py) on a homogeneous and a heterogeneous pair; the teacher sign
-rule; the refusal of pairs whose vectors differ in length; the settings, the recipes, and a config.json saved
-before `kdsvd.layout` existed.
+rule; one matrix per CPU SVD call; the refusal of pairs whose vectors differ in length; the settings, the
+recipes, and a config.json saved before `kdsvd.layout` existed.
 
 The references take the teacher's singular vectors' signs as jaxkd does (largest-magnitude component positive):
 `torch.svd` leaves each sign open and upstream keeps whatever LAPACK returns, on which the term depends (the
@@ -23,7 +23,7 @@ from configs import mdistiller
 from jaxkd.errors import UserError
 from jaxkd.io.workdir import check_config_json
 from jaxkd.methods import Probe
-from jaxkd.methods.kdsvd import KDSVD
+from jaxkd.methods.kdsvd import KDSVD, LAYOUTS, kdsvd_losses
 from jaxkd.models import ModelOutput
 from tests.conftest import assert_close_scaled, nchw, nhwc
 from tests.reference import mdistiller_kdsvd, repdistiller_kdsvd
@@ -114,6 +114,17 @@ def test_kdsvd_term_does_not_depend_on_the_svds_signs(rng):
     torch_value = [sum(repdistiller_kdsvd.kdsvd_losses([nchw(f) for f in student], [nchw(f) for f in t])).item()
                    for t in (teacher, [teacher[0], -teacher[1], teacher[2]])]
     assert torch_value[0] == pytest.approx(float(value), rel=1e-5) == torch_value[1]
+
+
+def test_each_cpu_svd_call_takes_one_matrix():
+    """On a CPU every LAPACK SVD of the term and its gradient gets one matrix (`thin_svd`): jaxlib 0.10-0.11 split a
+    batch over XLA's thread pool and block on it, and a KDSVD step deadlocked on 2 cores (compiled, not run)."""
+    features = [jnp.ones((BATCH, *shape)) for shape in STUDENT]
+    for layout in LAYOUTS:
+        grad = jax.grad(lambda s, t, layout=layout: sum(kdsvd_losses(s, t, 1, layout)))
+        calls = [line for line in jax.jit(grad).lower(features, features).as_text().splitlines() if "gesdd" in line]
+        assert len(calls) == 2 * len(STUDENT), layout
+        assert all('num_batch_dims = "0"' in call for call in calls), calls[0]
 
 
 def test_kdsvd_refuses_a_pair_whose_vectors_differ_in_length():

@@ -49,15 +49,27 @@ def vector_length(feature_shape, layout: str) -> int:
     return feature_shape[2] if layout == "mdistiller" else feature_shape[-1]
 
 
+def thin_svd(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`jnp.linalg.svd(x, full_matrices=False)` of a batch of matrices; on a CPU one matrix per LAPACK call.
+    jaxlib 0.10-0.11's CPU LAPACK kernels split a large batch into tasks on XLA's CPU thread pool and block their
+    pool thread until the tasks ran: SVDs running at once on every thread of the pool (2 on a 2-core machine)
+    deadlock the step, for good. A call on one matrix runs where it is called (docs/methods.md, "Where jaxkd
+    differs": KDSVD). Other devices take the batch in one call."""
+    def batched(x):
+        return jnp.linalg.svd(x, full_matrices=False)
+
+    return jax.lax.platform_dependent(x, cpu=lambda x: jax.lax.map(batched, x), default=batched)
+
+
 def leading_right_vectors(x: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     """`svd(feat, n)`'s (s, v): of the matrices x (B, rows, columns), the first n singular values normalized to a
     unit vector, (B, n), and right singular vectors, each L2-normalized, (B, columns, n)."""
     x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32 at least (float64 where the tests enable it)
     # The same decomposition either way; XLA's CPU SVD of a tall matrix is ~30x slower than of its transpose.
     if x.shape[1] > x.shape[2]:  # tall: x^T = V S U^T, V its left singular vectors
-        v, s, _ = jnp.linalg.svd(jnp.swapaxes(x, 1, 2), full_matrices=False)
+        v, s, _ = thin_svd(jnp.swapaxes(x, 1, 2))
     else:
-        _, s, vh = jnp.linalg.svd(x, full_matrices=False)
+        _, s, vh = thin_svd(x)
         v = jnp.swapaxes(vh, 1, 2)
     v = finite_or_zero(v)[:, :, :n]
     return normalize(finite_or_zero(s)[:, :n], axis=1), normalize(v, axis=1)

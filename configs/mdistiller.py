@@ -14,8 +14,9 @@ T and S are model names in mdistiller's (= RepDistiller's) spelling, or any jaxk
 - `reviewkd`: mdistiller's `configs/cifar100/reviewkd.yaml` and CFG.REVIEWKD: CE weight 1, REVIEWKD_WEIGHT 5,
   warm-up 20, the student's post-ReLU stage outputs (STU_PREACT False); for pairs mdistiller has no config for,
   the weight of dvlab-research/ReviewKD `CIFAR-100/script/reviewKD.sh` (`REVIEWKD_WEIGHT`);
-- `kdsvd`: mdistiller's `configs/cifar100/kdsvd.yaml` and CFG.KDSVD: CE weight 1, FEAT_WEIGHT 1, K 1 (RepDistiller's
-  `train_student.py` wires KDSVD but its `run_cifar_distill.sh` gives it no weight);
+- `kdsvd`: mdistiller's `configs/cifar100/kdsvd.yaml` and CFG.KDSVD: CE weight 1, FEAT_WEIGHT 1, K 1, and its
+  `kdsvd_loss`, which decomposes each map as (C*H, W) (`kdsvd.layout = "mdistiller"`; RepDistiller's (H*W, C)
+  term, which its `run_cifar_distill.sh` gives no weight, is `--config.kdsvd.layout=repdistiller`);
 - `ofd`: mdistiller's `configs/cifar100/ofd.yaml` and CFG.OFD: CE weight 1, FEAT_WEIGHT 0.001, 1x1 connectors
   (CONNECTOR.KERNEL_SIZE 1), the teacher in train mode as its `OFD.train` leaves it; the teacher's family must
   name its BNs before the stage ReLUs (not the ShuffleNets, as in mdistiller);

@@ -288,8 +288,8 @@ def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
     elif method == "dist":
         config.loss.beta = 2.0
         config.dist = config_section("dist")
-    elif method == "kdsvd":
-        config.kdsvd = config_section("kdsvd")
+    elif method == "kdsvd":  # mdistiller's kdsvd_loss: its (C*H, W) matrices, not RepDistiller's (H*W, C)
+        config.kdsvd = config_section("kdsvd", layout="mdistiller")
     elif method == "nkd":  # cls_KD's CIFAR-100 config: CE 1, NKD 1 (temp 3, gamma 3.5: the section's defaults)
         config.nkd = config_section("nkd")
     elif method == "wttm":  # zkxufo/TTM train_student.py: -r 1 -a 0 -b WEIGHT --ttm_l EXPONENT

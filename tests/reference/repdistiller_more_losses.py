@@ -1,5 +1,5 @@
-"""PyTorch references of RepDistiller's SP, CC, VID, RKD, PKT, NST and KDSVD terms, written from its
-`distiller_zoo/{SP,CC,VID,RKD,PKT,NST,KDSVD}.py` and `models/util.py` `LinearEmbed`, not from jaxkd's code.
+"""PyTorch references of RepDistiller's SP, CC, VID, RKD, PKT and NST terms, written from its
+`distiller_zoo/{SP,CC,VID,RKD,PKT,NST}.py` and `models/util.py` `LinearEmbed`, not from jaxkd's code.
 Test-only; tensors NCHW (features) or (B, D) (pooled vectors), as in PyTorch."""
 
 import math
@@ -102,34 +102,3 @@ def nst_loss(f_s, f_t):
         return (torch.bmm(b, a.transpose(1, 2)) ** 2).mean()
 
     return kernel_mean(t, t).detach() + kernel_mean(s, s) - 2 * kernel_mean(s, t)
-
-
-def _svd_parts(feat, n):
-    """KDSVD.svd: (normalized first n singular values, normalized first n right singular vectors) of each
-    example's (H*W, C) matrix, non-finite entries zeroed."""
-    b, c, h, w = feat.shape
-    _, s, v = torch.svd(feat.reshape(b, c, h * w).transpose(1, 2))
-    clean = lambda x: torch.where(torch.isfinite(x), x, torch.zeros_like(x))  # noqa: E731
-    return F.normalize(clean(s)[:, :n], dim=1), F.normalize(clean(v)[:, :, :n], dim=1)
-
-
-def kdsvd_losses(g_s, g_t, k=1):
-    """KDSVD, one loss per pair of consecutive stages, with the teacher's singular vectors' signs fixed as jaxkd
-    documents (largest-magnitude component positive); RepDistiller takes torch.svd's signs as they come."""
-    losses, prev_s, prev_t = [], None, None
-    for f_s, f_t in zip(g_s, g_t):
-        s_t, v_t = _svd_parts(f_t, k)
-        _, v_s = _svd_parts(f_s, k + 3)
-        largest = v_t.gather(1, v_t.abs().argmax(dim=1, keepdim=True))
-        v_t = v_t * torch.where(largest < 0, -1.0, 1.0)
-        cosine = v_s.transpose(1, 2) @ v_t
-        best = cosine.abs().max(dim=1, keepdim=True)[0]
-        v_s = v_s @ torch.where(best == cosine.abs(), torch.sign(cosine), torch.zeros_like(cosine))
-        v_t, v_s = v_t * s_t.unsqueeze(1), v_s * s_t.unsqueeze(1)
-        if prev_s is not None:
-            s_rbf = torch.exp(-(v_s.unsqueeze(2) - prev_s.unsqueeze(1)) ** 2 / 8)
-            t_rbf = torch.exp(-(v_t.unsqueeze(2) - prev_t.unsqueeze(1)) ** 2 / 8)
-            diff = (s_rbf - t_rbf.detach()) ** 2
-            losses.append(torch.where(torch.isfinite(diff), diff, torch.zeros_like(diff)).sum() / g_s[0].shape[0])
-        prev_s, prev_t = v_s, v_t
-    return losses

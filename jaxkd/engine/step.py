@@ -35,7 +35,9 @@ def make_update(setup: Setup):
     The loss is `gamma * CE + alpha * KD + beta * method term`; the teacher runs in eval mode (train mode, its
     running statistics untouched, for a method with `teacher_train_mode`: OFD) and gets no gradient. With DOT
     (`optimizer.dot`) the optimizer takes the gradient of the task loss (gamma * CE) and of the distillation loss
-    (alpha * KD + beta * term) apart: one forward pass, its pullback applied twice (`dot_gradients`). Pure and
+    (alpha * KD + beta * term) apart: one forward pass, its pullback applied twice (`dot_gradients`). For a method
+    with `strong_view` (MLKD) the teacher and then the student (train mode, after its pass on the weak view) also run
+    on `batch.strong_images`, their outputs handed to the term as `Batch.strong_teacher` / `strong_student`. Pure and
     unjitted: `make_train_step` wraps it, and the parity tests call it on fixed batches."""
     student, method, teacher, config = setup.student, setup.method, setup.teacher, setup.config
     loss_weights = config.loss

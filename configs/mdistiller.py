@@ -1,5 +1,5 @@
 """mdistiller's CIFAR-100 recipe for DKD, DIST, ReviewKD, KDSVD, OFD, logit standardization, DOT, NKD, WTTM,
-SDD and CAT-KD:
+SDD, CAT-KD and MLKD:
 `--config configs/mdistiller.py:T,S,M`.
 
     python -m jaxkd.train --config configs/mdistiller.py:resnet32x4,resnet8x4,dkd --workdir workdirs/dkd_r32x4_r8x4
@@ -36,6 +36,11 @@ T and S are model names in mdistiller's (= RepDistiller's) spelling, or any jaxk
   1,2 where its teacher_*.sh run the pair so (`SDD_SCALES`);
 - `catkd`: GzyAftermath/CAT-KD `configs/cifar100/CAT_KD/*.yaml`: CE 1, CAT_loss_weight as beta, CAM_RESOLUTION,
   IF_NORMALIZE (`CATKD`; other pairs take CFG.CAT_KD's 400, 2, True).
+- `mlkd`: Jin-Ying/Multi-Level-Logit-Distillation `configs/cifar100/ours/*.yaml` (`tools/train_ours.py`, mdistiller's
+  trainer on a weak and a strong view) over CFG.KD: CE weight 0.1 on each view (the weak view's as gamma, the strong
+  view's in the term), KD weight 0.9 (`mlkd.weight`), temperature 4 beside its fixed 3, 5, 2, 6; its own training
+  recipe: lr 0.025 (0.01 for the MobileNetV2 and Shuffle students) and 240 epochs, 480 or 960 for the pairs its
+  configs train longer (`MLKD_EPOCHS`), the lr decay still at 150, 180, 210;
 - `kd_dot`, `dkd_dot`: the DOT optimizer (`optimizer.dot`, docs/methods.md "DOT"): mdistiller's
   `configs/cifar100/dot/*.yaml` (trainer `dot`, DOT.DELTA 0.075) for KD with CFG.KD's CE weight 0.1, KD weight
   0.9, T 4; `dkd_dot` is the `dkd` entry under the same trainer and delta (mdistiller has no DKD + DOT config).

@@ -142,7 +142,8 @@ def test_mdistiller_entries_are_the_published_settings(teacher, student):
         # Shuffle students, decay at 150, 180, 210 by 0.1, weight decay 5e-4, momentum 0.9); engine/utils.py:72-78
         # decays after the stage's epoch, as RepDistiller; dataset/cifar100.py:120-123 RandomCrop(32, padding=4) and
         # RepDistiller's mean/std
-        assert training(config) == REPDISTILLER_TRAINING and config.optimizer.lr == lr(student), method
+        if method != "mlkd":  # MLKD's own training recipe: test_mlkd_entries_are_the_official_configs
+            assert training(config) == REPDISTILLER_TRAINING and config.optimizer.lr == lr(student), method
         # models/cifar/__init__.py:22-44: download_ckpts/cifar_teachers/<T>_vanilla/ckpt_epoch_240.pth
         assert config.teacher.checkpoint == f"download_ckpts/cifar_teachers/{teacher}_vanilla/ckpt_epoch_240.pth"
         assert recipes.repdistiller_name(config.teacher.arch) == teacher
@@ -253,3 +254,24 @@ def test_report_labels_the_standardized_runs_apart():
         (75.12, "mdistiller README (DOT)")]
     assert [p.top1 for p in published.published_for("vgg13", "vgg8", "kd+dot", False)] == [73.77]
     assert [p.top1 for p in published.published_for("rd_resnet32x4", "ShuffleV2", "kd+dot", False)] == [75.55]
+
+
+# Jin-Ying/Multi-Level-Logit-Distillation configs/cifar100/ours/*.yaml: (teacher, student) -> (SOLVER.EPOCHS, SOLVER.LR)
+MLKD_CONFIGS = {("resnet110", "resnet32"): (240, 0.025), ("resnet32x4", "resnet8x4"): (240, 0.025),
+                ("resnet32x4", "ShuffleV1"): (960, 0.01), ("resnet32x4", "ShuffleV2"): (960, 0.01),
+                ("ResNet50", "MobileNetV2"): (480, 0.01), ("resnet56", "resnet20"): (240, 0.025),
+                ("vgg13", "MobileNetV2"): (480, 0.01), ("vgg13", "vgg8"): (240, 0.025),
+                ("wrn_40_2", "ShuffleV1"): (480, 0.01), ("wrn_40_2", "wrn_16_2"): (240, 0.025),
+                ("wrn_40_2", "wrn_40_1"): (240, 0.025)}
+
+
+@pytest.mark.parametrize("teacher, student", sorted(MLKD_CONFIGS))
+def test_mlkd_entries_are_the_official_configs(teacher, student):
+    """Each config's EPOCHS and LR (BATCH_SIZE 64, LR_DECAY_STAGES [150, 180, 210], rate 0.1, WEIGHT_DECAY 5e-4,
+    MOMENTUM 0.9 in all); KD_ours reads CFG.KD (engine/cfg.py:61-64): T 4, CE 0.1 (on each view), KD 0.9."""
+    epochs, learning_rate = MLKD_CONFIGS[(teacher, student)]
+    config = recipes.mdistiller(teacher, student, "mlkd")
+    assert training(config) == {**REPDISTILLER_TRAINING, "epochs": epochs} and config.optimizer.lr == learning_rate
+    assert (config.method, config.loss.gamma, config.loss.alpha, config.loss.beta) == ("mlkd", 0.1, 0.0, 1.0)
+    assert dict(config.mlkd) == {"temperature": 4.0, "weight": 0.9, "strong_ce_weight": 0.1}
+    assert not config.loss.logit_standardization and config.data.padding == "zeros"

@@ -37,13 +37,19 @@ REPDISTILLER_WEIGHTS = {
 
 # ------------------------------------------------------------------------------------------- mdistiller
 MDISTILLER_METHODS = ("dkd", "dist", "reviewkd", "kdsvd", "ofd", "kd_ls", "dkd_ls", "kd_dot", "dkd_dot", "nkd", "wttm",
-                      "sdd_kd", "sdd_dkd", "catkd")
+                      "sdd_kd", "sdd_dkd", "catkd", "mlkd")
 # the entry that stands for a jaxkd method whose entries have other names (the bench's recipe of `sdd`)
 MDISTILLER_ENTRY_OF = {"sdd": "sdd_kd"}
 # DOT: configs/cifar100/dot/*.yaml (res32x4_res8x4, vgg13_vgg8, res32x4_shuv2): KD with CFG.KD's weights and
 # temperature under the `dot` trainer with DOT.DELTA 0.075 (also CFG.SOLVER.DOT.DELTA, the default); mdistiller has
 # no DKD + DOT config: `dkd_dot` is its DKD entry under the same trainer and delta
 DOT_DELTA = 0.075
+# MLKD: Jin-Ying/Multi-Level-Logit-Distillation configs/cifar100/ours/*.yaml (mdistiller's trainer,
+# tools/train_ours.py): SOLVER.LR 0.025 (0.01 for the MobileNetV2 and Shuffle students), SOLVER.EPOCHS 240 but where
+# listed here (RepDistiller's names), the lr decay still at 150, 180, 210; CFG.KD's CE weight 0.1, KD weight 0.9, T 4
+MLKD_LR = 0.025
+MLKD_EPOCHS = {("resnet32x4", "ShuffleV1"): 960, ("resnet32x4", "ShuffleV2"): 960, ("ResNet50", "MobileNetV2"): 480,
+               ("vgg13", "MobileNetV2"): 480, ("wrn_40_2", "ShuffleV1"): 480}
 # mdistiller configs/cifar100/dkd/*.yaml: DKD.BETA where it differs from CFG.DKD's 8 (jaxkd names)
 DKD_BETA = {
     ("rd_resnet56", "rd_resnet20"): 2.0,
@@ -237,9 +243,9 @@ def repdistiller(teacher: str, student: str, method: str, teacher_checkpoint: st
 
 
 def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
-    """mdistiller's CIFAR-100 recipe (and DIST's, ReviewKD's, logit standardization's, NKD's, WTTM's, SDD's and
-    CAT-KD's weights and settings, from their code) for `method`, one of MDISTILLER_METHODS (or "kd", `kd_dot`'s
-    base), on the pair in RepDistiller's or jaxkd's spelling; the teacher file is where mdistiller's
+    """mdistiller's CIFAR-100 recipe (and DIST's, ReviewKD's, logit standardization's, NKD's, WTTM's, SDD's,
+    CAT-KD's and MLKD's weights and settings, from their code) for `method`, one of MDISTILLER_METHODS (or "kd",
+    `kd_dot`'s base), on the pair in RepDistiller's or jaxkd's spelling; the teacher file is where mdistiller's
     `cifar_teachers.tar` puts it."""
     if method in ("kd_dot", "dkd_dot"):  # the method's entry, trained with DOT
         config = mdistiller(teacher, student, method.removesuffix("_dot"))
@@ -269,6 +275,13 @@ def mdistiller(teacher: str, student: str, method: str) -> ConfigDict:
         config.loss.gamma, config.loss.alpha, config.loss.beta = (0.1, 0.0, 0.9) if base == "kd" else (1.0, 0.0, 1.0)
         dkd_settings = {} if base == "kd" else {"dkd_beta": SDD_DKD_BETA.get(pair, 8.0)}
         config.sdd = config_section("sdd", base=base, scales=SDD_SCALES.get((base, *pair), "1,2,4"), **dkd_settings)
+        return config
+    if method == "mlkd":  # CE 0.1 on the weak view (gamma); the term holds the strong view's CE and the KD weight 0.9
+        config.method = "mlkd"
+        config.loss.gamma, config.loss.alpha, config.loss.beta = 0.1, 0.0, 1.0
+        config.optimizer.lr = 0.01 if config.model in LOW_LR_STUDENTS else MLKD_LR
+        config.epochs = MLKD_EPOCHS.get(named_pair, 240)
+        config.mlkd = config_section("mlkd")
         return config
     if method == "catkd":  # CE weight 1, CAT_loss_weight as beta
         weight, resolution, normalize = CATKD.get(pair, CATKD_DEFAULT)

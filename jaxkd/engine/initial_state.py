@@ -48,6 +48,8 @@ def _initial_state(setup: Setup, seed_key, images, labels, index, teacher_variab
     teacher_out = float32_outputs(apply_module(setup.teacher.model, teacher_variables, sample, train=False,
                                                method=setup.teacher.model.forward)[0] if setup.teacher else None)
     batch = Batch(sample, labels, index, probe_batch_rng)
+    if setup.method.strong_view:  # shapes only: the probe's strong view is the sample itself
+        batch = batch._replace(strong_images=sample, strong_student=student_out, strong_teacher=teacher_out)
     method_init = setup.method.initialize(method_rng, Probe(
         student_out, teacher_out, batch, setup.train_labels, setup.train.num_classes,
         teacher_model=setup.teacher.model if setup.teacher else None, teacher_variables=teacher_variables))

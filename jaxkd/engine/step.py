@@ -34,7 +34,9 @@ def make_update(setup: Setup):
     The loss is `gamma * CE + alpha * KD + beta * method term`; the teacher runs in eval mode (train mode, its
     running statistics untouched, for a method with `teacher_train_mode`: OFD) and gets no gradient. With DOT
     (`optimizer.dot`) the optimizer takes the gradient of the task loss (gamma * CE) and of the distillation loss
-    (alpha * KD + beta * term) apart: one forward pass, its pullback applied twice (`dot_gradients`). Pure and
+    (alpha * KD + beta * term) apart: one forward pass, its pullback applied twice (`dot_gradients`). For a method
+    with `strong_view` (MLKD) the teacher and then the student (train mode, after its pass on the weak view) also run
+    on `batch.strong_images`, their outputs handed to the term as `Batch.strong_teacher` / `strong_student`. Pure and
     unjitted: `make_train_step` wraps it, and the parity tests call it on fixed batches."""
     student, method, teacher, config = setup.student, setup.method, setup.teacher, setup.config
     loss_weights = config.loss
@@ -45,6 +47,10 @@ def make_update(setup: Setup):
         teacher_out = (jax.lax.stop_gradient(float32_outputs(apply_module(
             teacher.model, teacher_variables, batch.images, train=method.teacher_train_mode,
             method=teacher.model.forward)[0])) if teacher else None)
+        if method.strong_view:  # MLKD: the teacher's outputs on the strong view as well
+            batch = batch._replace(strong_teacher=jax.lax.stop_gradient(float32_outputs(apply_module(
+                teacher.model, teacher_variables, batch.strong_images, train=method.teacher_train_mode,
+                method=teacher.model.forward)[0])))
 
         def weighted_losses(params):
             """((gamma * CE, alpha * KD, beta * term), (batch_stats, method_state, metrics without "loss"))."""
@@ -52,11 +58,17 @@ def make_update(setup: Setup):
                 student, {"params": params["student"], "batch_stats": state.batch_stats["student"]},
                 batch.images, train=True, method=student.forward)
             student_out = float32_outputs(student_out)  # the one cast of the student's outputs for the losses
+            term_batch = batch
+            if method.strong_view:  # as KD_ours: a second train-mode pass, its BN statistics updated after the first's
+                strong_out, student_stats = apply_module(
+                    student, {"params": params["student"], "batch_stats": student_stats}, batch.strong_images,
+                    train=True, method=student.forward)
+                term_batch = batch._replace(strong_student=float32_outputs(strong_out))
             ce = (mixed_cross_entropy(student_out.logits, batch.labels, batch.partners, batch.lam)
                   if setup.pipeline.saliencymix else cross_entropy(student_out.logits, batch.labels))
             kd = kd_term(student_out, teacher_out, loss_weights) if teacher else jnp.zeros((), jnp.float32)
             method_variables = {"params": params["method"], "batch_stats": state.batch_stats["method"]}
-            method_out = method.term(method_variables, state.method_state, student_out, teacher_out, batch,
+            method_out = method.term(method_variables, state.method_state, student_out, teacher_out, term_batch,
                                      train=True).completed(method_variables, state.method_state)
             correct = jnp.sum(jnp.argmax(student_out.logits, -1) == batch.labels)
             batch_stats = {"student": student_stats, "method": method_out.batch_stats}

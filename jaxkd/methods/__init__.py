@@ -19,6 +19,7 @@ from jaxkd.methods.fsp import FSP
 from jaxkd.methods.ft import FT
 from jaxkd.methods.kd import KD
 from jaxkd.methods.kdsvd import KDSVD
+from jaxkd.methods.mlkd import MLKD
 from jaxkd.methods.nkd import NKD
 from jaxkd.methods.nst import NST
 from jaxkd.methods.ofd import OFD
@@ -57,6 +58,7 @@ METHODS: dict[str, type[Method]] = {
     "sdd": SDD,  # Wei et al. 2024, scale decoupled distillation (KD or DKD over the classifier's region logits)
     "catkd": CATKD,  # Guo et al. 2023, class attention transfer (the classifier's class activation maps)
     "ofd": OFD,  # Heo et al. 2019, overhaul of feature distillation (margins from the teacher's BNs, mdistiller)
+    "mlkd": MLKD,  # Jin et al. 2023, multi-level logit distillation (a weak and a strong view, several temperatures)
 }
 
 

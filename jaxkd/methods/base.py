@@ -68,6 +68,12 @@ class Batch(NamedTuple):
     # The 1-based epoch of this step (mdistiller's `epoch`, for DKD's and ReviewKD's linear warm-ups), int32,
     # traced: computed in the step from the step number, so no recompile and no host sync.
     epoch: jax.Array | int = 1
+    # A method with `strong_view` (MLKD): a second, strongly augmented view of the same examples (normalized like
+    # `images`), and the student's (train mode, after its pass on `images`) and the teacher's outputs on it, in
+    # float32, filled in by the engine's update. None for every other method.
+    strong_images: jax.Array | None = None
+    strong_student: ModelOutput | None = None
+    strong_teacher: ModelOutput | None = None
 
 
 def float32_outputs(output: ModelOutput | None) -> ModelOutput | None:
@@ -172,6 +178,9 @@ class Method:
     # whether the engine runs the teacher in train mode (BN on batch statistics, its running statistics left
     # unchanged) for the term's outputs; eval mode, False, for every method but OFD (mdistiller's OFD.train)
     teacher_train_mode = False
+    # whether the engine makes a strongly augmented second view of each batch (`jaxkd.data.strong_augment`) and
+    # hands the term both models' outputs on it (`Batch.strong_student`, `Batch.strong_teacher`): MLKD
+    strong_view = False
     defaults: dict = {}  # config.<name>'s keys and default values
     # config.<name>'s keys -> what each accepts (jaxkd.config.checks: positive_int, fraction, one_of(...), ...),
     # checked as the method is made, before any work

@@ -55,7 +55,6 @@ def labels_with_both_kinds(rng, teacher_scores: np.ndarray) -> np.ndarray:
     """Labels the teacher gets right on the global region for half the examples and on a local region (only) for
     others, so that consistent and complementary regions both occur."""
     labels = rng.integers(0, CLASSES, BATCH)
-    n_regions = teacher_scores.shape[2]
     predictions = np.argmax(teacher_scores, axis=1)  # (B, N)
     for i in range(BATCH):
         differing = np.flatnonzero(predictions[i] != predictions[i, 0])

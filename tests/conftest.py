@@ -7,6 +7,12 @@ import pickle
 import shutil
 import signal
 import tempfile
+# pytest reports an exception raised in a __del__ ("unraisable") through a hook that imports tracemalloc on first
+# use. When the garbage collector runs such a __del__ while TFDS imports its modules under etils' lazy-import
+# context, that first import runs inside the context and fails ("'LazyModule' object is not callable"), and the
+# warning becomes a test failure (tests/test_data_streaming.py's TFDS test, once in CI). Imported here first, the
+# hook only looks it up.
+import tracemalloc  # noqa: F401
 import zlib
 from pathlib import Path
 

@@ -137,6 +137,20 @@ def nhwc(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().numpy().transpose(0, 2, 3, 1)
 
 
+def logit_term_and_grad(method, student, teacher, batch=None):
+    """(term, metrics, gradient w.r.t. the student's logits) of a method whose term reads only the logits, on
+    (B, C) logits of student and teacher, in train mode, jitted: what a logit method's parity test compares."""
+    batch = Batch(None, None, None, None) if batch is None else batch
+
+    def term(z_s):
+        out = method.term({}, {}, ModelOutput([], None, z_s), ModelOutput([], None, jnp.asarray(teacher)), batch,
+                          True)
+        return out.term, out.metrics
+
+    (value, metrics), grad = jax.jit(jax.value_and_grad(term, has_aux=True))(jnp.asarray(student))
+    return value, metrics, grad
+
+
 def assert_close_scaled(actual, reference, rel: float, what: str = ""):
     """max |actual - reference| <= rel * max |reference|: the parity criterion of the converter tests."""
     actual, reference = np.asarray(actual), np.asarray(reference)

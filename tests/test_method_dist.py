@@ -1,17 +1,14 @@
 """DIST: the term (inter- and intra-class Pearson relations at tau, times tau^2) and its gradient against the
 PyTorch reference of the authors' `DIST` (tests/reference/mdistiller_losses.py), a uniform row included."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from ml_collections import ConfigDict
 
-from jaxkd.methods import Batch, get_method
+from jaxkd.methods import get_method
 from jaxkd.methods.dist import DIST
-from jaxkd.models import ModelOutput
-from tests.conftest import assert_close_scaled
+from tests.conftest import assert_close_scaled, logit_term_and_grad
 from tests.reference.mdistiller_losses import dist_loss
 
 REL = 1e-5
@@ -27,12 +24,7 @@ def test_dist_matches_the_authors_loss(beta, gamma, tau, rng):
     student[3] = 0.7
     method = get_method("dist", ConfigDict({"dist": dict(DIST.defaults, beta=beta, gamma=gamma, tau=tau)}))
 
-    def term(z_s):
-        out = method.term({}, {}, ModelOutput([], None, z_s), ModelOutput([], None, jnp.asarray(teacher)),
-                          Batch(None, None, None, None), True)
-        return out.term, out.metrics
-
-    (value, metrics), grad = jax.jit(jax.value_and_grad(term, has_aux=True))(jnp.asarray(student))
+    value, metrics, grad = logit_term_and_grad(method, student, teacher)
     z_s = torch.tensor(student, requires_grad=True)
     ref, inter, intra = dist_loss(z_s, torch.tensor(teacher), beta, gamma, tau)
     ref.backward()

@@ -18,8 +18,7 @@ from jaxkd.errors import UserError
 from jaxkd.io.workdir import check_config_json, save_config
 from jaxkd.methods import Batch, get_method
 from jaxkd.methods.dkd import DKD
-from jaxkd.models import ModelOutput
-from tests.conftest import assert_close_scaled
+from tests.conftest import assert_close_scaled, logit_term_and_grad
 from tests.reference.mdistiller_losses import dkd_loss, dkd_warmup, kd_loss, standardize
 
 REL = 1e-5
@@ -42,15 +41,6 @@ def dkd_method(logit_standardization: bool = False, **settings) -> DKD:
                                          "loss": {"logit_standardization": logit_standardization}}))
 
 
-def term_and_grad(method, student, teacher, batch):
-    def term(z_s):
-        out = method.term({}, {}, ModelOutput([], None, z_s), ModelOutput([], None, jnp.asarray(teacher)), batch,
-                          True)
-        return out.term, out.metrics
-    (value, metrics), grad = jax.value_and_grad(term, has_aux=True)(jnp.asarray(student))
-    return value, metrics, grad
-
-
 def torch_value_and_grad(loss_fn, student, *args):
     z_s = torch.tensor(student, requires_grad=True)
     loss = loss_fn(z_s, *args)
@@ -70,7 +60,7 @@ def test_dkd_matches_mdistiller_with_its_warmup(logit_standardization, rng):
     labels = rng.integers(0, CLASSES, BATCH)
     temperature = 2.0 if logit_standardization else 4.0
     method = dkd_method(temperature=temperature, logit_standardization=logit_standardization)
-    compiled = jax.jit(lambda s, b: term_and_grad(method, s, teacher, b))
+    compiled = jax.jit(lambda s, b: logit_term_and_grad(method, s, teacher, b))
     for epoch in (0, 10, 20, 30):
         batch = Batch(None, jnp.asarray(labels, jnp.int32), None, None, epoch=jnp.asarray(epoch, jnp.int32))
         value, metrics, grad = compiled(student, batch)
@@ -131,7 +121,7 @@ def test_dkd_under_saliencymix_mixes_both_labels_as_the_cross_entropy(per_exampl
     method = dkd_method()
     batch = Batch(None, jnp.asarray(labels, jnp.int32), None, None, jnp.asarray(partners, jnp.int32),
                   jnp.asarray(lam), epoch=30)
-    value, _, _ = jax.jit(lambda b: term_and_grad(method, student, teacher, b))(batch)
+    value, _, _ = jax.jit(lambda b: logit_term_and_grad(method, student, teacher, b))(batch)
 
     def row_loss(i, label):
         return float(dkd_loss(torch.tensor(student[i:i + 1]), torch.tensor(teacher[i:i + 1]),
@@ -141,7 +131,7 @@ def test_dkd_under_saliencymix_mixes_both_labels_as_the_cross_entropy(per_exampl
     expected = np.mean([lam_i[i] * row_loss(i, labels[i]) + (1 - lam_i[i]) * row_loss(i, labels[partners[i]])
                         for i in range(BATCH)])
     assert_close_scaled(value, expected, REL, "mixed dkd")
-    unmixed, _, _ = term_and_grad(method, student, teacher, batch._replace(partners=None, lam=1.0))
+    unmixed, _, _ = logit_term_and_grad(method, student, teacher, batch._replace(partners=None, lam=1.0))
     assert abs(float(unmixed) - expected) > 1e-3 * expected  # the partners' labels count
 
 

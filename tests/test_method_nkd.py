@@ -11,8 +11,7 @@ from ml_collections import ConfigDict
 
 from jaxkd.methods import Batch, get_method
 from jaxkd.methods.nkd import NKD
-from jaxkd.models import ModelOutput
-from tests.conftest import assert_close_scaled
+from tests.conftest import assert_close_scaled, logit_term_and_grad
 from tests.reference.cls_kd_nkd import nkd_loss
 
 REL = 1e-5
@@ -23,15 +22,6 @@ PAIRS = {"homogeneous": (8, 100, 2.0), "heterogeneous": (4, 100, 6.0)}
 
 def nkd_method(**settings) -> NKD:
     return get_method("nkd", ConfigDict({"nkd": dict(NKD.defaults, **settings)}))
-
-
-def term_and_grad(method, student, teacher, batch):
-    def term(z_s):
-        out = method.term({}, {}, ModelOutput([], None, z_s), ModelOutput([], None, jnp.asarray(teacher)), batch,
-                          True)
-        return out.term, out.metrics
-    (value, metrics), grad = jax.value_and_grad(term, has_aux=True)(jnp.asarray(student))
-    return value, metrics, grad
 
 
 @pytest.mark.parametrize("pair, temperature, gamma", [("homogeneous", 3.0, 3.5), ("heterogeneous", 3.0, 3.5),
@@ -45,7 +35,8 @@ def test_nkd_matches_cls_kd(pair, temperature, gamma, rng):
     labels = rng.integers(0, classes, batch_size)
     teacher[0, labels[0]] += 40.0  # a teacher all but certain of the target: its non-target softmax still counts
     batch = Batch(None, jnp.asarray(labels, jnp.int32), None, None)
-    compiled = jax.jit(lambda s: term_and_grad(nkd_method(temperature=temperature, gamma=gamma), s, teacher, batch))
+    method = nkd_method(temperature=temperature, gamma=gamma)
+    compiled = jax.jit(lambda s: logit_term_and_grad(method, s, teacher, batch))
     value, metrics, grad = compiled(student)
     z_s = torch.tensor(student, requires_grad=True)
     ref, ref_target, ref_non_target = nkd_loss(z_s, torch.tensor(teacher), torch.tensor(labels), temperature, gamma)
@@ -75,7 +66,7 @@ def test_nkd_under_saliencymix_reads_the_label_of_the_larger_weight(rng):
     lam = np.array([0.7, 0.3, 0.5, 0.5, 0.2, 0.6, 0.4, 0.5], np.float32)
     batch = Batch(None, jnp.asarray(labels, jnp.int32), None, None, jnp.asarray(partners, jnp.int32),
                   jnp.asarray(lam))
-    value, _, grad = jax.jit(lambda s: term_and_grad(nkd_method(), s, teacher, batch))(student)
+    value, _, grad = jax.jit(lambda s: logit_term_and_grad(nkd_method(), s, teacher, batch))(student)
     mixed = np.zeros((batch_size, classes), np.float32)
     mixed[np.arange(batch_size), labels] += lam
     mixed[np.arange(batch_size), labels[partners]] += 1.0 - lam

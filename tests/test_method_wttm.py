@@ -3,16 +3,13 @@ gradient against the PyTorch reference of zkxufo/TTM's `WTTM` (tests/reference/t
 homogeneous and a heterogeneous pair's, a teacher probability underflowing to 0 included (its recipe:
 tests/test_recipes.py)."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from ml_collections import ConfigDict
 
-from jaxkd.methods import Batch, get_method
-from jaxkd.models import ModelOutput
-from tests.conftest import assert_close_scaled
+from jaxkd.methods import get_method
+from tests.conftest import assert_close_scaled, logit_term_and_grad
 from tests.reference.ttm_wttm import wttm_loss
 
 REL = 1e-5
@@ -33,12 +30,7 @@ def test_wttm_matches_the_authors_loss(pair, exponent, rng):
     teacher[0, 0] += 200.0
     method = get_method("wttm", ConfigDict({"wttm": {"exponent": exponent}}))
 
-    def term(z_s):
-        out = method.term({}, {}, ModelOutput([], None, z_s), ModelOutput([], None, jnp.asarray(teacher)),
-                          Batch(None, None, None, None), True)
-        return out.term, out.metrics
-
-    (value, metrics), grad = jax.jit(jax.value_and_grad(term, has_aux=True))(jnp.asarray(student))
+    value, metrics, grad = logit_term_and_grad(method, student, teacher)
     z_s = torch.tensor(student, requires_grad=True)
     ref, norm, _ = wttm_loss(z_s, torch.tensor(teacher), exponent)
     ref.backward()

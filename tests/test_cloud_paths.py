@@ -28,14 +28,14 @@ from jaxkd.engine.setup import check_config
 from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.tools import evaluate, report
-from tests.conftest import (assert_bitwise_equal, assert_one_line_error, final_params, on_digits, save_random_teacher,
-                            write_evaluation_files)
+from tests.conftest import (SMALL_DIGITS, assert_bitwise_equal, assert_one_line_error, final_params, on_digits,
+                            save_random_teacher, write_evaluation_files)
 from tests.gcs_server import environment_for
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = ["--config.model=resnet8", "--config.teacher.arch=resnet8", "--config.epochs=2",
-       "--config.eval_every_epochs=1", "--config.checkpoint_every_epochs=1", "--config.log_every_steps=5",
-       "--config.progress_bar=False", "--config.data.drop_last=True"]
+RUN = ["--config.model=resnet8", "--config.teacher.arch=resnet8", f"--config.data.digits_size={SMALL_DIGITS}",
+       "--config.epochs=2", "--config.eval_every_epochs=1", "--config.checkpoint_every_epochs=1",
+       "--config.log_every_steps=5", "--config.progress_bar=False", "--config.data.drop_last=True"]
 
 
 def rows(text: str) -> list[dict]:
@@ -162,7 +162,8 @@ def test_a_run_on_gs_stopped_by_sigterm_resumes_bitwise_and_writes_what_a_local_
     tensorboard = [name for name in objects if "/tensorboard/" in name]
     assert len(tensorboard) == 2 and all(gcs.read_object("runs", name) for name in tensorboard)  # one a run
     # the workdir as evaluate's --checkpoint (its model/): the run's own final test accuracy
-    assert evaluate.main(["--checkpoint", workdir, "--source", "digits", "--out", f"{workdir}/eval.json"]) == 0
+    assert evaluate.main(["--checkpoint", workdir, "--source", "digits", "--digits-size", str(SMALL_DIGITS),
+                          "--out", f"{workdir}/eval.json"]) == 0
     final = [row for row in logged if row["kind"] == "eval"][-1]
     assert json.loads(gcs.read_object("runs", "cloud/kd/eval.json"))["clean"]["top1"] == final["top1"]
     # the report of the workdir, with that evaluation beside it, written as an object: the run's own numbers

@@ -170,6 +170,8 @@ def kd_wrn():
      "--config.data.saliencymix_per_example=True: SaliencyMix is off"),
     (demo_teacher, {"optimizer__lr_reference_batch": 256},
      "--config.optimizer.lr_reference_batch=256: it scales the lr only with --config.optimizer.lr_scaling=linear"),
+    (kd_wrn, {"data__digits_size": 16}, "--config.data.digits_size=16: it sets the size of --config.data.source="
+                                       "digits, not of data.source 'tfds'"),
     (demo_teacher, {"notes": "x"}, "config.notes: not a key jaxkd reads"),
     (demo_teacher, {"saliencymix": True}, "config.saliencymix is now config.data.saliencymix"),  # a key that moved
 ])

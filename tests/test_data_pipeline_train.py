@@ -13,6 +13,7 @@ import torch
 from configs import default, demo
 from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.engine.setup import build
+from tests.conftest import SMALL_DIGITS
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_TRAIN = 1433  # digits' training images: at batch 256, 5 full batches and one of 153
@@ -21,6 +22,7 @@ DIGITS_TRAIN = 1433  # digits' training images: at batch 256, 5 full batches and
 def repdistiller_digits(epochs: int):
     config = default.repdistiller_recipe(demo.get_config("teacher"))
     config.model, config.batch_size, config.epochs, config.progress_bar = "resnet8", 256, epochs, False
+    config.data.digits_size = SMALL_DIGITS
     config.log_every_steps, config.eval_every_epochs, config.checkpoint_every_epochs = 4, 2, 1
     config.optimizer.lr, config.optimizer.lr_decay_epochs = 0.05, (1,)  # RepDistiller's: 0.005 from step 7 on
     return config
@@ -106,7 +108,7 @@ def test_the_loop_evaluates_with_the_recipes_normalization(straight_run):
     workdir, result = straight_run
     variables, metadata = load_model_checkpoint(workdir / "model")
     assert metadata["normalization"] == "repdistiller"  # recorded for evaluating the checkpoint later
-    test = load_split("digits", "test")
+    test = load_split("digits", "test", digits_size=SMALL_DIGITS)
     ours = evaluate_split(get_model("resnet8", 10), variables, test.images, test.labels, 500,
                           normalization="repdistiller")
     assert ours["top1"] == result["last_top1"]

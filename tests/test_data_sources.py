@@ -48,6 +48,21 @@ def test_digits_are_sklearns_images_scaled_upsampled_and_split_per_class():
     assert train.images.max() == 255 and train.images.min() == 0
 
 
+@pytest.mark.parametrize("size", [8, 16])
+def test_digits_at_a_smaller_size_repeat_each_pixel_size_over_8_times(size):
+    from sklearn.datasets import load_digits
+
+    digits, factor = load_digits(), size // 8
+    split = sources.load_split("digits", "test", digits_size=size)
+    assert split.images.shape == (364, size, size, 3)
+    rows = np.sort(np.concatenate([np.flatnonzero(digits.target == c)[::5] for c in range(10)]))
+    blocks = split.images.reshape(364, 8, factor, 8, factor, 3)
+    assert np.all(blocks == blocks[:, :, :1, :, :1, :1])
+    np.testing.assert_array_equal(blocks[:, :, 0, :, 0, 0], np.round(digits.images[rows] * 255 / 16))
+    with pytest.raises(UserError, match="digits_size 24: must be one of 8, 16, 32"):
+        sources.load_split("digits", "test", digits_size=24)
+
+
 # ------------------------------------------------------------------------------------------- cifar100-python
 
 

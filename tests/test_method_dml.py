@@ -28,7 +28,7 @@ from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.dml import DML, mutual_losses
 from jaxkd.models import get_model
 from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import assert_bitwise_equal, assert_close_scaled, nchw, on_digits
+from tests.conftest import SMALL_DIGITS, assert_bitwise_equal, assert_close_scaled, nchw, on_digits
 from tests.reference.dml_loss import dml_losses as torch_dml_losses
 
 REL = 1e-5  # float32 parity: max |jax - torch| <= REL * max |torch|
@@ -294,7 +294,7 @@ def test_each_peer_and_the_ensemble_are_evaluated_and_exported(three_peers):
     assert f"peer1 {evaluation['peer1_top1']:.2f}" in printed
     assert f"ensemble {evaluation['ensemble_top1']:.2f}" in printed
 
-    test = load_split("digits", "test")
+    test = load_split("digits", "test", digits_size=SMALL_DIGITS)
     one_example = 100.0 / len(test.labels) + 1e-9  # vmapped and single-peer convolutions may round apart
     peer_variables, metadata = load_model_checkpoint(workdir / "peer1")
     assert metadata["arch"] == "resnet8"

@@ -18,17 +18,17 @@ import torch
 
 from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.tools import report, runs
-from tests.conftest import assert_one_line_error, final_params
+from tests.conftest import SMALL_DIGITS, assert_one_line_error, final_params
 
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = [("resnet8", "resnet8")]  # RepDistiller's names: post-activation rd_resnet*, its smallest
 METHODS = ["kd"]  # lists of every method: test_a_table_list_has_every_cell_of_repdistillers_table_...()
 SEEDS = [0, 1, 2]
 EPOCHS = 3
-# digits at batch 128: 11 steps per epoch; every epoch evaluated and checkpointed
-ON_DIGITS = ["--config.data.source=digits", "--config.data.drop_last=True", f"--config.epochs={EPOCHS}",
-             "--config.batch_size=128", "--config.eval_every_epochs=1", "--config.checkpoint_every_epochs=1",
-             "--config.log_every_steps=11", "--config.progress_bar=False"]
+# digits (16x16) at batch 128: 11 steps per epoch; every epoch evaluated and checkpointed
+ON_DIGITS = ["--config.data.source=digits", f"--config.data.digits_size={SMALL_DIGITS}", "--config.data.drop_last=True",
+             f"--config.epochs={EPOCHS}", "--config.batch_size=128", "--config.eval_every_epochs=1",
+             "--config.checkpoint_every_epochs=1", "--config.log_every_steps=11", "--config.progress_bar=False"]
 
 
 def write_released_teachers(folder: Path) -> None:

@@ -37,7 +37,7 @@ from jaxkd.engine.setup import build, check_config
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.io.run_checkpoint import RunCheckpoints
 from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import save_random_teacher
+from tests.conftest import SMALL_DIGITS, save_random_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 1024
@@ -45,15 +45,17 @@ STEPS_PER_EPOCH = 1433 // BATCH
 
 
 def overrides(teacher) -> list[str]:
-    return ["--config.data.source=digits", "--config.model=resnet8", f"--config.teacher.checkpoint={teacher}",
-            "--config.teacher.arch=resnet8", "--config.crd.nce_k=256", f"--config.batch_size={BATCH}",
-            "--config.progress_bar=False", "--config.data.drop_last=True"]  # one step per epoch (CRD's noise)
+    return ["--config.data.source=digits", f"--config.data.digits_size={SMALL_DIGITS}", "--config.model=resnet8",
+            f"--config.teacher.checkpoint={teacher}", "--config.teacher.arch=resnet8", "--config.crd.nce_k=256",
+            f"--config.batch_size={BATCH}", "--config.progress_bar=False",
+            "--config.data.drop_last=True"]  # one step per epoch (CRD's noise)
 
 
 def config_of(teacher):
     """The config the command line of `overrides` builds, for restoring its checkpoints here."""
     config = crd_kd_wrn.get_config()
     config.data.source, config.model, config.batch_size, config.progress_bar = "digits", "resnet8", BATCH, False
+    config.data.digits_size = SMALL_DIGITS
     config.teacher.checkpoint, config.teacher.arch, config.crd.nce_k = str(teacher), "resnet8", 256
     config.data.drop_last = True
     return config

@@ -27,11 +27,12 @@ from jaxkd.errors import UserError
 from jaxkd.io.stop_request import StopRequest
 from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.train import main
-from tests.conftest import assert_bitwise_equal, final_params, small_config, stop_during_call
+from tests.conftest import SMALL_DIGITS, assert_bitwise_equal, final_params, small_config, stop_during_call
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--config.model=resnet8", "--config.epochs=2", "--config.eval_every_epochs=1",
-         "--config.checkpoint_every_epochs=1", "--config.log_every_steps=5", "--config.progress_bar=False"]
+SMALL = ["--config.model=resnet8", f"--config.data.digits_size={SMALL_DIGITS}", "--config.epochs=2",
+         "--config.eval_every_epochs=1", "--config.checkpoint_every_epochs=1", "--config.log_every_steps=5",
+         "--config.progress_bar=False"]  # the command line of small_config
 
 
 @pytest.fixture(scope="module")

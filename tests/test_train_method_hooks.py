@@ -14,7 +14,7 @@ from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.methods.base import Method, MethodInit
 from jaxkd.models import get_model
 from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import small_config
+from tests.conftest import SMALL_DIGITS, small_config
 
 
 class MirrorHeads(Method):
@@ -51,7 +51,7 @@ def test_extra_classifiers_are_evaluated_with_their_ensemble(tmp_path, monkeypat
     evaluation = next(r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
                       if r["kind"] == "eval")
 
-    test = load_split("digits", "test")  # independent recomputation from the exported student
+    test = load_split("digits", "test", digits_size=SMALL_DIGITS)  # independent recomputation from the exported student
     _, logits = get_model("resnet8", 10).apply(load_model_checkpoint(tmp_path / "model")[0], normalize(test.images))
     logits = np.asarray(logits)
     swapped = logits[:, [1, 0] + list(range(2, 10))]

@@ -48,7 +48,7 @@ def photos(tmp_path_factory):
 def streaming_config(data_dir, epochs=EPOCHS):
     """resnet8 on the image folder at 32 px, batch 8: a small host-fed run."""
     config = on_digits(demo.get_config("teacher"), epochs=epochs, log_every_steps=4)
-    config.data.source = "imagefolder"
+    config.data.source, config.data.digits_size = "imagefolder", 32  # digits' size back to its default
     config.data.data_dir = str(data_dir)
     config.data.normalization = "imagenet"
     config.data.image_size, config.data.eval_resize, config.data.eval_crop = 32, 36, 32

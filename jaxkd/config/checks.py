@@ -22,7 +22,7 @@ from jaxkd.config import default
 from jaxkd.config.specs import (Epochs, ModelName, Number, Spec, check_value, flag, fraction, non_negative_float,
                                 non_negative_int, one_of, positive_float, positive_int, shown, text)
 from jaxkd.data.augment import NORMALIZATIONS, PADDINGS
-from jaxkd.data.sources import SOURCES, STREAMING_SOURCES
+from jaxkd.data.sources import DIGITS_SIZES, SOURCES, STREAMING_SOURCES
 from jaxkd.engine.dot import check_dot_settings
 from jaxkd.engine.optimizer import LR_DECAY_TIMINGS, LR_SCALINGS
 from jaxkd.errors import UserError
@@ -54,6 +54,7 @@ def engine_specs() -> dict[str, Spec]:
         "data.eval_resize": positive_int,
         "data.eval_crop": positive_int,
         "data.workers": non_negative_int,
+        "data.digits_size": one_of(*DIGITS_SIZES),
         "batch_size": positive_int,
         "dtype": one_of(*COMPUTE_DTYPES),
         "eval_batch_size": positive_int,
@@ -152,6 +153,9 @@ def unused_settings(config) -> list[str]:
             if get(key) != _value(defaults, key):
                 refuse(key, f"it sets the streaming path (--config.data.source={STREAMING_SOURCES[0]}), not "
                             f"data.source {get('data.source')!r}; leave it at {shown(_value(defaults, key))}")
+    if get("data.source") != "digits" and get("data.digits_size") != _value(defaults, "data.digits_size"):
+        refuse("data.digits_size", f"it sets the size of --config.data.source=digits, not of data.source "
+                                   f"{get('data.source')!r}; leave it at {_value(defaults, 'data.digits_size')}")
     if get("data.source") != "tfds_images" and get("data.tfds_name"):
         refuse("data.tfds_name", "it names the dataset of --config.data.source=tfds_images only; leave it empty")
     if get("optimizer.lr_scaling") == "none" and get("optimizer.lr_reference_batch") != _value(

@@ -37,6 +37,9 @@ def get_config() -> ConfigDict:
     config.data.eval_resize = 256  # Resize (the shorter side) then
     config.data.eval_crop = 224  # CenterCrop in evaluation
     config.data.workers = 0
+    # digits only: the side of its images, scikit-learn's 8x8 repeated (nearest neighbour) to 16 or 32 pixels (32:
+    # CIFAR's size, the default); 16 takes a quarter of the compute (the test suite's small runs)
+    config.data.digits_size = 32
 
     config.batch_size = 64  # global batch, split over the devices; data.drop_last: the last partial batch
     # The models' compute dtype: "bfloat16" for accelerators (parameters, BN statistics and losses stay float32;

@@ -64,10 +64,13 @@ class Number(Spec):
 
 @dataclasses.dataclass(frozen=True)
 class OneOf(Spec):
-    choices: tuple[str, ...]
+    choices: tuple[str, ...] | tuple[int, ...]
 
     def problem(self, value) -> str | None:
-        return None if isinstance(value, str) and value in self.choices else f"must be one of {', '.join(self.choices)}"
+        kind = type(self.choices[0])
+        if type(value) is kind and value in self.choices:  # `type`: True is not the integer 1 here
+            return None
+        return f"must be one of {', '.join(map(str, self.choices))}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +143,7 @@ flag = Flag()
 text = Text()
 
 
-def one_of(*choices: str) -> OneOf:
+def one_of(*choices: str | int) -> OneOf:
     return OneOf(tuple(choices))
 
 

@@ -5,7 +5,8 @@
   with ``tf.image``); see docs/data.md.
 * ``cifar100-python``: the ``cifar-100-python`` pickles that torchvision's ``CIFAR100`` downloads into ``./data``,
   as a folder or as the ``cifar-100-python.tar.gz`` archive; it can download that archive itself.
-* ``digits``: scikit-learn's bundled 8x8 digits upsampled to 32x32x3, the offline dataset for demos and tests.
+* ``digits``: scikit-learn's bundled 8x8 digits upsampled to 32x32x3 (or 8x8, 16x16: `data.digits_size`), the
+  offline dataset for demos and tests.
 
 Every source returns the examples in the same order as the original files (TFDS's shuffled records are put back
 in the order of their ``id``), so `Split.index` names the same image whichever source loaded it.
@@ -46,6 +47,7 @@ DEFAULT_CIFAR100_PYTHON_DIR = "./data"  # torchvision's and the seed's `root`
 # How a user asks for a download: the commands' settings behind load_split's `download` argument.
 DOWNLOAD_FLAGS = "--config.data.download=True for jaxkd.train, --download for jaxkd.tools.evaluate and jaxkd.tools.robustness"
 
+DIGITS_SIZES = (8, 16, 32)  # digits' side: scikit-learn's 8 pixels repeated 1, 2 or 4 times
 DIGITS_TEST_EVERY = 5  # within each class, in sklearn's order, examples 0, 5, 10, ... are the test split
 
 
@@ -53,8 +55,9 @@ DIGITS_TEST_EVERY = 5  # within each class, in sklearn's order, examples 0, 5, 1
 class Split:
     """One split of a dataset, in host memory.
 
-    images: uint8 (N, 32, 32, 3), NHWC.  labels: int32 (N,).  index: int32 (N,), the stable position 0..N-1 of
-    each example in its split (CRD's memory bank is addressed by it).  num_classes: number of label values.
+    images: uint8 (N, S, S, 3), NHWC (S = 32 but for digits at another `data.digits_size`).  labels: int32 (N,).
+    index: int32 (N,), the stable position 0..N-1 of each example in its split (CRD's memory bank is addressed by
+    it).  num_classes: number of label values.
     """
 
     images: np.ndarray
@@ -64,8 +67,9 @@ class Split:
 
     def __post_init__(self):
         n = len(self.labels)
-        if self.images.dtype != np.uint8 or self.images.shape != (n, 32, 32, 3):
-            raise ValueError(f"images must be uint8 ({n}, 32, 32, 3), got {self.images.dtype} {self.images.shape}")
+        shape = self.images.shape
+        if self.images.dtype != np.uint8 or len(shape) != 4 or shape[0] != n or shape[1] != shape[2] or shape[3] != 3:
+            raise ValueError(f"images must be uint8 ({n}, S, S, 3), got {self.images.dtype} {shape}")
         if self.labels.dtype != np.int32 or self.index.dtype != np.int32 or self.index.shape != (n,):
             raise ValueError("labels and index must be int32 vectors of the same length")
 
@@ -73,13 +77,14 @@ class Split:
         return len(self.labels)
 
 
-def load_split(source: str, split: str, data_dir: str | os.PathLike | None = None, *, download: bool = False) -> Split:
+def load_split(source: str, split: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
+               digits_size: int = 32) -> Split:
     """Loads split 'train' or 'test' of `source` (one of SOURCES).
 
     data_dir: tfds: the TFDS data directory (None: TFDS's default, ~/tensorflow_datasets or $TFDS_DATA_DIR);
     cifar100-python: the `cifar-100-python` folder, its parent, or the .tar.gz (None: ./data); digits: unused.
     download: fetch the data when it is not there yet (tfds: prepare it, which needs TensorFlow;
-    cifar100-python: download the archive into data_dir).
+    cifar100-python: download the archive into data_dir). digits_size: digits' side, one of DIGITS_SIZES.
     """
     if source not in SOURCES:
         raise UserError(f"unknown data source {source!r}; valid sources: {', '.join(SOURCES)}")
@@ -91,7 +96,7 @@ def load_split(source: str, split: str, data_dir: str | os.PathLike | None = Non
         return _load_tfds_cifar100(split, data_dir, download)
     if source == "cifar100-python":
         return _load_cifar100_python(split, data_dir, download)
-    return _load_digits(split)
+    return _load_digits(split, digits_size)
 
 
 def _make_split(images: np.ndarray, labels: np.ndarray, num_classes: int) -> Split:
@@ -329,13 +334,17 @@ def digits_test_mask(labels: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _load_digits(split: str) -> Split:
-    """scikit-learn's digits (values 0..16, 8x8) as uint8 0..255, nearest-neighbour x4 to 32x32, gray to RGB."""
+def _load_digits(split: str, size: int = 32) -> Split:
+    """scikit-learn's digits (values 0..16, 8x8) as uint8 0..255, nearest-neighbour to `size` x `size` (x4 to
+    32x32 by default), gray to RGB."""
+    if size not in DIGITS_SIZES:
+        raise UserError(f"digits_size {size}: must be one of {', '.join(map(str, DIGITS_SIZES))}")
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     gray = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    big = np.repeat(np.repeat(gray, 4, axis=1), 4, axis=2)
+    factor = size // 8
+    big = np.repeat(np.repeat(gray, factor, axis=1), factor, axis=2)
     images = np.repeat(big[..., None], 3, axis=3)
     test = digits_test_mask(digits.target)
     keep = test if split == "test" else ~test

@@ -139,8 +139,8 @@ def build(config, devices=None, *, data=None, teacher: Teacher | None = None) ->
         data = stream.train, stream.test
     elif data is None:
         data_dir = config.data.data_dir or None
-        data = tuple(load_split(config.data.source, split, data_dir, download=config.data.download)
-                     for split in ("train", "test"))
+        data = tuple(load_split(config.data.source, split, data_dir, download=config.data.download,
+                                digits_size=config.data.digits_size) for split in ("train", "test"))
     train, test = data
     if teacher is not None and teacher.model.num_classes != train.num_classes:
         raise UserError(f"the teacher {config.teacher.checkpoint} has {teacher.model.num_classes} classes, the "

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from jaxkd import __version__
 from jaxkd.data.augment import NORMALIZATIONS
 from jaxkd.data.cifar100c import SEVERITIES, Cifar100C, open_cifar100c
-from jaxkd.data.sources import SOURCES, load_split
+from jaxkd.data.sources import DIGITS_SIZES, SOURCES, load_split
 from jaxkd.engine import distributed
 from jaxkd.engine.evaluation import (CIFAR100C_CLASSES, DEFAULT_BATCH_SIZE, check_labels, evaluate_cifar100c,
                                      evaluate_split, place_variables, readable_corruptions)
@@ -107,7 +107,7 @@ def load_checked_test_split(args, models: dict[str, int]):
     """The clean test split the command line names (`add_data_arguments`), checked against the models
     {name: classes}."""
 
-    split = load_split(args.source, "test", args.data_dir, download=args.download)
+    split = load_split(args.source, "test", args.data_dir, download=args.download, digits_size=args.digits_size)
     for name, num_classes in models.items():
         if split.num_classes != num_classes:
             raise UserError(f"{name}: the model has {num_classes} classes, but the {args.source} test split has "
@@ -184,6 +184,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default="tfds", choices=SOURCES, help="where the clean test split comes from")
     parser.add_argument("--data-dir", help="the source's data directory (see docs/data.md)")
     parser.add_argument("--download", action="store_true", help="fetch or prepare the clean data if absent")
+    parser.add_argument("--digits-size", type=int, default=32, choices=DIGITS_SIZES,
+                        help="digits' side in pixels, as the model was trained (data.digits_size)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--normalization", choices=tuple(NORMALIZATIONS),
                         help="the mean/std the images are normalized with (default: the model's training run's, "

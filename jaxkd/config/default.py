@@ -37,6 +37,9 @@ def get_config() -> ConfigDict:
     config.data.eval_resize = 256  # Resize (the shorter side) then
     config.data.eval_crop = 224  # CenterCrop in evaluation
     config.data.workers = 0
+    config.data.train_split = "train"  # the split names (TFDS: e.g. "test" where a dataset has no "validation")
+    config.data.eval_split = ""  # "" = "val" for an image folder, "validation" for TFDS
+    config.data.skip_unreadable = False  # leave out (and list) files the open-time check cannot read; else an error
 
     config.batch_size = 64  # global batch, split over the devices; data.drop_last: the last partial batch
     # The models' compute dtype: "bfloat16" for accelerators (parameters, BN statistics and losses stay float32;

@@ -16,7 +16,8 @@ from jaxkd.engine import loop
 from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.engine.setup import build
 from jaxkd.errors import UserError
-from tests.conftest import assert_bitwise_equal, final_params, on_digits, stop_during_call
+from jaxkd.tools import evaluate
+from tests.conftest import assert_bitwise_equal, assert_one_line_error, final_params, on_digits, stop_during_call
 
 # (class, photograph, region (left, top, right, bottom)) of scikit-learn's two sample photographs
 CLASSES = [("flower", 1, (150, 50, 550, 427)), ("sky", 0, (0, 0, 640, 120)), ("temple", 0, (150, 150, 500, 427))]
@@ -105,7 +106,7 @@ def test_a_tfds_format_copy_of_the_folder_trains_through_the_same_path(straight_
     order), trained by name (data.source "tfds_images"): its first epoch is the folder's, metric for metric."""
     from tests.test_data_streaming import _write_tfds_copy
 
-    _write_tfds_copy(tmp_path / "tfds", photos, {"train": "train", "val": "validation"})
+    _write_tfds_copy(tmp_path / "tfds", photos, {"train": "train", "validation": "val"})
     config = streaming_config(tmp_path / "tfds", epochs=1)
     config.data.source, config.data.tfds_name = "tfds_images", "photo_classes"
     result = train_and_evaluate(config, tmp_path / "run")
@@ -115,6 +116,50 @@ def test_a_tfds_format_copy_of_the_folder_trains_through_the_same_path(straight_
     for kind in ("train", "eval"):
         expected = [row for row in rows(straight_run[0], kind) if row["step"] <= STEPS_PER_EPOCH]
         assert without_throughput(rows(tmp_path / "run", kind)) == without_throughput(expected)
+
+
+def _torch_counts(pth, data_dir) -> tuple[int, int]:
+    """(top-1 hits, images) of the seed-layout `pth` (a 3-class resnet8) on data_dir/val, counted in PyTorch on
+    torchvision's ImageFolder + Resize(36) + CenterCrop(32) + ToTensor + Normalize (ImageNet's mean/std)."""
+    import torch
+
+    from jaxkd.data.streaming import IMAGENET_MEAN, IMAGENET_STD
+    from jaxkd.pytorch.torch_models import get_torch_model
+    from tests.helpers.torchvision_modules import load_torchvision_module
+
+    transforms, folder = load_torchvision_module("transforms"), load_torchvision_module("datasets.folder")
+    preprocess = transforms.Compose([transforms.Resize(36), transforms.CenterCrop(32), transforms.ToTensor(),
+                                     transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    dataset = folder.ImageFolder(str(data_dir / "val"), transform=preprocess, loader=folder.pil_loader)
+    model = get_torch_model("resnet8", 3)
+    model.load_state_dict(torch.load(pth))
+    model.eval()
+    with torch.no_grad():
+        predictions = model(torch.stack([image for image, _ in dataset]))[1].argmax(1)  # (features, logits)
+    labels = torch.tensor([label for _, label in dataset])
+    return int((predictions == labels).sum()), len(dataset)
+
+
+def test_evaluate_command_on_the_image_folder_counts_as_pytorch_and_torchvision(straight_run, photos, tmp_path,
+                                                                                 capsys):
+    """`python -m jaxkd.evaluate --source imagefolder` on the run's workdir (ImageNet normalization from its
+    metadata) and on its student.pth (ImageNet's, the default for a .pth on these sources): the 15 validation
+    images once each in batches of 4 (the last padded and masked), top-1 hits equal to PyTorch's count with
+    torchvision's transforms; a split that does not exist is one error line."""
+    workdir = straight_run[0]
+    hits, images = _torch_counts(workdir / "student.pth", photos)
+    for checkpoint in (workdir, workdir / "student.pth"):
+        out = tmp_path / f"{checkpoint.name}.json"
+        assert evaluate.main([f"--checkpoint={checkpoint}", "--source=imagefolder", f"--data-dir={photos}",
+                              "--eval-resize=36", "--eval-crop=32", "--batch-size=4", "--quiet",
+                              f"--out={out}"]) == 0
+        clean = json.loads(out.read_text())["clean"]
+        assert (clean["correct1"], clean["count"], clean["correct5"]) == (hits, images, images)  # top-3 of 3
+        assert json.loads(out.read_text())["normalization"] == "imagenet"
+    capsys.readouterr()
+    code = evaluate.main([f"--checkpoint={workdir}", "--source=imagefolder", f"--data-dir={photos}", "--split=test"])
+    captured = capsys.readouterr()
+    assert_one_line_error(code, captured.out, captured.err, f"{photos / 'test'}: no such folder")
 
 
 def _missing_folder(root):
@@ -134,7 +179,19 @@ def _not_an_image(root):
     return path
 
 
-@pytest.mark.parametrize("damage", [_missing_folder, _empty_class, _not_an_image])
+def _truncated_jpeg(root):
+    path = root / "train" / "flower" / "0.jpg"
+    path.write_bytes(path.read_bytes()[:-100])
+    return path
+
+
+def _validation_class_training_lacks(root):
+    shutil.copytree(root / "val" / "sky", root / "val" / "clouds")
+    return root / "val" / "clouds"
+
+
+@pytest.mark.parametrize("damage", [_missing_folder, _empty_class, _not_an_image, _truncated_jpeg,
+                                    _validation_class_training_lacks])
 def test_bad_data_is_one_line_naming_it_before_anything_compiles(photos, tmp_path, monkeypatch, damage):
     root = tmp_path / "photos"
     shutil.copytree(photos, root)
@@ -144,3 +201,21 @@ def test_bad_data_is_one_line_naming_it_before_anything_compiles(photos, tmp_pat
         train_and_evaluate(streaming_config(root), tmp_path / "run")
     assert str(named) in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_skip_unreadable_resumes_only_on_the_files_its_start_skipped(photos, tmp_path, monkeypatch):
+    """data.skip_unreadable: a workdir whose skipped_files.txt (written when its run started) names other files
+    than the check finds now is one line naming the difference, before anything compiles."""
+    root = tmp_path / "photos"
+    shutil.copytree(photos, root)
+    unreadable = _not_an_image(root)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "skipped_files.txt").write_text(f"{root / 'train' / 'sky' / '3.png'}\tnot a readable image\n")
+    monkeypatch.setattr(loop, "create_train_state", lambda setup: pytest.fail("compiled before the data check"))
+    config = streaming_config(root)
+    config.data.skip_unreadable = True
+    with pytest.raises(UserError) as error:
+        train_and_evaluate(config, workdir)
+    assert str(error.value).startswith(f"{workdir / 'skipped_files.txt'}: the run started without the 1 file(s)")
+    assert str(unreadable) in str(error.value) and "\n" not in str(error.value)

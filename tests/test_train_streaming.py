@@ -118,44 +118,71 @@ def test_a_tfds_format_copy_of_the_folder_trains_through_the_same_path(straight_
         assert without_throughput(rows(tmp_path / "run", kind)) == without_throughput(expected)
 
 
-def _torch_counts(pth, data_dir) -> tuple[int, int]:
-    """(top-1 hits, images) of the seed-layout `pth` (a 3-class resnet8) on data_dir/val, counted in PyTorch on
-    torchvision's ImageFolder + Resize(36) + CenterCrop(32) + ToTensor + Normalize (ImageNet's mean/std)."""
+def _val_inputs(data_dir):
+    """(paths, float NCHW batch) of data_dir/val by torchvision's ImageFolder + Resize(36) + CenterCrop(32) +
+    ToTensor + Normalize (ImageNet's mean/std)."""
     import torch
 
     from jaxkd.data.streaming import IMAGENET_MEAN, IMAGENET_STD
-    from jaxkd.pytorch.torch_models import get_torch_model
     from tests.helpers.torchvision_modules import load_torchvision_module
 
     transforms, folder = load_torchvision_module("transforms"), load_torchvision_module("datasets.folder")
     preprocess = transforms.Compose([transforms.Resize(36), transforms.CenterCrop(32), transforms.ToTensor(),
                                      transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     dataset = folder.ImageFolder(str(data_dir / "val"), transform=preprocess, loader=folder.pil_loader)
-    model = get_torch_model("resnet8", 3)
-    model.load_state_dict(torch.load(pth))
-    model.eval()
+    return [path for path, _ in dataset.samples], torch.stack([image for image, _ in dataset])
+
+
+def _predictions(torch_model, inputs) -> list[int]:
+    import torch
+
+    torch_model.eval()
     with torch.no_grad():
-        predictions = model(torch.stack([image for image, _ in dataset]))[1].argmax(1)  # (features, logits)
-    labels = torch.tensor([label for _, label in dataset])
-    return int((predictions == labels).sum()), len(dataset)
+        return torch_model(inputs)[1].argmax(1).tolist()  # the seed's models return (features, logits)
 
 
-def test_evaluate_command_on_the_image_folder_counts_as_pytorch_and_torchvision(straight_run, photos, tmp_path,
-                                                                                 capsys):
-    """`python -m jaxkd.evaluate --source imagefolder` on the run's workdir (ImageNet normalization from its
-    metadata) and on its student.pth (ImageNet's, the default for a .pth on these sources): the 15 validation
-    images once each in batches of 4 (the last padded and masked), top-1 hits equal to PyTorch's count with
-    torchvision's transforms; a split that does not exist is one error line."""
+def _run_evaluate(checkpoint, data_dir, out) -> dict:
+    assert evaluate.main([f"--checkpoint={checkpoint}", "--source=imagefolder", f"--data-dir={data_dir}",
+                          "--eval-resize=36", "--eval-crop=32", "--batch-size=4", "--quiet", f"--out={out}"]) == 0
+    return json.loads(Path(out).read_text())
+
+
+def test_evaluate_command_on_an_image_folder_predicts_as_pytorch_and_torchvision(straight_run, photos, tmp_path,
+                                                                                  capsys):
+    """`python -m jaxkd.evaluate --source imagefolder`, the 15 validation images once each in batches of 4 (the
+    last padded and masked), against PyTorch on torchvision's transforms: a random 100-class resnet8 .pth
+    (ImageNet's normalization, the default for a .pth on these sources; its logits near ties, so any other
+    pixel moves predictions) on a copy of the images filed under the class PyTorch predicts for each, where top-1
+    is 100% exactly when every prediction is PyTorch's; and the run's workdir (its metadata's normalization) on
+    the folder itself, the same top-1 hits as PyTorch with its student.pth. A missing split is one error line."""
+    import torch
+
+    from jaxkd.pytorch.torch_models import get_torch_model
+    from tests.conftest import spread_model
+
+    paths, inputs = _val_inputs(photos)
+    crops = np.stack([np.asarray(Image.open(path).convert("RGB").resize((32, 32))) for path in paths])
+    random_model = spread_model(100, seed=1, images_uint8=crops)
+    predictions = _predictions(random_model, inputs)
+    assert len(set(predictions)) > 5, predictions  # spread: a collapsed model would prove little
+    torch.save(random_model.state_dict(), tmp_path / "random.pth")
+    relabelled = tmp_path / "relabelled"
+    for name in (f"class{c:03d}" for c in range(100)):
+        (relabelled / "train" / name).mkdir(parents=True)  # the class indices: folder names only are read
+    for k, (path, predicted) in enumerate(zip(paths, predictions)):
+        (relabelled / "val" / f"class{predicted:03d}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, relabelled / "val" / f"class{predicted:03d}" / f"{k}{Path(path).suffix}")
+    results = _run_evaluate(tmp_path / "random.pth", relabelled, tmp_path / "random.json")
+    assert results["normalization"] == "imagenet"
+    assert [results["clean"][key] for key in ("correct1", "correct5", "count")] == [15, 15, 15], results["clean"]
+
     workdir = straight_run[0]
-    hits, images = _torch_counts(workdir / "student.pth", photos)
-    for checkpoint in (workdir, workdir / "student.pth"):
-        out = tmp_path / f"{checkpoint.name}.json"
-        assert evaluate.main([f"--checkpoint={checkpoint}", "--source=imagefolder", f"--data-dir={photos}",
-                              "--eval-resize=36", "--eval-crop=32", "--batch-size=4", "--quiet",
-                              f"--out={out}"]) == 0
-        clean = json.loads(out.read_text())["clean"]
-        assert (clean["correct1"], clean["count"], clean["correct5"]) == (hits, images, images)  # top-3 of 3
-        assert json.loads(out.read_text())["normalization"] == "imagenet"
+    student = get_torch_model("resnet8", 3)
+    student.load_state_dict(torch.load(workdir / "student.pth"))
+    labels = [["flower", "sky", "temple"].index(Path(path).parent.name) for path in paths]
+    hits = sum(predicted == label for predicted, label in zip(_predictions(student, inputs), labels))
+    results = _run_evaluate(workdir, photos, tmp_path / "workdir.json")
+    assert (results["clean"]["correct1"], results["clean"]["count"]) == (hits, 15)
     capsys.readouterr()
     code = evaluate.main([f"--checkpoint={workdir}", "--source=imagefolder", f"--data-dir={photos}", "--split=test"])
     captured = capsys.readouterr()

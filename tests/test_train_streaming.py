@@ -141,9 +141,11 @@ def _predictions(torch_model, inputs) -> list[int]:
         return torch_model(inputs)[1].argmax(1).tolist()  # the seed's models return (features, logits)
 
 
-def _run_evaluate(checkpoint, data_dir, out) -> dict:
-    assert evaluate.main([f"--checkpoint={checkpoint}", "--source=imagefolder", f"--data-dir={data_dir}",
-                          "--eval-resize=36", "--eval-crop=32", "--batch-size=4", "--quiet", f"--out={out}"]) == 0
+def _run_evaluate(checkpoint, data_dir, out, *source) -> dict:
+    """The JSON of `python -m jaxkd.evaluate` on CHECKPOINT (default source: the image folder `data_dir`)."""
+    source = source or ("--source=imagefolder",)
+    assert evaluate.main([f"--checkpoint={checkpoint}", *source, f"--data-dir={data_dir}", "--eval-resize=36",
+                          "--eval-crop=32", "--batch-size=4", "--quiet", f"--out={out}"]) == 0
     return json.loads(Path(out).read_text())
 
 
@@ -154,11 +156,13 @@ def test_evaluate_command_on_an_image_folder_predicts_as_pytorch_and_torchvision
     (ImageNet's normalization, the default for a .pth on these sources; its logits near ties, so any other
     pixel moves predictions) on a copy of the images filed under the class PyTorch predicts for each, where top-1
     is 100% exactly when every prediction is PyTorch's; and the run's workdir (its metadata's normalization) on
-    the folder itself, the same top-1 hits as PyTorch with its student.pth. A missing split is one error line."""
+    the folder itself and on its TFDS copy (--source tfds_images), the same top-1 hits as PyTorch with its
+    student.pth. A missing split is one error line."""
     import torch
 
     from jaxkd.pytorch.torch_models import get_torch_model
     from tests.conftest import spread_model
+    from tests.test_data_streaming import _write_tfds_copy
 
     paths, inputs = _val_inputs(photos)
     crops = np.stack([np.asarray(Image.open(path).convert("RGB").resize((32, 32))) for path in paths])
@@ -182,6 +186,10 @@ def test_evaluate_command_on_an_image_folder_predicts_as_pytorch_and_torchvision
     labels = [["flower", "sky", "temple"].index(Path(path).parent.name) for path in paths]
     hits = sum(predicted == label for predicted, label in zip(_predictions(student, inputs), labels))
     results = _run_evaluate(workdir, photos, tmp_path / "workdir.json")
+    assert (results["clean"]["correct1"], results["clean"]["count"]) == (hits, 15)
+    _write_tfds_copy(tmp_path / "tfds", photos, {"validation": "val"})
+    results = _run_evaluate(workdir, tmp_path / "tfds", tmp_path / "tfds.json", "--source=tfds_images",
+                            "--tfds-name=photo_classes")
     assert (results["clean"]["correct1"], results["clean"]["count"]) == (hits, 15)
     capsys.readouterr()
     code = evaluate.main([f"--checkpoint={workdir}", "--source=imagefolder", f"--data-dir={photos}", "--split=test"])

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 # The keys that accept any value of their type (paths, names, switches): a type check only, no range to leave.
 # Every other key must have a value out of its range; a key added without a spec fails below.
 TYPE_ONLY = {"data.data_dir", "data.download", "data.drop_last", "data.saliencymix", "data.saliencymix_per_example",
-             "data.tfds_name", "optimizer.nesterov", "optimizer.dot", "loss.logit_standardization",
+             "data.tfds_name", "data.train_split", "data.eval_split", "data.skip_unreadable",
+             "optimizer.nesterov", "optimizer.dot", "loss.logit_standardization",
              "teacher.checkpoint", "progress_bar", "wandb.project", "wandb.entity", "reviewkd.student_preact",
              "catkd.normalize", "ofd.teacher_train_mode"}
 

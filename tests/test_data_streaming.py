@@ -264,15 +264,17 @@ def test_saved_iterator_state_resumes_with_the_same_batches(photos):
         other.restore(state)
 
 
-def test_worker_processes_give_the_same_batches_and_report_an_unreadable_file(photos, tmp_path):
-    """Two Grain worker processes make the in-process batches; a file that became unreadable after the source was
-    opened (check="none") stops the epoch at its step with the one error naming it, raised in the main process: not
-    skipped, not a hang. (The one test that starts workers: they take seconds to start.)"""
+def test_worker_processes_give_the_same_batches_and_report_a_file_truncated_after_opening(photos, tmp_path):
+    """Two Grain worker processes make the in-process batches; a file cut to a truncated JPEG after the source was
+    opened (check="none": its header still reads, its decode fails) stops the epoch at its step with the one error
+    naming it, raised in the main process: not skipped, not a hang, not a shorter epoch. (The one test that starts
+    workers: they take seconds to start.)"""
     root = shutil.copytree(photos, tmp_path / "photos")
     source = ImageFolderSource(root, "train", check="none")
     expected = _all_batches(make_train_iterator(source, SMALL, seed=5, batch=4, num_epochs=1, drop_last=False))
     last = int(expected[-1]["index"][expected[-1]["mask"]][0])  # read in the epoch's last step only
-    Path(source.paths[last]).write_bytes(b"not an image any more")
+    jpeg = (root / "train" / "flower" / "f3.jpg").read_bytes()
+    Path(source.paths[last]).write_bytes(jpeg[:len(jpeg) // 2])
     iterator = make_train_iterator(source, SMALL, seed=5, batch=4, num_epochs=1, drop_last=False, workers=2)
     try:
         _assert_same_batches(expected[:-1], [next(iterator) for _ in range(len(expected) - 1)])
@@ -280,13 +282,16 @@ def test_worker_processes_give_the_same_batches_and_report_an_unreadable_file(ph
             next(iterator)
     finally:
         iterator.close()
-    assert str(error.value).startswith(f"{source.paths[last]}: not a readable image")
+    assert str(error.value).startswith(f"{source.paths[last]}: not a readable image (OSError: image file is "
+                                       f"truncated"), str(error.value)
 
 
-def _write_tfds_copy(data_dir, photos, splits):
+def _write_tfds_copy(data_dir, photos, splits, broken=None):
     """The folder's images as a TFDS image-classification dataset "photo_classes" in TFDS's on-disk format, without
-    TensorFlow: the features serialize each example (the file's encoded bytes, its label), TFDS's ArrayRecord writer
-    stores them under TFDS's file names, and tfds.folder_dataset.write_metadata adds dataset_info.json."""
+    TensorFlow: split `tfds_split` holds folder split `splits[tfds_split]`, the features serialize each example (the
+    file's encoded bytes, its label; record `broken[tfds_split]`, if given, holds bytes that are no image), TFDS's
+    ArrayRecord writer stores them under TFDS's file names, and tfds.folder_dataset.write_metadata adds
+    dataset_info.json."""
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import file_adapters
 
@@ -296,10 +301,13 @@ def _write_tfds_copy(data_dir, photos, splits):
     version_dir = data_dir / "photo_classes" / "1.0.0"
     version_dir.mkdir(parents=True)
     split_infos = []
-    for folder_split, tfds_split in splits.items():
+    for tfds_split, folder_split in splits.items():
         source = ImageFolderSource(photos, folder_split)
-        records = [(None, features.serialize_example({"image": Path(path).read_bytes(), "label": int(label)}))
-                   for path, label in zip(source.paths, source.labels)]
+        encoded = [Path(path).read_bytes() for path in source.paths]
+        if tfds_split in (broken or {}):
+            encoded[broken[tfds_split]] = b"no image in this record"
+        records = [(None, features.serialize_example({"image": image, "label": int(label)}))
+                   for image, label in zip(encoded, source.labels)]
         file_adapters.ArrayRecordFileAdapter.write_examples(
             version_dir / f"photo_classes-{tfds_split}.array_record-00000-of-00001", iter(records))
         split_infos.append(tfds.core.SplitInfo(name=tfds_split, shard_lengths=[len(records)], num_bytes=0))
@@ -308,10 +316,14 @@ def _write_tfds_copy(data_dir, photos, splits):
 
 
 def test_a_tfds_format_image_dataset_gives_the_image_folders_batches(photos, tmp_path):
-    """The same files stored as a TFDS dataset (records in the folder's order) read through TfdsImageSource: the
-    same classes, training batches and evaluation batches as the ImageFolder."""
-    _write_tfds_copy(tmp_path, photos, {"train": "train", "val": "validation"})
-    for folder_split, tfds_split in (("train", "train"), ("val", "validation")):
+    """The same files stored as a TFDS dataset (records in the folder's order, the validation images as split
+    "test") read through TfdsImageSource: the same classes, training batches and evaluation batches as the
+    ImageFolder; data.eval_split names "test" for a run (its default "validation" is absent: one line); with
+    skip_unreadable a record that is no image is left out, the others keep their records and labels."""
+    from jaxkd.data.streaming.run_data import StreamingData
+
+    _write_tfds_copy(tmp_path, photos, {"train": "train", "test": "val", "damaged": "val"}, broken={"damaged": 2})
+    for folder_split, tfds_split in (("train", "train"), ("val", "test")):
         folder, tfds_source = ImageFolderSource(photos, folder_split), TfdsImageSource("photo_classes", tfds_split,
                                                                                        tmp_path, check="quick")
         assert tfds_source.classes == folder.classes and tfds_source.num_classes == 3
@@ -323,8 +335,19 @@ def test_a_tfds_format_image_dataset_gives_the_image_folders_batches(photos, tmp
                          _all_batches(make_train_iterator(tfds_source, SMALL, seed=1, batch=4, num_epochs=2)))
     with pytest.raises(UserError, match="TFDS no_such_dataset is not prepared in"):
         TfdsImageSource("no_such_dataset", "train", tmp_path)
-    with pytest.raises(UserError, match="cannot be read for split 'test'"):
-        TfdsImageSource("photo_classes", "test", tmp_path)
+    config = _folder_config(tmp_path, source="tfds_images", tfds_name="photo_classes")
+    with pytest.raises(UserError, match="cannot be read for split 'validation'"):
+        StreamingData.from_config(config)
+    config.data.eval_split = "test"
+    data = StreamingData.from_config(config)
+    assert (data.train.split, len(data.train), data.test.split, len(data.test)) == ("train", 13, "test", 5)
+    val, damaged = ImageFolderSource(photos, "val"), TfdsImageSource("photo_classes", "damaged", tmp_path,
+                                                                     skip_unreadable=True)
+    assert list(damaged.skipped) == ["TFDS photo_classes damaged[2]"] and len(damaged) == 4
+    for index, kept in enumerate([0, 1, 3, 4]):
+        assert damaged.name(index) == f"TFDS photo_classes damaged[{kept}]"
+        assert damaged.label(index) == val.label(kept)
+        np.testing.assert_array_equal(np.asarray(damaged.image(index)), np.asarray(val.image(kept)))
 
 
 # ------------------------------------------------------------------------------------------- bad data
@@ -378,14 +401,95 @@ def test_bad_data_is_one_line_naming_it_when_the_source_opens(photos, tmp_path, 
     assert "\n" not in message and str(named) in message, message
 
 
-def test_a_truncated_jpeg_found_while_reading_is_the_error_naming_it(photos, tmp_path):
-    """With the open-time check off, the read itself refuses the truncated file (Pillow's "image file is
-    truncated"), naming it: an epoch is never silently shorter."""
-    root = _small_tree(photos, tmp_path / "data")
-    _, _, path = _break_truncated_jpeg(root)
-    source = ImageFolderSource(root, "train", check="none")
-    with pytest.raises(UserError, match=f"{path}: not a readable image .*truncated"):
+@pytest.mark.parametrize("damage,why", [(_break_truncated_jpeg, "OSError: image file is truncated"),
+                                        (_break_not_an_image, "UnidentifiedImageError")],
+                         ids=["truncated_jpeg", "not_an_image"])
+def test_a_bad_file_found_while_reading_is_the_error_naming_it(photos, tmp_path, damage, why):
+    """With the open-time check off, the read itself refuses the file in this process's reading threads (Pillow's
+    "image file is truncated", or no image at all), naming it: an epoch is never silently shorter."""
+    _, _, path = damage(_small_tree(photos, tmp_path / "data"))
+    source = ImageFolderSource(tmp_path / "data", "train", check="none")
+    with pytest.raises(UserError) as error:
         _all_batches(make_eval_batches(source, SMALL, batch=3))
+    assert str(error.value).startswith(f"{path}: not a readable image ({why}") and "\n" not in str(error.value)
+
+
+def _folder_config(root, **data):
+    """The default config on the image folder `root`, with `data` settings."""
+    from jaxkd.config.default import get_config
+
+    config = get_config()
+    config.data.source, config.data.data_dir = "imagefolder", str(root)
+    config.data.update(data)
+    return config
+
+
+def test_a_validation_split_without_some_training_classes_keeps_the_training_indices(photos, tmp_path, capsys):
+    """val/ without the training class "China" (index 0): the labels stay the training classes' indices, equal to
+    torchvision's `make_dataset(val, train's class_to_idx, allow_empty=True)` (without allow_empty torchvision
+    refuses the split; `ImageFolder(val)` alone would renumber "beach" 0 and "flower" 1, every label shifted), and
+    the run says so once."""
+    from jaxkd.data.streaming.run_data import StreamingData
+
+    folder = load_torchvision_module("datasets.folder")
+    root = _small_tree(photos, tmp_path / "data")
+    shutil.rmtree(root / "val" / "China")
+    class_to_idx = folder.ImageFolder(str(root / "train")).class_to_idx
+    expected = folder.make_dataset(str(root / "val"), class_to_idx, folder.IMG_EXTENSIONS, allow_empty=True)
+    source = ImageFolderSource(root, "val")
+    assert source.classes == ["China", "beach", "flower"] and source.missing_classes == ["China"]
+    assert list(zip(source.paths, source.labels.tolist())) == expected and sorted(source.labels) == [1, 2]
+    assert folder.ImageFolder(str(root / "val")).class_to_idx == {"beach": 0, "flower": 1}
+    StreamingData.from_config(_folder_config(root))
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith("warning: the val split has no folder for 1 of the 3 training classes (China)")
+    assert "\n" not in warning
+
+
+def test_skip_unreadable_leaves_out_the_files_the_check_refuses_and_lists_them(photos, tmp_path, capsys):
+    """data.skip_unreadable on the photos with a truncated JPEG and a text file in train/ and a text file in val/:
+    the splits are torchvision's ImageFolder samples less those files (in its order; torchvision itself drops a
+    .txt by its extension, but keeps the truncated JPEG until its read fails), the epoch's length without them,
+    one warning line, the workdir's list; a resume that finds other files unreadable is one line; a class whose
+    every file is unreadable is one line naming its folder."""
+    from jaxkd.data.streaming.run_data import SKIPPED_FILES, StreamingData
+
+    folder = load_torchvision_module("datasets.folder")
+    root = shutil.copytree(photos, tmp_path / "photos")
+    truncated, text, val_text = (root / "train" / "flower" / "f3.jpg", root / "train" / "beach" / "notes.txt",
+                                 root / "val" / "China" / "notes.txt")
+    truncated.write_bytes(truncated.read_bytes()[:4000])
+    text.write_text("photos from the trip")
+    val_text.write_text("more notes")
+    data = StreamingData.from_config(_folder_config(root, skip_unreadable=True))
+    warning = capsys.readouterr().err.strip()
+    for split, source, bad in (("train", data.train, [str(text), str(truncated)]), ("val", data.test, [str(val_text)])):
+        expected = [sample for sample in folder.ImageFolder(str(root / split)).samples if sample[0] not in bad]
+        assert list(zip(source.paths, source.labels.tolist())) == expected
+        assert list(source.skipped) == bad
+    epoch = _all_batches(make_train_iterator(data.train, SMALL, seed=0, batch=4, num_epochs=1, drop_last=False))
+    assert len(data.train) == 12 and len(epoch) == 3  # 14 files, 2 skipped: 3 full batches
+    assert sorted(np.concatenate([batch["index"][batch["mask"]] for batch in epoch])) == list(range(12))
+    assert data.skipped[str(truncated)].startswith("truncated JPEG")
+    assert warning.startswith("warning: data.skip_unreadable: 2 training and 1 validation file(s) skipped as "
+                              f"unreadable: {text}, {truncated}, {val_text}") and "\n" not in warning
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    data.check_skipped_list(workdir)  # a new run: nothing to compare with
+    data.write_skipped_list(workdir)
+    lines = (workdir / SKIPPED_FILES).read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(text), str(truncated), str(val_text)]
+    data.check_skipped_list(workdir)  # the same files on resume
+    (root / "train" / "China" / "y.jpg").write_bytes(b"")
+    resumed = StreamingData.from_config(_folder_config(root, skip_unreadable=True))
+    with pytest.raises(UserError) as error:
+        resumed.check_skipped_list(workdir)
+    assert str(root / "train" / "China" / "y.jpg") in str(error.value) and "\n" not in str(error.value)
+    for name in ("a.jpg", "b.png", "c.jpeg", "d.png"):
+        (root / "train" / "beach" / name).write_text("gone")
+    with pytest.raises(UserError, match=f"^{root / 'train' / 'beach'}: every file of this class folder is "
+                                        f"unreadable"):
+        ImageFolderSource(root, "train", skip_unreadable=True)
 
 
 def test_imagefolder_on_gs_reads_the_same_examples_and_names_a_missing_folder(photos, gcs):

@@ -16,7 +16,8 @@ from jaxkd.engine import loop
 from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.engine.setup import build
 from jaxkd.errors import UserError
-from tests.conftest import assert_bitwise_equal, final_params, on_digits, stop_during_call
+from jaxkd.tools import evaluate
+from tests.conftest import assert_bitwise_equal, assert_one_line_error, final_params, on_digits, stop_during_call
 
 # (class, photograph, region (left, top, right, bottom)) of scikit-learn's two sample photographs
 CLASSES = [("flower", 1, (150, 50, 550, 427)), ("sky", 0, (0, 0, 640, 120)), ("temple", 0, (150, 150, 500, 427))]
@@ -105,7 +106,7 @@ def test_a_tfds_format_copy_of_the_folder_trains_through_the_same_path(straight_
     order), trained by name (data.source "tfds_images"): its first epoch is the folder's, metric for metric."""
     from tests.test_data_streaming import _write_tfds_copy
 
-    _write_tfds_copy(tmp_path / "tfds", photos, {"train": "train", "val": "validation"})
+    _write_tfds_copy(tmp_path / "tfds", photos, {"train": "train", "validation": "val"})
     config = streaming_config(tmp_path / "tfds", epochs=1)
     config.data.source, config.data.tfds_name = "tfds_images", "photo_classes"
     result = train_and_evaluate(config, tmp_path / "run")
@@ -115,6 +116,85 @@ def test_a_tfds_format_copy_of_the_folder_trains_through_the_same_path(straight_
     for kind in ("train", "eval"):
         expected = [row for row in rows(straight_run[0], kind) if row["step"] <= STEPS_PER_EPOCH]
         assert without_throughput(rows(tmp_path / "run", kind)) == without_throughput(expected)
+
+
+def _val_inputs(data_dir):
+    """(paths, float NCHW batch) of data_dir/val by torchvision's ImageFolder + Resize(36) + CenterCrop(32) +
+    ToTensor + Normalize (ImageNet's mean/std)."""
+    import torch
+
+    from jaxkd.data.streaming import IMAGENET_MEAN, IMAGENET_STD
+    from tests.helpers.torchvision_modules import load_torchvision_module
+
+    transforms, folder = load_torchvision_module("transforms"), load_torchvision_module("datasets.folder")
+    preprocess = transforms.Compose([transforms.Resize(36), transforms.CenterCrop(32), transforms.ToTensor(),
+                                     transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    dataset = folder.ImageFolder(str(data_dir / "val"), transform=preprocess, loader=folder.pil_loader)
+    return [path for path, _ in dataset.samples], torch.stack([image for image, _ in dataset])
+
+
+def _predictions(torch_model, inputs) -> list[int]:
+    import torch
+
+    torch_model.eval()
+    with torch.no_grad():
+        return torch_model(inputs)[1].argmax(1).tolist()  # the seed's models return (features, logits)
+
+
+def _run_evaluate(checkpoint, data_dir, out, *source) -> dict:
+    """The JSON of `python -m jaxkd.evaluate` on CHECKPOINT (default source: the image folder `data_dir`)."""
+    source = source or ("--source=imagefolder",)
+    assert evaluate.main([f"--checkpoint={checkpoint}", *source, f"--data-dir={data_dir}", "--eval-resize=36",
+                          "--eval-crop=32", "--batch-size=4", "--quiet", f"--out={out}"]) == 0
+    return json.loads(Path(out).read_text())
+
+
+def test_evaluate_command_on_an_image_folder_predicts_as_pytorch_and_torchvision(straight_run, photos, tmp_path,
+                                                                                  capsys):
+    """`python -m jaxkd.evaluate --source imagefolder`, the 15 validation images once each in batches of 4 (the
+    last padded and masked), against PyTorch on torchvision's transforms: a random 100-class resnet8 .pth
+    (ImageNet's normalization, the default for a .pth on these sources; its logits near ties, so any other
+    pixel moves predictions) on a copy of the images filed under the class PyTorch predicts for each, where top-1
+    is 100% exactly when every prediction is PyTorch's; and the run's workdir (its metadata's normalization) on
+    the folder itself and on its TFDS copy (--source tfds_images), the same top-1 hits as PyTorch with its
+    student.pth. A missing split is one error line."""
+    import torch
+
+    from jaxkd.pytorch.torch_models import get_torch_model
+    from tests.conftest import spread_model
+    from tests.test_data_streaming import _write_tfds_copy
+
+    paths, inputs = _val_inputs(photos)
+    crops = np.stack([np.asarray(Image.open(path).convert("RGB").resize((32, 32))) for path in paths])
+    random_model = spread_model(100, seed=1, images_uint8=crops)
+    predictions = _predictions(random_model, inputs)
+    assert len(set(predictions)) > 5, predictions  # spread: a collapsed model would prove little
+    torch.save(random_model.state_dict(), tmp_path / "random.pth")
+    relabelled = tmp_path / "relabelled"
+    for name in (f"class{c:03d}" for c in range(100)):
+        (relabelled / "train" / name).mkdir(parents=True)  # the class indices: folder names only are read
+    for k, (path, predicted) in enumerate(zip(paths, predictions)):
+        (relabelled / "val" / f"class{predicted:03d}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, relabelled / "val" / f"class{predicted:03d}" / f"{k}{Path(path).suffix}")
+    results = _run_evaluate(tmp_path / "random.pth", relabelled, tmp_path / "random.json")
+    assert results["normalization"] == "imagenet"
+    assert [results["clean"][key] for key in ("correct1", "correct5", "count")] == [15, 15, 15], results["clean"]
+
+    workdir = straight_run[0]
+    student = get_torch_model("resnet8", 3)
+    student.load_state_dict(torch.load(workdir / "student.pth"))
+    labels = [["flower", "sky", "temple"].index(Path(path).parent.name) for path in paths]
+    hits = sum(predicted == label for predicted, label in zip(_predictions(student, inputs), labels))
+    results = _run_evaluate(workdir, photos, tmp_path / "workdir.json")
+    assert (results["clean"]["correct1"], results["clean"]["count"]) == (hits, 15)
+    _write_tfds_copy(tmp_path / "tfds", photos, {"validation": "val"})
+    results = _run_evaluate(workdir, tmp_path / "tfds", tmp_path / "tfds.json", "--source=tfds_images",
+                            "--tfds-name=photo_classes")
+    assert (results["clean"]["correct1"], results["clean"]["count"]) == (hits, 15)
+    capsys.readouterr()
+    code = evaluate.main([f"--checkpoint={workdir}", "--source=imagefolder", f"--data-dir={photos}", "--split=test"])
+    captured = capsys.readouterr()
+    assert_one_line_error(code, captured.out, captured.err, f"{photos / 'test'}: no such folder")
 
 
 def _missing_folder(root):
@@ -134,7 +214,19 @@ def _not_an_image(root):
     return path
 
 
-@pytest.mark.parametrize("damage", [_missing_folder, _empty_class, _not_an_image])
+def _truncated_jpeg(root):
+    path = root / "train" / "flower" / "0.jpg"
+    path.write_bytes(path.read_bytes()[:-100])
+    return path
+
+
+def _validation_class_training_lacks(root):
+    shutil.copytree(root / "val" / "sky", root / "val" / "clouds")
+    return root / "val" / "clouds"
+
+
+@pytest.mark.parametrize("damage", [_missing_folder, _empty_class, _not_an_image, _truncated_jpeg,
+                                    _validation_class_training_lacks])
 def test_bad_data_is_one_line_naming_it_before_anything_compiles(photos, tmp_path, monkeypatch, damage):
     root = tmp_path / "photos"
     shutil.copytree(photos, root)
@@ -144,3 +236,21 @@ def test_bad_data_is_one_line_naming_it_before_anything_compiles(photos, tmp_pat
         train_and_evaluate(streaming_config(root), tmp_path / "run")
     assert str(named) in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_skip_unreadable_resumes_only_on_the_files_its_start_skipped(photos, tmp_path, monkeypatch):
+    """data.skip_unreadable: a workdir whose skipped_files.txt (written when its run started) names other files
+    than the check finds now is one line naming the difference, before anything compiles."""
+    root = tmp_path / "photos"
+    shutil.copytree(photos, root)
+    unreadable = _not_an_image(root)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "skipped_files.txt").write_text(f"{root / 'train' / 'sky' / '3.png'}\tnot a readable image\n")
+    monkeypatch.setattr(loop, "create_train_state", lambda setup: pytest.fail("compiled before the data check"))
+    config = streaming_config(root)
+    config.data.skip_unreadable = True
+    with pytest.raises(UserError) as error:
+        train_and_evaluate(config, workdir)
+    assert str(error.value).startswith(f"{workdir / 'skipped_files.txt'}: the run started without the 1 file(s)")
+    assert str(unreadable) in str(error.value) and "\n" not in str(error.value)

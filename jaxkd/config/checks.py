@@ -55,6 +55,9 @@ def engine_specs() -> dict[str, Spec]:
         "data.eval_crop": positive_int,
         "data.workers": non_negative_int,
         "data.digits_size": one_of(*DIGITS_SIZES),
+        "data.train_split": text,
+        "data.eval_split": text,
+        "data.skip_unreadable": flag,
         "batch_size": positive_int,
         "dtype": one_of(*COMPUTE_DTYPES),
         "eval_batch_size": positive_int,
@@ -149,7 +152,8 @@ def unused_settings(config) -> list[str]:
                 refuse(key, "SaliencyMix is off; turn it on with --config.data.saliencymix=True, or leave this at "
                             f"{shown(_value(defaults, key))}")
     if get("data.source") not in STREAMING_SOURCES:
-        for key in ("data.image_size", "data.eval_resize", "data.eval_crop", "data.workers"):
+        for key in ("data.image_size", "data.eval_resize", "data.eval_crop", "data.workers", "data.train_split",
+                    "data.eval_split", "data.skip_unreadable"):
             if get(key) != _value(defaults, key):
                 refuse(key, f"it sets the streaming path (--config.data.source={STREAMING_SOURCES[0]}), not "
                             f"data.source {get('data.source')!r}; leave it at {shown(_value(defaults, key))}")

@@ -37,6 +37,9 @@ def get_config() -> ConfigDict:
     config.data.eval_resize = 256  # Resize (the shorter side) then
     config.data.eval_crop = 224  # CenterCrop in evaluation
     config.data.workers = 0
+    config.data.train_split = "train"  # the split names (TFDS: e.g. "test" where a dataset has no "validation")
+    config.data.eval_split = ""  # "" = "val" for an image folder, "validation" for TFDS
+    config.data.skip_unreadable = False  # leave out (and list) files the open-time check cannot read; else an error
     # digits only: the side of its images, scikit-learn's 8x8 repeated (nearest neighbour) to 16 or 32 pixels (32:
     # CIFAR's size, the default); 16 takes a quarter of the compute (the test suite's small runs)
     config.data.digits_size = 32

@@ -40,6 +40,8 @@ def train_and_evaluate(config, workdir) -> dict:
             check_config_json(config, workdir)  # so is another run's workdir, or an unreadable config.json
         setup = build(config)  # every user error surfaces here, before any compile
         check_epochs(config, workdir, setup.steps_per_epoch)  # a finished run's config is never shortened
+        if setup.stream is not None:
+            setup.stream.check_skipped_list(workdir)  # data.skip_unreadable: a resume skips what its start skipped
         # The method checks its settings against the models' shapes as the state is made (FitNets' hint layer):
         # before the workdir exists, so that a refused run leaves nothing behind. `_run` takes the state out of
         # the dict, so that no reference to the initial state outlives its placement on the devices.
@@ -47,6 +49,8 @@ def train_and_evaluate(config, workdir) -> dict:
         create_workdir(workdir)
         lock.acquire()
         save_config(config, workdir)
+        if setup.stream is not None:
+            setup.stream.write_skipped_list(workdir)
         checkpoints = RunCheckpoints(workdir, config.keep_checkpoints)
         cleanup.callback(checkpoints.close)
         # metrics that a killed run logged after the checkpoint this run resumes from are dropped

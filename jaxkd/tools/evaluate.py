@@ -2,14 +2,16 @@
 
     python -m jaxkd.evaluate --checkpoint CKPT [--arch NAME] [--cifar100c DIR] [--out results.json]
                              [--source tfds|cifar100-python|digits] [--data-dir DIR] [--batch-size 500] [--force]
+    python -m jaxkd.evaluate --checkpoint CKPT --source imagefolder|tfds_images [--data-dir DIR] [--tfds-name NAME]
+                             [--split NAME] [--eval-resize 256] [--eval-crop 224] [--workers N]
 
 CKPT is a jaxkd model checkpoint directory (`python -m convert import`, training), a training workdir (its final
 `model/`) or a `.pth` (seed or RepDistiller layout, converted in memory), local or `gs://`. Prints a markdown table (clean top-1/top-5, the CIFAR-100-C mean,
 then every corruption x severity) and writes the same numbers as JSON to --out. User mistakes print one line
 starting with "error:" and exit with status 2; nothing is written then.
 
-The counting itself is jaxkd/engine/evaluation.py (`evaluate_split`, `evaluate_cifar100c`), which training uses
-too.
+The counting itself is jaxkd/engine/evaluation.py (`evaluate_split`, `evaluate_cifar100c`, and for the streamed
+sources `evaluate_model_batches` over `jaxkd.data.streaming`'s padded, masked batches), which training uses too.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from tqdm import tqdm
 from jaxkd import __version__
 from jaxkd.data.augment import NORMALIZATIONS
 from jaxkd.data.cifar100c import SEVERITIES, Cifar100C, open_cifar100c
-from jaxkd.data.sources import DIGITS_SIZES, SOURCES, load_split
+from jaxkd.data.sources import DIGITS_SIZES, SOURCES, STREAMING_SOURCES, load_split
+from jaxkd.data.streaming import ImageFolderSource, ImageTransforms, TfdsImageSource, make_eval_batches
+from jaxkd.data.streaming.run_data import EVAL_SPLIT, TFDS_EVAL_SPLIT, TRAIN_SPLIT
 from jaxkd.engine import distributed
 from jaxkd.engine.evaluation import (CIFAR100C_CLASSES, DEFAULT_BATCH_SIZE, check_labels, evaluate_cifar100c,
-                                     evaluate_split, place_variables, readable_corruptions)
+                                     evaluate_model_batches, evaluate_split, place_variables, readable_corruptions)
 from jaxkd.engine.mesh import data_mesh
 from jaxkd.errors import UserError, run_command
-from jaxkd.io.model_reference import open_model
+from jaxkd.io.model_reference import TORCH_FILE, open_model
+from jaxkd.io.paths import as_path
 from jaxkd.io.safe_write import check_output, write_text_atomically
 
 # ---------------------------------------------------------------------------------------------- reporting
@@ -115,6 +120,54 @@ def load_checked_test_split(args, models: dict[str, int]):
     return split
 
 
+def open_streamed_split(args, models: dict[str, int]):
+    """(the source, its name) of the split `--source imagefolder|tfds_images` names, checked against the models
+    {name: classes}: an image folder's labels are the indices of its `train` folder's classes, as training gave
+    them (without a `train` folder: the split's own folders, as torchvision's `ImageFolder(root/val)`)."""
+    if args.source == "tfds_images":
+        if not args.tfds_name:
+            raise UserError("--source tfds_images reads a TFDS image-classification dataset: name it with "
+                            "--tfds-name (e.g. imagenet2012)")
+        split = args.split or TFDS_EVAL_SPLIT
+        source = TfdsImageSource(args.tfds_name, split, args.data_dir)
+        name = f"{args.tfds_name} {split}"
+    else:
+        if not args.data_dir:
+            raise UserError(f"--source imagefolder reads an image folder: set --data-dir to the folder that holds "
+                            f"{EVAL_SPLIT}/<class>/<image> (and {TRAIN_SPLIT}/<class>/, whose classes number the "
+                            f"labels)")
+        split = args.split or EVAL_SPLIT
+        classes_from = TRAIN_SPLIT if (as_path(args.data_dir) / TRAIN_SPLIT).is_dir() else split
+        source = ImageFolderSource(args.data_dir, split, classes_from=classes_from)
+        name = f"{args.data_dir} {split}"
+        if source.missing_classes:
+            distributed.print_once(f"warning: {name} has no folder for {len(source.missing_classes)} of the "
+                                   f"{source.num_classes} classes of {TRAIN_SPLIT} (e.g. {source.missing_classes[0]}): "
+                                   f"the accuracy is over the classes it has", file=sys.stderr)
+    for model_name, num_classes in models.items():
+        if source.num_classes != num_classes:
+            raise UserError(f"{model_name}: the model has {num_classes} classes, but {name} has "
+                            f"{source.num_classes}")
+    return source, name
+
+
+def evaluate_streamed(model, variables, source, args, mesh, normalization: str, progress) -> dict:
+    """`evaluate_split`'s summary over a streamed split: Resize + CenterCrop (`--eval-resize`, `--eval-crop`) in
+    `--workers` processes, the global batch rounded up to the devices, the last padded and masked."""
+    transforms = ImageTransforms(eval_resize=args.eval_resize, eval_crop=args.eval_crop)
+    batch_size = -(-args.batch_size // mesh.devices.size) * mesh.devices.size
+    batches = make_eval_batches(source, transforms, batch_size, jax.process_index(), jax.process_count(),
+                                workers=args.workers)
+
+    def counted(batches):
+        for batch in batches:
+            yield batch
+            progress(int(batch["mask"].sum()) * jax.process_count())
+
+    return evaluate_model_batches(model, variables, counted(batches), batch_size, mesh=mesh,
+                                  normalization=normalization)
+
+
 # ------------------------------------------------------------------------------------------- command line
 
 
@@ -124,22 +177,32 @@ def run(args) -> dict:
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     out = check_output(args.out, args.force) if args.out else None
     check_batch_size(args.batch_size)
+    streamed = args.source in STREAMING_SOURCES
+    check_streaming_arguments(args, streamed)
     opened = open_model(args.checkpoint, arch=args.arch)
     variables, arch, num_classes, model = opened.variables, opened.arch, opened.num_classes, opened.model
-    normalization = args.normalization or opened.normalization
+    # a .pth has no record of its inputs' mean/std: on ImageNet-style images torchvision's is its likely one
+    normalization = args.normalization or ("imagenet" if streamed and opened.kind == TORCH_FILE
+                                           else opened.normalization)
     models = {str(args.checkpoint): num_classes}
     c100c, evaluated = None, ()
     if args.cifar100c:
         c100c, evaluated, _ = open_checked_cifar100c(args.cifar100c, models)
-    split = load_checked_test_split(args, models)
+    if streamed:
+        source, dataset = open_streamed_split(args, models)
+    else:
+        split, dataset = load_checked_test_split(args, models), f"{args.source} test"
 
     mesh = data_mesh()
     placed = place_variables(variables, mesh)
-    total = len(split) + (len(c100c.labels) * len(evaluated) if c100c is not None else 0)
+    total = (len(source) if streamed else len(split)) + (len(c100c.labels) * len(evaluated) if c100c else 0)
     with tqdm(total=total, unit="img", desc="evaluating", leave=False, dynamic_ncols=True,
               disable=True if args.quiet or not distributed.is_primary() else None) as bar:
-        clean = evaluate_split(model, placed, split.images, split.labels, args.batch_size, mesh=mesh,
-                               progress=bar.update, normalization=normalization)
+        if streamed:
+            clean = evaluate_streamed(model, placed, source, args, mesh, normalization, bar.update)
+        else:
+            clean = evaluate_split(model, placed, split.images, split.labels, args.batch_size, mesh=mesh,
+                                   progress=bar.update, normalization=normalization)
         robust = None
         if c100c is not None:
             robust = evaluate_cifar100c(model, placed, c100c, args.batch_size, mesh=mesh, progress=bar.update,
@@ -149,7 +212,7 @@ def run(args) -> dict:
         "checkpoint": str(args.checkpoint),
         "arch": arch,
         "num_classes": num_classes,
-        "dataset": f"{args.source} test",
+        "dataset": dataset,
         "batch_size": args.batch_size,
         "normalization": normalization,
         "devices": f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
@@ -157,11 +220,31 @@ def run(args) -> dict:
         "cifar100c": robust,
         "written_by": f"jaxkd {__version__} evaluate",
     }
+    if streamed:
+        results["transforms"] = {"eval_resize": args.eval_resize, "eval_crop": args.eval_crop}
     distributed.print_once(format_report(results))
     if out is not None and distributed.is_primary():
         write_json(results, out, args.force)
         print(f"\nwrote {out}")
     return results
+
+
+def check_streaming_arguments(args, streamed: bool) -> None:
+    """One line for a streamed-source option given with an array source (it would be ignored), or for sizes
+    and worker counts out of range."""
+    if not streamed:
+        given = [flag for flag, value in (("--tfds-name", args.tfds_name), ("--split", args.split))
+                 if value is not None]
+        given += [flag for flag, value, default in (("--eval-resize", args.eval_resize, 256),
+                                                    ("--eval-crop", args.eval_crop, 224),
+                                                    ("--workers", args.workers, 0)) if value != default]
+        if given:
+            raise UserError(f"{given[0]} sets the streamed sources ({', '.join(STREAMING_SOURCES)}), not --source "
+                            f"{args.source}")
+    for flag, value, low in (("--eval-resize", args.eval_resize, 1), ("--eval-crop", args.eval_crop, 1),
+                             ("--workers", args.workers, 0)):
+        if value < low:
+            raise UserError(f"{flag} must be an integer >= {low}, got {value}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,15 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cifar100c", metavar="DIR", help="the CIFAR-100-C folder (labels.npy, <corruption>.npy)")
     parser.add_argument("--out", help="write the results as JSON to this file")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
-    add_data_arguments(parser)
+    add_data_arguments(parser, streamed=True)
     return parser
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser, streamed: bool = False) -> None:
     """The options every evaluation command shares: where the clean test split comes from, batch, progress,
-    and the multi-process settings."""
+    and the multi-process settings; `streamed`: also the image folder and TFDS image sources (jaxkd.evaluate)."""
 
-    parser.add_argument("--source", default="tfds", choices=SOURCES, help="where the clean test split comes from")
+    parser.add_argument("--source", default="tfds", choices=SOURCES + (STREAMING_SOURCES if streamed else ()),
+                        help="where the clean test split comes from")
     parser.add_argument("--data-dir", help="the source's data directory (see docs/data.md)")
     parser.add_argument("--download", action="store_true", help="fetch or prepare the clean data if absent")
     parser.add_argument("--digits-size", type=int, default=32, choices=DIGITS_SIZES,
@@ -191,6 +275,14 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the mean/std the images are normalized with (default: the model's training run's, "
                              "from its metadata; the seed's for a .pth)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    if streamed:
+        group = parser.add_argument_group("image folder and TFDS image sources (docs/evaluate.md)")
+        group.add_argument("--tfds-name", help="the TFDS image-classification dataset of --source tfds_images")
+        group.add_argument("--split", help=f"the split evaluated (default: {EVAL_SPLIT} for a folder, "
+                                           f"{TFDS_EVAL_SPLIT} for TFDS)")
+        group.add_argument("--eval-resize", type=int, default=256, help="Resize: the shorter side, in pixels")
+        group.add_argument("--eval-crop", type=int, default=224, help="then CenterCrop, in pixels")
+        group.add_argument("--workers", type=int, default=0, help="decoding processes (0: threads of this one)")
     distributed.add_process_arguments(parser)
 
 

@@ -19,6 +19,14 @@ compile): a missing folder, an empty class folder, a validation class that train
 decodes every image first (a JPEG cut short but closed by an end marker still decodes, in Pillow as in torchvision:
 neither check finds it); `check="none"` (TFDS's default: a check reads the whole dataset) leaves it to the read,
 which raises the same kind of error naming the file (in a worker process too) rather than skipping it.
+
+`skip_unreadable=True` (config `data.skip_unreadable`) turns the open-time check's failures into skipped examples
+instead (`skipped`: {file: why}): the split is then the readable files, in the same order, on every process and
+on every start, so an epoch's length and batches exclude them by construction. A file that becomes
+unreadable after the source opened is still an error when read, never skipped then (that would shorten an epoch
+silently). A split that lacks some of the classes of `classes_from` keeps their indices (`missing_classes` names
+them): torchvision's `ImageFolder(root/val)` would renumber the classes it finds, so every later label would
+shift; its `make_dataset` given the training classes refuses the split instead.
 """
 
 from __future__ import annotations
@@ -51,13 +59,16 @@ def _read_image(path, what: str) -> Image.Image:
 
 
 def _check_image(opener, what: str, full: bool) -> None:
-    """Raises one UserError naming `what` if the image `opener()` returns cannot be identified by Pillow, or, for a
-    JPEG or PNG, lacks its end marker (a truncated file); `full`: decodes it whole."""
-    if full:
-        with opener() as file:
+    """Raises one UserError naming `what` if the image `opener()` returns cannot be opened or identified by
+    Pillow, or, for a JPEG or PNG, lacks its end marker (a truncated file); `full`: decodes it whole."""
+    try:
+        file = opener()
+    except OSError as error:  # permissions, a vanished file
+        raise UserError(f"{what}: cannot be read ({type(error).__name__}: {error})") from None
+    with file:
+        if full:
             _read_image(file, what)
-        return
-    with opener() as file:
+            return
         try:
             with Image.open(file) as image:
                 image_format = image.format
@@ -72,17 +83,25 @@ def _check_image(opener, what: str, full: bool) -> None:
                                 f"or remove it")
 
 
-def _check_all(source, opener_of, check: str) -> None:
+def _check_all(source, opener_of, check: str, skip: bool = False) -> dict[int, str]:
     """Runs `_check_image` over every example of `source` (`opener_of(k)` opens example k's encoded image) in
-    threads, CHECK_CHUNK at a time (ImageNet's 1.28M futures at once would hold gigabytes); the first failure in
-    the source's order is raised."""
+    threads, CHECK_CHUNK at a time (ImageNet's 1.28M futures at once would hold gigabytes). The first failure in
+    the source's order is raised; with `skip`, every failure is returned instead ({example: its error line})."""
+    failures = {}
     if check == "none":
-        return
+        return failures
     with concurrent.futures.ThreadPoolExecutor(CHECK_THREADS) as pool:
         for start in range(0, len(source), CHECK_CHUNK):
             chunk = range(start, min(start + CHECK_CHUNK, len(source)))
-            for future in [pool.submit(_check_image, opener_of(k), source.name(k), check == "full") for k in chunk]:
-                future.result()
+            futures = [pool.submit(_check_image, opener_of(k), source.name(k), check == "full") for k in chunk]
+            for k, future in zip(chunk, futures):
+                try:
+                    future.result()
+                except UserError as error:
+                    if not skip:
+                        raise
+                    failures[k] = str(error)
+    return failures
 
 
 def _checked_choice(check: str) -> str:
@@ -92,9 +111,11 @@ def _checked_choice(check: str) -> str:
 
 
 class ImageFolderSource:
-    """The images of `root/<split>/<class>/...`, labelled with the class indices of `root/<classes_from>`."""
+    """The images of `root/<split>/<class>/...`, labelled with the class indices of `root/<classes_from>`;
+    `skip_unreadable`: files the open-time check refuses are left out (`skipped`) rather than an error."""
 
-    def __init__(self, root, split: str, *, classes_from: str = "train", check: str = "quick"):
+    def __init__(self, root, split: str, *, classes_from: str = "train", check: str = "quick",
+                 skip_unreadable: bool = False):
         check = _checked_choice(check)
         self.root, self.split = str(root), split
         if is_url(root):
@@ -116,9 +137,21 @@ class ImageFolderSource:
             paths += files
             labels += [class_index[name]] * len(files)
         self.classes = classes
+        self.missing_classes = [name for name in classes if name not in found]
         self.paths = paths
         self.labels = np.asarray(labels, np.int32)
-        _check_all(self, lambda k: (lambda: as_path(self.paths[k]).open("rb")), check)
+        failures = _check_all(self, lambda k: (lambda: as_path(self.paths[k]).open("rb")), check,
+                              skip=skip_unreadable)
+        self.skipped = {self.name(k): failures[k].removeprefix(f"{self.name(k)}: ") for k in sorted(failures)}
+        if failures:
+            kept = np.setdiff1d(np.arange(len(paths)), list(failures))
+            present = set(np.unique(self.labels[kept]).tolist())
+            emptied = [name for name in found if class_index[name] not in present]
+            if emptied:
+                raise UserError(f"{split_dir / emptied[0]}: every file of this class folder is unreadable (all "
+                                f"skipped by data.skip_unreadable)")
+            self.paths = [paths[k] for k in kept]
+            self.labels = self.labels[kept]
 
     @staticmethod
     def _class_folders(folder) -> list[str]:
@@ -177,15 +210,18 @@ class ImageFolderSource:
 
 class TfdsImageSource:
     """Split `split` of the TFDS dataset `name` (prepared in ArrayRecord in `data_dir`), its images in the
-    feature `image_key` and labels in the ClassLabel `label_key`."""
+    feature `image_key` and labels in the ClassLabel `label_key`; `skip_unreadable`: records whose image the check
+    (at least "quick": it reads every record once) refuses are left out (`skipped`)."""
 
     def __init__(self, name: str, split: str, data_dir=None, *, image_key: str = "image", label_key: str = "label",
-                 check: str = "none"):
+                 check: str = "none", skip_unreadable: bool = False):
         check = _checked_choice(check)
+        if skip_unreadable and check == "none":
+            check = "quick"
         self.dataset, self.split = name, split
         self.data_dir = None if data_dir is None else str(as_path(data_dir))
         self.image_key, self.label_key = image_key, label_key
-        self._records = None
+        self._records, self._kept = None, None  # _kept: the record of each example, when some are skipped
         records = self._open()
         builder_dir = getattr(getattr(records, "dataset_info", None), "data_dir", self.data_dir)
         features = records.dataset_info.features
@@ -198,8 +234,12 @@ class TfdsImageSource:
         if not self._num_classes:
             raise UserError(f"TFDS {name}: feature {label_key!r} is not a ClassLabel")
         self._length = len(records)
-        if check != "none":
-            _check_all(self, lambda k: (lambda: io.BytesIO(self._encoded(k))), check)
+        self.missing_classes = []  # every record's label is read only when asked for (`label`)
+        failures = _check_all(self, lambda k: (lambda: io.BytesIO(self._encoded(k))), check, skip=skip_unreadable)
+        self.skipped = {self.name(k): failures[k].removeprefix(f"{self.name(k)}: ") for k in sorted(failures)}
+        if failures:
+            self._kept = np.setdiff1d(np.arange(self._length), list(failures))
+            self._length = len(self._kept)
 
     def _open(self):
         """`tfds.data_source` over the split, images left encoded (decoded by Pillow in `image`)."""
@@ -230,8 +270,11 @@ class TfdsImageSource:
     def __len__(self) -> int:
         return self._length
 
+    def _record_index(self, index: int) -> int:
+        return index if self._kept is None else int(self._kept[index])
+
     def _record(self, index: int):
-        return self._open()[index]
+        return self._open()[self._record_index(index)]
 
     def _encoded(self, index: int) -> bytes:
         return self._record(index)[self.image_key]
@@ -240,7 +283,7 @@ class TfdsImageSource:
         return int(self._record(index)[self.label_key])
 
     def name(self, index: int) -> str:
-        return f"TFDS {self.dataset} {self.split}[{index}]"
+        return f"TFDS {self.dataset} {self.split}[{self._record_index(index)}]"
 
     def image(self, index: int) -> Image.Image:
         return _read_image(io.BytesIO(self._encoded(index)), self.name(index))

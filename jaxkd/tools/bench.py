@@ -602,7 +602,8 @@ def _run_method(config, method: str, *, out, note: str, pair_in_name: bool = Fal
 
 
 BENCH_USAGE = ("usage: python -m jaxkd.bench --config configs/NAME.py [--config.key=value ...] [--methods=all] "
-               "[--steps N] [--repeats R] [--out DIR]")
+               "[--steps N] [--repeats R] [--out DIR]; the input path: python -m jaxkd.bench --input ROOT "
+               "[--workers 0,1,N] (jaxkd/tools/bench_input.py)")
 
 
 def _define_bench_flags(flag_values) -> None:

@@ -3,7 +3,8 @@
 For each worker count of `--workers`, the images/s of
 * `jaxkd loader`: `jaxkd.data.streaming.make_train_iterator` on `ImageFolderSource(ROOT, split)`: Pillow's decode,
   `RandomResizedCrop(image_size)` + horizontal flip, stacked into the uint8 (batch, S, S, 3) batch the training
-  step receives (it normalizes on the device); `workers` Grain processes (0: `threads` threads of this process);
+  step receives (it normalizes on the device); `workers` Grain processes, each reading with `threads` threads
+  (0: the threads of this process; `--threads 1` compares one thread per process with torchvision's workers);
 * `torchvision DataLoader`: `DataLoader(ImageFolder(ROOT/split, transform=Compose([RandomResizedCrop(S),
   RandomHorizontalFlip(), ToTensor(), Normalize(ImageNet's mean, std)])), batch_size, shuffle=True,
   num_workers=workers, drop_last=True)`, the float32 (batch, 3, S, S) batches a PyTorch step receives
@@ -31,6 +32,7 @@ import time
 import types
 from pathlib import Path
 
+from jaxkd.config.command_line import HELP_FLAGS
 from jaxkd.data.streaming.loader import make_train_iterator
 from jaxkd.data.streaming.sources import ImageFolderSource, TfdsImageSource
 from jaxkd.data.streaming.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransforms
@@ -282,6 +284,10 @@ def input_command(argv) -> None:
 
     flag_values = flags.FlagValues()
     _define_flags(flag_values)
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print("\n".join([USAGE, "", "flags:"] + [f"  --{name}: {flag.help}" for name, flag in
+                                                  sorted(flag_values._flags().items()) if name == flag.name]))
+        raise SystemExit(0)
     try:
         flag_values(list(argv))
     except flags.Error as error:

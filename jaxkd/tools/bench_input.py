@@ -9,8 +9,9 @@ For each worker count of `--workers`, the images/s of
   RandomHorizontalFlip(), ToTensor(), Normalize(ImageNet's mean, std)])), batch_size, shuffle=True,
   num_workers=workers, drop_last=True)`, the float32 (batch, 3, S, S) batches a PyTorch step receives
   (torchvision's ImageNet recipe, references/classification/presets.py; 0 workers: the main thread).
-Each measurement starts a new loader (its workers), reads `--warmup_batches` batches untimed (the start), then
-times `--batches` batches. The two loaders alternate, measurement by measurement, which runs first switching each
+Each measurement starts a new loader (its workers), reads untimed as many batches as the loader makes ahead
+(`loader_buffer`) plus `--warmup_batches` (the start; batches made while the first was awaited would otherwise
+count as made in no time), then times `--batches` batches: the loader's steady rate. The two loaders alternate, measurement by measurement, which runs first switching each
 repeat, so that load from other processes hits both alike; the record holds per-repeat seconds, the medians and the
 ratio jaxkd / torchvision per worker count (the median of per-repeat ratios), the start-up times, the batches'
 shapes and types, and the machine with its load average. `--input tfds:NAME` times the loader on a TFDS dataset
@@ -74,11 +75,22 @@ def open_source(name: str, split: str, data_dir: str):
     return ImageFolderSource(name, split, classes_from=split)
 
 
+def loader_buffer(library: str, workers: int, threads: int) -> int:
+    """How many batches a loader makes ahead of the one awaited: jaxkd's reading threads each prefetch one
+    (`ReadOptions(prefetch_buffer_size=threads)`), in each worker plus its output buffer
+    (`per_worker_buffer_size=1`); torchvision's DataLoader `prefetch_factor` (2) per worker."""
+    if library == JAXKD:
+        return threads if workers == 0 else workers * (threads + 1)
+    return 2 * workers
+
+
 def jaxkd_part(source, transforms: ImageTransforms, batch: int, batches: int, warmup: int, workers: int,
                threads: int, seed: int) -> Part:
-    """The streaming loader's training batches with `workers` processes, as a timed `Part`."""
+    """The streaming loader's training batches with `workers` processes, as a timed `Part` (`warmup` untimed
+    batches after its buffer's)."""
+    warmup += loader_buffer(JAXKD, workers, threads)
     part = Part(f"{JAXKD} [workers={workers}]", batches * batch, lambda: 0.0,
-                info={"workers": workers, "threads": threads, "startup_seconds": [],
+                info={"workers": workers, "threads": threads, "untimed_batches": warmup, "startup_seconds": [],
                       "main_process_cpu_seconds": []})
 
     def run() -> float:
@@ -103,7 +115,8 @@ def jaxkd_part(source, transforms: ImageTransforms, batch: int, batches: int, wa
 def torchvision_part(folder: Path, image_size: int, batch: int, batches: int, warmup: int, workers: int,
                      seed: int) -> Part:
     """torchvision's `DataLoader(ImageFolder(folder, ImageNet's training transform))` with `workers`, as a
-    timed `Part`."""
+    timed `Part` (`warmup` untimed batches after its buffer's)."""
+    warmup += loader_buffer(TORCHVISION, workers, 1)
     import torch
     from torch.utils.data import DataLoader
 
@@ -114,7 +127,8 @@ def torchvision_part(folder: Path, image_size: int, batch: int, batches: int, wa
     # default_loader itself asks the package `__init__` that is not run here
     dataset = datasets.ImageFolder(str(folder), transform=transform, loader=datasets.pil_loader)
     part = Part(f"{TORCHVISION} [workers={workers}]", batches * batch, lambda: 0.0,
-                info={"workers": workers, "torch_threads": TORCH_THREADS, "startup_seconds": [],
+                info={"workers": workers, "torch_threads": TORCH_THREADS, "untimed_batches": warmup,
+                      "startup_seconds": [],
                       "main_process_cpu_seconds": []})
 
     def run() -> float:
@@ -166,12 +180,13 @@ def bench_input(input_name: str, *, split: str = "train", workers=(0,), batch: i
         raise UserError(f"--batch_size, --batches, --warmup_batches, --repeats, --image_size and --threads must be "
                         f">= 1 (got {batch}, {batches}, {warmup}, {repeats}, {image_size}, {threads})")
     source = open_source(input_name, split, data_dir)
-    needed = (warmup + batches) * batch
-    if len(source) < needed:
-        raise UserError(f"{input_name} ({split}) holds {len(source)} images; --warmup_batches + --batches of "
-                        f"--batch_size need {needed} (one epoch, so that torchvision's loader does not run out)")
-    notes = list(notes)
     with_torch = with_torch and not input_name.startswith(TFDS_PREFIX)
+    needed = (warmup + batches + loader_buffer(TORCHVISION, max(workers), 1)) * batch if with_torch else batch
+    if len(source) < needed:
+        raise UserError(f"{input_name} ({split}) holds {len(source)} images; the loaders need {needed} in one epoch "
+                        f"(--warmup_batches + --batches + torchvision's 2 per worker, of --batch_size): write more "
+                        f"(benchmarks/make_photos.py --train N) or ask for fewer")
+    notes = list(notes)
     if not with_torch and input_name.startswith(TFDS_PREFIX):
         notes.append("no torchvision part: ImageFolder reads folders only")
     transforms = ImageTransforms(train_size=image_size)
@@ -266,7 +281,8 @@ def _define_flags(flag_values) -> None:
                         "threads, torchvision's main thread)", flag_values=flag_values)
     flags.DEFINE_integer("batch_size", 32, "images per batch", flag_values=flag_values)
     flags.DEFINE_integer("batches", 16, "timed batches per measurement", flag_values=flag_values)
-    flags.DEFINE_integer("warmup_batches", 2, "untimed batches first (the loader's start)", flag_values=flag_values)
+    flags.DEFINE_integer("warmup_batches", 2, "untimed batches after those the loader makes ahead (its start)",
+                         flag_values=flag_values)
     flags.DEFINE_integer("repeats", 3, "measurements per loader and worker count (the median is reported)",
                          flag_values=flag_values)
     flags.DEFINE_integer("image_size", 224, "RandomResizedCrop's size", flag_values=flag_values)

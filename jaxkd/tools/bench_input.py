@@ -11,10 +11,11 @@ For each worker count of `--workers`, the images/s of
   (torchvision's ImageNet recipe, references/classification/presets.py; 0 workers: the main thread).
 Each measurement starts a new loader (its workers), reads untimed as many batches as the loader makes ahead
 (`loader_buffer`) plus `--warmup_batches` (the start; batches made while the first was awaited would otherwise
-count as made in no time), then times `--batches` batches: the loader's steady rate. The two loaders alternate, measurement by measurement, which runs first switching each
-repeat, so that load from other processes hits both alike; the record holds per-repeat seconds, the medians and the
-ratio jaxkd / torchvision per worker count (the median of per-repeat ratios), the start-up times, the batches'
-shapes and types, and the machine with its load average. `--input tfds:NAME` times the loader on a TFDS dataset
+count as made in no time), then times `--batches` batches: the loader's steady rate. The two loaders
+alternate, measurement by measurement, which runs first switching each repeat, so that load from other processes
+hits both alike; the record holds per-repeat seconds, the medians and the ratio jaxkd / torchvision per worker
+count (the median of per-repeat ratios), the start-up times, the batches' shapes and types, and the machine with
+its load average. `--input tfds:NAME` times the loader on a TFDS dataset
 (`--data_dir`), without a torchvision part (ImageFolder reads folders only).
 
 torchvision is loaded from its pure-Python modules without its C extension (the wheel on the package index is built

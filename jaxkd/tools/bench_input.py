@@ -129,8 +129,7 @@ def torchvision_part(folder: Path, image_size: int, batch: int, batches: int, wa
     dataset = datasets.ImageFolder(str(folder), transform=transform, loader=datasets.pil_loader)
     part = Part(f"{TORCHVISION} [workers={workers}]", batches * batch, lambda: 0.0,
                 info={"workers": workers, "torch_threads": TORCH_THREADS, "untimed_batches": warmup,
-                      "startup_seconds": [],
-                      "main_process_cpu_seconds": []})
+                      "startup_seconds": [], "main_process_cpu_seconds": []})
 
     def run() -> float:
         threads_before = torch.get_num_threads()

@@ -1,6 +1,7 @@
 """jaxkd.tools.bench at a tiny size (resnet8, batch 16, a few steps): records for `none` and `kd` with all three
 parts timed, written only where asked (a temporary folder), never over an existing file."""
 
+import importlib.util
 import json
 import os
 import re
@@ -423,3 +424,45 @@ def test_the_demo_student_benches_on_its_sources_classes_and_writes_no_record_un
     monkeypatch.setattr(bench, "format_table", lambda record: "table")
     monkeypatch.setattr(bench, "write_record", lambda *args: pytest.fail("a record was written"))
     assert bench.run(config, with_torch=False) == [{"method": "kd"}]
+
+
+def test_the_input_part_times_jaxkds_loader_beside_torchvisions_dataloader_on_the_same_files(tmp_path, capsys):
+    """`--input ROOT`: the streaming loader and torchvision's DataLoader(ImageFolder) read the photographs that
+    benchmarks/make_photos.py writes (here 8, cut small), each measurement gives the batch its training step
+    receives (jaxkd: uint8 NHWC, normalized on the device; torchvision: normalized float32 NCHW), and the record
+    holds both rates with their ratio and the machine's load."""
+    spec = importlib.util.spec_from_file_location("make_photos", REPO / "benchmarks" / "make_photos.py")
+    make_photos = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_photos)
+    root = make_photos.write_photos(tmp_path / "photos", train=8, val=0)
+    argv = ["bench", f"--input={root}", "--workers=0", "--batch_size=4", "--batches=1", "--warmup_batches=1",
+            "--repeats=1", "--image_size=32", "--threads=1", f"--out={tmp_path / 'out'}", "--note=test"]
+    assert bench.main(argv) == 0
+    [path] = (tmp_path / "out").glob("*.json")
+    record = json.loads(path.read_text())
+    assert path.name.endswith("-input.json") and record["version"] == bench.RECORD_VERSION
+    assert (record["input_images"], record["batch_size"], record["workers"], record["notes"]) == (8, 4, [0], ["test"])
+    ours, theirs = (record["results"][f"{name} [workers=0]"] for name in ("jaxkd loader", "torchvision DataLoader"))
+    # untimed: --warmup_batches after the batches each loader makes ahead (jaxkd: 1 reading thread; torchvision: none
+    # in its main thread), so that the timed batches are the steady rate
+    assert (ours["untimed_batches"], theirs["untimed_batches"]) == (2, 1)
+    assert ours["batch"] == {"shape": [4, 32, 32, 3], "dtype": "uint8"}
+    assert theirs["batch"] == {"shape": [4, 3, 32, 32], "dtype": "float32"}
+    for part in (ours, theirs):
+        assert part["images_per_repeat"] == 4 and len(part["seconds"]) == len(part["startup_seconds"]) == 1
+        assert part["images_per_s"] == pytest.approx(4 / part["seconds"][0]) and part["images_per_cpu_second"] > 0
+    ratio = record["results"]["ratio_jaxkd_over_torchvision"]["0"]
+    assert ratio == pytest.approx(ours["images_per_s"] / theirs["images_per_s"])
+    assert len(record["load_average_before"]) == 3 and record["device"]["host_cpus"] >= 1
+    assert "jaxkd loader" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags_, message", [
+    (["--input=/nonexistent/photos"], "/nonexistent/photos/train: no such folder"),
+    (["--input=/nonexistent/photos", "--workers=1,x"], "--workers 1,x: a comma list"),
+    (["--input=/nonexistent/photos", "--batches=0"], "must be >= 1"),
+])
+def test_bad_input_command_lines_are_one_line_errors(flags_, message, capsys):
+    assert bench.main(["bench", *flags_]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1

@@ -1,6 +1,7 @@
 """`python -m jaxkd.bench`: the engine's jitted train step against the same step in PyTorch (eager and
 torch.compile), and an epoch as training runs it, on synthetic data, for any method and pair; an in-process A/B
-of two config variants (`--ab`). What each part times, how, and what a record holds: benchmarks/README.md."""
+of two config variants (`--ab`); with `--input ROOT` the streaming input path against torchvision's DataLoader
+instead (`jaxkd.tools.bench_input`). What each part times, how, and what a record holds: benchmarks/README.md."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from jaxkd.tools.published import REPDISTILLER_PAIRS_DIFFERENT, REPDISTILLER_PAI
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
-RECORD_VERSION = 4  # what each version added: benchmarks/README.md, "Record versions"
+RECORD_VERSION = 5  # what each version added: benchmarks/README.md, "Record versions"
 AB_YNN = "ynn"
 
 
@@ -601,7 +602,8 @@ def _run_method(config, method: str, *, out, note: str, pair_in_name: bool = Fal
 
 
 BENCH_USAGE = ("usage: python -m jaxkd.bench --config configs/NAME.py [--config.key=value ...] [--methods=all] "
-               "[--steps N] [--repeats R] [--out DIR]")
+               "[--steps N] [--repeats R] [--out DIR]; the input path: python -m jaxkd.bench --input ROOT "
+               "[--workers 0,1,N] (jaxkd/tools/bench_input.py)")
 
 
 def _define_bench_flags(flag_values) -> None:
@@ -653,7 +655,12 @@ def _bench_command(argv) -> None:
 
 
 def main(argv=None) -> int:
-    return run_command(_bench_command, sys.argv if argv is None else argv)
+    argv = sys.argv if argv is None else argv
+    if any(arg == "--input" or arg.startswith("--input=") for arg in argv[1:]):  # the input path's part
+        from jaxkd.tools.bench_input import input_command
+
+        return run_command(input_command, argv)
+    return run_command(_bench_command, argv)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """A torchvision-format teacher file end to end (issue 30): torchvision's own ResNet-18 (its real model code,
 tests/helpers/torchvision_modules.py) saved as `model.state_dict()` under the name torchvision caches ResNet-18's
-weights under, named as `teacher.checkpoint` with no architecture, teaches a resnet8 by KD + FitNets (whose regressor
-is sized from the pair: resnet8's second stage, 32 channels at 16x16, onto ResNet-18's, 128 at 4x4) on a 3-class
-folder of photographs through the streaming path, with configs/imagenet.py's KD recipe. The teacher's logged top-1 is torchvision's own count with
-its eval transforms; the student's final top-1 is PyTorch's count of the exported file, loaded strictly into the
-seed's model code. Small on purpose: one epoch at 32 px (measured on this CPU: ReviewKD on MobileNetV1, the ImageNet
-pair's student, costs 3.5x the CPU time of this run, CRD 1.5x)."""
+weights under, named as `teacher.checkpoint` with no architecture, teaches a resnet8 by KD + FitNets (whose
+regressor is sized from the pair: resnet8's second stage, 32 channels at 16x16, onto ResNet-18's, 128 at 4x4) on a
+3-class folder of photographs through the streaming path, with configs/imagenet.py's KD recipe. The teacher's
+logged top-1 is torchvision's own count with its eval transforms; the student's final top-1 is PyTorch's count of
+the exported file, loaded strictly into the seed's model code. Small on purpose: one epoch at 32 px (measured on
+this CPU: ReviewKD on MobileNetV1, the ImageNet pair's student, costs 3x the CPU time of this run, CRD 1.5x)."""
 
 import json
 from pathlib import Path

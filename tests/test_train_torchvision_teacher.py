@@ -73,7 +73,8 @@ def teacher(photos, tmp_path_factory):
         classifier.weight.copy_(10 * weight.T)  # x10: logits of a few units, a KD target that is not flat
         classifier.bias.copy_(-10 * mean @ weight)
     model.fc = classifier
-    path = tmp_path_factory.mktemp("hub") / TEACHER_FILE
+    path = tmp_path_factory.mktemp("torch") / "hub" / "checkpoints" / TEACHER_FILE  # torch.hub's cache, as torchvision
+    path.parent.mkdir(parents=True)
     torch.save(model.state_dict(), path)
     return path, model
 

@@ -206,6 +206,38 @@ def test_torch_step_runs_a_zoo_pair_on_its_pytorch_references(monkeypatch, one_t
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, built[0].parameters()))  # it trained
 
 
+def test_the_imagenet_recipe_benches_on_images_of_its_crop_size_and_classes(monkeypatch, one_torch_thread):
+    """configs/imagenet.py's pairs (a streaming source): synthetic images of the training crop's size
+    (`data.image_size`: 224, here 40 to keep it quick) and ImageNet's 1000 classes; the PyTorch step takes them
+    at that size, normalized with the recipe's ImageNet mean/std (torchvision's ToTensor + Normalize)."""
+    import torch
+
+    import jaxkd.pytorch.torch_models
+    from jaxkd.config import recipes
+    from jaxkd.engine.setup import Teacher, build
+    from jaxkd.models import get_model
+
+    config = recipes.imagenet("tv_resnet34", "tv_resnet18", "kd")
+    assert (bench.bench_classes(config), bench.bench_image_size(config)) == (1000, 224)
+    config.model, config.teacher.arch, config.data.image_size, config.batch_size = "tv_resnet18", "tv_resnet18", 40, 2
+    train = bench.synthetic_split(4, bench.bench_classes(config), image_size=bench.bench_image_size(config))
+    assert train.images.shape == (4, 40, 40, 3) and train.num_classes == 1000
+    setup = build(config, jax.devices()[:1], data=(train, train),
+                  teacher=Teacher(get_model("tv_resnet18", 1000), None, "tv_resnet18"))
+    inputs, get_torch_model = [], jaxkd.pytorch.torch_models.get_torch_model
+
+    def recording_model(*args):
+        model = get_torch_model(*args)
+        model.register_forward_pre_hook(lambda module, x: inputs.append(x[0].detach().clone()))
+        return model
+
+    monkeypatch.setattr(jaxkd.pytorch.torch_models, "get_torch_model", recording_model)
+    bench_torch.torch_part(config, setup, steps=1, warmup_steps=1, device="cpu", dtype_name="float32")
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    expected = (torch.from_numpy(train.images[:2]).permute(0, 3, 1, 2) / 255 - mean[:, None, None]) / std[:, None, None]
+    torch.testing.assert_close(inputs[0], expected)  # the warm-up's first step, the first batch
+
+
 def test_compiled_torch_step_trains_the_student_as_eager_mode_does(monkeypatch, one_torch_thread):
     """torch.compile wraps the loss function and the optimizer step; after the same steps from the same seed the
     student's weights equal eager mode's (float rounding). The suite compiles with the

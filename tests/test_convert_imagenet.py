@@ -27,9 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TORCHVISION = {"tv_resnet18": "resnet18", "tv_resnet34": "resnet34", "tv_resnet50": "resnet50",
                "tv_resnet101": "resnet101", "tv_resnet152": "resnet152", "tv_wide_resnet50_2": "wide_resnet50_2",
                "tv_mobilenet_v2": "mobilenet_v2"}
-# CIFAR-100's per-channel mean and std on 0..255, which jaxkd's data pipeline normalizes with.
-MEAN = torch.tensor([129.3, 124.07, 112.43]) / 255
-STD = torch.tensor([68.17, 65.39, 70.42]) / 255
+# torchvision's ImageNet mean and std: what `jaxkd.evaluate` normalizes a torchvision-format file's inputs with
+MEAN = torch.tensor([0.485, 0.456, 0.406])
+STD = torch.tensor([0.229, 0.224, 0.225])
 
 
 def torchvision_model(arch: str, seed: int = 0) -> torch.nn.Module:
@@ -166,7 +166,7 @@ def test_evaluate_accepts_a_torchvision_file(resnet18_file, tmp_path, capsys):
     assert evaluate.main(["--checkpoint", str(resnet18_file), "--source", "digits", "--out", str(out)]) == 0, \
         capsys.readouterr().err
     results = json.loads(out.read_text())
-    assert (results["arch"], results["num_classes"]) == ("tv_resnet18", CLASSES)
+    assert (results["arch"], results["num_classes"], results["normalization"]) == ("tv_resnet18", CLASSES, "imagenet")
     test = load_split("digits", "test")
     images = (nchw(test.images).float() / 255 - MEAN[:, None, None]) / STD[:, None, None]
     with torch.no_grad():

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from configs import demo
 from jaxkd.data.streaming import ImageFolderSource
@@ -18,32 +17,14 @@ from jaxkd.engine.setup import build
 from jaxkd.errors import UserError
 from jaxkd.tools import evaluate
 from tests.conftest import assert_bitwise_equal, assert_one_line_error, final_params, on_digits, stop_during_call
+from tests.helpers.photo_folder import write_photo_folder
 
-# (class, photograph, region (left, top, right, bottom)) of scikit-learn's two sample photographs
-CLASSES = [("flower", 1, (150, 50, 550, 427)), ("sky", 0, (0, 0, 640, 120)), ("temple", 0, (150, 150, 500, 427))]
-TRAIN_PER_CLASS, VAL_PER_CLASS = 16, 5  # 48 training images: 6 steps of 8; 15 validation: 2 batches of 8, padded
-EPOCHS, STEPS_PER_EPOCH = 3, 6
+EPOCHS, STEPS_PER_EPOCH = 3, 6  # 48 training images (tests/helpers/photo_folder.py) in steps of 8
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """ROOT/{train,val}/<class>/<image>: random crops of three regions of the sample photographs (a flower, the
-    sky, the temple), rescaled to 32-64 px and written as JPEG and PNG."""
-    from sklearn.datasets import load_sample_images
-
-    photographs = [Image.fromarray(image) for image in load_sample_images().images]
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("photos")
-    for split, count in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
-        for name, photo, (left, top, right, bottom) in CLASSES:
-            (root / split / name).mkdir(parents=True)
-            for k in range(count):
-                width, height = rng.integers(60, 120, size=2)
-                x, y = rng.integers(left, right - width), rng.integers(top, bottom - height)
-                crop = photographs[photo].crop((x, y, x + width, y + height))
-                crop = crop.resize(tuple(int(s) for s in rng.integers(32, 65, size=2)), Image.Resampling.BICUBIC)
-                crop.save(root / split / name / (f"{k}.png" if k % 2 else f"{k}.jpg"))
-    return root
+    return write_photo_folder(tmp_path_factory.mktemp("photos"))
 
 
 def streaming_config(data_dir, epochs=EPOCHS):

@@ -122,7 +122,21 @@ def load_teacher(config, method: Method) -> Teacher | None:
             raise
         raise UserError(f"{error}; the config names teacher.arch={config.teacher.arch}: pass "
                         f"--config.teacher.arch='' to take the architecture from the file") from None
+    check_teacher_normalization(config, opened.normalization)
     return Teacher(opened.model, opened.variables, opened.arch)
+
+
+def check_teacher_normalization(config, teacher_normalization: str) -> None:
+    """One line for a teacher trained on ImageNet's mean/std (a torchvision-format file, or a run that said so)
+    in a run that normalizes otherwise, or the reverse: both models see the run's inputs, and ImageNet's std is
+    13-18% below CIFAR-100's (the seed's and RepDistiller's constants, 4e-4 apart, pass for each other)."""
+    run_normalization = config.data.normalization
+    if (teacher_normalization == "imagenet") == (run_normalization == "imagenet"):
+        return
+    raise UserError(f"the teacher {config.teacher.checkpoint} was trained on inputs normalized with the "
+                    f"{teacher_normalization} mean/std, this run normalizes with the {run_normalization} ones: set "
+                    f"--config.data.normalization={teacher_normalization} (a model trained otherwise: name its jaxkd "
+                    f"workdir or model checkpoint, whose metadata gives its normalization)")
 
 
 def build(config, devices=None, *, data=None, teacher: Teacher | None = None) -> Setup:

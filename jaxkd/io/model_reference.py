@@ -31,10 +31,19 @@ class OpenedModel:
     path: Any  # what was read: the .pth, the checkpoint directory or the workdir's model/
 
 
-def input_normalization(metadata: dict | None) -> str:
+# the `.pth` layouts (jaxkd.pytorch.layout.LAYOUTS) of ImageNet-trained files: torchvision's released weights and
+# mdistiller's ImageNet students were trained on ImageNet's mean/std (torchvision's `transforms.Normalize` in
+# their references' ImageNet recipes)
+IMAGENET_LAYOUTS = ("torchvision", "mdistiller")
+
+
+def input_normalization(metadata: dict | None, layout: str | None = None) -> str:
     """The mean/std (jaxkd.data.augment.NORMALIZATIONS) a model's inputs were normalized with in training: its
-    metadata says it (jaxkd.train writes it); otherwise the seed's, as for the seed's released `.pth` files."""
-    return (metadata or {}).get("normalization", "seed")
+    metadata says it (jaxkd.train writes it); for a `.pth` without metadata, ImageNet's for a torchvision- or
+    mdistiller-layout file, otherwise the seed's, as for the seed's released `.pth` files."""
+    if metadata and "normalization" in metadata:
+        return metadata["normalization"]
+    return "imagenet" if layout in IMAGENET_LAYOUTS else "seed"
 
 
 def reference_kind(reference) -> tuple[str, Any]:
@@ -65,10 +74,12 @@ def open_model(reference, arch: str | None = None, **model_kwargs) -> OpenedMode
         imported = import_torch(path, arch=arch)
         variables, found_arch, num_classes, metadata = (imported.variables, imported.arch, imported.num_classes,
                                                          None)
+        layout = imported.layout
     else:
         variables, metadata = read_model_checkpoint(absolute(path))
+        layout = None
         found_arch, num_classes = metadata["arch"], int(metadata["num_classes"])
         if arch is not None and canonical_name(arch) != canonical_name(found_arch):
             raise UserError(f"{path}: holds a {found_arch}, not a {canonical_name(arch)}")
     return OpenedModel(get_model(found_arch, num_classes, **model_kwargs), variables, found_arch, num_classes,
-                       metadata, input_normalization(metadata), kind, path)
+                       metadata, input_normalization(metadata, layout), kind, path)

@@ -80,8 +80,15 @@ def infer_architecture(tensors: Mapping) -> tuple[str, int]:
 def _infer_repdistiller_architecture(tensors: Mapping) -> tuple[str, int]:
     """The architecture of REPDISTILLER_ARCHITECTURES or IMAGENET_ARCHITECTURES whose state_dict keys and shapes
     `tensors` has exactly."""
+    imagenet = _imagenet_candidates(tensors)
+    # torchvision's ResNets whose blocks per stage `tensors` has, first: a torchvision file is then one or two
+    # traces instead of one per RepDistiller architecture. An exact fit is unique, so no answer changes.
+    for arch in (arch for arch in imagenet if arch in _TORCHVISION_RESNET_BLOCKS):
+        num_classes = _num_classes(tensors, arch)
+        if not any(_misfit(tensors, layout_entries(arch, num_classes), arch)):
+            return arch, num_classes
     closest = None
-    for arch in (*REPDISTILLER_ARCHITECTURES, *_imagenet_candidates(tensors)):
+    for arch in (*REPDISTILLER_ARCHITECTURES, *imagenet):
         probe = layout_entries(arch, 1)
         if not any(k in tensors for k in (probe[0].key, _classifier(probe).key)):
             continue  # neither the first nor the classifier's key: nothing like it

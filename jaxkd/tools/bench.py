@@ -5,6 +5,7 @@ instead (`jaxkd.tools.bench_input`). What each part times, how, and what a recor
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib
 import json
@@ -24,7 +25,7 @@ import numpy as np
 from jaxkd.config.command_line import parse_config_command_line
 from jaxkd.config.recipes import method_recipe
 from jaxkd.data import Split, epoch_permutation
-from jaxkd.data.sources import SOURCE_CLASSES
+from jaxkd.data.sources import SOURCE_CLASSES, STREAMING_SOURCES
 from jaxkd.engine import host_allocator
 from jaxkd.engine.compile_options import compiler_options, cpu_ynn_setting
 from jaxkd.engine.dispatch import dispatch_plan, steps_per_dispatch
@@ -43,6 +44,8 @@ from jaxkd.tools.published import REPDISTILLER_PAIRS_DIFFERENT, REPDISTILLER_PAI
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 100  # CIFAR-100's classifier size
+CIFAR_SIZE = 32  # the synthetic images' side, but on the streaming path (below)
+TFDS_IMAGE_CLASSES = {"imagenet2012": 1000}  # the classes of the TFDS image datasets the recipes name
 RECORD_VERSION = 5  # what each version added: benchmarks/README.md, "Record versions"
 AB_YNN = "ynn"
 
@@ -73,12 +76,28 @@ def method_config(base, method: str):
 
 
 # ------------------------------------------------------------------------------------------------- setup
-def synthetic_split(num_examples: int, num_classes: int = NUM_CLASSES, seed: int = 0) -> Split:
-    """Random uint8 CIFAR-shaped images with random labels: the bench's training set (no download)."""
+@dataclasses.dataclass(frozen=True)
+class LargeImages:
+    """The bench's training set at a size other than CIFAR's (`jaxkd.data.Split` holds 32x32 images only), e.g.
+    ImageNet's 224x224: the same fields, read only by the train step, which takes any size."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def synthetic_split(num_examples: int, num_classes: int = NUM_CLASSES, seed: int = 0,
+                    image_size: int = CIFAR_SIZE) -> Split | LargeImages:
+    """Random uint8 images (CIFAR's 32x32 by default) with random labels: the bench's training set (no download)."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (num_examples, 32, 32, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (num_examples, image_size, image_size, 3), dtype=np.uint8)
     labels = rng.integers(0, num_classes, num_examples, dtype=np.int32)
-    return Split(images, labels, np.arange(num_examples, dtype=np.int32), num_classes)
+    split = Split if image_size == CIFAR_SIZE else LargeImages
+    return split(images, labels, np.arange(num_examples, dtype=np.int32), num_classes)
 
 
 def random_teacher(config, num_classes: int) -> Teacher | None:
@@ -97,8 +116,17 @@ def random_teacher(config, num_classes: int) -> Teacher | None:
 
 def bench_classes(config) -> int:
     """The number of classes of the bench's synthetic data: that of `config.data.source` (so that a configured
-    teacher, e.g. the demo's digits teacher, fits), 100 for an unknown source (build names that mistake)."""
+    teacher, e.g. the demo's digits teacher, fits) or of its TFDS images (ImageNet's 1000 for
+    configs/imagenet.py), 100 for an unknown source (build names that mistake)."""
+    if config.data.source in STREAMING_SOURCES:
+        return TFDS_IMAGE_CLASSES.get(config.data.tfds_name, NUM_CLASSES)
     return SOURCE_CLASSES.get(config.data.source, NUM_CLASSES)
+
+
+def bench_image_size(config) -> int:
+    """The side of the bench's synthetic images: the streaming path's training crop (`data.image_size`, ImageNet's
+    224) for its sources, CIFAR's 32 otherwise."""
+    return config.data.image_size if config.data.source in STREAMING_SOURCES else CIFAR_SIZE
 
 
 def bench_setup(config, train: Split, devices) -> Setup:
@@ -382,7 +410,13 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
     the two variants of (a) and (b); with `num_runs` also N runs in one program for each N
     (`jaxkd.tools.multi_run`); returns the JSON record."""
     batch = config.batch_size
-    train = synthetic_split(max(epoch_images, batch), bench_classes(config), seed=config.seed)
+    train = synthetic_split(max(epoch_images, batch), bench_classes(config), seed=config.seed,
+                            image_size=bench_image_size(config))
+    if config.data.source in STREAMING_SOURCES:
+        notes.append(f"data.source {config.data.source}: the synthetic images held on the device, the step the "
+                     f"device-resident path's (its padded crop and flip of the {train.images.shape[1]} px images on "
+                     f"the device); a streaming run's step takes the loader's crop instead, the networks' work the "
+                     f"same; the loader is not timed")
     info = device_info(devices)
     load_before = os.getloadavg()
     step_parts, setup, epoch_part = [], None, None
@@ -467,7 +501,7 @@ def bench_method(config, *, steps: int, repeats: int, warmup_steps: int, epoch_i
         "torch_compile_backend": compile_backend if torch_modes else None,
         "loss": {"gamma": config.loss.gamma, "alpha": config.loss.alpha, "beta": config.loss.beta,
                  "kd_temperature": config.loss.kd_temperature},
-        "data": f"synthetic uint8, {train.num_classes} classes",
+        "data": f"synthetic uint8 {train.images.shape[1]}x{train.images.shape[2]}, {train.num_classes} classes",
         "flops_count": "XLA HloCostAnalysis 'flops' of the lowered jaxkd train step, before the backend's "
                        "rewrites (multiply-add = 2), times the number of devices",
         "results": results,

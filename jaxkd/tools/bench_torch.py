@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from jaxkd.data.augment import MEAN, STD
+from jaxkd.data.augment import NORMALIZATIONS
 from jaxkd.tools.bench_timing import Part
 
 TORCH_MODES = ("eager", "default", "reduce-overhead")
@@ -90,8 +90,10 @@ def torch_part(config, setup, steps: int, warmup_steps: int, device: str, dtype_
         torch.backends.cudnn.benchmark = True
 
     num_batches = min(4, setup.steps_per_epoch)
+    mean, std = NORMALIZATIONS[setup.pipeline.normalization]
     images = setup.train.images[: num_batches * batch].astype(np.float32) / 255.0
-    images = ((images - MEAN) / STD).transpose(0, 3, 1, 2).reshape(num_batches, batch, 3, 32, 32)
+    _, height, width, channels = images.shape
+    images = ((images - mean) / std).transpose(0, 3, 1, 2).reshape(num_batches, batch, channels, height, width)
     batches = [(torch.from_numpy(np.ascontiguousarray(images[i])).to(device),
                 torch.from_numpy(setup.train.labels[i * batch:(i + 1) * batch].astype(np.int64)).to(device))
                for i in range(num_batches)]

@@ -14,6 +14,7 @@ from PIL import Image
 from jaxkd.data.streaming import (ImageFolderSource, ImageTransforms, TfdsImageSource, make_eval_batches,
                                   make_train_iterator, sample_crop)
 from jaxkd.errors import UserError
+from tests.helpers.photo_folder import write_tfds_copy
 from tests.helpers.torchvision_modules import load_torchvision_module
 
 # Small network sizes keep the loader tests fast; the parity tests use ImageNet's 224/256.
@@ -286,35 +287,6 @@ def test_worker_processes_give_the_same_batches_and_report_a_file_truncated_afte
                                        f"truncated"), str(error.value)
 
 
-def _write_tfds_copy(data_dir, photos, splits, broken=None):
-    """The folder's images as a TFDS image-classification dataset "photo_classes" in TFDS's on-disk format, without
-    TensorFlow: split `tfds_split` holds folder split `splits[tfds_split]`, the features serialize each example (the
-    file's encoded bytes, its label; record `broken[tfds_split]`, if given, holds bytes that are no image), TFDS's
-    ArrayRecord writer stores them under TFDS's file names, and tfds.folder_dataset.write_metadata adds
-    dataset_info.json."""
-    import tensorflow_datasets as tfds
-    from tensorflow_datasets.core import file_adapters
-
-    train = ImageFolderSource(photos, "train")
-    features = tfds.features.FeaturesDict({"image": tfds.features.Image(encoding_format="jpeg"),
-                                           "label": tfds.features.ClassLabel(names=train.classes)})
-    version_dir = data_dir / "photo_classes" / "1.0.0"
-    version_dir.mkdir(parents=True)
-    split_infos = []
-    for tfds_split, folder_split in splits.items():
-        source = ImageFolderSource(photos, folder_split)
-        encoded = [Path(path).read_bytes() for path in source.paths]
-        if tfds_split in (broken or {}):
-            encoded[broken[tfds_split]] = b"no image in this record"
-        records = [(None, features.serialize_example({"image": image, "label": int(label)}))
-                   for image, label in zip(encoded, source.labels)]
-        file_adapters.ArrayRecordFileAdapter.write_examples(
-            version_dir / f"photo_classes-{tfds_split}.array_record-00000-of-00001", iter(records))
-        split_infos.append(tfds.core.SplitInfo(name=tfds_split, shard_lengths=[len(records)], num_bytes=0))
-    tfds.folder_dataset.write_metadata(data_dir=version_dir, features=features, split_infos=split_infos,
-                                       check_data=False)
-
-
 def test_a_tfds_format_image_dataset_gives_the_image_folders_batches(photos, tmp_path):
     """The same files stored as a TFDS dataset (records in the folder's order, the validation images as split
     "test") read through TfdsImageSource: the same classes, training batches and evaluation batches as the
@@ -322,7 +294,7 @@ def test_a_tfds_format_image_dataset_gives_the_image_folders_batches(photos, tmp
     skip_unreadable a record that is no image is left out, the others keep their records and labels."""
     from jaxkd.data.streaming.run_data import StreamingData
 
-    _write_tfds_copy(tmp_path, photos, {"train": "train", "test": "val", "damaged": "val"}, broken={"damaged": 2})
+    write_tfds_copy(tmp_path, photos, {"train": "train", "test": "val", "damaged": "val"}, broken={"damaged": 2})
     for folder_split, tfds_split in (("train", "train"), ("val", "test")):
         folder, tfds_source = ImageFolderSource(photos, folder_split), TfdsImageSource("photo_classes", tfds_split,
                                                                                        tmp_path, check="quick")

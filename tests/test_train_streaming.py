@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import demo
 from jaxkd.data.streaming import ImageFolderSource
@@ -17,7 +18,7 @@ from jaxkd.engine.setup import build
 from jaxkd.errors import UserError
 from jaxkd.tools import evaluate
 from tests.conftest import assert_bitwise_equal, assert_one_line_error, final_params, on_digits, stop_during_call
-from tests.helpers.photo_folder import write_photo_folder
+from tests.helpers.photo_folder import write_photo_folder, write_tfds_copy
 
 EPOCHS, STEPS_PER_EPOCH = 3, 6  # 48 training images (tests/helpers/photo_folder.py) in steps of 8
 
@@ -85,9 +86,8 @@ def without_throughput(rows_of_a_kind):
 def test_a_tfds_format_copy_of_the_folder_trains_through_the_same_path(straight_run, photos, tmp_path):
     """The folder stored as a TFDS image-classification dataset (TFDS's on-disk format, records in the folder's
     order), trained by name (data.source "tfds_images"): its first epoch is the folder's, metric for metric."""
-    from tests.test_data_streaming import _write_tfds_copy
 
-    _write_tfds_copy(tmp_path / "tfds", photos, {"train": "train", "validation": "val"})
+    write_tfds_copy(tmp_path / "tfds", photos, {"train": "train", "validation": "val"})
     config = streaming_config(tmp_path / "tfds", epochs=1)
     config.data.source, config.data.tfds_name = "tfds_images", "photo_classes"
     result = train_and_evaluate(config, tmp_path / "run")
@@ -143,7 +143,6 @@ def test_evaluate_command_on_an_image_folder_predicts_as_pytorch_and_torchvision
 
     from jaxkd.pytorch.torch_models import get_torch_model
     from tests.conftest import spread_model
-    from tests.test_data_streaming import _write_tfds_copy
 
     paths, inputs = _val_inputs(photos)
     crops = np.stack([np.asarray(Image.open(path).convert("RGB").resize((32, 32))) for path in paths])
@@ -168,7 +167,7 @@ def test_evaluate_command_on_an_image_folder_predicts_as_pytorch_and_torchvision
     hits = sum(predicted == label for predicted, label in zip(_predictions(student, inputs), labels))
     results = _run_evaluate(workdir, photos, tmp_path / "workdir.json")
     assert (results["clean"]["correct1"], results["clean"]["count"]) == (hits, 15)
-    _write_tfds_copy(tmp_path / "tfds", photos, {"validation": "val"})
+    write_tfds_copy(tmp_path / "tfds", photos, {"validation": "val"})
     results = _run_evaluate(workdir, tmp_path / "tfds", tmp_path / "tfds.json", "--source=tfds_images",
                             "--tfds-name=photo_classes")
     assert (results["clean"]["correct1"], results["clean"]["count"]) == (hits, 15)

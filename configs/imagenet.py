@@ -25,10 +25,10 @@ the first step of epochs 31, 61, 91 (`adjust_learning_rate`), batch 512 at lr 0.
 it lowers the lr with it (256 at 0.1, 128 at 0.05), so the lr is 0.2 * batch / 512 (`optimizer.lr_scaling`
 "linear", `lr_reference_batch` 512) and `--config.batch_size` rescales it the same way. The teacher is torchvision's
 released file where torchvision downloads it, `~/.cache/torch/hub/checkpoints/resnet34-b627a593.pth` (ResNet-50:
-`resnet50-0676ba61.pth`); `--config.teacher.checkpoint` points elsewhere. Not trainable yet: the ImageNet data
-source is the streaming input path's (docs/data.md "ImageNet and your own images"), not wired into training; this
-config leaves `config.data` at the default until that work names its keys. The tables live in
-jaxkd/config/recipes.py (`imagenet`), which this config reads.
+`resnet50-0676ba61.pth`); `--config.teacher.checkpoint` points elsewhere. The data: TFDS `imagenet2012` through
+the streaming input path (`data.source` "tfds_images", torchvision's transforms and normalization; docs/data.md
+"ImageNet and your own images"; an ImageFolder tree with `--config.data.source=imagefolder --config.data.data_dir=...`). The
+tables live in jaxkd/config/recipes.py (`imagenet`), which this config reads.
 """
 
 from jaxkd.config import recipes

@@ -27,8 +27,8 @@ it lowers the lr with it (256 at 0.1, 128 at 0.05), so the lr is 0.2 * batch / 5
 released file where torchvision downloads it, `~/.cache/torch/hub/checkpoints/resnet34-b627a593.pth` (ResNet-50:
 `resnet50-0676ba61.pth`); `--config.teacher.checkpoint` points elsewhere. The data: TFDS `imagenet2012` through
 the streaming input path (`data.source` "tfds_images", torchvision's transforms and normalization; docs/data.md
-"ImageNet and your own images"; an ImageFolder tree with `--config.data.source=imagefolder --config.data.data_dir=...`). The
-tables live in jaxkd/config/recipes.py (`imagenet`), which this config reads.
+"ImageNet and your own images"), or an ImageFolder tree with `--config.data.source=imagefolder
+--config.data.data_dir=...`. The tables live in jaxkd/config/recipes.py (`imagenet`), which this config reads.
 """
 
 from jaxkd.config import recipes

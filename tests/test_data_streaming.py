@@ -14,6 +14,7 @@ from PIL import Image
 from jaxkd.data.streaming import (ImageFolderSource, ImageTransforms, TfdsImageSource, make_eval_batches,
                                   make_train_iterator, sample_crop)
 from jaxkd.errors import UserError
+from tests.helpers.tfds_copy import write_tfds_copy
 from tests.helpers.torchvision_modules import load_torchvision_module
 
 # Small network sizes keep the loader tests fast; the parity tests use ImageNet's 224/256.
@@ -283,34 +284,10 @@ def test_worker_processes_give_the_same_batches_and_report_an_unreadable_file(ph
     assert str(error.value).startswith(f"{source.paths[last]}: not a readable image")
 
 
-def _write_tfds_copy(data_dir, photos, splits):
-    """The folder's images as a TFDS image-classification dataset "photo_classes" in TFDS's on-disk format, without
-    TensorFlow: the features serialize each example (the file's encoded bytes, its label), TFDS's ArrayRecord writer
-    stores them under TFDS's file names, and tfds.folder_dataset.write_metadata adds dataset_info.json."""
-    import tensorflow_datasets as tfds
-    from tensorflow_datasets.core import file_adapters
-
-    train = ImageFolderSource(photos, "train")
-    features = tfds.features.FeaturesDict({"image": tfds.features.Image(encoding_format="jpeg"),
-                                           "label": tfds.features.ClassLabel(names=train.classes)})
-    version_dir = data_dir / "photo_classes" / "1.0.0"
-    version_dir.mkdir(parents=True)
-    split_infos = []
-    for folder_split, tfds_split in splits.items():
-        source = ImageFolderSource(photos, folder_split)
-        records = [(None, features.serialize_example({"image": Path(path).read_bytes(), "label": int(label)}))
-                   for path, label in zip(source.paths, source.labels)]
-        file_adapters.ArrayRecordFileAdapter.write_examples(
-            version_dir / f"photo_classes-{tfds_split}.array_record-00000-of-00001", iter(records))
-        split_infos.append(tfds.core.SplitInfo(name=tfds_split, shard_lengths=[len(records)], num_bytes=0))
-    tfds.folder_dataset.write_metadata(data_dir=version_dir, features=features, split_infos=split_infos,
-                                       check_data=False)
-
-
 def test_a_tfds_format_image_dataset_gives_the_image_folders_batches(photos, tmp_path):
     """The same files stored as a TFDS dataset (records in the folder's order) read through TfdsImageSource: the
     same classes, training batches and evaluation batches as the ImageFolder."""
-    _write_tfds_copy(tmp_path, photos, {"train": "train", "val": "validation"})
+    write_tfds_copy(tmp_path, photos, {"train": "train", "val": "validation"})
     for folder_split, tfds_split in (("train", "train"), ("val", "validation")):
         folder, tfds_source = ImageFolderSource(photos, folder_split), TfdsImageSource("photo_classes", tfds_split,
                                                                                        tmp_path, check="quick")

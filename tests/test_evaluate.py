@@ -21,9 +21,11 @@ from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import save_model_checkpoint
 from jaxkd.models import get_model
 from jaxkd.tools import evaluate
-from tests.conftest import (BATCH, BLOCK, MEAN, REPDISTILLER_MEAN_STD, STD, WRITTEN_CORRUPTIONS,
-                            assert_matches_reference, assert_one_line_error, labels_half_right, random_images,
-                            randomized_torch_model, spread_model, torch_logits, write_cifar100_python, write_cifar100c)
+from tests.helpers.assertions import assert_one_line_error
+from tests.helpers.evaluation_files import (BATCH, BLOCK, WRITTEN_CORRUPTIONS, assert_matches_reference,
+                                            labels_half_right, random_images, spread_model, write_cifar100_python,
+                                            write_cifar100c)
+from tests.helpers.torch_references import MEAN, REPDISTILLER_MEAN_STD, STD, randomized_torch_model, torch_logits
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import pytest
 
 from configs import repdistiller
 from jaxkd.engine.loop import train_and_evaluate
-from tests.conftest import assert_bitwise_equal, final_params, on_digits, save_random_teacher, stop_during_call
+from tests.helpers.assertions import assert_bitwise_equal
+from tests.helpers.runs import final_params, on_digits, save_random_teacher, stop_during_call
 
 
 def ab_config(teacher_path):

@@ -28,7 +28,8 @@ from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.base import INIT_MODULES
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.tools import published
-from tests.conftest import engine_train_steps, nchw, nhwc, randomized_torch_model
+from tests.helpers.method_inputs import engine_train_steps
+from tests.helpers.torch_references import nchw, nhwc, randomized_torch_model
 from tests.reference import repdistiller_init_methods as reference
 from tests.reference import torch_training
 

@@ -23,8 +23,9 @@ import convert
 from configs import repdistiller
 from jaxkd.methods import Probe, get_method
 from jaxkd.models import ModelOutput
-from tests.conftest import (FEATURE_PAIRS, assert_close_scaled, engine_train_steps, nchw, nhwc, random_model_outputs,
-                            randomized_torch_model)
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.method_inputs import FEATURE_PAIRS, engine_train_steps, random_model_outputs
+from tests.helpers.torch_references import nchw, nhwc, randomized_torch_model
 from tests.reference import repdistiller_more_losses as reference
 from tests.reference import torch_training
 

@@ -21,7 +21,9 @@ from jaxkd.methods.at import AT
 from jaxkd.methods.pooling import adaptive_avg_pool2d
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import STRIDE2, TRANSPOSE, VALID, ConvReg, ConvTranspose4x4Stride2
-from tests.conftest import assert_close_scaled, nchw, nhwc, on_digits, save_random_teacher
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.runs import on_digits, save_random_teacher
+from tests.helpers.torch_references import nchw, nhwc, randomize_batchnorms
 from tests.reference.repdistiller_losses import Attention
 from tests.reference.repdistiller_losses import ConvReg as TorchConvReg
 from tests.reference.repdistiller_losses import HintLoss
@@ -44,11 +46,7 @@ def random_feature(rng, shape_nhwc) -> np.ndarray:
 
 def randomized_torch_conv_reg(s_nchw, t_nchw) -> TorchConvReg:
     reg = TorchConvReg(s_nchw, t_nchw)
-    with torch.no_grad():
-        reg.bn.weight.uniform_(0.5, 1.5)
-        reg.bn.bias.uniform_(-0.3, 0.3)
-        reg.bn.running_mean.uniform_(-0.5, 0.5)
-        reg.bn.running_var.uniform_(0.5, 2.0)
+    randomize_batchnorms(reg)
     return reg
 
 

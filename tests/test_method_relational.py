@@ -12,7 +12,9 @@ import torch
 from configs import repdistiller
 from jaxkd.methods import get_method
 from jaxkd.models import ModelOutput
-from tests.conftest import FEATURE_PAIRS, assert_close_scaled, nchw, nhwc, random_model_outputs
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.method_inputs import FEATURE_PAIRS, random_model_outputs
+from tests.helpers.torch_references import nchw, nhwc
 from tests.reference import repdistiller_more_losses as reference
 
 REL = 1e-5

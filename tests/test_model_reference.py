@@ -9,7 +9,8 @@ from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import save_model_checkpoint
 from jaxkd.io.model_reference import MODEL_CHECKPOINT, TORCH_FILE, WORKDIR, open_model
 from jaxkd.pytorch.converter import import_torch
-from tests.conftest import assert_bitwise_equal, save_random_teacher
+from tests.helpers.assertions import assert_bitwise_equal
+from tests.helpers.runs import save_random_teacher
 
 
 @pytest.fixture(scope="module")

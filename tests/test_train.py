@@ -27,7 +27,8 @@ from jaxkd.errors import UserError
 from jaxkd.io.stop_request import StopRequest
 from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.train import main
-from tests.conftest import assert_bitwise_equal, final_params, small_config, stop_during_call
+from tests.helpers.assertions import assert_bitwise_equal
+from tests.helpers.runs import final_params, small_config, stop_during_call
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--config.model=resnet8", "--config.epochs=2", "--config.eval_every_epochs=1",
@@ -1019,7 +1020,7 @@ WHAT_FAILED = {"metrics.jsonl": "the metrics", "tensorboard": "the TensorBoard e
 
 
 def small_run_command(workdir) -> list[str]:
-    """`python -m jaxkd.train`'s argv for the straight run's config (tests/conftest.py's small_config)."""
+    """`python -m jaxkd.train`'s argv for the straight run's config (tests/helpers/runs.py's small_config)."""
     return ["train", "--config", str(REPO / "configs/demo.py:teacher"), "--workdir", str(workdir), *SMALL,
             "--config.data.drop_last=True"]
 

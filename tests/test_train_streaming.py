@@ -16,7 +16,9 @@ from jaxkd.engine import loop
 from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.engine.setup import build
 from jaxkd.errors import UserError
-from tests.conftest import assert_bitwise_equal, final_params, on_digits, stop_during_call
+from tests.helpers.assertions import assert_bitwise_equal
+from tests.helpers.runs import final_params, on_digits, stop_during_call
+from tests.helpers.tfds_copy import write_tfds_copy
 
 # (class, photograph, region (left, top, right, bottom)) of scikit-learn's two sample photographs
 CLASSES = [("flower", 1, (150, 50, 550, 427)), ("sky", 0, (0, 0, 640, 120)), ("temple", 0, (150, 150, 500, 427))]
@@ -103,9 +105,7 @@ def without_throughput(rows_of_a_kind):
 def test_a_tfds_format_copy_of_the_folder_trains_through_the_same_path(straight_run, photos, tmp_path):
     """The folder stored as a TFDS image-classification dataset (TFDS's on-disk format, records in the folder's
     order), trained by name (data.source "tfds_images"): its first epoch is the folder's, metric for metric."""
-    from tests.test_data_streaming import _write_tfds_copy
-
-    _write_tfds_copy(tmp_path / "tfds", photos, {"train": "train", "val": "validation"})
+    write_tfds_copy(tmp_path / "tfds", photos, {"train": "train", "val": "validation"})
     config = streaming_config(tmp_path / "tfds", epochs=1)
     config.data.source, config.data.tfds_name = "tfds_images", "photo_classes"
     result = train_and_evaluate(config, tmp_path / "run")

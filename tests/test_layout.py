@@ -65,3 +65,16 @@ def test_conftest_holds_only_pytest_hooks_and_fixtures():
         isinstance(node, ast.FunctionDef) and not node.name.startswith("pytest_")
         and not any("fixture" in ast.unparse(decorator) for decorator in node.decorator_list))]
     assert not helpers, helpers
+
+
+# jaxkd/methods/ modules that are no method but code the methods share (base.py has its own test file)
+SHARED_METHOD_MODULES = {"__init__", "base", "functional", "pooling", "crd_kernels"}
+
+
+def test_one_test_file_per_method_file():
+    """Every method's file jaxkd/methods/<name>.py has its tests/test_method_<name>.py, and every such test file
+    names one module there (no file grouping several methods)."""
+    modules = {path.stem for path in (REPO / "jaxkd" / "methods").glob("*.py")}
+    tested = {path.stem.removeprefix("test_method_") for path in (REPO / "tests").glob("test_method_*.py")}
+    assert sorted(modules - SHARED_METHOD_MODULES - tested) == [], "methods without a test file"
+    assert sorted(tested - modules) == [], "test files that name no method file"

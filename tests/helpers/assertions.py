@@ -1,5 +1,8 @@
 """The comparisons the tests share: bitwise equality of two pytrees (exact resume), closeness scaled by the
-reference's magnitude (parity), and the one-line `error:` a command gives for bad input."""
+reference's magnitude (parity), the one-line `error:` a command gives for bad input, and PyTorch's uniform
+default initialization."""
+
+import math
 
 import jax
 import numpy as np
@@ -31,3 +34,20 @@ def assert_one_line_error(code, stdout, err, expected):
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert expected in err, err
 
+
+def relative(actual, reference) -> float:
+    """max |actual - reference| / max |reference|, in float64, of two arrays of one shape."""
+    actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
+    assert actual.shape == reference.shape, (actual.shape, reference.shape)
+    return float(np.max(np.abs(actual - reference)) / np.max(np.abs(reference)))
+
+
+def assert_uniform(values, bound: float, what: str, edge_slack: int = 10):
+    """Values of U(-bound, bound), as PyTorch's default initializations draw: within the bound, the largest
+    within edge_slack / n of it, mean 0 and std bound / sqrt(3) to 5 standard errors (the sample std of n uniform
+    values has a standard error of ~0.45 std / sqrt(n))."""
+    values = np.asarray(values, np.float64).ravel()
+    sigma, n = bound / math.sqrt(3), values.size
+    assert np.abs(values).max() <= bound and np.abs(values).max() > (1 - edge_slack / n) * bound, what
+    assert abs(values.mean()) < 5 * sigma / math.sqrt(n), what
+    assert abs(values.std() - sigma) < 5 * 0.45 * sigma / math.sqrt(n), what

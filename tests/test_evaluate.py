@@ -156,7 +156,7 @@ def test_cli_on_digits_agrees_with_the_pytorch_model(form, tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["digits.json"]  # no temporary file left
 
 
-@pytest.mark.parametrize("override", [None, "seed"])
+@pytest.mark.parametrize("override", [None, "pytorch_kd"])
 def test_cli_normalizes_with_the_training_runs_constants_unless_told(override, tmp_path, capsys):
     """A checkpoint whose run used RepDistiller's mean/std (its metadata says so) is evaluated with them, as
     PyTorch with those constants computes; `--normalization` overrides the metadata."""
@@ -171,8 +171,14 @@ def test_cli_normalizes_with_the_training_runs_constants_unless_told(override, t
     results = json.loads(out.read_text())
     assert results["normalization"] == (override or "repdistiller")
     assert f"10 classes; inputs normalized with the {override or 'repdistiller'} mean/std" in printed  # it is said
-    mean_std = (MEAN, STD) if override == "seed" else REPDISTILLER_MEAN_STD
+    mean_std = (MEAN, STD) if override == "pytorch_kd" else REPDISTILLER_MEAN_STD
     assert_matches_reference(results["clean"], torch_logits(torch_model, test.images, mean_std), test.labels)
+
+
+def test_normalization_option_reads_pytorch_kds_old_spelling_seed_as_pytorch_kd():
+    parse = lambda value: evaluate.build_parser().parse_args(["--checkpoint", "m", "--normalization", value])  # noqa: E731
+    assert parse("seed").normalization == parse("pytorch_kd").normalization == "pytorch_kd"
+    assert parse("repdistiller").normalization == "repdistiller"
 
 
 def test_cli_with_cifar100c_reports_missing_corruptions_and_writes_every_number(model100, tmp_path, rng, capsys):

@@ -426,6 +426,26 @@ def test_a_run_started_before_a_config_key_existed_still_resumes(tmp_path):
         save_config(standardized, tmp_path)
 
 
+def test_a_run_saved_with_pytorch_kds_values_spelled_seed_still_resumes(tmp_path):
+    """pytorch-kd's recipe values were once spelled "seed" (data.normalization, optimizer.lr_decay_timing): a
+    started run's config.json holding them is the same run as today's "pytorch_kd" (workdir.RENAMED_VALUES); with
+    RepDistiller's values instead, another run."""
+    from configs import demo
+    from jaxkd.io.workdir import save_config
+
+    config = demo.get_config("teacher")
+    assert (config.data.normalization, config.optimizer.lr_decay_timing) == ("pytorch_kd", "pytorch_kd")
+    save_config(config, tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 50, "kind": "train", "loss": 4.0}\n')  # the run started
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["data"]["normalization"] = saved["optimizer"]["lr_decay_timing"] = "seed"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    save_config(config, tmp_path)  # accepted
+    config.data.normalization = config.optimizer.lr_decay_timing = "repdistiller"
+    with pytest.raises(UserError, match=r"differs in: data, optimizer\)"):
+        save_config(config, tmp_path)
+
+
 # jaxkd/config/default.py's keys before `loss.logit_standardization` and `wandb` were added: runs may have started
 # with a config.json holding just these
 KEYS_OF_STARTED_RUNS = {

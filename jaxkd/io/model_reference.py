@@ -12,6 +12,7 @@ from typing import Any
 from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import TRAINED_MODEL_DIR, is_model_checkpoint, not_a_checkpoint, read_model_checkpoint
 from jaxkd.io.paths import absolute, as_path, input_exists
+from jaxkd.io.workdir import RENAMED_VALUES
 from jaxkd.models import canonical_name, get_model
 
 WORKDIR, MODEL_CHECKPOINT, TORCH_FILE = "training workdir", "model checkpoint", ".pth file"
@@ -33,8 +34,10 @@ class OpenedModel:
 
 def input_normalization(metadata: dict | None) -> str:
     """The mean/std (jaxkd.data.augment.NORMALIZATIONS) a model's inputs were normalized with in training: its
-    metadata says it (jaxkd.train writes it); otherwise the seed's, as for the seed's released `.pth` files."""
-    return (metadata or {}).get("normalization", "seed")
+    metadata says it (jaxkd.train writes it; "seed" in models exported before pytorch-kd's values were named
+    "pytorch_kd"); otherwise pytorch-kd's, as for pytorch-kd's released `.pth` files."""
+    normalization = (metadata or {}).get("normalization", "pytorch_kd")
+    return RENAMED_VALUES["data.normalization"].get(normalization, normalization)
 
 
 def reference_kind(reference) -> tuple[str, Any]:

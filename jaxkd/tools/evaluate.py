@@ -33,6 +33,7 @@ from jaxkd.engine.mesh import data_mesh
 from jaxkd.errors import UserError, run_command
 from jaxkd.io.model_reference import open_model
 from jaxkd.io.safe_write import check_output, write_text_atomically
+from jaxkd.io.workdir import RENAMED_VALUES
 
 # ---------------------------------------------------------------------------------------------- reporting
 
@@ -177,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def normalization_name(value: str) -> str:
+    """`--normalization`'s value, pytorch-kd's old spelling "seed" read as today's "pytorch_kd"."""
+    return RENAMED_VALUES["data.normalization"].get(value, value)
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every evaluation command shares: where the clean test split comes from, batch, progress,
     and the multi-process settings."""
@@ -185,9 +191,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="the source's data directory (see docs/data.md)")
     parser.add_argument("--download", action="store_true", help="fetch or prepare the clean data if absent")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--normalization", choices=tuple(NORMALIZATIONS),
+    parser.add_argument("--normalization", choices=tuple(NORMALIZATIONS), type=normalization_name,
                         help="the mean/std the images are normalized with (default: the model's training run's, "
-                             "from its metadata; the seed's for a .pth)")
+                             "from its metadata; pytorch-kd's for a .pth)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     distributed.add_process_arguments(parser)
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from jaxkd.models.batchnorm import BatchNorm
-from tests.conftest import assert_close_scaled, nchw, nhwc
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.torch_references import nchw, nhwc
 
 
 @pytest.mark.parametrize("shape", [(8, 5, 5, 6), (16, 6)], ids=["2d", "1d"])

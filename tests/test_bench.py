@@ -441,7 +441,7 @@ def test_the_demo_student_benches_on_its_sources_classes_and_writes_no_record_un
     --out no record is written (the default was the tracked benchmarks/results/)."""
     from configs import demo
     from jaxkd.config.command_line import parse_config_command_line
-    from tests.conftest import save_random_teacher
+    from tests.helpers.runs import save_random_teacher
 
     config = demo.get_config("student")
     config.teacher.checkpoint = str(save_random_teacher(tmp_path / "teacher.pth", "resnet20", num_classes=10))

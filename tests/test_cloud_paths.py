@@ -1,4 +1,4 @@
-"""`gs://` paths against a real GCS server on localhost (tests/gcs_server.py, the session's `gcs` fixture): a
+"""`gs://` paths against a real GCS server on localhost (tests/helpers/gcs_server.py, the session's `gcs` fixture): a
 KD run with its workdir and teacher `.pth` in a bucket, stopped by SIGTERM and resumed, ends bitwise where a
 straight local run ends and wrote the same bytes; `convert`, `evaluate` and `report` read and write objects; bad cloud
 paths are one line before any work and leave nothing behind. What the commands wrote is read back through the
@@ -28,9 +28,10 @@ from jaxkd.engine.setup import check_config
 from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.tools import evaluate, report
-from tests.conftest import (SMALL_DIGITS, assert_bitwise_equal, assert_one_line_error, final_params, on_digits,
-                            save_random_teacher, write_evaluation_files)
-from tests.gcs_server import environment_for
+from tests.helpers.assertions import assert_bitwise_equal, assert_one_line_error
+from tests.helpers.evaluation_files import write_evaluation_files
+from tests.helpers.gcs_server import environment_for
+from tests.helpers.runs import SMALL_DIGITS, final_params, on_digits, save_random_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = ["--config.model=resnet8", "--config.teacher.arch=resnet8", f"--config.data.digits_size={SMALL_DIGITS}",

@@ -175,6 +175,11 @@ def kd_wrn():
                                        "digits, not of data.source 'tfds'"),
     (demo_teacher, {"notes": "x"}, "config.notes: not a key jaxkd reads"),
     (demo_teacher, {"saliencymix": True}, "config.saliencymix is now config.data.saliencymix"),  # a key that moved
+    # pytorch-kd's recipe values, once spelled "seed" (saved config.json files keep resuming: tests/test_train.py)
+    (demo_teacher, {"data__normalization": "seed"},
+     "--config.data.normalization=seed is now --config.data.normalization=pytorch_kd"),
+    (demo_teacher, {"optimizer__lr_decay_timing": "seed"},
+     "--config.optimizer.lr_decay_timing=seed is now --config.optimizer.lr_decay_timing=pytorch_kd"),
 ])
 def test_a_setting_that_cannot_take_effect_is_refused_in_one_line(get_config, changes, refusal):
     config = with_changes(get_config, **changes)

@@ -18,7 +18,7 @@ from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.io.model_reference import open_model
 from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import randomized_torch_model
+from tests.helpers.torch_references import randomized_torch_model
 
 REPO = Path(__file__).resolve().parents[1]
 

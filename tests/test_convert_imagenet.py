@@ -18,7 +18,7 @@ from jaxkd import evaluate
 from jaxkd.data.sources import load_split
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import nchw, randomize_batchnorm_and_bias
+from tests.helpers.torch_references import nchw, randomized
 from tests.helpers.torchvision_modules import load_torchvision_module
 from tests.reference.mdistiller_mobilenetv1 import MobileNetV1 as MdistillerMobileNetV1
 
@@ -34,18 +34,12 @@ STD = torch.tensor([0.229, 0.224, 0.225])
 
 def torchvision_model(arch: str, seed: int = 0) -> torch.nn.Module:
     """torchvision's own class for `arch` (jaxkd's name), random weights and BN statistics."""
-    torch.manual_seed(seed)
     module = load_torchvision_module("models.mobilenetv2" if "mobilenet" in arch else "models.resnet")
-    model = getattr(module, TORCHVISION[arch])(num_classes=CLASSES)
-    randomize_batchnorm_and_bias(model, [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1])
-    return model.eval()
+    return randomized(lambda: getattr(module, TORCHVISION[arch])(num_classes=CLASSES), seed).eval()
 
 
 def mdistiller_mobilenetv1(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = MdistillerMobileNetV1(num_classes=CLASSES)
-    randomize_batchnorm_and_bias(model, model.fc)
-    return model.eval()
+    return randomized(lambda: MdistillerMobileNetV1(num_classes=CLASSES), seed).eval()
 
 
 def assert_same_tensors(loaded: dict, source: dict):

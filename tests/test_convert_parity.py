@@ -7,7 +7,8 @@ import torch
 
 import convert
 from jaxkd.models import ARCHITECTURES, get_model
-from tests.conftest import assert_close_scaled, nchw, nhwc, randomized_torch_model
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.torch_references import nchw, nhwc, randomized_torch_model
 
 REL = 1e-5  # max|diff| <= 1e-5 * max|ref|, fp32 on both sides
 # Train mode normalizes with the statistics of 6 images, which amplifies float32 rounding with depth: resnet56's

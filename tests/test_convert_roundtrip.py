@@ -12,7 +12,8 @@ import convert
 from jaxkd.errors import UserError
 from jaxkd.models import get_model
 from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import assert_close_scaled, nchw, randomize_batchnorm_and_bias, randomized_torch_model
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.torch_references import nchw, randomized, randomized_torch_model
 from tests.reference.repdistiller_wrn import WideResNet as RepDistillerWRN
 
 
@@ -60,15 +61,8 @@ def test_export_of_import_gives_back_the_original_tensors(rng):
         assert torch.equal(back[key], original[key]), key
 
 
-def _randomized_repdistiller_wrn(depth, width, num_classes, seed):
-    torch.manual_seed(seed)
-    model = RepDistillerWRN(depth, num_classes, width)
-    randomize_batchnorm_and_bias(model, model.fc)
-    return model.eval()
-
-
 def test_repdistiller_layout_imports_with_its_logits_and_exports_back(rng):
-    rd_model = _randomized_repdistiller_wrn(16, 2, 100, seed=5)
+    rd_model = randomized(lambda: RepDistillerWRN(16, 100, 2), seed=5).eval()
     imported = convert.import_torch(rd_model.state_dict())
     assert (imported.layout, imported.arch) == ("repdistiller", "wideresnet16_2")
     images = rng.standard_normal((4, 32, 32, 3), dtype=np.float32)

@@ -14,7 +14,7 @@ from jaxkd.data.sources import load_split
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.tools import evaluate
-from tests.conftest import nchw
+from tests.helpers.torch_references import nchw
 from tests.reference.repdistiller_wrn import WideResNet
 
 CLASSES = 10  # digits, for the evaluation

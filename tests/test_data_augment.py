@@ -208,7 +208,7 @@ def test_kept_last_batch_covers_every_example_once():
 
 @pytest.mark.parametrize("key, value, message", [
     ("padding", "edge", "data.padding must be one of reflect, zeros, got 'edge'"),
-    ("normalization", "cifar10", "data.normalization must be one of seed, repdistiller, imagenet, got 'cifar10'"),
+    ("normalization", "cifar10", "data.normalization must be one of pytorch_kd, repdistiller, imagenet, got 'cifar10'"),
 ])
 def test_pipeline_settings_outside_the_references_are_refused(key, value, message):
     from configs import default

@@ -13,7 +13,7 @@ import torch
 from configs import default, demo
 from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.engine.setup import build
-from tests.conftest import SMALL_DIGITS
+from tests.helpers.runs import SMALL_DIGITS
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_TRAIN = 1433  # digits' training images: at batch 256, 5 full batches and one of 153
@@ -28,15 +28,16 @@ def repdistiller_digits(epochs: int):
     return config
 
 
-SEED_RECIPE = ("reflect", "seed", True, "seed")  # data.padding, data.normalization, data.drop_last, lr timing
+# data.padding, data.normalization, data.drop_last, lr timing
+PYTORCH_KD_RECIPE = ("reflect", "pytorch_kd", True, "pytorch_kd")
 REPDISTILLER_RECIPE = ("zeros", "repdistiller", False, "repdistiller")
 
 
 @pytest.mark.parametrize("name, recipe", [
-    ("baseline", SEED_RECIPE), ("saliencymix_wrn", SEED_RECIPE), ("dml_wrn", SEED_RECIPE), ("byot_wrn", SEED_RECIPE),
-    ("demo", SEED_RECIPE), ("kd_wrn", REPDISTILLER_RECIPE), ("fitnet_wrn", REPDISTILLER_RECIPE),
-    ("at_wrn", REPDISTILLER_RECIPE), ("crd_wrn", REPDISTILLER_RECIPE), ("crd_kd_wrn", REPDISTILLER_RECIPE),
-    ("kd_saliencymix_wrn", REPDISTILLER_RECIPE)])
+    ("baseline", PYTORCH_KD_RECIPE), ("saliencymix_wrn", PYTORCH_KD_RECIPE), ("dml_wrn", PYTORCH_KD_RECIPE),
+    ("byot_wrn", PYTORCH_KD_RECIPE), ("demo", PYTORCH_KD_RECIPE), ("kd_wrn", REPDISTILLER_RECIPE),
+    ("fitnet_wrn", REPDISTILLER_RECIPE), ("at_wrn", REPDISTILLER_RECIPE), ("crd_wrn", REPDISTILLER_RECIPE),
+    ("crd_kd_wrn", REPDISTILLER_RECIPE), ("kd_saliencymix_wrn", REPDISTILLER_RECIPE)])
 def test_each_config_takes_one_references_whole_recipe(name, recipe):
     import importlib
 

@@ -14,7 +14,7 @@ from PIL import Image
 from jaxkd.data.streaming import (ImageFolderSource, ImageTransforms, TfdsImageSource, make_eval_batches,
                                   make_train_iterator, sample_crop)
 from jaxkd.errors import UserError
-from tests.helpers.photo_folder import write_tfds_copy
+from tests.helpers.tfds_copy import write_tfds_copy
 from tests.helpers.torchvision_modules import load_torchvision_module
 
 # Small network sizes keep the loader tests fast; the parity tests use ImageNet's 224/256.

@@ -27,8 +27,7 @@ from jaxkd.engine.train_state import TrainState
 from jaxkd.errors import UserError
 from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
-from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import nchw, randomize_batchnorm_and_bias
+from tests.helpers.torch_references import nchw, randomized_torch_model
 from tests.reference import mdistiller_dot
 from tests.reference.mdistiller_losses import kd_loss
 
@@ -112,13 +111,6 @@ def _initial_state(setup: Setup, student_variables) -> TrainState:
     return state
 
 
-def _randomized(seed: int):
-    torch.manual_seed(seed)
-    model = get_torch_model(ARCH, NUM_CLASSES)
-    randomize_batchnorm_and_bias(model, model.fc)
-    return model
-
-
 def _reference_losses(config):
     """mdistiller's `KD.forward_train` loss dict: CE weight * CE and KD weight * KD."""
     loss = config.loss
@@ -153,7 +145,7 @@ def test_three_steps_match_mdistillers_dot_trainer():
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((STEPS, BATCH, 32, 32, 3), dtype=np.float32)
     labels = rng.integers(0, NUM_CLASSES, (STEPS, BATCH)).astype(np.int32)
-    student, teacher = _randomized(seed), _randomized(seed + 100)
+    student, teacher = (randomized_torch_model(ARCH, NUM_CLASSES, seed=s) for s in (seed, seed + 100))
     initial = {key: value.detach().clone() for key, value in student.state_dict().items()}
 
     setup = _setup(config, convert.torch_to_flax(teacher.state_dict(), ARCH))
@@ -215,7 +207,7 @@ def test_the_sides_are_where_pytorch_leaves_gradients(monkeypatch):
     found = []
     real = dot_module.gradient_sides
     monkeypatch.setattr(dot_module, "gradient_sides", lambda *args: found.append(real(*args)) or found[-1])
-    teacher = _randomized(1)
+    teacher = randomized_torch_model(ARCH, NUM_CLASSES, seed=1)
     setup = _setup(config, convert.torch_to_flax(teacher.state_dict(), ARCH))
     layout = train_state_layout(setup)
     batch = Batch(jnp.zeros((BATCH, 32, 32, 3)), jnp.zeros(BATCH, jnp.int32), jnp.arange(BATCH, dtype=jnp.int32),
@@ -228,7 +220,7 @@ def test_the_sides_are_where_pytorch_leaves_gradients(monkeypatch):
     assert method_sides == {DISTILL}
 
     # PyTorch: which student tensors a function of the hint feature reaches, and which the logits do
-    student = _randomized(2)
+    student = randomized_torch_model(ARCH, NUM_CLASSES, seed=2)
     hint = setup.method.settings["hint_layer"]
     out = student.forward_all(torch.zeros(2, 3, 32, 32))
     out.features[hint].sum().backward(retain_graph=True)

@@ -21,9 +21,11 @@ from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import save_model_checkpoint
 from jaxkd.models import get_model
 from jaxkd.tools import evaluate
-from tests.conftest import (BATCH, BLOCK, MEAN, REPDISTILLER_MEAN_STD, STD, WRITTEN_CORRUPTIONS,
-                            assert_matches_reference, assert_one_line_error, labels_half_right, random_images,
-                            randomized_torch_model, spread_model, torch_logits, write_cifar100_python, write_cifar100c)
+from tests.helpers.assertions import assert_one_line_error
+from tests.helpers.evaluation_files import (BATCH, BLOCK, WRITTEN_CORRUPTIONS, assert_matches_reference,
+                                            labels_half_right, random_images, spread_model, write_cifar100_python,
+                                            write_cifar100c)
+from tests.helpers.torch_references import MEAN, REPDISTILLER_MEAN_STD, STD, randomized_torch_model, torch_logits
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +156,7 @@ def test_cli_on_digits_agrees_with_the_pytorch_model(form, tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["digits.json"]  # no temporary file left
 
 
-@pytest.mark.parametrize("override", [None, "seed"])
+@pytest.mark.parametrize("override", [None, "pytorch_kd"])
 def test_cli_normalizes_with_the_training_runs_constants_unless_told(override, tmp_path, capsys):
     """A checkpoint whose run used RepDistiller's mean/std (its metadata says so) is evaluated with them, as
     PyTorch with those constants computes; `--normalization` overrides the metadata."""
@@ -169,8 +171,14 @@ def test_cli_normalizes_with_the_training_runs_constants_unless_told(override, t
     results = json.loads(out.read_text())
     assert results["normalization"] == (override or "repdistiller")
     assert f"10 classes; inputs normalized with the {override or 'repdistiller'} mean/std" in printed  # it is said
-    mean_std = (MEAN, STD) if override == "seed" else REPDISTILLER_MEAN_STD
+    mean_std = (MEAN, STD) if override == "pytorch_kd" else REPDISTILLER_MEAN_STD
     assert_matches_reference(results["clean"], torch_logits(torch_model, test.images, mean_std), test.labels)
+
+
+def test_normalization_option_reads_pytorch_kds_old_spelling_seed_as_pytorch_kd():
+    parse = lambda value: evaluate.build_parser().parse_args(["--checkpoint", "m", "--normalization", value])  # noqa: E731
+    assert parse("seed").normalization == parse("pytorch_kd").normalization == "pytorch_kd"
+    assert parse("repdistiller").normalization == "repdistiller"
 
 
 def test_cli_with_cifar100c_reports_missing_corruptions_and_writes_every_number(model100, tmp_path, rng, capsys):

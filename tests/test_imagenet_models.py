@@ -20,7 +20,8 @@ import torch
 
 import convert
 from jaxkd.models import canonical_name, get_model
-from tests.conftest import assert_close_scaled, nchw, nhwc, randomize_batchnorm_and_bias
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.torch_references import nchw, nhwc, randomized
 from tests.helpers.torchvision_modules import load_torchvision_module
 from tests.reference.mdistiller_mobilenetv1 import MobileNetV1 as MdistillerMobileNetV1
 
@@ -44,16 +45,12 @@ PUBLISHED_MILLIONS = {"MobileNetV1": 4.2}
 
 def upstream_model(arch: str, seed: int = 0) -> torch.nn.Module:
     """The architecture's upstream PyTorch class with random weights, non-trivial BN statistics and biases."""
-    torch.manual_seed(seed)
     if arch == "MobileNetV1":
-        model = MdistillerMobileNetV1(num_classes=CLASSES)
-    else:
-        module = load_torchvision_module("models.mobilenetv2" if "mobilenet" in arch else "models.resnet")
-        model = getattr(module, TORCHVISION_NAMES[arch])(num_classes=CLASSES)
-        if arch == "tv_mobilenet_v2":
-            model.classifier[0].p = 0.0  # its Dropout(0.2): train-mode parity without random masks
-    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    randomize_batchnorm_and_bias(model, classifier)
+        return randomized(lambda: MdistillerMobileNetV1(num_classes=CLASSES), seed)
+    module = load_torchvision_module("models.mobilenetv2" if "mobilenet" in arch else "models.resnet")
+    model = randomized(lambda: getattr(module, TORCHVISION_NAMES[arch])(num_classes=CLASSES), seed)
+    if arch == "tv_mobilenet_v2":
+        model.classifier[0].p = 0.0  # its Dropout(0.2): train-mode parity without random masks
     return model
 
 

@@ -3,18 +3,24 @@ feature modules train in it): a run stopped (SIGTERM) inside the init stage resu
 stage's last step resumes after it, a run stopped in training resumes without rerunning it, and all end bitwise
 equal to a straight run, every row logged once. One init epoch and one
 training epoch of 22 steps, the shortest run that shows it.
-The method-level parity of the stage (3 init steps against RepDistiller's `init` in PyTorch) is in
-tests/test_method_ab_ft_fsp.py."""
+The student's modules the stage trains are RepDistiller's `get_feat_modules` for each family. The method-level
+parity of the stage (3 init steps against RepDistiller's `init` in PyTorch) is in tests/test_method_ab.py,
+test_method_ft.py and test_method_fsp.py."""
 
 import contextlib
 import io
 import json
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from configs import repdistiller
+from jaxkd.engine.init_stage import feature_module_names
 from jaxkd.engine.loop import train_and_evaluate
-from tests.conftest import assert_bitwise_equal, final_params, on_digits, save_random_teacher, stop_during_call
+from jaxkd.models import get_model
+from tests.helpers.assertions import assert_bitwise_equal
+from tests.helpers.runs import final_params, on_digits, save_random_teacher, stop_during_call
 
 
 def ab_config(teacher_path):
@@ -85,3 +91,15 @@ def test_stopped_in_the_init_stage_or_in_training_resumes_bitwise_without_rerunn
     assert teacher_rows == [r for r in straight_rows if r["kind"] == "teacher"]
     assert sorted((r["step"], r["kind"]) for r in resumed_rows if r["kind"] in ("train", "eval")) == \
         [(4, "train"), (11, "train"), (22, "eval"), (22, "train")]
+
+
+def test_feature_modules_are_repdistillers_get_feat_modules():
+    """The student's modules the init stage trains, per family: all but the classifier, and but the WRN family's
+    final BN (`bn1`), MobileNetV2's final 1x1 conv (`conv2`), ShuffleV2's final conv and BN (`conv2`, `bn2`)."""
+    left_out = {"rd_resnet8": {"fc"}, "wideresnet16_2": {"finalact", "linear"}, "resnet8": {"finalact", "linear"},
+                "vgg8": {"classifier"}, "MobileNetV2": {"conv2.0", "conv2.1", "classifier.0"},
+                "ShuffleV1": {"linear"}, "ShuffleV2": {"conv2", "bn2", "linear"}, "ResNet50": {"linear"}}
+    for arch, expected in left_out.items():
+        model = get_model(arch, 10)
+        params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))["params"]
+        assert set(params) - feature_module_names(params) == expected, arch

@@ -22,7 +22,7 @@ from jaxkd.methods import (METHODS, Batch, Method, MethodInit, Probe, TermOutput
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.batchnorm import BatchNorm
 from jaxkd.train import train_and_evaluate
-from tests.conftest import save_random_teacher, small_config
+from tests.helpers.runs import save_random_teacher, small_config
 
 
 class Scaled(Method):

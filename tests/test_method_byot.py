@@ -24,7 +24,9 @@ from jaxkd.methods.byot import BYOT, HEAD_NAMES
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import BYOTHead
 from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import assert_bitwise_equal, assert_close_scaled, final_params, nchw, nhwc, on_digits
+from tests.helpers.assertions import assert_bitwise_equal, assert_close_scaled
+from tests.helpers.runs import final_params, on_digits
+from tests.helpers.torch_references import nchw, nhwc, randomize_batchnorms
 from tests.reference.byot_loss import ShallowHead, byot_total_loss
 
 REL = 1e-5  # float32 parity: max |jax - torch| <= REL * max |torch| for every compared tensor
@@ -49,13 +51,7 @@ def as_jax(out: ModelOutput) -> ModelOutput:
 
 def randomized_torch_head(channel_in, channel_out, k, num_classes) -> ShallowHead:
     head = ShallowHead(channel_in, channel_out, k, num_classes)
-    with torch.no_grad():
-        for module in head.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.3, 0.3)
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
+    randomize_batchnorms(head)
     return head
 
 

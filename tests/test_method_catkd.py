@@ -13,7 +13,7 @@ from jaxkd.config import recipes
 from jaxkd.errors import UserError
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.models import ModelOutput
-from tests.conftest import assert_close_scaled
+from tests.helpers.assertions import assert_close_scaled
 from tests.reference import cat_kd_catkd as reference
 
 REL = 1e-5

@@ -27,7 +27,8 @@ from jaxkd.methods import Batch, Probe, crd_kernels, get_method
 from jaxkd.methods.crd import CRD, init_state
 from jaxkd.methods.crd_kernels import counts_from_indices, sample_contrast_indices, sample_negative_counts, top_k_mask
 from jaxkd.models import ModelOutput, get_model
-from tests.conftest import assert_close_scaled, on_digits, save_random_teacher
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.runs import on_digits, save_random_teacher
 from tests.reference.repdistiller_crd import CRDLoss, InstanceSampler
 
 UNEQUAL_CLASS_SIZES = [50, 70, 40, 80, 60]  # N = 300; other-class pools of 220..260 examples

@@ -20,7 +20,7 @@ from jaxkd.models import ModelOutput
 from jaxkd.tools.published import SOURCES, published_for
 from jaxkd.tools.report import method_label
 from jaxkd.train import parse_command_line
-from tests.conftest import assert_close_scaled
+from tests.helpers.assertions import assert_close_scaled
 from tests.reference.ctkd_losses import CosineDecay, GlobalT, distill_kl, dkd_loss, learned_temperature
 
 REL = 1e-5

@@ -8,7 +8,8 @@ from ml_collections import ConfigDict
 
 from jaxkd.methods import get_method
 from jaxkd.methods.dist import DIST
-from tests.conftest import assert_close_scaled, logit_term_and_grad
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.method_inputs import logit_term_and_grad
 from tests.reference.mdistiller_losses import dist_loss
 
 REL = 1e-5

@@ -18,7 +18,8 @@ from jaxkd.errors import UserError
 from jaxkd.io.workdir import check_config_json, save_config
 from jaxkd.methods import Batch, get_method
 from jaxkd.methods.dkd import DKD
-from tests.conftest import assert_close_scaled, logit_term_and_grad
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.method_inputs import logit_term_and_grad
 from tests.reference.mdistiller_losses import dkd_loss, dkd_warmup, kd_loss, standardize
 
 REL = 1e-5

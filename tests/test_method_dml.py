@@ -28,7 +28,9 @@ from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.dml import DML, mutual_losses
 from jaxkd.models import get_model
 from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import SMALL_DIGITS, assert_bitwise_equal, assert_close_scaled, nchw, on_digits
+from tests.helpers.assertions import assert_bitwise_equal, assert_close_scaled
+from tests.helpers.runs import SMALL_DIGITS, on_digits
+from tests.helpers.torch_references import nchw
 from tests.reference.dml_loss import dml_losses as torch_dml_losses
 
 REL = 1e-5  # float32 parity: max |jax - torch| <= REL * max |torch|

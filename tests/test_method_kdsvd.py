@@ -25,7 +25,8 @@ from jaxkd.io.workdir import check_config_json
 from jaxkd.methods import Probe
 from jaxkd.methods.kdsvd import KDSVD, LAYOUTS, kdsvd_losses
 from jaxkd.models import ModelOutput
-from tests.conftest import assert_close_scaled, nchw, nhwc
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.torch_references import nchw, nhwc
 from tests.reference import mdistiller_kdsvd, repdistiller_kdsvd
 
 BATCH = 6

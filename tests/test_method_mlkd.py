@@ -23,7 +23,7 @@ from jaxkd.engine.train_state import TrainState
 from jaxkd.errors import UserError
 from jaxkd.methods import Batch, get_method
 from jaxkd.models import ModelOutput
-from tests.conftest import assert_close_scaled
+from tests.helpers.assertions import assert_close_scaled
 from tests.reference.mlkd_losses import kd_ours_losses
 
 REL = 1e-5

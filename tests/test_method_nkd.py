@@ -11,7 +11,8 @@ from ml_collections import ConfigDict
 
 from jaxkd.methods import Batch, get_method
 from jaxkd.methods.nkd import NKD
-from tests.conftest import assert_close_scaled, logit_term_and_grad
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.method_inputs import logit_term_and_grad
 from tests.reference.cls_kd_nkd import nkd_loss
 
 REL = 1e-5

@@ -27,9 +27,9 @@ from jaxkd.errors import UserError
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.ofd import OFD, margin_from_bn, teacher_margins
 from jaxkd.models import ModelOutput, get_model
-from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.tools.published import SOURCES, published_for
-from tests.conftest import assert_close_scaled, nchw, nhwc, randomize_batchnorm_and_bias
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.torch_references import nchw, nhwc, randomized_torch_model
 from tests.reference.mdistiller_ofd import OFDReference, bn_before_relu, build_feature_connector
 from tests.reference.mdistiller_ofd import margin_from_bn as reference_margin
 
@@ -166,9 +166,7 @@ def test_bn_lookup_finds_mdistillers_layers(arch):
     """A randomized PyTorch model (every BN its own weight and bias) converted to jaxkd: the margins from the
     BNs each family's `bn_before_relu` names in the converted variables equal those of the BNs mdistiller's
     `get_bn_before_relu` returns on the PyTorch model, one per pre-ReLU stage output with its channels."""
-    torch.manual_seed(1)
-    torch_model = get_torch_model(arch, 10)
-    randomize_batchnorm_and_bias(torch_model, [m for m in torch_model.modules() if isinstance(m, torch.nn.Linear)][-1])
+    torch_model = randomized_torch_model(arch, 10, seed=1)
     variables = convert.import_torch(torch_model.state_dict(), arch).variables
     model = get_model(arch, 10)
     ours = teacher_margins(model, variables)

@@ -13,7 +13,8 @@ from ml_collections import ConfigDict
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.reviewkd import ABF, ReviewKD
 from jaxkd.models import ModelOutput
-from tests.conftest import assert_close_scaled, nchw, nhwc
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.torch_references import nchw, nhwc
 from tests.reference.mdistiller_losses import ABF as TorchABF
 from tests.reference.mdistiller_losses import ReviewKDStudentSide, dkd_warmup
 

@@ -17,7 +17,7 @@ from jaxkd.methods.sdd import SDD
 from jaxkd.models import ModelOutput
 from jaxkd.tools.published import published_for
 from jaxkd.tools.report import method_label
-from tests.conftest import assert_close_scaled
+from tests.helpers.assertions import assert_close_scaled
 from tests.reference import mdistiller_losses
 from tests.reference import sdd_cvpr2024_sdd as reference
 

@@ -9,7 +9,8 @@ import torch
 from ml_collections import ConfigDict
 
 from jaxkd.methods import get_method
-from tests.conftest import assert_close_scaled, logit_term_and_grad
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.method_inputs import logit_term_and_grad
 from tests.reference.ttm_wttm import wttm_loss
 
 REL = 1e-5

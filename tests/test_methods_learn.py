@@ -19,7 +19,7 @@ import pytest
 from configs import ctkd, mdistiller, repdistiller
 from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.methods import METHODS
-from tests.conftest import on_digits
+from tests.helpers.runs import on_digits
 
 PAIR = ("resnet8", "resnet8")  # RepDistiller's names: post-activation rd_resnet8 -> rd_resnet8, the smallest
 

@@ -23,7 +23,8 @@ from jaxkd.engine.losses import kd_divergence
 from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.crd_kernels import sample_contrast_indices
 from jaxkd.models import ModelOutput, get_model
-from tests.conftest import assert_close_scaled, nchw, nhwc
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.torch_references import nchw, nhwc
 from tests.reference.mdistiller_losses import ReviewKDStudentSide, dkd_loss, dkd_warmup, kd_loss
 from tests.reference.repdistiller_crd import CRDLoss
 from tests.reference.repdistiller_losses import Attention

@@ -37,7 +37,8 @@ from jaxkd.methods import Batch, Probe, apply_module, get_method
 from jaxkd.methods.crd_kernels import sample_contrast_indices
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import assert_close_scaled, nchw, nhwc, randomize_batchnorm_and_bias
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.torch_references import nchw, nhwc, randomized_torch_model
 from tests.reference.repdistiller_crd import CRDLoss
 from tests.reference.repdistiller_losses import Attention, ConvReg, HintLoss
 from tests.reference.torch_training import DistillKL
@@ -57,13 +58,6 @@ PAIRS = [("rd_resnet8x4", "ShuffleV1"), ("vgg8", "MobileNetV2")]
 # XLA:CPU's backend optimization off: these programs run once, and compile in half the time
 ONCE = {"xla_backend_optimization_level": 0}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def randomized(arch: str, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = get_torch_model(arch, CLASSES)
-    randomize_batchnorm_and_bias(model, [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1])
-    return model
 
 
 def regressor_variables(reg: ConvReg) -> dict:
@@ -116,7 +110,8 @@ def reference_terms(torch_teacher, torch_student, images, regressor, crd, index,
 @pytest.mark.parametrize("teacher_arch,student_arch", PAIRS)
 def test_terms_and_their_feature_gradients_match_repdistiller(teacher_arch, student_arch, rng):
     seed = int(rng.integers(1 << 30))
-    torch_teacher, torch_student = randomized(teacher_arch, seed), randomized(student_arch, seed + 1)
+    torch_teacher, torch_student = (randomized_torch_model(teacher_arch, CLASSES, seed=seed),
+                                      randomized_torch_model(student_arch, CLASSES, seed=seed + 1))
     teacher, student = get_model(teacher_arch, CLASSES), get_model(student_arch, CLASSES)
     teacher_variables = convert.import_torch(torch_teacher.state_dict(), teacher_arch).variables
     student_variables = convert.import_torch(torch_student.state_dict(), student_arch).variables
@@ -208,7 +203,7 @@ def engine_setup(teacher_name: str, student_name: str, method: str):
     train = Split(images, np.arange(ENGINE_EXAMPLES, dtype=np.int32) % CLASSES,
                   np.arange(ENGINE_EXAMPLES, dtype=np.int32), CLASSES)
     arch = config.teacher.arch
-    teacher = Teacher(get_model(arch, CLASSES), convert.import_torch(randomized(arch, 0).state_dict(), arch).variables,
+    teacher = Teacher(get_model(arch, CLASSES), convert.import_torch(randomized_torch_model(arch, CLASSES, seed=0).state_dict(), arch).variables,
                       arch)
     return config, build(config, jax.devices()[:1], data=(train, train), teacher=teacher)
 

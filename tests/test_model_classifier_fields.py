@@ -11,7 +11,7 @@ import pytest
 
 from jaxkd.methods.base import float32_outputs
 from jaxkd.models import ModelOutput, all_architectures, get_model
-from tests.conftest import assert_close_scaled
+from tests.helpers.assertions import assert_close_scaled
 
 # The three tails that build a ModelOutput: the seed ResNet's, `classify` (every RepDistiller and ImageNet family
 # but one) and torchvision's MobileNetV2 (dropout before its classifier)

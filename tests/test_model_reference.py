@@ -7,9 +7,10 @@ import pytest
 
 from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import save_model_checkpoint
-from jaxkd.io.model_reference import MODEL_CHECKPOINT, TORCH_FILE, WORKDIR, open_model
+from jaxkd.io.model_reference import MODEL_CHECKPOINT, TORCH_FILE, WORKDIR, input_normalization, open_model
 from jaxkd.pytorch.converter import import_torch
-from tests.conftest import assert_bitwise_equal, save_random_teacher
+from tests.helpers.assertions import assert_bitwise_equal
+from tests.helpers.runs import save_random_teacher
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,15 @@ def test_each_reference_opens_the_same_model(references):
         assert (model.kind, model.arch, model.num_classes, model.model.num_classes) == (kind, "resnet8", 10, 10)
         assert_bitwise_equal(model.variables, opened[TORCH_FILE].variables)
     assert opened[WORKDIR].path == references[WORKDIR] / "model"
-    assert opened[TORCH_FILE].metadata is None and opened[TORCH_FILE].normalization == "seed"
+    assert opened[TORCH_FILE].metadata is None and opened[TORCH_FILE].normalization == "pytorch_kd"
     assert opened[MODEL_CHECKPOINT].normalization == "repdistiller"  # the run's, from its metadata
+
+
+def test_a_model_exported_with_pytorch_kds_normalization_spelled_seed_reads_as_pytorch_kd():
+    """Models exported before pytorch-kd's values were named "pytorch_kd" say "seed" in their metadata."""
+    assert input_normalization({"normalization": "seed"}) == "pytorch_kd"
+    assert input_normalization({"normalization": "repdistiller"}) == "repdistiller"
+    assert input_normalization(None) == "pytorch_kd"
 
 
 @pytest.mark.parametrize("reference, arch, message", [

@@ -15,7 +15,8 @@ from jaxkd.models import all_architectures, canonical_name, get_model
 from jaxkd.models.__main__ import main as models_main
 from jaxkd.models.summary import model_size
 from jaxkd.pytorch.torch_models import REPDISTILLER_MODELS, get_torch_model
-from tests.conftest import assert_close_scaled, nchw, nhwc, randomize_batchnorm_and_bias
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.torch_references import nchw, nhwc, randomized_torch_model
 
 REL = 1e-5  # max|diff| <= 1e-5 * max|ref|, float32 on both sides
 # Train mode normalizes with the statistics of a small batch, which amplifies float32 rounding with depth:
@@ -37,14 +38,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # whose state_dict keys and shapes are RepDistiller's.
 PUBLISHED_MILLIONS = {"rd_resnet56": 0.86, "rd_resnet110": 1.74, "rd_resnet32x4": 7.43, "vgg13": 9.46,
                       "ResNet50": 23.71, "MobileNetV2": 0.81, "ShuffleV1": 0.95, "ShuffleV2": 1.36}
-
-
-def randomized_reference(arch: str, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = get_torch_model(arch, CLASSES)
-    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    randomize_batchnorm_and_bias(model, classifier)
-    return model
 
 
 def _named_arrays(out) -> dict:
@@ -112,7 +105,7 @@ ZOO = [*REPDISTILLER_MODELS, "wideresnet16_1", "wideresnet16_2", "wideresnet40_1
 
 @pytest.mark.parametrize("arch", ZOO)
 def test_matches_the_pytorch_reference_and_converts_both_ways(arch, rng):
-    reference = randomized_reference(arch, int(rng.integers(1 << 30)))
+    reference = randomized_torch_model(arch, CLASSES, seed=int(rng.integers(1 << 30)))
     state_dict = {k: v.clone() for k, v in reference.state_dict().items()}
     imported = convert.import_torch(state_dict)  # the architecture detected from the keys and shapes
     assert (imported.arch, imported.num_classes, imported.layout) == (arch, CLASSES, convert.native_layout(arch))

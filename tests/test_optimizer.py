@@ -10,7 +10,7 @@ from jaxkd.errors import UserError
 EPOCHS, LR, DECAY_EPOCHS, RATE = 240, 0.05, (150, 180, 210), 0.1
 
 
-def seed_lrs(steps_per_epoch: int) -> list[float]:
+def pytorch_kd_lrs(steps_per_epoch: int) -> list[float]:
     """pytorch-kd exp/baseline.py's loop with utils/optimizer.py's decay_lr: `train(..., epoch + 1)`, and in it
     `optimizer.step()` (at the current lr) then `decay_lr(optimizer, epoch, iteration=i)`, which multiplies the
     lr by 0.1 when `epoch in [150, 180, 210] and iteration == 0`. Returns the lr of every optimizer step."""
@@ -44,26 +44,27 @@ def _schedule(timing: str, steps_per_epoch: int):
 
 
 @pytest.mark.parametrize("timing, reference, steps_per_epoch", [
-    ("seed", seed_lrs, 781), ("repdistiller", repdistiller_lrs, 781), ("repdistiller", repdistiller_lrs, 782)])
+    ("pytorch_kd", pytorch_kd_lrs, 781), ("repdistiller", repdistiller_lrs, 781),
+    ("repdistiller", repdistiller_lrs, 782)])
 def test_every_step_of_a_240_epoch_run_has_the_references_lr(timing, reference, steps_per_epoch):
     expected = np.asarray(reference(steps_per_epoch), np.float32)  # the float32 parameters see this value
     ours = np.asarray(_schedule(timing, steps_per_epoch)(np.arange(EPOCHS * steps_per_epoch)))
     assert ours.dtype == np.float32 and len(ours) == len(expected) == EPOCHS * steps_per_epoch
     np.testing.assert_array_equal(ours, expected)
     # where the first decay lands (0-based steps): after step 0 of epoch 150, or at the start of epoch 151
-    first_decay = 149 * steps_per_epoch + 1 if timing == "seed" else 150 * steps_per_epoch
+    first_decay = 149 * steps_per_epoch + 1 if timing == "pytorch_kd" else 150 * steps_per_epoch
     assert ours[first_decay - 1] == np.float32(LR) and ours[first_decay] == np.float32(LR * RATE)
 
 
 def test_the_two_timings_differ_by_all_but_one_step_of_each_decay_epoch():
-    seed, repdistiller = _schedule("seed", 781), _schedule("repdistiller", 781)
+    pytorch_kd, repdistiller = _schedule("pytorch_kd", 781), _schedule("repdistiller", 781)
     steps = np.arange(EPOCHS * 781)
-    differ = np.flatnonzero(np.asarray(seed(steps)) != np.asarray(repdistiller(steps)))
-    assert len(differ) == 3 * 780  # 2,340 steps of a seed run at 10x the seed's lr under RepDistiller's timing
+    differ = np.flatnonzero(np.asarray(pytorch_kd(steps)) != np.asarray(repdistiller(steps)))
+    assert len(differ) == 3 * 780  # 2,340 steps of a pytorch-kd run at 10x its lr under RepDistiller's timing
     assert differ[0] == 149 * 781 + 1 and differ[-1] == 210 * 781 - 1
 
 
-@pytest.mark.parametrize("timing", ["seed", "repdistiller"])
+@pytest.mark.parametrize("timing", ["pytorch_kd", "repdistiller"])
 def test_the_optimizer_applies_the_scheduled_lr(timing):
     config = default.get_config()
     config.optimizer.lr_decay_epochs, config.optimizer.lr_decay_timing = (2,), timing
@@ -74,12 +75,12 @@ def test_the_optimizer_applies_the_scheduled_lr(timing):
     for _ in range(9):
         updates, state = optimizer.update({"w": np.ones(1, np.float32)}, state, params)
         applied.append(-float(updates["w"][0]))
-    undecayed = 4 if timing == "seed" else 6  # epoch 2 is steps 3..5: the seed decays after its first step
+    undecayed = 4 if timing == "pytorch_kd" else 6  # epoch 2 is steps 3..5: pytorch-kd decays after its first step
     expected = [float(np.float32(0.05))] * undecayed + [float(np.float32(0.05 * 0.1))] * (9 - undecayed)
     assert applied == expected
 
 
-@pytest.mark.parametrize("epochs, timing", [((0, 150), "seed"), ((150, 150), "repdistiller"), ((150,), "torch")])
+@pytest.mark.parametrize("epochs, timing", [((0, 150), "pytorch_kd"), ((150, 150), "repdistiller"), ((150,), "torch")])
 def test_decay_settings_that_no_reference_defines_are_refused(epochs, timing):
     config = default.get_config()
     config.optimizer.lr_decay_epochs, config.optimizer.lr_decay_timing = epochs, timing

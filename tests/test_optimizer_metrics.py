@@ -11,7 +11,7 @@ from jaxkd.engine.loop import train_and_evaluate
 
 def test_metrics_show_the_seeds_decay_after_the_first_step_of_the_epoch(tmp_path):
     config = demo.get_config("teacher")  # the seed's recipe
-    assert config.optimizer.lr_decay_timing == "seed"
+    assert config.optimizer.lr_decay_timing == "pytorch_kd"
     config.model, config.batch_size, config.epochs, config.progress_bar = "resnet8", 256, 2, False
     config.log_every_steps, config.eval_every_epochs, config.checkpoint_every_epochs = 1, 2, 2
     config.optimizer.lr, config.optimizer.lr_decay_epochs = 0.05, (2,)

@@ -14,7 +14,7 @@ from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.io.metric_log import MetricLog
 from jaxkd.tools import report
 from jaxkd.tools.published import PUBLISHED, SOURCES, published_for
-from tests.conftest import small_config
+from tests.helpers.runs import small_config
 
 
 def write_run(workdir, config, curve, seed, steps_per_epoch=10):

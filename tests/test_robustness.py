@@ -17,8 +17,10 @@ from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import save_model_checkpoint
 from jaxkd.models import get_model
 from jaxkd.tools import robustness
-from tests.conftest import (BATCH, assert_matches_reference, assert_one_line_error, labels_half_right, random_images,
-                            spread_model, torch_logits, write_cifar100_python, write_cifar100c)
+from tests.helpers.assertions import assert_one_line_error
+from tests.helpers.evaluation_files import (BATCH, assert_matches_reference, labels_half_right, random_images,
+                                            spread_model, write_cifar100_python, write_cifar100c)
+from tests.helpers.torch_references import torch_logits
 
 
 def run_cli(argv, capsys) -> tuple[int, str, str]:

@@ -18,7 +18,8 @@ import torch
 
 from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.tools import report, runs
-from tests.conftest import SMALL_DIGITS, assert_one_line_error, final_params
+from tests.helpers.assertions import assert_one_line_error
+from tests.helpers.runs import SMALL_DIGITS, final_params
 
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = [("resnet8", "resnet8")]  # RepDistiller's names: post-activation rd_resnet*, its smallest

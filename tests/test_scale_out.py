@@ -2,7 +2,7 @@
 `jax.distributed` through a loopback coordinator, trains like one process on one device; only process 0
 writes metrics, messages and exports; its checkpoint restores on one device; SIGTERM to one process stops
 both at the same step. The 2-process run reads its teacher from and writes its workdir to a bucket of a GCS
-server on localhost (tests/gcs_server.py), as on a Cloud TPU slice whose hosts share no disk; what it wrote is
+server on localhost (tests/helpers/gcs_server.py), as on a Cloud TPU slice whose hosts share no disk; what it wrote is
 read back through the server's API.
 
 The run is CRD + KD (configs/crd_kd_wrn.py) on digits with a resnet8 student: the step has the CE, KD and CRD
@@ -37,7 +37,7 @@ from jaxkd.engine.setup import build, check_config
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.io.run_checkpoint import RunCheckpoints
 from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import SMALL_DIGITS, save_random_teacher
+from tests.helpers.runs import SMALL_DIGITS, save_random_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 1024
@@ -314,7 +314,7 @@ def test_evaluation_commands_on_two_processes_report_like_one(tmp_path):
     """`jaxkd.tools.robustness` and `jaxkd.tools.evaluate` on 2 processes x 2 devices: the same numbers as one process
     (70 clean images and 35 per corruption: not multiples of the 4 devices' batch shares); process 0 alone
     prints and writes."""
-    from tests.conftest import write_evaluation_files
+    from tests.helpers.evaluation_files import write_evaluation_files
 
     checkpoint, data = write_evaluation_files(tmp_path, 70), tmp_path / "cifar-100-python"
     common = ["--cifar100c", tmp_path / "CIFAR-100-C", "--source", "cifar100-python", "--data-dir", data,

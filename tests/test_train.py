@@ -27,7 +27,8 @@ from jaxkd.errors import UserError
 from jaxkd.io.stop_request import StopRequest
 from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.train import main
-from tests.conftest import SMALL_DIGITS, assert_bitwise_equal, final_params, small_config, stop_during_call
+from tests.helpers.assertions import assert_bitwise_equal
+from tests.helpers.runs import SMALL_DIGITS, final_params, small_config, stop_during_call
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--config.model=resnet8", f"--config.data.digits_size={SMALL_DIGITS}", "--config.epochs=2",
@@ -424,6 +425,26 @@ def test_a_run_started_before_a_config_key_existed_still_resumes(tmp_path):
     standardized.loss.logit_standardization = True
     with pytest.raises(UserError, match=r"differs in: loss"):
         save_config(standardized, tmp_path)
+
+
+def test_a_run_saved_with_pytorch_kds_values_spelled_seed_still_resumes(tmp_path):
+    """pytorch-kd's recipe values were once spelled "seed" (data.normalization, optimizer.lr_decay_timing): a
+    started run's config.json holding them is the same run as today's "pytorch_kd" (workdir.RENAMED_VALUES); with
+    RepDistiller's values instead, another run."""
+    from configs import demo
+    from jaxkd.io.workdir import save_config
+
+    config = demo.get_config("teacher")
+    assert (config.data.normalization, config.optimizer.lr_decay_timing) == ("pytorch_kd", "pytorch_kd")
+    save_config(config, tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 50, "kind": "train", "loss": 4.0}\n')  # the run started
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["data"]["normalization"] = saved["optimizer"]["lr_decay_timing"] = "seed"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    save_config(config, tmp_path)  # accepted
+    config.data.normalization = config.optimizer.lr_decay_timing = "repdistiller"
+    with pytest.raises(UserError, match=r"differs in: data, optimizer\)"):
+        save_config(config, tmp_path)
 
 
 # jaxkd/config/default.py's keys before `loss.logit_standardization` and `wandb` were added: runs may have started
@@ -1020,7 +1041,7 @@ WHAT_FAILED = {"metrics.jsonl": "the metrics", "tensorboard": "the TensorBoard e
 
 
 def small_run_command(workdir) -> list[str]:
-    """`python -m jaxkd.train`'s argv for the straight run's config (tests/conftest.py's small_config)."""
+    """`python -m jaxkd.train`'s argv for the straight run's config (tests/helpers/runs.py's small_config)."""
     return ["train", "--config", str(REPO / "configs/demo.py:teacher"), "--workdir", str(workdir), *SMALL,
             "--config.data.drop_last=True"]
 

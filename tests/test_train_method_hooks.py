@@ -14,7 +14,7 @@ from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.methods.base import Method, MethodInit
 from jaxkd.models import get_model
 from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import SMALL_DIGITS, small_config
+from tests.helpers.runs import SMALL_DIGITS, small_config
 
 
 class MirrorHeads(Method):

@@ -52,7 +52,7 @@ from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
 from jaxkd.models.batchnorm import BatchNorm
 from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import nchw, randomized_torch_model
+from tests.helpers.torch_references import nchw, randomized_torch_model
 from tests.reference import torch_training
 
 STUDENT, TEACHER, NUM_CLASSES = "resnet8", "resnet20", 10

@@ -31,8 +31,7 @@ from jaxkd.engine.step import make_update
 from jaxkd.engine.train_state import TrainState
 from jaxkd.methods import Batch, get_method
 from jaxkd.models import get_model
-from jaxkd.pytorch.torch_models import get_torch_model
-from tests.conftest import nchw, randomize_batchnorm_and_bias
+from tests.helpers.torch_references import nchw, randomized_torch_model
 from tests.reference import mdistiller_training
 from tests.reference.mdistiller_losses import ReviewKDStudentSide, dkd_loss, dkd_warmup, kd_loss
 
@@ -97,14 +96,6 @@ def _run_jax(config, student_init, teacher_variables, method_variables, images, 
     return history, jax.device_get(state)
 
 
-def _randomized(seed: int):
-    """RepDistiller's rd_resnet8 with random weights, non-trivial BN parameters and statistics, a classifier bias."""
-    torch.manual_seed(seed)
-    model = get_torch_model(ARCH, NUM_CLASSES)
-    randomize_batchnorm_and_bias(model, model.fc)
-    return model
-
-
 def _relative(actual, reference) -> float:
     """max|actual - reference| / max|reference|, in float64 (same shapes)."""
     return float(np.max(np.abs(np.subtract(actual, reference, dtype=np.float64))) / np.max(np.abs(reference)))
@@ -118,7 +109,7 @@ def test_three_sgd_steps_match_mdistillers_loop(method):
     images = rng.standard_normal((STEPS, BATCH, 32, 32, 3), dtype=np.float32)
     labels = rng.integers(0, NUM_CLASSES, (STEPS, BATCH)).astype(np.int32)
 
-    student, teacher = _randomized(seed), _randomized(seed + 100)
+    student, teacher = (randomized_torch_model(ARCH, NUM_CLASSES, seed=s) for s in (seed, seed + 100))
     initial = {key: value.detach().clone() for key, value in student.state_dict().items()}
     abfs = None
     if config.method == "reviewkd":

@@ -16,11 +16,11 @@ from jaxkd.engine.step import make_train_step, zero_sums
 from jaxkd.io.model_checkpoint import load_model_checkpoint
 from jaxkd.io.workdir import MOVED_KEYS
 from jaxkd.tools import report
-from tests.conftest import save_random_teacher, small_config
+from tests.helpers.runs import save_random_teacher, small_config
 
 
 def _on_digits(config, epochs=2):
-    """The recipe's run on digits (tests/conftest.py's small run), with the recipe's SaliencyMix settings."""
+    """The recipe's run on digits (tests/helpers/runs.py's small run), with the recipe's SaliencyMix settings."""
     small = small_config(epochs)
     mix = {key: config.data[key] for key in ("saliencymix", "saliencymix_prob", "saliencymix_per_example")}
     for key in ("model", "data", "epochs", "eval_every_epochs", "checkpoint_every_epochs", "log_every_steps",

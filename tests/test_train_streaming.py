@@ -17,8 +17,10 @@ from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.engine.setup import build
 from jaxkd.errors import UserError
 from jaxkd.tools import evaluate
-from tests.conftest import assert_bitwise_equal, assert_one_line_error, final_params, on_digits, stop_during_call
-from tests.helpers.photo_folder import write_photo_folder, write_tfds_copy
+from tests.helpers.assertions import assert_bitwise_equal, assert_one_line_error
+from tests.helpers.photo_folder import write_photo_folder
+from tests.helpers.runs import final_params, on_digits, stop_during_call
+from tests.helpers.tfds_copy import write_tfds_copy
 
 EPOCHS, STEPS_PER_EPOCH = 3, 6  # 48 training images (tests/helpers/photo_folder.py) in steps of 8
 
@@ -142,7 +144,7 @@ def test_evaluate_command_on_an_image_folder_predicts_as_pytorch_and_torchvision
     import torch
 
     from jaxkd.pytorch.torch_models import get_torch_model
-    from tests.conftest import spread_model
+    from tests.helpers.evaluation_files import spread_model
 
     paths, inputs = _val_inputs(photos)
     crops = np.stack([np.asarray(Image.open(path).convert("RGB").resize((32, 32))) for path in paths])

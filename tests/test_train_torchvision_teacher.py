@@ -153,7 +153,7 @@ def test_the_student_trains_by_kd_and_fitnets_and_exports_for_the_seeds_model(di
 def test_a_torchvision_teacher_in_a_run_normalized_otherwise_is_one_line_before_anything_compiles(
         photos, teacher, tmp_path, monkeypatch):
     config = distillation_config(photos, teacher[0])
-    config.data.normalization = "seed"
+    config.data.normalization = "pytorch_kd"
     monkeypatch.setattr(loop, "create_train_state", lambda setup: pytest.fail("compiled before the check"))
     with pytest.raises(UserError) as error:
         train_and_evaluate(config, tmp_path / "run")

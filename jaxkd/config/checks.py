@@ -27,7 +27,7 @@ from jaxkd.engine.dot import check_dot_settings
 from jaxkd.engine.optimizer import LR_DECAY_TIMINGS, LR_SCALINGS
 from jaxkd.errors import UserError
 from jaxkd.io.wandb_log import MODES
-from jaxkd.io.workdir import MOVED_KEYS
+from jaxkd.io.workdir import MOVED_KEYS, RENAMED_VALUES
 from jaxkd.methods import METHODS, Method
 from jaxkd.models import COMPUTE_DTYPES
 
@@ -108,6 +108,8 @@ def check_engine_values(config) -> None:
             value = _value(config, key)
         except KeyError:
             continue
+        if isinstance(value, str) and value in RENAMED_VALUES.get(key, {}):
+            raise UserError(f"--config.{key}={value} is now --config.{key}={RENAMED_VALUES[key][value]}")
         check_value(key, value, spec)
 
 

@@ -22,7 +22,7 @@ def get_config() -> ConfigDict:
     # The training pipeline (jaxkd/data/pipeline.py), the seed's: reflect padding, its mean/std, full batches only
     # (781 steps per epoch at 50,000 / 64). RepDistiller's: "zeros", "repdistiller", False (782, the last of 16).
     config.data.padding = "reflect"  # reflect | zeros
-    config.data.normalization = "seed"  # seed | repdistiller | imagenet (also used to evaluate)
+    config.data.normalization = "pytorch_kd"  # pytorch_kd | repdistiller | imagenet (also used to evaluate)
     config.data.drop_last = True
     # SaliencyMix (Uddin et al. 2021) on every batch with probability saliencymix_prob; the teacher sees the same
     # mixed images. Per-example boxes (each centred on its own source's saliency peak) are an extension.
@@ -58,9 +58,9 @@ def get_config() -> ConfigDict:
     config.optimizer.weight_decay = 5e-4
     config.optimizer.lr_decay_epochs = (150, 180, 210)
     config.optimizer.lr_decay_rate = 0.1
-    # When each decay starts (jaxkd/engine/optimizer.py): "seed" = after the first step of the named 1-based epoch
-    # (pytorch-kd's decay_lr), "repdistiller" = from the first step of the next epoch (adjust_learning_rate).
-    config.optimizer.lr_decay_timing = "seed"
+    # When each decay starts (jaxkd/engine/optimizer.py): "pytorch_kd" = after the first step of the named 1-based
+    # epoch (pytorch-kd's decay_lr), "repdistiller" = from the first step of the next epoch (adjust_learning_rate).
+    config.optimizer.lr_decay_timing = "pytorch_kd"
     # "linear": lr * batch_size / lr_reference_batch, for large global batches on many devices (docs/scale_out.md).
     config.optimizer.lr_scaling = "none"
     config.optimizer.lr_reference_batch = 64

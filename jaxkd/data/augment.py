@@ -4,7 +4,7 @@ Seed (pytorch-kd utils/transforms.py): Pad(4, reflect) -> RandomHorizontalFlip -
 Normalize(mean (129.30, 124.07, 112.43)/255, std (68.17, 65.39, 70.42)/255); batch 64 with drop_last.
 RepDistiller (dataset/cifar100.py): RandomCrop(32, padding=4) (zero padding) -> RandomHorizontalFlip ->
 ToTensor -> Normalize((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)); batch 64, the last partial batch
-kept. `padding` ("reflect" | "zeros"), `normalization` ("seed" | "repdistiller") and `drop_last` select them
+kept. `padding` ("reflect" | "zeros"), `normalization` ("pytorch_kd" | "repdistiller") and `drop_last` select them
 (`jaxkd.data.pipeline` reads them from the config).
 
 Here the crop comes first and the flip second, as in RepDistiller. With offsets uniform over 0..8 the two
@@ -26,13 +26,13 @@ PADDINGS = ("reflect", "zeros")
 # (mean, std) per recipe, held in float32 as torch.Normalize does (torch.as_tensor of the Python floats); the
 # seed's are computed in float64 from its Python floats first.
 NORMALIZATIONS = {
-    "seed": ((np.array((129.3, 124.07, 112.43)) / 255).astype(np.float32),
+    "pytorch_kd": ((np.array((129.3, 124.07, 112.43)) / 255).astype(np.float32),
              (np.array((68.17, 65.39, 70.42)) / 255).astype(np.float32)),
     "repdistiller": (np.array((0.5071, 0.4867, 0.4408), np.float32), np.array((0.2675, 0.2565, 0.2761), np.float32)),
     # torchvision's ImageNet recipe (references/classification/presets.py), for the streaming path's images
     "imagenet": (np.array((0.485, 0.456, 0.406), np.float32), np.array((0.229, 0.224, 0.225), np.float32)),
 }
-MEAN, STD = NORMALIZATIONS["seed"]
+MEAN, STD = NORMALIZATIONS["pytorch_kd"]
 
 
 # Every normalized value, per uint8 level and channel, computed as torchvision does (true float32 division).
@@ -42,7 +42,7 @@ _NORMALIZED = {name: (np.arange(256, dtype=np.float32)[:, None] / np.float32(255
                for name, (mean, std) in NORMALIZATIONS.items()}
 
 
-def normalize(images: jax.Array, normalization: str = "seed") -> jax.Array:
+def normalize(images: jax.Array, normalization: str = "pytorch_kd") -> jax.Array:
     """uint8 NHWC (C = 3) -> float32 (x / 255 - mean) / std with the constants of `normalization` (a key of
     NORMALIZATIONS), bit-identical to torchvision's ToTensor + Normalize.
 
@@ -88,7 +88,7 @@ def crop_flip(images: jax.Array, offsets: jax.Array, flips: jax.Array, padding: 
 
 
 def augment_batch(key: jax.Array, images: jax.Array, padding: str = "reflect",
-                  normalization: str = "seed") -> jax.Array:
+                  normalization: str = "pytorch_kd") -> jax.Array:
     """The training transform of a uint8 batch: random padded crop, random flip, normalize -> float32."""
     offsets, flips = sample_crop_flip(key, images.shape[0])
     return normalize(crop_flip(images, offsets, flips, padding), normalization)

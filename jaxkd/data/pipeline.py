@@ -3,7 +3,7 @@ SaliencyMix (off in both references).
 
 The two references differ in the first three (the transforms are in jaxkd/data/augment.py):
 * `padding`: the seed's "reflect" (Pad(4, reflect)), RepDistiller's "zeros" (RandomCrop(32, padding=4)).
-* `normalization`: "seed", mean (129.30, 124.07, 112.43) / 255 and std (68.17, 65.39, 70.42) / 255 (pytorch-kd
+* `normalization`: "pytorch_kd", mean (129.30, 124.07, 112.43) / 255 and std (68.17, 65.39, 70.42) / 255 (pytorch-kd
   utils/transforms.py); "repdistiller", (0.5071, 0.4867, 0.4408) and (0.2675, 0.2565, 0.2761) (dataset/cifar100.py).
 * `drop_last`: the seed's True (781 steps per epoch at 50,000 / 64); RepDistiller's False (782, the last a batch
   of 16 that BN normalizes with its own statistics, as PyTorch does).
@@ -25,7 +25,7 @@ class DataPipeline:
     """How each training batch is made, and how an epoch is cut into batches."""
 
     padding: str = "reflect"
-    normalization: str = "seed"
+    normalization: str = "pytorch_kd"
     drop_last: bool = True
     saliencymix: bool = False  # each batch mixed with probability saliencymix_prob (jaxkd/data/saliencymix.py)
     saliencymix_prob: float = 0.5

@@ -1,29 +1,10 @@
 """OpenCV's fine-grained static saliency (Montabone & Soto), bit-exact on uint8 images, as jittable functions.
 
-SaliencyMix centres its box on the argmax of `cv2.saliency.StaticSaliencyFineGrained`. This module computes
-the same uint8 map as OpenCV's uint8 path (opencv_contrib `modules/saliency/src/staticSaliencyFineGrained.cpp`,
-`StaticSaliencyFineGrained::computeSaliencyImpl`), batched, on device, with static shapes:
-
-1. gray ``(3735*c0 + 19235*c1 + 9798*c2 + 2**14) >> 15``, OpenCV's BGR2GRAY (channel 0 weighted as blue);
-2. two 3x3 Gaussian blurs in uint8 fixed point ``(sum (1,2,1)x(1,2,1) * g + 8) >> 4``, reflect-101 borders;
-3. the integral image, and six centre-surround scales n in (12, 24, 48, 28, 56, 112) over the clamped,
-   asymmetric windows [x-n+1, x+n+1) x [y-n+1, y+n+1): on = (uint8) max(c - surround_mean, 0), off likewise;
-4. mixScales (uint16 sums of the six scales, each rescaled by 255 / its image maximum) and mixOnOff.
-
-Channel order: the function takes images as they would be handed to OpenCV. jaxkd images are RGB and are
-passed unchanged, exactly as the official SaliencyMix code hands its RGB tensor to OpenCV (which reads
-channel 0 as blue), so ``saliency_u8(rgb)`` equals ``computeSaliency(rgb)`` on the same RGB array.
-
-Exactness without float64 or true division. OpenCV divides in float32 and double; XLA may replace a division
-by a constant (or broadcast) divisor with a reciprocal multiplication, one ulp off. Every division is
-therefore done in integers, with these identities (argued in the helpers' docstrings, checked by the tests):
-- surround mean: with N = box - c and D = window area - 1 < 2**16 (a window side is at most 2*112), the
-  float32 result trunc(c - N/D) equals the integer floor((c*D - N) / D): the float32 rounding errors stay
-  below 2**-16 < 1/D, the distance from a non-integer c - N/D to the nearest integer;
-- mixScales: trunc(255.0 * float32(ON / M)) = floor(255*ON / M), since float32(k/255) >= k/255 for every k;
-- mixOnOff: the double quotient 255*(on+off)/M is floor-exact, then wraps modulo 256 like the C cast.
-The box sums are float32 in OpenCV's order, so the map is bit-exact for H*W <= 65793 (255*H*W < 2**24, where
-OpenCV's float32 integral is exact; beyond that OpenCV's own integral depends on the build).
+SaliencyMix centres its box on the argmax of `cv2.saliency.StaticSaliencyFineGrained`; this module computes the
+same uint8 map as OpenCV's uint8 path (opencv_contrib `modules/saliency/src/staticSaliencyFineGrained.cpp`),
+batched, on device, with static shapes, and every division in integers, so that XLA's reciprocal multiplications
+cannot move a value by one ulp. The steps, the channel order and why each integer identity is exact:
+docs/methods.md, "The saliency map, bit for bit".
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ Progress = Callable[[int], None]  # called with the number of real images in eac
 # ------------------------------------------------------------------------------------------- the jitted step
 
 
-def eval_step_for(model, mesh: jax.sharding.Mesh | None = None, normalization: str = "seed"):
+def eval_step_for(model, mesh: jax.sharding.Mesh | None = None, normalization: str = "pytorch_kd"):
     """The evaluation step of `model` on `mesh` (default `data_mesh()`), jitted once and cached: the step of
     `classifiers_step_for` with the model as its one classifier.
 
@@ -41,7 +41,7 @@ def eval_step_for(model, mesh: jax.sharding.Mesh | None = None, normalization: s
 
 
 def classifiers_step_for(logits_fn, names: tuple, mesh: jax.sharding.Mesh | None = None,
-                         normalization: str = "seed"):
+                         normalization: str = "pytorch_kd"):
     """The one evaluation step: `logits_fn(variables, normalized images) -> {name: logits}` scored for each of
     `names`, jitted once per (logits_fn, names, mesh, compiler options, normalization) and cached. The images
     are normalized with the constants of `normalization` (jaxkd.data.augment.NORMALIZATIONS: the recipe's).
@@ -168,7 +168,7 @@ def _summary(counts) -> dict:
 
 def evaluate_split(model, variables, images: np.ndarray, labels: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
                    *, mesh: jax.sharding.Mesh | None = None, progress: Progress | None = None,
-                   normalization: str = "seed") -> dict:
+                   normalization: str = "pytorch_kd") -> dict:
     """Top-1 and top-5 accuracy (percent) of `model` on uint8 NHWC `images` with int `labels`, every image
     counted once. Returns dict(top1, top5, correct1, correct5, count). top-5 is top-k with k = min(5, classes).
 
@@ -187,7 +187,7 @@ def evaluate_split(model, variables, images: np.ndarray, labels: np.ndarray, bat
 
 def evaluate_classifiers(logits_fn, variables, images: np.ndarray, labels: np.ndarray,
                          batch_size: int = DEFAULT_BATCH_SIZE, *, mesh: jax.sharding.Mesh | None = None,
-                         normalization: str = "seed") -> dict:
+                         normalization: str = "pytorch_kd") -> dict:
     """Accuracy of several classifiers computed by one forward pass, e.g. a student and a method's extra heads:
     `logits_fn(variables, normalized_images) -> {name: logits}` (pure; the same function object across calls
     reuses the compiled step). Returns {name: evaluate_split-style summary}; every image counted once."""
@@ -206,7 +206,7 @@ def evaluate_classifiers(logits_fn, variables, images: np.ndarray, labels: np.nd
 
 
 def evaluate_batches(logits_fn, variables, batches, batch_size: int, *, mesh: jax.sharding.Mesh | None = None,
-                     normalization: str = "seed") -> dict:
+                     normalization: str = "pytorch_kd") -> dict:
     """`evaluate_classifiers` over this process's `batches` of a streamed split (dicts of uint8 `image`, `label`,
     `mask` holding `batch_size / process count` rows each, the padding masked: `jaxkd.data.streaming`'s
     evaluation batches), every real image counted once. `batch_size`: the global batch, a multiple of the devices."""
@@ -247,7 +247,7 @@ def readable_corruptions(c100c: Cifar100C) -> tuple[tuple[str, ...], dict[str, s
 
 def evaluate_cifar100c(model, variables, c100c: Cifar100C, batch_size: int = DEFAULT_BATCH_SIZE, *,
                        mesh: jax.sharding.Mesh | None = None, progress: Progress | None = None,
-                       normalization: str = "seed") -> dict:
+                       normalization: str = "pytorch_kd") -> dict:
     """Accuracy on every available CIFAR-100-C corruption x severity, per-corruption means and the overall mean.
 
     Returns dict(top1, top5: means over every evaluated corruption x severity (percent),

@@ -1,23 +1,7 @@
 """RepDistiller's init stage (`helper/pretrain.py` `init`) as an engine capability: a method that declares one
-(`Method.init_stage`, an `InitStage`) has it run by `jaxkd.train` before normal training (docs/methods.md,
-"The init stage").
-
-What RepDistiller's `init` does, and what this module does the same way:
-- `epochs` passes (`init_epochs`, 30) over the same training loader, augmentation and batch size as training
-  (jaxkd: the run's pipeline, a partial last batch included, SaliencyMix when on), in their own shuffled order;
-- only the method's init modules (`state[INIT_MODULES]`) and, for AB and FSP, the student's feature modules
-  (its `get_feat_modules`: every module but the classifier, and for the WRN family its final BN, for
-  MobileNetV2 its final 1x1 conv, for ShuffleV2 its final conv and BN) train, on `Method.init_loss` alone, by
-  SGD with the run's momentum and weight decay at a constant lr (`InitStage.learning_rate`);
-- modes: the teacher in eval mode; the init modules in train mode; the student `model_s.eval()` and then its
-  feature modules `.train()`: the BNs of the feature modules use batch statistics and update their running
-  statistics, every other BN of the student uses its running statistics.
-
-The stage's state (`InitState`) is checkpointed in `WORKDIR/init_checkpoints` at the end of every init epoch and
-on SIGTERM / Ctrl-C, so a stopped run resumes inside the stage exactly; when the stage ends its results go into
-the train state (`merged_into`), which `jaxkd.train` checkpoints at step 0 at once, so a run stopped in training
-never reruns the stage. Its rows in metrics.jsonl have `kind` "init" and the steps `init_step - total_init_steps`
-(<= 0, before training's step 1), with `init_step` and `init_epoch`.
+(`Method.init_stage`, an `InitStage`) has it run by `jaxkd.train` before normal training, on `Method.init_loss`
+alone, with its own checkpoints (`InitState` in `WORKDIR/init_checkpoints`) so that a stopped run resumes inside
+it. What trains, the modes, the optimizer, the data, the metrics and resume: docs/methods.md, "The init stage".
 """
 
 

@@ -5,7 +5,7 @@ PyTorch SGD computes d = g + wd * p, buf = momentum * buf + d (buf = d on the fi
 d). Weight decay covers every trainable tensor, BN scales and biases included, as in the seed.
 
 When the lr drops (`config.optimizer.lr_decay_timing`) follows one of the two references, which differ:
-* "seed" (pytorch-kd `utils/optimizer.py` `stepwise_decay`, called after each `optimizer.step()` with the
+* "pytorch_kd" (pytorch-kd `utils/optimizer.py` `stepwise_decay`, called after each `optimizer.step()` with the
   1-based epoch): the lr is multiplied by the rate after the first step of each named epoch, so that epoch's
   remaining steps already run at the lower lr (decay at 150: from 0-based step 149 * steps_per_epoch + 1).
 * "repdistiller" (RepDistiller `helper/util.py` `adjust_learning_rate`, called at the start of each 1-based
@@ -24,7 +24,7 @@ from jaxkd.engine.dot import check_dot_settings, dot_optimizer, uses_dot
 from jaxkd.errors import UserError
 
 LR_SCALINGS = ("none", "linear")
-LR_DECAY_TIMINGS = ("seed", "repdistiller")
+LR_DECAY_TIMINGS = ("pytorch_kd", "repdistiller")
 
 
 def decay_steps(decay_epochs, steps_per_epoch: int, timing: str) -> list[int]:
@@ -34,7 +34,7 @@ def decay_steps(decay_epochs, steps_per_epoch: int, timing: str) -> list[int]:
     epochs = [int(epoch) for epoch in decay_epochs]
     if any(epoch < 1 for epoch in epochs) or len(set(epochs)) != len(epochs):
         raise UserError(f"optimizer.lr_decay_epochs must be distinct 1-based epochs, got {tuple(decay_epochs)}")
-    if timing == "seed":
+    if timing == "pytorch_kd":
         return sorted((epoch - 1) * steps_per_epoch + 1 for epoch in epochs)
     return sorted(epoch * steps_per_epoch for epoch in epochs)
 
@@ -45,7 +45,7 @@ def decayed_learning_rates(base_lr: float, decay_rate: float, num_decays: int, t
     float32 like the parameters it scales."""
     rates = [base_lr]
     for k in range(1, num_decays + 1):
-        rates.append(rates[-1] * decay_rate if timing == "seed" else base_lr * decay_rate ** k)
+        rates.append(rates[-1] * decay_rate if timing == "pytorch_kd" else base_lr * decay_rate ** k)
     return np.asarray(rates, np.float64).astype(np.float32)
 
 

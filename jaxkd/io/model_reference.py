@@ -12,6 +12,7 @@ from typing import Any
 from jaxkd.errors import UserError
 from jaxkd.io.model_checkpoint import TRAINED_MODEL_DIR, is_model_checkpoint, not_a_checkpoint, read_model_checkpoint
 from jaxkd.io.paths import absolute, as_path, input_exists
+from jaxkd.io.workdir import RENAMED_VALUES
 from jaxkd.models import canonical_name, get_model
 
 WORKDIR, MODEL_CHECKPOINT, TORCH_FILE = "training workdir", "model checkpoint", ".pth file"
@@ -39,11 +40,13 @@ IMAGENET_LAYOUTS = ("torchvision", "mdistiller")
 
 def input_normalization(metadata: dict | None, layout: str | None = None) -> str:
     """The mean/std (jaxkd.data.augment.NORMALIZATIONS) a model's inputs were normalized with in training: its
-    metadata says it (jaxkd.train writes it); for a `.pth` without metadata, ImageNet's for a torchvision- or
-    mdistiller-layout file, otherwise the seed's, as for the seed's released `.pth` files."""
+    metadata says it (jaxkd.train writes it; "seed" in models exported before pytorch-kd's values were named
+    "pytorch_kd"); for a `.pth` without metadata, ImageNet's for a torchvision- or mdistiller-layout file, otherwise
+    pytorch-kd's, as for pytorch-kd's released `.pth` files."""
     if metadata and "normalization" in metadata:
-        return metadata["normalization"]
-    return "imagenet" if layout in IMAGENET_LAYOUTS else "seed"
+        normalization = metadata["normalization"]
+        return RENAMED_VALUES["data.normalization"].get(normalization, normalization)
+    return "imagenet" if layout in IMAGENET_LAYOUTS else "pytorch_kd"
 
 
 def reference_kind(reference) -> tuple[str, Any]:

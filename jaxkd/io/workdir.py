@@ -43,6 +43,10 @@ ADDED_KEYS = {"loss.logit_standardization": False, "optimizer.dot": False, "opti
 # refused with one line naming the new one.
 MOVED_KEYS = {"saliencymix": "data.saliencymix", "saliencymix_prob": "data.saliencymix_prob",
               "saliencymix_per_example": "data.saliencymix_per_example"}
+# Config values renamed after runs may have started (dotted key -> {old value: new value}): pytorch-kd's recipe
+# values were once spelled "seed". A config.json that holds an old value compares, resumes and reports as if it held
+# the new one; a config or command line that sets it is refused with one line naming the new value.
+RENAMED_VALUES = {"data.normalization": {"seed": "pytorch_kd"}, "optimizer.lr_decay_timing": {"seed": "pytorch_kd"}}
 # Flags that moved to another key: a config.json that holds the old one compares as if the new one were on where
 # either is (logit standardization's one home, for every logit method, is loss.logit_standardization).
 MOVED_FLAGS = {"dkd.logit_standardization": "loss.logit_standardization"}
@@ -146,8 +150,8 @@ def with_moved_flags(config: dict) -> dict:
 
 
 def with_added_keys(config: dict) -> dict:
-    """`config` (a config.json dict, changed in place) in today's layout: its MOVED_KEYS at their new place, and
-    the ADDED_KEYS it lacks at their old behaviour's value."""
+    """`config` (a config.json dict, changed in place) in today's layout: its MOVED_KEYS at their new place, the
+    ADDED_KEYS it lacks at their old behaviour's value, and its RENAMED_VALUES in today's spelling."""
     for old, new in MOVED_KEYS.items():
         old_holder, old_name = _holder(config, old)
         new_holder, new_name = _holder(config, new)
@@ -157,6 +161,10 @@ def with_added_keys(config: dict) -> dict:
         holder, name = _holder(config, key)
         if holder is not None:
             holder.setdefault(name, value)
+    for key, renamed in RENAMED_VALUES.items():
+        holder, name = _holder(config, key)
+        if holder is not None and isinstance(holder.get(name), str):
+            holder[name] = renamed.get(holder[name], holder[name])
     return config
 
 

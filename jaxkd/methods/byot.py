@@ -1,25 +1,9 @@
 """BYOT (Zhang et al., "Be Your Own Teacher: Improve the Performance of Convolutional Neural Networks via Self
-Distillation", ICCV 2019) on the seed's 3-stage family, after BYOT-U's `train.py` and `models/resnet.py`
-(docs/methods.md, "What each term is": BYOT).
+Distillation", ICCV 2019) on the seed's 3-stage family, after BYOT-U's `train.py` and `models/resnet.py`.
 
-Self-distillation without a teacher: shallow classifiers (`BYOTHead`, BYOT-U's bottleneck heads) read the
-student's first two stage outputs, and the network's own classifier is the deepest one. With alpha 0.1, T 3,
-lambda 1e-6 (BYOT-U's defaults) the loss is
-
-    (1 - alpha) * sum over all classifiers of CE
-    + alpha * T^2 * sum over the shallow heads of soft-CE(head logits / T, sg(softmax(deepest logits / T)))
-    + lambda * sum over the shallow heads of sum over batch and channels (head feature - sg(deepest pooled))^2
-
-The deepest CE is the engine's `gamma * CE` term, so a BYOT config sets gamma = 1 - alpha and beta = 1, and
-`term` returns the rest: the heads' CE with the (1 - alpha) factor, the soft-CE and the feature loss. The
-feature loss sums over the batch, so it depends on the batch size (as in BYOT-U). Under SaliencyMix the heads'
-CE is the same mixed CE the engine uses for the deepest classifier.
-
-Head shapes come from the probe, so every model of the family works: head s reads stage s (s < the last stage);
-its middle conv's kernel and stride k is the stage's spatial size over the last stage's (4 and 2 on CIFAR), its
-output has the pooled feature's channels (64k) and its bottleneck a quarter of that. Only modules used in the
-forward pass are built (BYOT-U's unused `downsample*_1` are not), so weight decay touches only trained tensors.
-Settings: `config.byot.alpha`, `temperature`, `feature_weight` (lambda), BYOT-U's values by default.
+Self-distillation without a teacher: shallow bottleneck heads (`BYOTHead`) on the student's first two stage
+outputs learn from its own deepest classifier. The loss, the heads' shapes and the settings: docs/methods.md,
+"What each term is": BYOT.
 """
 
 import warnings

@@ -1,28 +1,9 @@
 """DML (Zhang et al., CVPR 2018, "Deep Mutual Learning") as the PyTorch references run it
-(chxy95/Deep-Mutual-Learning `trainer.py`, AberHu/Knowledge-Distillation-Zoo `train_dml.py`; docs/methods.md,
-"What each term is": DML).
+(chxy95/Deep-Mutual-Learning `trainer.py`, AberHu/Knowledge-Distillation-Zoo `train_dml.py`).
 
-K >= 2 peers learn together from one forward per batch, with simultaneous updates. Peer i's loss is
-    L_i = CE(z_i, y) + 1/(K-1) * sum_{j != i} KL(sg(p_j) || p_i),   p = softmax(z), T = 1,
-the KL averaged over the batch (`KLDivLoss(reduction="batchmean")`) and the peers' targets detached.
-
-In jaxkd the engine's student is peer 0 (its CE is the engine's gamma * CE, gamma = 1) and the method holds
-peers 1..K-1 as its trainable params, each a full model of the family (`config.dml.peers`: their architectures,
-default one peer of the student's), initialized with the seed's init from distinct keys; their BN statistics
-are the method's batch_stats. The term is
-    term = sum_{i >= 1} CE_i + sum_{i >= 0} 1/(K-1) * sum_{j != i} KL(sg(p_j) || p_i),
-so that CE_0 + term = sum_i L_i and, thanks to the stop-gradients, the gradient w.r.t. peer i's params is
-exactly the gradient of L_i: one SGD over all params is K independent SGDs (SGD is per parameter, so every
-peer has its own momentum and weight decay). Recipe: gamma 1, alpha 0, beta 1, no teacher.
-
-Peers of one architecture are stacked on a leading axis (one pytree per architecture) and run as one
-`jax.vmap`ped forward on accelerators; on CPU, where XLA's grouped convolutions are slow, the stacked peers run
-one after the other (`config.dml.forward`). Groups of different architectures run one after the other.
-
-The peers are evaluated beside the student (`peer1`, ...) and exported as `peer1.pth` / `peer1/` at the end of
-training. With SaliencyMix on, every peer's CE is the mixed CE, as the student's. Logged per step:
-`dml_peer{i}_kl` for every peer, `dml_peer{i}_ce` and `dml_peer{i}_accuracy` (train batch, percent) for peers
-1..K-1 (the student's are the engine's `ce` and `accuracy`).
+K >= 2 peers learn together from one forward per batch: the engine's student is peer 0, peers 1..K-1 are the
+method's trainable params, and the term is built so that one SGD over all params is K independent SGDs. The term,
+the peers' layout and forward, what is logged and exported: docs/methods.md, "What each term is": DML.
 """
 
 from collections.abc import Sequence

@@ -38,6 +38,7 @@ from jaxkd.errors import UserError, run_command
 from jaxkd.io.model_reference import TORCH_FILE, open_model
 from jaxkd.io.paths import as_path
 from jaxkd.io.safe_write import check_output, write_text_atomically
+from jaxkd.io.workdir import RENAMED_VALUES
 
 # ---------------------------------------------------------------------------------------------- reporting
 
@@ -260,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def normalization_name(value: str) -> str:
+    """`--normalization`'s value, pytorch-kd's old spelling "seed" read as today's "pytorch_kd"."""
+    return RENAMED_VALUES["data.normalization"].get(value, value)
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, streamed: bool = False) -> None:
     """The options every evaluation command shares: where the clean test split comes from, batch, progress,
     and the multi-process settings; `streamed`: also the image folder and TFDS image sources (jaxkd.evaluate)."""
@@ -271,9 +277,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, streamed: bool = False) 
     parser.add_argument("--digits-size", type=int, default=32, choices=DIGITS_SIZES,
                         help="digits' side in pixels, as the model was trained (data.digits_size)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--normalization", choices=tuple(NORMALIZATIONS),
+    parser.add_argument("--normalization", choices=tuple(NORMALIZATIONS), type=normalization_name,
                         help="the mean/std the images are normalized with (default: the model's training run's, "
-                             "from its metadata; the seed's for a .pth)")
+                             "from its metadata; for a .pth, ImageNet's in torchvision's or mdistiller's layout, "
+                             "else pytorch-kd's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     if streamed:
         group = parser.add_argument_group("image folder and TFDS image sources (docs/evaluate.md)")

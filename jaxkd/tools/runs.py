@@ -1,25 +1,12 @@
 """A table's training runs as a list of commands, and a runner that works through the list on one machine.
 
-    python -m jaxkd.runs list --root workdirs/rd_table [--table repdistiller-same|imagenet] [--pairs T:S,T:S ...]
-                              [--methods kd,crd ...] [--seeds 0,1,2] [--config configs/repdistiller.py]
-                              [--out runs.txt] [--force] [-- --config.key=value ...]
+    python -m jaxkd.runs list --root workdirs/rd_table [--table NAME] [--pairs T:S,...] [--methods kd,crd ...]
+                              [--seeds 0,1,2] [--config FILE] [--out runs.txt] [--force] [-- --config.k=v ...]
     python -m jaxkd.runs run runs.txt
 
-`list` writes one `python -m jaxkd.train` command per (pair, method, seed), each with its own workdir,
-ROOT/TEACHER-STUDENT/METHOD/seedSEED, in RepDistiller's model names (`configs/repdistiller.py:T,S,M`); what
-follows `--` is added to every command (e.g. `--config.teacher.checkpoint=...` is better left to the config's
-released-teacher path). `--table` takes the pairs of one of RepDistiller's README tables (`jaxkd/tools/published.py`),
-or `imagenet`: ResNet-34 -> ResNet-18 and ResNet-50 -> MobileNetV1 with every method of `configs/imagenet.py`
-(mdistiller's ImageNet recipe, jaxkd/config/recipes.py `imagenet`), its config and methods the default then.
-
-`run` runs the file's commands in order: a command whose workdir has evaluated its final epoch is skipped, any
-other one is started, and `jaxkd.train` resumes it from its last checkpoint; so after a crash, a preemption or a
-Ctrl-C the same `run` continues where the list stopped. SIGTERM and Ctrl-C are passed to the current run, which
-saves a checkpoint and stops, and the list stops with it (exit status 143 or 130). A run that fails is named and
-the list goes on; the exit status is then 1. Blank lines and `#` comments are ignored.
-
-For several GPUs or hosts the same file feeds an existing scheduler, one line per task (docs/reproduce.md: a
-SLURM job array, a loop of one process per GPU); jaxkd has no scheduler of its own.
+`list` writes one `python -m jaxkd.train` command per (pair, method, seed), each with its own workdir; `run`
+runs them in order, skipping finished runs and resuming started ones. Options, exit statuses and schedulers:
+docs/reproduce.md, "Running a whole table".
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
-"""CC and VID (the methods with trainable modules), and the 3-step train parity of SP, CC and VID.
-
-- Each term and its gradients w.r.t. the student's features and the method's modules against PyTorch
-  references of RepDistiller's losses and modules (tests/reference/repdistiller_more_losses.py) with the same
-  weights, on a homogeneous and a heterogeneous pair (other channels, spatial sizes and stage count).
-- The modules initialize as PyTorch's defaults (nn.Linear, bias-free 1x1 Conv2d: U(+-1/sqrt(fan_in)); VID's
-  log_scale softplus^-1(5 - 1e-5)) and are sized from the probe.
-- 3 SGD steps of the engine (student + the method's modules, float32) against the PyTorch reference loop
-  (tests/reference/torch_training.py, RepDistiller's train_distill with the modules in its trainable_list):
-  losses at every step to 1e-4, every weight after 3 steps to 1e-4 * max|w|, as tests/test_train_parity.py.
-"""
-
-import math
+"""RepDistiller's feature methods SP, RKD, PKT, NST, CC and VID against PyTorch references of its losses and
+modules (tests/reference/repdistiller_more_losses.py): the term and its gradients on a pair of random outputs,
+and 3 engine train steps against its `train_distill` loop. Each method's test file calls these for its method."""
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +13,9 @@ import convert
 from configs import repdistiller
 from jaxkd.methods import Probe, get_method
 from jaxkd.models import ModelOutput
-from tests.conftest import (FEATURE_PAIRS, assert_close_scaled, engine_train_steps, nchw, nhwc, random_model_outputs,
-                            randomized_torch_model)
+from tests.helpers.assertions import assert_close_scaled, relative
+from tests.helpers.method_inputs import FEATURE_PAIRS, engine_train_steps, random_model_outputs
+from tests.helpers.torch_references import nchw, nhwc, randomized_torch_model
 from tests.reference import repdistiller_more_losses as reference
 from tests.reference import torch_training
 
@@ -34,6 +25,10 @@ BATCH = 6
 
 def recipe(method: str):
     return repdistiller.get_config(f"wrn_40_2,wrn_16_2,{method}")
+
+
+def as_jax(out: ModelOutput) -> ModelOutput:
+    return ModelOutput([jnp.asarray(f) for f in out.features], jnp.asarray(out.pooled), None)
 
 
 # --- PyTorch modules <-> Flax variables ------------------------------------------------------------------------
@@ -62,19 +57,68 @@ def as_flax(method: str, modules: nn.ModuleList, value=lambda p: p.data) -> dict
 
 
 def torch_term(method: str, modules, out_s, out_t):
-    """The reference term on `forward_all`-style outputs (NCHW features, pooled vectors), as train_distill."""
+    """The reference term on `forward_all`-style outputs (NCHW features, pooled vectors) as RepDistiller's
+    train_distill combines it: SP on the last stage output, RKD (w_d 25, w_a 50) and PKT on the pooled vector,
+    NST summed over the zipped stages, CC on the two embeddings, VID summed over the zipped stages."""
     if method == "sp":
         return reference.similarity_loss(out_s.features[-1], out_t.features[-1])
+    if method == "rkd":
+        distance, angle = reference.rkd_losses(out_s.pooled, out_t.pooled)
+        return 25 * distance + 50 * angle
+    if method == "pkt":
+        return reference.pkt_loss(out_s.pooled, out_t.pooled)
+    if method == "nst":
+        return sum(reference.nst_loss(s, t) for s, t in zip(out_s.features, out_t.features))
     if method == "cc":
         return reference.correlation_loss(modules[0](out_s.pooled), modules[1](out_t.pooled))
     return sum(vid(s, t) for vid, s, t in zip(modules, out_s.features, out_t.features))
 
 
+def torch_outputs(out: ModelOutput, requires_grad: bool = False) -> ModelOutput:
+    """A numpy ModelOutput as torch tensors (features NCHW), leaves that record gradients if asked."""
+    features = [nchw(f).requires_grad_(requires_grad) for f in out.features]
+    return ModelOutput(features, torch.from_numpy(out.pooled).requires_grad_(requires_grad), None)
+
+
 # --- the term and its gradients -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("pair", sorted(FEATURE_PAIRS))
-@pytest.mark.parametrize("method", ["cc", "vid"])
-def test_term_and_gradients_match_pytorch(method, pair, rng):
+def assert_term_and_gradients_match_pytorch(method: str, pair: str, rng):
+    """A method without modules (SP, RKD, PKT, NST): its term and its gradients w.r.t. the student's stage
+    outputs and pooled vector, on a pair of FEATURE_PAIRS; a stage the reference does not read gets none."""
+    (s_stages, s_dim), (t_stages, t_dim) = FEATURE_PAIRS[pair]
+    student = random_model_outputs(rng, BATCH, s_stages, s_dim)
+    teacher = random_model_outputs(rng, BATCH, t_stages, t_dim, scale=1.5, shift=0.3)
+    torch_student = torch_outputs(student, requires_grad=True)
+    expected = torch_term(method, None, torch_student, torch_outputs(teacher))
+    expected.backward()
+
+    instance = get_method(method, recipe(method))
+    assert instance.uses_teacher
+
+    def term(features, pooled):
+        return instance.term({}, {}, ModelOutput(features, pooled, None), as_jax(teacher), None, True).term
+
+    value, (grad_features, grad_pooled) = jax.jit(jax.value_and_grad(term, (0, 1)))(
+        [jnp.asarray(f) for f in student.features], jnp.asarray(student.pooled))
+    assert float(value) == pytest.approx(expected.item(), rel=REL)
+    assert expected.item() > 1e-4  # a term that could be wrong
+    used_features = method in ("sp", "nst")
+    for i, (ours, theirs) in enumerate(zip(grad_features, torch_student.features)):
+        if theirs.grad is None:  # a stage the reference does not read: no gradient here either
+            assert not np.any(np.asarray(ours)), f"stage {i}"
+        else:
+            assert_close_scaled(ours, nhwc(theirs.grad), REL, f"d term / d student stage {i}")
+    s_pooled = torch_student.pooled
+    assert used_features == (s_pooled.grad is None)
+    if s_pooled.grad is not None:
+        assert_close_scaled(grad_pooled, s_pooled.grad.numpy(), REL, "d term / d student pooled")
+    else:
+        assert not np.any(np.asarray(grad_pooled))
+
+
+def assert_module_term_and_gradients_match_pytorch(method: str, pair: str, rng):
+    """CC or VID: the term and its gradients w.r.t. the student's outputs and the method's modules, with the
+    reference modules' weights; the modules are sized from the probe."""
     (s_stages, s_dim), (t_stages, t_dim) = FEATURE_PAIRS[pair]
     student = random_model_outputs(rng, BATCH, s_stages, s_dim)
     teacher = random_model_outputs(rng, BATCH, t_stages, t_dim, scale=1.5, shift=0.3)
@@ -84,17 +128,14 @@ def test_term_and_gradients_match_pytorch(method, pair, rng):
         with torch.no_grad():
             for vid in modules:
                 vid.log_scale.add_(torch.empty_like(vid.log_scale).uniform_(-2, 1))
-    s_feats = [nchw(f).requires_grad_(True) for f in student.features]
-    s_pooled = torch.from_numpy(student.pooled).requires_grad_(True)
-    t_out = ModelOutput([nchw(f) for f in teacher.features], torch.from_numpy(teacher.pooled), None)
-    expected = torch_term(method, modules, ModelOutput(s_feats, s_pooled, None), t_out)
+    torch_student = torch_outputs(student, requires_grad=True)
+    expected = torch_term(method, modules, torch_student, torch_outputs(teacher))
     expected.backward()
 
     instance = get_method(method, recipe(method))
-    jax_teacher = ModelOutput([jnp.asarray(f) for f in teacher.features], jnp.asarray(teacher.pooled), None)
-    probe = Probe(ModelOutput([jnp.asarray(f) for f in student.features], jnp.asarray(student.pooled), None),
-                  jax_teacher, None, None, 10)
-    init = jax.eval_shape(lambda: instance.init(jax.random.PRNGKey(0), probe))
+    jax_teacher = as_jax(teacher)
+    init = jax.eval_shape(lambda: instance.init(jax.random.PRNGKey(0), Probe(as_jax(student), jax_teacher, None,
+                                                                             None, 10)))
     params = as_flax(method, modules)
     assert jax.tree.map(np.shape, init.variables["params"]) == jax.tree.map(np.shape, params)  # sized by the probe
 
@@ -105,60 +146,19 @@ def test_term_and_gradients_match_pytorch(method, pair, rng):
     value, (grad_params, grad_features, grad_pooled) = jax.jit(jax.value_and_grad(term, (0, 1, 2)))(
         params, [jnp.asarray(f) for f in student.features], jnp.asarray(student.pooled))
     assert float(value) == pytest.approx(expected.item(), rel=REL)
+    theirs_grads = as_flax(method, modules, value=lambda p: p.grad)
     for path, ours in jax.tree_util.tree_leaves_with_path(grad_params):
-        theirs = as_flax(method, modules, value=lambda p: p.grad)
+        theirs = theirs_grads
         for key in path:
             theirs = theirs[key.key]
         assert_close_scaled(ours, theirs, REL, f"d term / d {jax.tree_util.keystr(path)}")
     if method == "cc":
-        assert_close_scaled(grad_pooled, s_pooled.grad.numpy(), REL, "d term / d student pooled")
+        assert_close_scaled(grad_pooled, torch_student.pooled.grad.numpy(), REL, "d term / d student pooled")
         assert all(not np.any(np.asarray(g)) for g in grad_features)
     else:
-        for i, (ours, theirs) in enumerate(zip(grad_features, s_feats)):
+        for i, (ours, theirs) in enumerate(zip(grad_features, torch_student.features)):
             assert_close_scaled(ours, nhwc(theirs.grad), REL, f"d term / d student stage {i}")
         assert not np.any(np.asarray(grad_pooled))
-
-
-# --- initialization -------------------------------------------------------------------------------------------
-
-def assert_uniform(values, bound: float, what: str):
-    """Values of U(-bound, bound): within the bound, reaching near it, mean 0 and std bound / sqrt(3) to 5
-    standard errors (the sample std of n uniform values has a standard error of ~0.45 std / sqrt(n))."""
-    values = np.asarray(values, np.float64).ravel()
-    sigma, n = bound / math.sqrt(3), values.size
-    assert np.abs(values).max() <= bound and np.abs(values).max() > (1 - 10 / n) * bound, what
-    assert abs(values.mean()) < 5 * sigma / math.sqrt(n), what
-    assert abs(values.std() - sigma) < 5 * 0.45 * sigma / math.sqrt(n), what
-
-
-def test_modules_initialize_as_pytorch_defaults():
-    """CC: nn.Linear(dim, 128) weight and bias U(+-1/sqrt(dim)); VID: 1x1 bias-free convs U(+-1/sqrt(in)), the
-    hidden and output widths the teacher's channels, log_scale the reference's float32 constant."""
-    features = lambda channels: [jnp.zeros((2, 4, 4, c)) for c in channels]  # noqa: E731
-    student = ModelOutput(features((16, 48)), jnp.zeros((2, 200)), None)
-    teacher = ModelOutput(features((32, 96, 128)), jnp.zeros((2, 300)), None)
-    probe = Probe(student, teacher, None, None, 10)
-    init = lambda method, seed: jax.jit(  # noqa: E731
-        lambda rng: get_method(method, recipe(method)).init(rng, probe).variables["params"])(jax.random.PRNGKey(seed))
-    cc = init("cc", 1)
-    for name, dim in (("embed_student", 200), ("embed_teacher", 300)):
-        assert cc[name]["kernel"].shape == (dim, 128)
-        assert_uniform(cc[name]["kernel"], 1 / math.sqrt(dim), f"{name} kernel")
-        bias = np.abs(np.asarray(cc[name]["bias"]))  # 128 values
-        assert bias.max() <= 1 / math.sqrt(dim) and bias.max() > 0.9 / math.sqrt(dim)
-    vid = init("vid", 2)
-    assert sorted(vid) == ["stage1", "stage2"]  # zip: the student has two stages
-    expected_log_scale = reference.VIDLoss(1, 1, 1).log_scale.detach().numpy()[0]
-    for stage, (s, t) in zip(("stage1", "stage2"), ((16, 32), (48, 96))):
-        for conv, (c_in, c_out) in (("conv1", (s, t)), ("conv2", (t, t)), ("conv3", (t, t))):
-            kernel = vid[stage][conv]["kernel"]
-            assert kernel.shape == (1, 1, c_in, c_out) and set(vid[stage][conv]) == {"kernel"}
-            assert_uniform(kernel, 1 / math.sqrt(c_in), f"{stage} {conv}")
-        assert vid[stage]["log_scale"].dtype == jnp.float32
-        assert np.all(np.asarray(vid[stage]["log_scale"]) == expected_log_scale)
-    # distinct draws per module
-    assert not np.array_equal(vid["stage1"]["conv2"]["kernel"][..., :32, :32],
-                              vid["stage2"]["conv1"]["kernel"][..., :32, :32])
 
 
 # --- 3 train steps against the PyTorch reference loop -----------------------------------------------------------
@@ -168,16 +168,12 @@ STEPS, TRAIN_BATCH, SIZE = 3, 8, 8
 TRAIN_REL = 1e-4  # tests/test_train_parity.py's margin
 
 
-def relative(actual, reference_value) -> float:
-    actual, reference_value = np.asarray(actual, np.float64), np.asarray(reference_value, np.float64)
-    assert actual.shape == reference_value.shape
-    return float(np.max(np.abs(actual - reference_value)) / np.max(np.abs(reference_value)))
-
-
-@pytest.mark.parametrize("method, seed", [("sp", 11), ("cc", 12), ("vid", 13)])
-def test_three_train_steps_match_pytorch(method, seed):
-    """RepDistiller's recipe for the method (lr 0.05, momentum 0.9, weight decay 5e-4 on the student and the
-    modules, gamma 1, alpha 0, its beta), a resnet8 student and a wideresnet16_2 teacher, random 8x8 batches.
+def assert_three_train_steps_match_pytorch(method: str, seed: int):
+    """3 SGD steps of the engine (student + the method's modules, float32) against the PyTorch reference loop
+    (tests/reference/torch_training.py, RepDistiller's train_distill with the modules in its trainable_list):
+    RepDistiller's recipe for the method (lr 0.05, momentum 0.9, weight decay 5e-4 on the student and the
+    modules, gamma 1, alpha 0, its beta), a resnet8 student and a wideresnet16_2 teacher, random 8x8 batches;
+    losses at every step to 1e-4, every weight after 3 steps to 1e-4 * max|w|, as tests/test_train_parity.py.
 
     Small on purpose: a ReLU input within float32 rounding of 0 may take opposite branches in the two frameworks
     (a rounding tie, tests/test_train_parity.py), which moves the weights by ~1e-3 while every loss still

@@ -1,8 +1,8 @@
-"""FitNets and AT: their terms against PyTorch references (tests/reference/repdistiller_losses.py), FitNets'
-regressor for each shape rule and for pairs of the model family, and a hint layer out of range refused before
-any work. Both configs learn in tests/test_methods_learn.py (which also checks that the regressor's batch
-statistics ran); a method module's exact resume is tests/test_method_byot.py's (heads with BN) and
-tests/test_method_crd.py's."""
+"""FitNets: the hint term and its regressor against RepDistiller's ConvReg + HintLoss
+(tests/reference/repdistiller_losses.py), the regressor for each shape rule and for pairs of the model family,
+and a hint layer out of range refused before any work. The config learns in tests/test_methods_learn.py (which
+also checks that the regressor's batch statistics ran); a method module's exact resume is
+tests/test_method_byot.py's (heads with BN) and tests/test_method_crd.py's."""
 
 import math
 
@@ -11,18 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from configs import at_wrn, default, fitnet_wrn
+from configs import default, fitnet_wrn
 from jaxkd.engine.loop import train_and_evaluate
 from jaxkd.errors import UserError
 from jaxkd.methods import Probe, get_method
-from jaxkd.methods.at import AT
-from jaxkd.methods.pooling import adaptive_avg_pool2d
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import STRIDE2, TRANSPOSE, VALID, ConvReg, ConvTranspose4x4Stride2
-from tests.conftest import assert_close_scaled, nchw, nhwc, on_digits, save_random_teacher
-from tests.reference.repdistiller_losses import Attention
+from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.runs import on_digits, save_random_teacher
+from tests.helpers.torch_references import nchw, nhwc, randomize_batchnorms
 from tests.reference.repdistiller_losses import ConvReg as TorchConvReg
 from tests.reference.repdistiller_losses import HintLoss
 
@@ -44,11 +42,7 @@ def random_feature(rng, shape_nhwc) -> np.ndarray:
 
 def randomized_torch_conv_reg(s_nchw, t_nchw) -> TorchConvReg:
     reg = TorchConvReg(s_nchw, t_nchw)
-    with torch.no_grad():
-        reg.bn.weight.uniform_(0.5, 1.5)
-        reg.bn.bias.uniform_(-0.3, 0.3)
-        reg.bn.running_mean.uniform_(-0.5, 0.5)
-        reg.bn.running_var.uniform_(0.5, 2.0)
+    randomize_batchnorms(reg)
     return reg
 
 
@@ -208,51 +202,6 @@ def test_fitnet_hint_layer_from_config_and_default():
     with pytest.raises(UserError, match="fitnet.hint_layer 3 is out of range"):
         get_method("fitnet", config).init(jax.random.PRNGKey(0), Probe(outputs(feature, feature, feature),
                                                           outputs(feature, feature, feature), None, None, 10))
-
-
-@pytest.mark.parametrize("in_hw, out_hw", [((10, 10), (4, 4)), ((7, 9), (3, 5)), ((32, 32), (8, 8)),
-                                           ((5, 5), (5, 5)), ((16, 16), (1, 1))])
-def test_adaptive_avg_pool2d_matches_torch(in_hw, out_hw, rng):
-    x = random_feature(rng, (2, *in_hw, 3))
-    assert_close_scaled(adaptive_avg_pool2d(jnp.asarray(x), *out_hw), nhwc(F.adaptive_avg_pool2d(nchw(x), out_hw)),
-                        REL, "adaptive_avg_pool2d")
-
-
-@pytest.mark.parametrize("student_shapes, teacher_shapes", [
-    ([(4, 32, 32, 16), (4, 16, 16, 32), (4, 8, 8, 64)], [(4, 32, 32, 32), (4, 16, 16, 64), (4, 8, 8, 128)]),
-    ([(3, 10, 10, 8), (3, 6, 6, 8), (3, 7, 7, 4)], [(3, 6, 6, 5), (3, 10, 10, 6), (3, 7, 7, 4)]),  # pooling
-])
-@pytest.mark.parametrize("p", [2, 4])
-def test_at_matches_pytorch_attention(student_shapes, teacher_shapes, p, rng):
-    """The summed term and its gradient w.r.t. every student feature, against RepDistiller's Attention(p);
-    p = 2 is the recipe's (the default), p = 4 is read from `config.at.p`."""
-    f_s = [random_feature(rng, shape) for shape in student_shapes]
-    f_t = [random_feature(rng, shape) * 2 + 0.5 for shape in teacher_shapes]
-    x = [nchw(f).requires_grad_(True) for f in f_s]
-    loss_torch = sum(Attention(p=p)(x, [nchw(f) for f in f_t]))
-    loss_torch.backward()
-
-    config = at_wrn.get_config()
-    if p != 2:
-        config.at.p = p
-    method = get_method("at", config)
-    assert isinstance(method, AT) and method.uses_teacher and method.settings == {"p": p}
-
-    def loss_fn(features):
-        return method.term({}, {}, outputs(*features), outputs(*map(jnp.asarray, f_t)), None, True).term
-
-    loss, grads = jax.value_and_grad(loss_fn)([jnp.asarray(f) for f in f_s])
-    assert loss == pytest.approx(loss_torch.item(), rel=REL)
-    for i, (grad, reference) in enumerate(zip(grads, x)):
-        assert_close_scaled(grad, nhwc(reference.grad), REL, f"d loss / d student feature {i}")
-
-
-def test_at_of_a_zero_feature_is_finite():
-    """F.normalize's eps: an all-zero map gives a zero attention vector and finite gradients."""
-    zero, other = jnp.zeros((2, 4, 4, 3)), jnp.ones((2, 4, 4, 3))
-    method = get_method("at", None)
-    loss, grad = jax.value_and_grad(lambda f: method.term({}, {}, outputs(f), outputs(other), None, True).term)(zero)
-    assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))
 
 
 def test_a_hint_layer_out_of_range_is_refused_before_the_workdir_exists(tmp_path):

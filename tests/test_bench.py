@@ -12,6 +12,7 @@ import jax
 import pytest
 
 from configs import kd_wrn
+from jaxkd import bench as bench_command  # the command: python -m jaxkd.bench
 from jaxkd.engine.compile_options import CPU_YNN_OPTIONS, ENV_VAR
 from jaxkd.errors import UserError
 from jaxkd.methods import METHODS
@@ -469,7 +470,7 @@ def test_the_input_part_times_jaxkds_loader_beside_torchvisions_dataloader_on_th
     root = make_photos.write_photos(tmp_path / "photos", train=8, val=0)
     argv = ["bench", f"--input={root}", "--workers=0", "--batch_size=4", "--batches=1", "--warmup_batches=1",
             "--repeats=1", "--image_size=32", "--threads=1", f"--out={tmp_path / 'out'}", "--note=test"]
-    assert bench.main(argv) == 0
+    assert bench_command.main(argv) == 0
     [path] = (tmp_path / "out").glob("*.json")
     record = json.loads(path.read_text())
     assert path.name.endswith("-input.json") and record["version"] == bench.RECORD_VERSION
@@ -495,6 +496,6 @@ def test_the_input_part_times_jaxkds_loader_beside_torchvisions_dataloader_on_th
     (["--input=/nonexistent/photos", "--batches=0"], "must be >= 1"),
 ])
 def test_bad_input_command_lines_are_one_line_errors(flags_, message, capsys):
-    assert bench.main(["bench", *flags_]) == 2
+    assert bench_command.main(["bench", *flags_]) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1

@@ -689,12 +689,8 @@ def _bench_command(argv) -> None:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv if argv is None else argv
-    if any(arg == "--input" or arg.startswith("--input=") for arg in argv[1:]):  # the input path's part
-        from jaxkd.tools.bench_input import input_command
-
-        return run_command(input_command, argv)
-    return run_command(_bench_command, argv)
+    """The step benchmark's command (`python -m jaxkd.bench` hands `--input` command lines to bench_input)."""
+    return run_command(_bench_command, sys.argv if argv is None else argv)
 
 
 if __name__ == "__main__":

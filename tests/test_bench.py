@@ -416,7 +416,7 @@ def test_gpu_script_runs_valid_bench_and_train_commands(monkeypatch, dry_run):
     commands = gpu_script_commands(dry_run)
     parts = [part for part, _, _ in commands]
     assert parts == ["headline", "seeds", "headline_compiled", "pairs", "full_run", "pairs_compiled", "pairs_crd",
-                     "pairs_bf16"]  # by importance
+                     "pairs_bf16", "imagenet", "imagenet_bf16"]  # by importance
     monkeypatch.chdir(REPO)  # the script runs in the repository root
     for part, module, arguments in commands:
         if module == "jaxkd.bench_full_run":
@@ -430,7 +430,8 @@ def test_gpu_script_runs_valid_bench_and_train_commands(monkeypatch, dry_run):
             assert dry_run or steps_per_dispatch(variant, "gpu") <= flags_.steps  # the chunk is timed
         methods = flags_.methods
         assert methods in ("", "all") or set(methods.split(",")) <= set(METHODS)
-        assert len(bench.bench_pairs(flags_.config, flags_.pairs)) == (13 if part.startswith("pairs") else 1)
+        pairs = 13 if part.startswith("pairs") else 2 if part.startswith("imagenet") else 1
+        assert len(bench.bench_pairs(flags_.config, flags_.pairs)) == pairs
         assert set(flags_.torch_modes.split(",")) <= set(bench.TORCH_MODES)
         assert flags_.torch_compile_backend == ("aot_eager" if dry_run and part == "pairs_compiled" else "inductor")
         assert flags_.steps == 2 if dry_run else flags_.steps >= 40  # the script's sizes were read

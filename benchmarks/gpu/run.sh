@@ -20,6 +20,9 @@
 #   pairs_compiled   the 13 pairs, KD, float32, against torch.compile reduce-overhead
 #   pairs_crd  the 13 pairs, CRD, float32, against PyTorch eager (whose step is CE + KD only: flattering it)
 #   pairs_bf16 the 13 pairs, KD and CRD, bfloat16 (PyTorch: autocast), against PyTorch eager
+#   imagenet   the ImageNet pairs ResNet-34 -> ResNet-18 and ResNet-50 -> MobileNetV1, mdistiller's KD recipe at
+#              224 px (synthetic images of 1000 classes), batch 256, float32, against PyTorch eager
+#   imagenet_bf16   the same in bfloat16 (PyTorch: autocast): whether mixed precision should be their default
 # Each bench command writes a record per pair as it goes, so a part cut short by its limit keeps the pairs done.
 # JAXKD_GPU_PARTS=name,name runs only those (e.g. JAXKD_GPU_PARTS=full_run JAXKD_GPU_BUDGET=590 for the whole
 # 240 epochs in a window of its own). steps_per_dispatch is the config's automatic choice (20 on GPU).
@@ -57,6 +60,7 @@ if [[ ${JAXKD_GPU_DRY_RUN:-0} == 1 ]]; then
     short=(--steps 2 --repeats 1 --warmup_steps 1 --config.batch_size=8)
     pairs_compile=(--torch_compile_backend aot_eager)
     full_run=(--train_images 512 --test_images 256 -- --config.epochs=3 --config.checkpoint_every_epochs=2)
+    imagenet_batch=()
     limit_scale=${JAXKD_GPU_LIMIT_SCALE:-10}  # a CPU compiles for minutes what a GPU machine compiles in seconds
 else
     long=(--steps 100 --repeats 5 --epoch_images 50000)
@@ -64,6 +68,7 @@ else
     short=(--steps 40 --repeats 3)
     pairs_compile=()
     full_run=()
+    imagenet_batch=(--config.batch_size=256)
     limit_scale=${JAXKD_GPU_LIMIT_SCALE:-1}
 fi
 bench=("$python" -m jaxkd.bench --out "$records" --config configs/kd_wrn.py)
@@ -102,3 +107,7 @@ part pairs_compiled 300 "${bench[@]}" "${short[@]}" --pairs repdistiller --metho
     "${pairs_compile[@]}"
 part pairs_crd 240 "${bench[@]}" "${short[@]}" --pairs repdistiller --methods crd
 part pairs_bf16 240 "${bench[@]}" "${short[@]}" --pairs repdistiller --methods kd,crd --dtype bfloat16
+imagenet=("$python" -m jaxkd.bench --out "$records" --config configs/imagenet.py:tv_resnet34,tv_resnet18,kd \
+    --config.teacher.checkpoint= --pairs tv_resnet34:tv_resnet18,tv_resnet50:MobileNetV1)
+part imagenet 300 "${imagenet[@]}" "${short[@]}" "${imagenet_batch[@]}"
+part imagenet_bf16 300 "${imagenet[@]}" "${short[@]}" "${imagenet_batch[@]}" --dtype bfloat16

@@ -129,7 +129,7 @@ def load_teacher(config, method: Method) -> Teacher | None:
 def check_teacher_normalization(config, teacher_normalization: str) -> None:
     """One line for a teacher trained on ImageNet's mean/std (a torchvision-format file, or a run that said so)
     in a run that normalizes otherwise, or the reverse: both models see the run's inputs, and ImageNet's std is
-    13-18% below CIFAR-100's (the seed's and RepDistiller's constants, 4e-4 apart, pass for each other)."""
+    13-18% below CIFAR-100's (pytorch-kd's and RepDistiller's constants, 4e-4 apart, pass for each other)."""
     run_normalization = config.data.normalization
     if (teacher_normalization == "imagenet") == (run_normalization == "imagenet"):
         return

@@ -35,7 +35,7 @@ RESERVED_EXPORT_NAMES = {TRAINED_MODEL_DIR, "checkpoints", "tensorboard", "stude
 # written before a key existed compares as if it held that value, so such a run still resumes.
 ADDED_KEYS = {"loss.logit_standardization": False, "optimizer.dot": False, "optimizer.dot_delta": 0.075,
               "data.tfds_name": "", "data.image_size": 224, "data.eval_resize": 256, "data.eval_crop": 224,
-              "data.workers": 0,
+              "data.workers": 0, "crd.bank_layout": "replicated",
               "kdsvd.layout": "repdistiller"}  # a kdsvd section without it ran RepDistiller's term (methods/kdsvd.py)
 # Config keys moved after runs may have started (old dotted key -> new): a config.json that holds the old key
 # compares, resumes and reports as if it held the new one; a config or command line that sets the old key is

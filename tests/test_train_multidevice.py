@@ -29,9 +29,10 @@ from jaxkd.engine.step import make_train_step, zero_sums
 from jaxkd.data import epoch_permutation
 from jaxkd.engine.mesh import batch_sharded, data_mesh, replicated, train_state_sharding
 from jaxkd.io.run_checkpoint import RunCheckpoints
-from jaxkd.methods import Batch, Probe, get_method
-from jaxkd.methods.crd import CRD
-from jaxkd.models import ModelOutput
+from jaxkd.methods import get_method
+from jaxkd.methods.crd import contrast_term
+from jaxkd.methods.crd import init_state as crd_state
+from jaxkd.methods.crd_kernels import BankBlocks, Negatives
 
 # CRD + KD (CE, the KD term, CRD's banks, the teacher's forward): one full-batch step from the same state (CRD
 # amplifies float noise about 5x more per step than KD), and the epoch's last partial batch (RepDistiller's
@@ -112,42 +113,41 @@ for case in STEPS:
             assert len(b.sharding.device_set) == target, (b.sharding, target)
         report["crd_restores"] = True
 
-# CRD's sharded banks (crd.bank_layout "sharded") against the replicated ones, the term alone on the 8 devices:
+# CRD's sharded banks (crd.bank_layout "sharded") against the replicated ones, the term alone on the 8 devices
+# (jaxkd.methods.crd.contrast_term: loss, gradients with respect to both embeddings, updated banks and Z):
 # N = 301 rows (padded to 304), K 245: classes 0 and 1 leave fewer other-class examples (201, 241), so their
 # anchors draw with replacement, the others without; two steps from the first (Z set), the sharded term in two
 # chunks of rows; then a checkpoint of the sharded state restored onto the same mesh.
-def pooled(array):
-    return ModelOutput([], jnp.asarray(array), None)
-
 mesh, rng = data_mesh(), np.random.default_rng(0)
 n, rows, k = 301, 16, 245
 labels = rng.permutation(np.repeat(np.arange(5), [100, 60, 50, 50, 41])).astype(np.int32)
-features = [np.abs(rng.standard_normal((2, rows, dim))).astype(np.float32) for dim in (32, 48)]
+embeddings = rng.standard_normal((2, 2, rows, 128)).astype(np.float32)
+embeddings /= np.linalg.norm(embeddings, axis=-1, keepdims=True)
 indices = [rng.choice(n, rows, replace=False).astype(np.int32) for _ in range(2)]
-methods = {layout: get_method("crd", ConfigDict({"crd": dict(CRD.defaults, nce_k=k, bank_layout=layout,
-                                                                chunk_elements=8 * 38)}))
-           for layout in ("replicated", "sharded")}
-init = methods["sharded"].init(jax.random.PRNGKey(3), Probe(pooled(features[0][0]), pooled(features[1][0]), None,
-                                                            labels, 5))
-params, runs = jax.device_put(init.variables["params"], replicated(mesh)), {}
-for layout, method in methods.items():
-    state = init.state if layout == "sharded" else {  # the padding's rows cut off
-        name: value[:n] if value.ndim and value.shape[0] == 304 else value for name, value in init.state.items()}
+padded = crd_state(jax.random.PRNGKey(3), labels, 128, k, row_multiple=8)
+runs = {}
+for layout in ("replicated", "sharded"):
+    method = get_method("crd", ConfigDict({"crd": {"bank_layout": layout}}))
+    blocks = BankBlocks(mesh.abstract_mesh, n, 304) if layout == "sharded" else None
+    state = padded if blocks else {name: value[:n] if value.ndim and value.shape[0] == 304 else value
+                                   for name, value in padded.items()}  # the padding's rows cut off
     state = jax.device_put(state, method.state_sharding(mesh, state))
 
     @functools.partial(jax.jit, compiler_options=INITIAL_STATE_CPU_OPTIONS)  # compiled fast: small, run twice
-    def step(params, state, f_s, f_t, batch, method=method):
-        def term(params):
-            out = method.term({"params": params}, state, pooled(f_s), pooled(f_t), batch, train=True)
-            return out.term, out.state
-        (loss, state), grads = jax.value_and_grad(term, has_aux=True)(params)
+    def step(state, embed_student, embed_teacher, labels, index, key, method=method, blocks=blocks):
+        def term(embed_student, embed_teacher):
+            loss, state_out, _ = contrast_term(embed_student, embed_teacher, state, index,
+                                               Negatives(jnp.arange(rows), labels, rng=key), index, num_negatives=k,
+                                               temperature=0.07, momentum=0.5, chunk_elements=8 * 38, blocks=blocks)
+            return loss, state_out
+        (loss, state), grads = jax.value_and_grad(term, argnums=(0, 1), has_aux=True)(embed_student, embed_teacher)
         return loss, jax.lax.with_sharding_constraint(state, method.state_sharding(mesh, state)), grads
 
     results = []
     for i, index in enumerate(indices):
-        batch = Batch(None, *jax.device_put((labels[index], index), batch_sharded(mesh)), jax.random.PRNGKey(i))
-        inputs = (params, state, *jax.device_put((features[0][i], features[1][i]), batch_sharded(mesh)), batch)
-        if layout == "sharded" and i == 0:
+        inputs = (state, *jax.device_put((*embeddings[i], labels[index], index), batch_sharded(mesh)),
+                  jax.random.PRNGKey(i))
+        if blocks and i == 0:
             hlo = step.lower(*inputs).compile().as_text()
             report["crd gathers"] = sorted({line.split("=")[1].split()[0] for line in hlo.splitlines()
                                             if " all-gather(" in line or " all-gather-start(" in line})

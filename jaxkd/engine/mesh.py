@@ -1,8 +1,8 @@
 """The device mesh every jitted function runs on: one `data` axis over the devices.
 
-State and datasets are replicated (but a method state the method lays out otherwise: CRD's sharded banks),
-batches are split along `data`; with jit's sharding propagation the same
-code runs on one device or many, and reductions over the batch (BN statistics, losses) span the global batch.
+State and datasets are replicated (but for a method state its method lays out otherwise: CRD's sharded banks),
+batches are split along `data`; with jit's sharding propagation the same code runs on one device or many, and
+reductions over the batch (BN statistics, losses) span the global batch.
 """
 
 import functools

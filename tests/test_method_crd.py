@@ -53,6 +53,8 @@ def test_crd_settings_default_to_repdistillers_and_refuse_unknown_keys():
     assert get_method("crd", default.get_config()).settings == CRD.defaults
     with pytest.raises(UserError, match="unknown config.crd keys"):
         get_method("crd", ConfigDict({"crd": {"nce_kk": 5}}))
+    with pytest.raises(UserError, match="crd.bank_layout"):  # the layouts: tests/test_train_multidevice.py
+        get_method("crd", ConfigDict({"crd": {"bank_layout": "by_columns"}}))
 
 
 @pytest.mark.parametrize("k", [64, 400])  # 400 > every class's pool: RepDistiller draws with replacement

@@ -1,9 +1,11 @@
 """The train step on 1 and on 8 (simulated CPU) devices gives the same state: the batch is split over a `data`
 mesh axis, BN statistics and losses reduce over the global batch, the state (CRD's memory banks included) stays
 replicated; so does the init stage's step (AB's, with SaliencyMix), and the last partial batch of RepDistiller's
-pipeline, which 8 devices do not divide (run replicated; CRD refreshes that batch's bank rows). A train-state
-checkpoint written on one layout restores bitwise on the other (CRD's: parameters, statistics, momentum, memory
-banks and keys; the other methods' states hold no other kinds of leaves). One subprocess for all of it: each
+pipeline, which 8 devices do not divide (run replicated; CRD refreshes that batch's bank rows), there with CRD's
+banks sharded by rows (crd.bank_layout "sharded": 1440 padded rows, 180 per device). A train-state checkpoint
+written on one layout restores bitwise on the other (CRD's: parameters, statistics, momentum, memory banks and
+keys; the other methods' states hold no other kinds of leaves). CRD's term with sharded banks equals the term with
+replicated ones (loss, gradients, banks, Z), with no bank gathered whole, and its state restores sharded. One subprocess for all of it: each
 start of an 8-device JAX costs seconds, and each of these programs compiles once per layout."""
 
 import json
@@ -16,16 +18,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
 import functools, json, sys
-import jax, jax.numpy as jnp, numpy as np, torch
+import jax, jax.numpy as jnp, numpy as np, orbax.checkpoint as ocp, torch
+from ml_collections import ConfigDict
 from configs import crd_kd_wrn, repdistiller
 from jaxkd.pytorch.torch_models import get_torch_model
 from jaxkd.engine import init_stage
-from jaxkd.engine.initial_state import create_train_state
+from jaxkd.engine.initial_state import INITIAL_STATE_CPU_OPTIONS, create_train_state
 from jaxkd.engine.setup import build
 from jaxkd.engine.step import make_train_step, zero_sums
 from jaxkd.data import epoch_permutation
-from jaxkd.engine.mesh import replicated
+from jaxkd.engine.mesh import batch_sharded, data_mesh, replicated, train_state_sharding
 from jaxkd.io.run_checkpoint import RunCheckpoints
+from jaxkd.methods import get_method
+from jaxkd.methods.crd import contrast_term
+from jaxkd.methods.crd import init_state as crd_state
+from jaxkd.methods.crd_kernels import BankBlocks, Negatives
 
 # CRD + KD (CE, the KD term, CRD's banks, the teacher's forward): one full-batch step from the same state (CRD
 # amplifies float noise about 5x more per step than KD), and the epoch's last partial batch (RepDistiller's
@@ -45,6 +52,8 @@ for case in STEPS:
         config.data.saliencymix, config.data.saliencymix_prob = True, 1.0
     else:
         config.crd.nce_k = 256
+    if case == "crd_kd_last_batch":  # the banks sharded over the devices (crd.bank_layout), the batch not
+        config.crd.bank_layout = "sharded"
     finals, states = {}, {}
     for devices in (1, 8):
         setup = build(config, jax.devices()[:devices])
@@ -54,7 +63,7 @@ for case in STEPS:
         if case == "crd_kd_last_batch":
             report[f"{devices}:layout"] = [setup.steps_per_epoch, setup.last_batch_size]
             state = state.replace(step=jnp.asarray(setup.steps_per_epoch - 1, jnp.int32))
-        state = jax.device_put(state, whole)
+        state = jax.device_put(state, train_state_sharding(setup.mesh, state, setup.method))  # as the loop places it
         teacher = jax.device_put(setup.teacher.variables, whole)
         data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), whole)
         permutation = jax.jit(functools.partial(epoch_permutation, num_examples=len(setup.train)),
@@ -81,6 +90,8 @@ for case in STEPS:
                     moved = np.flatnonzero(np.any(after[bank] != before[bank], axis=1))
                     report[f"{devices}:{bank} moved the last batch's rows"] = moved.tolist() == rows.tolist()
                 report[f"{devices}:step"] = int(state.step)
+                report[f"{devices}:bank rows per device"] = {
+                    shard.data.shape[0] for shard in state.method_state["bank_student"].addressable_shards}.pop()
         finals[devices] = jax.device_get((state.params, state.batch_stats, state.method_state, sums))
         states[devices] = state
     # Per tensor: max |diff| over (1e-4 * max |value| + 1e-5); > 1 fails.
@@ -101,6 +112,60 @@ for case in STEPS:
             assert np.array_equal(jax.device_get(a), jax.device_get(b)), (case, saved, target)
             assert len(b.sharding.device_set) == target, (b.sharding, target)
         report["crd_restores"] = True
+
+# CRD's sharded banks (crd.bank_layout "sharded") against the replicated ones, the term alone on the 8 devices
+# (jaxkd.methods.crd.contrast_term: loss, gradients with respect to both embeddings, updated banks and Z):
+# N = 301 rows (padded to 304), K 245: classes 0 and 1 leave fewer other-class examples (201, 241), so their
+# anchors draw with replacement, the others without; two steps from the first (Z set), the sharded term in two
+# chunks of rows; then a checkpoint of the sharded state restored onto the same mesh.
+mesh, rng = data_mesh(), np.random.default_rng(0)
+n, rows, k = 301, 16, 245
+labels = rng.permutation(np.repeat(np.arange(5), [100, 60, 50, 50, 41])).astype(np.int32)
+embeddings = rng.standard_normal((2, 2, rows, 128)).astype(np.float32)
+embeddings /= np.linalg.norm(embeddings, axis=-1, keepdims=True)
+indices = [rng.choice(n, rows, replace=False).astype(np.int32) for _ in range(2)]
+padded = crd_state(jax.random.PRNGKey(3), labels, 128, k, row_multiple=8)
+runs = {}
+for layout in ("replicated", "sharded"):
+    method = get_method("crd", ConfigDict({"crd": {"bank_layout": layout}}))
+    blocks = BankBlocks(mesh.abstract_mesh, n, 304) if layout == "sharded" else None
+    state = padded if blocks else {name: value[:n] if value.ndim and value.shape[0] == 304 else value
+                                   for name, value in padded.items()}  # the padding's rows cut off
+    state = jax.device_put(state, method.state_sharding(mesh, state))
+
+    @functools.partial(jax.jit, compiler_options=INITIAL_STATE_CPU_OPTIONS)  # compiled fast: small, run twice
+    def step(state, embed_student, embed_teacher, labels, index, key, method=method, blocks=blocks):
+        def term(embed_student, embed_teacher):
+            loss, state_out, _ = contrast_term(embed_student, embed_teacher, state, index,
+                                               Negatives(jnp.arange(rows), labels, rng=key), index, num_negatives=k,
+                                               temperature=0.07, momentum=0.5, chunk_elements=8 * 38, blocks=blocks)
+            return loss, state_out
+        (loss, state), grads = jax.value_and_grad(term, argnums=(0, 1), has_aux=True)(embed_student, embed_teacher)
+        return loss, jax.lax.with_sharding_constraint(state, method.state_sharding(mesh, state)), grads
+
+    results = []
+    for i, index in enumerate(indices):
+        inputs = (state, *jax.device_put((*embeddings[i], labels[index], index), batch_sharded(mesh)),
+                  jax.random.PRNGKey(i))
+        if blocks and i == 0:
+            hlo = step.lower(*inputs).compile().as_text()
+            report["crd gathers"] = sorted({line.split("=")[1].split()[0] for line in hlo.splitlines()
+                                            if " all-gather(" in line or " all-gather-start(" in line})
+        loss, state, grads = step(*inputs)
+        results.append(jax.device_get((loss, grads, {name: value[:n] if value.ndim else value
+                                                     for name, value in state.items()})))
+    runs[layout] = results
+report["crd sharded specs"] = {name: str(value.sharding.spec) for name, value in state.items()}
+report["crd bank shard rows"] = state["bank_student"].addressable_shards[0].data.shape[0]
+with ocp.StandardCheckpointer() as checkpointer:  # as RunCheckpoints saves and restores the train state
+    checkpointer.save(f"{sys.argv[1]}/crd_sharded", state)
+    checkpointer.wait_until_finished()
+    restored = checkpointer.restore(f"{sys.argv[1]}/crd_sharded", jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
+report["crd restored"] = all(np.array_equal(jax.device_get(state[name]), jax.device_get(restored[name]))
+                             and restored[name].sharding == state[name].sharding for name in state)
+# Per tensor: max |diff| / max |value|
+report["crd worst"] = max(float(np.max(np.abs(np.asarray(a, np.float64) - b)) / float(np.max(np.abs(a))))
+                          for a, b in zip(jax.tree.leaves(runs["replicated"]), jax.tree.leaves(runs["sharded"])))
 print("REPORT " + json.dumps(report))
 """
 
@@ -120,6 +185,17 @@ def test_eight_devices_step_like_one(tmp_path):
     assert report["crd_restores"]
     # RepDistiller's pipeline on digits at batch 64: 22 full batches and one of 25, which 8 devices do not
     # divide: that step runs replicated (the same result), nothing dropped, and it refreshes its own bank rows.
+    # CRD's sharded banks: the term to float rounding (the sums over the rows add up per device, then over the
+    # devices); what moves between devices is the embeddings, the batch's labels and indices, the per-device
+    # counts of the negatives' sampler (all-gathered for the ties, all-reduced otherwise) and the batch's bank
+    # rows (all-reduced), never a bank: 304 rows, 38 per device.
+    assert report["crd worst"] < 1e-5, report
+    assert not any("[304," in shape or "[38," in shape for shape in report["crd gathers"]), report["crd gathers"]
+    assert report["crd bank shard rows"] == 38 and report["crd restored"]
+    sharded = {"bank_student", "bank_teacher", "labels", "class_order"}
+    assert report["crd sharded specs"] == {name: "P('data',)" if name in sharded else "P()"
+                                           for name in report["crd sharded specs"]}, report["crd sharded specs"]
+    assert (report["1:bank rows per device"], report["8:bank rows per device"]) == (1440, 180)
     for devices in (1, 8):
         assert report[f"{devices}:layout"] == [23, 25]
         assert report[f"{devices}:step"] == 23

@@ -18,7 +18,7 @@ from jaxkd.engine.evaluation import evaluate_batches, evaluate_classifiers, eval
 from jaxkd.engine.init_stage import log_resume_step, run_init_stage
 from jaxkd.engine.init_stage import total_steps as init_stage_steps
 from jaxkd.engine.initial_state import create_train_state
-from jaxkd.engine.mesh import batch_sharded, replicated
+from jaxkd.engine.mesh import batch_sharded, replicated, train_state_sharding
 from jaxkd.engine.optimizer import config_learning_rate_schedule
 from jaxkd.engine.setup import Setup, build
 from jaxkd.engine.step import eval_variables, make_eval_logits, make_train_step, train_programs, zero_sums
@@ -243,7 +243,8 @@ def _run(setup: Setup, initial: dict, context: RunContext):
     on_all_devices = replicated(mesh)
     total_steps = spe * config.epochs
 
-    state = jax.device_put(initial.pop("state"), on_all_devices)
+    state = initial.pop("state")
+    state = jax.device_put(state, train_state_sharding(mesh, state, setup.method))
     progress = {"best_top1": 0.0, "best_epoch": 0}
     resumed = checkpoints.latest_step() is not None
     if resumed:

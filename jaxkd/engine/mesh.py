@@ -1,7 +1,8 @@
 """The device mesh every jitted function runs on: one `data` axis over the devices.
 
-State and datasets are replicated, batches are split along `data`; with jit's sharding propagation the same
-code runs on one device or many, and reductions over the batch (BN statistics, losses) span the global batch.
+State and datasets are replicated (but for a method state its method lays out otherwise: CRD's sharded banks),
+batches are split along `data`; with jit's sharding propagation the same code runs on one device or many, and
+reductions over the batch (BN statistics, losses) span the global batch.
 """
 
 import functools
@@ -24,6 +25,13 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def train_state_sharding(mesh: jax.sharding.Mesh, state, method):
+    """The shardings of a train state (its arrays or their shapes): replicated, the method state as the method
+    lays it out (`Method.state_sharding`)."""
+    whole = replicated(mesh)
+    return jax.tree.map(lambda _: whole, state).replace(method_state=method.state_sharding(mesh, state.method_state))
 
 
 def process_rows(sharding: NamedSharding, global_rows: int) -> slice:

@@ -19,7 +19,7 @@ from jaxkd.engine.compile_options import compiler_options
 from jaxkd.engine.dispatch import TrainPrograms, steps_per_dispatch
 from jaxkd.engine.dot import dot_gradients, uses_dot
 from jaxkd.engine.losses import cross_entropy
-from jaxkd.engine.mesh import batch_sharded, replicated
+from jaxkd.engine.mesh import batch_sharded, replicated, train_state_sharding
 from jaxkd.engine.setup import Setup
 from jaxkd.engine.train_batch import prepare_batch
 from jaxkd.engine.train_state import TrainState
@@ -127,7 +127,7 @@ def make_train_step(setup: Setup, num_steps: int = 1, unroll: bool | None = None
                               batch_sharding)
         state, metrics = update(state, batch, teacher_variables)
         sums = {name: sums[name] + metrics[name].astype(jnp.float32) for name in setup.metric_names}
-        return state, sums
+        return laid_out(setup, state), sums
 
     def train_steps(state: TrainState, sums, *inputs):
         if num_steps == 1:
@@ -139,7 +139,7 @@ def make_train_step(setup: Setup, num_steps: int = 1, unroll: bool | None = None
         (state, sums), _ = jax.lax.scan(body, (state, sums), length=num_steps, unroll=bool(unroll))
         return state, sums
 
-    return jax.jit(train_steps, donate_argnums=(0, 1), out_shardings=(state_sharding, state_sharding),
+    return jax.jit(train_steps, donate_argnums=(0, 1), out_shardings=(state_out(setup), state_sharding),
                    compiler_options=compiler_options(setup.mesh))
 
 
@@ -158,10 +158,24 @@ def make_host_fed_step(setup: Setup):
                       method_rng, epoch=state.step // steps_per_epoch + 1)
         state, metrics = update(state, batch, teacher_variables)
         sums = {name: sums[name] + metrics[name].astype(jnp.float32) for name in setup.metric_names}
-        return state, sums
+        return laid_out(setup, state), sums
 
-    return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(state_sharding, state_sharding),
+    return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(state_out(setup), state_sharding),
                    compiler_options=compiler_options(setup.mesh))
+
+
+def state_out(setup: Setup):
+    """The train programs' output state sharding: replicated, or None (set by `laid_out`) for a method that
+    lays its state out itself (`Method.shards_state`: CRD's sharded banks)."""
+    return None if setup.method.shards_state else replicated(setup.mesh)
+
+
+def laid_out(setup: Setup, state: TrainState) -> TrainState:
+    """`state` pinned to its layout on the mesh (`train_state_sharding`) for a method that lays its state out;
+    otherwise unchanged (the program's output sharding replicates it)."""
+    if not setup.method.shards_state:
+        return state
+    return jax.lax.with_sharding_constraint(state, train_state_sharding(setup.mesh, state, setup.method))
 
 
 def make_eval_logits(setup: Setup):

@@ -36,7 +36,7 @@ RESERVED_EXPORT_NAMES = {TRAINED_MODEL_DIR, "checkpoints", "tensorboard", "stude
 ADDED_KEYS = {"loss.logit_standardization": False, "optimizer.dot": False, "optimizer.dot_delta": 0.075,
               "data.tfds_name": "", "data.image_size": 224, "data.eval_resize": 256, "data.eval_crop": 224,
               "data.workers": 0, "data.train_split": "train", "data.eval_split": "", "data.skip_unreadable": False,
-              "data.digits_size": 32,
+              "data.digits_size": 32, "crd.bank_layout": "replicated",
               "kdsvd.layout": "repdistiller"}  # a kdsvd section without it ran RepDistiller's term (methods/kdsvd.py)
 # Config keys moved after runs may have started (old dotted key -> new): a config.json that holds the old key
 # compares, resumes and reports as if it held the new one; a config or command line that sets the old key is

@@ -257,6 +257,15 @@ class Method:
         """The method's init stage for the run's `config`, or None (no init stage: most methods)."""
         return None
 
+    # whether `state_sharding` lays the state out otherwise than replicated (then the engine pins the step's
+    # output state to it instead of replicating it)
+    shards_state = False
+
+    def state_sharding(self, mesh: jax.sharding.Mesh, state):
+        """How the method state sits on the mesh's devices: a pytree prefix of shardings of `state` (its arrays
+        or their shapes). Replicated by default; CRD's sharded banks split their rows over the `data` axis."""
+        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
     def init_loss(self, modules: dict, student: ModelOutput | None, teacher: ModelOutput, batch: Batch
                   ) -> tuple[jax.Array, dict]:
         """(the init stage's loss, the init modules' updated batch statistics), the modules in train mode;

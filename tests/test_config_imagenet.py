@@ -49,10 +49,11 @@ EXPECTED = {
     ("at", "r50_mv1"): (1.0, 0.0, 1000.0, 4.0, False, {"p": 2}),
     # engine/cfg.py:138 FEAT.DIM 128, :142 CE 1, :143 FEAT_WEIGHT 0.8, :145 K 16384, :146 MOMENTUM 0.5, :147 T 0.07
     # (crd.yaml:26-27 STUDENT_DIM/TEACHER_DIM are the pair's feature widths, which jaxkd reads off the models)
+    # and jaxkd's sharded banks (how it holds 1.28M rows; the same results as replicated ones)
     ("crd", "r34_r18"): (1.0, 0.0, 0.8, 4.0, False,
-                         {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5}),
+                         {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "bank_layout": "sharded"}),
     ("crd", "r50_mv1"): (1.0, 0.0, 0.8, 4.0, False,
-                         {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5}),
+                         {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "bank_layout": "sharded"}),
     # r34_r18/reviewkd.yaml:27 CE 1, :28 REVIEWKD_WEIGHT 1, :29 WARMUP_EPOCHS 1, :34 STU_PREACT True, MAX_MID_CHANNEL
     # cfg.py:158's 512; r50_mv1/reviewkd.yaml:27 CE 1, :28 weight 8, :29 warm-up 1, :34 MAX_MID_CHANNEL 256, :35 True
     ("reviewkd", "r34_r18"): (1.0, 0.0, 1.0, 4.0, False,

@@ -172,7 +172,8 @@ def imagenet(teacher: str, student: str, method: str) -> ConfigDict:
         config.at = config_section("at", p=2)
     elif method == "crd":  # CFG.CRD: CE 1, FEAT_WEIGHT 0.8, DIM 128, NCE K 16384, T 0.07, MOMENTUM 0.5
         config.loss.beta = 0.8
-        config.crd = config_section("crd", feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5)
+        # 1.28M bank rows: each device holds its block of the banks (jaxkd's layout, docs/methods.md CRD)
+        config.crd = config_section("crd", feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5, bank_layout="sharded")
     elif method == "reviewkd":  # REVIEWKD: CE 1, the pair's weight and mid channels, WARMUP_EPOCHS 1, STU_PREACT
         config.loss.beta, max_mid_channels = IMAGENET_REVIEWKD[folder]
         config.reviewkd = config_section("reviewkd", warmup=1, student_preact=True, max_mid_channels=max_mid_channels)

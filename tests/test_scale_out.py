@@ -7,8 +7,9 @@ read back through the server's API.
 
 The run is CRD + KD (configs/crd_kd_wrn.py) on digits with a resnet8 student: the step has the CE, KD and CRD
 terms and CRD's replicated memory banks. Batch 1024 makes an epoch one step (1,433 training digits): layouts
-are compared after one step from the same state, since CRD amplifies the float noise of reduction order
-(measured on the parameters: at batch 512, after 2 steps, 1.9x the tolerance below; after 1 step 0.014x).
+are compared at the checkpoint of the first step from the same state, since CRD amplifies the float noise of
+reduction order (measured on the parameters: at batch 512, after 2 steps, 1.9x the tolerance below; after 1 step
+0.014x). The 2-process run is also the uninterrupted run the SIGTERM test's resumed run must equal bit for bit.
 """
 
 import io
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import torch
 
@@ -70,14 +72,19 @@ def assert_ok(results):
         assert code == 0, f"process {rank} exited {code}: {stdout[-1500:]}\n{stderr[-3000:]}"
 
 
-def restore_on_one_device(workdir, teacher):
-    """The latest train state of `workdir`, restored onto this process's single device."""
+def restore_on_one_device(workdir, teacher, step: int | None = None):
+    """The train state of `workdir` at `step` (None: the latest), restored onto this process's single device."""
     config = config_of(teacher)
     setup = build(config, jax.devices()[:1])
     template = jax.device_put(create_train_state(setup), replicated(setup.mesh))
-    checkpoints = RunCheckpoints(workdir, keep=2)
+    checkpoints = RunCheckpoints(workdir, keep=EPOCHS)
     try:
-        state, _ = checkpoints.restore(template)
+        if step is None:
+            state, _ = checkpoints.restore(template)
+        else:
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+            state = checkpoints.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract)))["state"]
     finally:
         checkpoints.close()
     return state
@@ -91,14 +98,21 @@ def teacher(tmp_path_factory):
 TWO = "scale_out/two_processes"  # the 2-process run's workdir in the bucket `runs`
 
 
+# 3 epochs of one step, each logged and checkpointed (every checkpoint kept), evaluated at the end: the SIGTERM test
+# stops its run after the first step, and resumes it to this run's end
+EPOCHS = 3
+RUN = [f"--config.epochs={EPOCHS}", "--config.log_every_steps=1", f"--config.eval_every_epochs={EPOCHS}",
+       "--config.checkpoint_every_epochs=1", f"--config.keep_checkpoints={EPOCHS}"]
+
+
 @pytest.fixture(scope="module")
 def runs(teacher, tmp_path_factory, gcs):
-    """One epoch (one step) on one device (local workdir and teacher), and on 2 processes x 4 devices (workdir
-    and teacher in the bucket), run side by side."""
+    """The run (RUN) on one device (local workdir and teacher), and on 2 processes x 4 devices (workdir and
+    teacher in the bucket), side by side."""
     gcs.upload("runs", "scale_out/resnet8.pth", teacher.read_bytes())
     one, two = tmp_path_factory.mktemp("one_device"), f"gs://runs/{TWO}"
-    single = start(one, teacher, "--config.epochs=1")
-    pair = start(two, "gs://runs/scale_out/resnet8.pth", "--config.epochs=1", processes=2, devices_per_process=4)
+    single = start(one, teacher, *RUN)
+    pair = start(two, "gs://runs/scale_out/resnet8.pth", *RUN, processes=2, devices_per_process=4)
     single_results, pair_results = finish(single), finish(pair)
     assert_ok(single_results)
     assert_ok(pair_results)
@@ -112,12 +126,12 @@ def test_two_processes_train_like_one_device(runs, teacher):
     teacher_top1 = [next(json.loads(line)["top1"] for line in runs[f"{name}_metrics"].splitlines()
                          if json.loads(line)["kind"] == "teacher") for name in ("one", "two")]
     assert teacher_top1[0] == teacher_top1[1]
-    one_model, _ = load_model_checkpoint(runs["one"] / "model")
-    two_model, _ = load_model_checkpoint(f"{runs['two']}/model")
+    # After one step (CRD amplifies the reductions' float noise step by step: see the module's docstring).
+    one_state, two_state = (restore_on_one_device(runs[name], teacher, step=STEPS_PER_EPOCH) for name in ("one", "two"))
+    assert int(one_state.step) == int(two_state.step) == STEPS_PER_EPOCH
+    one_model, two_model = (jax.device_get(state.student_variables()) for state in (one_state, two_state))
     # Same tolerance as the 8-device step test: only the order of floating-point reductions differs.
     assert worst_ratio(one_model, two_model) <= 1, worst_ratio(one_model, two_model)
-    one_state, two_state = restore_on_one_device(runs["one"], teacher), restore_on_one_device(runs["two"], teacher)
-    assert int(two_state.step) == STEPS_PER_EPOCH
     crd_one, crd_two = (jax.device_get(state.method_state) for state in (one_state, two_state))
     banks = ("bank_student", "bank_teacher", "z_student", "z_teacher")
     assert worst_ratio({k: crd_one[k] for k in banks}, {k: crd_two[k] for k in banks}) <= 1
@@ -134,7 +148,7 @@ def test_only_process_0_writes_metrics_messages_and_exports(runs, gcs):
     objects = gcs.list_objects("runs", f"{TWO}/")
     assert len([name for name in objects if "/tensorboard/" in name]) == 1  # one event file: one writer
     (_, stdout_0, _), (_, stdout_1, _) = runs["two_results"]
-    assert stdout_0.count("final test top-1") == 1 and stdout_0.count("epoch 1/1") == 1
+    assert stdout_0.count("final test top-1") == 1 and stdout_0.count(f"epoch {EPOCHS}/{EPOCHS}") == 1
     assert "top-1" not in stdout_1 and "wrote" not in stdout_1
     names = sorted({name[len(TWO) + 1:].split("/")[0] for name in objects})
     # no .lock in a bucket (object storage has no locks), no temporary or probe objects left
@@ -159,10 +173,12 @@ def test_checkpoint_of_two_processes_restores_on_one_device(runs, teacher, tmp_p
     # And the command resumes it on one device, for a second epoch (in a local copy: the other tests read the
     # run; it also shows that a bucket's workdir copied to a disk is a workdir).
     resumed = gcs.download("runs", TWO, tmp_path / "resumed")
-    code, stdout, stderr = finish(start(resumed, "gs://runs/scale_out/resnet8.pth", "--config.epochs=2"))[0]
+    code, stdout, stderr = finish(start(resumed, "gs://runs/scale_out/resnet8.pth",
+                                        f"--config.epochs={EPOCHS + 1}"))[0]
     assert code == 0, stderr[-3000:]
-    assert f"resumed from {resumed / 'checkpoints'} at step {STEPS_PER_EPOCH} (epoch 2 of 2)" in stdout
-    assert restore_on_one_device(resumed, teacher).step == 2 * STEPS_PER_EPOCH
+    assert f"resumed from {resumed / 'checkpoints'} at step {EPOCHS * STEPS_PER_EPOCH} (epoch {EPOCHS + 1} of " \
+           f"{EPOCHS + 1})" in stdout
+    assert restore_on_one_device(resumed, teacher).step == (EPOCHS + 1) * STEPS_PER_EPOCH
 
 
 # `python -m jaxkd.train` whose process 1 sends itself SIGTERM (as a preemption notice reaching one host) just
@@ -188,15 +204,13 @@ sys.exit(main(["jaxkd.train", *sys.argv[1:]]))
 """
 
 
-def test_sigterm_to_one_process_stops_both_and_the_same_command_resumes_to_the_uninterrupted_run(teacher, tmp_path):
+def test_sigterm_to_one_process_stops_both_and_the_same_command_resumes_to_the_uninterrupted_run(runs, teacher,
+                                                                                                  tmp_path, gcs):
     """A preemption notice to process 1 alone: both processes save at the same step and exit 143; the same
-    command then resumes on 2 processes and ends bitwise equal to an uninterrupted 2-process run (weights, CRD's
-    banks, every metrics row once and equal in value)."""
-    epochs = 3  # one step each; the stop lands after the first (the notice precedes the second dispatch)
-    extra = [f"--config.epochs={epochs}", "--config.log_every_steps=1", "--config.eval_every_epochs=3",
-             "--config.checkpoint_every_epochs=1"]
-    common = ["--config", "configs/crd_kd_wrn.py", *overrides(teacher), *extra]
-    straight = start(tmp_path / "straight", teacher, *extra, processes=2, devices_per_process=4)
+    command then resumes on 2 processes and ends bitwise equal to the uninterrupted 2-process run of `runs`
+    (weights, CRD's banks, every metrics row once and equal in value). Its epochs are one step each; the stop lands
+    after the first (the notice precedes the second dispatch)."""
+    common = ["--config", "configs/crd_kd_wrn.py", *overrides(teacher), *RUN]
     stopped = tmp_path / "stopped"
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
@@ -209,22 +223,19 @@ def test_sigterm_to_one_process_stops_both_and_the_same_command_resumes_to_the_u
     results = finish(interrupted)
     assert [code for code, _, _ in results] == [143, 143], [r[2][-2000:] for r in results]
     saved = max(int(path.name) for path in (stopped / "checkpoints").iterdir() if path.name.isdigit())
-    assert 0 < saved < epochs * STEPS_PER_EPOCH, saved
+    assert 0 < saved < EPOCHS * STEPS_PER_EPOCH, saved
     assert f"SIGTERM: saved a checkpoint at step {saved}" in results[0][1]
-    resumed = finish(start(stopped, teacher, *extra, processes=2, devices_per_process=4))
+    resumed = finish(start(stopped, teacher, *RUN, processes=2, devices_per_process=4))
     assert_ok(resumed)
     assert f"resumed from {stopped / 'checkpoints'} at step {saved}" in resumed[0][1]
-    assert_ok(finish(straight))
-    rows = [[{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
-             for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-            for workdir in (stopped, tmp_path / "straight")]
+    rows = [[{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in text.splitlines()]
+            for text in ((stopped / "metrics.jsonl").read_text(), runs["two_metrics"])]
     assert rows[0] == rows[1]
-    ours, reference = (load_model_checkpoint(workdir / "model")[0] for workdir in (stopped, tmp_path / "straight"))
+    ours, reference = (load_model_checkpoint(workdir)[0] for workdir in (stopped / "model", f"{runs['two']}/model"))
     for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(ours),
                                  jax.tree_util.tree_leaves_with_path(reference), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
-    banks = [jax.device_get(restore_on_one_device(workdir, teacher).method_state)
-             for workdir in (stopped, tmp_path / "straight")]
+    banks = [jax.device_get(restore_on_one_device(workdir, teacher).method_state) for workdir in (stopped, runs["two"])]
     for name in ("bank_student", "bank_teacher", "z_student", "z_teacher"):
         np.testing.assert_array_equal(banks[0][name], banks[1][name], err_msg=name)
 

@@ -69,7 +69,9 @@ def pytest_collection_modifyitems(config, items):
     """`make test` runs the suite on 2 pytest-xdist workers (`--dist loadgroup`). A module whose tests share a
     module-scoped fixture (a training run they all read) becomes one group, kept on one worker so that the
     fixture is built once; every other test is scheduled on its own. xdist hands out the groups first, the
-    largest first, then the single tests."""
+    largest first, then the single tests in collection order: the single tests marked `slow` are put first among
+    them, so that none is left running alone at the suite's end while the other worker has nothing to do."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the order otherwise kept
     for item in items:
         definitions = getattr(item, "_fixtureinfo", None)
         shared = [name for name, defs in (definitions.name2fixturedefs.items() if definitions else ())

@@ -39,6 +39,7 @@ def torch_flops(arch: str, batch: int, train: bool) -> int:
     return counter.get_total_flops()
 
 
+@pytest.mark.slow
 def test_tiny_bench_writes_kds_record_with_every_part(tmp_path, capsys, monkeypatch):
     """KD's record with every part timed (`none`'s, without a teacher: the A/B tests below)."""
     monkeypatch.delenv(ENV_VAR, raising=False)

@@ -51,6 +51,7 @@ def run(config, workdir, stop_at_call: int | None = None, monkeypatch=None) -> s
     return output.getvalue()
 
 
+@pytest.mark.slow
 def test_stopped_in_the_init_stage_or_in_training_resumes_bitwise_without_rerunning_it(tmp_path, monkeypatch):
     config = ab_config(save_random_teacher(tmp_path / "teacher.pth", "wideresnet16_2", 10))
     config.progress_bar = True  # output to a file: a progress line at each of the stage's log steps

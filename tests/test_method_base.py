@@ -188,6 +188,7 @@ class Toy(Method):
         return TermOutput(mse, metrics={"mse": mse}, batch_stats=batch_stats)
 
 
+@pytest.mark.slow
 def test_a_method_added_as_documented_trains(tmp_path, monkeypatch):
     """The documented steps alone: the class above (1), its registry line (2), its config entry (3); this test is
     step 4. It trains on digits: its module learns (the term falls), the student learns, its metric is logged,

@@ -279,6 +279,7 @@ def compiled_step_memory(config, num_examples: int) -> int:
             - stats.alias_size_in_bytes)
 
 
+@pytest.mark.slow
 def test_crd_step_memory_stays_within_100_mib_of_kd():
     """Tracker issue 5: at batch 64, K 16384, N 50000 (CIFAR-100's training set) the CRD step needs at most
     100 MiB more than the KD step (resnet8 <- resnet8; the gap is the method's, the models barely matter).

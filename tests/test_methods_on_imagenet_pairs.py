@@ -72,6 +72,7 @@ def named_fields(out: ModelOutput) -> dict:
     return fields
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("teacher_arch,student_arch,max_mid_channels", PAIRS)
 def test_terms_and_their_output_gradients_match_the_references(teacher_arch, student_arch, max_mid_channels,
                                                                   rng):

@@ -5,6 +5,7 @@ import dataclasses
 
 import jax
 import numpy as np
+import pytest
 
 from configs import kd_wrn
 from jaxkd.data import epoch_permutation
@@ -19,6 +20,7 @@ def flat(tree) -> np.ndarray:
     return np.concatenate([np.ravel(np.asarray(leaf, np.float64)) for leaf in jax.tree.leaves(tree)])
 
 
+@pytest.mark.slow
 def test_each_vmapped_run_equals_the_run_trained_alone(monkeypatch):
     config = kd_wrn.get_config()  # KD: the teacher is shared, everything else is per run
     config.model, config.teacher.arch, config.batch_size, config.seed = "resnet8", "resnet8", 4, 7

@@ -259,6 +259,7 @@ def own_output(stdout: str) -> str:
     return GLOO_MESSAGES.sub(without_messages, stdout)
 
 
+@pytest.mark.slow
 def test_evaluation_commands_on_two_processes_report_like_one(tmp_path):
     """`jaxkd.tools.robustness` and `jaxkd.tools.evaluate` on 2 processes x 2 devices: the same numbers as one process
     (70 clean images and 35 per corruption: not multiples of the 4 devices' batch shares); process 0 alone

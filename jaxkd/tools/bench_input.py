@@ -19,7 +19,7 @@ its load average. `--input tfds:NAME` times the loader on a TFDS dataset
 (`--data_dir`), without a torchvision part (ImageFolder reads folders only).
 
 torchvision is loaded from its pure-Python modules without its C extension (the wheel on the package index is built
-against CUDA torch and fails to import beside a CPU torch), as tests/helpers/torchvision_modules.py does.
+against CUDA torch and fails to import beside a CPU torch): jaxkd/pytorch/torchvision_modules.py.
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ import importlib
 import importlib.util
 import os
 import statistics
-import sys
 import time
-import types
 from pathlib import Path
 
 from jaxkd.config.command_line import HELP_FLAGS
@@ -40,6 +38,7 @@ from jaxkd.data.streaming.sources import ImageFolderSource, TfdsImageSource
 from jaxkd.data.streaming.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransforms
 from jaxkd.errors import UserError
 from jaxkd.io.safe_write import check_output_directory
+from jaxkd.pytorch.torchvision_modules import torchvision_module
 from jaxkd.tools import bench
 from jaxkd.tools.bench_timing import Part
 
@@ -52,21 +51,6 @@ TORCH_THREADS = 1
 USAGE = ("usage: python -m jaxkd.bench --input ROOT|tfds:NAME [--split train] [--workers 0,1,2] [--batch_size 32] "
          "[--batches 16] [--warmup_batches 2] [--repeats 3] [--image_size 224] [--threads 8] [--notorch] "
          "[--data_dir DIR] [--out DIR] [--note TEXT]")
-
-
-def torchvision_module(name: str) -> types.ModuleType:
-    """`torchvision.<name>` from its pure-Python files; `torchvision` itself entered as a bare namespace so that
-    its `__init__` (which registers the C extension's operators) never runs. An imported torchvision is used as
-    it is."""
-    if "torchvision" not in sys.modules:
-        spec = importlib.util.find_spec("torchvision")
-        if spec is None:
-            raise UserError("the torchvision part needs torchvision (pip install -e '.[test]'), or pass --notorch")
-        package = types.ModuleType("torchvision")
-        package.__path__ = list(spec.submodule_search_locations)
-        package.__spec__, package.__file__ = spec, spec.origin
-        sys.modules["torchvision"] = package
-    return importlib.import_module(f"torchvision.{name}")
 
 
 def open_source(name: str, split: str, data_dir: str):

@@ -114,6 +114,10 @@ for case in STEPS:
             assert np.array_equal(jax.device_get(a), jax.device_get(b)), (case, saved, target)
             assert len(b.sharding.device_set) == target, (b.sharding, target)
         report["crd_restores"] = True
+    if case == "crd_kd_last_batch":  # the sharded banks padded for 8 devices (1440 rows): the main process, on
+        checkpoints = RunCheckpoints(f"{sys.argv[1]}/crd_sharded_run", keep=1)  # 1 device, refuses to resume it
+        checkpoints.save(states[8], {"best_top1": 0.0, "best_epoch": 0})
+        checkpoints.close()
 
 # CRD's sharded banks (crd.bank_layout "sharded") against the replicated ones, the term alone on the 8 devices
 # (jaxkd.methods.crd.contrast_term: loss, gradients with respect to both embeddings, updated banks and Z):
@@ -173,7 +177,7 @@ print("REPORT " + json.dumps(report))
 
 
 @pytest.mark.slow
-def test_eight_devices_step_like_one(tmp_path):
+def test_eight_devices_step_like_one(tmp_path, monkeypatch):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, env=env,
@@ -199,8 +203,29 @@ def test_eight_devices_step_like_one(tmp_path):
     assert report["crd sharded specs"] == {name: "P('data',)" if name in sharded else "P()"
                                            for name in report["crd sharded specs"]}, report["crd sharded specs"]
     assert (report["1:bank rows per device"], report["8:bank rows per device"]) == (1440, 180)
+    _assert_a_sharded_bank_checkpoint_of_8_devices_is_one_line_on_1(tmp_path, monkeypatch)
     for devices in (1, 8):
         assert report[f"{devices}:layout"] == [23, 25]
         assert report[f"{devices}:step"] == 23
         assert report[f"{devices}:bank_student moved the last batch's rows"]
         assert report[f"{devices}:bank_teacher moved the last batch's rows"]
+
+
+def _assert_a_sharded_bank_checkpoint_of_8_devices_is_one_line_on_1(tmp_path, monkeypatch):
+    """The subprocess's CRD run with sharded banks (digits' 1433 training examples padded to 1440 rows for its 8
+    devices), resumed in this one-device process (1433 rows): one UserError naming both device counts, before
+    the initial state is made (nothing compiled), instead of Orbax's shape error at restore."""
+    from configs import crd_kd_wrn
+    from jaxkd.engine import loop
+    from jaxkd.errors import UserError
+
+    config = crd_kd_wrn.get_config()  # the subprocess's "crd_kd_last_batch" case
+    config.data.source, config.model, config.crd.nce_k, config.crd.bank_layout = "digits", "resnet8", 256, "sharded"
+    config.teacher.checkpoint, config.teacher.arch = str(tmp_path / "teacher.pth"), "resnet8"
+    monkeypatch.setattr(loop, "create_train_state", lambda setup: pytest.fail("the initial state was made first"))
+    with pytest.raises(UserError) as refused:
+        loop.train_and_evaluate(config, tmp_path / "crd_sharded_run")
+    assert str(refused.value) == (
+        "crd.bank_layout 'sharded': the checkpoint's memory banks hold 1440 rows, the 1433 examples padded for the "
+        "8 devices it was written on; this run has 1 device(s) (1433 rows): resume it on 8 devices (or on any "
+        "device count that pads 1433 rows to 1440)")

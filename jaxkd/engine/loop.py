@@ -24,7 +24,7 @@ from jaxkd.engine.setup import Setup, build
 from jaxkd.engine.step import eval_variables, make_eval_logits, make_train_step, train_programs, zero_sums
 from jaxkd.errors import UserError
 from jaxkd.io.metric_log import MetricLog
-from jaxkd.io.run_checkpoint import RunCheckpoints
+from jaxkd.io.run_checkpoint import RunCheckpoints, saved_state_metadata
 from jaxkd.io.safe_write import check_output_directory
 from jaxkd.io.stop_request import StopRequest
 from jaxkd.io.workdir import WorkdirLock, check_config_json, check_epochs, create_workdir, export_models, save_config
@@ -40,6 +40,9 @@ def train_and_evaluate(config, workdir) -> dict:
             lock.acquire()  # a second run on a live workdir is refused before it loads anything
             check_config_json(config, workdir)  # so is another run's workdir, or an unreadable config.json
         setup = build(config)  # every user error surfaces here, before any compile
+        saved = saved_state_metadata(workdir)  # a checkpoint's method state this run cannot restore: refused now
+        if saved is not None:
+            setup.method.check_saved_state(saved.get("method_state", {}), len(setup.train_labels))
         check_epochs(config, workdir, setup.steps_per_epoch)  # a finished run's config is never shortened
         if setup.stream is not None:
             setup.stream.check_skipped_list(workdir)  # data.skip_unreadable: a resume skips what its start skipped

@@ -77,6 +77,24 @@ def damage(step_directory, manifest_due: bool) -> str | None:
     return None
 
 
+def saved_state_metadata(workdir, subdirectory: str = "checkpoints") -> dict | None:
+    """The train state's array metadata (shape, dtype, sharding: `TrainState` fields as a nested dict) in the
+    newest checkpoint of `WORKDIR/subdirectory`, read from Orbax's metadata files without restoring an array, so
+    that a state this run cannot restore is refused before anything compiles; None without a checkpoint, or when
+    its metadata cannot be read (a damaged one: `RunCheckpoints.latest_step` deals with it)."""
+    directory = absolute(workdir) / subdirectory
+    try:
+        steps = sorted(int(entry.name) for entry in directory.iterdir() if entry.name.isdigit())
+    except OSError:  # no such folder
+        return None
+    if not steps:
+        return None
+    try:
+        return dict(ocp.PyTreeCheckpointHandler().metadata(directory / str(steps[-1]) / "state").tree)
+    except (OSError, ValueError, KeyError, TypeError):  # damaged: the restore's verification names it
+        return None
+
+
 class RunCheckpoints:
     def __init__(self, workdir, keep: int, subdirectory: str = "checkpoints"):
         """`subdirectory`: "checkpoints" for the train state, "init_checkpoints" for an init stage's."""

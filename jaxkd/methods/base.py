@@ -266,6 +266,12 @@ class Method:
         or their shapes). Replicated by default; CRD's sharded banks split their rows over the `data` axis."""
         return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
+    def check_saved_state(self, saved: dict, num_examples: int) -> None:
+        """One UserError for a checkpoint's method state that this run cannot restore (`saved`: its arrays'
+        metadata, shape and sharding, `jaxkd.io.run_checkpoint.saved_state_metadata`), read before anything
+        compiles; `num_examples`: the training examples. Nothing by default; CRD's sharded banks, padded for the
+        devices they were written on, refuse another padding."""
+
     def init_loss(self, modules: dict, student: ModelOutput | None, teacher: ModelOutput, batch: Batch
                   ) -> tuple[jax.Array, dict]:
         """(the init stage's loss, the init modules' updated batch statistics), the modules in train mode;

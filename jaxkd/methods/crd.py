@@ -320,6 +320,31 @@ class CRD(Method):
         return {name: NamedSharding(mesh, ROWS if name.startswith("bank_") or name in ROW_TABLES else WHOLE)
                 for name in state}
 
+    def check_saved_state(self, saved: dict, num_examples: int) -> None:
+        """Sharded layout: a checkpoint's banks padded for another device count (their rows: N rounded up to a
+        multiple of the devices they were written on) is one UserError naming both counts, instead of Orbax's
+        shape error at restore. (Re-padding on restore would be exact, the padding rows being label -1 and never
+        drawn; it is not done: the restore is the engine's, for every method alike.)"""
+        bank = saved.get("bank_student")
+        if not self.sharded or bank is None:
+            return
+        devices = jax.device_count()
+        rows = num_examples + (-num_examples % devices)
+        if bank.shape[0] == rows:
+            return
+        saved_rows = bank.shape[0]
+        mesh_shape = getattr(bank.sharding, "shape", None)  # Orbax's NamedShardingMetadata: the saved mesh
+        saved_devices = int(math.prod(mesh_shape)) if mesh_shape is not None else None
+        if saved_devices is None or num_examples + (-num_examples % saved_devices) != saved_rows:
+            written_on, resume_on = "the devices it was written on", "those devices"
+        else:
+            resume_on = f"{saved_devices} device{'s' if saved_devices != 1 else ''}"
+            written_on = f"the {resume_on} it was written on"
+        raise UserError(f"crd.bank_layout 'sharded': the checkpoint's memory banks hold {saved_rows} rows, the "
+                        f"{num_examples} examples padded for {written_on}; this run has {devices} device(s) "
+                        f"({rows} rows): resume it on {resume_on} (or on any device count that pads {num_examples} "
+                        f"rows to {saved_rows})")
+
     def bank_blocks(self, state: dict) -> BankBlocks | None:
         """The sharded layout's blocks on the banks' mesh (inside jit, from their type; a one-device mesh when
         they carry none), None for the replicated layout."""

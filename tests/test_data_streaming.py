@@ -287,6 +287,49 @@ def test_worker_processes_give_the_same_batches_and_report_a_file_truncated_afte
                                        f"truncated"), str(error.value)
 
 
+def test_data_workers_default_to_the_host_cores_0_means_threads_and_a_small_split_evaluates_in_threads(
+        photos, monkeypatch, capsys):
+    """data.workers -1 (the default) starts one worker process per CPU core this process may use (its affinity:
+    5 cores here; without one, os.cpu_count()), said once; 0 keeps the threads; a validation split of at most
+    SMALL_EVAL_SPLIT images is read in threads with any count (workers would start again on every pass). The
+    worker counts the loader's Grain pipelines are built with are recorded; no worker is started."""
+    import os
+
+    from jaxkd.data.streaming import loader
+    from jaxkd.data.streaming.run_data import StreamingData
+    from jaxkd.data.streaming.workers import SMALL_EVAL_SPLIT
+
+    built, real_pipeline = [], loader._iter_dataset
+
+    def pipeline(examples, start_step, workers, threads):
+        built.append(workers)
+        if workers:
+            raise StopIteration  # recorded, not started
+        return real_pipeline(examples, start_step, workers, threads)
+
+    monkeypatch.setattr(loader, "_iter_dataset", pipeline)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 4, 6, 7}, raising=False)
+    config = _folder_config(photos, image_size=24, eval_resize=28, eval_crop=24)
+    config.batch_size = 4
+    assert config.data.workers == -1
+    data = StreamingData.from_config(config)
+    assert capsys.readouterr().out == (f"data: 5 worker processes (data.workers=-1: the host's cores); evaluation of "
+                                       f"5 images in threads (a split of at most {SMALL_EVAL_SPLIT}: starting "
+                                       f"workers would take longer)\n")
+    assert len(data.test) == 5 <= SMALL_EVAL_SPLIT
+    assert list(data.train_iterator(config, 0, 1, start_step=0)) == [] and built == [5]
+    assert sum(int(batch["mask"].sum()) for batch in data.eval_batches(4, 0, 1)) == 5 and built == [5, 0]
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert StreamingData.from_config(config).workers == 3
+    config.data.workers = 0
+    data = StreamingData.from_config(config)
+    assert data.workers == 0 and capsys.readouterr().out.endswith(
+        "data: threads of this process; evaluation of 5 images in them too\n")
+    with data.train_iterator(config, 0, 1, start_step=0) as batches:
+        assert int(next(batches)["mask"].sum()) == 4 and built == [5, 0, 0]
+
+
 def test_a_tfds_format_image_dataset_gives_the_image_folders_batches(photos, tmp_path):
     """The same files stored as a TFDS dataset (records in the folder's order, the validation images as split
     "test") read through TfdsImageSource: the same classes, training batches and evaluation batches as the

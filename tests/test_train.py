@@ -747,6 +747,20 @@ def test_a_key_that_does_not_change_the_run_may_change_on_resume(key, value, tmp
     assert saved == value
 
 
+def test_a_run_started_with_data_workers_0_resumes_with_todays_default(tmp_path):
+    """Runs started before data.workers defaulted to the host's cores (-1) wrote 0 (threads) in config.json:
+    today's default config resumes them (the batches do not depend on the worker count:
+    tests/test_data_streaming.py). A config.json without the key: the test of ADDED_KEYS above."""
+    from jaxkd.io.workdir import save_config
+
+    config = _started_run(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["data"]["workers"] == config.data.workers == -1
+    saved["data"]["workers"] = 0
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    save_config(config, tmp_path)  # accepted: raises "holds a run with another config" otherwise
+
+
 def _rows(workdir) -> list[dict]:
     """metrics.jsonl's rows without their timing (images_per_s): what a resumed run must log as the straight one."""
     return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}

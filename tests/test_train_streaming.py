@@ -38,6 +38,7 @@ def streaming_config(data_dir, epochs=EPOCHS):
     config.data.data_dir = str(data_dir)
     config.data.normalization = "imagenet"
     config.data.image_size, config.data.eval_resize, config.data.eval_crop = 32, 36, 32
+    config.data.workers = 0  # threads: worker processes take seconds to start (the same batches: test_data_streaming)
     config.batch_size = config.eval_batch_size = 8
     config.optimizer.lr, config.optimizer.lr_decay_epochs = 0.02, ()
     return config
@@ -94,9 +95,10 @@ def test_two_processes_of_two_devices_train_on_the_folder_like_one_device(straig
     command = ["--config", "configs/demo.py:teacher", "--workdir", tmp_path / "run", "--config.model=resnet8",
                "--config.data.source=imagefolder", f"--config.data.data_dir={photos}",
                "--config.data.normalization=imagenet", "--config.data.image_size=32", "--config.data.eval_resize=36",
-               "--config.data.eval_crop=32", "--config.batch_size=8", "--config.eval_batch_size=8",
-               "--config.optimizer.lr=0.02", "--config.optimizer.lr_decay_epochs=()", "--config.epochs=1",
-               "--config.log_every_steps=4", "--config.progress_bar=False"]  # streaming_config's run, epoch 1
+               "--config.data.eval_crop=32", "--config.data.workers=0", "--config.batch_size=8",
+               "--config.eval_batch_size=8", "--config.optimizer.lr=0.02", "--config.optimizer.lr_decay_epochs=()",
+               "--config.epochs=1", "--config.log_every_steps=4",
+               "--config.progress_bar=False"]  # streaming_config's run, epoch 1
     results = finish(launch("jaxkd.train", *command, processes=2, devices_per_process=2))
     assert [code for code, _, _ in results] == [0, 0], [stderr[-3000:] for _, _, stderr in results]
     workdir, _ = straight_run

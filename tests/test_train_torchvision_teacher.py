@@ -92,6 +92,7 @@ def distillation_config(photos, teacher_file):
     config.method, config.loss.beta, config.fitnet = "fitnet", 100.0, config_section("fitnet", hint_layer=1)
     config.data.source, config.data.data_dir, config.data.tfds_name = "imagefolder", str(photos), ""
     config.data.image_size, config.data.eval_resize, config.data.eval_crop = SIZE, EVAL_RESIZE, SIZE
+    config.data.workers = 0  # threads: worker processes take seconds to start
     config.teacher.checkpoint, config.teacher.arch = str(teacher_file), ""
     config.batch_size = config.eval_batch_size = 8
     config.epochs = config.eval_every_epochs = config.checkpoint_every_epochs = 1

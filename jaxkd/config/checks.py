@@ -53,7 +53,7 @@ def engine_specs() -> dict[str, Spec]:
         "data.image_size": positive_int,
         "data.eval_resize": positive_int,
         "data.eval_crop": positive_int,
-        "data.workers": non_negative_int,
+        "data.workers": Number(True, -1),  # -1: one per core (the default); 0: threads; N: N processes
         "data.digits_size": one_of(*DIGITS_SIZES),
         "data.train_split": text,
         "data.eval_split": text,

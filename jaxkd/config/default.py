@@ -31,12 +31,13 @@ def get_config() -> ConfigDict:
     config.data.saliencymix_per_example = False
     # The streaming path (data.source "imagefolder": data_dir/{train,val}/<class>/<image>; "tfds_images": the TFDS
     # dataset `tfds_name`; docs/data.md "Your own images"): torchvision's ImageNet transforms at these sizes,
-    # decoded in `workers` processes (0: threads).
+    # decoded in `workers` processes: -1 one per CPU core this process may use, 0 threads of this process, N
+    # processes (a validation split of at most 2,000 images in threads: jaxkd/data/streaming/workers.py).
     config.data.tfds_name = ""  # e.g. imagenet2012
     config.data.image_size = 224  # RandomResizedCrop's output in training
     config.data.eval_resize = 256  # Resize (the shorter side) then
     config.data.eval_crop = 224  # CenterCrop in evaluation
-    config.data.workers = 0
+    config.data.workers = -1
     config.data.train_split = "train"  # the split names (TFDS: e.g. "test" where a dataset has no "validation")
     config.data.eval_split = ""  # "" = "val" for an image folder, "validation" for TFDS
     config.data.skip_unreadable = False  # leave out (and list) files the open-time check cannot read; else an error

@@ -30,6 +30,7 @@ from jaxkd.data.cifar100c import SEVERITIES, Cifar100C, open_cifar100c
 from jaxkd.data.sources import DIGITS_SIZES, SOURCES, STREAMING_SOURCES, load_split
 from jaxkd.data.streaming import ImageFolderSource, ImageTransforms, TfdsImageSource, make_eval_batches
 from jaxkd.data.streaming.run_data import EVAL_SPLIT, TFDS_EVAL_SPLIT, TRAIN_SPLIT
+from jaxkd.data.streaming.workers import HOST_CORES, describe, eval_worker_processes, worker_processes
 from jaxkd.engine import distributed
 from jaxkd.engine.evaluation import (CIFAR100C_CLASSES, DEFAULT_BATCH_SIZE, check_labels, evaluate_cifar100c,
                                      evaluate_model_batches, evaluate_split, place_variables, readable_corruptions)
@@ -154,11 +155,14 @@ def open_streamed_split(args, models: dict[str, int]):
 
 def evaluate_streamed(model, variables, source, args, mesh, normalization: str, progress) -> dict:
     """`evaluate_split`'s summary over a streamed split: Resize + CenterCrop (`--eval-resize`, `--eval-crop`) in
-    `--workers` processes, the global batch rounded up to the devices, the last padded and masked."""
+    `--workers` processes (-1: one per core; a small split in threads: jaxkd/data/streaming/workers.py), the global
+    batch rounded up to the devices, the last padded and masked."""
     transforms = ImageTransforms(eval_resize=args.eval_resize, eval_crop=args.eval_crop)
     batch_size = -(-args.batch_size // mesh.devices.size) * mesh.devices.size
+    workers = worker_processes(args.workers)
+    distributed.print_once(describe("--workers", args.workers, workers, len(source), training=False), flush=True)
     batches = make_eval_batches(source, transforms, batch_size, jax.process_index(), jax.process_count(),
-                                workers=args.workers)
+                                workers=eval_worker_processes(workers, len(source)))
 
     def counted(batches):
         for batch in batches:
@@ -238,12 +242,12 @@ def check_streaming_arguments(args, streamed: bool) -> None:
                  if value is not None]
         given += [flag for flag, value, default in (("--eval-resize", args.eval_resize, 256),
                                                     ("--eval-crop", args.eval_crop, 224),
-                                                    ("--workers", args.workers, 0)) if value != default]
+                                                    ("--workers", args.workers, HOST_CORES)) if value != default]
         if given:
             raise UserError(f"{given[0]} sets the streamed sources ({', '.join(STREAMING_SOURCES)}), not --source "
                             f"{args.source}")
     for flag, value, low in (("--eval-resize", args.eval_resize, 1), ("--eval-crop", args.eval_crop, 1),
-                             ("--workers", args.workers, 0)):
+                             ("--workers", args.workers, HOST_CORES)):
         if value < low:
             raise UserError(f"{flag} must be an integer >= {low}, got {value}")
 
@@ -289,7 +293,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, streamed: bool = False) 
                                            f"{TFDS_EVAL_SPLIT} for TFDS)")
         group.add_argument("--eval-resize", type=int, default=256, help="Resize: the shorter side, in pixels")
         group.add_argument("--eval-crop", type=int, default=224, help="then CenterCrop, in pixels")
-        group.add_argument("--workers", type=int, default=0, help="decoding processes (0: threads of this one)")
+        group.add_argument("--workers", type=int, default=HOST_CORES,
+                           help=f"decoding processes ({HOST_CORES}: one per CPU core; 0: threads of this one)")
     distributed.add_process_arguments(parser)
 
 

@@ -7,6 +7,7 @@ from the host, decoded and augmented with torchvision's ImageNet transforms in w
   Pillow's resampling, torchvision's ToTensor + Normalize values).
 * `loader`: `make_train_iterator(...)` (an exact function of seed and step, sharded by process, resumable with
   `get_state()`/`restore(state)` or `start_step`) and `make_eval_batches(...)` (padded and masked).
+* `workers`: how many Grain worker processes decode (`data.workers`: -1 one per core, 0 threads, N processes).
 * `run_data`: `StreamingData.from_config(config)` for a run on `config.data.source = "imagefolder"`: the engine's
   host-fed path (`jaxkd.engine.loop.StreamingTrainLoop`, `jaxkd.engine.step.make_host_fed_step`) trains from
   its iterator, saves its position in every checkpoint and evaluates through `make_eval_batches`.

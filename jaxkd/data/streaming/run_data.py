@@ -6,7 +6,8 @@ settings, and the training iterator and evaluation batches of this process (jaxk
 `config.data.tfds_name` (e.g. imagenet2012, prepared in ArrayRecord in `data_dir` or TFDS's default); other split
 names with `data.train_split` and `data.eval_split` (e.g. "test", for a TFDS dataset without "validation"). The
 images are cropped to `data.image_size` for training (RandomResizedCrop + flip) and to `data.eval_resize` then
-`data.eval_crop` for evaluation, decoded in `data.workers` worker processes (0: threads of this process), and
+`data.eval_crop` for evaluation, decoded in `data.workers` worker processes (-1, the default: one per core; 0:
+threads of this process; a small validation split in threads: jaxkd/data/streaming/workers.py), and
 normalized in the step with the constants of `data.normalization` ("imagenet": torchvision's). Every mistake in
 the data (a missing folder, an empty class folder, a file that is not an image or truncated, a validation class
 that training lacks) is one UserError when `from_config` opens the sources, before anything compiles; with
@@ -24,6 +25,7 @@ from jaxkd.data.sources import STREAMING_SOURCES
 from jaxkd.data.streaming.loader import TrainIterator, make_eval_batches, make_train_iterator
 from jaxkd.data.streaming.sources import ImageFolderSource, TfdsImageSource
 from jaxkd.data.streaming.transforms import ImageTransforms
+from jaxkd.data.streaming.workers import describe, eval_worker_processes, worker_processes
 from jaxkd.engine import distributed
 from jaxkd.errors import UserError
 from jaxkd.io.paths import as_path
@@ -47,7 +49,7 @@ class StreamingData:
     train: ImageFolderSource | TfdsImageSource
     test: ImageFolderSource | TfdsImageSource
     transforms: ImageTransforms
-    workers: int
+    workers: int  # resolved: worker processes (0: threads)
     skipped: dict[str, str] | None = None  # with data.skip_unreadable: {file left out: why}
 
     @classmethod
@@ -90,7 +92,9 @@ class StreamingData:
                 f"warning: data.skip_unreadable: {len(train.skipped)} training and {len(test.skipped)} validation "
                 f"file(s) skipped as unreadable: {named}{', ...' if len(skipped) > NAMED_IN_WARNING else ''} "
                 f"(all in the workdir's {SKIPPED_FILES})", file=sys.stderr)
-        return cls(train, test, transforms, int(data.workers), skipped if skip else None)
+        workers = worker_processes(data.workers)
+        distributed.print_once(describe("data.workers", data.workers, workers, len(test)), flush=True)
+        return cls(train, test, transforms, workers, skipped if skip else None)
 
     def check_skipped_list(self, workdir) -> None:
         """With data.skip_unreadable, a resumed run must skip the files its start skipped (else its epochs hold
@@ -122,9 +126,10 @@ class StreamingData:
                                    workers=self.workers)
 
     def eval_batches(self, batch_size: int, process_index: int, process_count: int):
-        """This process's validation batches of `batch_size` (global), the last padded and masked."""
+        """This process's validation batches of `batch_size` (global), the last padded and masked; in threads for
+        a small split (`eval_worker_processes`: workers would start again on every pass)."""
         return make_eval_batches(self.test, self.transforms, batch_size, process_index, process_count,
-                                 workers=self.workers)
+                                 workers=eval_worker_processes(self.workers, len(self.test)))
 
     def first_examples(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(uint8 images, labels, indices) of the first `count` training examples with the evaluation transform

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.models.batchnorm import BatchNorm
+from jaxkd.models.grouped_conv import cpu_conv_general_dilated
 
 # torch.nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu"), also written normal_(0, sqrt(2 / n)) with
 # n = kH * kW * out_channels: N(0, 2 / fan_out).
@@ -36,12 +37,15 @@ def torch_uniform(fan_in: int):
 def conv(x, features: int, kernel: int, name: str, *, stride: int = 1, padding: int = 0, groups: int = 1,
          bias: bool = False, kernel_init=torch_default_kernel, bias_init=None, dtype: Any = jnp.float32):
     """`torch.nn.Conv2d(in, features, kernel, stride, padding, groups=groups, bias=bias)` applied to NHWC `x`.
-    `bias_init` defaults to PyTorch's (U(+-1/sqrt(fan_in)))."""
+    `bias_init` defaults to PyTorch's (U(+-1/sqrt(fan_in))). On CPU a grouped convolution runs as
+    `jaxkd.models.grouped_conv` writes it for XLA:CPU (the same parameters, the result to float rounding)."""
     if bias and bias_init is None:
         bias_init = torch_uniform(x.shape[-1] // groups * kernel * kernel)
+    grouped_on_cpu = groups > 1 and jax.default_backend() == "cpu"
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2,
                    feature_group_count=groups, use_bias=bias, kernel_init=kernel_init,
-                   bias_init=bias_init or nn.initializers.zeros, dtype=dtype, name=name)(x)
+                   bias_init=bias_init or nn.initializers.zeros, dtype=dtype, name=name,
+                   conv_general_dilated=cpu_conv_general_dilated if grouped_on_cpu else None)(x)
 
 
 def linear_layer(in_features: int, features: int, name: str, *, kernel_init=torch_default_kernel, bias_init=None,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from jaxkd.engine import compile_options, evaluation
-from jaxkd.engine.compile_options import CPU_YNN_OPTIONS, ENV_VAR, YNN_OPTION, compiler_options
+from jaxkd.engine.compile_options import (CPU_YNN_OPTIONS, CPU_YNN_OPTIONS_GROUPED, ENV_VAR, YNN_OPTION,
+                                         compiler_options)
 from jaxkd.engine.mesh import data_mesh
 from jaxkd.errors import UserError
 from jaxkd.models import get_model
@@ -35,6 +36,19 @@ def test_cpu_gets_the_ynn_option_by_default():
     options = compiler_options()
     options[YNN_OPTION] = "changed by the caller"
     assert compiler_options()[YNN_OPTION] != "changed by the caller"  # a fresh dict each time
+
+
+@on_cpu
+def test_a_program_with_depthwise_convolutions_keeps_elementwise_ops_with_xla():
+    """A MobileNetV2 or ShuffleNet in the program (student or teacher): YNNPACK gets dots and reductions only (its
+    elementwise fusions would take the depthwise convolutions' shifted multiply-adds apart); plain models keep
+    the elementwise fusions."""
+    plain, grouped = get_model("wrn_16_2"), get_model("MobileNetV2")
+    assert compiler_options("cpu", models=(plain,)) == CPU_YNN_OPTIONS
+    assert compiler_options("cpu", models=(plain, grouped)) == CPU_YNN_OPTIONS_GROUPED
+    assert compiler_options("cpu", models=(get_model("ShuffleV1"),)) == CPU_YNN_OPTIONS_GROUPED
+    assert "ELTWISE" not in CPU_YNN_OPTIONS_GROUPED[YNN_OPTION] and "ELTWISE" in CPU_YNN_OPTIONS[YNN_OPTION]
+    assert compiler_options("gpu", models=(grouped,)) is None
 
 
 @pytest.mark.parametrize("platform", ["gpu", "cuda", "rocm", "tpu"])

@@ -37,11 +37,11 @@ def eval_step_for(model, mesh: jax.sharding.Mesh | None = None, normalization: s
     step(variables, images uint8 (B, 32, 32, 3), labels int32 (B,), mask bool (B,), counts int32 (1, 3))
       -> counts + (top-1 correct, top-5 correct, images counted), masked examples excluded.
     """
-    return classifiers_step_for(_model_logits(model), ("model",), mesh, normalization)
+    return classifiers_step_for(_model_logits(model), ("model",), mesh, normalization, models=(model,))
 
 
 def classifiers_step_for(logits_fn, names: tuple, mesh: jax.sharding.Mesh | None = None,
-                         normalization: str = "pytorch_kd"):
+                         normalization: str = "pytorch_kd", models: tuple = ()):
     """The one evaluation step: `logits_fn(variables, normalized images) -> {name: logits}` scored for each of
     `names`, jitted once per (logits_fn, names, mesh, compiler options, normalization) and cached. The images
     are normalized with the constants of `normalization` (jaxkd.data.augment.NORMALIZATIONS: the recipe's).
@@ -50,10 +50,11 @@ def classifiers_step_for(logits_fn, names: tuple, mesh: jax.sharding.Mesh | None
       -> counts + one (top-1 correct, top-5 correct, images counted) row per name.
     Variables and counts are replicated, the batch is split over the `data` axis; the shardings are fixed so
     that the counts it returns feed the next call without a recompile. Compiled with jaxkd's compiler options
-    for the mesh's platform (`jaxkd.engine.compile_options`: YNN fusions on CPU unless JAXKD_CPU_YNN=0).
+    for the mesh's platform and `models`, the Flax modules `logits_fn` runs (`jaxkd.engine.compile_options`: YNN
+    fusions on CPU unless JAXKD_CPU_YNN=0).
     """
     mesh = data_mesh() if mesh is None else mesh
-    return _jitted_classifiers_step(logits_fn, names, mesh, _options_key(mesh), normalization)
+    return _jitted_classifiers_step(logits_fn, names, mesh, _options_key(mesh, models), normalization)
 
 
 @functools.cache
@@ -68,9 +69,10 @@ def _model_logits(model):
     return model_logits
 
 
-def _options_key(mesh) -> tuple:
-    """The compiler options for `mesh` as a hashable cache key (a changed JAXKD_CPU_YNN gets a new step)."""
-    return tuple(sorted((compiler_options(mesh) or {}).items()))
+def _options_key(mesh, models: tuple = ()) -> tuple:
+    """The compiler options for `mesh` and `models` as a hashable cache key (a changed JAXKD_CPU_YNN gets a new
+    step)."""
+    return tuple(sorted((compiler_options(mesh, models=models) or {}).items()))
 
 
 def _batch_counts(logits, labels, mask) -> jax.Array:

@@ -142,7 +142,7 @@ def make_init_step(setup, stage: InitStage, batch_size: int):
         return init_state, loss_sum + loss.astype(jnp.float32)
 
     return jax.jit(init_step, donate_argnums=(0, 1), out_shardings=(state_sharding, state_sharding),
-                   compiler_options=compiler_options(setup.mesh))
+                   compiler_options=compiler_options(setup.mesh, models=setup.models))
 
 
 def total_steps(setup, stage: InitStage) -> int:

@@ -56,6 +56,11 @@ class Setup:
         return self.last_batch_size > 0
 
     @property
+    def models(self) -> tuple:
+        """The student's and the teacher's Flax modules: what the train programs run (their compiler options)."""
+        return (self.student,) if self.teacher is None else (self.student, self.teacher.model)
+
+    @property
     def metric_names(self) -> tuple[str, ...]:
         """What the step sums on the device: the engine's metrics, then the method's own (the keys of its
         term's metrics, found by `Method.initialize` in `create_train_state`)."""

@@ -140,7 +140,7 @@ def make_train_step(setup: Setup, num_steps: int = 1, unroll: bool | None = None
         return state, sums
 
     return jax.jit(train_steps, donate_argnums=(0, 1), out_shardings=(state_out(setup), state_sharding),
-                   compiler_options=compiler_options(setup.mesh))
+                   compiler_options=compiler_options(setup.mesh, models=setup.models))
 
 
 def make_host_fed_step(setup: Setup):
@@ -161,7 +161,7 @@ def make_host_fed_step(setup: Setup):
         return laid_out(setup, state), sums
 
     return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(state_out(setup), state_sharding),
-                   compiler_options=compiler_options(setup.mesh))
+                   compiler_options=compiler_options(setup.mesh, models=setup.models))
 
 
 def state_out(setup: Setup):

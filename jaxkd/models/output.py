@@ -1,7 +1,7 @@
 """`ModelOutput`: what one forward pass of any architecture exposes to the distillation methods, and the pieces
 every ported architecture shares to produce it."""
 
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -32,6 +32,10 @@ class ModelOutput(NamedTuple):
 class FeatureModel(nn.Module):
     """Base of every architecture ported from RepDistiller: `forward(x, train) -> ModelOutput` is the model;
     calling it returns `(features, logits)` like the seed's models."""
+
+    # Whether the architecture has depthwise or grouped convolutions (`jaxkd.models.grouped_conv`): on CPU its
+    # programs compile with other YNNPACK options (`jaxkd.engine.compile_options`).
+    grouped_convolutions: ClassVar[bool] = False
 
     def __call__(self, x, train: bool = False):
         out = self.forward(x, train)

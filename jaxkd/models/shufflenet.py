@@ -103,6 +103,8 @@ def no_bn_before_relu(name: str):
 class ShuffleNetV1(FeatureModel):
     """RepDistiller's `ShuffleV1`."""
 
+    grouped_convolutions = True
+
     num_classes: int = 100
     widths: tuple = (240, 480, 960)
     blocks: tuple = (4, 8, 4)
@@ -129,6 +131,8 @@ class ShuffleNetV1(FeatureModel):
 
 class ShuffleNetV2(FeatureModel):
     """RepDistiller's `ShuffleV2` (`ShuffleNetV2(net_size=1)`)."""
+
+    grouped_convolutions = True
 
     num_classes: int = 100
     widths: tuple = (116, 232, 464)

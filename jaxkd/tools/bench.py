@@ -147,7 +147,7 @@ def jax_parts(setup: Setup, config, steps: int, warmup_steps: int, cpu_ynn: bool
     data = jax.device_put((setup.train.images, setup.train.labels, setup.train.index), on_all)
     with cpu_ynn_setting(cpu_ynn):
         programs = train_programs(setup)
-        options = compiler_options(setup.mesh)  # what the engine's jit was given
+        options = compiler_options(setup.mesh, models=setup.models)  # what the engine's jit was given
     chunk = programs.steps_per_dispatch
     permutation_of = jax.jit(lambda key, epoch: epoch_permutation(key, epoch, len(setup.train)),
                              out_shardings=on_all)

@@ -74,7 +74,7 @@ def make_multi_train_step(setup: Setup, config, num_steps: int = 1):
     # the engine's program unjitted (its jit's own compiler options may not be nested in this jit)
     one_run = make_train_step(dataclasses.replace(setup, config=config), num_steps).__wrapped__
     return jax.jit(jax.vmap(one_run, in_axes=RUN_AXES), donate_argnums=(0, 1),
-                   compiler_options=compiler_options(setup.mesh))
+                   compiler_options=compiler_options(setup.mesh, models=setup.models))
 
 
 def multi_run_part(setup: Setup, config, num_runs: int, steps: int, warmup_steps: int, initial_states=None) -> Part:

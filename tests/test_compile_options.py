@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxkd.engine import compile_options, evaluation
-from jaxkd.engine.compile_options import (CPU_YNN_OPTIONS, CPU_YNN_OPTIONS_GROUPED, ENV_VAR, YNN_OPTION,
+from jaxkd.engine.compile_options import (CPU_YNN_OPTIONS, CPU_YNN_OPTIONS_DEPTHWISE, ENV_VAR, YNN_OPTION,
                                          compiler_options)
 from jaxkd.engine.mesh import data_mesh
 from jaxkd.errors import UserError
@@ -39,16 +39,18 @@ def test_cpu_gets_the_ynn_option_by_default():
 
 
 @on_cpu
-def test_a_program_with_depthwise_convolutions_keeps_elementwise_ops_with_xla():
-    """A MobileNetV2 or ShuffleNet in the program (student or teacher): YNNPACK gets dots and reductions only (its
-    elementwise fusions would take the depthwise convolutions' shifted multiply-adds apart); plain models keep
-    the elementwise fusions."""
-    plain, grouped = get_model("wrn_16_2"), get_model("MobileNetV2")
+def test_a_program_with_a_depthwise_separable_model_keeps_elementwise_ops_with_xla():
+    """A MobileNet or ShuffleV2 in the program (student or teacher): YNNPACK gets dots and reductions only (its
+    elementwise fusions would take the depthwise convolutions' shifted multiply-adds apart); plain models and
+    ShuffleV1 (measured faster with them) keep the elementwise fusions."""
+    plain, depthwise = get_model("wrn_16_2"), get_model("MobileNetV2")
     assert compiler_options("cpu", models=(plain,)) == CPU_YNN_OPTIONS
-    assert compiler_options("cpu", models=(plain, grouped)) == CPU_YNN_OPTIONS_GROUPED
-    assert compiler_options("cpu", models=(get_model("ShuffleV1"),)) == CPU_YNN_OPTIONS_GROUPED
-    assert "ELTWISE" not in CPU_YNN_OPTIONS_GROUPED[YNN_OPTION] and "ELTWISE" in CPU_YNN_OPTIONS[YNN_OPTION]
-    assert compiler_options("gpu", models=(grouped,)) is None
+    assert compiler_options("cpu", models=(plain, depthwise)) == CPU_YNN_OPTIONS_DEPTHWISE
+    for arch in ("ShuffleV2", "MobileNetV1", "tv_mobilenet_v2"):
+        assert compiler_options("cpu", models=(get_model(arch),)) == CPU_YNN_OPTIONS_DEPTHWISE, arch
+    assert compiler_options("cpu", models=(get_model("ShuffleV1"),)) == CPU_YNN_OPTIONS
+    assert "ELTWISE" not in CPU_YNN_OPTIONS_DEPTHWISE[YNN_OPTION] and "ELTWISE" in CPU_YNN_OPTIONS[YNN_OPTION]
+    assert compiler_options("gpu", models=(depthwise,)) is None
 
 
 @pytest.mark.parametrize("platform", ["gpu", "cuda", "rocm", "tpu"])

@@ -4,12 +4,13 @@ On CPU, `xla_cpu_experimental_ynn_fusion_type` chooses what XLA hands to YNNPACK
 is single dots, single convolutions and reductions (INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION, REDUCE); jaxkd asks
 for DOT, ELTWISE, REDUCE instead: dot fusions, elementwise fusions (BN, ReLU, the optimizer) and reductions
 go to YNNPACK and the convolutions stay with XLA's own kernels. That makes the train step 1.76-1.9x faster on
-CPU (benchmarks/README.md); the PyTorch parity tests pass with it at the same margins. A program with depthwise
-convolutions (a model with `grouped_convolutions`, e.g. MobileNetV2, the ShuffleNets) asks for DOT, REDUCE only:
-on CPU those convolutions are nine shifted multiply-adds (`jaxkd.models.grouped_conv`) that XLA fuses into one
-loop, but YNNPACK would take every multiply and add alone, each shifted view copied out first (the KD step
-vgg13 -> MobileNetV2 at batch 64: 1.23x faster without ELTWISE). GPU and TPU get no options (an option a backend
-does not know fails the compile).
+CPU (benchmarks/README.md); the PyTorch parity tests pass with it at the same margins. A program that runs a
+depthwise-separable model (`cpu_elementwise_in_xla`: the MobileNets, ShuffleV2) asks for DOT, REDUCE only: on
+CPU their depthwise convolutions are shifted multiply-adds (`jaxkd.models.grouped_conv`) that XLA fuses into one
+loop, but YNNPACK takes every multiply and add alone, each shifted view copied out first (MobileNetV2's train
+step 1.6x faster without ELTWISE, the KD step vgg13 -> MobileNetV2 1.4x; ShuffleV1, whose step is mostly grouped
+1x1 convolutions, BN and ReLU, is 1.3x faster with it and keeps it: benchmarks/README.md). GPU and TPU get no
+options (an option a backend does not know fails the compile).
 
 Turning it off:
   - for a whole run: `JAXKD_CPU_YNN=0 python -m jaxkd.train ...` (also `false`, `off`, `no`; `1` or unset = on);
@@ -34,7 +35,7 @@ ENV_VAR = "JAXKD_CPU_YNN"
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # compiler_options takes the enum names; XLA_FLAGS the short ones (--xla_cpu_experimental_ynn_fusion_type=dot,...)
 CPU_YNN_OPTIONS = {YNN_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}
-CPU_YNN_OPTIONS_GROUPED = {YNN_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}  # with depthwise convs
+CPU_YNN_OPTIONS_DEPTHWISE = {YNN_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}  # MobileNets' programs
 _TRUE, _FALSE = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 
 
@@ -83,16 +84,16 @@ def compiler_options(where: jax.sharding.Mesh | jax.Device | str | None = None, 
     """The `compiler_options` for `jax.jit` on `where`'s platform (a mesh, a device, a platform name, or None for
     the default backend), or None for XLA's defaults; `models`: the Flax modules the program runs.
 
-    CPU: `CPU_YNN_OPTIONS` (YNNPACK for dots, elementwise ops and reductions), or `CPU_YNN_OPTIONS_GROUPED` when
-    one of `models` has depthwise or grouped convolutions (module docstring), unless turned off by
+    CPU: `CPU_YNN_OPTIONS` (YNNPACK for dots, elementwise ops and reductions), or `CPU_YNN_OPTIONS_DEPTHWISE` when
+    one of `models` is depthwise-separable (`cpu_elementwise_in_xla`, module docstring), unless turned off by
     `cpu_ynn=False` or `JAXKD_CPU_YNN=0`, or `XLA_FLAGS` already sets the option, or this jaxlib rejects it
     (a warning then). Other platforms: None."""
     if _platform_of(where) != "cpu" or not cpu_ynn_enabled(cpu_ynn):
         return None
     if YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
         return None  # the user's flag decides
-    grouped = any(getattr(model, "grouped_convolutions", False) for model in models)
-    options = CPU_YNN_OPTIONS_GROUPED if grouped else CPU_YNN_OPTIONS
+    depthwise = any(getattr(model, "cpu_elementwise_in_xla", False) for model in models)
+    options = CPU_YNN_OPTIONS_DEPTHWISE if depthwise else CPU_YNN_OPTIONS
     return dict(options) if _cpu_accepts(tuple(options.items())) else None
 
 

@@ -34,7 +34,7 @@ STAGE_ENDS = (3, 5, 11, 13)  # mdistiller's feat1..feat4
 class MobileNetV1(FeatureModel):
     """mdistiller's `MobileNetV1`, with `num_classes` outputs and a global average pool."""
 
-    grouped_convolutions = True
+    cpu_elementwise_in_xla = True
 
     num_classes: int = 1000
     dtype: Any = jnp.float32

@@ -52,7 +52,7 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(FeatureModel):
     """RepDistiller's `MobileNetV2(T, feature_dim, width_mult)`; `mobile_half` is T=6, width 0.5."""
 
-    grouped_convolutions = True
+    cpu_elementwise_in_xla = True
 
     num_classes: int = 100
     expansion: int = 6

@@ -33,9 +33,10 @@ class FeatureModel(nn.Module):
     """Base of every architecture ported from RepDistiller: `forward(x, train) -> ModelOutput` is the model;
     calling it returns `(features, logits)` like the seed's models."""
 
-    # Whether the architecture has depthwise or grouped convolutions (`jaxkd.models.grouped_conv`): on CPU its
-    # programs compile with other YNNPACK options (`jaxkd.engine.compile_options`).
-    grouped_convolutions: ClassVar[bool] = False
+    # On CPU, whether programs that run this architecture leave elementwise ops to XLA rather than YNNPACK
+    # (`jaxkd.engine.compile_options`): measured faster for the depthwise-separable ones, whose depthwise
+    # convolutions are shifted multiply-adds there (`jaxkd.models.grouped_conv`).
+    cpu_elementwise_in_xla: ClassVar[bool] = False
 
     def __call__(self, x, train: bool = False):
         out = self.forward(x, train)

@@ -103,8 +103,6 @@ def no_bn_before_relu(name: str):
 class ShuffleNetV1(FeatureModel):
     """RepDistiller's `ShuffleV1`."""
 
-    grouped_convolutions = True
-
     num_classes: int = 100
     widths: tuple = (240, 480, 960)
     blocks: tuple = (4, 8, 4)
@@ -132,7 +130,7 @@ class ShuffleNetV1(FeatureModel):
 class ShuffleNetV2(FeatureModel):
     """RepDistiller's `ShuffleV2` (`ShuffleNetV2(net_size=1)`)."""
 
-    grouped_convolutions = True
+    cpu_elementwise_in_xla = True  # not V1: its step is faster with YNNPACK's elementwise fusions (jaxkd.engine.compile_options)
 
     num_classes: int = 100
     widths: tuple = (116, 232, 464)

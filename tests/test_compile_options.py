@@ -11,7 +11,7 @@ import pytest
 
 from jaxkd.engine import compile_options, evaluation
 from jaxkd.engine.compile_options import (CPU_YNN_OPTIONS, CPU_YNN_OPTIONS_DEPTHWISE, ENV_VAR, YNN_OPTION,
-                                         compiler_options)
+                                          compiler_options)
 from jaxkd.engine.mesh import data_mesh
 from jaxkd.errors import UserError
 from jaxkd.models import get_model

@@ -1,13 +1,15 @@
 """Grouped and depthwise convolutions written for XLA:CPU, a drop-in for `lax.conv_general_dilated` in `nn.Conv`.
 
 XLA:CPU runs a convolution with `feature_group_count` > 1 in a generic loop: MobileNetV2's depthwise 3x3 at 32x32x48
-(batch 64) takes 94 ms forward where nine shifted multiply-adds, which XLA fuses into one loop, take 43, and its
-gradients 128 ms against 47 (benchmarks/README.md "Depthwise and grouped convolutions on CPU"). So on CPU:
+(batch 64) takes 222 ms forward and backward where the forms below take 6.7 (PyTorch eager 11-25), a grouped 1x1
+240 -> 60 123 ms against 12 (benchmarks/README.md "Depthwise and grouped convolutions on CPU"). So on CPU:
 
 - a depthwise convolution (one input channel per group, any kernel, stride and padding, no dilation) is the sum
   over the kernel's taps of a shifted view of the padded input times that tap's per-channel weight. With stride
   `s` the padded input is first cut into its `s x s` phases (a reshape), so every tap reads one phase at an
   offset of whole rows and columns: the gradient is then a sum of plain pads, not of strided (interior) pads;
+  the kernel gradient is one variadic reduction over all taps (`depthwise_by_shifts`' custom VJP). XLA fuses
+  these into one loop only where YNNPACK does not take the elementwise ops (`jaxkd.engine.compile_options`);
 - a grouped 1x1 convolution (ShuffleNet V1's) is one batched matmul over the groups (`einsum`);
 - anything else goes to `lax.conv_general_dilated` as before.
 
@@ -106,12 +108,12 @@ def grouped_pointwise(x, kernel, strides, groups: int):
 def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                              dimension_numbers=None, feature_group_count: int = 1, precision=None, **kwargs):
     """`lax.conv_general_dilated` with depthwise and grouped 1x1 convolutions written for XLA:CPU (above)."""
-    plain = (feature_group_count > 1 and not kwargs and _is_nhwc_hwio(dimension_numbers)
-             and not isinstance(padding, str) and all(d == 1 for d in (lhs_dilation or (1, 1)))
-             and all(d == 1 for d in (rhs_dilation or (1, 1))))
-    if plain and rhs.shape[2] == 1 and rhs.shape[3] == lhs.shape[3] == feature_group_count:
+    rewritable = (feature_group_count > 1 and not kwargs and _is_nhwc_hwio(dimension_numbers)
+                  and not isinstance(padding, str) and all(d == 1 for d in (lhs_dilation or (1, 1)))
+                  and all(d == 1 for d in (rhs_dilation or (1, 1))))
+    if rewritable and rhs.shape[2] == 1 and rhs.shape[3] == lhs.shape[3] == feature_group_count:
         return depthwise_by_shifts(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)))
-    if plain and rhs.shape[:2] == (1, 1) and all(p == (0, 0) for p in map(tuple, padding)):
+    if rewritable and rhs.shape[:2] == (1, 1) and all(p == (0, 0) for p in map(tuple, padding)):
         return grouped_pointwise(lhs, rhs, window_strides, feature_group_count)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,

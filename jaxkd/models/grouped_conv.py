@@ -81,7 +81,8 @@ def _depthwise_vjp_backward(strides, padding, residuals, out_grad):
     x, kernel = residuals
     _, input_vjp = jax.vjp(lambda x: _depthwise_forward(x, kernel, strides, padding), x)
     (x_grad,) = input_vjp(out_grad)
-    products = tuple((tap * out_grad).astype(jnp.float32)
+    out_grad32 = out_grad.astype(jnp.float32)  # a bfloat16 model's kernel gradient still sums in float32
+    products = tuple(tap.astype(jnp.float32) * out_grad32
                      for tap in _depthwise_taps(x, kernel.shape[:2], strides, padding))
     # Over H and W first, then the batch: shorter float32 sums (and more parallel work) than one over N*H*W.
     per_image = lax.reduce(products, (np.float32(0),) * len(products),

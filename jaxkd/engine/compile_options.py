@@ -35,7 +35,8 @@ ENV_VAR = "JAXKD_CPU_YNN"
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # compiler_options takes the enum names; XLA_FLAGS the short ones (--xla_cpu_experimental_ynn_fusion_type=dot,...)
 CPU_YNN_OPTIONS = {YNN_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}
-CPU_YNN_OPTIONS_DEPTHWISE = {YNN_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}  # MobileNets' programs
+# programs with a depthwise-separable model (cpu_elementwise_in_xla: the MobileNets, ShuffleV2)
+CPU_YNN_OPTIONS_DEPTHWISE = {YNN_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 _TRUE, _FALSE = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 
 

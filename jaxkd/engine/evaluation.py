@@ -189,10 +189,11 @@ def evaluate_split(model, variables, images: np.ndarray, labels: np.ndarray, bat
 
 def evaluate_classifiers(logits_fn, variables, images: np.ndarray, labels: np.ndarray,
                          batch_size: int = DEFAULT_BATCH_SIZE, *, mesh: jax.sharding.Mesh | None = None,
-                         normalization: str = "pytorch_kd") -> dict:
+                         normalization: str = "pytorch_kd", models: tuple = ()) -> dict:
     """Accuracy of several classifiers computed by one forward pass, e.g. a student and a method's extra heads:
     `logits_fn(variables, normalized_images) -> {name: logits}` (pure; the same function object across calls
-    reuses the compiled step). Returns {name: evaluate_split-style summary}; every image counted once."""
+    reuses the compiled step); `models`: the Flax modules it runs (`classifiers_step_for`). Returns
+    {name: evaluate_split-style summary}; every image counted once."""
     mesh = data_mesh() if mesh is None else mesh
     labels = np.asarray(labels)
     batch_size = _round_batch_size(batch_size, mesh)
@@ -202,16 +203,17 @@ def evaluate_classifiers(logits_fn, variables, images: np.ndarray, labels: np.nd
     names = tuple(shapes)
     for name in names:
         check_labels(labels, shapes[name].shape[-1], "the dataset")
-    step = classifiers_step_for(logits_fn, names, mesh, normalization)
+    step = classifiers_step_for(logits_fn, names, mesh, normalization, models)
     counts = jax.device_get(_accumulate(step, variables, images, labels, batch_size, mesh, None, len(names)))
     return {name: _summary(row) for name, row in zip(names, counts)}
 
 
 def evaluate_batches(logits_fn, variables, batches, batch_size: int, *, mesh: jax.sharding.Mesh | None = None,
-                     normalization: str = "pytorch_kd") -> dict:
+                     normalization: str = "pytorch_kd", models: tuple = ()) -> dict:
     """`evaluate_classifiers` over this process's `batches` of a streamed split (dicts of uint8 `image`, `label`,
     `mask` holding `batch_size / process count` rows each, the padding masked: `jaxkd.data.streaming`'s
-    evaluation batches), every real image counted once. `batch_size`: the global batch, a multiple of the devices."""
+    evaluation batches), every real image counted once. `batch_size`: the global batch, a multiple of the devices;
+    `models`: the Flax modules `logits_fn` runs."""
     mesh = data_mesh() if mesh is None else mesh
     sharded, variables = batch_sharded(mesh), place_variables(variables, mesh)
     step, counts, names = None, None, None
@@ -222,7 +224,7 @@ def evaluate_batches(logits_fn, variables, batches, batch_size: int, *, mesh: ja
             shapes = jax.eval_shape(logits_fn, variables,
                                     jax.ShapeDtypeStruct(arrays[0].shape, jnp.float32))
             names = tuple(shapes)
-            step = classifiers_step_for(logits_fn, names, mesh, normalization)
+            step = classifiers_step_for(logits_fn, names, mesh, normalization, models)
             counts = jax.device_put(np.zeros((len(names), 3), np.int32), replicated(mesh))
         counts = step(variables, *arrays, counts)
     if step is None:
@@ -232,7 +234,7 @@ def evaluate_batches(logits_fn, variables, batches, batch_size: int, *, mesh: ja
 
 def evaluate_model_batches(model, variables, batches, batch_size: int, **kwargs) -> dict:
     """`evaluate_split`'s summary of one model over streamed `batches` (`evaluate_batches`)."""
-    return evaluate_batches(_model_logits(model), variables, batches, batch_size, **kwargs)["model"]
+    return evaluate_batches(_model_logits(model), variables, batches, batch_size, models=(model,), **kwargs)["model"]
 
 
 def readable_corruptions(c100c: Cifar100C) -> tuple[tuple[str, ...], dict[str, str]]:

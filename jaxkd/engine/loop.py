@@ -141,7 +141,7 @@ class TrainLoop(EpochLoop):
         setup = self.setup
         return evaluate_classifiers(self.eval_logits, eval_variables(state), setup.test.images, setup.test.labels,
                                     self.config.eval_batch_size, mesh=setup.mesh,
-                                    normalization=setup.pipeline.normalization)
+                                    normalization=setup.pipeline.normalization, models=setup.evaluated_models)
 
     def checkpoint_due(self, step: int) -> bool:
         epoch_done = step // self.setup.steps_per_epoch
@@ -212,7 +212,7 @@ def _stream_eval_batches(setup: Setup):
 def _evaluate_stream(setup: Setup, logits_fn, variables) -> dict:
     """{classifier: summary} over the streamed validation split, every image counted once."""
     return evaluate_batches(logits_fn, variables, *_stream_eval_batches(setup), mesh=setup.mesh,
-                            normalization=setup.pipeline.normalization)
+                            normalization=setup.pipeline.normalization, models=setup.evaluated_models)
 
 
 def _evaluate_model(setup: Setup, model, variables) -> dict:

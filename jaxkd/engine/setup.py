@@ -57,8 +57,16 @@ class Setup:
 
     @property
     def models(self) -> tuple:
-        """The student's and the teacher's Flax modules: what the train programs run (their compiler options)."""
-        return (self.student,) if self.teacher is None else (self.student, self.teacher.model)
+        """The Flax modules the train programs run (their compiler options): the student, the teacher, and the
+        method's own networks (DML's peers)."""
+        teacher = () if self.teacher is None else (self.teacher.model,)
+        return (self.student,) + teacher + tuple(self.method.networks)
+
+    @property
+    def evaluated_models(self) -> tuple:
+        """The Flax modules the evaluation step runs (its compiler options): the student and the method's own
+        networks, not the teacher."""
+        return (self.student,) + tuple(self.method.networks)
 
     @property
     def metric_names(self) -> tuple[str, ...]:

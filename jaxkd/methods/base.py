@@ -218,6 +218,13 @@ class Method:
         loss = self.config.get("loss", None) if self.config is not None else None
         return bool(loss.get("logit_standardization", False)) if loss is not None else False
 
+    @property
+    def networks(self) -> tuple:
+        """The networks this method runs besides the student and the teacher, as Flax modules (DML's peers):
+        the engine compiles the step with the CPU options they need (`jaxkd.engine.compile_options`). None by
+        default."""
+        return ()
+
     def module(self, student: ModelOutput, teacher: ModelOutput | None) -> nn.Module | None:
         """The method's trainable modules as one Flax module, sized from the models' outputs (so that `init`
         and `term` build the same one), or None: no trainable modules. Its `__call__` takes

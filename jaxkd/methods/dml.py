@@ -73,6 +73,12 @@ class DML(Method):
         for number, arch in enumerate(self.peers, start=1):
             self.groups.setdefault(arch, []).append(number)
 
+    @property
+    def networks(self) -> tuple:
+        """One module per peer architecture, for the step's compile options (which read the module's class,
+        not its number of classes)."""
+        return tuple(get_model(arch) for arch in self.groups)
+
     def _stack_slot(self, number: int) -> tuple[str, int]:
         """(architecture, index on the stacked axis) of peer `number`."""
         arch = self.peers[number - 1]

@@ -109,7 +109,7 @@ def test_gradient_w_r_t_each_peer_is_its_own_dml_loss(peers, forward, rng):
         out, _ = student.apply({"params": params["student"], "batch_stats": student_variables["batch_stats"]},
                                batch.images, train=True, mutable=["batch_stats"], method=student.forward)
         peer_logits, _ = method.peer_logits({"params": params["method"],
-                                             "batch_stats": init.variables["batch_stats"]}, batch.images, True)
+                                             "batch_stats": init.variables["batch_stats"]}, batch.images, True, 10)
         return out, [out.logits] + peer_logits
 
     def total(params):
@@ -167,12 +167,31 @@ def test_vmapped_and_looped_peers_agree(rng):
     vmapped, looped = tiny_method(["resnet8", "resnet8"], "vmap"), tiny_method(["resnet8", "resnet8"], "loop")
     variables = vmapped.init(jax.random.PRNGKey(0), Probe(None, None, batch, None, 10)).variables
     for train in (True, False):
-        (z_v, stats_v), (z_l, stats_l) = (jax.jit(m.peer_logits, static_argnums=2)(variables, batch.images, train)
+        (z_v, stats_v), (z_l, stats_l) = (jax.jit(m.peer_logits, static_argnums=(2, 3))(variables, batch.images,
+                                                                                         train, 10)
                                           for m in (vmapped, looped))
         for n, (a, b) in enumerate(zip(z_v, z_l), start=1):
             assert_close_scaled(a, b, REL, f"peer {n} logits, train={train}")
         for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(stats_v), jax.tree.leaves(stats_l)):
             assert_close_scaled(a, b, REL, f"{jax.tree_util.keystr(path)}, train={train}")
+
+
+def test_zoo_peers_with_other_classifier_names_run_like_their_exports(rng):
+    """Peers whose classifier is not named `linear` (MobileNetV2's `classifier`, RepDistiller's ResNets' `fc`):
+    the term and the evaluation logits run, and each stacked peer's logits are its exported variables' own."""
+    method = tiny_method(("MobileNetV2", "rd_resnet8"))
+    batch = probe_batch(rng)
+    student = get_model("resnet8", 10)
+    out = student.apply(student.init(jax.random.PRNGKey(0), batch.images, train=False), batch.images, train=False,
+                        method=student.forward)
+    init = method.init(jax.random.PRNGKey(1), Probe(None, None, batch, None, 10))
+    logits = method.eval_logits(init.variables, out, batch.images)
+    for name, (arch, peer_variables) in method.exports(init.variables).items():
+        _, alone = get_model(arch, 10).apply(peer_variables, batch.images, train=False)
+        assert logits[name].shape == (8, 10)
+        assert_close_scaled(logits[name], alone, REL, name)
+    term = method.term(init.variables, {}, out, None, batch, train=True)
+    assert np.isfinite(float(term.term)) and set(term.metrics) >= {"peer1_ce", "peer2_ce"}
 
 
 def test_peers_start_from_distinct_keys_and_update_their_statistics(rng):

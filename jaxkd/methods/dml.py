@@ -99,13 +99,14 @@ class DML(Method):
     def _vectorized(self) -> bool:
         return self.forward_mode == "vmap" or (self.forward_mode == "auto" and jax.default_backend() != "cpu")
 
-    def peer_logits(self, variables: dict, images: jax.Array, train: bool):
+    def peer_logits(self, variables: dict, images: jax.Array, train: bool, num_classes: int):
         """([logits of peer 1, ..., peer K-1], batch_stats): per architecture, its stacked peers in one vmapped
         forward (or one after the other, `config.dml.forward`); in train mode with batch statistics (and their
-        updated running averages), else with the running statistics."""
+        updated running averages), else with the running statistics. `num_classes`: the student's (every
+        architecture names its classifier differently)."""
         logits, new_stats = [None] * len(self.peers), {}
         for arch, numbers in self.groups.items():
-            model = get_model(arch, variables["params"][arch]["linear"]["kernel"].shape[-1])  # its classes
+            model = get_model(arch, num_classes)
 
             def forward(params, stats, model=model):
                 out, stats = apply_module(model, {"params": params, "batch_stats": stats}, images, train=train,
@@ -124,7 +125,7 @@ class DML(Method):
         return logits, new_stats
 
     def term(self, variables, state, student, teacher, batch: Batch, train: bool) -> TermOutput:
-        peer_logits, batch_stats = self.peer_logits(variables, batch.images, train)
+        peer_logits, batch_stats = self.peer_logits(variables, batch.images, train, student.logits.shape[-1])
         ce, kl = mutual_losses([student.logits] + peer_logits, batch.labels, batch.partners, batch.lam)
         metrics = {"peer0_kl": kl[0]}
         for n, z in enumerate(peer_logits, start=1):
@@ -134,7 +135,7 @@ class DML(Method):
         return TermOutput(jnp.sum(ce[1:]) + jnp.sum(kl), metrics, batch_stats)
 
     def eval_logits(self, variables, student, images) -> dict:
-        logits, _ = self.peer_logits(variables, images, train=False)
+        logits, _ = self.peer_logits(variables, images, False, student.logits.shape[-1])
         return {f"peer{n}": z for n, z in enumerate(logits, start=1)}
 
     def exports(self, variables) -> dict:

@@ -5,12 +5,13 @@ is single dots, single convolutions and reductions (INDIVIDUAL_DOT, INDIVIDUAL_C
 for DOT, ELTWISE, REDUCE instead: dot fusions, elementwise fusions (BN, ReLU, the optimizer) and reductions
 go to YNNPACK and the convolutions stay with XLA's own kernels. That makes the train step 1.76-1.9x faster on
 CPU (benchmarks/README.md); the PyTorch parity tests pass with it at the same margins. A program that runs a
-depthwise-separable model (`cpu_elementwise_in_xla`: the MobileNets, ShuffleV2) asks for DOT, REDUCE only: on
-CPU their depthwise convolutions are shifted multiply-adds (`jaxkd.models.grouped_conv`) that XLA fuses into one
-loop, but YNNPACK takes every multiply and add alone, each shifted view copied out first (MobileNetV2's train
-step 1.6x faster without ELTWISE, the KD step vgg13 -> MobileNetV2 1.4x; ShuffleV1, whose step is mostly grouped
-1x1 convolutions, BN and ReLU, is 1.3x faster with it and keeps it: benchmarks/README.md). GPU and TPU get no
-options (an option a backend does not know fails the compile).
+depthwise-separable model (`cpu_elementwise_in_xla`: the MobileNets, ShuffleV2; as student, teacher or a method's
+own network, `Method.networks`, e.g. a DML peer) asks for DOT, REDUCE only: on CPU their depthwise convolutions
+are shifted multiply-adds (`jaxkd.models.grouped_conv`) that XLA fuses into one loop, but YNNPACK takes every
+multiply and add alone, each shifted view copied out first (MobileNetV2's train step 1.6x faster without ELTWISE,
+the KD step vgg13 -> MobileNetV2 1.4x; ShuffleV1, whose step is mostly grouped 1x1 convolutions, BN and ReLU, is
+1.3x faster with it and keeps it: benchmarks/README.md). GPU and TPU get no options (an option a backend does not
+know fails the compile).
 
 Turning it off:
   - for a whole run: `JAXKD_CPU_YNN=0 python -m jaxkd.train ...` (also `false`, `off`, `no`; `1` or unset = on);

@@ -221,7 +221,7 @@ class Method:
     @property
     def networks(self) -> tuple:
         """The networks this method runs besides the student and the teacher, as Flax modules (DML's peers):
-        the engine compiles the step with the CPU options they need (`jaxkd.engine.compile_options`). None by
+        the engine compiles the step with the CPU options they need (`jaxkd.engine.compile_options`). Empty by
         default."""
         return ()
 

@@ -1,6 +1,6 @@
-"""jaxkd.engine.compile_options: the YNN fusions on CPU by default, off with JAXKD_CPU_YNN=0 or cpu_ynn=False, nothing on
-other platforms, the user's XLA_FLAGS respected, a rejected option a warning; and the evaluation step compiled
-with them (its optimized HLO has YNN fusions it lacks when the option is off)."""
+"""jaxkd.engine.compile_options: the YNN fusions on CPU by default, off with JAXKD_CPU_YNN=0 or cpu_ynn=False,
+nothing on other platforms, the user's XLA_FLAGS respected, a rejected option a warning; and the evaluation step
+compiled with them (its optimized HLO has YNN fusions it lacks when the option is off)."""
 
 import dataclasses
 import os

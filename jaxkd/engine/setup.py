@@ -59,8 +59,7 @@ class Setup:
     def models(self) -> tuple:
         """The Flax modules the train programs run (their compiler options): the student, the teacher, and the
         method's own networks (DML's peers)."""
-        teacher = () if self.teacher is None else (self.teacher.model,)
-        return (self.student,) + teacher + tuple(self.method.networks)
+        return self.evaluated_models + (() if self.teacher is None else (self.teacher.model,))
 
     @property
     def evaluated_models(self) -> tuple:

@@ -130,7 +130,8 @@ class ShuffleNetV1(FeatureModel):
 class ShuffleNetV2(FeatureModel):
     """RepDistiller's `ShuffleV2` (`ShuffleNetV2(net_size=1)`)."""
 
-    cpu_elementwise_in_xla = True  # not V1: its step is faster with YNNPACK's elementwise fusions (jaxkd.engine.compile_options)
+    # Not ShuffleV1: its step is faster with YNNPACK's elementwise fusions (jaxkd.engine.compile_options).
+    cpu_elementwise_in_xla = True
 
     num_classes: int = 100
     widths: tuple = (116, 232, 464)

@@ -21,6 +21,7 @@ import torch
 import convert
 from jaxkd.models import canonical_name, get_model
 from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.compile_once import ONCE
 from tests.helpers.torch_references import nchw, nhwc, randomized
 from tests.helpers.torchvision_modules import load_torchvision_module
 from tests.reference.mdistiller_mobilenetv1 import MobileNetV1 as MdistillerMobileNetV1
@@ -30,7 +31,6 @@ REL = 1e-5  # eval mode, float32 on both sides: max|diff| <= REL * max|reference
 # PyTorch's own float32 result (tests/test_model_zoo.py: batch-statistics rounding grows with depth alike in both).
 TRAIN_REL, ROUNDING_FACTOR = 3e-5, 2.0
 BATCH, CLASSES, SIZE = 3, 10, 64
-ONCE = {"xla_backend_optimization_level": 0}  # each program runs once: compile it fast
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TORCHVISION_NAMES = {"tv_resnet18": "resnet18", "tv_resnet34": "resnet34", "tv_resnet50": "resnet50",

@@ -25,6 +25,7 @@ from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import BYOTHead
 from jaxkd.pytorch.torch_models import get_torch_model
 from tests.helpers.assertions import assert_bitwise_equal, assert_close_scaled
+from tests.helpers.compile_once import jit_once
 from tests.helpers.runs import final_params, on_digits
 from tests.helpers.torch_references import nchw, nhwc, randomize_batchnorms
 from tests.reference.byot_loss import ShallowHead, byot_total_loss
@@ -100,14 +101,16 @@ def test_heads_and_loss_match_pytorch(stages, rng):
     channels = shapes[-1][-1]
 
     method = recipe_method()
-    init = method.init(jax.random.PRNGKey(0), Probe(as_jax(out_np), None, None, None, num_classes))
+    init_shapes = jax.eval_shape(lambda key: method.init(key, Probe(as_jax(out_np), None, None, None,
+                                                                      num_classes)).variables, jax.random.PRNGKey(0))
     torch.manual_seed(int(rng.integers(1 << 31)))
     torch_heads = [randomized_torch_head(shapes[s][-1], channels, shapes[s][0] // shapes[-1][0], num_classes)
                    for s in range(2)]
     copied = [flax_variables_of(head) for head in torch_heads]
     variables = {"params": {name: v["params"] for name, v in zip(HEAD_NAMES, copied)},
                  "batch_stats": {name: v["batch_stats"] for name, v in zip(HEAD_NAMES, copied)}}
-    assert jax.tree.map(np.shape, init.variables) == jax.tree.map(np.shape, variables)  # same layout
+    shape = lambda leaf: tuple(leaf.shape)  # noqa: E731
+    assert jax.tree.map(shape, init_shapes) == jax.tree.map(shape, variables)  # same layout
 
     # PyTorch: BYOT-U's total loss, train mode.
     x = [nchw(f).requires_grad_(True) for f in out_np.features]
@@ -124,12 +127,14 @@ def test_heads_and_loss_match_pytorch(stages, rng):
         term = method.term({"params": params, "batch_stats": variables["batch_stats"]}, {}, out, None, batch, True)
         return config.loss.gamma * cross_entropy(out.logits, batch.labels) + config.loss.beta * term.term, term
 
-    (loss, term), (grad_params, grad_out) = jax.value_and_grad(total_loss, (0, 1), has_aux=True)(
+    # jitted, as every JAX computation below: one compile each (tests/helpers/compile_once.py)
+    (loss, term), (grad_params, grad_out) = jit_once(jax.value_and_grad(total_loss, (0, 1), has_aux=True))(
         variables["params"], as_jax(out_np))
     assert loss == pytest.approx(loss_torch.item(), rel=REL)
     for s, (name, head) in enumerate(zip(HEAD_NAMES, torch_heads)):
-        logits, feature = BYOTHead(channels // 4, channels, shapes[s][0] // shapes[-1][0], num_classes).apply(
-            copied[s], jnp.asarray(out_np.features[s]), train=True, mutable=["batch_stats"])[0]
+        head_module = BYOTHead(channels // 4, channels, shapes[s][0] // shapes[-1][0], num_classes)
+        logits, feature = jit_once(lambda v, x, head_module=head_module: head_module.apply(
+            v, x, train=True, mutable=["batch_stats"])[0])(copied[s], jnp.asarray(out_np.features[s]))
         assert_close_scaled(logits, head_outputs[s][0].detach().numpy(), REL, f"{name} logits")
         assert_close_scaled(feature, head_outputs[s][1].detach().numpy()[:, :, 0, 0], REL, f"{name} feature")
         for bn_name, i in BNS.items():
@@ -154,7 +159,7 @@ def test_heads_and_loss_match_pytorch(stages, rng):
     assert not np.any(np.asarray(grad_out.pooled)) and deepest_pooled.grad is None  # stop-gradient
 
     # Eval mode: running statistics (the copied ones), as the engine's evaluation calls it.
-    extra = method.eval_logits(variables, as_jax(out_np), None)
+    extra = jit_once(method.eval_logits)(variables, as_jax(out_np), None)
     assert sorted(extra) == ["head1", "head2"]
     with torch.no_grad():
         for s, (name, head) in enumerate(zip(HEAD_NAMES, torch_heads)):
@@ -171,8 +176,8 @@ def test_term_metrics_are_the_unweighted_losses(rng):
     out = as_jax(random_outputs(rng, 4, shapes, 10))
     method = recipe_method()
     batch = Batch(None, jnp.asarray(rng.integers(0, 10, 4), jnp.int32), None, None)
-    init = method.initialize(jax.random.PRNGKey(1), Probe(out, None, batch, None, 10))
-    result = method.term(init.variables, {}, out, None, batch, True)
+    result = jit_once(lambda key: method.term(method.initialize(key, Probe(out, None, batch, None, 10)).variables, {},
+                                             out, None, batch, True))(jax.random.PRNGKey(1))  # one compile
     assert sorted(result.metrics) == sorted(method.metric_names) and len(method.metric_names) == 6
     m = {k: float(v) for k, v in result.metrics.items()}
     expected = sum(0.9 * m[f"{h}_ce"] + 0.1 * 9 * m[f"{h}_soft_ce"] + 1e-6 * m[f"{h}_feature"] for h in HEAD_NAMES)
@@ -183,12 +188,17 @@ def test_term_metrics_are_the_unweighted_losses(rng):
 def test_heads_use_the_mixed_cross_entropy_under_saliencymix(rng):
     out = as_jax(random_outputs(rng, 4, STAGES["width1_cifar"], 10))
     method = recipe_method()
-    variables = method.init(jax.random.PRNGKey(2), Probe(out, None, None, None, 10)).variables
     labels = jnp.asarray([0, 1, 2, 3], jnp.int32)
     partners = jnp.asarray([2, 3, 0, 1], jnp.int32)
-    plain = method.term(variables, {}, out, None, Batch(None, labels, None, None), True).metrics
-    swapped = method.term(variables, {}, out, None, Batch(None, labels[partners], None, None), True).metrics
-    mixed = method.term(variables, {}, out, None, Batch(None, labels, None, None, partners, 0.25), True).metrics
+    batches = (Batch(None, labels, None, None), Batch(None, labels[partners], None, None),
+               Batch(None, labels, None, None, partners, 0.25))
+
+    @jit_once  # one compile
+    def metrics(key):
+        variables = method.init(key, Probe(out, None, None, None, 10)).variables
+        return [method.term(variables, {}, out, None, batch, True).metrics for batch in batches]
+
+    plain, swapped, mixed = metrics(jax.random.PRNGKey(2))
     for head in HEAD_NAMES:
         assert float(mixed[f"{head}_ce"]) == pytest.approx(
             0.25 * float(plain[f"{head}_ce"]) + 0.75 * float(swapped[f"{head}_ce"]), rel=1e-6)
@@ -198,7 +208,7 @@ def test_head_init_is_byot_us():
     """Conv weights kaiming-normal (fan_out, relu), conv biases and the linear layer U(+-1/sqrt(fan_in)),
     BN 1/0 with running statistics 0/1."""
     head = BYOTHead(bottleneck=64, features=256, stride=2, num_classes=100)
-    variables = head.init(jax.random.PRNGKey(3), jnp.zeros((2, 16, 16, 128)), train=False)
+    variables = jit_once(lambda key: head.init(key, jnp.zeros((2, 16, 16, 128)), train=False))(jax.random.PRNGKey(3))
     params, stats = variables["params"], variables["batch_stats"]
     for name, (k, c_in, c_out) in {"conv1": (1, 128, 64), "conv2": (2, 64, 64), "conv3": (1, 64, 256)}.items():
         kernel, bias = np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"])

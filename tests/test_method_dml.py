@@ -30,6 +30,7 @@ from jaxkd.models import get_model
 from jaxkd.models.output import ModelOutput
 from jaxkd.pytorch.torch_models import get_torch_model
 from tests.helpers.assertions import assert_bitwise_equal, assert_close_scaled
+from tests.helpers.compile_once import jit_once
 from tests.helpers.runs import SMALL_DIGITS, on_digits
 from tests.helpers.torch_references import nchw
 from tests.reference.dml_loss import dml_losses as torch_dml_losses
@@ -100,8 +101,9 @@ def test_gradient_w_r_t_each_peer_is_its_own_dml_loss(peers, forward, rng):
     method = tiny_method(peers, forward)
     batch = probe_batch(rng)
     student = get_model("resnet8", 10)
-    student_variables = student.init(jax.random.PRNGKey(0), batch.images, train=False)
-    init = method.init(jax.random.PRNGKey(1), Probe(None, None, batch, None, 10))
+    # every program here jitted once (tests/helpers/compile_once.py)
+    student_variables = jit_once(lambda key: student.init(key, batch.images, train=False))(jax.random.PRNGKey(0))
+    init = jit_once(lambda key: method.init(key, Probe(None, None, batch, None, 10)))(jax.random.PRNGKey(1))
     params = {"student": student_variables["params"], "method": init.variables["params"]}
     num_peers = len(peers) + 1
 
@@ -119,7 +121,7 @@ def test_gradient_w_r_t_each_peer_is_its_own_dml_loss(peers, forward, rng):
                            out, None, batch, train=True)
         return cross_entropy(out.logits, batch.labels) + term.term
 
-    @jax.jit
+    @jit_once
     @jax.grad
     def own_loss(params, i, targets):
         """L_i = CE_i + 1/(K-1) sum_{j != i} KL(p_j || p_i) with the other peers' p_j given as (K-1, B, C)."""
@@ -128,8 +130,8 @@ def test_gradient_w_r_t_each_peer_is_its_own_dml_loss(peers, forward, rng):
         kl = jnp.sum(targets * (jnp.log(targets) - log_p[None])) / log_p.shape[0]
         return ce + kl / (num_peers - 1)
 
-    grads = jax.jit(jax.grad(total))(params)
-    logits = [np.asarray(z) for z in jax.jit(lambda p: all_logits(p)[1])(params)]
+    grads = jit_once(jax.grad(total))(params)
+    logits = [np.asarray(z) for z in jit_once(lambda p: all_logits(p)[1])(params)]
     slots = {arch: list(range(peers.count(arch))) for arch in peers}
     slot_of = [("student", None)] + [(arch, slots[arch].pop(0)) for arch in peers]
 
@@ -166,10 +168,11 @@ def test_vmapped_and_looped_peers_agree(rng):
     mode) and so do the eval-mode logits."""
     batch = probe_batch(rng)
     vmapped, looped = tiny_method(["resnet8", "resnet8"], "vmap"), tiny_method(["resnet8", "resnet8"], "loop")
-    variables = vmapped.init(jax.random.PRNGKey(0), Probe(None, None, batch, None, 10)).variables
+    variables = jit_once(lambda key: vmapped.init(key, Probe(None, None, batch, None, 10)).variables)(
+        jax.random.PRNGKey(0))
     for train in (True, False):
-        (z_v, stats_v), (z_l, stats_l) = (jax.jit(m.peer_logits, static_argnums=(2, 3))(variables, batch.images,
-                                                                                         train, 10)
+        (z_v, stats_v), (z_l, stats_l) = (jit_once(m.peer_logits, static_argnums=(2, 3))(variables, batch.images,
+                                                                                          train, 10)
                                           for m in (vmapped, looped))
         for n, (a, b) in enumerate(zip(z_v, z_l), start=1):
             assert_close_scaled(a, b, REL, f"peer {n} logits, train={train}")
@@ -183,15 +186,15 @@ def test_zoo_peers_with_other_classifier_names_run_like_their_exports(rng):
     method = tiny_method(("vgg8", "rd_resnet8"))
     batch = probe_batch(rng)
     out = ModelOutput([], None, jnp.asarray(rng.normal(size=(8, 10)), jnp.float32))  # the student's logits suffice
-    variables = jax.jit(lambda key: method.init(key, Probe(None, None, batch, None, 10)).variables)(
+    variables = jit_once(lambda key: method.init(key, Probe(None, None, batch, None, 10)).variables)(
         jax.random.PRNGKey(1))  # jitted: one compile, where eager initialization compiles op by op
-    logits = jax.jit(method.eval_logits)(variables, out, batch.images)
+    logits = jit_once(method.eval_logits)(variables, out, batch.images)
     for name, (arch, peer_variables) in method.exports(variables).items():
         model = get_model(arch, 10)
-        _, alone = jax.jit(lambda v, model=model: model.apply(v, batch.images, train=False))(peer_variables)
+        _, alone = jit_once(lambda v, model=model: model.apply(v, batch.images, train=False))(peer_variables)
         assert logits[name].shape == (8, 10)
         assert_close_scaled(logits[name], alone, REL, name)
-    term = jax.jit(lambda v: method.term(v, {}, out, None, batch, train=True))(variables)
+    term = jit_once(lambda v: method.term(v, {}, out, None, batch, train=True))(variables)
     assert np.isfinite(float(term.term)) and set(term.metrics) >= {"peer1_ce", "peer2_ce"}
 
 

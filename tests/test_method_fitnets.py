@@ -19,6 +19,7 @@ from jaxkd.methods import Probe, get_method
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.models.heads import STRIDE2, TRANSPOSE, VALID, ConvReg, ConvTranspose4x4Stride2
 from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.compile_once import jit_once
 from tests.helpers.runs import on_digits, save_random_teacher
 from tests.helpers.torch_references import nchw, nhwc, randomize_batchnorms
 from tests.reference.repdistiller_losses import ConvReg as TorchConvReg
@@ -77,10 +78,11 @@ def test_fitnets_matches_pytorch_hint_loss_with_conv_reg(branch, rng):
     reg = randomized_torch_conv_reg(to_nchw(s_shape), to_nchw(t_shape)).train()
 
     method = get_method("fitnet", None)
-    init = method.init(jax.random.PRNGKey(0), Probe(stages(jnp.asarray(f_s)), stages(jnp.asarray(f_t)), None, None,
-                                                     10))
+    init_shapes = jax.eval_shape(lambda key: method.init(key, Probe(stages(jnp.asarray(f_s)), stages(jnp.asarray(f_t)),
+                                                                    None, None, 10)).variables, jax.random.PRNGKey(0))
     variables = flax_variables_of(reg)
-    assert jax.tree.map(np.shape, init.variables) == jax.tree.map(np.shape, variables)  # same layout
+    shape = lambda leaf: tuple(leaf.shape)  # noqa: E731
+    assert jax.tree.map(shape, init_shapes) == jax.tree.map(shape, variables)  # same layout
     module = method.module(stages(f_s), stages(f_t))
     assert module.kind == branch.split("_3x3")[0]
 
@@ -89,7 +91,9 @@ def test_fitnets_matches_pytorch_hint_loss_with_conv_reg(branch, rng):
     loss_torch = HintLoss()(y_torch, nchw(f_t))
     loss_torch.backward()
 
-    y, updates = module.apply(variables, jnp.asarray(f_s), train=True, mutable=["batch_stats"])
+    # jitted, as the term below: one compile each (tests/helpers/compile_once.py)
+    y, updates = jit_once(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]))(variables,
+                                                                                            jnp.asarray(f_s))
     assert_close_scaled(y, nhwc(y_torch), REL, "regressor output")
     assert_close_scaled(updates["batch_stats"]["bn"]["mean"], reg.bn.running_mean.numpy(), REL, "running mean")
     assert_close_scaled(updates["batch_stats"]["bn"]["var"], reg.bn.running_var.numpy(), REL, "running var")
@@ -99,7 +103,7 @@ def test_fitnets_matches_pytorch_hint_loss_with_conv_reg(branch, rng):
                           stages(jnp.asarray(f_t)), None, True)
         return out.term, out.batch_stats
 
-    (loss, batch_stats), (grad_params, grad_feature) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
+    (loss, batch_stats), (grad_params, grad_feature) = jit_once(jax.value_and_grad(loss_fn, (0, 1), has_aux=True))(
         variables["params"], jnp.asarray(f_s))
     assert loss == pytest.approx(loss_torch.item(), rel=REL)
     assert_close_scaled(batch_stats["bn"]["var"], reg.bn.running_var.numpy(), REL, "term's batch_stats")

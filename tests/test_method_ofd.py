@@ -29,13 +29,13 @@ from jaxkd.methods.ofd import OFD, margin_from_bn, teacher_margins
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.tools.published import SOURCES, published_for
 from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.compile_once import ONCE
 from tests.helpers.torch_references import nchw, nhwc, randomized_torch_model
 from tests.reference.mdistiller_ofd import OFDReference, bn_before_relu, build_feature_connector
 from tests.reference.mdistiller_ofd import margin_from_bn as reference_margin
 
 REL = 1e-5
 BATCH = 4
-ONCE = {"xla_backend_optimization_level": 0}  # programs that run once compile in about half the time
 # (student stages, teacher stages) as (H, C), scaled down from the pairs' CIFAR shapes
 PAIRS = {
     # wrn_40_2 -> wrn_16_2: the same channels and sizes, 1x1 connectors between equal widths

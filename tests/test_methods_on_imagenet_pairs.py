@@ -24,6 +24,7 @@ from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.crd_kernels import sample_contrast_indices
 from jaxkd.models import ModelOutput, get_model
 from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.compile_once import ONCE
 from tests.helpers.torch_references import nchw, nhwc
 from tests.reference.mdistiller_losses import ReviewKDStudentSide, dkd_loss, dkd_warmup, kd_loss
 from tests.reference.repdistiller_crd import CRDLoss
@@ -32,7 +33,6 @@ from tests.reference.repdistiller_losses import Attention
 BATCH, CLASSES, SIZE, EPOCH = 4, 10, 64, 3
 CRD_EXAMPLES, CRD_K = 40, 16
 REL = 1e-5
-ONCE = {"xla_backend_optimization_level": 0}  # the program runs once: compile it fast
 # (teacher, student, ReviewKD's MAX_MID_CHANNEL: mdistiller's 512 default, 256 in r50_mv1/reviewkd.yaml)
 PAIRS = [("tv_resnet34", "tv_resnet18", 512), ("tv_resnet50", "MobileNetV1", 256)]
 SETTINGS = {"dkd": {"alpha": 1.0, "beta": 0.5, "temperature": 1.0, "warmup": 1},

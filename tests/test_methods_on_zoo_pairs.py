@@ -38,6 +38,7 @@ from jaxkd.methods.crd_kernels import sample_contrast_indices
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.pytorch.torch_models import get_torch_model
 from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.compile_once import ONCE
 from tests.helpers.torch_references import nchw, nhwc, randomized_torch_model
 from tests.reference.repdistiller_crd import CRDLoss
 from tests.reference.repdistiller_losses import Attention, ConvReg, HintLoss
@@ -56,7 +57,6 @@ REL = 1e-4
 # feature shapes as resnet32x4 and vgg13 (one block per stage, one conv per VGG block), compiled in less time.
 PAIRS = [("rd_resnet8x4", "ShuffleV1"), ("vgg8", "MobileNetV2")]
 # XLA:CPU's backend optimization off: these programs run once, and compile in half the time
-ONCE = {"xla_backend_optimization_level": 0}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

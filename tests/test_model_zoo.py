@@ -16,6 +16,7 @@ from jaxkd.models.__main__ import main as models_main
 from jaxkd.models.summary import model_size
 from jaxkd.pytorch.torch_models import REPDISTILLER_MODELS, get_torch_model
 from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.compile_once import ONCE
 from tests.helpers.torch_references import nchw, nhwc, randomized_torch_model
 
 REL = 1e-5  # max|diff| <= 1e-5 * max|ref|, float32 on both sides
@@ -83,7 +84,6 @@ def _load(arch: str, variables) -> torch.nn.Module:
 # to compile one by one. The families (resnets, WideResNets, VGGs) run op by op: their layers share shapes, so
 # each op compiles once for the whole family.
 ONE_PROGRAM = ("ResNet50", "MobileNetV2", "ShuffleV1", "ShuffleV2")
-ONCE = {"xla_backend_optimization_level": 0}
 
 
 def eval_and_train_forward(arch, variables, images):

@@ -12,6 +12,7 @@ from jaxkd.methods import get_method
 from jaxkd.methods.at import AT
 from jaxkd.models import ModelOutput
 from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.compile_once import jit_once
 from tests.helpers.torch_references import nchw, nhwc
 from tests.reference.repdistiller_losses import Attention
 
@@ -49,7 +50,7 @@ def test_at_matches_pytorch_attention(student_shapes, teacher_shapes, p, rng):
     def loss_fn(features):
         return method.term({}, {}, outputs(*features), outputs(*map(jnp.asarray, f_t)), None, True).term
 
-    loss, grads = jax.value_and_grad(loss_fn)([jnp.asarray(f) for f in f_s])
+    loss, grads = jit_once(jax.value_and_grad(loss_fn))([jnp.asarray(f) for f in f_s])  # one compile
     assert loss == pytest.approx(loss_torch.item(), rel=REL)
     for i, (grad, reference) in enumerate(zip(grads, x)):
         assert_close_scaled(grad, nhwc(reference.grad), REL, f"d loss / d student feature {i}")

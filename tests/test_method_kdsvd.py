@@ -26,6 +26,7 @@ from jaxkd.methods import Probe
 from jaxkd.methods.kdsvd import KDSVD, LAYOUTS, kdsvd_losses
 from jaxkd.models import ModelOutput
 from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.compile_once import jit_once
 from tests.helpers.torch_references import nchw, nhwc
 from tests.reference import mdistiller_kdsvd, repdistiller_kdsvd
 
@@ -47,7 +48,7 @@ def kdsvd_term(student_features, teacher_features, layout):
 
 
 # one compile per layout, shapes and precision
-_kdsvd_value_and_grad = jax.jit(jax.value_and_grad(kdsvd_term), static_argnames="layout")
+_kdsvd_value_and_grad = jit_once(jax.value_and_grad(kdsvd_term), static_argnames="layout")
 
 
 def kdsvd_jax(student_features, teacher_features, layout):

@@ -19,6 +19,7 @@ from jaxkd.methods import Probe, get_method
 from jaxkd.methods.base import INIT_MODULES
 from jaxkd.tools import published
 from tests.helpers.assertions import assert_uniform, relative
+from tests.helpers.compile_once import jit_once
 from tests.helpers.init_stage_methods import (INIT_TEACHERS, NUM_CLASSES, PAIRS, REL, SIZE, STEPS, STUDENT, TRAIN_BATCH,
                                               TRAIN_REL, assert_builds_for_pairs, assert_three_init_steps_match_pytorch,
                                               assert_tree_close, paraphraser_params, random_output,
@@ -79,7 +80,7 @@ def test_ft_modules_initialize_as_pytorch_defaults(rng):
     (PyTorch's fan_in of a ConvTranspose2d weight), biases alike; Translator (s = 16): convs alike, BN 1/0."""
     student, teacher = random_output(rng, (8, 8, 8), [(4, 4, 16)]), random_output(rng, (8, 8, 8), [(4, 4, 32)])
     method, probe = get_method("ft", recipe("ft")), Probe(student, teacher, None, None, 10)
-    init = jax.jit(lambda key: method.init(key, probe))(jax.random.PRNGKey(0))
+    init = jit_once(lambda key: method.init(key, probe))(jax.random.PRNGKey(0))
     paraphraser = init.state[INIT_MODULES]["params"]
     for name, (c_in, c_out, fan) in {"encoder0": (32, 32, 32), "encoder1": (32, 16, 32), "encoder2": (16, 16, 16),
                                      "decoder0": (16, 16, 16), "decoder1": (16, 32, 32),

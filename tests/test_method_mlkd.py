@@ -24,6 +24,7 @@ from jaxkd.errors import UserError
 from jaxkd.methods import Batch, get_method
 from jaxkd.models import ModelOutput
 from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.compile_once import jit_once
 from tests.reference.mlkd_losses import kd_ours_losses
 
 REL = 1e-5
@@ -172,8 +173,9 @@ def test_the_step_runs_both_models_on_the_strong_view_in_official_order(rng):
                          "optimizer": {}, "mlkd": {}})
     student, teacher = _TinyModel(), _TinyModel()
     weak, strong = (jnp.asarray(rng.normal(size=(6, 4, 4, 3)) + shift, jnp.float32) for shift in (0.0, 3.0))
-    student_variables = student.init(jax.random.key(0), weak, method=_TinyModel.forward)
-    teacher_variables = teacher.init(jax.random.key(1), weak, method=_TinyModel.forward)
+    student_variables, teacher_variables = jit_once(lambda keys: [model.init(key, weak, method=_TinyModel.forward)
+                                                                  for model, key in zip((student, teacher), keys)])(
+        jax.random.split(jax.random.key(0)))
     setup = SimpleNamespace(student=student, method=get_method("mlkd", config), teacher=SimpleNamespace(model=teacher),
                             config=config, pipeline=SimpleNamespace(saliencymix=False), optimizer=optax.sgd(0.1))
     params = {"student": student_variables["params"], "method": {}}

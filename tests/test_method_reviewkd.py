@@ -14,6 +14,7 @@ from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.reviewkd import ABF, ReviewKD
 from jaxkd.models import ModelOutput
 from tests.helpers.assertions import assert_close_scaled
+from tests.helpers.compile_once import jit_once
 from tests.helpers.torch_references import nchw, nhwc
 from tests.reference.mdistiller_losses import ABF as TorchABF
 from tests.reference.mdistiller_losses import ReviewKDStudentSide, dkd_warmup
@@ -67,7 +68,7 @@ def test_abf_chain_and_hcl_match_mdistiller(rng):
             train=True, mutable=["batch_stats"])[0]
         return out.term, (out, chain_outputs)
 
-    (value, (out, chain_outputs)), grads = jax.jit(jax.value_and_grad(term, argnums=(0, 1, 2), has_aux=True))(
+    (value, (out, chain_outputs)), grads = jit_once(jax.value_and_grad(term, argnums=(0, 1, 2), has_aux=True))(
         variables["params"], [jnp.asarray(f) for f in student.features], jnp.asarray(student.pooled), teacher)
 
     reference.train()

@@ -130,7 +130,9 @@ def test_terms_and_their_feature_gradients_match_repdistiller(teacher_arch, stud
                                                                        batch.images)
     probe = Probe(student_out, teacher_out, batch, train_labels, CLASSES)
     methods = {name: get_method(name, methods_config()) for name in ("kd", "fitnet", "at", "crd")}
-    inits = {name: method.initialize(jax.random.PRNGKey(seed), probe) for name, method in methods.items()}
+    # one compiled program for the inits (op by op they compile one program per operation and shape)
+    inits = jax.jit(lambda key: {name: method.initialize(key, probe) for name, method in methods.items()},
+                    compiler_options=ONCE)(jax.random.PRNGKey(seed))
     assert methods["kd"].uses_teacher and not inits["kd"].variables  # KD is the engine's alpha term
 
     # The reference's modules, sized from RepDistiller's features: FitNets' regressor (its weights given to
@@ -156,7 +158,8 @@ def test_terms_and_their_feature_gradients_match_repdistiller(teacher_arch, stud
         crd.contrast.memory_v1.copy_(torch.from_numpy(np.array(crd_state["bank_student"])))
         crd.contrast.memory_v2.copy_(torch.from_numpy(np.array(crd_state["bank_teacher"])))
     # the negatives CRD.term draws from the batch's key
-    contrast_idx = np.asarray(sample_contrast_indices(batch.rng, batch.labels, batch.index, crd_state, CRD_K))
+    contrast_idx = np.asarray(jax.jit(sample_contrast_indices, static_argnums=4, compiler_options=ONCE)(
+        batch.rng, batch.labels, batch.index, crd_state, CRD_K))
 
     def term(name, student_out):
         """What jaxkd.train adds for method `name`: KD's alpha term, or the method's term."""

@@ -283,7 +283,7 @@ def compiled_step_memory(config, num_examples: int) -> int:
     state = create_train_state(setup)
     step = make_train_step(setup)
     stats = step.lower(state, zero_sums(setup), setup.teacher.variables, train.images, train.labels, train.index,
-                       jnp.arange(num_examples, dtype=jnp.int32)).compile(ONCE).memory_analysis()  # buffers as ever
+                       jnp.arange(num_examples, dtype=jnp.int32)).compile(ONCE).memory_analysis()  # same buffers
     return (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
             - stats.alias_size_in_bytes)
 

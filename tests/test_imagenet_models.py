@@ -21,7 +21,7 @@ import torch
 import convert
 from jaxkd.models import canonical_name, get_model
 from tests.helpers.assertions import assert_close_scaled
-from tests.helpers.compile_once import ONCE
+from tests.helpers.compile_once import jit_once
 from tests.helpers.torch_references import nchw, nhwc, randomized
 from tests.helpers.torchvision_modules import load_torchvision_module
 from tests.reference.mdistiller_mobilenetv1 import MobileNetV1 as MdistillerMobileNetV1
@@ -127,7 +127,7 @@ def eval_and_train_forward(arch: str, variables, images):
         return (model.apply(variables, images, train=False, method=model.forward),
                 model.apply(variables, images, train=True, method=model.forward, mutable=["batch_stats"]))
 
-    return jax.jit(both, compiler_options=ONCE)(variables, images)
+    return jit_once(both)(variables, images)
 
 
 FULL_PARITY = ["tv_resnet18", "tv_resnet34", "tv_resnet50", "tv_mobilenet_v2", "MobileNetV1"]
@@ -187,7 +187,7 @@ def test_mobilenet_v2_applies_its_classifier_dropout_only_in_train_mode_with_a_d
                                         rngs={"dropout": dropout_key}, mutable=["batch_stats"])[0]
         return run(True), run(False)
 
-    trained, evaluated = jax.jit(passes, compiler_options=ONCE)(variables, jax.random.key(1))
+    trained, evaluated = jit_once(passes)(variables, jax.random.key(1))
     classifier = variables["params"]["classifier.1"]
     undropped = lambda out: np.asarray(out.pooled) @ classifier["kernel"] + classifier["bias"]  # noqa: E731
     np.testing.assert_allclose(evaluated.logits, undropped(evaluated), rtol=1e-5, atol=1e-6)

@@ -109,8 +109,7 @@ def test_heads_and_loss_match_pytorch(stages, rng):
     copied = [flax_variables_of(head) for head in torch_heads]
     variables = {"params": {name: v["params"] for name, v in zip(HEAD_NAMES, copied)},
                  "batch_stats": {name: v["batch_stats"] for name, v in zip(HEAD_NAMES, copied)}}
-    shape = lambda leaf: tuple(leaf.shape)  # noqa: E731
-    assert jax.tree.map(shape, init_shapes) == jax.tree.map(shape, variables)  # same layout
+    assert jax.tree.map(np.shape, init_shapes) == jax.tree.map(np.shape, variables)  # same layout
 
     # PyTorch: BYOT-U's total loss, train mode.
     x = [nchw(f).requires_grad_(True) for f in out_np.features]

@@ -81,8 +81,7 @@ def test_fitnets_matches_pytorch_hint_loss_with_conv_reg(branch, rng):
     init_shapes = jax.eval_shape(lambda key: method.init(key, Probe(stages(jnp.asarray(f_s)), stages(jnp.asarray(f_t)),
                                                                     None, None, 10)).variables, jax.random.PRNGKey(0))
     variables = flax_variables_of(reg)
-    shape = lambda leaf: tuple(leaf.shape)  # noqa: E731
-    assert jax.tree.map(shape, init_shapes) == jax.tree.map(shape, variables)  # same layout
+    assert jax.tree.map(np.shape, init_shapes) == jax.tree.map(np.shape, variables)  # same layout
     module = method.module(stages(f_s), stages(f_t))
     assert module.kind == branch.split("_3x3")[0]
 

@@ -29,7 +29,7 @@ from jaxkd.methods.ofd import OFD, margin_from_bn, teacher_margins
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.tools.published import SOURCES, published_for
 from tests.helpers.assertions import assert_close_scaled
-from tests.helpers.compile_once import ONCE
+from tests.helpers.compile_once import jit_once
 from tests.helpers.torch_references import nchw, nhwc, randomized_torch_model
 from tests.reference.mdistiller_ofd import OFDReference, bn_before_relu, build_feature_connector
 from tests.reference.mdistiller_ofd import margin_from_bn as reference_margin
@@ -102,8 +102,7 @@ def test_term_and_gradients_match_mdistiller(pair, rng):
                           student._replace(preact_features=maps), teacher, None, True)
         return out.term, out
 
-    (value, out), (param_grads, map_grads) = jax.jit(jax.value_and_grad(term, argnums=(0, 1), has_aux=True),
-                                                     compiler_options=ONCE)(
+    (value, out), (param_grads, map_grads) = jit_once(jax.value_and_grad(term, argnums=(0, 1), has_aux=True))(
         variables["params"], [jnp.asarray(p) for p in student.preact_features])
 
     maps = [nchw(p).requires_grad_() for p in student.preact_features]

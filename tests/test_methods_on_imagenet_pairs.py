@@ -24,7 +24,7 @@ from jaxkd.methods import Batch, Probe, get_method
 from jaxkd.methods.crd_kernels import sample_contrast_indices
 from jaxkd.models import ModelOutput, get_model
 from tests.helpers.assertions import assert_close_scaled
-from tests.helpers.compile_once import ONCE
+from tests.helpers.compile_once import jit_once
 from tests.helpers.torch_references import nchw, nhwc
 from tests.reference.mdistiller_losses import ReviewKDStudentSide, dkd_loss, dkd_warmup, kd_loss
 from tests.reference.repdistiller_crd import CRDLoss
@@ -88,8 +88,8 @@ def test_terms_and_their_output_gradients_match_the_references(teacher_arch, stu
     probe = Probe(student, teacher, batch, train_labels, CLASSES)
     # one compiled program for the inits (op by op they compile ~90 programs); ReviewKD's weights are the
     # reference's below, so its init is traced for the shapes only
-    inits = jax.jit(lambda key: {name: methods[name].initialize(key, probe) for name in ("dkd", "at", "crd")},
-                    compiler_options=ONCE)(jax.random.key(seed))
+    inits = jit_once(lambda key: {name: methods[name].initialize(key, probe) for name in ("dkd", "at", "crd")})(
+        jax.random.key(seed))
     inits["reviewkd"] = jax.eval_shape(lambda: methods["reviewkd"].initialize(jax.random.key(seed), probe))
 
     # the references' modules, sized from the pair as mdistiller's ImageNet configs size them
@@ -112,7 +112,7 @@ def test_terms_and_their_output_gradients_match_the_references(teacher_arch, stu
             embed.linear.bias.copy_(torch.from_numpy(np.array(crd_params[name]["linear"]["bias"])))
         crd.contrast.memory_v1.copy_(torch.from_numpy(np.array(crd_state["bank_student"])))
         crd.contrast.memory_v2.copy_(torch.from_numpy(np.array(crd_state["bank_teacher"])))
-    contrast_idx = np.asarray(jax.jit(sample_contrast_indices, static_argnums=4, compiler_options=ONCE)(
+    contrast_idx = np.asarray(jit_once(sample_contrast_indices, static_argnums=4)(
         batch.rng, batch.labels, batch.index, crd_state, CRD_K))
 
     def term(name, out):
@@ -120,8 +120,8 @@ def test_terms_and_their_output_gradients_match_the_references(teacher_arch, stu
             return kd_divergence(out.logits, jnp.asarray(teacher.logits), 1.0)
         return methods[name].term(inits[name].variables, inits[name].state, out, teacher, batch, True).term
 
-    ours = jax.jit(lambda out: {name: jax.value_and_grad(lambda o: term(name, o))(out)
-                                for name in ("kd", *methods)}, compiler_options=ONCE)(student)
+    ours = jit_once(lambda out: {name: jax.value_and_grad(lambda o: term(name, o))(out)
+                                 for name in ("kd", *methods)})(student)
 
     s = torch_leaves(student)
     labels = torch.from_numpy(train_labels[index].astype(np.int64))

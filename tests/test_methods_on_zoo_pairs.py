@@ -38,7 +38,7 @@ from jaxkd.methods.crd_kernels import sample_contrast_indices
 from jaxkd.models import ModelOutput, get_model
 from jaxkd.pytorch.torch_models import get_torch_model
 from tests.helpers.assertions import assert_close_scaled
-from tests.helpers.compile_once import ONCE
+from tests.helpers.compile_once import jit_once
 from tests.helpers.torch_references import nchw, nhwc, randomized_torch_model
 from tests.reference.repdistiller_crd import CRDLoss
 from tests.reference.repdistiller_losses import Attention, ConvReg, HintLoss
@@ -126,13 +126,12 @@ def test_terms_and_their_feature_gradients_match_repdistiller(teacher_arch, stud
         return (apply_module(student, student_variables, images, train=True, method=student.forward)[0],
                 apply_module(teacher, teacher_variables, images, train=False, method=teacher.forward)[0])
 
-    student_out, teacher_out = jax.jit(forward, compiler_options=ONCE)(student_variables, teacher_variables,
-                                                                       batch.images)
+    student_out, teacher_out = jit_once(forward)(student_variables, teacher_variables, batch.images)
     probe = Probe(student_out, teacher_out, batch, train_labels, CLASSES)
     methods = {name: get_method(name, methods_config()) for name in ("kd", "fitnet", "at", "crd")}
     # one compiled program for the inits (op by op they compile one program per operation and shape)
-    inits = jax.jit(lambda key: {name: method.initialize(key, probe) for name, method in methods.items()},
-                    compiler_options=ONCE)(jax.random.PRNGKey(seed))
+    inits = jit_once(lambda key: {name: method.initialize(key, probe) for name, method in methods.items()})(
+        jax.random.PRNGKey(seed))
     assert methods["kd"].uses_teacher and not inits["kd"].variables  # KD is the engine's alpha term
 
     # The reference's modules, sized from RepDistiller's features: FitNets' regressor (its weights given to
@@ -158,7 +157,7 @@ def test_terms_and_their_feature_gradients_match_repdistiller(teacher_arch, stud
         crd.contrast.memory_v1.copy_(torch.from_numpy(np.array(crd_state["bank_student"])))
         crd.contrast.memory_v2.copy_(torch.from_numpy(np.array(crd_state["bank_teacher"])))
     # the negatives CRD.term draws from the batch's key
-    contrast_idx = np.asarray(jax.jit(sample_contrast_indices, static_argnums=4, compiler_options=ONCE)(
+    contrast_idx = np.asarray(jit_once(sample_contrast_indices, static_argnums=4)(
         batch.rng, batch.labels, batch.index, crd_state, CRD_K))
 
     def term(name, student_out):
@@ -168,8 +167,8 @@ def test_terms_and_their_feature_gradients_match_repdistiller(teacher_arch, stud
         return methods[name].term(inits[name].variables, inits[name].state, student_out, teacher_out, batch,
                                   True).term
 
-    ours = jax.jit(lambda out: {name: jax.value_and_grad(lambda o: term(name, o))(out) for name in methods},
-                   compiler_options=ONCE)(student_out)
+    ours = jit_once(lambda out: {name: jax.value_and_grad(lambda o: term(name, o))(out) for name in methods})(
+        student_out)
     expected = reference_terms(torch_teacher, torch_student, images, regressor, crd, index, contrast_idx)
     for name, (loss, torch_grads) in expected.items():
         what = f"{teacher_arch} -> {student_arch} {name}"
@@ -257,7 +256,7 @@ def test_one_engine_step_on_the_heterogeneous_pair_trains():
                   index, jax.random.PRNGKey(1))
 
     state = create_train_state(setup)
-    new_state, metrics = jax.jit(make_update(setup), compiler_options=ONCE)(state, batch, setup.teacher.variables)
+    new_state, metrics = jit_once(make_update(setup))(state, batch, setup.teacher.variables)
     assert np.isfinite(float(metrics["loss"])) and float(metrics["term"]) > 0
     for part in ("student", "method"):
         assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params[part]),

@@ -16,7 +16,7 @@ from jaxkd.models.__main__ import main as models_main
 from jaxkd.models.summary import model_size
 from jaxkd.pytorch.torch_models import REPDISTILLER_MODELS, get_torch_model
 from tests.helpers.assertions import assert_close_scaled
-from tests.helpers.compile_once import ONCE
+from tests.helpers.compile_once import jit_once
 from tests.helpers.torch_references import nchw, nhwc, randomized_torch_model
 
 REL = 1e-5  # max|diff| <= 1e-5 * max|ref|, float32 on both sides
@@ -94,8 +94,7 @@ def eval_and_train_forward(arch, variables, images):
         return (model.apply(variables, images, train=False, method=model.forward),
                 model.apply(variables, images, train=True, method=model.forward, mutable=["batch_stats"]))
 
-    return jax.jit(both, compiler_options=ONCE)(variables, images) if arch in ONE_PROGRAM else both(variables,
-                                                                                                     images)
+    return jit_once(both)(variables, images) if arch in ONE_PROGRAM else both(variables, images)
 
 
 # RepDistiller's model_dict (its wrn_* are the seed's WideResNets, in the seed's layout here; the RepDistiller

@@ -5,6 +5,7 @@ import importlib.util
 import io
 import pickle
 import struct
+import sys
 import tarfile
 
 import numpy as np
@@ -46,6 +47,24 @@ def test_digits_are_sklearns_images_scaled_upsampled_and_split_per_class():
         assert np.all(blocks == blocks[:, :, :1, :, :1, :1])
         np.testing.assert_array_equal(blocks[:, :, 0, :, 0, 0], np.round(digits.images[rows] * 255 / 16))
     assert train.images.max() == 255 and train.images.min() == 0
+
+
+def test_digits_are_read_without_importing_scikit_learn_and_its_loader_is_the_fallback(monkeypatch):
+    """The file scikit-learn ships, read directly (importing scikit-learn took 0.7-1 s of every run's start), gives
+    `load_digits`'s arrays; where the file is not found, `load_digits` itself is used."""
+    from sklearn.datasets import load_digits
+
+    expected = load_digits()
+    for file_found in (True, False):
+        with monkeypatch.context() as patched:
+            if file_found:  # `import sklearn.datasets` raises ImportError
+                patched.setitem(sys.modules, "sklearn.datasets", None)
+            else:
+                patched.setattr(sources, "_digits_file", lambda: None)
+            images, labels = sources._sklearn_digits()
+        assert images.dtype == expected.images.dtype and labels.dtype == expected.target.dtype
+        np.testing.assert_array_equal(images, expected.images)
+        np.testing.assert_array_equal(labels, expected.target)
 
 
 @pytest.mark.parametrize("size", [8, 16])

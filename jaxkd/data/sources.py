@@ -339,13 +339,33 @@ def _load_digits(split: str, size: int = 32) -> Split:
     32x32 by default), gray to RGB."""
     if size not in DIGITS_SIZES:
         raise UserError(f"digits_size {size}: must be one of {', '.join(map(str, DIGITS_SIZES))}")
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    gray = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    digits, labels = _sklearn_digits()
+    gray = np.round(digits * (255.0 / 16.0)).astype(np.uint8)
     factor = size // 8
     big = np.repeat(np.repeat(gray, factor, axis=1), factor, axis=2)
     images = np.repeat(big[..., None], 3, axis=3)
-    test = digits_test_mask(digits.target)
+    test = digits_test_mask(labels)
     keep = test if split == "test" else ~test
-    return _make_split(images[keep], digits.target[keep], num_classes=10)
+    return _make_split(images[keep], labels[keep], num_classes=10)
+
+
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) float64 0..16, labels int64): what `sklearn.datasets.load_digits` returns, read from
+    the file scikit-learn ships (`sklearn/datasets/data/digits.csv.gz`, a row of 64 pixels and the label per
+    image) without importing scikit-learn, which took 0.7-1 s of every run's start on digits; its own loader
+    where the file is not found."""
+    path = _digits_file()
+    if path is None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    rows = np.loadtxt(path, delimiter=",")
+    return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64)
+
+
+def _digits_file() -> Path | None:
+    """scikit-learn's digits file, found without importing scikit-learn; None where it is not there."""
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    return path if path is not None and path.is_file() else None

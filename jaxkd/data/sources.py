@@ -367,5 +367,7 @@ def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
 def _digits_file() -> Path | None:
     """scikit-learn's digits file, found without importing scikit-learn; None where it is not there."""
     spec = importlib.util.find_spec("sklearn")
-    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
-    return path if path is not None and path.is_file() else None
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    return path if path.is_file() else None
